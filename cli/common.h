@@ -1,0 +1,37 @@
+// What several subcommands share: the command table entry, the option groups for layer selection
+// and thresholds, and the printing of a model report as text or JSON.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+#include "core/quantize.h"
+#include "core/report.h"
+
+namespace ttq::cli {
+
+// A registered subcommand: main() runs `run` for the one the user named.
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<void()> run;
+};
+
+// --threshold/--sparsity and --init. Call `resolve` after parsing to fill the options.
+struct QuantizeFlags {
+  double threshold = 0.05;
+  double sparsity = 0.5;
+  std::string init = "mean";
+  CLI::Option* sparsity_option = nullptr;
+  QuantizeOptions options;
+
+  void add_to(CLI::App* app);
+  const QuantizeOptions& resolve();  // validates ranges (usage error)
+};
+
+// Prints the report on stdout: an aligned table with totals, or one JSON document. `output`
+// names the file just written, when there is one.
+void print_report(const ModelReport& report, const std::string& source, bool json,
+                  const std::string& output = "");
+
+}  // namespace ttq::cli

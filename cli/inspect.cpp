@@ -1,0 +1,38 @@
+// ttq inspect FILE: per-layer codes, scales and sizes (man/ttq-inspect.1).
+#include <memory>
+
+#include "cli/commands.h"
+#include "formats/torchscript.h"
+
+namespace ttq::cli {
+namespace {
+
+struct InspectArgs {
+  std::string file;
+  bool json = false;
+  QuantizeFlags flags;
+};
+
+void run_inspect(InspectArgs& args) {
+  const QuantizeOptions& options = args.flags.resolve();
+  const LoadedModel loaded = load_torchscript(args.file);
+  const ModelReport report = inspect_module(loaded.module, loaded.metadata, options);
+  if (report.dry_run)
+    spdlog::info("{} has no ternary layer: showing what 'ttq quantize' would do with these flags",
+                 args.file);
+  print_report(report, args.file, args.json);
+}
+
+}  // namespace
+
+Command register_inspect(CLI::App& app) {
+  auto args = std::make_shared<InspectArgs>();
+  auto* sub = app.add_subcommand(
+      "inspect", "Show per-layer sparsity, scales, threshold, bits and sizes of a TorchScript model");
+  sub->add_option("FILE", args->file, "TorchScript model, quantized or not")->required()->type_name("FILE");
+  sub->add_flag("--json", args->json, "print the report as one JSON document on stdout");
+  args->flags.add_to(sub);
+  return {sub, [args] { run_inspect(*args); }};
+}
+
+}  // namespace ttq::cli

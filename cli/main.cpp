@@ -1,0 +1,72 @@
+// ttq: parse the command line, run one subcommand, map every failure to one line on stderr and a
+// documented exit code (man/ttq.1, EXIT STATUS). Nothing else in ttq exits the process.
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <cstdlib>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+namespace {
+
+void setup_logging(int verbose, bool quiet) {
+  auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>(
+      std::getenv("NO_COLOR") ? spdlog::color_mode::never : spdlog::color_mode::automatic);
+  auto logger = std::make_shared<spdlog::logger>("ttq", sink);
+  logger->set_pattern("ttq: %^%l%$: %v");
+  logger->set_level(quiet ? spdlog::level::warn
+                          : verbose > 0 ? spdlog::level::debug : spdlog::level::info);
+  spdlog::set_default_logger(logger);
+}
+
+int fail(int code, const std::string& message) {
+  std::cerr << "ttq: error: " << message << '\n';
+  return code;
+}
+
+// LibTorch appends C++ stack traces to its messages; keep the first line.
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Trained Ternary Quantization (TTQ) for TorchScript models", "ttq"};
+  app.set_version_flag("--version", "ttq " TTQ_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough();  // -v/-q may follow the subcommand
+  int verbose = 0;
+  bool quiet = false;
+  app.add_flag("-v,--verbose", verbose, "more detail on stderr (per-layer decisions)");
+  app.add_flag("-q,--quiet", quiet, "only warnings and errors on stderr");
+  app.footer("Run 'ttq COMMAND --help' for a command's options; 'man ttq' for exit codes.");
+
+  std::vector<ttq::cli::Command> commands{ttq::cli::register_quantize(app),
+                                          ttq::cli::register_inspect(app)};
+  for (auto& c : ttq::cli::register_planned(app)) commands.push_back(std::move(c));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return fail(ttq::kExitUsage, first_line(e.what()) + " (see 'ttq --help')");
+  }
+
+  setup_logging(verbose, quiet);
+  try {
+    for (const auto& c : commands)
+      if (c.app->parsed()) c.run();
+    return ttq::kExitOk;
+  } catch (const ttq::Error& e) {
+    return fail(ttq::exit_code(e.kind()), e.what());
+  } catch (const c10::Error& e) {
+    return fail(ttq::kExitFailure, first_line(e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return fail(ttq::kExitFailure, first_line(e.what()));
+  }
+}

@@ -1,0 +1,35 @@
+// The one error type of ttq. Everything below cli/ reports failures by throwing it; cli/main.cpp
+// maps the kind to the exit code in one place (the codes are listed in man/ttq.1).
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace ttq {
+
+enum class ErrorKind {
+  Input,    // bad file or data given by the user (exit 1)
+  Runtime,  // anything that went wrong while working (exit 1)
+  Usage,    // bad arguments: out-of-range values, conflicting flags (exit 2)
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  ErrorKind kind() const { return kind_; }
+
+ private:
+  ErrorKind kind_;
+};
+
+inline Error input_error(const std::string& m) { return Error(ErrorKind::Input, m); }
+inline Error usage_error(const std::string& m) { return Error(ErrorKind::Usage, m); }
+inline Error runtime_error(const std::string& m) { return Error(ErrorKind::Runtime, m); }
+
+// Exit codes, documented in man/ttq.1 (EXIT STATUS).
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+inline int exit_code(ErrorKind kind) { return kind == ErrorKind::Usage ? kExitUsage : kExitFailure; }
+
+}  // namespace ttq

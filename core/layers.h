@@ -1,0 +1,42 @@
+// Which tensors of a TorchScript module get ternarized, and how to reach them by name.
+#pragma once
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
+namespace ttq {
+
+// The user's layer selection (flags --include/--exclude/--quantize-first/--quantize-last).
+struct Selection {
+  std::vector<std::string> include;  // ECMAScript regexes, searched in the weight's name
+  std::vector<std::string> exclude;
+  bool quantize_first = false;       // by default the first and the last layer stay FP
+  bool quantize_last = false;
+};
+
+// A quantizable weight: a floating-point parameter of rank >= 2 (conv, linear, embedding).
+struct Candidate {
+  std::string name;  // qualified parameter name, e.g. "layer1.0.conv1.weight"
+  torch::Tensor weight;
+  bool selected = false;
+};
+
+// Every quantizable weight in forward order: the order in which the inlined `forward` graph
+// first reads it. Weights that `forward` never reads follow in registration order.
+std::vector<Candidate> find_candidates(const torch::jit::Module& module);
+
+// Marks the candidates the selection picks and returns how many; throws a usage error for an
+// invalid regex.
+size_t mark_selected(std::vector<Candidate>& candidates, const Selection& selection);
+
+// mark_selected, and an error when nothing is selected: an input error when the model has
+// nothing to quantize, a usage error when the flags leave nothing.
+void apply_selection(std::vector<Candidate>& candidates, const Selection& selection);
+
+// Replaces a parameter (by qualified name) with any tensor, including one computed from other
+// tensors: autograd then flows through the module's forward into those tensors.
+void set_parameter(torch::jit::Module& module, const std::string& qualified_name,
+                   const torch::Tensor& value);
+
+}  // namespace ttq

@@ -1,0 +1,128 @@
+#include "core/ternary.h"
+
+#include <torch/autograd.h>
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace ttq {
+
+void validate(const ThresholdSpec& spec) {
+  const double v = spec.value;
+  if (spec.mode == ThresholdMode::MaxScaled && !(v > 0.0 && v < 1.0))
+    throw usage_error(fmt::format("--threshold must be in (0, 1), got {}", v));
+  if (spec.mode == ThresholdMode::Sparsity && !(v >= 0.0 && v < 1.0))
+    throw usage_error(fmt::format("--sparsity must be in [0, 1), got {}", v));
+}
+
+std::string to_string(ThresholdMode mode) {
+  return mode == ThresholdMode::MaxScaled ? "max-scaled" : "sparsity";
+}
+
+ThresholdMode threshold_mode_from_string(const std::string& name) {
+  if (name == "max-scaled") return ThresholdMode::MaxScaled;
+  if (name == "sparsity") return ThresholdMode::Sparsity;
+  throw input_error(fmt::format("unknown threshold mode '{}'", name));
+}
+
+float compute_threshold(const torch::Tensor& x, const ThresholdSpec& spec) {
+  torch::NoGradGuard no_grad;
+  const auto magnitude = x.detach().abs().flatten();
+  if (spec.mode == ThresholdMode::MaxScaled)
+    return static_cast<float>(spec.value * magnitude.max().item<double>());
+  const int64_t k = static_cast<int64_t>(std::floor(spec.value * static_cast<double>(x.numel())));
+  if (k == 0) return 0.0f;  // only exact zeros (ties at 0) become zero
+  return std::get<0>(magnitude.kthvalue(k)).item<float>();
+}
+
+std::string to_string(ScaleInit init) { return init == ScaleInit::Mean ? "mean" : "ones"; }
+
+ScaleInit scale_init_from_string(const std::string& name) {
+  if (name == "mean") return ScaleInit::Mean;
+  if (name == "ones") return ScaleInit::Ones;
+  throw input_error(fmt::format("unknown scale init '{}'", name));
+}
+
+Scales init_scales(const torch::Tensor& x, float delta, ScaleInit init) {
+  if (init == ScaleInit::Ones) return {1.0f, 1.0f};
+  torch::NoGradGuard no_grad;
+  const auto v = x.detach().to(torch::kFloat);
+  const auto pos = v > delta;
+  const auto neg = v < -delta;
+  const int64_t n_pos = pos.sum().item<int64_t>();
+  const int64_t n_neg = neg.sum().item<int64_t>();
+  // Sum in double: float accumulation drifts on layers with millions of weights.
+  const double sum_pos = v.masked_select(pos).sum(torch::kDouble).item<double>();
+  const double sum_neg = -v.masked_select(neg).sum(torch::kDouble).item<double>();
+  if (n_pos == 0 && n_neg == 0) return {0.0f, 0.0f};
+  const float wp = n_pos ? static_cast<float>(sum_pos / n_pos) : static_cast<float>(sum_neg / n_neg);
+  const float wn = n_neg ? static_cast<float>(sum_neg / n_neg) : wp;
+  return {wp, wn};
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+struct TernarizeFunction : public torch::autograd::Function<TernarizeFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& wp,
+                               const torch::Tensor& wn, double delta) {
+    const auto pos = x > delta;
+    const auto neg = x < -delta;
+    ctx->save_for_backward({pos, neg, wp, wn});
+    const auto zero = torch::zeros({}, x.options());
+    return torch::where(pos, wp.reshape({}), torch::where(neg, -wn.reshape({}), zero));
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& pos = saved[0];
+    const auto& neg = saved[1];
+    const auto& wp = saved[2];
+    const auto& wn = saved[3];
+    const auto& g = grad_outputs[0];
+    const auto one = torch::ones({}, g.options());
+    // Straight-through to the latent weights, scaled by the level's magnitude; no clipping.
+    const auto scale = torch::where(pos, wp.reshape({}), torch::where(neg, wn.reshape({}), one));
+    const auto grad_x = g * scale;
+    const auto grad_wp = (g * pos).sum().reshape(wp.sizes());
+    // The minus is real: w_t = -Wn on the negative set (the paper's Eq. 7 drops it).
+    const auto grad_wn = -(g * neg).sum().reshape(wn.sizes());
+    return {grad_x, grad_wp, grad_wn, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor ternarize(const torch::Tensor& x, const torch::Tensor& wp, const torch::Tensor& wn,
+                        float delta) {
+  return TernarizeFunction::apply(x, wp, wn, static_cast<double>(delta));
+}
+
+double CodeCounts::sparsity() const {
+  return total() ? static_cast<double>(zero) / static_cast<double>(total()) : 0.0;
+}
+
+double CodeCounts::entropy_bits() const {
+  const double n = static_cast<double>(total());
+  double h = 0.0;
+  for (const int64_t c : {neg, zero, pos}) {
+    if (c == 0) continue;
+    const double p = static_cast<double>(c) / n;
+    h -= p * std::log2(p);
+  }
+  return h;
+}
+
+CodeCounts count_codes(const torch::Tensor& x, float delta) {
+  torch::NoGradGuard no_grad;
+  CodeCounts c;
+  c.pos = (x > delta).sum().item<int64_t>();
+  c.neg = (x < -delta).sum().item<int64_t>();
+  c.zero = x.numel() - c.pos - c.neg;
+  return c;
+}
+
+}  // namespace ttq

@@ -1,0 +1,66 @@
+// The TTQ math for one weight tensor (see ../shared/docs/algorithm.md): the threshold Δ, the
+// scale initialisation, the differentiable ternarization and the code statistics.
+#pragma once
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+
+namespace ttq {
+
+// How Δ is chosen for a tensor. Both modes come from the paper.
+enum class ThresholdMode {
+  MaxScaled,  // Δ = t · max|x|, t in (0, 1); paper default t = 0.05
+  Sparsity,   // Δ = the k-th smallest |x| with k = ⌊s·n⌋, s in [0, 1)
+};
+
+struct ThresholdSpec {
+  ThresholdMode mode = ThresholdMode::MaxScaled;
+  double value = 0.05;  // t for MaxScaled, s for Sparsity
+};
+
+// Throws a usage error when the value is outside its mode's range.
+void validate(const ThresholdSpec& spec);
+std::string to_string(ThresholdMode mode);
+ThresholdMode threshold_mode_from_string(const std::string& name);
+
+// Δ for tensor x, rounded to float32 so that `x > Δ` means the same in C++ and in Python.
+// Weights with |x| <= Δ become zero.
+float compute_threshold(const torch::Tensor& x, const ThresholdSpec& spec);
+
+enum class ScaleInit {
+  Mean,  // L2-optimal: Wp = mean(x | x > Δ), Wn = mean(-x | x < -Δ)
+  Ones,  // the authors' code: Wp = Wn = 1
+};
+std::string to_string(ScaleInit init);
+ScaleInit scale_init_from_string(const std::string& name);
+
+struct Scales {
+  float wp = 1.0f;
+  float wn = 1.0f;
+};
+
+// With Mean, a side that has no weights takes the other side's value (its scale never reaches
+// the forward pass, and a symmetric start is the least surprising); both empty gives 0.
+Scales init_scales(const torch::Tensor& x, float delta, ScaleInit init);
+
+// w_t = +Wp where x > Δ, 0 where |x| <= Δ, -Wn where x < -Δ; differentiable with the authors'
+// backward: dWp = Σ_{x>Δ} g, dWn = -Σ_{x<-Δ} g, dx = Wp·g | g | Wn·g. wp and wn are scalar
+// tensors (any shape with one element); their gradients keep that shape.
+torch::Tensor ternarize(const torch::Tensor& x, const torch::Tensor& wp, const torch::Tensor& wn,
+                        float delta);
+
+// How many weights fall on each ternary code for threshold Δ.
+struct CodeCounts {
+  int64_t neg = 0;
+  int64_t zero = 0;
+  int64_t pos = 0;
+
+  int64_t total() const { return neg + zero + pos; }
+  double sparsity() const;
+  // Order-0 entropy of the codes in bits per weight: the storage limit of shared/docs.
+  double entropy_bits() const;
+};
+CodeCounts count_codes(const torch::Tensor& x, float delta);
+
+}  // namespace ttq

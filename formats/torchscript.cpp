@@ -1,0 +1,74 @@
+#include "formats/torchscript.h"
+
+#include <caffe2/serialize/inline_container.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "formats/atomic_file.h"
+#include "formats/metadata.h"
+
+namespace ttq {
+namespace {
+
+// LibTorch's messages run over many lines with C++ stack traces; users get the first line.
+std::string first_line(const c10::Error& e) {
+  std::string m = e.what_without_backtrace();
+  const auto nl = m.find('\n');
+  return nl == std::string::npos ? m : m.substr(0, nl);
+}
+
+// TorchScript archives are zip files holding code/ and constants.pkl; torch.save() writes a zip
+// with data.pkl only (or, before PyTorch 1.6, a raw pickle). Tell them apart before loading.
+void check_archive_kind(const std::string& path) {
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const c10::Error&) {
+    throw input_error(fmt::format("{}: not a TorchScript model (not a PyTorch zip archive)", path));
+  }
+  if (!reader->hasRecord("constants.pkl")) {
+    if (reader->hasRecord("data.pkl"))
+      throw input_error(fmt::format(
+          "{}: a torch.save() pickle, not a TorchScript model; in Python, save it with "
+          "torch.jit.save(torch.jit.script(model), path)", path));
+    throw input_error(fmt::format("{}: not a TorchScript model (no constants.pkl in the archive)", path));
+  }
+}
+
+}  // namespace
+
+LoadedModel load_torchscript(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw input_error(fmt::format("{}: no such file", path));
+  if (!fs::is_regular_file(path, ec)) throw input_error(fmt::format("{}: not a regular file", path));
+  if (!std::ifstream(path).good()) throw input_error(fmt::format("{}: cannot be read", path));
+  check_archive_kind(path);
+
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  LoadedModel loaded;
+  try {
+    loaded.module = torch::jit::load(path, torch::kCPU, extra);
+  } catch (const c10::Error& e) {
+    throw input_error(fmt::format("{}: LibTorch cannot load this TorchScript model: {}", path, first_line(e)));
+  }
+  if (!extra[kMetadataFile].empty()) loaded.metadata = metadata_from_json(extra[kMetadataFile], path);
+  return loaded;
+}
+
+void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
+                      const std::string& path) {
+  AtomicOutput out(path);
+  torch::jit::ExtraFilesMap extra;
+  if (metadata) extra[kMetadataFile] = metadata_to_json(*metadata);
+  try {
+    module.save(out.temp_path().string(), extra);
+  } catch (const c10::Error& e) {
+    throw runtime_error(fmt::format("cannot write {}: {}", path, first_line(e)));
+  }
+  out.commit();
+}
+
+}  // namespace ttq

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Writes the TorchScript test fixtures into OUTDIR, scripted by PyTorch itself.
+
+resnet18.pt, mobilenet_v2.pt  torchvision models with 10 classes (random init, seeded)
+small_cnn.pt                  a CNN for 1x28x28 input without BatchNorm; its layers are
+                              registered in reverse order, so only the forward graph tells
+                              which layer comes first
+one_layer.pt                  a single Linear: first == last
+no_quantizable.pt             parameters of rank 1 only
+eager_pickle.pt               torch.save() of a state_dict: not TorchScript
+random.bin                    random bytes
+Usage: make_fixtures.py OUTDIR
+"""
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        # Registered last-to-first on purpose (see the docstring).
+        self.fc2 = nn.Linear(32, 10)
+        self.fc1 = nn.Linear(16 * 4 * 4, 32)
+        self.conv2 = nn.Conv2d(8, 16, 5)
+        self.conv1 = nn.Conv2d(1, 8, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+class NoQuantizable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(10))
+        self.norm = nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        return self.norm(x * self.scale)
+
+
+def save_scripted(model, path):
+    model.eval()
+    torch.jit.save(torch.jit.script(model), path)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    save_scripted(torchvision.models.resnet18(num_classes=10), os.path.join(out, "resnet18.pt"))
+    save_scripted(torchvision.models.mobilenet_v2(num_classes=10), os.path.join(out, "mobilenet_v2.pt"))
+    cnn = SmallCNN()
+    save_scripted(cnn, os.path.join(out, "small_cnn.pt"))
+    save_scripted(nn.Linear(20, 10), os.path.join(out, "one_layer.pt"))
+    save_scripted(NoQuantizable(), os.path.join(out, "no_quantizable.pt"))
+    torch.save(cnn.state_dict(), os.path.join(out, "eager_pickle.pt"))
+    with open(os.path.join(out, "random.bin"), "wb") as f:
+        f.write(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    print(f"fixtures written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what is missing (Debian bookworm packages, as root; idempotent), then configures and
+# builds ttq in ./build. Used by the README's two commands; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  g++ cmake ninja-build ccache pkg-config
+  libtorch-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev nlohmann-json3-dev catch2
+  python3 python3-torch python3-torchvision   # test fixtures, and PyTorch reading our outputs
+  dataset-fashion-mnist                       # the embedded default data
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+generator=(); command -v ninja >/dev/null && generator=(-G Ninja)
+[[ -f build/CMakeCache.txt ]] || cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >&2
+cmake --build build --parallel "$(nproc)" >&2

@@ -1,0 +1,164 @@
+// core/layers and core/quantize on real TorchScript fixtures (scripts/make_fixtures.py).
+#include <catch2/catch.hpp>
+
+#include "core/error.h"
+#include "core/layers.h"
+#include "core/quantize.h"
+#include "formats/metadata.h"
+#include "formats/torchscript.h"
+
+using namespace ttq;
+
+namespace {
+
+torch::jit::Module fixture(const std::string& name) {
+  return load_torchscript(std::string(TTQ_FIXTURES) + "/" + name).module;
+}
+
+std::vector<std::string> names(const std::vector<Candidate>& cs, bool selected_only = false) {
+  std::vector<std::string> out;
+  for (const auto& c : cs)
+    if (!selected_only || c.selected) out.push_back(c.name);
+  return out;
+}
+
+ErrorKind kind_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.kind();
+  }
+  FAIL("no ttq::Error thrown");
+  return ErrorKind::Runtime;
+}
+
+}  // namespace
+
+TEST_CASE("candidates come in forward order and not registration order") {
+  // small_cnn registers fc2, fc1, conv2, conv1 in that order.
+  const auto cs = find_candidates(fixture("small_cnn.pt"));
+  CHECK(names(cs) == std::vector<std::string>{"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"});
+}
+
+TEST_CASE("resnet18 has 20 convolutions and the classifier - BatchNorm and biases are not candidates") {
+  const auto cs = find_candidates(fixture("resnet18.pt"));
+  REQUIRE(cs.size() == 21);
+  CHECK(cs.front().name == "conv1.weight");
+  CHECK(cs.back().name == "fc.weight");
+  for (const auto& c : cs) {
+    CHECK(c.weight.dim() >= 2);
+    CHECK(c.name.find("bn") == std::string::npos);
+  }
+  // The downsample conv of layer2 is read after the block's two main convolutions.
+  const auto n = names(cs);
+  const auto at = [&](const std::string& s) { return std::find(n.begin(), n.end(), s) - n.begin(); };
+  CHECK(at("layer2.0.conv1.weight") < at("layer2.0.conv2.weight"));
+  CHECK(at("layer2.0.conv2.weight") < at("layer2.0.downsample.0.weight"));
+  CHECK(at("layer2.0.downsample.0.weight") < at("layer2.1.conv1.weight"));
+}
+
+TEST_CASE("selection: first and last stay FP by default - flags and regexes change that") {
+  auto cs = find_candidates(fixture("small_cnn.pt"));
+  apply_selection(cs, {});
+  CHECK(names(cs, true) == std::vector<std::string>{"conv2.weight", "fc1.weight"});
+
+  apply_selection(cs, {{}, {}, true, true});
+  CHECK(names(cs, true).size() == 4);
+
+  apply_selection(cs, {{"^fc"}, {}, true, true});
+  CHECK(names(cs, true) == std::vector<std::string>{"fc1.weight", "fc2.weight"});
+
+  apply_selection(cs, {{}, {"conv", "fc2"}, true, true});
+  CHECK(names(cs, true) == std::vector<std::string>{"fc1.weight"});
+
+  CHECK(kind_of([&] { apply_selection(cs, {{"("}, {}, false, false}); }) == ErrorKind::Usage);
+  CHECK(kind_of([&] { apply_selection(cs, {{"nothing-matches"}, {}, false, false}); }) == ErrorKind::Usage);
+}
+
+TEST_CASE("a model with nothing to quantize is an input error - a lone layer needs a flag") {
+  auto none = find_candidates(fixture("no_quantizable.pt"));
+  CHECK(none.empty());
+  CHECK(kind_of([&] { apply_selection(none, {}); }) == ErrorKind::Input);
+
+  auto one = find_candidates(fixture("one_layer.pt"));
+  REQUIRE(one.size() == 1);
+  CHECK(kind_of([&] { apply_selection(one, {}); }) == ErrorKind::Usage);
+  apply_selection(one, {{}, {}, true, true});
+  CHECK(one[0].selected);
+}
+
+TEST_CASE("a weight computed from latent weights and scales keeps autograd flowing through the module") {
+  auto module = fixture("small_cnn.pt");
+  module.train();
+  torch::manual_seed(9);
+  const auto input = torch::randn({4, 1, 28, 28});
+  const auto original = module.attr("conv2").toModule().attr("weight").toTensor().detach().clone();
+  const float delta = compute_threshold(original, {});
+
+  auto latent = original.clone().requires_grad_(true);
+  auto wp = torch::full({}, 0.05f).requires_grad_(true);
+  auto wn = torch::full({}, 0.07f).requires_grad_(true);
+  set_parameter(module, "conv2.weight", ternarize(latent, wp, wn, delta));
+  module.forward({input}).toTensor().pow(2).sum().backward();
+  REQUIRE(latent.grad().defined());
+  REQUIRE(wp.grad().defined());
+  REQUIRE(wn.grad().defined());
+
+  // Reference: the same ternary weight as a leaf gives g = dL/dw_t; the TTQ rule maps it back.
+  const auto leaf = ternarize(original, wp.detach(), wn.detach(), delta).requires_grad_(true);
+  set_parameter(module, "conv2.weight", leaf);
+  module.forward({input}).toTensor().pow(2).sum().backward();
+  const auto g = leaf.grad();
+  const auto pos = original > delta;
+  const auto neg = original < -delta;
+  const auto scale = torch::where(pos, wp.detach(), torch::where(neg, wn.detach(), torch::ones({})));
+  CHECK(torch::allclose(latent.grad(), g * scale, 1e-5, 1e-7));
+  CHECK(wp.grad().item<double>() == Approx(g.masked_select(pos).sum().item<double>()).epsilon(1e-5));
+  CHECK(wn.grad().item<double>() == Approx(-g.masked_select(neg).sum().item<double>()).epsilon(1e-5));
+  CHECK(latent.grad().abs().sum().item<double>() > 0.0);
+}
+
+TEST_CASE("quantize_module ternarizes the selected weights and leaves every other tensor untouched") {
+  auto module = fixture("small_cnn.pt");
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : module.named_parameters()) before[p.name] = p.value.detach().clone();
+
+  QuantizeOptions options;
+  options.threshold = {ThresholdMode::Sparsity, 0.5};
+  const ModelMetadata meta = quantize_module(module, options);
+  REQUIRE(meta.layers.size() == 2);
+  for (const auto& p : module.named_parameters()) {
+    const LayerRecord* r = meta.find(p.name);
+    CAPTURE(p.name);
+    if (!r) {
+      CHECK(torch::equal(p.value, before[p.name]));
+      continue;
+    }
+    const auto& w = p.value;
+    CHECK(((w == r->wp) | (w == 0) | (w == -r->wn)).all().item<bool>());
+    CHECK((w == 0).sum().item<int64_t>() == w.numel() / 2);
+    CHECK(r->counts.total() == w.numel());
+    CHECK(r->wp == Approx(before[p.name].masked_select(before[p.name] > r->delta).mean().item<double>()));
+  }
+}
+
+TEST_CASE("TTQ metadata survives a JSON round trip - malformed text is an input error") {
+  auto module = fixture("small_cnn.pt");
+  ModelMetadata meta = quantize_module(module, {});
+  meta.command = "quantize";
+  const ModelMetadata back = metadata_from_json(metadata_to_json(meta), "test");
+  REQUIRE(back.layers.size() == meta.layers.size());
+  for (size_t i = 0; i < meta.layers.size(); ++i) {
+    CHECK(back.layers[i].name == meta.layers[i].name);
+    CHECK(back.layers[i].shape == meta.layers[i].shape);
+    CHECK(back.layers[i].wp == meta.layers[i].wp);
+    CHECK(back.layers[i].wn == meta.layers[i].wn);
+    CHECK(back.layers[i].delta == meta.layers[i].delta);
+    CHECK(back.layers[i].counts.zero == meta.layers[i].counts.zero);
+  }
+  CHECK(back.command == "quantize");
+  CHECK(back.options.threshold.value == meta.options.threshold.value);
+  CHECK(kind_of([] { metadata_from_json("{not json", "x"); }) == ErrorKind::Input);
+  CHECK(kind_of([] { metadata_from_json(R"({"format":"ttq-metadata","version":99})", "x"); }) == ErrorKind::Input);
+  CHECK(kind_of([] { metadata_from_json(R"({"format":"ttq-metadata","version":1})", "x"); }) == ErrorKind::Input);
+}
