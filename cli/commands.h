@@ -8,6 +8,7 @@ namespace ttq::cli {
 
 Command register_quantize(CLI::App& app);
 Command register_inspect(CLI::App& app);
+Command register_export(CLI::App& app);
 // Subcommands whose issues are still open: registered so that scripts find them, but they
 // refuse to run.
 std::vector<Command> register_planned(CLI::App& app);

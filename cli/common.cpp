@@ -64,9 +64,8 @@ const QuantizeOptions& QuantizeFlags::resolve() {
   return options;
 }
 
-namespace {
-
 std::string join_shape(const std::vector<int64_t>& shape) {
+  if (shape.empty()) return "scalar";
   std::string s;
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
   return s;
@@ -84,6 +83,8 @@ std::string human_count(int64_t n) {
   if (n >= 10000) return fmt::format("{:.1f}K", n / 1e3);
   return std::to_string(n);
 }
+
+namespace {
 
 nlohmann::json report_json(const ModelReport& report, const std::string& source) {
   using nlohmann::json;

@@ -8,6 +8,7 @@
 
 #include "core/quantize.h"
 #include "core/report.h"
+#include "formats/ttqz.h"
 
 namespace ttq::cli {
 
@@ -33,5 +34,19 @@ struct QuantizeFlags {
 // names the file just written, when there is one.
 void print_report(const ModelReport& report, const std::string& source, bool json,
                   const std::string& output = "");
+
+// Prints what a .ttqz archive holds and how close it is to the entropy bound. With `input`
+// (export), also the input file and the compression ratio.
+struct ExportInput {
+  std::string path;
+  uint64_t bytes = 0;
+};
+void print_archive(const ttqz::Archive& archive, const std::string& source, bool json,
+                   const std::optional<ExportInput>& input = std::nullopt);
+
+// Sizes for people: "44.7 MiB", and counts: "11.2M".
+std::string human_bytes(double bytes);
+std::string human_count(int64_t n);
+std::string join_shape(const std::vector<int64_t>& shape);
 
 }  // namespace ttq::cli

@@ -2,6 +2,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "formats/archive.h"
 #include "formats/torchscript.h"
 
 namespace ttq::cli {
@@ -15,6 +16,11 @@ struct InspectArgs {
 
 void run_inspect(InspectArgs& args) {
   const QuantizeOptions& options = args.flags.resolve();
+  if (is_archive(args.file)) {
+    const auto bytes = read_file(args.file);
+    print_archive(parse_archive(bytes, args.file), args.file, args.json);
+    return;
+  }
   const LoadedModel loaded = load_torchscript(args.file);
   const ModelReport report = inspect_module(loaded.module, loaded.metadata, options);
   if (report.dry_run)
@@ -29,7 +35,7 @@ Command register_inspect(CLI::App& app) {
   auto args = std::make_shared<InspectArgs>();
   auto* sub = app.add_subcommand(
       "inspect", "Show per-layer sparsity, scales, threshold, bits and sizes of a TorchScript model");
-  sub->add_option("FILE", args->file, "TorchScript model, quantized or not")->required()->type_name("FILE");
+  sub->add_option("FILE", args->file, "TorchScript model (quantized or not) or .ttqz archive")->required()->type_name("FILE");
   sub->add_flag("--json", args->json, "print the report as one JSON document on stdout");
   args->flags.add_to(sub);
   return {sub, [args] { run_inspect(*args); }};

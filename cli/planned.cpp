@@ -12,7 +12,6 @@ std::vector<Command> register_planned(CLI::App& app) {
   };
   static constexpr Planned kPlanned[] = {
       {"finetune", "TTQ training on real data (not implemented yet)"},
-      {"export", "Write a compressed .ttqz archive (not implemented yet)"},
       {"stats", "Wp/Wn and sparsity trajectories of a run (not implemented yet)"},
   };
   std::vector<Command> commands;

@@ -101,21 +101,6 @@ torch::Tensor ternarize(const torch::Tensor& x, const torch::Tensor& wp, const t
   return TernarizeFunction::apply(x, wp, wn, static_cast<double>(delta));
 }
 
-double CodeCounts::sparsity() const {
-  return total() ? static_cast<double>(zero) / static_cast<double>(total()) : 0.0;
-}
-
-double CodeCounts::entropy_bits() const {
-  const double n = static_cast<double>(total());
-  double h = 0.0;
-  for (const int64_t c : {neg, zero, pos}) {
-    if (c == 0) continue;
-    const double p = static_cast<double>(c) / n;
-    h -= p * std::log2(p);
-  }
-  return h;
-}
-
 CodeCounts count_codes(const torch::Tensor& x, float delta) {
   torch::NoGradGuard no_grad;
   CodeCounts c;

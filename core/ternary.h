@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/code_counts.h"
+
 namespace ttq {
 
 // How Δ is chosen for a tensor. Both modes come from the paper.
@@ -51,16 +53,6 @@ torch::Tensor ternarize(const torch::Tensor& x, const torch::Tensor& wp, const t
                         float delta);
 
 // How many weights fall on each ternary code for threshold Δ.
-struct CodeCounts {
-  int64_t neg = 0;
-  int64_t zero = 0;
-  int64_t pos = 0;
-
-  int64_t total() const { return neg + zero + pos; }
-  double sparsity() const;
-  // Order-0 entropy of the codes in bits per weight: the storage limit of shared/docs.
-  double entropy_bits() const;
-};
 CodeCounts count_codes(const torch::Tensor& x, float delta);
 
 }  // namespace ttq

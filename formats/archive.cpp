@@ -1,0 +1,214 @@
+#include "formats/archive.h"
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/layers.h"
+#include "formats/atomic_file.h"
+#include "formats/metadata.h"
+#include "formats/ternary_codec.h"
+#include "formats/ttqz.h"
+
+namespace ttq {
+namespace {
+
+struct DtypeName {
+  torch::Dtype dtype;
+  const char* name;
+};
+constexpr DtypeName kDtypeNames[] = {
+    {torch::kFloat32, "float32"}, {torch::kFloat64, "float64"}, {torch::kFloat16, "float16"},
+    {torch::kBFloat16, "bfloat16"}, {torch::kInt64, "int64"}, {torch::kInt32, "int32"},
+    {torch::kInt16, "int16"}, {torch::kInt8, "int8"}, {torch::kUInt8, "uint8"}, {torch::kBool, "bool"}};
+
+std::string dtype_name(torch::Dtype d) {
+  for (const auto& e : kDtypeNames)
+    if (e.dtype == d) return e.name;
+  throw input_error(fmt::format("tensors of dtype {} cannot be exported", c10::toString(d)));
+}
+
+torch::Dtype dtype_of(const std::string& name) {
+  for (const auto& e : kDtypeNames)
+    if (name == e.name) return e.dtype;
+  throw input_error(fmt::format("unknown dtype '{}'", name));
+}
+
+std::vector<uint8_t> tensor_bytes(const torch::Tensor& t) {
+  const auto c = t.contiguous();
+  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
+  return std::vector<uint8_t>(p, p + c.numel() * c.element_size());
+}
+
+// Maps each weight to its code; an error when a value is not one of the layer's three levels.
+std::vector<uint8_t> ternary_symbols_of(const torch::Tensor& weight, const LayerRecord& layer) {
+  const auto w = weight.detach().to(torch::kFloat).contiguous();
+  const float* v = w.data_ptr<float>();
+  std::vector<uint8_t> symbols(static_cast<size_t>(w.numel()));
+  for (size_t i = 0; i < symbols.size(); ++i) {
+    if (v[i] == layer.wp) symbols[i] = kSymbolPos;
+    else if (v[i] == 0.0f) symbols[i] = kSymbolZero;
+    else if (v[i] == -layer.wn) symbols[i] = kSymbolNeg;
+    else
+      throw input_error(fmt::format("{}: weight {} of layer {} is {}, not one of -Wn, 0, +Wp ({}, 0, {}); "
+                                    "the file's weights no longer match its TTQ metadata",
+                                    "export", i, layer.name, v[i], -layer.wn, layer.wp));
+  }
+  return symbols;
+}
+
+torch::Tensor ternary_tensor(const std::vector<uint8_t>& symbols, const ttqz::TensorEntry& e) {
+  auto out = torch::empty(e.shape, torch::TensorOptions().dtype(torch::kFloat));
+  const float levels[3] = {-e.wn, 0.0f, e.wp};
+  float* o = out.data_ptr<float>();
+  for (size_t i = 0; i < symbols.size(); ++i) o[i] = levels[symbols[i]];
+  return out.to(dtype_of(e.dtype));
+}
+
+torch::Tensor raw_tensor(const std::vector<uint8_t>& bytes, const ttqz::TensorEntry& e) {
+  auto out = torch::empty(e.shape, torch::TensorOptions().dtype(dtype_of(e.stored_dtype)));
+  if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
+  return out.to(dtype_of(e.dtype));
+}
+
+struct NamedTensor {
+  std::string name;
+  torch::Tensor value;
+  bool is_parameter;
+};
+
+std::vector<NamedTensor> all_tensors(const torch::jit::Module& module) {
+  std::vector<NamedTensor> out;
+  for (const auto& p : module.named_parameters(true)) out.push_back({p.name, p.value, true});
+  for (const auto& b : module.named_buffers(true)) out.push_back({b.name, b.value, false});
+  return out;
+}
+
+// The TorchScript program with every parameter and buffer emptied (they travel as sections).
+std::vector<uint8_t> program_without_tensors(torch::jit::Module module, const std::vector<NamedTensor>& tensors) {
+  for (const auto& t : tensors) set_parameter(module, t.name, torch::empty({0}, t.value.options()));
+  std::ostringstream program;
+  try {
+    module.save(program);
+  } catch (...) {
+    for (const auto& t : tensors) set_parameter(module, t.name, t.value);
+    throw;
+  }
+  for (const auto& t : tensors) set_parameter(module, t.name, t.value);
+  const std::string s = program.str();
+  return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+}  // namespace
+
+FpDtype fp_dtype_from_string(const std::string& name) {
+  if (name == "fp32") return FpDtype::Float32;
+  if (name == "fp16") return FpDtype::Float16;
+  if (name == "bf16") return FpDtype::BFloat16;
+  throw usage_error(fmt::format("unknown --fp-dtype '{}'", name));
+}
+
+void write_archive(const torch::jit::Module& module, const ModelMetadata& metadata,
+                   const ExportOptions& options, const std::string& path) {
+  torch::NoGradGuard no_grad;
+  const auto tensors = all_tensors(module);
+  std::vector<ttqz::TensorEntry> entries;
+  std::vector<ttqz::Payload> payloads;
+  for (const auto& t : tensors) {
+    ttqz::TensorEntry e;
+    e.name = t.name;
+    e.is_parameter = t.is_parameter;
+    e.requires_grad = t.value.requires_grad();
+    e.shape = t.value.sizes().vec();
+    e.dtype = dtype_name(t.value.scalar_type());
+    e.section = static_cast<uint32_t>(payloads.size());
+    const LayerRecord* layer = t.is_parameter ? metadata.find(t.name) : nullptr;
+    if (layer) {
+      const auto symbols = ternary_symbols_of(t.value, *layer);
+      e.encoding = ttqz::Encoding::TernaryRans;
+      e.wp = layer->wp;
+      e.wn = layer->wn;
+      for (const uint8_t s : symbols) (s == kSymbolNeg ? e.counts.neg : s == kSymbolZero ? e.counts.zero : e.counts.pos) += 1;
+      payloads.push_back({encode_ternary(symbols.data(), symbols.size()), false});
+    } else {
+      torch::Tensor stored = t.value.detach();
+      if (stored.scalar_type() == torch::kFloat32 && options.fp_dtype != FpDtype::Float32)
+        stored = stored.to(options.fp_dtype == FpDtype::Float16 ? torch::kFloat16 : torch::kBFloat16);
+      e.stored_dtype = dtype_name(stored.scalar_type());
+      payloads.push_back({tensor_bytes(stored), true});
+    }
+    entries.push_back(std::move(e));
+  }
+  const auto program = program_without_tensors(module, tensors);
+
+  AtomicOutput out(path);
+  std::ofstream file(out.temp_path(), std::ios::binary);
+  ttqz::write(file, metadata_to_json(metadata), program, std::move(entries), payloads, options.level);
+  file.close();
+  if (!file) throw runtime_error(fmt::format("cannot write {}: write failed", path));
+  out.commit();
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) throw input_error(fmt::format("{}: no such file", path));
+  if (!std::filesystem::is_regular_file(path, ec)) throw input_error(fmt::format("{}: not a regular file", path));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw input_error(fmt::format("{}: cannot be read", path));
+  const auto size = std::filesystem::file_size(path, ec);
+  std::vector<uint8_t> bytes(size);
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+  if (!in) throw input_error(fmt::format("{}: read failed", path));
+  return bytes;
+}
+
+bool is_archive(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[sizeof ttqz::kMagic] = {};
+  return in.read(magic, sizeof magic) && std::memcmp(magic, ttqz::kMagic, sizeof magic) == 0;
+}
+
+ttqz::Archive parse_archive(const std::vector<uint8_t>& bytes, const std::string& path) {
+  try {
+    return ttqz::parse(bytes.data(), bytes.size());
+  } catch (const Error& e) {
+    throw input_error(fmt::format("{}: {}", path, e.what()));
+  }
+}
+
+RestoredModel read_archive(const std::string& path) {
+  const auto bytes = read_file(path);
+  const ttqz::Archive archive = parse_archive(bytes, path);
+  RestoredModel restored;
+  try {
+    const auto program = ttqz::section_bytes(archive, archive.program_section);
+    std::istringstream stream(std::string(program.begin(), program.end()));
+    restored.module = torch::jit::load(stream, torch::kCPU);
+  } catch (const c10::Error& e) {
+    const std::string m = e.what_without_backtrace();
+    throw input_error(fmt::format("{}: the archived TorchScript program does not load: {}", path,
+                                  m.substr(0, m.find('\n'))));
+  }
+  torch::NoGradGuard no_grad;
+  try {
+    for (const auto& e : archive.tensors) {
+      torch::Tensor t = e.encoding == ttqz::Encoding::TernaryRans
+                            ? ternary_tensor(ttqz::ternary_symbols(archive, e), e)
+                            : raw_tensor(ttqz::section_bytes(archive, e.section), e);
+      if (e.is_parameter && t.is_floating_point()) t.set_requires_grad(e.requires_grad);
+      set_parameter(restored.module, e.name, t);
+    }
+  } catch (const Error& e) {
+    throw input_error(fmt::format("{}: {}", path, e.what()));
+  } catch (const c10::Error& e) {
+    const std::string m = e.what_without_backtrace();
+    throw input_error(fmt::format("{}: the archive does not fit its program: {}", path, m.substr(0, m.find('\n'))));
+  }
+  if (!archive.ttq_json.empty()) restored.metadata = metadata_from_json(archive.ttq_json, path);
+  return restored;
+}
+
+torch::jit::Module load_archive(const std::string& path) { return read_archive(path).module; }
+
+}  // namespace ttq
