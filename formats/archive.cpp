@@ -1,5 +1,6 @@
 #include "formats/archive.h"
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -125,6 +126,9 @@ void write_archive(const torch::jit::Module& module, const ModelMetadata& metada
     e.section = static_cast<uint32_t>(payloads.size());
     const LayerRecord* layer = t.is_parameter ? metadata.find(t.name) : nullptr;
     if (layer) {
+      if (!std::isfinite(layer->wp) || !std::isfinite(layer->wn))
+        throw input_error(fmt::format("layer {} has a non-finite scale (Wp {}, Wn {}); it cannot be exported",
+                                      layer->name, layer->wp, layer->wn));
       const auto symbols = ternary_symbols_of(t.value, *layer);
       e.encoding = ttqz::Encoding::TernaryRans;
       e.wp = layer->wp;

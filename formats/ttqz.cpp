@@ -169,10 +169,13 @@ TensorEntry parse_tensor(const json& j, size_t section_count) {
     t.encoding = Encoding::TernaryRans;
     if (t.dtype != "float32" && t.dtype != "float64")
       throw bad(fmt::format("tensor '{}': ternary codes for dtype {}", t.name, t.dtype));
-    t.wp = j.at("wp").get<float>();
-    t.wn = j.at("wn").get<float>();
-    if (!std::isfinite(t.wp) || !std::isfinite(t.wn))
-      throw bad(fmt::format("tensor '{}': non-finite scale", t.name));
+    // JSON has no infinity or NaN (writers emit null) and a double may overflow a float.
+    for (const char* key : {"wp", "wn"}) {
+      const json& v = j.at(key);
+      const float f = v.is_number() ? v.get<float>() : NAN;
+      if (!std::isfinite(f)) throw bad(fmt::format("tensor '{}': non-finite scale {}", t.name, key));
+      (key[1] == 'p' ? t.wp : t.wn) = f;
+    }
     const auto& c = j.at("counts");
     t.counts = {c.at("neg").get<int64_t>(), c.at("zero").get<int64_t>(), c.at("pos").get<int64_t>()};
   } else {
