@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <sstream>
 
 #include "core/error.h"
@@ -59,11 +60,9 @@ std::vector<uint8_t> ternary_symbols_of(const torch::Tensor& weight, const Layer
   return symbols;
 }
 
-torch::Tensor ternary_tensor(const std::vector<uint8_t>& symbols, const ttqz::TensorEntry& e) {
+torch::Tensor ternary_tensor(const ttqz::Archive& archive, const ttqz::TensorEntry& e) {
   auto out = torch::empty(e.shape, torch::TensorOptions().dtype(torch::kFloat));
-  const float levels[3] = {-e.wn, 0.0f, e.wp};
-  float* o = out.data_ptr<float>();
-  for (size_t i = 0; i < symbols.size(); ++i) o[i] = levels[symbols[i]];
+  ttqz::ternary_values(archive, e, out.data_ptr<float>());
   return out.to(dtype_of(e.dtype));
 }
 
@@ -184,24 +183,38 @@ ttqz::Archive parse_archive(const std::vector<uint8_t>& bytes, const std::string
 RestoredModel read_archive(const std::string& path) {
   const auto bytes = read_file(path);
   const ttqz::Archive archive = parse_archive(bytes, path);
+
+  // Compiling the program and decoding the tensors are independent: run them side by side.
+  auto program = std::async(std::launch::async, [&] {
+    const auto code = ttqz::section_bytes(archive, archive.program_section);
+    std::istringstream stream(std::string(code.begin(), code.end()));
+    return torch::jit::load(stream, torch::kCPU);
+  });
+  std::vector<torch::Tensor> tensors;
+  try {
+    torch::NoGradGuard no_grad;
+    for (const auto& e : archive.tensors)
+      tensors.push_back(e.encoding == ttqz::Encoding::TernaryRans
+                            ? ternary_tensor(archive, e)
+                            : raw_tensor(ttqz::section_bytes(archive, e.section), e));
+  } catch (...) {
+    program.wait();  // it reads `archive`
+    throw;
+  }
+
   RestoredModel restored;
   try {
-    const auto program = ttqz::section_bytes(archive, archive.program_section);
-    std::istringstream stream(std::string(program.begin(), program.end()));
-    restored.module = torch::jit::load(stream, torch::kCPU);
+    restored.module = program.get();
   } catch (const c10::Error& e) {
     const std::string m = e.what_without_backtrace();
     throw input_error(fmt::format("{}: the archived TorchScript program does not load: {}", path,
                                   m.substr(0, m.find('\n'))));
   }
-  torch::NoGradGuard no_grad;
   try {
-    for (const auto& e : archive.tensors) {
-      torch::Tensor t = e.encoding == ttqz::Encoding::TernaryRans
-                            ? ternary_tensor(ttqz::ternary_symbols(archive, e), e)
-                            : raw_tensor(ttqz::section_bytes(archive, e.section), e);
-      if (e.is_parameter && t.is_floating_point()) t.set_requires_grad(e.requires_grad);
-      set_parameter(restored.module, e.name, t);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& e = archive.tensors[i];
+      if (e.is_parameter && tensors[i].is_floating_point()) tensors[i].set_requires_grad(e.requires_grad);
+      set_parameter(restored.module, e.name, tensors[i]);
     }
   } catch (const Error& e) {
     throw input_error(fmt::format("{}: {}", path, e.what()));

@@ -78,6 +78,8 @@ std::vector<uint8_t> section_bytes(const Archive& archive, uint32_t index);
 // Decodes a ternary tensor's symbols (0 = -wn, 1 = 0, 2 = +wp) and checks them against the entry's
 // counts.
 std::vector<uint8_t> ternary_symbols(const Archive& archive, const TensorEntry& entry);
+// The same decoded straight to float levels {-wn, 0, +wp} into out[numel].
+void ternary_values(const Archive& archive, const TensorEntry& entry, float* out);
 
 // What an archive holds and how close it is to the storage limit (for inspect and export).
 struct TensorSummary {

@@ -100,9 +100,9 @@ void reseal_header(std::vector<uint8_t>& b) {
 
 }  // namespace
 
-// The coder adds a fixed 10 bytes (frequency table and final state) to n·H/8: within 2% of the
-// entropy once a tensor's codes carry more than ~500 bytes, which every real conv/linear layer does.
-TEST_CASE("rANS round-trips ternary codes within 2 percent of their entropy plus 10 bytes") {
+// The coder adds a fixed 14 bytes (frequency table and two final states) to n·H/8: within 2% of the
+// entropy once a tensor's codes take 700 bytes or more.
+TEST_CASE("rANS round-trips ternary codes within 2 percent of their entropy plus 14 bytes") {
   for (double p_zero : {0.05, 0.18, 0.3, 0.5, 0.7, 0.95}) {
     for (size_t n : {size_t(8192), size_t(100000), size_t(1) << 20}) {
       const auto symbols = random_symbols(n, p_zero, static_cast<uint32_t>(n + p_zero * 100));
@@ -112,8 +112,8 @@ TEST_CASE("rANS round-trips ternary codes within 2 percent of their entropy plus
       CAPTURE(p_zero, n);
       CHECK(back == symbols);
       const double entropy_bytes = entropy_bits(symbols) * n / 8.0;
-      CHECK(coded.size() <= 1.02 * entropy_bytes + 10);
-      if (entropy_bytes >= 500) CHECK(coded.size() <= 1.02 * entropy_bytes);
+      CHECK(coded.size() <= 1.02 * entropy_bytes + 14);
+      if (entropy_bytes >= 700) CHECK(coded.size() <= 1.02 * entropy_bytes);
     }
   }
 }
