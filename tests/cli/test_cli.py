@@ -1,20 +1,18 @@
 """End-to-end tests of the ttq binary, run as a user runs it; outputs are loaded back by PyTorch.
 
-Environment (set by CTest): TTQ_BIN (the binary), TTQ_FIXTURES (scripts/make_fixtures.py output),
-TTQ_MAN (the man/ folder).
+Environment (set by CTest): see ttq_testing.py; TTQ_MAN (the man/ folder).
 """
 import json
 import math
 import os
 import re
-import subprocess
-import tempfile
+
 import unittest
 
 import torch
 
-TTQ = os.environ["TTQ_BIN"]
-FIX = os.environ["TTQ_FIXTURES"]
+from ttq_testing import Workdir, fixture, load_with_metadata, ttq
+
 MAN = os.environ["TTQ_MAN"]
 
 # (fixture, example input) for every model quantize must handle.
@@ -25,46 +23,9 @@ MODELS = {
 }
 
 
-def ttq(*args):
-    return subprocess.run([TTQ, *args], capture_output=True, text=True, timeout=600)
-
-
-def fixture(name):
-    return os.path.join(FIX, name)
-
-
 def quantized_names(path):
     meta = json.loads(load_with_metadata(path)[1])
     return {layer["name"]: layer for layer in meta["layers"]}
-
-
-def load_with_metadata(path):
-    extra = {"ttq.json": ""}
-    module = torch.jit.load(path, _extra_files=extra)
-    return module, extra["ttq.json"]
-
-
-class Workdir(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
-
-    def tearDown(self):
-        self.tmp.cleanup()
-
-    def out(self, name):
-        return os.path.join(self.dir, name)
-
-    def assert_one_error_line(self, result, code, pattern):
-        self.assertEqual(result.returncode, code, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, result.stderr)
-        self.assertRegex(lines[0], r"^ttq: error: ")
-        self.assertRegex(lines[0], pattern)
-        self.assertEqual(result.stdout, "")
-
-    def assert_no_files(self):
-        self.assertEqual(os.listdir(self.dir), [])
 
 
 class QuantizeOutputs(Workdir):

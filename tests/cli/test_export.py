@@ -1,44 +1,25 @@
 """End-to-end tests of `ttq export`, .ttqz archives and the installed C++ package.
 
-Environment (set by CTest): TTQ_BIN, TTQ_FIXTURES, TTQ_BUILD_DIR (for the package test).
+Environment (set by CTest): see ttq_testing.py; TTQ_BUILD_DIR (for the package test).
 """
 import json
 import os
 import random
 import subprocess
-import tempfile
 import unittest
 
 import torch
 
-TTQ = os.environ["TTQ_BIN"]
-FIX = os.environ["TTQ_FIXTURES"]
+from ttq_testing import Workdir, fixture, ttq
+from ttq_testing import load_with_metadata as load
+
 INPUTS = {"resnet18.pt": (2, 3, 64, 64), "mobilenet_v2.pt": (2, 3, 64, 64), "small_cnn.pt": (2, 1, 28, 28)}
 
 
-def ttq(*args):
-    return subprocess.run([TTQ, *args], capture_output=True, text=True, timeout=600)
-
-
-def load(path):
-    extra = {"ttq.json": ""}
-    return torch.jit.load(path, _extra_files=extra).eval(), extra["ttq.json"]
-
-
-class Work(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
-
-    def tearDown(self):
-        self.tmp.cleanup()
-
-    def out(self, name):
-        return os.path.join(self.dir, name)
-
+class Work(Workdir):
     def quantized(self, name, *flags):
         path = self.out(name.replace(".pt", ".ttq.pt"))
-        r = ttq("quantize", os.path.join(FIX, name), "-o", path, *flags)
+        r = ttq("quantize", fixture(name), "-o", path, *flags)
         self.assertEqual(r.returncode, 0, r.stderr)
         return path
 
@@ -46,12 +27,6 @@ class Work(unittest.TestCase):
         r = ttq("export", src, "-o", dst, "--json", *flags)
         self.assertEqual(r.returncode, 0, r.stderr)
         return json.loads(r.stdout)
-
-    def assert_one_error_line(self, r, code, pattern):
-        self.assertEqual(r.returncode, code, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, r.stderr)
-        self.assertRegex(lines[0], r"^ttq: error: .*" + pattern)
 
 
 class RoundTrip(Work):
@@ -157,7 +132,7 @@ class RoundTrip(Work):
 
 class Errors(Work):
     def test_model_without_ttq_metadata(self):
-        r = ttq("export", os.path.join(FIX, "small_cnn.pt"), "-o", self.out("m.ttqz"))
+        r = ttq("export", fixture("small_cnn.pt"), "-o", self.out("m.ttqz"))
         self.assert_one_error_line(r, 1, "no TTQ metadata")
         self.assertEqual(os.listdir(self.dir), [])
 

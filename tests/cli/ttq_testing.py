@@ -1,0 +1,53 @@
+"""Helpers shared by the end-to-end suites: run the binary, load outputs, temporary folders.
+
+Environment (set by CTest): TTQ_BIN (the binary), TTQ_FIXTURES (scripts/make_fixtures.py output).
+"""
+import os
+import subprocess
+import tempfile
+import unittest
+
+import torch
+
+TTQ = os.environ["TTQ_BIN"]
+FIX = os.environ["TTQ_FIXTURES"]
+
+
+def ttq(*args):
+    return subprocess.run([TTQ, *args], capture_output=True, text=True, timeout=600)
+
+
+def fixture(name):
+    return os.path.join(FIX, name)
+
+
+def load_with_metadata(path):
+    """The module (in eval mode) and the text of its ttq.json extra file ('' or b'' if absent)."""
+    extra = {"ttq.json": ""}
+    module = torch.jit.load(path, _extra_files=extra)
+    return module.eval(), extra["ttq.json"]
+
+
+class Workdir(unittest.TestCase):
+    """A test with its own temporary folder and the checks every error case shares."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def out(self, name):
+        return os.path.join(self.dir, name)
+
+    def assert_one_error_line(self, result, code, pattern):
+        self.assertEqual(result.returncode, code, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertRegex(lines[0], r"^ttq: error: ")
+        self.assertRegex(lines[0], pattern)
+        self.assertEqual(result.stdout, "")
+
+    def assert_no_files(self):
+        self.assertEqual(os.listdir(self.dir), [])
