@@ -9,6 +9,8 @@ namespace ttq::cli {
 Command register_quantize(CLI::App& app);
 Command register_inspect(CLI::App& app);
 Command register_export(CLI::App& app);
+Command register_finetune(CLI::App& app);
+Command register_eval(CLI::App& app);
 // Subcommands whose issues are still open: registered so that scripts find them, but they
 // refuse to run.
 std::vector<Command> register_planned(CLI::App& app);

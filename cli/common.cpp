@@ -1,6 +1,10 @@
 #include "cli/common.h"
 
+#include "core/error.h"
+
 #include <fmt/format.h>
+
+#include <ATen/Parallel.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -28,7 +32,8 @@ std::string init_help() {
 
 }  // namespace
 
-void QuantizeFlags::add_to(CLI::App* app) {
+void QuantizeFlags::add_to(CLI::App* app, const std::string& default_init) {
+  init = default_init;
   auto* t = app->add_option("--threshold", threshold,
                             "max-scaled threshold: weights with |x| <= T*max|x| become 0, T in (0,1)")
                 ->type_name("T")
@@ -53,6 +58,59 @@ void QuantizeFlags::add_to(CLI::App* app) {
       ->type_name("REGEX");
   app->add_flag("--quantize-first", sel.quantize_first, "also quantize the first layer in forward order");
   app->add_flag("--quantize-last", sel.quantize_last, "also quantize the last layer in forward order");
+}
+
+void DataFlags::add_to(CLI::App* app, bool training) {
+  app->add_option("--data", data, "dataset KIND:PATH (default: fashion-mnist:" + std::string(kDefaultDataDir) +
+                                      "); kinds: fashion-mnist, mnist, cifar10, tensors, and plugins'")
+      ->type_name("SPEC");
+  app->add_option("--val", val, "validate on this dataset's test split instead")->type_name("SPEC");
+  app->add_option("--plugin", plugins, "load dataset kinds from a shared library (repeatable)")->type_name("FILE.so");
+  app->add_option("--subset", subset, "use only the first N samples of each split (quick runs)")
+      ->type_name("N")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--threads", threads, "CPU threads for LibTorch")->type_name("N")->check(CLI::PositiveNumber)->capture_default_str();
+  app->add_option("--mean", mean, "per-channel normalization mean (default: the dataset's)")->type_name("M");
+  app->add_option("--std", std, "per-channel normalization std (default: the dataset's)")->type_name("S");
+  if (!training) return;
+  flip = app->add_flag("--flip", "random horizontal flips while training (default: the dataset's)");
+  no_flip = app->add_flag("--no-flip", "no random flips")->excludes(flip);
+  app->add_option("--crop-padding", crop_padding,
+                  "random crops with this zero padding while training, 0 for none (default: the dataset's)")
+      ->type_name("P")
+      ->check(CLI::NonNegativeNumber);
+}
+
+DataSplits DataFlags::load() const {
+  at::set_num_threads(threads);
+  for (const auto& p : plugins) load_plugin(p);
+  std::string spec = data.empty() ? default_dataset_spec() : data;
+  if (spec.empty())
+    throw input_error(fmt::format("no --data given and the default Fashion-MNIST is not in {} "
+                                  "(apt-get install dataset-fashion-mnist)", kDefaultDataDir));
+  if (data.empty()) spdlog::info("data: {} (the default)", spec);
+  DataSplits splits = load_dataset(spec);
+  if (!val.empty()) splits.test = load_dataset(val).test;
+  if (subset > 0) {
+    for (Dataset* d : {&splits.train, &splits.test}) {
+      const int64_t n = std::min(subset, d->size());
+      *d = {d->inputs.narrow(0, 0, n), d->labels.narrow(0, 0, n)};
+    }
+  }
+  return splits;
+}
+
+Preprocess DataFlags::preprocess(const DataSplits& splits) const {
+  Preprocess p = default_preprocess(splits);
+  if (!mean.empty()) p.mean = mean;
+  if (!std.empty()) p.std = std;
+  if (p.mean.size() != p.std.size()) throw usage_error("--mean and --std need the same number of values");
+  for (const double s : p.std)
+    if (!(s > 0)) throw usage_error("--std values must be positive");
+  if (flip && flip->count()) p.flip = true;
+  if (no_flip && no_flip->count()) p.flip = false;
+  if (crop_padding >= 0) p.crop_padding = crop_padding;
+  return p;
 }
 
 const QuantizeOptions& QuantizeFlags::resolve() {

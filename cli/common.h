@@ -8,7 +8,9 @@
 
 #include "core/quantize.h"
 #include "core/report.h"
+#include "core/train.h"
 #include "formats/ttqz.h"
+#include "plugins/dataset.h"
 
 namespace ttq::cli {
 
@@ -26,8 +28,25 @@ struct QuantizeFlags {
   CLI::Option* sparsity_option = nullptr;
   QuantizeOptions options;
 
-  void add_to(CLI::App* app);
+  void add_to(CLI::App* app, const std::string& default_init = "mean");
   const QuantizeOptions& resolve();  // validates ranges (usage error)
+};
+
+// --data, --val, --plugin, --subset, --threads and the preprocessing flags (finetune, eval).
+struct DataFlags {
+  std::string data, val;
+  std::vector<std::string> plugins;
+  int64_t subset = 0;
+  int threads = 1;
+  std::vector<double> mean, std;
+  CLI::Option* flip = nullptr;
+  CLI::Option* no_flip = nullptr;
+  int crop_padding = -1;  // -1: the dataset's default
+
+  void add_to(CLI::App* app, bool training);
+  // Sets the thread count, loads plugins and the data (the embedded default when --data is absent).
+  DataSplits load() const;
+  Preprocess preprocess(const DataSplits& data) const;
 };
 
 // Prints the report on stdout: an aligned table with totals, or one JSON document. `output`

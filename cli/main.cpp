@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
   app.footer("Run 'ttq COMMAND --help' for a command's options; 'man ttq' for exit codes.");
 
   std::vector<ttq::cli::Command> commands{ttq::cli::register_quantize(app),
+                                          ttq::cli::register_finetune(app),
+                                          ttq::cli::register_eval(app),
                                           ttq::cli::register_inspect(app),
                                           ttq::cli::register_export(app)};
   for (auto& c : ttq::cli::register_planned(app)) commands.push_back(std::move(c));

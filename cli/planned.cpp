@@ -11,7 +11,6 @@ std::vector<Command> register_planned(CLI::App& app) {
     const char* description;
   };
   static constexpr Planned kPlanned[] = {
-      {"finetune", "TTQ training on real data (not implemented yet)"},
       {"stats", "Wp/Wn and sparsity trajectories of a run (not implemented yet)"},
   };
   std::vector<Command> commands;

@@ -10,6 +10,7 @@ enum class ErrorKind {
   Input,    // bad file or data given by the user (exit 1)
   Runtime,  // anything that went wrong while working (exit 1)
   Usage,    // bad arguments: out-of-range values, conflicting flags (exit 2)
+  Interrupted,  // SIGINT/SIGTERM honoured after writing what had to be written (exit 130)
 };
 
 class Error : public std::runtime_error {
@@ -29,7 +30,10 @@ inline Error runtime_error(const std::string& m) { return Error(ErrorKind::Runti
 constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
+constexpr int kExitInterrupted = 130;
 
-inline int exit_code(ErrorKind kind) { return kind == ErrorKind::Usage ? kExitUsage : kExitFailure; }
+inline int exit_code(ErrorKind kind) {
+  return kind == ErrorKind::Usage ? kExitUsage : kind == ErrorKind::Interrupted ? kExitInterrupted : kExitFailure;
+}
 
 }  // namespace ttq

@@ -109,17 +109,22 @@ void apply_selection(std::vector<Candidate>& candidates, const Selection& select
         candidates.size()));
 }
 
-void set_parameter(torch::jit::Module& module, const std::string& qualified_name,
-                   const torch::Tensor& value) {
+ParameterSlot find_slot(const torch::jit::Module& module, const std::string& qualified_name) {
   torch::jit::Module owner = module;
   std::string rest = qualified_name;
   for (size_t dot; (dot = rest.find('.')) != std::string::npos; rest = rest.substr(dot + 1)) {
     const std::string child = rest.substr(0, dot);
-    if (!owner.hasattr(child)) throw runtime_error(fmt::format("no submodule '{}' in '{}'", child, qualified_name));
+    if (!owner.hasattr(child) || !owner.attr(child).isModule())
+      throw runtime_error(fmt::format("no submodule '{}' in '{}'", child, qualified_name));
     owner = owner.attr(child).toModule();
   }
   if (!owner.hasattr(rest)) throw runtime_error(fmt::format("no parameter '{}'", qualified_name));
-  owner.setattr(rest, value);
+  return {owner, rest};
+}
+
+void set_parameter(torch::jit::Module& module, const std::string& qualified_name,
+                   const torch::Tensor& value) {
+  find_slot(module, qualified_name).set(value);
 }
 
 }  // namespace ttq

@@ -34,6 +34,15 @@ size_t mark_selected(std::vector<Candidate>& candidates, const Selection& select
 // nothing to quantize, a usage error when the flags leave nothing.
 void apply_selection(std::vector<Candidate>& candidates, const Selection& selection);
 
+// Where a named tensor lives: its owning submodule and attribute name. Resolving once and setting
+// many times keeps the training step free of string work.
+struct ParameterSlot {
+  torch::jit::Module owner;
+  std::string attribute;
+  void set(const torch::Tensor& value) { owner.setattr(attribute, value); }
+};
+ParameterSlot find_slot(const torch::jit::Module& module, const std::string& qualified_name);
+
 // Replaces a parameter (by qualified name) with any tensor, including one computed from other
 // tensors: autograd then flows through the module's forward into those tensors.
 void set_parameter(torch::jit::Module& module, const std::string& qualified_name,

@@ -34,6 +34,7 @@ struct ModelMetadata {
   std::string command;  // the ttq command that wrote the file
   QuantizeOptions options;
   std::vector<LayerRecord> layers;
+  std::string run_json;  // finetune: a JSON object with the run's options and final metrics
 
   const LayerRecord* find(const std::string& name) const;
 };

@@ -25,6 +25,10 @@ class AtomicOutput {
   bool committed_ = false;
 };
 
+// Input error unless `path` could be written (its folder exists and is writable): checked before
+// long work, so that a typo does not cost a training run.
+void check_writable(const std::filesystem::path& path);
+
 // Usage error when `output` names the same file as `input` (overwriting the input while reading
 // it would destroy the user's model).
 void refuse_same_file(const std::filesystem::path& input, const std::filesystem::path& output);

@@ -36,6 +36,7 @@ std::string metadata_to_json(const ModelMetadata& meta) {
         {"quantize_last", o.selection.quantize_last}}},
       {"layers", layers},
   };
+  if (!meta.run_json.empty()) doc["run"] = json::parse(meta.run_json);
   return doc.dump(2);
 }
 
@@ -53,6 +54,7 @@ ModelMetadata parse_fields(const json& doc) {
   meta.options.selection = {o.at("include").get<std::vector<std::string>>(),
                             o.at("exclude").get<std::vector<std::string>>(),
                             o.at("quantize_first").get<bool>(), o.at("quantize_last").get<bool>()};
+  if (doc.contains("run")) meta.run_json = doc["run"].dump();
   for (const auto& l : doc.at("layers")) {
     LayerRecord r;
     r.name = l.at("name").get<std::string>();

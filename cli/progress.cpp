@@ -1,0 +1,35 @@
+#include "cli/progress.h"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+
+namespace ttq::cli {
+
+void Progress::update(const StepProgress& p, int epochs, int64_t total_steps) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (drawn_ && now - last_ < std::chrono::milliseconds(250) && p.step_in_epoch != p.steps_per_epoch) return;
+  last_ = now;
+  if (!started_) started_ = true, start_ = now, start_step_ = p.global_step - 1;
+  // ETA from this run's own pace (a resumed run starts timing at its first step).
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const double per_step = elapsed / std::max<int64_t>(1, p.global_step - start_step_);
+  const auto eta = static_cast<int64_t>(per_step * static_cast<double>(total_steps - p.global_step));
+  constexpr int kWidth = 24;
+  const int filled = static_cast<int>(kWidth * p.step_in_epoch / std::max<int64_t>(1, p.steps_per_epoch));
+  fmt::print(stderr, "\r\033[Kepoch {}/{} [{}{}] {}/{}  {:.0f} img/s  loss {:.4f}  lr {:.3g}  ETA {}:{:02}", p.epoch,
+             epochs, std::string(filled, '='), std::string(kWidth - filled, ' '), p.step_in_epoch, p.steps_per_epoch,
+             p.samples_per_second, p.loss, p.lr, eta / 60, eta % 60);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void Progress::clear() {
+  if (!drawn_) return;
+  fmt::print(stderr, "\r\033[K");
+  std::fflush(stderr);
+  drawn_ = false;
+}
+
+}  // namespace ttq::cli

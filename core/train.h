@@ -1,0 +1,147 @@
+// TTQ training of a TorchScript classifier (the `finetune` pipeline's core): latent
+// full-precision weights and per-layer Wp/Wn trained with the exact TTQ forward/backward
+// (core/ternary.h) through the module's own forward, and evaluation.
+#pragma once
+#include <torch/script.h>
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/quantize.h"
+#include "plugins/dataset.h"
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace ttq {
+
+struct Preprocess {
+  std::vector<double> mean, std;  // per channel, for uint8 inputs scaled to [0,1]
+  bool flip = false;
+  int crop_padding = 0;
+};
+
+struct TrainOptions {
+  int epochs = 10;
+  int64_t max_steps = 0;  // stop after this many steps in total (0: no limit); the schedule ignores it
+  int64_t batch_size = 128;
+  std::string optimizer = "sgd";  // sgd | adam
+  double lr = 0.01;
+  double momentum = 0.9;
+  double weight_decay = 2e-4;  // latent weights, other parameters and (unless !scale_decay) Wp/Wn
+  bool scale_decay = true;
+  double scale_lr_mult = 1.0;
+  std::string schedule = "cosine";  // cosine | step | constant
+  std::vector<int> milestones;      // epochs, for step
+  double gamma = 0.1;
+  uint64_t seed = 0;
+  bool fp = false;  // plain full-precision fine-tuning with the same loop (baselines)
+  QuantizeOptions quant;
+  Preprocess preprocess;
+};
+
+// One quantized layer while training.
+struct TrainLayer {
+  std::string name;
+  torch::Tensor latent;  // full-precision weights, trained
+  torch::Tensor wp, wn;  // scalars, trained
+  ThresholdSpec threshold;
+  float delta = 0;       // of the last forward
+};
+
+struct LayerSnapshot {
+  std::string name;
+  float wp, wn, delta;
+  CodeCounts counts;
+};
+
+struct Metrics {
+  double loss = 0, top1 = 0, top5 = 0;
+  int64_t samples = 0;
+};
+
+struct EpochRecord {
+  int epoch = 0;  // 1-based, completed (or, when partial, stopped by --max-steps)
+  bool partial = false;
+  int64_t step = 0;
+  double lr = 0;
+  Metrics train, val;
+  double seconds = 0;
+  std::vector<LayerSnapshot> layers;
+};
+
+struct StepProgress {
+  int epoch;  // 1-based, running
+  int64_t step_in_epoch, steps_per_epoch, global_step;
+  double loss, lr, samples_per_second;
+};
+
+// Everything that makes a run continue exactly: written to checkpoints, read on --resume.
+struct TrainPosition {
+  int epoch = 0;               // completed epochs
+  int64_t step_in_epoch = 0;   // steps done in the running epoch
+  int64_t global_step = 0;
+  Metrics train;               // sums over the running epoch's steps so far
+};
+
+// What the training loop tells its caller, and asks of it.
+struct TrainHooks {
+  std::function<void(const StepProgress&)> on_step;
+  std::function<void(const StepProgress&, const std::vector<LayerSnapshot>&)> on_log_step;  // every log_every
+  int64_t log_every = 0;
+  std::function<void(const EpochRecord&)> on_epoch;
+  std::function<void(const TrainPosition&)> save_checkpoint;  // after each epoch and on interrupt
+};
+
+// Thrown when an interrupt was requested (the caller exits 130).
+struct Interrupted : std::runtime_error {
+  Interrupted() : std::runtime_error("interrupted") {}
+};
+
+class Trainer {
+ public:
+  Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data);
+  ~Trainer();
+
+  // Runs the remaining epochs from `position()`. `stop` is polled after every step.
+  void run(const TrainHooks& hooks, const std::atomic<bool>& stop);
+  Metrics evaluate();
+
+  // Writes the final ternary weights into the module (no autograd) and returns their record.
+  ModelMetadata finalize();
+  torch::jit::Module& module() { return module_; }
+
+  // For checkpoints: every tensor that defines the state, by name, and the position.
+  std::vector<std::pair<std::string, torch::Tensor>> state_tensors();
+  torch::optim::Optimizer& optimizer();
+  TrainPosition& position() { return position_; }
+  const std::vector<TrainLayer>& layers() const { return layers_; }
+  int64_t steps_per_epoch() const;
+  const TrainOptions& options() const { return options_; }
+
+ private:
+  void apply_weights();  // w_t = ternarize(latent) into the module, keeping autograd
+  double lr_factor(int epoch, int64_t global_step) const;
+  std::vector<LayerSnapshot> snapshot() const;
+
+  torch::jit::Module module_;
+  TrainOptions options_;
+  DataSplits data_;
+  std::vector<TrainLayer> layers_;
+  std::vector<std::pair<std::string, torch::Tensor>> other_params_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::vector<double> base_lrs_;
+  TrainPosition position_;
+};
+
+// Evaluation of any module on a split (used by `eval` too).
+Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size);
+
+// The preprocessing for a dataset: its defaults.
+Preprocess default_preprocess(const DataSplits& data);
+
+}  // namespace ttq

@@ -1,0 +1,172 @@
+// The built-in dataset kinds: MNIST-style IDX files, CIFAR-10 binary batches, saved tensors.
+#include <fmt/format.h>
+#include <torch/script.h>
+#include <torch/serialize.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "plugins/dataset.h"
+
+namespace ttq {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Reads a whole file, gunzipping it when it is gzip (zlib reads plain files unchanged).
+std::vector<uint8_t> read_maybe_gz(const fs::path& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) throw input_error(fmt::format("{}: cannot be read", path.string()));
+  std::vector<uint8_t> out;
+  uint8_t buf[1 << 16];
+  int n;
+  while ((n = gzread(f, buf, sizeof buf)) > 0) out.insert(out.end(), buf, buf + n);
+  int err = 0;
+  const char* msg = gzerror(f, &err);
+  const std::string why = err < 0 ? msg : "";
+  gzclose(f);
+  if (n < 0 || !why.empty()) throw input_error(fmt::format("{}: corrupt gzip data ({})", path.string(), why));
+  return out;
+}
+
+uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
+
+// "name" or "name.gz" inside dir.
+fs::path find_file(const fs::path& dir, const std::string& name) {
+  for (const auto& candidate : {dir / name, dir / (name + ".gz")})
+    if (fs::exists(candidate)) return candidate;
+  throw input_error(fmt::format("{}: no {} or {}.gz", dir.string(), name, name));
+}
+
+// IDX (LeCun's MNIST format): magic 0x0000080D with D dimensions, big-endian sizes, then bytes.
+torch::Tensor read_idx(const fs::path& path, int dims) {
+  const auto bytes = read_maybe_gz(path);
+  const uint32_t magic = 0x800 + dims;
+  if (bytes.size() < 4 || be32(bytes.data()) != magic)
+    throw input_error(fmt::format("{}: not an IDX file with {} dimension(s) (magic {:#010x} expected)",
+                                  path.string(), dims, magic));
+  const size_t header = 4 + 4 * static_cast<size_t>(dims);
+  if (bytes.size() < header) throw input_error(fmt::format("{}: truncated IDX header", path.string()));
+  std::vector<int64_t> shape;
+  uint64_t count = 1;
+  for (int d = 0; d < dims; ++d) {
+    shape.push_back(be32(bytes.data() + 4 + 4 * d));
+    count *= static_cast<uint64_t>(shape.back());
+    if (count > (1ull << 34)) throw input_error(fmt::format("{}: IDX sizes too large", path.string()));
+  }
+  if (bytes.size() - header != count)
+    throw input_error(fmt::format("{}: truncated or padded IDX data ({} bytes for {} values)", path.string(),
+                                  bytes.size() - header, count));
+  auto t = torch::empty(shape, torch::kUInt8);
+  std::memcpy(t.data_ptr(), bytes.data() + header, count);
+  return t;
+}
+
+Dataset idx_split(const fs::path& dir, const std::string& prefix) {
+  Dataset d;
+  d.inputs = read_idx(find_file(dir, prefix + "-images-idx3-ubyte"), 3).unsqueeze(1);
+  d.labels = read_idx(find_file(dir, prefix + "-labels-idx1-ubyte"), 1).to(torch::kInt64);
+  if (d.inputs.size(0) != d.labels.size(0))
+    throw input_error(fmt::format("{}: {} images but {} labels in the {} split", dir.string(), d.inputs.size(0),
+                                  d.labels.size(0), prefix));
+  return d;
+}
+
+DataSplits load_idx(const std::string& path, double mean, double std) {
+  if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
+  DataSplits s;
+  s.train = idx_split(path, "train");
+  s.test = idx_split(path, "t10k");
+  s.num_classes = 10;
+  s.defaults = {{mean}, {std}, false, 0};
+  return s;
+}
+
+// CIFAR-10 binary version: records of 1 label byte + 3×32×32 pixel bytes.
+Dataset cifar_batches(const fs::path& dir, const std::vector<std::string>& files) {
+  constexpr size_t kRecord = 1 + 3 * 32 * 32;
+  std::vector<torch::Tensor> images, labels;
+  for (const auto& name : files) {
+    const auto bytes = read_maybe_gz(find_file(dir, name));
+    if (bytes.empty() || bytes.size() % kRecord != 0)
+      throw input_error(fmt::format("{}: {} bytes is not a whole number of CIFAR-10 records ({} bytes each)",
+                                    (dir / name).string(), bytes.size(), kRecord));
+    const auto n = static_cast<int64_t>(bytes.size() / kRecord);
+    auto raw = torch::from_blob(const_cast<uint8_t*>(bytes.data()), {n, static_cast<int64_t>(kRecord)}, torch::kUInt8);
+    labels.push_back(raw.select(1, 0).to(torch::kInt64));
+    images.push_back(raw.slice(1, 1).reshape({n, 3, 32, 32}).clone());
+  }
+  Dataset d{torch::cat(images), torch::cat(labels)};
+  if (d.labels.max().item<int64_t>() > 9) throw input_error(fmt::format("{}: CIFAR-10 label above 9", dir.string()));
+  return d;
+}
+
+DataSplits load_cifar10(const std::string& path) {
+  if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
+  DataSplits s;
+  s.train = cifar_batches(path, {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+                                 "data_batch_5.bin"});
+  s.test = cifar_batches(path, {"test_batch.bin"});
+  s.num_classes = 10;
+  s.defaults = {{0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}, true, 4};
+  return s;
+}
+
+// tensors:FILE — torch.save({'x': X, 'y': Y[, 'x_test': .., 'y_test': ..]}) or a TorchScript
+// module with those attributes. Without test tensors, validation uses the training data.
+DataSplits load_tensors(const std::string& path) {
+  if (!fs::is_regular_file(path)) throw input_error(fmt::format("{}: no such file", path));
+  std::map<std::string, torch::Tensor> found;
+  try {
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto value = torch::pickle_load(bytes);
+    if (!value.isGenericDict()) throw input_error(fmt::format("{}: not a dict of tensors", path));
+    for (const auto& item : value.toGenericDict())
+      if (item.key().isString() && item.value().isTensor()) found[item.key().toStringRef()] = item.value().toTensor();
+  } catch (const c10::Error&) {
+    try {
+      auto module = torch::jit::load(path);
+      for (const char* key : {"x", "y", "x_test", "y_test"})
+        if (module.hasattr(key) && module.attr(key).isTensor()) found[key] = module.attr(key).toTensor();
+    } catch (const c10::Error&) {
+      throw input_error(fmt::format("{}: neither a torch.save() dict nor a TorchScript module", path));
+    }
+  }
+  const auto get = [&](const char* key) -> torch::Tensor {
+    auto it = found.find(key);
+    return it == found.end() ? torch::Tensor() : it->second;
+  };
+  DataSplits s;
+  s.train = {get("x"), get("y")};
+  s.test = get("x_test").defined() ? Dataset{get("x_test"), get("y_test")} : s.train;
+  for (const auto* d : {&s.train, &s.test}) {
+    if (!d->inputs.defined() || !d->labels.defined())
+      throw input_error(fmt::format("{}: needs tensors 'x' and 'y' (and optionally 'x_test', 'y_test')", path));
+    if (d->labels.dim() != 1 || d->labels.is_floating_point() || d->inputs.size(0) != d->labels.size(0))
+      throw input_error(fmt::format("{}: 'y' must be integer labels, one per row of 'x'", path));
+  }
+  s.train.labels = s.train.labels.to(torch::kInt64);
+  s.test.labels = s.test.labels.to(torch::kInt64);
+  if (!s.train.inputs.is_floating_point() && s.train.inputs.scalar_type() != torch::kUInt8)
+    s.train.inputs = s.train.inputs.to(torch::kFloat), s.test.inputs = s.test.inputs.to(torch::kFloat);
+  s.num_classes = std::max(s.train.labels.max().item<int64_t>(), s.test.labels.max().item<int64_t>()) + 1;
+  return s;
+}
+
+}  // namespace
+
+void register_builtin_datasets() {
+  register_dataset_kind({"fashion-mnist", "Fashion-MNIST IDX files (gzipped or not) in a folder",
+                         [](const std::string& p) { return load_idx(p, 0.2860, 0.3530); }});
+  register_dataset_kind({"mnist", "MNIST IDX files (gzipped or not) in a folder",
+                         [](const std::string& p) { return load_idx(p, 0.1307, 0.3081); }});
+  register_dataset_kind({"cifar10", "CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin) in a folder",
+                         load_cifar10});
+  register_dataset_kind({"tensors", "torch.save({'x','y'[,'x_test','y_test']}) file or TorchScript module",
+                         load_tensors});
+}
+
+}  // namespace ttq

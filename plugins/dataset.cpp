@@ -1,0 +1,76 @@
+#include "plugins/dataset.h"
+
+#include <dlfcn.h>
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "plugins/plugin_api.h"
+
+namespace ttq {
+
+void register_builtin_datasets();  // plugins/builtin_datasets.cpp
+
+std::vector<DatasetKind>& dataset_kinds() {
+  static std::vector<DatasetKind> kinds;
+  static const bool init = (kinds.reserve(8), true);
+  (void)init;
+  return kinds;
+}
+
+void register_dataset_kind(DatasetKind kind) {
+  for (auto& k : dataset_kinds())
+    if (k.name == kind.name) throw usage_error(fmt::format("dataset kind '{}' is registered twice", kind.name));
+  dataset_kinds().push_back(std::move(kind));
+}
+
+namespace {
+
+void ensure_builtins() {
+  static const bool done = (register_builtin_datasets(), true);
+  (void)done;
+}
+
+}  // namespace
+
+DataSplits load_dataset(const std::string& spec) {
+  ensure_builtins();
+  const auto colon = spec.find(':');
+  std::string names;
+  for (const auto& k : dataset_kinds()) names += (names.empty() ? "" : ", ") + k.name;
+  if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size())
+    throw usage_error(fmt::format("dataset '{}' is not KIND:PATH (kinds: {})", spec, names));
+  const std::string kind = spec.substr(0, colon), path = spec.substr(colon + 1);
+  for (const auto& k : dataset_kinds()) {
+    if (k.name != kind) continue;
+    DataSplits splits = k.load(path);
+    splits.name = spec;
+    if (splits.train.size() == 0) throw input_error(fmt::format("{}: the training split is empty", spec));
+    return splits;
+  }
+  throw usage_error(fmt::format("unknown dataset kind '{}' (kinds: {})", kind, names));
+}
+
+void load_plugin(const std::string& path) {
+  ensure_builtins();
+  if (!std::filesystem::exists(path)) throw input_error(fmt::format("{}: no such plugin file", path));
+  // RTLD_GLOBAL: the plugin uses the LibTorch symbols of this process.
+  void* handle = dlopen(std::filesystem::absolute(path).c_str(), RTLD_NOW | RTLD_GLOBAL);
+  if (!handle) throw input_error(fmt::format("{}: cannot load plugin: {}", path, dlerror()));
+  auto entry = reinterpret_cast<PluginEntryPoint>(dlsym(handle, kPluginEntryPoint));
+  if (!entry) throw input_error(fmt::format("{}: not a ttq plugin (no {} function)", path, kPluginEntryPoint));
+  struct Registrar : PluginRegistrar {
+    void add(const std::string& kind, const std::string& help, DatasetLoader loader) override {
+      register_dataset_kind({kind, help, std::move(loader)});
+    }
+  } registrar;
+  entry(&registrar);
+}
+
+std::string default_dataset_spec() {
+  std::error_code ec;
+  return std::filesystem::is_directory(kDefaultDataDir, ec) ? std::string("fashion-mnist:") + kDefaultDataDir : "";
+}
+
+}  // namespace ttq
