@@ -62,7 +62,7 @@ void QuantizeFlags::add_to(CLI::App* app, const std::string& default_init) {
 
 void DataFlags::add_to(CLI::App* app, bool training) {
   app->add_option("--data", data, "dataset KIND:PATH (default: fashion-mnist:" + std::string(kDefaultDataDir) +
-                                      "); kinds: fashion-mnist, mnist, cifar10, tensors, and plugins'")
+                                      "); kinds: fashion-mnist, mnist, cifar10, tensors, and those of --plugin")
       ->type_name("SPEC");
   app->add_option("--val", val, "validate on this dataset's test split instead")->type_name("SPEC");
   app->add_option("--plugin", plugins, "load dataset kinds from a shared library (repeatable)")->type_name("FILE.so");

@@ -25,9 +25,6 @@ int fail(int code, const std::string& message) {
   return code;
 }
 
-// LibTorch appends C++ stack traces to its messages; keep the first line.
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,7 +54,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    return fail(ttq::kExitUsage, first_line(e.what()) + " (see 'ttq --help')");
+    return fail(ttq::kExitUsage, ttq::short_message(e.what()) + " (see 'ttq --help')");
   }
 
   setup_logging(verbose, quiet);
@@ -68,8 +65,8 @@ int main(int argc, char** argv) {
   } catch (const ttq::Error& e) {
     return fail(ttq::exit_code(e.kind()), e.what());
   } catch (const c10::Error& e) {
-    return fail(ttq::kExitFailure, first_line(e.what_without_backtrace()));
+    return fail(ttq::kExitFailure, ttq::short_message(e.what_without_backtrace()));
   } catch (const std::exception& e) {
-    return fail(ttq::kExitFailure, first_line(e.what()));
+    return fail(ttq::kExitFailure, ttq::short_message(e.what()));
   }
 }

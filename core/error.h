@@ -26,6 +26,15 @@ inline Error input_error(const std::string& m) { return Error(ErrorKind::Input, 
 inline Error usage_error(const std::string& m) { return Error(ErrorKind::Usage, m); }
 inline Error runtime_error(const std::string& m) { return Error(ErrorKind::Runtime, m); }
 
+// One line from a LibTorch or TorchScript exception: c10 errors append C++ backtraces, and the
+// TorchScript interpreter puts the actual error ("RuntimeError: ...") after a traceback.
+inline std::string short_message(const std::string& what) {
+  const auto runtime = what.rfind("RuntimeError: ");
+  std::string line = runtime != std::string::npos ? what.substr(runtime + 14) : what;
+  line = line.substr(0, line.find('\n'));
+  return line.empty() ? what.substr(0, what.find('\n')) : line;
+}
+
 // Exit codes, documented in man/ttq.1 (EXIT STATUS).
 constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;

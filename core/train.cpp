@@ -21,11 +21,6 @@ std::string shape_string(at::IntArrayRef s) {
   return out + "]";
 }
 
-std::string first_line(const c10::Error& e) {
-  const std::string m = e.what_without_backtrace();
-  return m.substr(0, m.find('\n'));
-}
-
 // splitmix64: per-sample randomness keyed by (seed, epoch, sample), independent of batching.
 uint64_t mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -98,8 +93,9 @@ Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const P
     torch::Tensor logits;
     try {
       logits = module.forward({x}).toTensor();
-    } catch (const c10::Error& e) {
-      throw input_error(fmt::format("the model rejects inputs of shape {}: {}", shape_string(x.sizes()), first_line(e)));
+    } catch (const std::exception& e) {  // c10::Error, or the TorchScript interpreter's JITException
+      throw input_error(fmt::format("the model rejects inputs of shape {}: {}", shape_string(x.sizes()),
+                                    short_message(e.what())));
     }
     if (logits.dim() != 2 || y.max().item<int64_t>() >= logits.size(1))
       throw input_error(fmt::format("labels go up to {} but the model gives outputs of shape {}",

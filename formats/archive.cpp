@@ -206,9 +206,8 @@ RestoredModel read_archive(const std::string& path) {
   try {
     restored.module = program.get();
   } catch (const c10::Error& e) {
-    const std::string m = e.what_without_backtrace();
     throw input_error(fmt::format("{}: the archived TorchScript program does not load: {}", path,
-                                  m.substr(0, m.find('\n'))));
+                                  short_message(e.what_without_backtrace())));
   }
   try {
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -219,8 +218,8 @@ RestoredModel read_archive(const std::string& path) {
   } catch (const Error& e) {
     throw input_error(fmt::format("{}: {}", path, e.what()));
   } catch (const c10::Error& e) {
-    const std::string m = e.what_without_backtrace();
-    throw input_error(fmt::format("{}: the archive does not fit its program: {}", path, m.substr(0, m.find('\n'))));
+    throw input_error(fmt::format("{}: the archive does not fit its program: {}", path,
+                                  short_message(e.what_without_backtrace())));
   }
   if (!archive.ttq_json.empty()) restored.metadata = metadata_from_json(archive.ttq_json, path);
   return restored;

@@ -12,13 +12,6 @@
 namespace ttq {
 namespace {
 
-// LibTorch's messages run over many lines with C++ stack traces; users get the first line.
-std::string first_line(const c10::Error& e) {
-  std::string m = e.what_without_backtrace();
-  const auto nl = m.find('\n');
-  return nl == std::string::npos ? m : m.substr(0, nl);
-}
-
 // TorchScript archives are zip files holding code/ and constants.pkl; torch.save() writes a zip
 // with data.pkl only (or, before PyTorch 1.6, a raw pickle). Tell them apart before loading.
 void check_archive_kind(const std::string& path) {
@@ -52,7 +45,7 @@ LoadedModel load_torchscript(const std::string& path) {
   try {
     loaded.module = torch::jit::load(path, torch::kCPU, extra);
   } catch (const c10::Error& e) {
-    throw input_error(fmt::format("{}: LibTorch cannot load this TorchScript model: {}", path, first_line(e)));
+    throw input_error(fmt::format("{}: LibTorch cannot load this TorchScript model: {}", path, short_message(e.what_without_backtrace())));
   }
   if (!extra[kMetadataFile].empty()) loaded.metadata = metadata_from_json(extra[kMetadataFile], path);
   return loaded;
@@ -66,7 +59,7 @@ void save_torchscript(const torch::jit::Module& module, const std::optional<Mode
   try {
     module.save(out.temp_path().string(), extra);
   } catch (const c10::Error& e) {
-    throw runtime_error(fmt::format("cannot write {}: {}", path, first_line(e)));
+    throw runtime_error(fmt::format("cannot write {}: {}", path, short_message(e.what_without_backtrace())));
   }
   out.commit();
 }

@@ -44,7 +44,14 @@ DataSplits load_dataset(const std::string& spec) {
   const std::string kind = spec.substr(0, colon), path = spec.substr(colon + 1);
   for (const auto& k : dataset_kinds()) {
     if (k.name != kind) continue;
-    DataSplits splits = k.load(path);
+    DataSplits splits;
+    try {
+      splits = k.load(path);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {  // plugins throw what they like; LibTorch adds backtraces
+      throw input_error(fmt::format("{}: {}", spec, short_message(e.what())));
+    }
     splits.name = spec;
     if (splits.train.size() == 0) throw input_error(fmt::format("{}: the training split is empty", spec));
     return splits;

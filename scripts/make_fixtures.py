@@ -8,6 +8,9 @@ small_cnn.pt                  a CNN for 1x28x28 input without BatchNorm; its lay
 one_layer.pt                  a single Linear: first == last
 no_quantizable.pt             parameters of rank 1 only
 eager_pickle.pt               torch.save() of a state_dict: not TorchScript
+tensors.pt                    torch.save({'x', 'y', 'x_test', 'y_test'}): a 20-feature, 10-class
+                              task (labels from a fixed random linear map) for one_layer.pt
+tensors_bad_labels.pt         the same with a label (15) beyond one_layer.pt's 10 outputs
 random.bin                    random bytes
 Usage: make_fixtures.py OUTDIR
 """
@@ -64,6 +67,13 @@ def main():
     save_scripted(nn.Linear(20, 10), os.path.join(out, "one_layer.pt"))
     save_scripted(NoQuantizable(), os.path.join(out, "no_quantizable.pt"))
     torch.save(cnn.state_dict(), os.path.join(out, "eager_pickle.pt"))
+    teacher = torch.randn(20, 10)
+    x, x_test = torch.randn(2000, 20), torch.randn(500, 20)
+    tensors = {"x": x, "y": (x @ teacher).argmax(1), "x_test": x_test, "y_test": (x_test @ teacher).argmax(1)}
+    torch.save(tensors, os.path.join(out, "tensors.pt"))
+    bad = dict(tensors, y=tensors["y"].clone())
+    bad["y"][7] = 15
+    torch.save(bad, os.path.join(out, "tensors_bad_labels.pt"))
     with open(os.path.join(out, "random.bin"), "wb") as f:
         f.write(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
     print(f"fixtures written to {out}")

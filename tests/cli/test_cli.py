@@ -313,17 +313,18 @@ class Errors(Workdir):
                                    r"--init")
 
     def test_planned_commands_refuse_to_run(self):
-        for cmd in ("finetune", "stats"):
+        for cmd in ("stats",):
             self.assert_one_error_line(ttq(cmd, fixture("small_cnn.pt")), 1, rf"'ttq {cmd}' is not implemented yet")
 
 
 class HelpAndManPages(unittest.TestCase):
-    COMMANDS = {"quantize": "ttq-quantize.1", "inspect": "ttq-inspect.1", "export": "ttq-export.1"}
+    COMMANDS = {"quantize": "ttq-quantize.1", "inspect": "ttq-inspect.1", "export": "ttq-export.1",
+                "finetune": "ttq-finetune.1", "eval": "ttq-eval.1"}
 
     def test_help_and_version(self):
         r = ttq("--help")
         self.assertEqual(r.returncode, 0)
-        for cmd in ("quantize", "finetune", "inspect", "export", "stats"):
+        for cmd in ("quantize", "finetune", "eval", "inspect", "export", "stats"):
             self.assertRegex(r.stdout, rf"\n\s+{cmd}\s")
         r = ttq("--version")
         self.assertEqual(r.returncode, 0)
@@ -351,7 +352,7 @@ class HelpAndManPages(unittest.TestCase):
         self.assertIn(".SH EXIT STATUS", man)
         for code in ("0", "1", "2"):
             self.assertRegex(man, rf"\.B {code}\n|\.IP {code}\b|^{code}\b")
-        for cmd in ("quantize", "finetune", "inspect", "export", "stats"):
+        for cmd in ("quantize", "finetune", "eval", "inspect", "export", "stats"):
             self.assertIn(cmd, man)
         self.assertEqual(self.long_options(ttq("--help").stdout),
                          self.long_options(man.split(".SH OPTIONS", 1)[1].split(".SH ", 1)[0]))
