@@ -62,7 +62,7 @@ void QuantizeFlags::add_to(CLI::App* app, const std::string& default_init) {
 
 void DataFlags::add_to(CLI::App* app, bool training) {
   app->add_option("--data", data, "dataset KIND:PATH (default: fashion-mnist:" + std::string(kDefaultDataDir) +
-                                      "); kinds: fashion-mnist, mnist, cifar10, tensors, and those of --plugin")
+                                      "); kinds: fashion-mnist, mnist, cifar10, imagefolder, tensors, and those of --plugin")
       ->type_name("SPEC");
   app->add_option("--val", val, "validate on this dataset's test split instead")->type_name("SPEC");
   app->add_option("--plugin", plugins, "load dataset kinds from a shared library (repeatable)")->type_name("FILE.so");
@@ -70,6 +70,10 @@ void DataFlags::add_to(CLI::App* app, bool training) {
       ->type_name("N")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--threads", threads, "CPU threads for LibTorch")->type_name("N")->check(CLI::PositiveNumber)->capture_default_str();
+  app->add_option("--image-size", load_options.image_size, "imagefolder: resize and center-crop images to N×N")
+      ->type_name("N")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app->add_option("--mean", mean, "per-channel normalization mean (default: the dataset's)")->type_name("M");
   app->add_option("--std", std, "per-channel normalization std (default: the dataset's)")->type_name("S");
   if (!training) return;
@@ -89,8 +93,8 @@ DataSplits DataFlags::load() const {
     throw input_error(fmt::format("no --data given and the default Fashion-MNIST is not in {} "
                                   "(apt-get install dataset-fashion-mnist)", kDefaultDataDir));
   if (data.empty()) spdlog::info("data: {} (the default)", spec);
-  DataSplits splits = load_dataset(spec);
-  if (!val.empty()) splits.test = load_dataset(val).test;
+  DataSplits splits = load_dataset(spec, load_options);
+  if (!val.empty()) splits.test = load_dataset(val, load_options).test;
   if (subset > 0) {
     for (Dataset* d : {&splits.train, &splits.test}) {
       const int64_t n = std::min(subset, d->size());

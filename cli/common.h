@@ -42,6 +42,7 @@ struct DataFlags {
   CLI::Option* flip = nullptr;
   CLI::Option* no_flip = nullptr;
   int crop_padding = -1;  // -1: the dataset's default
+  LoadOptions load_options;
 
   void add_to(CLI::App* app, bool training);
   // Sets the thread count, loads plugins and the data (the embedded default when --data is absent).

@@ -34,7 +34,7 @@ void ensure_builtins() {
 
 }  // namespace
 
-DataSplits load_dataset(const std::string& spec) {
+DataSplits load_dataset(const std::string& spec, const LoadOptions& options) {
   ensure_builtins();
   const auto colon = spec.find(':');
   std::string names;
@@ -46,7 +46,7 @@ DataSplits load_dataset(const std::string& spec) {
     if (k.name != kind) continue;
     DataSplits splits;
     try {
-      splits = k.load(path);
+      splits = k.load(path, options);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {  // plugins throw what they like; LibTorch adds backtraces

@@ -32,9 +32,14 @@ struct DataSplits {
   DataDefaults defaults;
 };
 
+// Settings a loader may use.
+struct LoadOptions {
+  int image_size = 32;  // imagefolder: shorter side resized to this, then center-cropped square
+};
+
 // A loader reads PATH (a folder or a file) and returns both splits; input errors for anything
 // missing or malformed.
-using DatasetLoader = std::function<DataSplits(const std::string& path)>;
+using DatasetLoader = std::function<DataSplits(const std::string& path, const LoadOptions& options)>;
 
 struct DatasetKind {
   std::string name;
@@ -47,7 +52,7 @@ std::vector<DatasetKind>& dataset_kinds();
 void register_dataset_kind(DatasetKind kind);
 
 // Parses "KIND:PATH" and loads it (input error naming the spec on failure).
-DataSplits load_dataset(const std::string& spec);
+DataSplits load_dataset(const std::string& spec, const LoadOptions& options = {});
 
 // Loads a shared library that registers more kinds through plugins/plugin_api.h.
 void load_plugin(const std::string& path);

@@ -11,7 +11,7 @@
 
 namespace {
 
-ttq::DataSplits load_csv(const std::string& path) {
+ttq::DataSplits load_csv(const std::string& path, const ttq::LoadOptions&) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path + ": cannot be read");
   std::vector<float> values;

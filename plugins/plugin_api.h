@@ -3,7 +3,8 @@
 // A plugin defines one C function that ttq calls once after dlopen():
 //
 //   extern "C" void ttq_register_datasets(ttq::PluginRegistrar* registrar) {
-//     registrar->add("mydata", "my data set: PATH is ...", [](const std::string& path) {
+//     registrar->add("mydata", "my data set: PATH is ...",
+//                    [](const std::string& path, const ttq::LoadOptions& options) {
 //       ttq::DataSplits splits;   // fill train/test inputs and labels, num_classes
 //       return splits;
 //     });

@@ -132,6 +132,25 @@ class Finetune(Workdir):
             expected = (model(data["x_test"][400:]).argmax(1) == data["y_test"][400:]).float().mean().item()
         self.assertAlmostEqual(ev["top1"], expected, places=6)
 
+    def test_imagefolder_of_png_and_jpeg(self):
+        import numpy as np
+        from PIL import Image
+        images = gzip.open(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")).read()[16:]
+        pixels = np.frombuffer(images, np.uint8).reshape(-1, 28, 28)
+        root = self.out("images")
+        for i in range(36):  # 3 classes, 8 train + 4 test images each, rectangular, PNG and JPEG
+            split = "train" if (i // 3) < 8 else "test"
+            folder = os.path.join(root, split, "class%d" % (i % 3))
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(pixels[i]).resize((40, 30)).save(os.path.join(folder, "%02d.%s" % (i, "png" if i % 2 else "jpg")))
+        r = ttq("eval", fixture("mobilenet_v2.pt"), "--data", "imagefolder:" + root, "--image-size", "32", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["samples"], 12)
+        r = ttq("finetune", fixture("mobilenet_v2.pt"), "-o", self.out("m.pt"), "--data", "imagefolder:" + root,
+                "--max-steps", "2", "--batch-size", "8", "--no-progress")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("after 2 steps", r.stdout)
+
     def test_fp_baseline_writes_no_ternary_layers(self):
         out = self.out("fp.pt")
         r = ttq("finetune", fixture("small_cnn.pt"), "-o", out, "--fp", "--max-steps", "20", "--subset", "2048",
