@@ -69,7 +69,10 @@ void DataFlags::add_to(CLI::App* app, bool training) {
   app->add_option("--subset", subset, "use only the first N samples of each split (quick runs)")
       ->type_name("N")
       ->check(CLI::NonNegativeNumber);
-  app->add_option("--threads", threads, "CPU threads for LibTorch")->type_name("N")->check(CLI::PositiveNumber)->capture_default_str();
+  app->add_option("--threads", threads, "CPU threads for LibTorch (default: one per core, the faster choice "
+                                        "measured by scripts/bench_train.sh)")
+      ->type_name("N")
+      ->check(CLI::PositiveNumber);
   app->add_option("--image-size", load_options.image_size, "imagefolder: resize and center-crop images to N×N")
       ->type_name("N")
       ->check(CLI::PositiveNumber)
@@ -86,7 +89,7 @@ void DataFlags::add_to(CLI::App* app, bool training) {
 }
 
 DataSplits DataFlags::load() const {
-  at::set_num_threads(threads);
+  if (threads > 0) at::set_num_threads(threads);
   for (const auto& p : plugins) load_plugin(p);
   std::string spec = data.empty() ? default_dataset_spec() : data;
   if (spec.empty())

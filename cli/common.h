@@ -37,7 +37,7 @@ struct DataFlags {
   std::string data, val;
   std::vector<std::string> plugins;
   int64_t subset = 0;
-  int threads = 1;
+  int threads = 0;  // 0: LibTorch's default, one per core
   std::vector<double> mean, std;
   CLI::Option* flip = nullptr;
   CLI::Option* no_flip = nullptr;

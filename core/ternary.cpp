@@ -2,6 +2,9 @@
 
 #include <torch/autograd.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -28,6 +31,14 @@ ThresholdMode threshold_mode_from_string(const std::string& name) {
 
 float compute_threshold(const torch::Tensor& x, const ThresholdSpec& spec) {
   torch::NoGradGuard no_grad;
+  if (spec.mode == ThresholdMode::MaxScaled && x.device().is_cpu() && x.scalar_type() == torch::kFloat) {
+    // One pass, no temporaries: this runs for every layer at every training step.
+    const auto xc = x.detach().contiguous();
+    const float* v = xc.data_ptr<float>();
+    float m = 0.0f;
+    for (int64_t i = 0, n = xc.numel(); i < n; ++i) m = std::max(m, std::abs(v[i]));
+    return static_cast<float>(spec.value * static_cast<double>(m));
+  }
   const auto magnitude = x.detach().abs().flatten();
   if (spec.mode == ThresholdMode::MaxScaled)
     return static_cast<float>(spec.value * magnitude.max().item<double>());
@@ -66,9 +77,32 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// The fused path: contiguous float32 CPU tensors, the case of every training step here. One pass
+// forward (codes and values) and one pass backward, instead of a dozen tensor ops a layer; the
+// generic path below serves every other device and dtype with the same rule.
+bool fused(const torch::Tensor& x) { return x.device().is_cpu() && x.scalar_type() == torch::kFloat; }
+
 struct TernarizeFunction : public torch::autograd::Function<TernarizeFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& wp,
                                const torch::Tensor& wn, double delta) {
+    if (fused(x)) {
+      const auto xc = x.contiguous();
+      auto out = torch::empty_like(xc);
+      auto codes = torch::empty(xc.sizes(), xc.options().dtype(torch::kInt8));
+      const float d = static_cast<float>(delta), p = wp.item<float>(), n = -wn.item<float>();
+      const float* in = xc.data_ptr<float>();
+      float* o = out.data_ptr<float>();
+      int8_t* c = codes.data_ptr<int8_t>();
+      at::parallel_for(0, xc.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int8_t code = static_cast<int8_t>((in[i] > d) - (in[i] < -d));
+          c[i] = code;
+          o[i] = code > 0 ? p : code < 0 ? n : 0.0f;
+        }
+      });
+      ctx->save_for_backward({codes, wp, wn});
+      return out;
+    }
     const auto pos = x > delta;
     const auto neg = x < -delta;
     ctx->save_for_backward({pos, neg, wp, wn});
@@ -78,6 +112,7 @@ struct TernarizeFunction : public torch::autograd::Function<TernarizeFunction> {
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
+    if (saved.size() == 3) return fused_backward(saved, grad_outputs[0].contiguous());
     const auto& pos = saved[0];
     const auto& neg = saved[1];
     const auto& wp = saved[2];
@@ -91,6 +126,27 @@ struct TernarizeFunction : public torch::autograd::Function<TernarizeFunction> {
     // The minus is real: w_t = -Wn on the negative set (the paper's Eq. 7 drops it).
     const auto grad_wn = -(g * neg).sum().reshape(wn.sizes());
     return {grad_x, grad_wp, grad_wn, torch::Tensor()};
+  }
+
+  static tensor_list fused_backward(const tensor_list& saved, const torch::Tensor& g) {
+    const auto& codes = saved[0];
+    const auto& wp = saved[1];
+    const auto& wn = saved[2];
+    auto grad_x = torch::empty_like(g);
+    const float scale[3] = {wn.item<float>(), 1.0f, wp.item<float>()};
+    const float* gi = g.data_ptr<float>();
+    const int8_t* c = codes.data_ptr<int8_t>();
+    float* gx = grad_x.data_ptr<float>();
+    // Sequential sums in double: the same result whatever the thread count.
+    double sum_pos = 0.0, sum_neg = 0.0;
+    for (int64_t i = 0, n = g.numel(); i < n; ++i) {
+      gx[i] = gi[i] * scale[c[i] + 1];
+      sum_pos += c[i] > 0 ? gi[i] : 0.0f;
+      sum_neg += c[i] < 0 ? gi[i] : 0.0f;
+    }
+    // The minus is real: w_t = -Wn on the negative set (the paper's Eq. 7 drops it).
+    return {grad_x, torch::full(wp.sizes(), sum_pos, wp.options()), torch::full(wn.sizes(), -sum_neg, wn.options()),
+            torch::Tensor()};
   }
 };
 

@@ -63,7 +63,7 @@ class Finetune(Workdir):
         for l in epoch["layers"]:
             self.assertAlmostEqual(l["neg"] + l["zero"] + l["pos"], 1.0, places=6)
 
-        r = ttq("eval", out, "--json")
+        r = ttq("eval", out, "--json", "--batch-size", "64")  # the batches finetune evaluated with
         self.assertEqual(r.returncode, 0, r.stderr)
         ev = json.loads(r.stdout)
         self.assertEqual(ev["samples"], 10000)
@@ -71,7 +71,7 @@ class Finetune(Workdir):
 
     def test_resume_gives_the_same_run(self):
         common = ["finetune", fixture("small_cnn.pt"), "--subset", "1024", "--epochs", "2", "--batch-size", "64",
-                  "--seed", "3", *QUICK]
+                  "--seed", "3", "--threads", "1", *QUICK]
         a, b = self.out("a.pt"), self.out("b.pt")
         r = ttq(*common, "-o", a, "--log", self.out("a.jsonl"), "--checkpoint-dir", self.out("ca"))
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -95,7 +95,7 @@ class Finetune(Workdir):
     def test_sigint_writes_a_checkpoint_and_exits_130(self):
         ckpt = self.out("ckpt")
         cmd = [TTQ, "finetune", fixture("small_cnn.pt"), "-o", self.out("s.pt"), "--subset", "4096",
-               "--epochs", "100", "--batch-size", "32", "--checkpoint-dir", ckpt, *QUICK]
+               "--epochs", "100", "--batch-size", "32", "--checkpoint-dir", ckpt, "--threads", "1", *QUICK]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(4)
         p.send_signal(signal.SIGINT)

@@ -186,3 +186,27 @@ TEST_CASE("code counts and their entropy") {
   CHECK(c.zero == 4);
   CHECK(c.pos == 1);
 }
+
+TEST_CASE("the fused float32 path and the generic path give the same values and gradients") {
+  const auto x64 = random_weights({32, 16, 3, 3}, 10, torch::kDouble);
+  const auto c64 = random_weights({32, 16, 3, 3}, 11, torch::kDouble);
+  const auto x32 = x64.to(torch::kFloat);
+  const float delta = compute_threshold(x32, {ThresholdMode::MaxScaled, 0.05});
+  CHECK(delta == static_cast<float>(0.05 * x32.abs().max().item<double>()));
+
+  auto xa = x32.clone().requires_grad_(true);  // fused
+  auto wpa = scalar(0.6), wna = scalar(0.9);
+  const auto wa = ternarize(xa, wpa, wna, delta);
+  loss_of(wa, c64.to(torch::kFloat)).backward();
+
+  auto xb = x32.to(torch::kDouble).requires_grad_(true);  // generic, same values
+  auto wpb = scalar(0.6, torch::kDouble), wnb = scalar(0.9, torch::kDouble);
+  const auto wb = ternarize(xb, wpb, wnb, delta);
+  loss_of(wb, c64).backward();
+
+  CHECK(torch::equal(wa.detach(), wb.detach().to(torch::kFloat)));
+  CHECK(torch::allclose(xa.grad().to(torch::kDouble), xb.grad(), 1e-5, 1e-6));
+  CHECK(wpa.grad().item<double>() == Approx(wpb.grad().item<double>()).epsilon(1e-5));
+  CHECK(wna.grad().item<double>() == Approx(wnb.grad().item<double>()).epsilon(1e-5));
+  CHECK(wna.grad().item<double>() * wnb.grad().item<double>() > 0);  // same sign of dWn
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""The benchmark peer of `ttq finetune`: the same TTQ training step in PyTorch Python eager, same
+model architecture, data, batch size and thread count; prints milliseconds per step.
+Usage: bench_python_ttq.py resnet20|small_cnn STEPS THREADS BATCH
+"""
+import gzip
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from make_fixtures import SmallCNN  # noqa: E402
+from make_resnet20 import ResNet20  # noqa: E402
+
+
+class Ternarize(torch.autograd.Function):
+    """shared/docs/algorithm.md: dWp = sum g (x > d), dWn = -sum g (x < -d), dx = Wp g | g | Wn g."""
+
+    @staticmethod
+    def forward(ctx, x, wp, wn, delta):
+        pos, neg = x > delta, x < -delta
+        ctx.save_for_backward(pos, neg, wp, wn)
+        return torch.where(pos, wp, torch.where(neg, -wn, torch.zeros((), dtype=x.dtype)))
+
+    @staticmethod
+    def backward(ctx, g):
+        pos, neg, wp, wn = ctx.saved_tensors
+        scale = torch.where(pos, wp, torch.where(neg, wn, torch.ones((), dtype=g.dtype)))
+        return g * scale, (g * pos).sum(), -(g * neg).sum(), None
+
+
+def main():
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)
+    kind, steps, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = ResNet20() if kind == "resnet20" else SmallCNN()
+    model.train()
+    raw = gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").read()[16:]
+    labels = torch.frombuffer(bytearray(gzip.open("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz").read()[8:]), dtype=torch.uint8).long()
+    images = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, 1, 28, 28)
+
+    weights = [(m, "weight") for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    quantized = weights[1:-1]  # first and last stay full precision, as ttq's default
+    layers = []
+    for m, name in quantized:
+        latent = getattr(m, name).detach().clone().requires_grad_(True)
+        delattr(m, name)
+        d = 0.05 * latent.abs().max().item()
+        wp = latent[latent > d].mean().detach().clone().requires_grad_(True)
+        wn = (-latent[latent < -d]).mean().detach().clone().requires_grad_(True)
+        layers.append((m, name, latent, wp, wn))
+    others = [p for p in model.parameters()]
+    params = [l[2] for l in layers] + others + [l[3] for l in layers] + [l[4] for l in layers]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=2e-4)
+    order = torch.randperm(images.shape[0])
+    times = []
+    for step in range(steps + 5):
+        t0 = time.perf_counter()
+        idx = order[step * batch:(step + 1) * batch]
+        x = images[idx].float().div_(255).sub_(0.2860).div_(0.3530)
+        y = labels[idx]
+        for m, name, latent, wp, wn in layers:
+            delta = 0.05 * latent.detach().abs().max().item()
+            setattr(m, name, Ternarize.apply(latent, wp, wn, delta))
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * sum(times[5:]) / steps
+    print(f"python eager {kind}: batch {batch}, {threads} thread(s): TTQ step {ms:.2f} ms")
+    print(f"python_ms_per_step={ms:.3f}")
+
+
+if __name__ == "__main__":
+    main()
