@@ -137,7 +137,7 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
   }
   for (const auto& p : module_.named_parameters(true)) {
     if (quantized.count(p.name) || !p.value.is_floating_point()) continue;
-    p.value.detach().requires_grad_(true);
+    p.value.requires_grad_(true);  // a model saved with frozen parameters still trains them
     other_params_.emplace_back(p.name, p.value);
   }
 

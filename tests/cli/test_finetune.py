@@ -206,6 +206,13 @@ class BadInput(Workdir):
         r = self.finetune("--checkpoint-dir", ckpt, "--resume", "--subset", "256")
         self.assert_one_error_line(r, 1, r"checkpoint is of another model")
 
+    def test_non_finite_loss_names_the_step(self):
+        r = ttq("-q", "finetune", fixture("small_cnn.pt"), "-o", self.out("o.pt"), "--subset", "512",
+                "--init", "mean", "--lr", "1e12", "--no-progress", "--checkpoint-dir", self.out("ck"),
+                "--batch-size", "64", "--epochs", "3")
+        self.assert_one_error_line(r, 1, r"the loss became -?(nan|inf) at step \d+ \(epoch \d\)")
+        self.assertFalse(os.path.exists(self.out("o.pt")))
+
     def test_unwritable_output_fails_before_training(self):
         r = ttq("finetune", fixture("small_cnn.pt"), "-o", self.out("missing/o.pt"), *QUICK)
         self.assert_one_error_line(r, 1, r"folder .*missing does not exist")
