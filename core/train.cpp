@@ -127,6 +127,7 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
       l.name = c.name;
       l.latent = c.weight.detach().clone().requires_grad_(true);
       l.threshold = options_.quant.threshold;
+      l.slot = find_slot(module_, c.name);
       l.delta = compute_threshold(l.latent, l.threshold);
       const Scales s = init_scales(l.latent, l.delta, options_.quant.init);
       l.wp = torch::full({}, s.wp).requires_grad_(true);
@@ -197,7 +198,7 @@ int64_t Trainer::steps_per_epoch() const {
 void Trainer::apply_weights() {
   for (auto& l : layers_) {
     l.delta = compute_threshold(l.latent, l.threshold);
-    set_parameter(module_, l.name, ternarize(l.latent, l.wp, l.wn, l.delta));
+    l.slot.set(ternarize(l.latent, l.wp, l.wn, l.delta));
   }
 }
 
@@ -310,7 +311,7 @@ ModelMetadata Trainer::finalize() {
   ModelMetadata meta;
   meta.command = "finetune";
   meta.options = options_.quant;
-  for (const auto& l : layers_) {
+  for (auto& l : layers_) {
     LayerRecord r;
     r.name = l.name;
     r.shape = l.latent.sizes().vec();
@@ -319,7 +320,7 @@ ModelMetadata Trainer::finalize() {
     r.wp = l.wp.item<float>();
     r.wn = l.wn.item<float>();
     r.counts = count_codes(l.latent, r.delta);
-    set_parameter(module_, l.name, ternarize(l.latent.detach(), l.wp.detach(), l.wn.detach(), r.delta));
+    l.slot.set(ternarize(l.latent.detach(), l.wp.detach(), l.wn.detach(), r.delta));
     meta.layers.push_back(std::move(r));
   }
   module_.train(false);

@@ -51,6 +51,7 @@ struct TrainLayer {
   torch::Tensor wp, wn;  // scalars, trained
   ThresholdSpec threshold;
   float delta = 0;       // of the last forward
+  ParameterSlot slot;    // where w_t goes in the module, resolved once
 };
 
 struct LayerSnapshot {
