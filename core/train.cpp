@@ -104,6 +104,7 @@ Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const P
                             logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                             .item<double>();
     accumulate(m, logits, y, loss);
+    m.outputs = logits.size(1);
   }
   module.train(was_training);
   return averaged(m);
@@ -177,14 +178,10 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
   const Dataset probe{data_.train.inputs.narrow(0, 0, std::min<int64_t>(2, data_.train.size())),
                       data_.train.labels.narrow(0, 0, std::min<int64_t>(2, data_.train.size()))};
   apply_weights();
-  evaluate_module(module_, probe, options_.preprocess, 2);
+  const int64_t outputs = evaluate_module(module_, probe, options_.preprocess, 2).outputs;
   const int64_t max_label = std::max(data_.train.labels.max().item<int64_t>(), data_.test.labels.max().item<int64_t>());
-  torch::NoGradGuard no_grad;
-  module_.train(false);
-  const auto out = module_.forward({prepare_inputs(probe, torch::arange(probe.size()), options_.preprocess, std::nullopt)}).toTensor();
-  module_.train(true);
-  if (max_label >= out.size(1))
-    throw input_error(fmt::format("label {} is out of range for the model's {} outputs", max_label, out.size(1)));
+  if (max_label >= outputs)
+    throw input_error(fmt::format("label {} is out of range for the model's {} outputs", max_label, outputs));
 }
 
 Trainer::~Trainer() = default;

@@ -63,6 +63,7 @@ struct LayerSnapshot {
 struct Metrics {
   double loss = 0, top1 = 0, top5 = 0;
   int64_t samples = 0;
+  int64_t outputs = 0;  // evaluate_module: the width of the model's output
 };
 
 struct EpochRecord {

@@ -14,8 +14,6 @@ void register_builtin_datasets();  // plugins/builtin_datasets.cpp
 
 std::vector<DatasetKind>& dataset_kinds() {
   static std::vector<DatasetKind> kinds;
-  static const bool init = (kinds.reserve(8), true);
-  (void)init;
   return kinds;
 }
 
