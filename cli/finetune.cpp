@@ -82,7 +82,10 @@ void run_finetune(FinetuneArgs& a) {
   std::unique_ptr<RunLog> log;
   if (!a.log.empty()) {
     log = std::make_unique<RunLog>(a.log, a.resume);
-    if (!a.resume) log->run(a.model, spec, options_json(a).dump());
+    if (!a.resume) {
+      log->run(a.model, spec, options_json(a).dump(), a.train.epochs, trainer.steps_per_epoch());
+      log->init(trainer.snapshot());
+    }
   }
 
   Progress progress(a.progress || (!a.no_progress && isatty(STDERR_FILENO)));

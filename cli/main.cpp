@@ -42,8 +42,8 @@ int main(int argc, char** argv) {
                                           ttq::cli::register_finetune(app),
                                           ttq::cli::register_eval(app),
                                           ttq::cli::register_inspect(app),
-                                          ttq::cli::register_export(app)};
-  for (auto& c : ttq::cli::register_planned(app)) commands.push_back(std::move(c));
+                                          ttq::cli::register_export(app),
+                                          ttq::cli::register_stats(app)};
 
   try {
     app.parse(argc, argv);

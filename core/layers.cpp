@@ -45,14 +45,6 @@ std::vector<std::string> forward_read_order(const torch::jit::Module& module) {
   return order;
 }
 
-std::regex compile_regex(const std::string& pattern) {
-  try {
-    return std::regex(pattern, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    throw usage_error(fmt::format("invalid regex '{}': {}", pattern, e.what()));
-  }
-}
-
 bool matches_any(const std::string& name, const std::vector<std::regex>& regexes) {
   for (const auto& re : regexes)
     if (std::regex_search(name, re)) return true;
@@ -60,6 +52,14 @@ bool matches_any(const std::string& name, const std::vector<std::regex>& regexes
 }
 
 }  // namespace
+
+std::regex compile_regex(const std::string& pattern) {
+  try {
+    return std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    throw usage_error(fmt::format("invalid regex '{}': {}", pattern, e.what()));
+  }
+}
 
 std::vector<Candidate> find_candidates(const torch::jit::Module& module) {
   std::vector<Candidate> registered;

@@ -124,11 +124,12 @@ class Trainer {
   const std::vector<TrainLayer>& layers() const { return layers_; }
   int64_t steps_per_epoch() const;
   const TrainOptions& options() const { return options_; }
+  // Where each ternary layer stands now: Wp, Wn, and Δ and codes of its latent weights.
+  std::vector<LayerSnapshot> snapshot() const;
 
  private:
   void apply_weights();  // w_t = ternarize(latent) into the module, keeping autograd
   double lr_factor(int epoch, int64_t global_step) const;
-  std::vector<LayerSnapshot> snapshot() const;
 
   torch::jit::Module module_;
   TrainOptions options_;

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
+
 #include "core/error.h"
 
 namespace ttq {
@@ -33,10 +35,16 @@ void RunLog::write(const std::string& line) {
   if (!out_) throw runtime_error(fmt::format("cannot write the log {}", path_));
 }
 
-void RunLog::run(const std::string& model, const std::string& data, const std::string& options_json) {
+void RunLog::run(const std::string& model, const std::string& data, const std::string& options_json, int epochs,
+                 int64_t steps_per_epoch) {
   write(json{{"type", "run"}, {"version", kRunLogVersion}, {"tool", "ttq " TTQ_VERSION}, {"model", model},
-             {"data", data}, {"options", json::parse(options_json)}}
+             {"data", data}, {"options", json::parse(options_json)}, {"epochs", epochs},
+             {"steps_per_epoch", steps_per_epoch}}
             .dump());
+}
+
+void RunLog::init(const std::vector<LayerSnapshot>& layers) {
+  write(json{{"type", "init"}, {"step", 0}, {"layers", layers_json(layers)}}.dump());
 }
 
 void RunLog::step(const StepProgress& p, const std::vector<LayerSnapshot>& layers) {
@@ -50,6 +58,115 @@ void RunLog::epoch(const EpochRecord& r) {
              {"train_top1", r.train.top1}, {"val_loss", r.val.loss}, {"val_top1", r.val.top1},
              {"val_top5", r.val.top5}, {"seconds", r.seconds}, {"layers", layers_json(r.layers)}}
             .dump());
+}
+
+namespace {
+
+std::vector<LoggedLayer> read_layers(const json& record) {
+  std::vector<LoggedLayer> out;
+  for (const auto& l : record.at("layers"))
+    out.push_back({l.at("name").get<std::string>(), l.at("wp").get<double>(), l.at("wn").get<double>(),
+                   l.at("delta").get<double>(), l.at("neg").get<double>(), l.at("zero").get<double>(),
+                   l.at("pos").get<double>()});
+  return out;
+}
+
+// Keeps `points` ascending: a record at step s replaces what an earlier attempt logged from s on.
+// An epoch record that ends on a logged step keeps that step's loss and lr.
+void add_point(RunHistory& h, LoggedPoint p) {
+  if (!p.loss && !h.points.empty() && h.points.back().step == p.step) {
+    p.loss = h.points.back().loss;
+    p.lr = h.points.back().lr;
+  }
+  while (!h.points.empty() && h.points.back().step >= p.step) h.points.pop_back();
+  h.points.push_back(std::move(p));
+}
+
+void read_record(RunHistory& h, const json& r, const std::string& type) {
+  if (type == "run") {
+    h.model = r.at("model").get<std::string>();
+    h.data = r.at("data").get<std::string>();
+    h.tool = r.at("tool").get<std::string>();
+    h.options_json = r.at("options").dump();
+    h.epochs_planned = r.value("epochs", 0);
+    h.steps_per_epoch = r.value("steps_per_epoch", int64_t{0});
+  } else if (type == "init") {
+    add_point(h, {r.at("step").get<int64_t>(), std::nullopt, std::nullopt, read_layers(r)});
+  } else if (type == "step") {
+    add_point(h, {r.at("step").get<int64_t>(), r.at("lr").get<double>(), r.at("loss").get<double>(), read_layers(r)});
+  } else if (type == "epoch") {
+    LoggedEpoch e;
+    e.epoch = r.at("epoch").get<int>();
+    e.partial = r.at("partial").get<bool>();
+    e.step = r.at("step").get<int64_t>();
+    e.lr = r.at("lr").get<double>();
+    e.loss = r.at("loss").get<double>();
+    e.train_top1 = r.at("train_top1").get<double>();
+    e.val_loss = r.at("val_loss").get<double>();
+    e.val_top1 = r.at("val_top1").get<double>();
+    e.val_top5 = r.at("val_top5").get<double>();
+    e.seconds = r.at("seconds").get<double>();
+    while (!h.epochs.empty() && h.epochs.back().epoch >= e.epoch) h.epochs.pop_back();
+    h.epochs.push_back(e);
+    add_point(h, {e.step, std::nullopt, std::nullopt, read_layers(r)});
+  }  // other types: written by a later ttq, skipped (see run_log.h)
+}
+
+}  // namespace
+
+RunHistory read_run_log(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw input_error(fmt::format("{}: {}", path, std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw input_error(fmt::format("{}: cannot be read", path));
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+
+  RunHistory h;
+  size_t line_no = 0, start = 0;
+  while (start < text.size()) {
+    const size_t end = std::min(text.find('\n', start), text.size());
+    const std::string line = text.substr(start, end - start);
+    const bool last_unterminated = end == text.size();
+    start = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto where = [&] { return fmt::format("{}: line {}", path, line_no); };
+    json r;
+    try {
+      r = json::parse(line);
+    } catch (const json::exception&) {
+      const bool cut_record = last_unterminated && line.front() == '{';
+      if (h.tool.empty() && !cut_record) throw input_error(fmt::format("{}: not a ttq run log (finetune --log): line {} is not JSON", path, line_no));
+      throw input_error(cut_record
+                            ? fmt::format("{} is truncated (was the run killed while writing?)", where())
+                            : fmt::format("{} is not JSON", where()));
+    }
+    const std::string type = r.is_object() ? r.value("type", "") : "";
+    if (h.tool.empty() && type != "run")
+      throw input_error(fmt::format("{}: not a ttq run log (the first record is not {{\"type\": \"run\"}})", path));
+    if (type == "run") {
+      const json version = r.value("version", json());
+      if (!version.is_number_integer() || version.get<int>() < 1)
+        throw input_error(fmt::format("{}: malformed run record (no valid \"version\")", where()));
+      if (version.get<int>() != kRunLogVersion)
+        throw input_error(fmt::format("{}: run log version {}; this ttq reads version {}{}", path, version.get<int>(),
+                                      kRunLogVersion, version.get<int>() > kRunLogVersion ? " (upgrade ttq)" : ""));
+    }
+    try {
+      read_record(h, r, type);
+    } catch (const json::exception& e) {
+      throw input_error(fmt::format("{}: malformed {} record ({})", where(), type, short_message(e.what())));
+    }
+  }
+  if (line_no == 0 || h.tool.empty()) throw input_error(fmt::format("{}: empty log (no records)", path));
+  if (h.steps_per_epoch == 0)
+    for (const auto& e : h.epochs)
+      if (!e.partial && e.epoch > 0) {
+        h.steps_per_epoch = e.step / e.epoch;
+        break;
+      }
+  return h;
 }
 
 }  // namespace ttq

@@ -1,9 +1,13 @@
 // The run log (--log RUN.jsonl): one JSON object a line. The first line of a run describes it
-// ({"type": "run", ...}); then {"type": "step"} records every --log-every steps and one
-// {"type": "epoch"} record per epoch. `ttq stats` and CI scripts read it.
+// ({"type": "run", ...}); an {"type": "init"} record holds the layers before the first step; then
+// {"type": "step"} records every --log-every steps and one {"type": "epoch"} record per epoch.
+// `ttq stats` (read_run_log below) and CI scripts read it. Readers skip record types they do not
+// know, so new record types and fields do not change the version; a changed meaning does.
 #pragma once
 #include <fstream>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/train.h"
 
@@ -15,7 +19,9 @@ class RunLog {
  public:
   // Appends when resuming, else starts a new file.
   RunLog(const std::string& path, bool append);
-  void run(const std::string& model, const std::string& data, const std::string& options_json);
+  void run(const std::string& model, const std::string& data, const std::string& options_json, int epochs,
+           int64_t steps_per_epoch);
+  void init(const std::vector<LayerSnapshot>& layers);
   void step(const StepProgress& p, const std::vector<LayerSnapshot>& layers);
   void epoch(const EpochRecord& r);
 
@@ -24,5 +30,39 @@ class RunLog {
   std::string path_;
   std::ofstream out_;
 };
+
+// A run log read back. Layer fractions are of the layer's weights (neg + zero + pos = 1).
+struct LoggedLayer {
+  std::string name;
+  double wp = 0, wn = 0, delta = 0, neg = 0, zero = 0, pos = 0;
+};
+
+// Where the layers stood at one global step (an init, step or epoch record).
+struct LoggedPoint {
+  int64_t step = 0;
+  std::optional<double> lr, loss;  // step records: this step's; absent for init and epoch records
+  std::vector<LoggedLayer> layers;
+};
+
+struct LoggedEpoch {
+  int epoch = 0;  // 1-based
+  bool partial = false;
+  int64_t step = 0;
+  double lr = 0, loss = 0, train_top1 = 0, val_loss = 0, val_top1 = 0, val_top5 = 0, seconds = 0;
+};
+
+struct RunHistory {
+  std::string model, data, tool;
+  std::string options_json;     // the run's options as a JSON object
+  int epochs_planned = 0;       // 0: not recorded
+  int64_t steps_per_epoch = 0;  // 0: not recorded and no complete epoch to derive it from
+  std::vector<LoggedPoint> points;  // ascending steps
+  std::vector<LoggedEpoch> epochs;  // ascending epochs
+};
+
+// Reads a whole run log. A resumed run appends to its log; records that a later record repeats
+// (same or later step, same or later epoch) are replaced by the later ones. Throws an input error,
+// one line naming the file and line, for an empty, truncated or malformed log or a newer version.
+RunHistory read_run_log(const std::string& path);
 
 }  // namespace ttq

@@ -12,9 +12,18 @@
 namespace ttq {
 namespace {
 
+void check_readable(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw input_error(fmt::format("{}: no such file", path));
+  if (!fs::is_regular_file(path, ec)) throw input_error(fmt::format("{}: not a regular file", path));
+  if (!std::ifstream(path).good()) throw input_error(fmt::format("{}: cannot be read", path));
+}
+
 // TorchScript archives are zip files holding code/ and constants.pkl; torch.save() writes a zip
 // with data.pkl only (or, before PyTorch 1.6, a raw pickle). Tell them apart before loading.
-void check_archive_kind(const std::string& path) {
+std::unique_ptr<caffe2::serialize::PyTorchStreamReader> open_torchscript_zip(const std::string& path) {
+  check_readable(path);
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   try {
     reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
@@ -28,17 +37,13 @@ void check_archive_kind(const std::string& path) {
           "torch.jit.save(torch.jit.script(model), path)", path));
     throw input_error(fmt::format("{}: not a TorchScript model (no constants.pkl in the archive)", path));
   }
+  return reader;
 }
 
 }  // namespace
 
 LoadedModel load_torchscript(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw input_error(fmt::format("{}: no such file", path));
-  if (!fs::is_regular_file(path, ec)) throw input_error(fmt::format("{}: not a regular file", path));
-  if (!std::ifstream(path).good()) throw input_error(fmt::format("{}: cannot be read", path));
-  check_archive_kind(path);
+  open_torchscript_zip(path);
 
   torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
   LoadedModel loaded;
@@ -49,6 +54,18 @@ LoadedModel load_torchscript(const std::string& path) {
   }
   if (!extra[kMetadataFile].empty()) loaded.metadata = metadata_from_json(extra[kMetadataFile], path);
   return loaded;
+}
+
+std::optional<ModelMetadata> read_torchscript_metadata(const std::string& path) {
+  const auto reader = open_torchscript_zip(path);
+  const std::string record = std::string("extra/") + kMetadataFile;
+  if (!reader->hasRecord(record)) return std::nullopt;
+  try {
+    const auto [data, size] = reader->getRecord(record);
+    return metadata_from_json(std::string(static_cast<const char*>(data.get()), size), path);
+  } catch (const c10::Error& e) {
+    throw input_error(fmt::format("{}: cannot read {}: {}", path, kMetadataFile, short_message(e.what_without_backtrace())));
+  }
 }
 
 void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
