@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "more detail on stderr (per-layer decisions)");
   app.add_flag("-q,--quiet", quiet, "only warnings and errors on stderr");
   app.footer("Run 'ttq COMMAND --help' for a command's options; 'man ttq' for exit codes.");
+  bool completion = false;
+  app.add_flag("--bash-completion", completion, "print a bash completion script: source <(ttq --bash-completion)")
+      ->trigger_on_parse();
 
   std::vector<ttq::cli::Command> commands{ttq::cli::register_quantize(app),
                                           ttq::cli::register_finetune(app),
@@ -47,6 +50,8 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+  } catch (const CLI::RequiredError& e) {
+    if (!completion) return fail(ttq::kExitUsage, ttq::short_message(e.what()) + " (see 'ttq --help')");
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
@@ -57,6 +62,10 @@ int main(int argc, char** argv) {
     return fail(ttq::kExitUsage, ttq::short_message(e.what()) + " (see 'ttq --help')");
   }
 
+  if (completion) {
+    std::cout << ttq::cli::bash_completion(app);
+    return ttq::kExitOk;
+  }
   setup_logging(verbose, quiet);
   try {
     for (const auto& c : commands)

@@ -33,7 +33,7 @@ double layer_metric(const LoggedLayer& l, const std::string& metric) {
 
 std::string StatsRun::title() const {
   if (!from_log) {
-    std::string t = fmt::format("{} layers, written by {}", layers.size(), tool);
+    std::string t = fmt::format("{} ternary layer{}, written by {}", layers.size(), layers.size() == 1 ? "" : "s", tool);
     if (!data.empty()) t += fmt::format(", trained on {} for {} steps", data, points.back().step);
     return t;
   }
@@ -47,7 +47,7 @@ std::string StatsRun::title() const {
 namespace {
 
 struct StatsArgs {
-  std::vector<std::string> files;
+  std::string file, other;
   std::vector<std::string> layers;
   std::string format = "text";
   bool json = false;
@@ -219,7 +219,9 @@ void run_stats(StatsArgs& a) {
   if (!a.plot.empty()) check_writable(a.plot);
 
   std::vector<StatsRun> runs;
-  for (const auto& path : a.files) {
+  std::vector<std::string> files{a.file};
+  if (!a.other.empty()) files.push_back(a.other);
+  for (const auto& path : files) {
     runs.push_back(is_model_file(path) ? run_from_model(path) : run_from_log(path));
     choose_layers(runs.back(), a.layers);
   }
@@ -258,11 +260,10 @@ Command register_stats(CLI::App& app) {
   auto a = std::make_shared<StatsArgs>();
   auto* sub = app.add_subcommand("stats", "Show the Wp/Wn and sparsity trajectories of a run, compare two runs, "
                                           "check expectations");
-  sub->add_option("FILE", a->files, "run log (finetune --log) or model written by ttq (.pt, .ttqz); "
-                                    "a second one to compare final states")
+  sub->add_option("FILE", a->file, "run log (finetune --log), or model written by ttq (.pt, .ttqz)")
       ->required()
-      ->expected(1, 2)
       ->type_name("FILE");
+  sub->add_option("OTHER", a->other, "a second run log or model: compare the final states")->type_name("FILE");
   sub->add_option("--layers", a->layers, "only layers whose name matches REGEX (repeatable)")->type_name("REGEX");
   auto* format = sub->add_option("--format", a->format, "text, json, or csv (long: epoch,step,layer,metric,value)")
                      ->check(CLI::IsMember({"text", "json", "csv"}))

@@ -6,12 +6,13 @@ import json
 import math
 import os
 import re
+import subprocess
 
 import unittest
 
 import torch
 
-from ttq_testing import Workdir, fixture, load_with_metadata, ttq
+from ttq_testing import FIX, Workdir, fixture, load_with_metadata, ttq
 
 MAN = os.environ["TTQ_MAN"]
 
@@ -311,6 +312,27 @@ class Errors(Workdir):
         self.assert_one_error_line(ttq("inspect", fixture("small_cnn.pt"), "--bogus"), 2, r"--bogus")
         self.assert_one_error_line(ttq("quantize", fixture("small_cnn.pt"), "-o", "x", "--init", "zeros"), 2,
                                    r"--init")
+
+
+class BashCompletion(unittest.TestCase):
+    def complete(self, *words):
+        """What bash offers for the last word of `ttq WORDS...` with ttq's completion loaded."""
+        script = ttq("--bash-completion").stdout
+        line = " ".join(["ttq", *words])
+        program = script + '\nCOMP_WORDS=(%s); COMP_CWORD=%d; _ttq; printf "%%s\\n" "${COMPREPLY[@]}"\n' % (
+            " ".join("'%s'" % w for w in ["ttq", *words]), len(words))
+        r = subprocess.run(["bash", "-c", program], capture_output=True, text=True, cwd=FIX)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return set(r.stdout.split())
+
+    def test_commands_options_and_files(self):
+        self.assertEqual(self.complete("s"), {"stats"})
+        self.assertEqual(self.complete("e"), {"eval", "export"})
+        self.assertEqual(self.complete("stats", "--ex"), {"--expect"})
+        self.assertEqual(self.complete("-v", "finetune", "--log"), {"--log", "--log-every"})
+        self.assertIn("--verbose", self.complete("quantize", "--ver"))
+        self.assertNotIn("--version", self.complete("quantize", "--ver"))
+        self.assertEqual(self.complete("inspect", "small_"), {"small_cnn.pt"})
 
 
 class HelpAndManPages(unittest.TestCase):

@@ -332,7 +332,7 @@ class BadInput(Workdir):
 
     def test_usage_errors(self):
         self.assert_one_error_line(ttq("stats"), 2, r"FILE")
-        self.assert_one_error_line(ttq("stats", "a", "b", "c"), 2, r"FILE")
+        self.assert_one_error_line(ttq("stats", "a", "b", "c"), 2, r"not expected: c")
         self.assert_one_error_line(ttq("stats", "a", "--format", "xml"), 2, r"--format")
         self.assert_one_error_line(ttq("stats", "a", "--format", "csv", "--json"), 2, r"--json")
 
