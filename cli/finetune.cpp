@@ -6,11 +6,13 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "core/distributed.h"
 #include "core/error.h"
 #include "formats/atomic_file.h"
 #include "formats/checkpoint.h"
@@ -32,6 +34,8 @@ struct FinetuneArgs {
   std::string model, output, log, checkpoint_dir, device = "cpu";
   bool json = false, resume = false, progress = false, no_progress = false, no_scale_decay = false;
   int64_t log_every = 0;
+  int dist_timeout = 120;
+  DistOptions dist;
   TrainOptions train;
   QuantizeFlags quant;
   DataFlags data;
@@ -44,7 +48,25 @@ nlohmann::json options_json(const FinetuneArgs& a) {
           {"scale_decay", t.scale_decay}, {"scale_lr_mult", t.scale_lr_mult}, {"schedule", t.schedule},
           {"milestones", t.milestones}, {"gamma", t.gamma}, {"seed", t.seed}, {"fp", t.fp},
           {"mode", to_string(t.quant.threshold.mode)}, {"threshold", t.quant.threshold.value},
-          {"init", to_string(t.quant.init)}, {"threads", a.data.threads}, {"subset", a.data.subset}};
+          {"init", to_string(t.quant.init)}, {"threads", a.data.threads}, {"subset", a.data.subset},
+          {"world_size", a.dist.world_size}};
+}
+
+// torchrun and Slurm wrappers announce the group in the environment; flags given win.
+void read_dist_environment(CLI::App* sub, DistOptions& d) {
+  const auto integer = [](const char* name, int& out) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end != '\0' || n < 0 || n > 1 << 30)
+      throw usage_error(fmt::format("the environment variable {}={} is not a non-negative integer", name, v));
+    out = static_cast<int>(n);
+  };
+  if (sub->count("--rank") == 0) integer("RANK", d.rank);
+  if (sub->count("--world-size") == 0) integer("WORLD_SIZE", d.world_size);
+  if (sub->count("--master-port") == 0) integer("MASTER_PORT", d.master_port);
+  if (const char* v = std::getenv("MASTER_ADDR"); v && *v && sub->count("--master-addr") == 0) d.master_addr = v;
 }
 
 void check_device(const std::string& device) {
@@ -54,13 +76,25 @@ void check_device(const std::string& device) {
   throw usage_error("--device cuda: training on CUDA is not supported by this ttq yet; use --device cpu");
 }
 
-void run_finetune(FinetuneArgs& a) {
+void run_finetune(FinetuneArgs& a, CLI::App* sub) {
   check_device(a.device);
   a.train.quant = a.quant.resolve();
   a.train.scale_decay = !a.no_scale_decay;
+  read_dist_environment(sub, a.dist);
+  a.dist.timeout = std::chrono::seconds(a.dist_timeout);
+  // Rank 0 alone writes the log, the checkpoints and the model, and prints; the others only train.
+  const bool writer = a.dist.rank == 0;
   refuse_same_file(a.model, a.output);
-  check_writable(a.output);
+  if (writer) check_writable(a.output);
   if (a.resume && a.checkpoint_dir.empty()) throw usage_error("--resume needs --checkpoint-dir");
+  std::shared_ptr<Communicator> comm;
+  if (a.dist.distributed() || a.dist.rank != 0) {
+    comm = Communicator::connect(a.dist);
+    if (!writer) spdlog::set_level(spdlog::level::warn);
+    spdlog::info("data-parallel over {} ranks (Gloo, rendezvous at {}:{}): {} samples per rank, {} per step",
+                 a.dist.world_size,
+                 a.dist.master_addr, a.dist.master_port, a.train.batch_size, a.train.batch_size * a.dist.world_size);
+  }
 
   DataSplits data = a.data.load();
   a.train.preprocess = a.data.preprocess(data);
@@ -70,17 +104,18 @@ void run_finetune(FinetuneArgs& a) {
     spdlog::warn("{} has no BatchNorm: with --init ones every ternary layer starts at scale 1, which such "
                  "models rarely survive; consider --init mean (and --scale-lr-mult 0.01 or --optimizer adam)",
                  a.model);
-  Trainer trainer(loaded.module, a.train, std::move(data));
+  Trainer trainer(loaded.module, a.train, std::move(data), comm);
 
   if (a.resume) {
     const auto newest = newest_checkpoint(a.checkpoint_dir);
     if (!newest) throw input_error(fmt::format("--resume: no checkpoint in {}", a.checkpoint_dir));
     load_checkpoint(trainer, *newest);
+    if (comm) comm->check_same({{"the step of the newest checkpoint in --checkpoint-dir", trainer.position().global_step}});
     spdlog::info("resuming from {} (epoch {}, step {})", *newest, trainer.position().epoch + 1,
                  trainer.position().global_step);
   }
   std::unique_ptr<RunLog> log;
-  if (!a.log.empty()) {
+  if (!a.log.empty() && writer) {
     log = std::make_unique<RunLog>(a.log, a.resume);
     if (!a.resume) {
       log->run(a.model, spec, options_json(a).dump(), a.train.epochs, trainer.steps_per_epoch());
@@ -88,7 +123,7 @@ void run_finetune(FinetuneArgs& a) {
     }
   }
 
-  Progress progress(a.progress || (!a.no_progress && isatty(STDERR_FILENO)));
+  Progress progress(writer && (a.progress || (!a.no_progress && isatty(STDERR_FILENO))));
   const int64_t total_steps = a.train.epochs * trainer.steps_per_epoch();
   std::set<std::string> warned_negative;
   TrainHooks hooks;
@@ -109,7 +144,7 @@ void run_finetune(FinetuneArgs& a) {
                  r.layers.empty() ? "" : fmt::format(", mean sparsity {:.3f}", sparsity), r.seconds);
     if (log) log->epoch(r);
   };
-  if (!a.checkpoint_dir.empty())
+  if (!a.checkpoint_dir.empty() && writer)
     hooks.save_checkpoint = [&](const TrainPosition& p) { save_checkpoint(trainer, p, a.checkpoint_dir); };
 
   g_stop.store(false);
@@ -127,6 +162,7 @@ void run_finetune(FinetuneArgs& a) {
   progress.clear();
 
   const Metrics final_metrics = trainer.evaluate();
+  if (!writer) return;
   ModelMetadata meta = trainer.finalize();
   const nlohmann::json run = {{"data", spec},
                               {"options", options_json(a)},
@@ -196,7 +232,26 @@ Command register_finetune(CLI::App& app) {
   auto* p = sub->add_flag("--progress", a->progress, "show the progress line even when stderr is not a terminal");
   sub->add_flag("--no-progress", a->no_progress, "never show the progress line")->excludes(p);
   sub->add_flag("--json", a->json, "print the final summary as JSON on stdout");
-  return {sub, [a] { run_finetune(*a); }};
+  auto* dist = sub->add_option_group("distributed", "data-parallel training on c10d (see 'Distributed' in man ttq-finetune)");
+  dist->add_option("--rank", a->dist.rank, "this process's rank, 0..world-1 (default: $RANK, else 0)")
+      ->type_name("R")
+      ->check(CLI::NonNegativeNumber);
+  dist->add_option("--world-size", a->dist.world_size, "number of processes (default: $WORLD_SIZE, else 1)")
+      ->type_name("N")
+      ->check(CLI::PositiveNumber);
+  dist->add_option("--master-addr", a->dist.master_addr, "address of rank 0 (default: $MASTER_ADDR, else 127.0.0.1)")
+      ->type_name("HOST");
+  dist->add_option("--master-port", a->dist.master_port, "TCP port of rank 0's store (default: $MASTER_PORT, else 29500)")
+      ->type_name("PORT")
+      ->check(CLI::Range(1, 65535));
+  dist->add_option("--dist-backend", a->dist.backend, "gloo (CPU), or nccl (needs a LibTorch with CUDA)")
+      ->check(CLI::IsMember({"gloo", "nccl"}))
+      ->capture_default_str();
+  dist->add_option("--dist-timeout", a->dist_timeout, "seconds to wait for the other ranks before failing")
+      ->type_name("S")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  return {sub, [a, sub] { run_finetune(*a, sub); }};
 }
 
 }  // namespace ttq::cli

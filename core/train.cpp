@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/distributed.h"
 #include "core/error.h"
 #include "core/layers.h"
 
@@ -81,12 +82,13 @@ Preprocess default_preprocess(const DataSplits& data) {
   return {data.defaults.mean, data.defaults.std, data.defaults.flip, data.defaults.crop_padding};
 }
 
-Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size) {
+Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size,
+                        int shard, int shards) {
   torch::NoGradGuard no_grad;
   const bool was_training = module.is_training();
   module.train(false);
   Metrics m;
-  for (int64_t start = 0; start < data.size(); start += batch_size) {
+  for (int64_t start = shard * batch_size; start < data.size(); start += shards * batch_size) {
     const auto idx = torch::arange(start, std::min(start + batch_size, data.size()), torch::kInt64);
     const auto x = prepare_inputs(data, idx, pre, std::nullopt);
     const auto y = data.labels.index_select(0, idx);
@@ -107,11 +109,13 @@ Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const P
     m.outputs = logits.size(1);
   }
   module.train(was_training);
-  return averaged(m);
+  return shards > 1 ? m : averaged(m);
 }
 
-Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data)
-    : module_(std::move(module)), options_(options), data_(std::move(data)) {
+Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data,
+                 std::shared_ptr<Communicator> comm)
+    : module_(std::move(module)), options_(options), data_(std::move(data)), comm_(std::move(comm)) {
+  if (comm_) rank_ = comm_->rank(), world_ = comm_->world_size();
   if (options_.batch_size < 1) throw usage_error("--batch-size must be at least 1");
   if (options_.epochs < 1) throw usage_error("--epochs must be at least 1");
   module_.train(true);
@@ -182,14 +186,63 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
   const int64_t max_label = std::max(data_.train.labels.max().item<int64_t>(), data_.test.labels.max().item<int64_t>());
   if (max_label >= outputs)
     throw input_error(fmt::format("label {} is out of range for the model's {} outputs", max_label, outputs));
+  if (data_.train.size() < options_.batch_size * world_)
+    throw usage_error(fmt::format("the training split has {} samples, fewer than one batch of {} ({} per rank)",
+                                  data_.train.size(), options_.batch_size * world_, options_.batch_size));
+  if (comm_) start_distributed();
+}
+
+std::vector<torch::Tensor> Trainer::trainable() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& group : optimizer_->param_groups())
+    for (const auto& p : group.params()) out.push_back(p);
+  return out;
+}
+
+void Trainer::start_distributed() {
+  for (const auto& b : module_.named_buffers(true)) buffers_.push_back(b.value);
+  int64_t numel = 0;
+  for (const auto& p : trainable()) numel += p.numel();
+  comm_->check_same({{"the training samples", data_.train.size()},
+                     {"the validation samples", data_.test.size()},
+                     {"--batch-size", options_.batch_size},
+                     {"--epochs", options_.epochs},
+                     {"--seed", static_cast<int64_t>(options_.seed)},
+                     {"the ternary layers", static_cast<int64_t>(layers_.size())},
+                     {"the trained parameters", numel}});
+  // As PyTorch DDP: every rank starts from rank 0's parameters and buffers.
+  torch::NoGradGuard no_grad;
+  auto state = trainable();
+  state.insert(state.end(), buffers_.begin(), buffers_.end());
+  comm_->broadcast(state);
 }
 
 Trainer::~Trainer() = default;
 
 torch::optim::Optimizer& Trainer::optimizer() { return *optimizer_; }
 
+bool Trainer::synchronize(Metrics& step, bool stop) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (auto& p : trainable()) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    grads.push_back(p.grad());
+  }
+  // Small values ride in the last gradient bucket instead of paying their own round trip.
+  auto stats = torch::tensor({step.loss, step.top1, step.top5, static_cast<double>(step.samples), stop ? 1.0 : 0.0},
+                             grads.empty() ? torch::kFloat32 : grads.back().scalar_type());
+  grads.push_back(stats);
+  comm_->sum(grads);
+  grads.pop_back();
+  for (auto& g : grads) g.div_(world_);
+  const auto v = stats.to(torch::kFloat64);
+  step.loss = v[0].item<double>(), step.top1 = v[1].item<double>(), step.top5 = v[2].item<double>();
+  step.samples = std::llround(v[3].item<double>());
+  return v[4].item<double>() > 0;
+}
+
 int64_t Trainer::steps_per_epoch() const {
-  return std::max<int64_t>(1, data_.train.size() / options_.batch_size);
+  return std::max<int64_t>(1, data_.train.size() / (options_.batch_size * world_));
 }
 
 void Trainer::apply_weights() {
@@ -227,7 +280,13 @@ Metrics Trainer::evaluate() {
     torch::NoGradGuard no_grad;
     apply_weights();
   }
-  return evaluate_module(module_, data_.test, options_.preprocess, options_.batch_size);
+  if (!comm_) return evaluate_module(module_, data_.test, options_.preprocess, options_.batch_size);
+  Metrics m = evaluate_module(module_, data_.test, options_.preprocess, options_.batch_size, rank_, world_);
+  auto sums = torch::tensor({m.loss, m.top1, m.top5, static_cast<double>(m.samples)}, torch::kFloat64);
+  comm_->sum({sums});
+  m.loss = sums[0].item<double>(), m.top1 = sums[1].item<double>(), m.top5 = sums[2].item<double>();
+  m.samples = static_cast<int64_t>(sums[3].item<double>());
+  return averaged(m);
 }
 
 void Trainer::run(const TrainHooks& hooks, const std::atomic<bool>& stop) {
@@ -251,34 +310,41 @@ void Trainer::run(const TrainHooks& hooks, const std::atomic<bool>& stop) {
       for (size_t g = 0; g < optimizer_->param_groups().size(); ++g)
         optimizer_->param_groups()[g].options().set_lr(base_lrs_[g] * lr_mult);
 
-      const auto idx = order.slice(0, s * batch, std::min((s + 1) * batch, data_.train.size()));
+      // Global batch s, as one process with batch world×batch takes it; this rank's slice of it.
+      const int64_t first = (s * world_ + rank_) * batch;
+      const auto idx = order.slice(0, first, first + batch);
       const auto x = prepare_inputs(data_.train, idx, options_.preprocess, std::make_pair(options_.seed, epoch));
       const auto y = data_.train.labels.index_select(0, idx);
       optimizer_->zero_grad();
+      if (!buffers_.empty()) comm_->broadcast(buffers_);
       apply_weights();
       const auto logits = module_.forward({x}).toTensor();
       const auto loss = F::cross_entropy(logits, y);
-      const double loss_value = loss.item<double>();
+      loss.backward();
+      Metrics step;
+      {
+        torch::NoGradGuard no_grad;
+        accumulate(step, logits.detach(), y, loss.item<double>() * y.size(0));
+      }
+      bool stopping = stop.load();
+      if (comm_) stopping = synchronize(step, stopping);
+      const double loss_value = step.loss / step.samples;
       if (!std::isfinite(loss_value))
         throw runtime_error(fmt::format("the loss became {} at step {} (epoch {}); lower --lr; the last "
                                         "checkpoint is kept", loss_value, position_.global_step + 1, epoch + 1));
-      loss.backward();
       optimizer_->step();
-      {
-        torch::NoGradGuard no_grad;
-        Metrics& m = position_.train;
-        accumulate(m, logits.detach(), y, loss_value * y.size(0));
-      }
+      Metrics& m = position_.train;
+      m.loss += step.loss, m.top1 += step.top1, m.top5 += step.top5, m.samples += step.samples;
       position_.step_in_epoch = s + 1;
       ++position_.global_step;
-      timed_samples += y.size(0);
+      timed_samples += step.samples;
       const StepProgress progress{epoch + 1, s + 1, steps, position_.global_step, loss_value,
                                   base_lrs_[0] * lr_mult,
                                   timed_samples / std::max(1e-9, std::chrono::duration<double>(Clock::now() - t0).count())};
       if (hooks.on_step) hooks.on_step(progress);
       if (hooks.on_log_step && hooks.log_every > 0 && position_.global_step % hooks.log_every == 0)
         hooks.on_log_step(progress, snapshot());
-      if (stop.load()) {
+      if (stopping) {
         if (hooks.save_checkpoint) hooks.save_checkpoint(position_);
         throw Interrupted();
       }

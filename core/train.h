@@ -13,6 +13,10 @@
 #include "core/quantize.h"
 #include "plugins/dataset.h"
 
+namespace ttq {
+class Communicator;
+}
+
 namespace torch::optim {
 class Optimizer;
 }
@@ -106,7 +110,13 @@ struct Interrupted : std::runtime_error {
 
 class Trainer {
  public:
-  Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data);
+  // With `comm` (data-parallel, core/distributed.h), this process is one rank: --batch-size is per
+  // rank; global batch k holds the samples a single process with batch world×batch would take, and
+  // this rank takes its slice; gradients and the step's loss and hits are summed over the ranks
+  // before each optimizer step; buffers (BatchNorm statistics) are rank 0's at each step, as in
+  // PyTorch DDP; evaluation is split over the ranks.
+  Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data,
+          std::shared_ptr<Communicator> comm = nullptr);
   ~Trainer();
 
   // Runs the remaining epochs from `position()`. `stop` is polled after every step.
@@ -129,6 +139,11 @@ class Trainer {
 
  private:
   void apply_weights();  // w_t = ternarize(latent) into the module, keeping autograd
+  void start_distributed();  // checks that the ranks agree, then gives every rank rank 0's state
+  std::vector<torch::Tensor> trainable() const;
+  // Sums this step's gradients (then divides by the world size), its metrics and the ranks' stop
+  // requests over the ranks; returns whether any rank was asked to stop.
+  bool synchronize(Metrics& step, bool stop);
   double lr_factor(int epoch, int64_t global_step) const;
 
   torch::jit::Module module_;
@@ -139,10 +154,15 @@ class Trainer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<double> base_lrs_;
   TrainPosition position_;
+  std::shared_ptr<Communicator> comm_;
+  int rank_ = 0, world_ = 1;
+  std::vector<torch::Tensor> buffers_;  // broadcast from rank 0 before each step
 };
 
-// Evaluation of any module on a split (used by `eval` too).
-Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size);
+// Evaluation of any module on a split (used by `eval` too). With shards > 1, only batches
+// shard, shard + shards, ... and the sums, not the means (the caller adds the shards up).
+Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size,
+                        int shard = 0, int shards = 1);
 
 // The preprocessing for a dataset: its defaults.
 Preprocess default_preprocess(const DataSplits& data);

@@ -49,7 +49,7 @@ void RunLog::init(const std::vector<LayerSnapshot>& layers) {
 
 void RunLog::step(const StepProgress& p, const std::vector<LayerSnapshot>& layers) {
   write(json{{"type", "step"}, {"epoch", p.epoch}, {"step", p.global_step}, {"lr", p.lr}, {"loss", p.loss},
-             {"layers", layers_json(layers)}}
+             {"samples_per_second", p.samples_per_second}, {"layers", layers_json(layers)}}
             .dump());
 }
 

@@ -14,17 +14,12 @@ import unittest
 
 import torch
 
-from ttq_testing import TTQ, Workdir, fixture, load_with_metadata, ttq
+from ttq_testing import TTQ, Workdir, fixture, load_with_metadata, read_log, ttq
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 PLUGIN = os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_csv_plugin.so")
 # A recipe that trains the small CNN (no BatchNorm) quickly: L2-optimal scales and Adam.
 QUICK = ["--init", "mean", "--optimizer", "adam", "--lr", "0.002", "--no-progress"]
-
-
-def read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 class Finetune(Workdir):

@@ -17,18 +17,13 @@ import xml.etree.ElementTree as ET
 
 from PIL import Image
 
-from ttq_testing import TTQ, Workdir, fixture, ttq
+from ttq_testing import TTQ, Workdir, fixture, read_log, ttq
 
 # 1024 samples in batches of 64: 16 steps an epoch; a step record every 4 steps.
 RUN = ["--subset", "1024", "--batch-size", "64", "--log-every", "4", "--seed", "5",
        "--threads", "1", "--init", "mean", "--optimizer", "adam", "--lr", "0.002", "--no-progress"]
 LAYER_METRICS = ("wp", "wn", "delta", "sparsity", "neg", "pos")
 SPARK = set("▁▂▃▄▅▆▇█")
-
-
-def read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def layer_values(layer):

@@ -2,6 +2,7 @@
 
 Environment (set by CTest): TTQ_BIN (the binary), TTQ_FIXTURES (scripts/make_fixtures.py output).
 """
+import json
 import os
 import subprocess
 import tempfile
@@ -19,6 +20,12 @@ def ttq(*args):
 
 def fixture(name):
     return os.path.join(FIX, name)
+
+
+def read_log(path):
+    """The records of a JSONL run log (finetune --log)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]
 
 
 def load_with_metadata(path):
