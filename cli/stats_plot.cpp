@@ -137,8 +137,14 @@ Axis axis_of(const std::vector<std::vector<double>>& curves, double floor_lo = N
   double lo = INFINITY, hi = -INFINITY;
   for (const auto& c : curves)
     for (const double v : c) lo = std::min(lo, v), hi = std::max(hi, v);
-  if (!std::isnan(floor_lo)) lo = std::min(lo, floor_lo), hi = std::max(hi, floor_lo);
   if (!std::isfinite(lo)) lo = 0, hi = 1;
+  // A margin, so that curves on a round value do not run along the frame; none below an anchor.
+  const double pad = 0.04 * (hi - lo);
+  lo -= pad, hi += pad;
+  if (!std::isnan(floor_lo)) {
+    if (lo + pad >= floor_lo) lo = std::min(lo + pad, floor_lo);
+    lo = std::min(lo, floor_lo), hi = std::max(hi, floor_lo);
+  }
   return Axis::covering(lo, hi);
 }
 
@@ -212,7 +218,7 @@ std::string stats_svg(const StatsRun& run) {
 
   std::vector<double> positions;
   for (const auto& p : run.points) positions.push_back(run.position(p.step));
-  const Axis ax = axis_of({positions});
+  const Axis ax = Axis::covering(positions.front(), positions.back());  // steps ascend
   const std::string x_name = run.steps_per_epoch > 0 ? "epochs" : "steps";
 
   std::string svg = fmt::format(
