@@ -1,0 +1,102 @@
+// core/distributed: two real ranks over Gloo on 127.0.0.1, one thread each, in this process.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <future>
+
+#include "core/distributed.h"
+#include "core/error.h"
+
+using namespace ttq;
+
+namespace {
+
+int free_port() {
+  const int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t n = sizeof a;
+  getsockname(s, reinterpret_cast<sockaddr*>(&a), &n);
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+// Tensors that cross every bucket boundary: dtype changes, one larger than a bucket, small ones
+// on both sides of it. Rank r's values are (r + 1) times a pattern that differs per tensor.
+std::vector<torch::Tensor> tensors_of(int rank) {
+  const int64_t big = Communicator::kBucketBytes / 4 + 1000;  // floats: more than one bucket
+  std::vector<torch::Tensor> out{torch::arange(3, torch::kFloat32), torch::arange(big, torch::kFloat32).fmod(977),
+                                 torch::arange(5, torch::kFloat32).neg(), torch::arange(4, torch::kInt64) * 1000,
+                                 torch::arange(6, torch::kFloat32).view({2, 3}) + 0.5};
+  for (auto& t : out) t.mul_(rank + 1);
+  return out;
+}
+
+// Runs `body` on ranks 0 and 1 at once.
+template <typename Body>
+void on_two_ranks(Body body) {
+  DistOptions o;
+  o.world_size = 2;
+  o.master_port = free_port();
+  o.timeout = std::chrono::seconds(30);
+  auto run = [&](int rank) {
+    DistOptions mine = o;
+    mine.rank = rank;
+    body(*Communicator::connect(mine), rank);
+  };
+  auto other = std::async(std::launch::async, run, 1);
+  run(0);
+  other.get();
+}
+
+}  // namespace
+
+TEST_CASE("bucketed sums over two ranks land in every tensor, in place") {
+  on_two_ranks([](Communicator& comm, int rank) {
+    auto tensors = tensors_of(rank);
+    comm.sum(tensors);
+    const auto expected = tensors_of(0);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      REQUIRE(tensors[i].sizes() == expected[i].sizes());
+      REQUIRE(tensors[i].scalar_type() == expected[i].scalar_type());
+      REQUIRE(torch::equal(tensors[i], expected[i] * 3));  // 1x + 2x
+    }
+  });
+}
+
+TEST_CASE("broadcast gives every rank rank 0's tensors") {
+  on_two_ranks([](Communicator& comm, int rank) {
+    auto tensors = tensors_of(rank);
+    comm.broadcast(tensors);
+    const auto expected = tensors_of(0);
+    for (size_t i = 0; i < tensors.size(); ++i) REQUIRE(torch::equal(tensors[i], expected[i]));
+  });
+}
+
+TEST_CASE("ranks that disagree are told which value differs") {
+  on_two_ranks([](Communicator& comm, int rank) {
+    comm.check_same({{"--batch-size", 64}, {"--seed", 3}});  // the same: no error
+    try {
+      comm.check_same({{"--batch-size", 64}, {"--seed", rank}});
+      FAIL("no error");
+    } catch (const Error& e) {
+      REQUIRE(e.kind() == ErrorKind::Usage);
+      REQUIRE_THAT(e.what(), Catch::Contains("disagree on --seed"));
+    }
+  });
+}
+
+TEST_CASE("impossible group options are usage errors before any connection") {
+  DistOptions o;
+  o.world_size = 2;
+  o.rank = 2;
+  REQUIRE_THROWS_WITH(Communicator::connect(o), Catch::Contains("outside 0..1"));
+  o.rank = 0;
+  o.backend = "nccl";
+  REQUIRE_THROWS_WITH(Communicator::connect(o), Catch::Contains("CPU-only"));
+}
