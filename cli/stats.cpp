@@ -189,7 +189,7 @@ std::vector<ExpectationResult> check(const std::vector<Expectation>& expectation
         continue;
       }
       if (run.points.empty() || run.layers.empty()) {
-        r.failures.push_back(fmt::format("{}no ternary layer to check", who));
+        r.failures.push_back(fmt::format("{}{}", who, run.points.empty() ? "no layer record yet" : "no ternary layer to check"));
         continue;
       }
       for (const auto& l : run.points.back().layers) {

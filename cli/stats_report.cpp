@@ -78,6 +78,10 @@ void print_trajectories(const StatsRun& run, bool sparklines) {
 }
 
 void print_final_layers(const StatsRun& run) {
+  if (run.points.empty()) {
+    fmt::print("\nno layer record yet (the run has logged nothing since it started)\n");
+    return;
+  }
   if (run.layers.empty()) {
     fmt::print("\nno ternary layer{}\n", run.from_log ? " in this run (a --fp baseline?)" : "");
     return;
