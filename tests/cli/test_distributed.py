@@ -161,6 +161,24 @@ class RankFailures(Workdir):
         self.assertEqual(out0, "")
         self.assertFalse(os.path.exists(self.out("m.pt")))
 
+    def test_ctrl_c_on_one_rank_stops_both_and_rank_0_checkpoints(self):
+        port, log, ck = str(free_port()), self.out("run.jsonl"), self.out("ck")
+        args = ["finetune", fixture("small_cnn.pt"), "--subset", "8192", "--epochs", "100", "--batch-size", "32",
+                "--threads", "1", "--no-progress", "--world-size", "2", "--master-port", port, "--log-every", "1",
+                "--init", "mean", "--optimizer", "adam", "-o", self.out("m.pt"), "--checkpoint-dir", ck]
+        rank0, rank1 = start_ranks([[*args, "--rank", "0", "--log", log], [*args, "--rank", "1"]])
+        deadline = time.time() + 120
+        while time.time() < deadline and not (os.path.exists(log) and len(read_log(log)) > 5):
+            time.sleep(0.1)
+        rank1.send_signal(signal.SIGINT)
+        (rc0, _, err0), (rc1, _, err1) = finish([rank0, rank1], timeout=120)
+        self.assertEqual((rc0, rc1), (130, 130), err0 + err1)
+        for err in (err0, err1):
+            self.assertRegex(err.strip().splitlines()[-1], r"^ttq: error: interrupted; continue with --resume")
+        steps = [r["step"] for r in read_log(log) if r["type"] == "step"]
+        self.assertEqual(sorted(os.listdir(ck))[-1], "checkpoint-%010d.pt" % steps[-1])  # the step both stopped at
+        self.assertFalse(os.path.exists(self.out("m.pt")))
+
     def test_a_rank_that_never_comes_times_out(self):
         started = time.time()
         r = ttq("finetune", fixture("small_cnn.pt"), "-o", self.out("m.pt"), "--world-size", "2", "--rank", "1",
