@@ -8,8 +8,11 @@ PATH), and the lines after it become the command's standard output. Blocks share
 order, so later examples use earlier outputs.
 
   scripts/update_readme.py           rewrite README.md in place
-  scripts/update_readme.py --check   exit 1 if README.md is out of date (durations ignored)
+  scripts/update_readme.py --check   exit 1 when an example's output no longer has the README's
+                                     shape: the same lines and words, numbers and sparklines aside
+                                     (they vary with the machine's floating point and timing)
 """
+import difflib
 import os
 import re
 import shutil
@@ -18,7 +21,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
-BUILD = os.path.join(ROOT, "build")
+BUILD = os.environ.get("TTQ_BUILD_DIR", os.path.join(ROOT, "build"))
 WORK = os.path.join(BUILD, "readme-examples")
 MARKER = re.compile(r"^<!-- example(?::\s*(.*?))?\s*-->$")
 
@@ -64,8 +67,9 @@ def regenerate(lines):
     return out
 
 
-def without_durations(text):
-    return re.sub(r"\d+(\.\d+)? s\b", "N s", text)
+def shape(text):
+    text = re.sub(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?", "N", text)
+    return re.sub(r"[▁▂▃▄▅▆▇█]+", "S", text)
 
 
 def main():
@@ -74,8 +78,10 @@ def main():
         current = f.read()
     updated = "\n".join(regenerate(current.splitlines())) + "\n"
     if "--check" in sys.argv[1:]:
-        if without_durations(updated) != without_durations(current):
-            sys.exit("update_readme: README.md is out of date; run scripts/update_readme.py")
+        if shape(updated) != shape(current):
+            diff = difflib.unified_diff(shape(current).splitlines(), shape(updated).splitlines(), "README.md",
+                                        "current binary", lineterm="", n=1)
+            sys.exit("\n".join(diff) + "\nupdate_readme: README.md is out of date; run scripts/update_readme.py")
         return
     with open(README, "w") as f:
         f.write(updated)
