@@ -37,7 +37,7 @@ def prepare():
 
 def run(command, quiet=False):
     env = dict(os.environ, PATH=BUILD + os.pathsep + os.environ["PATH"], NO_COLOR="1")
-    r = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=WORK, env=env, capture_output=True, text=True)
+    r = subprocess.run(["bash", "-c", command], cwd=WORK, env=env, capture_output=True, text=True)
     if r.returncode not in (0, 1) or (quiet and r.returncode):
         sys.exit(f"update_readme: '{command}' exited {r.returncode}:\n{r.stderr}")
     return r.stdout
