@@ -92,8 +92,8 @@ void run_finetune(FinetuneArgs& a, CLI::App* sub) {
     comm = Communicator::connect(a.dist);
     if (!writer) spdlog::set_level(spdlog::level::warn);
     spdlog::info("data-parallel over {} ranks (Gloo, rendezvous at {}:{}): {} samples per rank, {} per step",
-                 a.dist.world_size,
-                 a.dist.master_addr, a.dist.master_port, a.train.batch_size, a.train.batch_size * a.dist.world_size);
+                 a.dist.world_size, a.dist.master_addr, a.dist.master_port, a.train.batch_size,
+                 a.train.batch_size * a.dist.world_size);
   }
 
   DataSplits data = a.data.load();

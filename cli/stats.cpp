@@ -120,16 +120,10 @@ bool is_model_file(const std::string& path) {
 void choose_layers(StatsRun& run, const std::vector<std::string>& patterns) {
   std::vector<std::regex> regexes;
   for (const auto& p : patterns) regexes.push_back(compile_regex(p));
-  const auto chosen = [&](const std::string& name) {
-    if (regexes.empty()) return true;
-    for (const auto& re : regexes)
-      if (std::regex_search(name, re)) return true;
-    return false;
-  };
   for (auto& point : run.points) {
     std::vector<LoggedLayer> kept;
     for (auto& l : point.layers)
-      if (chosen(l.name)) kept.push_back(std::move(l));
+      if (regexes.empty() || matches_any(l.name, regexes)) kept.push_back(std::move(l));
     point.layers = std::move(kept);
   }
   // Layers are the same in every record of a run; the last point names them.

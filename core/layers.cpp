@@ -45,12 +45,6 @@ std::vector<std::string> forward_read_order(const torch::jit::Module& module) {
   return order;
 }
 
-bool matches_any(const std::string& name, const std::vector<std::regex>& regexes) {
-  for (const auto& re : regexes)
-    if (std::regex_search(name, re)) return true;
-  return false;
-}
-
 }  // namespace
 
 std::regex compile_regex(const std::string& pattern) {
@@ -59,6 +53,12 @@ std::regex compile_regex(const std::string& pattern) {
   } catch (const std::regex_error& e) {
     throw usage_error(fmt::format("invalid regex '{}': {}", pattern, e.what()));
   }
+}
+
+bool matches_any(const std::string& name, const std::vector<std::regex>& regexes) {
+  for (const auto& re : regexes)
+    if (std::regex_search(name, re)) return true;
+  return false;
 }
 
 std::vector<Candidate> find_candidates(const torch::jit::Module& module) {

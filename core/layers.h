@@ -18,6 +18,8 @@ struct Selection {
 
 // An ECMAScript regex from a flag; a usage error names it when it is invalid.
 std::regex compile_regex(const std::string& pattern);
+// Whether one of the regexes is found in `name`.
+bool matches_any(const std::string& name, const std::vector<std::regex>& regexes);
 
 // A quantizable weight: a floating-point parameter of rank >= 2 (conv, linear, embedding).
 struct Candidate {

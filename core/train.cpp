@@ -82,8 +82,11 @@ Preprocess default_preprocess(const DataSplits& data) {
   return {data.defaults.mean, data.defaults.std, data.defaults.flip, data.defaults.crop_padding};
 }
 
-Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size,
-                        int shard, int shards) {
+namespace {
+
+// Sums (not means) over batches shard, shard + shards, ...: the ranks of a group add theirs up.
+Metrics evaluate_sums(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size,
+                      int shard, int shards) {
   torch::NoGradGuard no_grad;
   const bool was_training = module.is_training();
   module.train(false);
@@ -109,7 +112,13 @@ Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const P
     m.outputs = logits.size(1);
   }
   module.train(was_training);
-  return shards > 1 ? m : averaged(m);
+  return m;
+}
+
+}  // namespace
+
+Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size) {
+  return averaged(evaluate_sums(module, data, pre, batch_size, 0, 1));
 }
 
 Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data,
@@ -192,17 +201,12 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
   if (comm_) start_distributed();
 }
 
-std::vector<torch::Tensor> Trainer::trainable() const {
-  std::vector<torch::Tensor> out;
-  for (const auto& group : optimizer_->param_groups())
-    for (const auto& p : group.params()) out.push_back(p);
-  return out;
-}
-
 void Trainer::start_distributed() {
   for (const auto& b : module_.named_buffers(true)) buffers_.push_back(b.value);
+  for (const auto& group : optimizer_->param_groups())
+    for (const auto& p : group.params()) params_.push_back(p);
   int64_t numel = 0;
-  for (const auto& p : trainable()) numel += p.numel();
+  for (const auto& p : params_) numel += p.numel();
   comm_->check_same({{"the training samples", data_.train.size()},
                      {"the validation samples", data_.test.size()},
                      {"--batch-size", options_.batch_size},
@@ -212,7 +216,7 @@ void Trainer::start_distributed() {
                      {"the trained parameters", numel}});
   // As PyTorch DDP: every rank starts from rank 0's parameters and buffers.
   torch::NoGradGuard no_grad;
-  auto state = trainable();
+  auto state = params_;
   state.insert(state.end(), buffers_.begin(), buffers_.end());
   comm_->broadcast(state);
 }
@@ -224,7 +228,7 @@ torch::optim::Optimizer& Trainer::optimizer() { return *optimizer_; }
 bool Trainer::synchronize(Metrics& step, bool stop) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> grads;
-  for (auto& p : trainable()) {
+  for (auto& p : params_) {
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     grads.push_back(p.grad());
   }
@@ -280,8 +284,8 @@ Metrics Trainer::evaluate() {
     torch::NoGradGuard no_grad;
     apply_weights();
   }
-  if (!comm_) return evaluate_module(module_, data_.test, options_.preprocess, options_.batch_size);
-  Metrics m = evaluate_module(module_, data_.test, options_.preprocess, options_.batch_size, rank_, world_);
+  Metrics m = evaluate_sums(module_, data_.test, options_.preprocess, options_.batch_size, rank_, world_);
+  if (!comm_) return averaged(m);
   auto sums = torch::tensor({m.loss, m.top1, m.top5, static_cast<double>(m.samples)}, torch::kFloat64);
   comm_->sum({sums});
   m.loss = sums[0].item<double>(), m.top1 = sums[1].item<double>(), m.top5 = sums[2].item<double>();

@@ -140,7 +140,6 @@ class Trainer {
  private:
   void apply_weights();  // w_t = ternarize(latent) into the module, keeping autograd
   void start_distributed();  // checks that the ranks agree, then gives every rank rank 0's state
-  std::vector<torch::Tensor> trainable() const;
   // Sums this step's gradients (then divides by the world size), its metrics and the ranks' stop
   // requests over the ranks; returns whether any rank was asked to stop.
   bool synchronize(Metrics& step, bool stop);
@@ -156,13 +155,12 @@ class Trainer {
   TrainPosition position_;
   std::shared_ptr<Communicator> comm_;
   int rank_ = 0, world_ = 1;
+  std::vector<torch::Tensor> params_;   // every trained tensor, in the optimizer's order (same on all ranks)
   std::vector<torch::Tensor> buffers_;  // broadcast from rank 0 before each step
 };
 
-// Evaluation of any module on a split (used by `eval` too). With shards > 1, only batches
-// shard, shard + shards, ... and the sums, not the means (the caller adds the shards up).
-Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size,
-                        int shard = 0, int shards = 1);
+// Evaluation of any module on a split (used by `eval` too).
+Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size);
 
 // The preprocessing for a dataset: its defaults.
 Preprocess default_preprocess(const DataSplits& data);

@@ -2,9 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include <filesystem>
-
 #include "core/error.h"
+#include "formats/archive.h"
 
 namespace ttq {
 namespace {
@@ -115,12 +114,8 @@ void read_record(RunHistory& h, const json& r, const std::string& type) {
 }  // namespace
 
 RunHistory read_run_log(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
-    throw input_error(fmt::format("{}: {}", path, std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw input_error(fmt::format("{}: cannot be read", path));
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<uint8_t> bytes = read_file(path);
+  const std::string text(bytes.begin(), bytes.end());
 
   RunHistory h;
   size_t line_no = 0, start = 0;
