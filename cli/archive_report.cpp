@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "core/util.h"
+#include "formats/json.h"
 
 namespace ttq::cli {
 namespace {
@@ -21,7 +23,7 @@ nlohmann::json archive_json(const ttqz::Archive& a, const ttqz::Summary& s, cons
       j["wp"] = t.wp;
       j["wn"] = t.wn;
       j["sparsity"] = t.counts.sparsity();
-      j["counts"] = {{"neg", t.counts.neg}, {"zero", t.counts.zero}, {"pos", t.counts.pos}};
+      j["counts"] = t.counts;
     } else {
       j["stored_dtype"] = t.stored_dtype;
     }
@@ -81,7 +83,7 @@ void print_totals(const ttqz::Archive& a, const ttqz::Summary& s, const std::opt
                human_count(s.ternary_weights), ternary_layers, s.ternary_bits_per_weight(),
                s.ternary_entropy_bits(), 100.0 * (s.ternary_bits_per_weight() / s.ternary_entropy_bits() - 1.0));
   }
-  fmt::print("bound    {} (codes at their entropy + other tensors at stored width); archive = {:.4f}x bound\n",
+  fmt::print("bound    {} (codes at their entropy with their scales + other tensors at stored width); archive = {:.4f}x bound\n",
              human_bytes(s.bound_bytes()), s.bound_bytes() > 0 ? s.file_bytes / s.bound_bytes() : 0.0);
 }
 

@@ -1,16 +1,20 @@
-// What several subcommands share: the command table entry, the option groups for layer selection
-// and thresholds, and the printing of a model report as text or JSON.
+// What several subcommands share: the command table entry, option helpers (choices from the
+// tables in core/, flag groups for layer selection, thresholds and data), the display settings,
+// and the printing of a model report.
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <fmt/format.h>
+
 #include <functional>
+#include <map>
 #include <string>
 
+#include "core/data.h"
 #include "core/quantize.h"
 #include "core/report.h"
-#include "core/train.h"
+#include "formats/metadata.h"
 #include "formats/ttqz.h"
-#include "plugins/dataset.h"
 
 namespace ttq::cli {
 
@@ -20,15 +24,34 @@ struct Command {
   std::function<void()> run;
 };
 
-// --threshold/--sparsity and --init. Call `resolve` after parsing to fill the options.
-struct QuantizeFlags {
-  double threshold = 0.05;
-  double sparsity = 0.5;
-  std::string init = "mean";
-  CLI::Option* sparsity_option = nullptr;
-  QuantizeOptions options;
+// An option whose values are the names in ChoiceTable<E> (core/choices.h): CLI11 checks and maps
+// them, and the help lists each with its meaning. The target's current value is the default.
+template <class E>
+CLI::Option* add_choice_option(CLI::App* app, const std::string& name, E& target, const std::string& help) {
+  std::map<std::string, E> names;
+  std::string text = help + ":";
+  for (const auto& c : ChoiceTable<E>::values) {
+    names.emplace(c.name, c.value);
+    text += fmt::format(" '{}': {};", c.name, c.help);
+  }
+  text.back() = '.';
+  std::string type = "{";
+  for (const auto& c : ChoiceTable<E>::values) type += std::string(type.size() > 1 ? "," : "") + c.name;
+  return app->add_option(name, target, text)
+      ->transform(CLI::CheckedTransformer(names).description(""))
+      ->type_name(type + "}")
+      ->default_str(choice_name(target));
+}
 
-  void add_to(CLI::App* app, const std::string& default_init = "mean");
+// --threshold/--sparsity, --init and the layer selection, bound to `options` (whose values are
+// the defaults). Call `resolve` after parsing: it sets the threshold mode and validates.
+struct QuantizeFlags {
+  double threshold = ThresholdSpec{}.value;
+  double sparsity = 0.5;
+  CLI::Option* sparsity_option = nullptr;
+  QuantizeOptions* options = nullptr;
+
+  void add_to(CLI::App* app, QuantizeOptions& target);
   const QuantizeOptions& resolve();  // validates ranges (usage error)
 };
 
@@ -38,22 +61,25 @@ struct DataFlags {
   std::vector<std::string> plugins;
   int64_t subset = 0;
   int threads = 0;  // 0: LibTorch's default, one per core
-  std::vector<double> mean, std;
-  CLI::Option* flip = nullptr;
-  CLI::Option* no_flip = nullptr;
-  int crop_padding = -1;  // -1: the dataset's default
+  PreprocessOverrides overrides;
   LoadOptions load_options;
 
   void add_to(CLI::App* app, bool training);
   // Sets the thread count, loads plugins and the data (the embedded default when --data is absent).
   DataSplits load() const;
-  Preprocess preprocess(const DataSplits& data) const;
+  Preprocess preprocess(const DataSplits& data) const { return apply_overrides(data.defaults, overrides); }
 };
+
+// Display settings shared by every command (zstd's single display level): -q leaves warnings
+// and errors only, and hides progress lines too; NO_COLOR (https://no-color.org: set and not
+// empty) turns off colour and other decoration.
+bool quiet();
+bool no_color();
 
 // Prints the report on stdout: an aligned table with totals, or one JSON document. `output`
 // names the file just written, when there is one.
-void print_report(const ModelReport& report, const std::string& source, bool json,
-                  const std::string& output = "");
+void print_report(const ModelReport& report, const std::optional<ModelMetadata>& metadata, const std::string& source,
+                  bool json, const std::string& output = "");
 
 // Prints what a .ttqz archive holds and how close it is to the entropy bound. With `input`
 // (export), also the input file and the compression ratio.
@@ -67,6 +93,5 @@ void print_archive(const ttqz::Archive& archive, const std::string& source, bool
 // Sizes for people: "44.7 MiB", and counts: "11.2M".
 std::string human_bytes(double bytes);
 std::string human_count(int64_t n);
-std::string join_shape(const std::vector<int64_t>& shape);
 
 }  // namespace ttq::cli

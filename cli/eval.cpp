@@ -3,8 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
-#include "formats/archive.h"
-#include "formats/torchscript.h"
+#include "core/evaluate.h"
+#include "formats/model_file.h"
 
 namespace ttq::cli {
 namespace {
@@ -18,8 +18,7 @@ struct EvalArgs {
 
 void run_eval(EvalArgs& a) {
   const DataSplits data = a.data.load();
-  torch::jit::Module module =
-      is_archive(a.model) ? read_archive(a.model).module : load_torchscript(a.model).module;
+  torch::jit::Module module = open_model(a.model).module;
   const Metrics m = evaluate_module(module, data.test, a.data.preprocess(data), a.batch_size);
   if (a.json) {
     fmt::print("{}\n", nlohmann::json{{"model", a.model}, {"data", data.name}, {"samples", m.samples},

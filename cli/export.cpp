@@ -5,43 +5,45 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/util.h"
 #include "formats/archive.h"
 #include "formats/atomic_file.h"
+#include "formats/model_file.h"
 #include "formats/torchscript.h"
+
+namespace ttq::cli {
+enum class ExportFormat { Ttqz, Ttq, TorchScript };
+}  // namespace ttq::cli
+
+template <>
+struct ttq::ChoiceTable<ttq::cli::ExportFormat> {
+  using F = cli::ExportFormat;
+  static constexpr Choice<F> values[] = {
+      {"ttqz", F::Ttqz, "compressed archive (default for TorchScript input)"},
+      {"ttq", F::Ttq, "TorchScript with the TTQ metadata, as quantize writes (default for .ttqz input)"},
+      {"torchscript", F::TorchScript, "plain TorchScript without TTQ extras, for any LibTorch/PyTorch runtime"},
+  };
+  static constexpr const char* what = "format";
+};
 
 namespace ttq::cli {
 namespace {
 
-// Output formats; one table feeds the validator and the help.
-struct FormatChoice {
-  const char* name;
-  const char* help;
-};
-constexpr FormatChoice kFormats[] = {
-    {"ttqz", "compressed archive (default for TorchScript input)"},
-    {"ttq", "TorchScript with the TTQ metadata, as quantize writes (default for .ttqz input)"},
-    {"torchscript", "plain TorchScript without TTQ extras, for any LibTorch/PyTorch runtime"},
-};
-
 struct ExportArgs {
   std::string input;
   std::string output;
-  std::string format;
-  int level = 3;
-  std::string fp_dtype = "fp32";
+  ExportFormat format = ExportFormat::Ttqz;
+  CLI::Option* format_option = nullptr;  // not given: the format follows the input's kind
+  ExportOptions options;
   bool json = false;
 };
 
-void write_ttqz(const ExportArgs& args) {
-  if (is_archive(args.input))
+void write_ttqz(const ExportArgs& args, const OpenedModel& model) {
+  if (model.kind == ModelFileKind::Archive)
     throw usage_error(fmt::format("{} is already a .ttqz archive; choose --format ttq or torchscript", args.input));
-  const LoadedModel loaded = load_torchscript(args.input);
-  if (!loaded.metadata || loaded.metadata->layers.empty())
+  if (!model.metadata || model.metadata->layers.empty())
     throw input_error(fmt::format("{} has no TTQ metadata: run 'ttq quantize' (or finetune) first", args.input));
-  ExportOptions options;
-  options.level = args.level;
-  options.fp_dtype = fp_dtype_from_string(args.fp_dtype);
-  write_archive(loaded.module, *loaded.metadata, options, args.output);
+  write_archive(model.module, *model.metadata, args.options, args.output);
 
   // Report from the file itself: this also re-validates what was just written.
   const auto bytes = read_file(args.output);
@@ -49,19 +51,12 @@ void write_ttqz(const ExportArgs& args) {
                 ExportInput{args.input, std::filesystem::file_size(args.input)});
 }
 
-void write_torchscript(const ExportArgs& args, bool with_metadata) {
-  RestoredModel model;
-  if (is_archive(args.input)) {
-    model = read_archive(args.input);
-  } else {
-    LoadedModel loaded = load_torchscript(args.input);
-    model = {loaded.module, loaded.metadata};
-  }
-  if (!with_metadata) model.metadata.reset();
+void write_torchscript(const ExportArgs& args, OpenedModel model) {
+  if (args.format != ExportFormat::Ttq) model.metadata.reset();
   save_torchscript(model.module, model.metadata, args.output);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {
-    const nlohmann::json doc = {{"input", args.input}, {"output", args.output}, {"format", args.format},
+    const nlohmann::json doc = {{"input", args.input}, {"output", args.output}, {"format", choice_name(args.format)},
                                 {"output_bytes", bytes}, {"ttq_metadata", model.metadata.has_value()}};
     fmt::print("{}\n", doc.dump(2));
   } else {
@@ -72,11 +67,13 @@ void write_torchscript(const ExportArgs& args, bool with_metadata) {
 
 void run_export(ExportArgs& args) {
   refuse_same_file(args.input, args.output);
-  if (args.format.empty()) args.format = is_archive(args.input) ? "ttq" : "ttqz";
-  if (args.format == "ttqz")
-    write_ttqz(args);
+  OpenedModel model = open_model(args.input);
+  if (!args.format_option->count())
+    args.format = model.kind == ModelFileKind::Archive ? ExportFormat::Ttq : ExportFormat::Ttqz;
+  if (args.format == ExportFormat::Ttqz)
+    write_ttqz(args, model);
   else
-    write_torchscript(args, args.format == "ttq");
+    write_torchscript(args, std::move(model));
 }
 
 }  // namespace
@@ -89,23 +86,12 @@ Command register_export(CLI::App& app) {
       ->required()
       ->type_name("FILE");
   sub->add_option("-o,--output", args->output, "the file to write")->required()->type_name("FILE");
-  std::vector<std::string> names;
-  std::string help = "output format:";
-  for (const auto& f : kFormats) {
-    names.push_back(f.name);
-    help += fmt::format(" '{}': {};", f.name, f.help);
-  }
-  help.back() = '.';
-  sub->add_option("--format", args->format, help)->check(CLI::IsMember(names))->type_name("FORMAT");
-  sub->add_option("--level", args->level, "zstd level for the program and full-precision tensors")
+  args->format_option = add_choice_option(sub, "--format", args->format, "output format")->default_str("");
+  sub->add_option("--level", args->options.level, "zstd level for the program and full-precision tensors")
       ->check(CLI::Range(1, 22))
       ->type_name("N")
       ->capture_default_str();
-  sub->add_option("--fp-dtype", args->fp_dtype,
-                  "storage of float32 full-precision tensors in the archive: fp32 (exact), fp16, bf16")
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
-      ->type_name("DTYPE")
-      ->capture_default_str();
+  add_choice_option(sub, "--fp-dtype", args->options.fp_dtype, "storage of float32 full-precision tensors in the archive");
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_export(*args); }};
 }

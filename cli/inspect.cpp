@@ -2,8 +2,9 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "core/util.h"
 #include "formats/archive.h"
-#include "formats/torchscript.h"
+#include "formats/model_file.h"
 
 namespace ttq::cli {
 namespace {
@@ -11,22 +12,24 @@ namespace {
 struct InspectArgs {
   std::string file;
   bool json = false;
+  QuantizeOptions options;
   QuantizeFlags flags;
 };
 
 void run_inspect(InspectArgs& args) {
   const QuantizeOptions& options = args.flags.resolve();
-  if (is_archive(args.file)) {
+  // An archive is shown as stored (sections, coded sizes against the bound), not as a module.
+  if (sniff_model_file(args.file) == ModelFileKind::Archive) {
     const auto bytes = read_file(args.file);
     print_archive(parse_archive(bytes, args.file), args.file, args.json);
     return;
   }
-  const LoadedModel loaded = load_torchscript(args.file);
-  const ModelReport report = inspect_module(loaded.module, loaded.metadata, options);
+  const OpenedModel loaded = open_model(args.file);
+  const auto recorded = loaded.metadata ? std::optional(loaded.metadata->layers) : std::nullopt;
+  const ModelReport report = inspect_module(loaded.module, recorded, options);
   if (report.dry_run)
-    spdlog::info("{} has no ternary layer: showing what 'ttq quantize' would do with these flags",
-                 args.file);
-  print_report(report, args.file, args.json);
+    spdlog::info("{} has no ternary layer: showing what 'ttq quantize' would do with these flags", args.file);
+  print_report(report, loaded.metadata, args.file, args.json);
 }
 
 }  // namespace
@@ -37,7 +40,7 @@ Command register_inspect(CLI::App& app) {
       "inspect", "Show per-layer sparsity, scales, threshold, bits and sizes of a TorchScript model");
   sub->add_option("FILE", args->file, "TorchScript model (quantized or not) or .ttqz archive")->required()->type_name("FILE");
   sub->add_flag("--json", args->json, "print the report as one JSON document on stdout");
-  args->flags.add_to(sub);
+  args->flags.add_to(sub, args->options);
   return {sub, [args] { run_inspect(*args); }};
 }
 

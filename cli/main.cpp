@@ -12,7 +12,7 @@ namespace {
 
 void setup_logging(int verbose, bool quiet) {
   auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>(
-      std::getenv("NO_COLOR") ? spdlog::color_mode::never : spdlog::color_mode::automatic);
+      ttq::cli::no_color() ? spdlog::color_mode::never : spdlog::color_mode::automatic);
   auto logger = std::make_shared<spdlog::logger>("ttq", sink);
   logger->set_pattern("ttq: %^%l%$: %v");
   logger->set_level(quiet ? spdlog::level::warn

@@ -3,6 +3,7 @@
 
 #include "cli/commands.h"
 #include "formats/atomic_file.h"
+#include "formats/model_file.h"
 #include "formats/torchscript.h"
 
 namespace ttq::cli {
@@ -12,22 +13,25 @@ struct QuantizeArgs {
   std::string model;
   std::string output;
   bool json = false;
+  QuantizeOptions options;
   QuantizeFlags flags;
 };
 
 void run_quantize(QuantizeArgs& args) {
   const QuantizeOptions& options = args.flags.resolve();
   refuse_same_file(args.model, args.output);
-  LoadedModel loaded = load_torchscript(args.model);
+  OpenedModel loaded = open_model(args.model);
   if (loaded.metadata)
     spdlog::warn("{} was already written by ttq {}; quantizing its current weights again",
                  args.model, loaded.metadata->command);
 
-  ModelMetadata meta = quantize_module(loaded.module, options);
+  ModelMetadata meta;
   meta.command = "quantize";
+  meta.options = options;
+  meta.layers = quantize_module(loaded.module, options);
   save_torchscript(loaded.module, meta, args.output);
   spdlog::info("wrote {} ({} ternary layers)", args.output, meta.layers.size());
-  print_report(inspect_module(loaded.module, meta, options), args.model, args.json, args.output);
+  print_report(inspect_module(loaded.module, meta.layers, options), meta, args.model, args.json, args.output);
 }
 
 }  // namespace
@@ -39,7 +43,7 @@ Command register_quantize(CLI::App& app) {
   sub->add_option("-o,--output", args->output, "where to write the quantized TorchScript model")
       ->required()
       ->type_name("FILE");
-  args->flags.add_to(sub);
+  args->flags.add_to(sub, args->options);
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_quantize(*args); }};
 }

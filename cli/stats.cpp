@@ -14,20 +14,19 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "formats/archive.h"
+#include "core/util.h"
 #include "formats/atomic_file.h"
-#include "formats/metadata.h"
-#include "formats/torchscript.h"
+#include "formats/model_file.h"
 
 namespace ttq::cli {
 
-double layer_metric(const LoggedLayer& l, const std::string& metric) {
+double layer_metric(const LayerRecord& l, const std::string& metric) {
   if (metric == "wp") return l.wp;
   if (metric == "wn") return l.wn;
   if (metric == "delta") return l.delta;
-  if (metric == "sparsity") return l.zero;
-  if (metric == "neg") return l.neg;
-  if (metric == "pos") return l.pos;
+  if (metric == "sparsity") return l.counts.sparsity();
+  if (metric == "neg") return l.counts.fraction(l.counts.neg);
+  if (metric == "pos") return l.counts.fraction(l.counts.pos);
   throw std::logic_error("unknown layer metric " + metric);
 }
 
@@ -58,14 +57,7 @@ struct StatsArgs {
 
 // A model file (TorchScript or .ttqz) as a run with one point: its final state.
 StatsRun run_from_model(const std::string& path) {
-  std::optional<ModelMetadata> meta;
-  if (is_archive(path)) {
-    const auto bytes = read_file(path);
-    const auto archive = parse_archive(bytes, path);
-    if (!archive.ttq_json.empty()) meta = metadata_from_json(archive.ttq_json, path);
-  } else {
-    meta = read_torchscript_metadata(path);
-  }
+  const std::optional<ModelMetadata> meta = read_model_metadata(path);
   if (!meta)
     throw input_error(fmt::format("{}: no TTQ metadata (not written by ttq quantize or finetune); "
                                   "'ttq inspect' reads any model", path));
@@ -73,16 +65,11 @@ StatsRun run_from_model(const std::string& path) {
   run.source = path;
   run.tool = fmt::format("ttq {} {}", meta->tool_version, meta->command);
   LoggedPoint point;
-  for (const auto& l : meta->layers) {
-    const double n = std::max<double>(1, static_cast<double>(l.counts.total()));
-    point.layers.push_back({l.name, l.wp, l.wn, l.delta, l.counts.neg / n, l.counts.zero / n, l.counts.pos / n});
-  }
-  if (!meta->run_json.empty()) {
-    const auto r = nlohmann::json::parse(meta->run_json);
-    run.data = r.value("data", "");
-    point.step = r.value("steps", int64_t{0});
-    for (const auto& [key, metric] : {std::pair{"val_top1", "top1"}, {"val_top5", "top5"}, {"val_loss", "val_loss"}})
-      if (r.contains(key) && r[key].is_number()) run.final[metric] = r[key].get<double>();
+  point.layers = meta->layers;
+  if (meta->run) {
+    run.data = meta->run->data;
+    point.step = meta->run->steps;
+    run.final = {{"top1", meta->run->val.top1}, {"top5", meta->run->val.top5}, {"val_loss", meta->run->val.loss}};
   }
   run.points.push_back(std::move(point));
   return run;
@@ -102,26 +89,17 @@ StatsRun run_from_log(const std::string& path) {
   run.epochs = std::move(h.epochs);
   if (!run.epochs.empty()) {
     const auto& e = run.epochs.back();
-    run.final = {{"top1", e.val_top1}, {"top5", e.val_top5}, {"val_loss", e.val_loss},
-                 {"train_top1", e.train_top1}, {"loss", e.loss}, {"lr", e.lr}};
+    run.final = {{"top1", e.val.top1}, {"top5", e.val.top5}, {"val_loss", e.val.loss},
+                 {"train_top1", e.train.top1}, {"loss", e.train.loss}, {"lr", e.lr}};
   }
   return run;
 }
 
-// Models are zip files (TorchScript) or .ttqz archives; everything else is read as a log, which
-// reports its own errors.
-bool is_model_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return (in.read(magic, 4) && std::string(magic, 4) == std::string("PK\x03\x04", 4)) || is_archive(path);
-}
-
 // Keeps the layers whose name matches one of the regexes (all when none), in every point.
 void choose_layers(StatsRun& run, const std::vector<std::string>& patterns) {
-  std::vector<std::regex> regexes;
-  for (const auto& p : patterns) regexes.push_back(compile_regex(p));
+  const auto regexes = compile_regexes(patterns);
   for (auto& point : run.points) {
-    std::vector<LoggedLayer> kept;
+    std::vector<LayerRecord> kept;
     for (auto& l : point.layers)
       if (regexes.empty() || matches_any(l.name, regexes)) kept.push_back(std::move(l));
     point.layers = std::move(kept);
@@ -136,37 +114,6 @@ void choose_layers(StatsRun& run, const std::vector<std::string>& patterns) {
     throw usage_error(fmt::format("--layers matches no layer of {}", run.source));
 }
 
-Expectation parse_expectation(const std::string& text) {
-  static const std::regex form(R"(^\s*([A-Za-z_0-9]+)\s*(>=|<=|==|!=|=|>|<)\s*([^\s%]+)\s*(%?)\s*$)");
-  std::smatch m;
-  if (!std::regex_match(text, m, form))
-    throw usage_error(fmt::format("--expect '{}': write METRIC OP VALUE, e.g. 'sparsity>=0.3'", text));
-  Expectation e{text, m[1].str(), m[2].str() == "=" ? "==" : m[2].str(), 0};
-  const auto known = [](const std::vector<std::string>& names, const std::string& name) {
-    return std::find(names.begin(), names.end(), name) != names.end();
-  };
-  if (e.metric == "zero") e.metric = "sparsity";
-  if (!known(kLayerMetrics, e.metric) && !known(kRunMetrics, e.metric))
-    throw usage_error(fmt::format("--expect '{}': unknown metric '{}'; layer metrics: {}; run metrics: {}", text,
-                                  e.metric, fmt::join(kLayerMetrics, ", "), fmt::join(kRunMetrics, ", ")));
-  char* end = nullptr;
-  const std::string value = m[3].str();
-  e.value = std::strtod(value.c_str(), &end);
-  if (value.empty() || *end != '\0' || !std::isfinite(e.value))
-    throw usage_error(fmt::format("--expect '{}': '{}' is not a number", text, value));
-  if (!m[4].str().empty()) e.value /= 100;
-  return e;
-}
-
-bool holds(double v, const std::string& op, double bound) {
-  if (op == ">=") return v >= bound;
-  if (op == "<=") return v <= bound;
-  if (op == ">") return v > bound;
-  if (op == "<") return v < bound;
-  if (op == "==") return v == bound;
-  return v != bound;
-}
-
 // Checks each expectation on every run's final state: run metrics once, layer metrics per layer.
 std::vector<ExpectationResult> check(const std::vector<Expectation>& expectations, const std::vector<StatsRun>& runs) {
   std::vector<ExpectationResult> results;
@@ -178,7 +125,7 @@ std::vector<ExpectationResult> check(const std::vector<Expectation>& expectation
         const auto it = run.final.find(e.metric);
         if (it == run.final.end())
           r.failures.push_back(fmt::format("{}{} is not recorded", who, e.metric));
-        else if (!holds(it->second, e.op, e.value))
+        else if (!e.holds(it->second))
           r.failures.push_back(fmt::format("{}{} = {:.6g}", who, e.metric, it->second));
         continue;
       }
@@ -188,7 +135,7 @@ std::vector<ExpectationResult> check(const std::vector<Expectation>& expectation
       }
       for (const auto& l : run.points.back().layers) {
         const double v = layer_metric(l, e.metric);
-        if (!holds(v, e.op, e.value)) r.failures.push_back(fmt::format("{}{} {} = {:.6g}", who, l.name, e.metric, v));
+        if (!e.holds(v)) r.failures.push_back(fmt::format("{}{} {} = {:.6g}", who, l.name, e.metric, v));
       }
     }
     results.push_back(std::move(r));
@@ -196,33 +143,26 @@ std::vector<ExpectationResult> check(const std::vector<Expectation>& expectation
   return results;
 }
 
-void write_plot(const StatsRun& run, const std::string& path) {
-  AtomicOutput out(path);
-  {
-    std::ofstream f(out.temp_path(), std::ios::binary);
-    f << stats_svg(run);
-    if (!f.flush()) throw runtime_error(fmt::format("cannot write {}", path));
-  }
-  out.commit();
-}
-
 void run_stats(StatsArgs& a) {
   if (a.json) a.format = "json";
   std::vector<Expectation> expectations;
-  for (const auto& text : a.expect) expectations.push_back(parse_expectation(text));
+  std::vector<std::string> metrics = kLayerMetrics;
+  metrics.insert(metrics.end(), kRunMetrics.begin(), kRunMetrics.end());
+  for (const auto& text : a.expect) expectations.push_back(parse_expectation(text, metrics));
   if (!a.plot.empty()) check_writable(a.plot);
 
   std::vector<StatsRun> runs;
   std::vector<std::string> files{a.file};
   if (!a.other.empty()) files.push_back(a.other);
   for (const auto& path : files) {
-    runs.push_back(is_model_file(path) ? run_from_model(path) : run_from_log(path));
+    // Model files are told by their first bytes; anything else is read as a log, which names its own errors.
+    runs.push_back(sniff_model_file(path) ? run_from_model(path) : run_from_log(path));
     choose_layers(runs.back(), a.layers);
   }
   if (!a.plot.empty()) {
     if (runs.size() != 1 || !runs[0].from_log || runs[0].points.empty())
       throw usage_error("--plot draws the trajectories of one run log (finetune --log) with at least one record");
-    write_plot(runs[0], a.plot);
+    write_atomically(a.plot, [&](std::ostream& out) { out << stats_svg(runs[0]); });
     spdlog::info("wrote {}", a.plot);
   }
 
@@ -232,9 +172,7 @@ void run_stats(StatsArgs& a) {
   } else if (a.format == "csv") {
     print_stats_csv(runs);
   } else {
-    const char* no_color = std::getenv("NO_COLOR");
-    print_stats_text(runs, a.sparklines == "always" || (a.sparklines == "auto" && isatty(STDOUT_FILENO) &&
-                                                        !(no_color && *no_color)));
+    print_stats_text(runs, a.sparklines == "always" || (a.sparklines == "auto" && isatty(STDOUT_FILENO) && !no_color()));
   }
   std::cout.flush();
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/expect.h"
 #include "formats/run_log.h"
 
 namespace ttq::cli {
@@ -19,7 +20,7 @@ struct StatsRun {
   int64_t steps_per_epoch = 0;  // 0: unknown, positions are shown in steps
   std::vector<std::string> layers;  // the chosen layers, in the run's order
   std::vector<LoggedPoint> points;  // each point's layers are exactly `layers`, in that order
-  std::vector<LoggedEpoch> epochs;
+  std::vector<EpochRecord> epochs;
   std::map<std::string, double> final;  // run metrics of the final state (see kRunMetrics)
 
   // Position of a step on the x axis: epochs when the steps per epoch are known, else steps.
@@ -33,15 +34,11 @@ struct StatsRun {
 
 // Per-layer metrics, in display order, and their value in a logged layer.
 inline const std::vector<std::string> kLayerMetrics = {"wp", "wn", "delta", "sparsity", "neg", "pos"};
-double layer_metric(const LoggedLayer& layer, const std::string& metric);
+double layer_metric(const LayerRecord& layer, const std::string& metric);
 // Run-level metrics of the final state, for the comparison table and --expect.
 inline const std::vector<std::string> kRunMetrics = {"top1", "top5", "val_loss", "train_top1", "loss", "lr"};
 
-// --expect 'METRIC OP VALUE', checked against the final state.
-struct Expectation {
-  std::string text, metric, op;
-  double value = 0;
-};
+// An --expect condition (core/expect.h) checked against the final state.
 struct ExpectationResult {
   Expectation expectation;
   std::vector<std::string> failures;  // one line each: which run/layer, the value found

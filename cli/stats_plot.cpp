@@ -166,8 +166,8 @@ void run_cell(std::string& svg, const StatsRun& run, double x, double y, const A
   std::vector<double> ex, train_top1, val_top1, train_loss, val_loss, sx, step_loss;
   for (const auto& e : run.epochs) {
     ex.push_back(run.position(e.step));
-    train_top1.push_back(e.train_top1), val_top1.push_back(e.val_top1);
-    train_loss.push_back(e.loss), val_loss.push_back(e.val_loss);
+    train_top1.push_back(e.train.top1), val_top1.push_back(e.val.top1);
+    train_loss.push_back(e.train.loss), val_loss.push_back(e.val.loss);
   }
   for (const auto& p : run.points)
     if (p.loss) sx.push_back(run.position(p.step)), step_loss.push_back(*p.loss);
@@ -192,7 +192,8 @@ void layer_cell(std::string& svg, const StatsRun& run, size_t layer, double x, d
     const auto& l = p.layers[layer];
     xs.push_back(run.position(p.step));
     wp.push_back(l.wp), neg_wn.push_back(-l.wn);
-    zeros.push_back(0), neg.push_back(l.neg), neg_zero.push_back(l.neg + l.zero), ones.push_back(1);
+    const double n = l.counts.fraction(l.counts.neg);
+    zeros.push_back(0), neg.push_back(n), neg_zero.push_back(n + l.counts.sparsity()), ones.push_back(1);
   }
   Panel scales(svg, x, y, ax, axis_of({wp, neg_wn}, 0.0));
   scales.frame(run.layers[layer], x_name, "scale");

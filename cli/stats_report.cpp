@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/stats.h"
+#include "formats/json.h"
 
 namespace ttq::cli {
 namespace {
@@ -58,8 +59,8 @@ void print_epochs(const StatsRun& run) {
              "train top-1", "val loss", "val top-1", "val top-5", "time");
   for (const auto& e : run.epochs)
     fmt::print("{:>6}  {:>8}  {:>10.4g}  {:>8.4f}  {:>11}  {:>8.4f}  {:>9}  {:>9}  {:>6.1f} s\n",
-               fmt::format("{}{}", e.epoch, e.partial ? "*" : ""), e.step, e.lr, e.loss, percent(e.train_top1),
-               e.val_loss, percent(e.val_top1), percent(e.val_top5), e.seconds);
+               fmt::format("{}{}", e.epoch, e.partial ? "*" : ""), e.step, e.lr, e.train.loss, percent(e.train.top1),
+               e.val.loss, percent(e.val.top1), percent(e.val.top5), e.seconds);
   if (run.epochs.back().partial) fmt::print("(* partial epoch: stopped by --max-steps or an interrupt)\n");
 }
 
@@ -91,7 +92,7 @@ void print_final_layers(const StatsRun& run) {
              "pos");
   for (const auto& l : run.points.back().layers)
     fmt::print("{:<{}}  {:>10}  {:>10}  {:>10}  {:>7.4f}  {:>7.4f}  {:>7.4f}\n", l.name, w, num(l.wp), num(l.wn),
-               num(l.delta), l.neg, l.zero, l.pos);
+               num(l.delta), l.counts.fraction(l.counts.neg), l.counts.sparsity(), l.counts.fraction(l.counts.pos));
 }
 
 std::string format_run_metric(const std::string& metric, double v) {
@@ -139,7 +140,7 @@ void print_comparison(const StatsRun& a, const StatsRun& b) {
   for (const auto& n : b.layers)
     if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
   if (names.empty()) return;
-  const auto layer_of = [](const StatsRun& r, const std::string& name) -> const LoggedLayer* {
+  const auto layer_of = [](const StatsRun& r, const std::string& name) -> const LayerRecord* {
     if (r.points.empty()) return nullptr;
     for (const auto& l : r.points.back().layers)
       if (l.name == name) return &l;
@@ -148,8 +149,8 @@ void print_comparison(const StatsRun& a, const StatsRun& b) {
   const size_t w = name_width(names, 5);
   fmt::print("\n{:<{}}  {:<8}  {:>10}  {:>10}  {:>10}\n", "layer", w, "metric", "A", "B", "B-A");
   for (const auto& name : names) {
-    const LoggedLayer* la = layer_of(a, name);
-    const LoggedLayer* lb = layer_of(b, name);
+    const LayerRecord* la = layer_of(a, name);
+    const LayerRecord* lb = layer_of(b, name);
     for (const auto& m : kLayerMetrics) {
       const auto x = la ? std::optional<double>(layer_metric(*la, m)) : std::nullopt;
       const auto y = lb ? std::optional<double>(layer_metric(*lb, m)) : std::nullopt;
@@ -159,7 +160,7 @@ void print_comparison(const StatsRun& a, const StatsRun& b) {
   }
 }
 
-json layer_values(const LoggedLayer& l) {
+json layer_values(const LayerRecord& l) {
   json j = json::object();
   for (const auto& m : kLayerMetrics) j[m] = layer_metric(l, m);
   return j;
@@ -168,9 +169,7 @@ json layer_values(const LoggedLayer& l) {
 json run_json(const StatsRun& run) {
   json epochs = json::array();
   for (const auto& e : run.epochs)
-    epochs.push_back({{"epoch", e.epoch}, {"partial", e.partial}, {"step", e.step}, {"lr", e.lr}, {"loss", e.loss},
-                      {"train_top1", e.train_top1}, {"val_loss", e.val_loss}, {"val_top1", e.val_top1},
-                      {"val_top5", e.val_top5}, {"seconds", e.seconds}});
+    epochs.push_back(e);
   json layers = json::array();
   for (size_t i = 0; i < run.layers.size(); ++i) {
     json first, last, lo, hi;
@@ -252,11 +251,11 @@ void print_stats_csv(const std::vector<StatsRun>& runs) {
       for (; next_epoch < run.epochs.size() && run.epochs[next_epoch].step <= p.step; ++next_epoch) {
         const auto& e = run.epochs[next_epoch];
         if (!p.lr) row(e.step, "", "lr", e.lr);
-        row(e.step, "", "train_loss", e.loss);
-        row(e.step, "", "train_top1", e.train_top1);
-        row(e.step, "", "val_loss", e.val_loss);
-        row(e.step, "", "val_top1", e.val_top1);
-        row(e.step, "", "val_top5", e.val_top5);
+        row(e.step, "", "train_loss", e.train.loss);
+        row(e.step, "", "train_top1", e.train.top1);
+        row(e.step, "", "val_loss", e.val.loss);
+        row(e.step, "", "val_top1", e.val.top1);
+        row(e.step, "", "val_top5", e.val.top5);
         row(e.step, "", "seconds", e.seconds);
       }
     }

@@ -24,6 +24,21 @@ struct CodeCounts {
     }
     return h;
   }
+  // The share of the weights on one code: fraction(neg), fraction(zero) (= sparsity), fraction(pos).
+  double fraction(int64_t part) const {
+    return total() ? static_cast<double>(part) / static_cast<double>(total()) : 0.0;
+  }
+  // The codes at their entropy, in bytes (fractional).
+  double entropy_bytes() const { return entropy_bits() * static_cast<double>(total()) / 8.0; }
 };
+
+// Wp and Wn as float32: what a ternary layer stores besides its codes.
+inline constexpr int64_t kScaleBytes = 2 * 4;
+
+// The storage limit of one ternary layer, the single definition that inspect's sizes and the
+// archive's bound share: its codes at their entropy, in whole bytes, and its two scales.
+inline int64_t ternary_bound_bytes(const CodeCounts& c) {
+  return static_cast<int64_t>(std::ceil(c.entropy_bytes())) + kScaleBytes;
+}
 
 }  // namespace ttq

@@ -100,10 +100,9 @@ int Communicator::rank() const { return impl_->rank; }
 int Communicator::world_size() const { return impl_->world_size; }
 
 std::shared_ptr<Communicator> Communicator::connect(const DistOptions& o) {
-  if (o.backend == "nccl")
+  if (o.backend == Backend::Nccl)
     throw usage_error("--dist-backend nccl needs a LibTorch built with CUDA and NCCL; this ttq's LibTorch "
                       "is CPU-only: use --dist-backend gloo");
-  if (o.backend != "gloo") throw usage_error(fmt::format("unknown --dist-backend '{}'", o.backend));
   if (o.world_size < 1) throw usage_error(fmt::format("the world size must be at least 1, not {}", o.world_size));
   if (o.rank < 0 || o.rank >= o.world_size)
     throw usage_error(fmt::format("rank {} is outside 0..{} (world size {})", o.rank, o.world_size - 1, o.world_size));

@@ -9,14 +9,26 @@
 #include <utility>
 #include <vector>
 
+#include "core/choices.h"
+
 namespace ttq {
+
+enum class Backend { Gloo, Nccl };
+template <>
+struct ChoiceTable<Backend> {
+  static constexpr Choice<Backend> values[] = {
+      {"gloo", Backend::Gloo, "TCP, on CPU"},
+      {"nccl", Backend::Nccl, "NVIDIA GPUs (needs a LibTorch with CUDA)"},
+  };
+  static constexpr const char* what = "backend";
+};
 
 struct DistOptions {
   int rank = 0;
   int world_size = 1;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
-  std::string backend = "gloo";  // gloo | nccl
+  Backend backend = Backend::Gloo;
   std::chrono::seconds timeout{120};
 
   bool distributed() const { return world_size > 1; }

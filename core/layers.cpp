@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/util.h"
 
 namespace ttq {
 namespace {
@@ -47,20 +48,6 @@ std::vector<std::string> forward_read_order(const torch::jit::Module& module) {
 
 }  // namespace
 
-std::regex compile_regex(const std::string& pattern) {
-  try {
-    return std::regex(pattern, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    throw usage_error(fmt::format("invalid regex '{}': {}", pattern, e.what()));
-  }
-}
-
-bool matches_any(const std::string& name, const std::vector<std::regex>& regexes) {
-  for (const auto& re : regexes)
-    if (std::regex_search(name, re)) return true;
-  return false;
-}
-
 std::vector<Candidate> find_candidates(const torch::jit::Module& module) {
   std::vector<Candidate> registered;
   std::unordered_map<std::string, size_t> index;
@@ -83,9 +70,7 @@ std::vector<Candidate> find_candidates(const torch::jit::Module& module) {
 }
 
 size_t mark_selected(std::vector<Candidate>& candidates, const Selection& selection) {
-  std::vector<std::regex> include, exclude;
-  for (const auto& p : selection.include) include.push_back(compile_regex(p));
-  for (const auto& p : selection.exclude) exclude.push_back(compile_regex(p));
+  const auto include = compile_regexes(selection.include), exclude = compile_regexes(selection.exclude);
 
   size_t count = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {

@@ -2,7 +2,6 @@
 #pragma once
 #include <torch/script.h>
 
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -15,11 +14,6 @@ struct Selection {
   bool quantize_first = false;       // by default the first and the last layer stay FP
   bool quantize_last = false;
 };
-
-// An ECMAScript regex from a flag; a usage error names it when it is invalid.
-std::regex compile_regex(const std::string& pattern);
-// Whether one of the regexes is found in `name`.
-bool matches_any(const std::string& name, const std::vector<std::regex>& regexes);
 
 // A quantizable weight: a floating-point parameter of rank >= 2 (conv, linear, embedding).
 struct Candidate {

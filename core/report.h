@@ -19,18 +19,13 @@ enum class LayerKind {
 std::string to_string(LayerKind kind);
 
 struct LayerReport {
-  std::string name;
-  std::vector<int64_t> shape;
+  LayerRecord layer;  // name and shape always; scales, Δ and counts for ternary and planned layers
   int64_t numel = 0;
   LayerKind kind = LayerKind::FullPrecision;
-  // For Ternary and Planned layers only:
-  CodeCounts counts;
-  float wp = 0.0f;
-  float wn = 0.0f;
-  std::optional<float> delta;  // unknown for a ternary layer without TTQ metadata
+  bool delta_known = false;  // false for full-precision layers and ternary ones without TTQ metadata
 
   bool coded() const { return kind != LayerKind::FullPrecision; }
-  double bits() const { return coded() ? counts.entropy_bits() : 32.0; }
+  double bits() const { return coded() ? layer.counts.entropy_bits() : 32.0; }
   int64_t bytes_fp32() const { return numel * 4; }
   int64_t bytes_2bit() const { return coded() ? (numel * 2 + 7) / 8 : numel * 4; }
 };
@@ -38,25 +33,24 @@ struct LayerReport {
 struct Totals {
   int64_t parameters = 0;        // all parameters of the model
   int64_t coded_parameters = 0;  // in ternary (or planned) layers
+  int64_t coded_layers = 0;
   int64_t model_bytes = 0;       // every parameter and buffer at its stored width
-  int64_t bytes_2bit = 0;        // codes at 2 bits per weight + 8 bytes of scales per layer
-  int64_t bytes_entropy = 0;     // codes at their order-0 entropy + scales
+  int64_t bytes_2bit = 0;        // codes at 2 bits per weight + the scales
+  int64_t bytes_entropy = 0;     // each ternary layer at its bound (ternary_bound_bytes) + the rest
   double ratio_2bit() const;
   double ratio_entropy() const;
 };
 
 struct ModelReport {
-  bool has_metadata = false;
   bool dry_run = false;  // no ternary layer found: the report shows what `quantize` would do
-  std::optional<ModelMetadata> metadata;
   std::vector<LayerReport> layers;  // every quantizable weight, in forward order
   Totals totals;
 };
 
-// Ternary layers are recognised from their values (and named by the metadata when present);
-// a model without any is reported as a dry run of `quantize` with `options`.
-ModelReport inspect_module(const torch::jit::Module& module,
-                           const std::optional<ModelMetadata>& metadata,
+// Ternary layers are recognised from their values (and named by `recorded`, the layers of the
+// TTQ metadata, when present); a model without any is reported as a dry run of `quantize` with
+// `options`.
+ModelReport inspect_module(const torch::jit::Module& module, const std::optional<std::vector<LayerRecord>>& recorded,
                            const QuantizeOptions& options);
 
 }  // namespace ttq

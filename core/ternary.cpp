@@ -19,16 +19,6 @@ void validate(const ThresholdSpec& spec) {
     throw usage_error(fmt::format("--sparsity must be in [0, 1), got {}", v));
 }
 
-std::string to_string(ThresholdMode mode) {
-  return mode == ThresholdMode::MaxScaled ? "max-scaled" : "sparsity";
-}
-
-ThresholdMode threshold_mode_from_string(const std::string& name) {
-  if (name == "max-scaled") return ThresholdMode::MaxScaled;
-  if (name == "sparsity") return ThresholdMode::Sparsity;
-  throw input_error(fmt::format("unknown threshold mode '{}'", name));
-}
-
 float compute_threshold(const torch::Tensor& x, const ThresholdSpec& spec) {
   torch::NoGradGuard no_grad;
   if (spec.mode == ThresholdMode::MaxScaled && x.device().is_cpu() && x.scalar_type() == torch::kFloat) {
@@ -45,14 +35,6 @@ float compute_threshold(const torch::Tensor& x, const ThresholdSpec& spec) {
   const int64_t k = static_cast<int64_t>(std::floor(spec.value * static_cast<double>(x.numel())));
   if (k == 0) return 0.0f;  // only exact zeros (ties at 0) become zero
   return std::get<0>(magnitude.kthvalue(k)).item<float>();
-}
-
-std::string to_string(ScaleInit init) { return init == ScaleInit::Mean ? "mean" : "ones"; }
-
-ScaleInit scale_init_from_string(const std::string& name) {
-  if (name == "mean") return ScaleInit::Mean;
-  if (name == "ones") return ScaleInit::Ones;
-  throw input_error(fmt::format("unknown scale init '{}'", name));
 }
 
 Scales init_scales(const torch::Tensor& x, float delta, ScaleInit init) {
@@ -164,6 +146,34 @@ CodeCounts count_codes(const torch::Tensor& x, float delta) {
   c.neg = (x < -delta).sum().item<int64_t>();
   c.zero = x.numel() - c.pos - c.neg;
   return c;
+}
+
+LayerRecord measure_layer(const std::string& name, const torch::Tensor& weight, const ThresholdSpec& threshold,
+                          Scales scales) {
+  LayerRecord r;
+  r.name = name;
+  r.shape = weight.sizes().vec();
+  r.threshold = threshold;
+  r.delta = compute_threshold(weight, threshold);
+  r.wp = scales.wp;
+  r.wn = scales.wn;
+  r.counts = count_codes(weight, r.delta);
+  return r;
+}
+
+LayerRecord plan_layer(const std::string& name, const torch::Tensor& weight, const ThresholdSpec& threshold,
+                       ScaleInit init) {
+  LayerRecord r = measure_layer(name, weight, threshold, {});
+  const Scales s = init_scales(weight, r.delta, init);
+  r.wp = s.wp;
+  r.wn = s.wn;
+  return r;
+}
+
+const LayerRecord* find_layer(const std::vector<LayerRecord>& layers, const std::string& name) {
+  for (const auto& layer : layers)
+    if (layer.name == name) return &layer;
+  return nullptr;
 }
 
 }  // namespace ttq

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "core/choices.h"
 #include "core/code_counts.h"
 
 namespace ttq {
@@ -21,10 +23,17 @@ struct ThresholdSpec {
   double value = 0.05;  // t for MaxScaled, s for Sparsity
 };
 
+template <>
+struct ChoiceTable<ThresholdMode> {
+  static constexpr Choice<ThresholdMode> values[] = {
+      {"max-scaled", ThresholdMode::MaxScaled, "Δ = t·max|x| (the paper's default)"},
+      {"sparsity", ThresholdMode::Sparsity, "Δ such that a fraction s of the weights is zero"},
+  };
+  static constexpr const char* what = "threshold mode";
+};
+
 // Throws a usage error when the value is outside its mode's range.
 void validate(const ThresholdSpec& spec);
-std::string to_string(ThresholdMode mode);
-ThresholdMode threshold_mode_from_string(const std::string& name);
 
 // Δ for tensor x, rounded to float32 so that `x > Δ` means the same in C++ and in Python.
 // Weights with |x| <= Δ become zero.
@@ -34,8 +43,14 @@ enum class ScaleInit {
   Mean,  // L2-optimal: Wp = mean(x | x > Δ), Wn = mean(-x | x < -Δ)
   Ones,  // the authors' code: Wp = Wn = 1
 };
-std::string to_string(ScaleInit init);
-ScaleInit scale_init_from_string(const std::string& name);
+template <>
+struct ChoiceTable<ScaleInit> {
+  static constexpr Choice<ScaleInit> values[] = {
+      {"mean", ScaleInit::Mean, "Wp, Wn = mean |x| above / below the threshold, L2-optimal"},
+      {"ones", ScaleInit::Ones, "Wp = Wn = 1, as the paper's authors (suits BatchNorm after each layer)"},
+  };
+  static constexpr const char* what = "scale init";
+};
 
 struct Scales {
   float wp = 1.0f;
@@ -54,5 +69,26 @@ torch::Tensor ternarize(const torch::Tensor& x, const torch::Tensor& wp, const t
 
 // How many weights fall on each ternary code for threshold Δ.
 CodeCounts count_codes(const torch::Tensor& x, float delta);
+
+// The one record of a ternary layer: what quantize plans, what the trainer reports at each step
+// and writes at the end, what the TTQ metadata and the run log store, and what stats reads back.
+struct LayerRecord {
+  std::string name;
+  std::vector<int64_t> shape;
+  float wp = 0.0f;
+  float wn = 0.0f;
+  float delta = 0.0f;
+  ThresholdSpec threshold;  // the mode and value that produced delta
+  CodeCounts counts;
+};
+
+// A layer as it stands: Δ and code counts of `weight` under `threshold`, with the given scales.
+LayerRecord measure_layer(const std::string& name, const torch::Tensor& weight, const ThresholdSpec& threshold,
+                          Scales scales);
+// The plan for a weight not yet ternary: measure_layer with scales from `init`.
+LayerRecord plan_layer(const std::string& name, const torch::Tensor& weight, const ThresholdSpec& threshold,
+                       ScaleInit init);
+// The record named `name`, or nullptr.
+const LayerRecord* find_layer(const std::vector<LayerRecord>& layers, const std::string& name);
 
 }  // namespace ttq

@@ -1,17 +1,19 @@
-// TTQ training of a TorchScript classifier (the `finetune` pipeline's core): latent
-// full-precision weights and per-layer Wp/Wn trained with the exact TTQ forward/backward
-// (core/ternary.h) through the module's own forward, and evaluation.
+// TTQ training of a TorchScript classifier (the core of `finetune`): latent full-precision
+// weights and per-layer Wp/Wn trained with the exact TTQ forward/backward (core/ternary.h) through
+// the module's own forward. It reports through hooks and writes no files itself.
 #pragma once
 #include <torch/script.h>
 
 #include <atomic>
 #include <functional>
-#include <optional>
+#include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "core/data.h"
+#include "core/evaluate.h"
 #include "core/quantize.h"
-#include "plugins/dataset.h"
 
 namespace ttq {
 class Communicator;
@@ -23,30 +25,49 @@ class Optimizer;
 
 namespace ttq {
 
-struct Preprocess {
-  std::vector<double> mean, std;  // per channel, for uint8 inputs scaled to [0,1]
-  bool flip = false;
-  int crop_padding = 0;
+enum class Optimizer { Sgd, Adam };
+template <>
+struct ChoiceTable<Optimizer> {
+  static constexpr Choice<Optimizer> values[] = {
+      {"sgd", Optimizer::Sgd, "SGD with --momentum (the paper's CIFAR recipe)"},
+      {"adam", Optimizer::Adam, "Adam (the paper's ImageNet recipe; suits models without BatchNorm)"},
+  };
+  static constexpr const char* what = "optimizer";
 };
 
+enum class Schedule { Cosine, Step, Constant };
+template <>
+struct ChoiceTable<Schedule> {
+  static constexpr Choice<Schedule> values[] = {
+      {"cosine", Schedule::Cosine, "cosine decay to 0 over the run"},
+      {"step", Schedule::Step, "lr times --gamma at each of --milestones"},
+      {"constant", Schedule::Constant, "the same lr throughout"},
+  };
+  static constexpr const char* what = "schedule";
+};
+
+// Every option of a run, with its default (the flags of `finetune` bind to these fields).
 struct TrainOptions {
   int epochs = 10;
   int64_t max_steps = 0;  // stop after this many steps in total (0: no limit); the schedule ignores it
   int64_t batch_size = 128;
-  std::string optimizer = "sgd";  // sgd | adam
+  Optimizer optimizer = Optimizer::Sgd;
   double lr = 0.01;
   double momentum = 0.9;
   double weight_decay = 2e-4;  // latent weights, other parameters and (unless !scale_decay) Wp/Wn
   bool scale_decay = true;
   double scale_lr_mult = 1.0;
-  std::string schedule = "cosine";  // cosine | step | constant
-  std::vector<int> milestones;      // epochs, for step
+  Schedule schedule = Schedule::Cosine;
+  std::vector<int> milestones;  // epochs, for Schedule::Step
   double gamma = 0.1;
   uint64_t seed = 0;
   bool fp = false;  // plain full-precision fine-tuning with the same loop (baselines)
-  QuantizeOptions quant;
+  QuantizeOptions quant{{}, ScaleInit::Ones, {}};  // the authors' init: fine-tuning with BatchNorm
   Preprocess preprocess;
 };
+
+// The learning-rate multiplier at a step: cosine over all steps, step at milestones, or 1.
+double lr_factor(const TrainOptions& options, int epoch, int64_t global_step, int64_t steps_per_epoch);
 
 // One quantized layer while training.
 struct TrainLayer {
@@ -54,20 +75,7 @@ struct TrainLayer {
   torch::Tensor latent;  // full-precision weights, trained
   torch::Tensor wp, wn;  // scalars, trained
   ThresholdSpec threshold;
-  float delta = 0;       // of the last forward
   ParameterSlot slot;    // where w_t goes in the module, resolved once
-};
-
-struct LayerSnapshot {
-  std::string name;
-  float wp, wn, delta;
-  CodeCounts counts;
-};
-
-struct Metrics {
-  double loss = 0, top1 = 0, top5 = 0;
-  int64_t samples = 0;
-  int64_t outputs = 0;  // evaluate_module: the width of the model's output
 };
 
 struct EpochRecord {
@@ -77,7 +85,8 @@ struct EpochRecord {
   double lr = 0;
   Metrics train, val;
   double seconds = 0;
-  std::vector<LayerSnapshot> layers;
+  std::vector<LayerRecord> layers;
+  double mean_sparsity() const;  // over the layers; 0 without any
 };
 
 struct StepProgress {
@@ -97,7 +106,7 @@ struct TrainPosition {
 // What the training loop tells its caller, and asks of it.
 struct TrainHooks {
   std::function<void(const StepProgress&)> on_step;
-  std::function<void(const StepProgress&, const std::vector<LayerSnapshot>&)> on_log_step;  // every log_every
+  std::function<void(const StepProgress&, const std::vector<LayerRecord>&)> on_log_step;  // every log_every
   int64_t log_every = 0;
   std::function<void(const EpochRecord&)> on_epoch;
   std::function<void(const TrainPosition&)> save_checkpoint;  // after each epoch and on interrupt
@@ -123,8 +132,8 @@ class Trainer {
   void run(const TrainHooks& hooks, const std::atomic<bool>& stop);
   Metrics evaluate();
 
-  // Writes the final ternary weights into the module (no autograd) and returns their record.
-  ModelMetadata finalize();
+  // Writes the final ternary weights into the module (no autograd) and returns their records.
+  std::vector<LayerRecord> finalize();
   torch::jit::Module& module() { return module_; }
 
   // For checkpoints: every tensor that defines the state, by name, and the position.
@@ -134,16 +143,30 @@ class Trainer {
   const std::vector<TrainLayer>& layers() const { return layers_; }
   int64_t steps_per_epoch() const;
   const TrainOptions& options() const { return options_; }
+  const DataSplits& data() const { return data_; }
   // Where each ternary layer stands now: Wp, Wn, and Δ and codes of its latent weights.
-  std::vector<LayerSnapshot> snapshot() const;
+  std::vector<LayerRecord> snapshot() const;
 
  private:
-  void apply_weights();  // w_t = ternarize(latent) into the module, keeping autograd
-  void start_distributed();  // checks that the ranks agree, then gives every rank rank 0's state
+  struct Batch {
+    torch::Tensor inputs, labels;
+  };
+  // Construction, in this order.
+  void select_layers();     // latent copies of the selected weights, scales from --init
+  void build_optimizer();   // groups: latent weights, other parameters, scales (own lr and decay)
+  void probe();             // fails before training on data the model cannot take
+  void start_distributed(); // checks that the ranks agree, then gives every rank rank 0's state
+  // One epoch, and one step of it.
+  void run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop);
+  Batch next_batch(const torch::Tensor& order, int epoch, int64_t step) const;
+  Metrics train_step(const Batch& batch);  // sums over this rank's batch
+  torch::Tensor objective(const torch::Tensor& outputs, const Batch& batch) const;
+  void apply_weights();      // w_t = ternarize(latent) into the module, keeping autograd
+  void set_lr(double factor);
   // Sums this step's gradients (then divides by the world size), its metrics and the ranks' stop
   // requests over the ranks; returns whether any rank was asked to stop.
   bool synchronize(Metrics& step, bool stop);
-  double lr_factor(int epoch, int64_t global_step) const;
+  void warn_negative_scales(const std::vector<LayerRecord>& layers);
 
   torch::jit::Module module_;
   TrainOptions options_;
@@ -157,12 +180,7 @@ class Trainer {
   int rank_ = 0, world_ = 1;
   std::vector<torch::Tensor> params_;   // every trained tensor, in the optimizer's order (same on all ranks)
   std::vector<torch::Tensor> buffers_;  // broadcast from rank 0 before each step
+  std::set<std::string> warned_negative_;
 };
-
-// Evaluation of any module on a split (used by `eval` too).
-Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, int64_t batch_size);
-
-// The preprocessing for a dataset: its defaults.
-Preprocess default_preprocess(const DataSplits& data);
 
 }  // namespace ttq

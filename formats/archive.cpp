@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/layers.h"
+#include "core/util.h"
 #include "formats/atomic_file.h"
 #include "formats/metadata.h"
 #include "formats/ternary_codec.h"
@@ -16,24 +17,15 @@
 namespace ttq {
 namespace {
 
-struct DtypeName {
-  torch::Dtype dtype;
-  const char* name;
-};
-constexpr DtypeName kDtypeNames[] = {
-    {torch::kFloat32, "float32"}, {torch::kFloat64, "float64"}, {torch::kFloat16, "float16"},
-    {torch::kBFloat16, "bfloat16"}, {torch::kInt64, "int64"}, {torch::kInt32, "int32"},
-    {torch::kInt16, "int16"}, {torch::kInt8, "int8"}, {torch::kUInt8, "uint8"}, {torch::kBool, "bool"}};
-
 std::string dtype_name(torch::Dtype d) {
-  for (const auto& e : kDtypeNames)
-    if (e.dtype == d) return e.name;
+  for (const auto& e : ttqz::kDtypes)
+    if (e.scalar_type == static_cast<int>(d)) return e.name;
   throw input_error(fmt::format("tensors of dtype {} cannot be exported", c10::toString(d)));
 }
 
 torch::Dtype dtype_of(const std::string& name) {
-  for (const auto& e : kDtypeNames)
-    if (name == e.name) return e.dtype;
+  for (const auto& e : ttqz::kDtypes)
+    if (name == e.name) return static_cast<torch::Dtype>(e.scalar_type);
   throw input_error(fmt::format("unknown dtype '{}'", name));
 }
 
@@ -102,13 +94,6 @@ std::vector<uint8_t> program_without_tensors(torch::jit::Module module, const st
 
 }  // namespace
 
-FpDtype fp_dtype_from_string(const std::string& name) {
-  if (name == "fp32") return FpDtype::Float32;
-  if (name == "fp16") return FpDtype::Float16;
-  if (name == "bf16") return FpDtype::BFloat16;
-  throw usage_error(fmt::format("unknown --fp-dtype '{}'", name));
-}
-
 void write_archive(const torch::jit::Module& module, const ModelMetadata& metadata,
                    const ExportOptions& options, const std::string& path) {
   torch::NoGradGuard no_grad;
@@ -145,31 +130,9 @@ void write_archive(const torch::jit::Module& module, const ModelMetadata& metada
   }
   const auto program = program_without_tensors(module, tensors);
 
-  AtomicOutput out(path);
-  std::ofstream file(out.temp_path(), std::ios::binary);
-  ttqz::write(file, metadata_to_json(metadata), program, std::move(entries), payloads, options.level);
-  file.close();
-  if (!file) throw runtime_error(fmt::format("cannot write {}: write failed", path));
-  out.commit();
-}
-
-std::vector<uint8_t> read_file(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) throw input_error(fmt::format("{}: no such file", path));
-  if (!std::filesystem::is_regular_file(path, ec)) throw input_error(fmt::format("{}: not a regular file", path));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw input_error(fmt::format("{}: cannot be read", path));
-  const auto size = std::filesystem::file_size(path, ec);
-  std::vector<uint8_t> bytes(size);
-  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
-  if (!in) throw input_error(fmt::format("{}: read failed", path));
-  return bytes;
-}
-
-bool is_archive(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[sizeof ttqz::kMagic] = {};
-  return in.read(magic, sizeof magic) && std::memcmp(magic, ttqz::kMagic, sizeof magic) == 0;
+  write_atomically(path, [&](std::ostream& out) {
+    ttqz::write(out, metadata_to_json(metadata), program, std::move(entries), payloads, options.level);
+  });
 }
 
 ttqz::Archive parse_archive(const std::vector<uint8_t>& bytes, const std::string& path) {
@@ -180,7 +143,7 @@ ttqz::Archive parse_archive(const std::vector<uint8_t>& bytes, const std::string
   }
 }
 
-RestoredModel read_archive(const std::string& path) {
+LoadedModel read_archive(const std::string& path) {
   const auto bytes = read_file(path);
   const ttqz::Archive archive = parse_archive(bytes, path);
 
@@ -202,7 +165,7 @@ RestoredModel read_archive(const std::string& path) {
     throw;
   }
 
-  RestoredModel restored;
+  LoadedModel restored;
   try {
     restored.module = program.get();
   } catch (const c10::Error& e) {

@@ -5,13 +5,21 @@
 #include <optional>
 #include <string>
 
-#include "core/quantize.h"
+#include "formats/metadata.h"
 #include "formats/ttqz.h"
 
 namespace ttq {
 
 enum class FpDtype { Float32, Float16, BFloat16 };  // storage of float32 full-precision tensors
-FpDtype fp_dtype_from_string(const std::string& name);
+template <>
+struct ChoiceTable<FpDtype> {
+  static constexpr Choice<FpDtype> values[] = {
+      {"fp32", FpDtype::Float32, "exact"},
+      {"fp16", FpDtype::Float16, "IEEE half precision"},
+      {"bf16", FpDtype::BFloat16, "bfloat16"},
+  };
+  static constexpr const char* what = "fp dtype";
+};
 
 struct ExportOptions {
   int level = 3;  // zstd level for the program and full-precision tensors
@@ -24,25 +32,14 @@ struct ExportOptions {
 void write_archive(const torch::jit::Module& module, const ModelMetadata& metadata,
                    const ExportOptions& options, const std::string& path);
 
-struct RestoredModel {
-  torch::jit::Module module;
-  std::optional<ModelMetadata> metadata;
-};
-
 // Restores the module: ternary weights bit-exact, full-precision tensors exact (when stored as
 // float32). Input errors (one line) for anything malformed.
-RestoredModel read_archive(const std::string& path);
+LoadedModel read_archive(const std::string& path);
 
 // The C++ API for applications: a runnable module from a .ttqz file.
 torch::jit::Module load_archive(const std::string& path);
 
-// True when the file starts with the .ttqz magic.
-bool is_archive(const std::string& path);
-
 // ttqz::parse with the file's name in front of any error. `bytes` must outlive the result.
 ttqz::Archive parse_archive(const std::vector<uint8_t>& bytes, const std::string& path);
-
-// The whole file in memory, with a clear error when it cannot be read.
-std::vector<uint8_t> read_file(const std::string& path);
 
 }  // namespace ttq

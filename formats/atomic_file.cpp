@@ -1,10 +1,13 @@
 #include "formats/atomic_file.h"
 
+#include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -36,14 +39,10 @@ void set_pending(const std::filesystem::path& p) {
 
 // Puts back whatever handlers were there (finetune's graceful-stop handler, say).
 void clear_pending() {
-  g_has_pending.store(false);
+  if (!g_has_pending.exchange(false)) return;
   std::signal(SIGINT, g_previous_int);
   std::signal(SIGTERM, g_previous_term);
 }
-
-}  // namespace
-
-namespace {
 
 std::filesystem::path folder_of(const std::filesystem::path& p) {
   return p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
@@ -64,25 +63,57 @@ void check_writable(const std::filesystem::path& path) {
 
 AtomicOutput::AtomicOutput(std::filesystem::path destination) : destination_(std::move(destination)) {
   check_writable(destination_);
-  temp_ = folder_of(destination_) / fmt::format(".{}.tmp-{}", destination_.filename().string(), getpid());
+  std::string pattern = (folder_of(destination_) / fmt::format(".{}.tmp-XXXXXX", destination_.filename().string())).string();
+  const int fd = mkstemp(pattern.data());
+  if (fd < 0)
+    throw input_error(fmt::format("cannot write {}: {}", destination_.string(), std::strerror(errno)));
+  close(fd);
+  temp_ = pattern;
   set_pending(temp_);
+  stream_.open(temp_, std::ios::binary | std::ios::trunc);
+  if (!stream_) throw input_error(fmt::format("cannot write {}: {}", destination_.string(), std::strerror(errno)));
 }
 
 AtomicOutput::~AtomicOutput() {
   if (!committed_) {
+    stream_.close();
     std::error_code ec;
     std::filesystem::remove(temp_, ec);
   }
   clear_pending();
 }
 
+std::string AtomicOutput::failure(const std::string& detail) const {
+  // After a failed write the stream is bad and errno still holds the write's cause (ENOSPC, EFBIG).
+  const int cause = stream_.fail() ? errno : 0;
+  return fmt::format("cannot write {}: {}", destination_.string(), cause ? std::strerror(cause) : detail);
+}
+
 void AtomicOutput::commit() {
+  errno = 0;
+  stream_.flush();
+  if (stream_.good()) stream_.close();
+  if (stream_.fail()) throw runtime_error(failure("write failed"));
   std::error_code ec;
   std::filesystem::rename(temp_, destination_, ec);
-  if (ec)
-    throw runtime_error(fmt::format("cannot write {}: {}", destination_.string(), ec.message()));
+  if (ec) throw runtime_error(failure(ec.message()));
   committed_ = true;
   clear_pending();
+}
+
+void write_atomically(const std::filesystem::path& destination, const std::function<void(std::ostream&)>& write) {
+  AtomicOutput out(destination);
+  try {
+    errno = 0;
+    write(out.stream());
+  } catch (const Error&) {
+    throw;
+  } catch (const c10::Error& e) {
+    throw runtime_error(out.failure(short_message(e.what_without_backtrace())));
+  } catch (const std::exception& e) {
+    throw runtime_error(out.failure(short_message(e.what())));
+  }
+  out.commit();
 }
 
 void refuse_same_file(const std::filesystem::path& input, const std::filesystem::path& output) {

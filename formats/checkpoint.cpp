@@ -61,9 +61,7 @@ void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string
   archive.write("optimizer", optimizer);
 
   const fs::path path = fs::path(dir) / fmt::format("checkpoint-{:010}.pt", p.global_step);
-  AtomicOutput out(path);
-  archive.save_to(out.temp_path().string());
-  out.commit();
+  write_atomically(path, [&](std::ostream& out) { archive.save_to(out); });
   auto all = checkpoints_in(dir);
   for (size_t k = 0; k + 2 < all.size(); ++k) fs::remove(all[k].second, ec);
 }

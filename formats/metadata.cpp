@@ -1,42 +1,137 @@
 #include "formats/metadata.h"
 
-#include <nlohmann/json.hpp>
-
 #include "core/error.h"
+#include "formats/json.h"
 
 namespace ttq {
 
 using nlohmann::json;
 
-std::string metadata_to_json(const ModelMetadata& meta) {
-  const auto& o = meta.options;
-  json layers = json::array();
-  for (const auto& l : meta.layers) {
-    layers.push_back({{"name", l.name},
-                      {"shape", l.shape},
-                      {"wp", l.wp},
-                      {"wn", l.wn},
-                      {"delta", l.delta},
-                      {"mode", to_string(l.threshold.mode)},
-                      {"threshold", l.threshold.value},
-                      {"counts", {{"neg", l.counts.neg}, {"zero", l.counts.zero}, {"pos", l.counts.pos}}}});
+void to_json(json& j, const CodeCounts& c) { j = {{"neg", c.neg}, {"zero", c.zero}, {"pos", c.pos}}; }
+
+void from_json(const json& j, CodeCounts& c) {
+  c = {j.at("neg").get<int64_t>(), j.at("zero").get<int64_t>(), j.at("pos").get<int64_t>()};
+}
+
+void to_json(json& j, const LayerRecord& l) {
+  j = {{"name", l.name},      {"shape", l.shape},     {"wp", l.wp},
+       {"wn", l.wn},          {"delta", l.delta},     {"mode", l.threshold.mode},
+       {"threshold", l.threshold.value}, {"counts", l.counts}};
+}
+
+void from_json(const json& j, LayerRecord& l) {
+  l.name = j.at("name").get<std::string>();
+  l.shape = j.value("shape", std::vector<int64_t>{});
+  l.wp = j.at("wp").get<float>();
+  l.wn = j.at("wn").get<float>();
+  l.delta = j.at("delta").get<float>();
+  if (j.contains("mode")) l.threshold = {j["mode"].get<ThresholdMode>(), j.at("threshold").get<double>()};
+  if (j.contains("counts") || !j.contains("zero")) {
+    l.counts = j.at("counts").get<CodeCounts>();
+  } else {  // a 0.1.0 run log: fractions only, kept to nine digits
+    constexpr double kScale = 1e9;
+    const auto part = [&](const char* k) { return static_cast<int64_t>(std::llround(j.at(k).get<double>() * kScale)); };
+    l.counts = {part("neg"), part("zero"), part("pos")};
   }
+}
+
+void to_json(json& j, const QuantizeOptions& o) {
+  j = {{"mode", o.threshold.mode},
+       {"threshold", o.threshold.value},
+       {"init", o.init},
+       {"include", o.selection.include},
+       {"exclude", o.selection.exclude},
+       {"quantize_first", o.selection.quantize_first},
+       {"quantize_last", o.selection.quantize_last}};
+}
+
+void from_json(const json& j, QuantizeOptions& o) {
+  o.threshold = {j.at("mode").get<ThresholdMode>(), j.at("threshold").get<double>()};
+  o.init = j.at("init").get<ScaleInit>();
+  o.selection = {j.at("include").get<std::vector<std::string>>(), j.at("exclude").get<std::vector<std::string>>(),
+                 j.at("quantize_first").get<bool>(), j.at("quantize_last").get<bool>()};
+}
+
+void to_json(json& j, const RunOptions& r) {
+  const TrainOptions& t = r.train;
+  j = {{"epochs", t.epochs},       {"max_steps", t.max_steps},   {"batch_size", t.batch_size},
+       {"optimizer", t.optimizer}, {"lr", t.lr},                 {"momentum", t.momentum},
+       {"weight_decay", t.weight_decay}, {"scale_decay", t.scale_decay}, {"scale_lr_mult", t.scale_lr_mult},
+       {"schedule", t.schedule},   {"milestones", t.milestones}, {"gamma", t.gamma},
+       {"seed", t.seed},           {"fp", t.fp},                 {"threads", r.threads},
+       {"subset", r.subset},       {"world_size", r.world_size}};
+  j.update(json(t.quant));
+}
+
+void from_json(const json& j, RunOptions& r) {
+  TrainOptions& t = r.train;
+  const TrainOptions d;
+  t.epochs = j.value("epochs", d.epochs);
+  t.max_steps = j.value("max_steps", d.max_steps);
+  t.batch_size = j.value("batch_size", d.batch_size);
+  t.optimizer = j.value("optimizer", d.optimizer);
+  t.lr = j.value("lr", d.lr);
+  t.momentum = j.value("momentum", d.momentum);
+  t.weight_decay = j.value("weight_decay", d.weight_decay);
+  t.scale_decay = j.value("scale_decay", d.scale_decay);
+  t.scale_lr_mult = j.value("scale_lr_mult", d.scale_lr_mult);
+  t.schedule = j.value("schedule", d.schedule);
+  t.milestones = j.value("milestones", d.milestones);
+  t.gamma = j.value("gamma", d.gamma);
+  t.seed = j.value("seed", d.seed);
+  t.fp = j.value("fp", d.fp);
+  if (j.contains("mode")) t.quant.threshold = {j["mode"].get<ThresholdMode>(), j.at("threshold").get<double>()};
+  t.quant.init = j.value("init", d.quant.init);
+  if (j.contains("include")) t.quant = j.get<QuantizeOptions>();
+  r.threads = j.value("threads", 0);
+  r.subset = j.value("subset", int64_t{0});
+  r.world_size = j.value("world_size", 1);
+}
+
+void to_json(json& j, const EpochRecord& e) {
+  j = {{"epoch", e.epoch},         {"partial", e.partial},       {"step", e.step},
+       {"lr", e.lr},               {"loss", e.train.loss},       {"train_top1", e.train.top1},
+       {"val_loss", e.val.loss},   {"val_top1", e.val.top1},     {"val_top5", e.val.top5},
+       {"seconds", e.seconds}};
+}
+
+void from_json(const json& j, EpochRecord& e) {
+  e.epoch = j.at("epoch").get<int>();
+  e.partial = j.at("partial").get<bool>();
+  e.step = j.at("step").get<int64_t>();
+  e.lr = j.at("lr").get<double>();
+  e.train.loss = j.at("loss").get<double>();
+  e.train.top1 = j.at("train_top1").get<double>();
+  e.val.loss = j.at("val_loss").get<double>();
+  e.val.top1 = j.at("val_top1").get<double>();
+  e.val.top5 = j.at("val_top5").get<double>();
+  e.seconds = j.at("seconds").get<double>();
+}
+
+void to_json(json& j, const RunSummary& s) {
+  j = {{"data", s.data},          {"options", s.options},       {"steps", s.steps},
+       {"val_top1", s.val.top1}, {"val_top5", s.val.top5}, {"val_loss", s.val.loss}};
+}
+
+void from_json(const json& j, RunSummary& s) {
+  s.data = j.value("data", "");
+  if (j.contains("options")) s.options = j["options"].get<RunOptions>();
+  s.steps = j.value("steps", int64_t{0});
+  s.val.top1 = j.value("val_top1", 0.0);
+  s.val.top5 = j.value("val_top5", 0.0);
+  s.val.loss = j.value("val_loss", 0.0);
+}
+
+std::string metadata_to_json(const ModelMetadata& meta) {
   json doc = {
       {"format", "ttq-metadata"},
       {"version", ModelMetadata::kVersion},
       {"tool", fmt::format("ttq {}", meta.tool_version)},
       {"command", meta.command},
-      {"options",
-       {{"mode", to_string(o.threshold.mode)},
-        {"threshold", o.threshold.value},
-        {"init", to_string(o.init)},
-        {"include", o.selection.include},
-        {"exclude", o.selection.exclude},
-        {"quantize_first", o.selection.quantize_first},
-        {"quantize_last", o.selection.quantize_last}}},
-      {"layers", layers},
+      {"options", meta.options},
+      {"layers", meta.layers},
   };
-  if (!meta.run_json.empty()) doc["run"] = json::parse(meta.run_json);
+  if (meta.run) doc["run"] = *meta.run;
   return doc.dump(2);
 }
 
@@ -47,27 +142,9 @@ ModelMetadata parse_fields(const json& doc) {
   const std::string tool = doc.at("tool").get<std::string>();
   meta.tool_version = tool.rfind("ttq ", 0) == 0 ? tool.substr(4) : tool;
   meta.command = doc.at("command").get<std::string>();
-  const auto& o = doc.at("options");
-  meta.options.threshold = {threshold_mode_from_string(o.at("mode").get<std::string>()),
-                            o.at("threshold").get<double>()};
-  meta.options.init = scale_init_from_string(o.at("init").get<std::string>());
-  meta.options.selection = {o.at("include").get<std::vector<std::string>>(),
-                            o.at("exclude").get<std::vector<std::string>>(),
-                            o.at("quantize_first").get<bool>(), o.at("quantize_last").get<bool>()};
-  if (doc.contains("run")) meta.run_json = doc["run"].dump();
-  for (const auto& l : doc.at("layers")) {
-    LayerRecord r;
-    r.name = l.at("name").get<std::string>();
-    r.shape = l.at("shape").get<std::vector<int64_t>>();
-    r.wp = l.at("wp").get<float>();
-    r.wn = l.at("wn").get<float>();
-    r.delta = l.at("delta").get<float>();
-    r.threshold = {threshold_mode_from_string(l.at("mode").get<std::string>()),
-                   l.at("threshold").get<double>()};
-    const auto& c = l.at("counts");
-    r.counts = {c.at("neg").get<int64_t>(), c.at("zero").get<int64_t>(), c.at("pos").get<int64_t>()};
-    meta.layers.push_back(std::move(r));
-  }
+  meta.options = doc.at("options").get<QuantizeOptions>();
+  meta.layers = doc.at("layers").get<std::vector<LayerRecord>>();
+  if (doc.contains("run")) meta.run = doc["run"].get<RunSummary>();
   return meta;
 }
 

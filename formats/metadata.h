@@ -1,13 +1,52 @@
-// The TTQ metadata as JSON: the extra file "ttq.json" inside TorchScript archives that ttq writes.
+// The TTQ metadata: what ttq writes beside a model's tensors (the extra file "ttq.json" inside
+// TorchScript files, section 0 of a .ttqz archive) so that ttq and PyTorch users can read the
+// scales, Δ, code counts and options of each ternary layer, and for finetune the run's summary.
 #pragma once
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/quantize.h"
+#include "core/train.h"
 
 namespace ttq {
 
 // The extra-file name inside the TorchScript zip (PyTorch: torch.jit.load(f, _extra_files=...)).
 inline constexpr const char* kMetadataFile = "ttq.json";
+
+// What a finetune run was asked to do: the trainer's options and the run's own settings. Written
+// to the run log's first record and, within RunSummary, to the model's metadata.
+struct RunOptions {
+  TrainOptions train;
+  int threads = 0;       // 0: one per core
+  int64_t subset = 0;    // 0: every sample
+  int world_size = 1;
+};
+
+// How a finetune run ended: its data, options and final validation metrics.
+struct RunSummary {
+  std::string data;  // the dataset spec
+  RunOptions options;
+  int64_t steps = 0;
+  Metrics val;  // top1, top5, loss
+};
+
+struct ModelMetadata {
+  static constexpr int kVersion = 1;  // bump when fields change meaning
+  std::string tool_version = TTQ_VERSION;
+  std::string command;  // the ttq command that wrote the file
+  QuantizeOptions options;
+  std::vector<LayerRecord> layers;
+  std::optional<RunSummary> run;  // finetune only
+
+  const LayerRecord* find(const std::string& name) const { return find_layer(layers, name); }
+};
+
+// A module read from a file, with the metadata when ttq wrote the file.
+struct LoadedModel {
+  torch::jit::Module module;
+  std::optional<ModelMetadata> metadata;
+};
 
 std::string metadata_to_json(const ModelMetadata& meta);
 // Throws an input error naming `source` when the text is not valid TTQ metadata.

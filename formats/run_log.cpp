@@ -3,20 +3,24 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "formats/archive.h"
+#include "core/util.h"
+#include "formats/json.h"
 
 namespace ttq {
 namespace {
 
 using nlohmann::json;
 
-json layers_json(const std::vector<LayerSnapshot>& layers) {
+// The layer records, with each code's fraction and the negative-scale flag for readers of the
+// log that do not want to divide (CI scripts, jq).
+json layers_json(const std::vector<LayerRecord>& layers) {
   json out = json::array();
   for (const auto& l : layers) {
+    json j = l;
     const double n = static_cast<double>(l.counts.total());
-    out.push_back({{"name", l.name}, {"wp", l.wp}, {"wn", l.wn}, {"delta", l.delta},
-                   {"neg", l.counts.neg / n}, {"zero", l.counts.zero / n}, {"pos", l.counts.pos / n},
-                   {"negative_scale", l.wp < 0 || l.wn < 0}});
+    j.update({{"neg", l.counts.neg / n}, {"zero", l.counts.zero / n}, {"pos", l.counts.pos / n},
+              {"negative_scale", l.wp < 0 || l.wn < 0}});
+    out.push_back(std::move(j));
   }
   return out;
 }
@@ -34,41 +38,34 @@ void RunLog::write(const std::string& line) {
   if (!out_) throw runtime_error(fmt::format("cannot write the log {}", path_));
 }
 
-void RunLog::run(const std::string& model, const std::string& data, const std::string& options_json, int epochs,
+void RunLog::run(const std::string& model, const std::string& data, const RunOptions& options,
                  int64_t steps_per_epoch) {
   write(json{{"type", "run"}, {"version", kRunLogVersion}, {"tool", "ttq " TTQ_VERSION}, {"model", model},
-             {"data", data}, {"options", json::parse(options_json)}, {"epochs", epochs},
+             {"data", data}, {"options", options}, {"epochs", options.train.epochs},
              {"steps_per_epoch", steps_per_epoch}}
             .dump());
 }
 
-void RunLog::init(const std::vector<LayerSnapshot>& layers) {
+void RunLog::init(const std::vector<LayerRecord>& layers) {
   write(json{{"type", "init"}, {"step", 0}, {"layers", layers_json(layers)}}.dump());
 }
 
-void RunLog::step(const StepProgress& p, const std::vector<LayerSnapshot>& layers) {
+void RunLog::step(const StepProgress& p, const std::vector<LayerRecord>& layers) {
   write(json{{"type", "step"}, {"epoch", p.epoch}, {"step", p.global_step}, {"lr", p.lr}, {"loss", p.loss},
              {"samples_per_second", p.samples_per_second}, {"layers", layers_json(layers)}}
             .dump());
 }
 
 void RunLog::epoch(const EpochRecord& r) {
-  write(json{{"type", "epoch"}, {"epoch", r.epoch}, {"partial", r.partial}, {"step", r.step}, {"lr", r.lr}, {"loss", r.train.loss},
-             {"train_top1", r.train.top1}, {"val_loss", r.val.loss}, {"val_top1", r.val.top1},
-             {"val_top5", r.val.top5}, {"seconds", r.seconds}, {"layers", layers_json(r.layers)}}
-            .dump());
+  json record = {{"type", "epoch"}};
+  record.update(json(r));
+  record["layers"] = layers_json(r.layers);
+  write(record.dump());
 }
 
 namespace {
 
-std::vector<LoggedLayer> read_layers(const json& record) {
-  std::vector<LoggedLayer> out;
-  for (const auto& l : record.at("layers"))
-    out.push_back({l.at("name").get<std::string>(), l.at("wp").get<double>(), l.at("wn").get<double>(),
-                   l.at("delta").get<double>(), l.at("neg").get<double>(), l.at("zero").get<double>(),
-                   l.at("pos").get<double>()});
-  return out;
-}
+std::vector<LayerRecord> read_layers(const json& record) { return record.at("layers").get<std::vector<LayerRecord>>(); }
 
 // Keeps `points` ascending: a record at step s replaces what an earlier attempt logged from s on.
 // An epoch record that ends on a logged step keeps that step's loss and lr.
@@ -86,7 +83,7 @@ void read_record(RunHistory& h, const json& r, const std::string& type) {
     h.model = r.at("model").get<std::string>();
     h.data = r.at("data").get<std::string>();
     h.tool = r.at("tool").get<std::string>();
-    h.options_json = r.at("options").dump();
+    h.options = r.at("options").get<RunOptions>();
     h.epochs_planned = r.value("epochs", 0);
     h.steps_per_epoch = r.value("steps_per_epoch", int64_t{0});
   } else if (type == "init") {
@@ -94,17 +91,7 @@ void read_record(RunHistory& h, const json& r, const std::string& type) {
   } else if (type == "step") {
     add_point(h, {r.at("step").get<int64_t>(), r.at("lr").get<double>(), r.at("loss").get<double>(), read_layers(r)});
   } else if (type == "epoch") {
-    LoggedEpoch e;
-    e.epoch = r.at("epoch").get<int>();
-    e.partial = r.at("partial").get<bool>();
-    e.step = r.at("step").get<int64_t>();
-    e.lr = r.at("lr").get<double>();
-    e.loss = r.at("loss").get<double>();
-    e.train_top1 = r.at("train_top1").get<double>();
-    e.val_loss = r.at("val_loss").get<double>();
-    e.val_top1 = r.at("val_top1").get<double>();
-    e.val_top5 = r.at("val_top5").get<double>();
-    e.seconds = r.at("seconds").get<double>();
+    const auto e = r.get<EpochRecord>();
     while (!h.epochs.empty() && h.epochs.back().epoch >= e.epoch) h.epochs.pop_back();
     h.epochs.push_back(e);
     add_point(h, {e.step, std::nullopt, std::nullopt, read_layers(r)});

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/train.h"
+#include "formats/metadata.h"
 
 namespace ttq {
 
@@ -19,10 +20,9 @@ class RunLog {
  public:
   // Appends when resuming, else starts a new file.
   RunLog(const std::string& path, bool append);
-  void run(const std::string& model, const std::string& data, const std::string& options_json, int epochs,
-           int64_t steps_per_epoch);
-  void init(const std::vector<LayerSnapshot>& layers);
-  void step(const StepProgress& p, const std::vector<LayerSnapshot>& layers);
+  void run(const std::string& model, const std::string& data, const RunOptions& options, int64_t steps_per_epoch);
+  void init(const std::vector<LayerRecord>& layers);
+  void step(const StepProgress& p, const std::vector<LayerRecord>& layers);
   void epoch(const EpochRecord& r);
 
  private:
@@ -31,33 +31,20 @@ class RunLog {
   std::ofstream out_;
 };
 
-// A run log read back. Layer fractions are of the layer's weights (neg + zero + pos = 1).
-struct LoggedLayer {
-  std::string name;
-  double wp = 0, wn = 0, delta = 0, neg = 0, zero = 0, pos = 0;
-};
-
 // Where the layers stood at one global step (an init, step or epoch record).
 struct LoggedPoint {
   int64_t step = 0;
   std::optional<double> lr, loss;  // step records: this step's; absent for init and epoch records
-  std::vector<LoggedLayer> layers;
-};
-
-struct LoggedEpoch {
-  int epoch = 0;  // 1-based
-  bool partial = false;
-  int64_t step = 0;
-  double lr = 0, loss = 0, train_top1 = 0, val_loss = 0, val_top1 = 0, val_top5 = 0, seconds = 0;
+  std::vector<LayerRecord> layers;
 };
 
 struct RunHistory {
   std::string model, data, tool;
-  std::string options_json;     // the run's options as a JSON object
+  RunOptions options;
   int epochs_planned = 0;       // 0: not recorded
   int64_t steps_per_epoch = 0;  // 0: not recorded and no complete epoch to derive it from
   std::vector<LoggedPoint> points;  // ascending steps
-  std::vector<LoggedEpoch> epochs;  // ascending epochs
+  std::vector<EpochRecord> epochs;  // ascending epochs; their layers are in `points`
 };
 
 // Reads a whole run log. A resumed run appends to its log; records that a later record repeats

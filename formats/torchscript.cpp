@@ -2,23 +2,12 @@
 
 #include <caffe2/serialize/inline_container.h>
 
-#include <filesystem>
-#include <fstream>
-
 #include "core/error.h"
+#include "core/util.h"
 #include "formats/atomic_file.h"
-#include "formats/metadata.h"
 
 namespace ttq {
 namespace {
-
-void check_readable(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw input_error(fmt::format("{}: no such file", path));
-  if (!fs::is_regular_file(path, ec)) throw input_error(fmt::format("{}: not a regular file", path));
-  if (!std::ifstream(path).good()) throw input_error(fmt::format("{}: cannot be read", path));
-}
 
 // TorchScript archives are zip files holding code/ and constants.pkl; torch.save() writes a zip
 // with data.pkl only (or, before PyTorch 1.6, a raw pickle). Tell them apart before loading.
@@ -70,15 +59,9 @@ std::optional<ModelMetadata> read_torchscript_metadata(const std::string& path) 
 
 void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
                       const std::string& path) {
-  AtomicOutput out(path);
   torch::jit::ExtraFilesMap extra;
   if (metadata) extra[kMetadataFile] = metadata_to_json(*metadata);
-  try {
-    module.save(out.temp_path().string(), extra);
-  } catch (const c10::Error& e) {
-    throw runtime_error(fmt::format("cannot write {}: {}", path, short_message(e.what_without_backtrace())));
-  }
-  out.commit();
+  write_atomically(path, [&](std::ostream& out) { module.save(out, extra); });
 }
 
 }  // namespace ttq

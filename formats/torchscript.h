@@ -5,14 +5,9 @@
 #include <optional>
 #include <string>
 
-#include "core/quantize.h"
+#include "formats/metadata.h"
 
 namespace ttq {
-
-struct LoadedModel {
-  torch::jit::Module module;
-  std::optional<ModelMetadata> metadata;  // present in files written by ttq
-};
 
 // Loads on CPU. Every failure is one input error line: a missing file, a file that is not a zip
 // archive, a torch.save() pickle instead of a TorchScript program, a program LibTorch rejects.

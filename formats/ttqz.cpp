@@ -32,14 +32,6 @@ constexpr bool kVerifyChecksums = false;
 constexpr bool kVerifyChecksums = true;
 #endif
 
-struct DtypeInfo {
-  const char* name;
-  size_t size;
-};
-constexpr DtypeInfo kDtypes[] = {{"float32", 4}, {"float64", 8}, {"float16", 2}, {"bfloat16", 2},
-                                 {"int64", 8},   {"int32", 4},   {"int16", 2},   {"int8", 1},
-                                 {"uint8", 1},   {"bool", 1}};
-
 Error bad(const std::string& why) { return input_error(fmt::format("invalid .ttqz archive: {}", why)); }
 
 uint32_t read_u32(const uint8_t* p) {
@@ -321,7 +313,8 @@ Summary summarize(const Archive& a) {
       ts.entropy_bits = t.counts.entropy_bits();
       s.ternary_weights += t.numel();
       s.ternary_bytes += sec.stored_size;
-      s.ternary_entropy_bytes += ts.entropy_bits * n / 8.0;
+      s.ternary_entropy_bytes += t.counts.entropy_bytes();
+      s.ternary_bound_bytes += ternary_bound_bytes(t.counts);
     } else {
       s.other_raw_bytes += sec.raw_size;
     }

@@ -51,6 +51,18 @@ struct TensorEntry {
   int64_t numel() const;
 };
 
+// The one table of the dtypes an archive holds: the name stored in the file, bytes per element,
+// and c10::ScalarType's number for it (this header has no LibTorch; a unit test checks the numbers
+// and sizes against c10, and formats/archive.cpp maps LibTorch's dtypes through this table).
+struct DtypeInfo {
+  const char* name;
+  size_t size;
+  int scalar_type;
+};
+inline constexpr DtypeInfo kDtypes[] = {
+    {"float32", 4, 6}, {"float64", 8, 7}, {"float16", 2, 5}, {"bfloat16", 2, 15}, {"int64", 8, 4},
+    {"int32", 4, 3},   {"int16", 2, 2},   {"int8", 1, 1},    {"uint8", 1, 0},     {"bool", 1, 11}};
+
 // Bytes per element of a dtype name ttqz knows; 0 for an unknown name.
 size_t dtype_size(const std::string& dtype);
 
@@ -96,9 +108,10 @@ struct Summary {
   int64_t ternary_weights = 0;
   uint64_t ternary_bytes = 0;   // stored ternary payloads
   double ternary_entropy_bytes = 0;
+  int64_t ternary_bound_bytes = 0;  // the codes' limit with the scales (core/code_counts.h)
   uint64_t other_raw_bytes = 0; // other tensors at their stored width
-  // The limit: all codes at their entropy plus the other tensors at their stored width.
-  double bound_bytes() const { return ternary_entropy_bytes + other_raw_bytes; }
+  // The limit: every ternary layer at its bound plus the other tensors at their stored width.
+  double bound_bytes() const { return static_cast<double>(ternary_bound_bytes + other_raw_bytes); }
   double ternary_bits_per_weight() const { return ternary_weights ? 8.0 * ternary_bytes / ternary_weights : 0; }
   double ternary_entropy_bits() const { return ternary_weights ? 8.0 * ternary_entropy_bytes / ternary_weights : 0; }
 };

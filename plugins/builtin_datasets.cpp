@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/util.h"
 #include "plugins/dataset.h"
 
 namespace ttq {
@@ -22,6 +23,7 @@ namespace fs = std::filesystem;
 
 // Reads a whole file, gunzipping it when it is gzip (zlib reads plain files unchanged).
 std::vector<uint8_t> read_maybe_gz(const fs::path& path) {
+  check_readable(path.string());
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f) throw input_error(fmt::format("{}: cannot be read", path.string()));
   std::vector<uint8_t> out;
@@ -122,12 +124,10 @@ DataSplits load_cifar10(const std::string& path, const LoadOptions&) {
 // tensors:FILE — torch.save({'x': X, 'y': Y[, 'x_test': .., 'y_test': ..]}) or a TorchScript
 // module with those attributes. Without test tensors, validation uses the training data.
 DataSplits load_tensors(const std::string& path, const LoadOptions&) {
-  if (!fs::is_regular_file(path)) throw input_error(fmt::format("{}: no such file", path));
+  const std::vector<uint8_t> file = read_file(path);
   std::map<std::string, torch::Tensor> found;
   try {
-    std::ifstream in(path, std::ios::binary);
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const auto value = torch::pickle_load(bytes);
+    const auto value = torch::pickle_load(std::vector<char>(file.begin(), file.end()));
     if (!value.isGenericDict()) throw input_error(fmt::format("{}: not a dict of tensors", path));
     for (const auto& item : value.toGenericDict())
       if (item.key().isString() && item.value().isTensor()) found[item.key().toStringRef()] = item.value().toTensor();

@@ -12,18 +12,12 @@ namespace ttq {
 
 void register_builtin_datasets();  // plugins/builtin_datasets.cpp
 
-std::vector<DatasetKind>& dataset_kinds() {
+namespace {
+
+std::vector<DatasetKind>& registry() {
   static std::vector<DatasetKind> kinds;
   return kinds;
 }
-
-void register_dataset_kind(DatasetKind kind) {
-  for (auto& k : dataset_kinds())
-    if (k.name == kind.name) throw usage_error(fmt::format("dataset kind '{}' is registered twice", kind.name));
-  dataset_kinds().push_back(std::move(kind));
-}
-
-namespace {
 
 void ensure_builtins() {
   static const bool done = (register_builtin_datasets(), true);
@@ -32,8 +26,18 @@ void ensure_builtins() {
 
 }  // namespace
 
-DataSplits load_dataset(const std::string& spec, const LoadOptions& options) {
+const std::vector<DatasetKind>& dataset_kinds() {
   ensure_builtins();
+  return registry();
+}
+
+void register_dataset_kind(DatasetKind kind) {
+  for (auto& k : registry())
+    if (k.name == kind.name) throw usage_error(fmt::format("dataset kind '{}' is registered twice", kind.name));
+  registry().push_back(std::move(kind));
+}
+
+DataSplits load_dataset(const std::string& spec, const LoadOptions& options) {
   const auto colon = spec.find(':');
   std::string names;
   for (const auto& k : dataset_kinds()) names += (names.empty() ? "" : ", ") + k.name;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "core/util.h"
 #include "formats/archive.h"
 #include "formats/ternary_codec.h"
 #include "formats/torchscript.h"

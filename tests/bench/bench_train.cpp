@@ -23,7 +23,7 @@ double ms_per_step(const std::string& model, const DataSplits& data, bool fp, in
   o.batch_size = batch;
   o.fp = fp;
   o.quant.init = ScaleInit::Mean;
-  o.preprocess = default_preprocess(data);
+  o.preprocess = data.defaults;
   Trainer trainer(load_torchscript(model).module, o, data);
   Clock::time_point start, end;
   TrainHooks hooks;

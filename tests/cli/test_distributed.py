@@ -205,7 +205,7 @@ class RankFailures(Workdir):
                                    r"nccl needs a LibTorch built with CUDA")
         env = dict(os.environ, RANK="one", WORLD_SIZE="2")
         r = subprocess.run([TTQ, *base], capture_output=True, text=True, env=env)
-        self.assert_one_error_line(r, 2, r"RANK=one is not a non-negative integer")
+        self.assert_one_error_line(r, 2, r"--rank: one is not a non-negative integer \(from the flag or \$RANK\)")
         self.assert_no_files()
 
 

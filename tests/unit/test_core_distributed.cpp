@@ -97,6 +97,6 @@ TEST_CASE("impossible group options are usage errors before any connection") {
   o.rank = 2;
   REQUIRE_THROWS_WITH(Communicator::connect(o), Catch::Contains("outside 0..1"));
   o.rank = 0;
-  o.backend = "nccl";
+  o.backend = Backend::Nccl;
   REQUIRE_THROWS_WITH(Communicator::connect(o), Catch::Contains("CPU-only"));
 }

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/util.h"
 #include "formats/archive.h"
 #include "formats/ternary_codec.h"
 #include "formats/torchscript.h"
@@ -48,7 +49,8 @@ std::string message_of(const std::function<void()>& f) {
 // A real archive of the small CNN fixture, quantized, as bytes.
 std::vector<uint8_t> real_archive() {
   auto loaded = load_torchscript(std::string(TTQ_FIXTURES) + "/small_cnn.pt");
-  ModelMetadata meta = quantize_module(loaded.module, {});
+  ModelMetadata meta;
+  meta.layers = quantize_module(loaded.module, {});
   meta.command = "quantize";
   const std::string path = std::string(TTQ_FIXTURES) + "/unit_small_cnn.ttqz";
   write_archive(loaded.module, meta, {}, path);

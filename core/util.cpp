@@ -1,0 +1,59 @@
+#include "core/util.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+
+namespace ttq {
+
+std::regex compile_regex(const std::string& pattern) {
+  try {
+    return std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    throw usage_error(fmt::format("invalid regex '{}': {}", pattern, e.what()));
+  }
+}
+
+std::vector<std::regex> compile_regexes(const std::vector<std::string>& patterns) {
+  std::vector<std::regex> out;
+  for (const auto& p : patterns) out.push_back(compile_regex(p));
+  return out;
+}
+
+bool matches_any(const std::string& name, const std::vector<std::regex>& regexes) {
+  for (const auto& re : regexes)
+    if (std::regex_search(name, re)) return true;
+  return false;
+}
+
+std::string join_shape(const std::vector<int64_t>& shape, std::string_view separator) {
+  if (shape.empty()) return "scalar";
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? std::string(separator) : "") + std::to_string(shape[i]);
+  return s;
+}
+
+void check_readable(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw input_error(fmt::format("{}: no such file", path));
+  if (!fs::is_regular_file(path, ec)) throw input_error(fmt::format("{}: not a regular file", path));
+  if (!std::ifstream(path).good()) throw input_error(fmt::format("{}: cannot be read", path));
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  check_readable(path);
+  std::ifstream in(path, std::ios::binary);
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) throw input_error(fmt::format("{}: cannot be read ({})", path, ec.message()));
+  std::vector<uint8_t> bytes(size);
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+  if (!in) throw input_error(fmt::format("{}: read failed", path));
+  return bytes;
+}
+
+}  // namespace ttq

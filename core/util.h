@@ -1,0 +1,26 @@
+// Small helpers every layer uses: regexes from flags, shapes in messages, whole-file reads.
+#pragma once
+#include <cstdint>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ttq {
+
+// An ECMAScript regex from a flag; a usage error names it when it is invalid.
+std::regex compile_regex(const std::string& pattern);
+std::vector<std::regex> compile_regexes(const std::vector<std::string>& patterns);
+// Whether one of the regexes is found in `name`.
+bool matches_any(const std::string& name, const std::vector<std::regex>& regexes);
+
+// "8x1x5x5" (tables), or with separator ", " inside brackets for messages: "[2, 1, 28, 28]".
+std::string join_shape(const std::vector<int64_t>& shape, std::string_view separator = "x");
+inline std::string bracketed_shape(const std::vector<int64_t>& shape) { return "[" + join_shape(shape, ", ") + "]"; }
+
+// Input error unless `path` is an existing, readable regular file ("PATH: no such file", ...).
+void check_readable(const std::string& path);
+// The whole file in memory, with the same clear errors.
+std::vector<uint8_t> read_file(const std::string& path);
+
+}  // namespace ttq

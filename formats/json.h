@@ -1,0 +1,47 @@
+// The JSON form of every record ttq writes to files or prints with --json: one to_json/from_json
+// pair per type (nlohmann's ADL convention), so each field is named in exactly one place. The
+// TTQ metadata, the run log, checkpoints' signatures and the CLI's JSON output all use these.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include "core/choices.h"
+#include "formats/metadata.h"
+
+namespace ttq {
+
+// Enums as their names from the choice table; an unknown name is a json::other_error.
+template <class E, class = decltype(ChoiceTable<E>::values)>
+void to_json(nlohmann::json& j, E value) {
+  j = choice_name(value);
+}
+template <class E, class = decltype(ChoiceTable<E>::values)>
+void from_json(const nlohmann::json& j, E& value) {
+  const auto parsed = parse_choice<E>(j.get<std::string>());
+  if (!parsed)
+    throw nlohmann::json::other_error::create(
+        501, std::string("unknown ") + ChoiceTable<E>::what + " '" + j.get<std::string>() + "'", &j);
+  value = *parsed;
+}
+
+void to_json(nlohmann::json& j, const CodeCounts& c);    // {"neg", "zero", "pos"}
+void from_json(const nlohmann::json& j, CodeCounts& c);
+// {"name", "shape", "wp", "wn", "delta", "mode", "threshold", "counts"}. Reading also accepts the
+// run logs of ttq 0.1.0, whose layers carry fractions ("neg", "zero", "pos") instead of counts.
+void to_json(nlohmann::json& j, const LayerRecord& l);
+void from_json(const nlohmann::json& j, LayerRecord& l);
+// {"mode", "threshold", "init", "include", "exclude", "quantize_first", "quantize_last"}
+void to_json(nlohmann::json& j, const QuantizeOptions& o);
+void from_json(const nlohmann::json& j, QuantizeOptions& o);
+// The trainer's options flattened with RunOptions' own: {"epochs", "batch_size", "lr", ..., "threads",
+// "subset", "world_size"} and the quantization fields above. Reading fills absent keys with defaults.
+void to_json(nlohmann::json& j, const RunOptions& o);
+void from_json(const nlohmann::json& j, RunOptions& o);
+// {"epoch", "partial", "step", "lr", "loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds"}:
+// the epoch's numbers (the run log adds its layers).
+void to_json(nlohmann::json& j, const EpochRecord& e);
+void from_json(const nlohmann::json& j, EpochRecord& e);
+// {"data", "options", "steps", "val_top1", "val_top5", "val_loss"}
+void to_json(nlohmann::json& j, const RunSummary& s);
+void from_json(const nlohmann::json& j, RunSummary& s);
+
+}  // namespace ttq

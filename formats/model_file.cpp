@@ -1,0 +1,48 @@
+#include "formats/model_file.h"
+
+#include <cstring>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/util.h"
+#include "formats/archive.h"
+#include "formats/torchscript.h"
+
+namespace ttq {
+
+std::optional<ModelFileKind> sniff_model_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[sizeof ttqz::kMagic] = {};
+  in.read(magic, sizeof magic);
+  if (std::memcmp(magic, ttqz::kMagic, sizeof magic) == 0) return ModelFileKind::Archive;
+  if (std::memcmp(magic, "PK\x03\x04", 4) == 0) return ModelFileKind::TorchScript;
+  return std::nullopt;
+}
+
+namespace {
+
+// Zip files and the unknown go to the TorchScript reader, which names what they are.
+ModelFileKind kind_of(const std::string& path) {
+  check_readable(path);
+  return sniff_model_file(path).value_or(ModelFileKind::TorchScript);
+}
+
+}  // namespace
+
+OpenedModel open_model(const std::string& path) {
+  OpenedModel opened;
+  opened.kind = kind_of(path);
+  static_cast<LoadedModel&>(opened) =
+      opened.kind == ModelFileKind::Archive ? read_archive(path) : load_torchscript(path);
+  return opened;
+}
+
+std::optional<ModelMetadata> read_model_metadata(const std::string& path) {
+  if (kind_of(path) == ModelFileKind::TorchScript) return read_torchscript_metadata(path);
+  const auto bytes = read_file(path);
+  const auto archive = parse_archive(bytes, path);
+  if (archive.ttq_json.empty()) return std::nullopt;
+  return metadata_from_json(archive.ttq_json, path);
+}
+
+}  // namespace ttq

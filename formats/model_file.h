@@ -1,0 +1,31 @@
+// The one entry point for model files (as bloaty's TryOpen*File): every kind ttq reads, told
+// apart by its first bytes in exactly one place.
+#pragma once
+#include <optional>
+#include <string>
+
+#include "formats/metadata.h"
+
+namespace ttq {
+
+enum class ModelFileKind {
+  TorchScript,  // a zip archive: TorchScript with or without TTQ metadata (quantize, finetune, PyTorch)
+  Archive,      // .ttqz (man/ttqz.5)
+};
+
+// The kind from the file's magic bytes; nullopt when it is neither (or cannot be read).
+std::optional<ModelFileKind> sniff_model_file(const std::string& path);
+
+struct OpenedModel : LoadedModel {
+  ModelFileKind kind = ModelFileKind::TorchScript;
+};
+
+// Loads any model file ttq reads, on CPU. One input error line for anything else: a missing
+// file, a torch.save() pickle, random bytes, a corrupt archive.
+OpenedModel open_model(const std::string& path);
+
+// Only the TTQ metadata, without loading the program (fast on any size); nullopt when the file
+// has none; the same errors as open_model.
+std::optional<ModelMetadata> read_model_metadata(const std::string& path);
+
+}  // namespace ttq
