@@ -15,9 +15,9 @@
 
 namespace ttq::cli {
 
-void QuantizeFlags::add_to(CLI::App* app, QuantizeOptions& target) {
-  options = &target;
-  threshold = target.threshold.value;
+void QuantizeFlags::add_to(CLI::App* app, QuantizeOptions* target) {
+  if (target) options = target;
+  threshold = options->threshold.value;
   auto* t = app->add_option("--threshold", threshold,
                             "max-scaled threshold: weights with |x| <= T*max|x| become 0, T in (0,1)")
                 ->type_name("T")
@@ -27,9 +27,9 @@ void QuantizeFlags::add_to(CLI::App* app, QuantizeOptions& target) {
                                     "S in [0,1) (instead of --threshold)")
                         ->type_name("S");
   t->excludes(sparsity_option);
-  add_choice_option(app, "--init", target.init, "scale initialization");
+  add_choice_option(app, "--init", options->init, "scale initialization");
 
-  auto& sel = target.selection;
+  auto& sel = options->selection;
   app->add_option("--include", sel.include, "quantize only weights whose name matches REGEX (repeatable)")
       ->type_name("REGEX");
   app->add_option("--exclude", sel.exclude, "keep weights whose name matches REGEX in full precision (repeatable)")

@@ -24,34 +24,34 @@ struct Command {
   std::function<void()> run;
 };
 
-// An option whose values are the names in ChoiceTable<E> (core/choices.h): CLI11 checks and maps
+// An option whose values are the names in E's choice table (core/choices.h): CLI11 checks and maps
 // them, and the help lists each with its meaning. The target's current value is the default.
 template <class E>
 CLI::Option* add_choice_option(CLI::App* app, const std::string& name, E& target, const std::string& help) {
   std::map<std::string, E> names;
   std::string text = help + ":";
-  for (const auto& c : ChoiceTable<E>::values) {
+  for (const auto& c : choices(target)) {
     names.emplace(c.name, c.value);
     text += fmt::format(" '{}': {};", c.name, c.help);
   }
   text.back() = '.';
-  std::string type = "{";
-  for (const auto& c : ChoiceTable<E>::values) type += std::string(type.size() > 1 ? "," : "") + c.name;
   return app->add_option(name, target, text)
       ->transform(CLI::CheckedTransformer(names).description(""))
-      ->type_name(type + "}")
+      ->type_name("{" + choice_names<E>() + "}")
       ->default_str(choice_name(target));
 }
 
-// --threshold/--sparsity, --init and the layer selection, bound to `options` (whose values are
-// the defaults). Call `resolve` after parsing: it sets the threshold mode and validates.
+// --threshold/--sparsity, --init and the layer selection, bound to `target` (whose values are the
+// defaults), or to options of its own. Call `resolve` after parsing: it sets the threshold mode and
+// validates.
 struct QuantizeFlags {
   double threshold = ThresholdSpec{}.value;
   double sparsity = 0.5;
   CLI::Option* sparsity_option = nullptr;
-  QuantizeOptions* options = nullptr;
+  QuantizeOptions own;
+  QuantizeOptions* options = &own;
 
-  void add_to(CLI::App* app, QuantizeOptions& target);
+  void add_to(CLI::App* app, QuantizeOptions* target = nullptr);
   const QuantizeOptions& resolve();  // validates ranges (usage error)
 };
 

@@ -12,22 +12,14 @@
 #include "formats/torchscript.h"
 
 namespace ttq::cli {
-enum class ExportFormat { Ttqz, Ttq, TorchScript };
-}  // namespace ttq::cli
-
-template <>
-struct ttq::ChoiceTable<ttq::cli::ExportFormat> {
-  using F = cli::ExportFormat;
-  static constexpr Choice<F> values[] = {
-      {"ttqz", F::Ttqz, "compressed archive (default for TorchScript input)"},
-      {"ttq", F::Ttq, "TorchScript with the TTQ metadata, as quantize writes (default for .ttqz input)"},
-      {"torchscript", F::TorchScript, "plain TorchScript without TTQ extras, for any LibTorch/PyTorch runtime"},
-  };
-  static constexpr const char* what = "format";
-};
-
-namespace ttq::cli {
 namespace {
+
+enum class ExportFormat { Ttqz, Ttq, TorchScript };
+constexpr Choice<ExportFormat> kExportFormats[] = {
+    {"ttqz", ExportFormat::Ttqz, "compressed archive (default for TorchScript input)"},
+    {"ttq", ExportFormat::Ttq, "TorchScript with the TTQ metadata, as quantize writes (default for .ttqz input)"},
+    {"torchscript", ExportFormat::TorchScript, "plain TorchScript without TTQ extras, for any LibTorch/PyTorch runtime"}};
+constexpr const auto& choices(ExportFormat) { return kExportFormats; }
 
 struct ExportArgs {
   std::string input;

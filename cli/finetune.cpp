@@ -32,19 +32,8 @@ extern "C" void request_stop(int sig) {
 }
 
 enum class Device { Cpu, Cuda };
-
-}  // namespace
-}  // namespace ttq::cli
-
-template <>
-struct ttq::ChoiceTable<ttq::cli::Device> {
-  static constexpr Choice<cli::Device> values[] = {{"cpu", cli::Device::Cpu, "the CPU"},
-                                                    {"cuda", cli::Device::Cuda, "an NVIDIA GPU"}};
-  static constexpr const char* what = "device";
-};
-
-namespace ttq::cli {
-namespace {
+constexpr Choice<Device> kDevices[] = {{"cpu", Device::Cpu, "the CPU"}, {"cuda", Device::Cuda, "an NVIDIA GPU"}};
+constexpr const auto& choices(Device) { return kDevices; }
 
 struct FinetuneArgs {
   std::string model, output, log, checkpoint_dir;
@@ -259,7 +248,7 @@ Command register_finetune(CLI::App& app) {
       ->type_name("EPOCH")
       ->delimiter(',');
   sub->add_option("--gamma", t.gamma, "factor of the step schedule")->capture_default_str();
-  a->quant.add_to(sub, t.quant);
+  a->quant.add_to(sub, &t.quant);
   sub->add_option("--seed", t.seed, "seed of initialization, sample order and augmentation")->capture_default_str();
   add_choice_option(sub, "--device", a->device, "where to train");
   sub->add_flag("--fp", t.fp, "plain full-precision fine-tuning with the same loop (baselines)");

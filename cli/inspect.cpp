@@ -12,7 +12,6 @@ namespace {
 struct InspectArgs {
   std::string file;
   bool json = false;
-  QuantizeOptions options;
   QuantizeFlags flags;
 };
 
@@ -40,7 +39,7 @@ Command register_inspect(CLI::App& app) {
       "inspect", "Show per-layer sparsity, scales, threshold, bits and sizes of a TorchScript model");
   sub->add_option("FILE", args->file, "TorchScript model (quantized or not) or .ttqz archive")->required()->type_name("FILE");
   sub->add_flag("--json", args->json, "print the report as one JSON document on stdout");
-  args->flags.add_to(sub, args->options);
+  args->flags.add_to(sub);
   return {sub, [args] { run_inspect(*args); }};
 }
 

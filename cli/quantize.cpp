@@ -13,7 +13,6 @@ struct QuantizeArgs {
   std::string model;
   std::string output;
   bool json = false;
-  QuantizeOptions options;
   QuantizeFlags flags;
 };
 
@@ -43,7 +42,7 @@ Command register_quantize(CLI::App& app) {
   sub->add_option("-o,--output", args->output, "where to write the quantized TorchScript model")
       ->required()
       ->type_name("FILE");
-  args->flags.add_to(sub, args->options);
+  args->flags.add_to(sub);
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_quantize(*args); }};
 }

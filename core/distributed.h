@@ -14,14 +14,9 @@
 namespace ttq {
 
 enum class Backend { Gloo, Nccl };
-template <>
-struct ChoiceTable<Backend> {
-  static constexpr Choice<Backend> values[] = {
-      {"gloo", Backend::Gloo, "TCP, on CPU"},
-      {"nccl", Backend::Nccl, "NVIDIA GPUs (needs a LibTorch with CUDA)"},
-  };
-  static constexpr const char* what = "backend";
-};
+inline constexpr Choice<Backend> kBackends[] = {{"gloo", Backend::Gloo, "TCP, on CPU"},
+                                                {"nccl", Backend::Nccl, "NVIDIA GPUs (needs a LibTorch with CUDA)"}};
+constexpr const auto& choices(Backend) { return kBackends; }
 
 struct DistOptions {
   int rank = 0;

@@ -23,14 +23,10 @@ struct ThresholdSpec {
   double value = 0.05;  // t for MaxScaled, s for Sparsity
 };
 
-template <>
-struct ChoiceTable<ThresholdMode> {
-  static constexpr Choice<ThresholdMode> values[] = {
-      {"max-scaled", ThresholdMode::MaxScaled, "Δ = t·max|x| (the paper's default)"},
-      {"sparsity", ThresholdMode::Sparsity, "Δ such that a fraction s of the weights is zero"},
-  };
-  static constexpr const char* what = "threshold mode";
-};
+inline constexpr Choice<ThresholdMode> kThresholdModes[] = {
+    {"max-scaled", ThresholdMode::MaxScaled, "Δ = t·max|x| (the paper's default)"},
+    {"sparsity", ThresholdMode::Sparsity, "Δ such that a fraction s of the weights is zero"}};
+constexpr const auto& choices(ThresholdMode) { return kThresholdModes; }
 
 // Throws a usage error when the value is outside its mode's range.
 void validate(const ThresholdSpec& spec);
@@ -43,14 +39,10 @@ enum class ScaleInit {
   Mean,  // L2-optimal: Wp = mean(x | x > Δ), Wn = mean(-x | x < -Δ)
   Ones,  // the authors' code: Wp = Wn = 1
 };
-template <>
-struct ChoiceTable<ScaleInit> {
-  static constexpr Choice<ScaleInit> values[] = {
-      {"mean", ScaleInit::Mean, "Wp, Wn = mean |x| above / below the threshold, L2-optimal"},
-      {"ones", ScaleInit::Ones, "Wp = Wn = 1, as the paper's authors (suits BatchNorm after each layer)"},
-  };
-  static constexpr const char* what = "scale init";
-};
+inline constexpr Choice<ScaleInit> kScaleInits[] = {
+    {"mean", ScaleInit::Mean, "Wp, Wn = mean |x| above / below the threshold, L2-optimal"},
+    {"ones", ScaleInit::Ones, "Wp = Wn = 1, as the paper's authors (suits BatchNorm after each layer)"}};
+constexpr const auto& choices(ScaleInit) { return kScaleInits; }
 
 struct Scales {
   float wp = 1.0f;

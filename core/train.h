@@ -26,25 +26,16 @@ class Optimizer;
 namespace ttq {
 
 enum class Optimizer { Sgd, Adam };
-template <>
-struct ChoiceTable<Optimizer> {
-  static constexpr Choice<Optimizer> values[] = {
-      {"sgd", Optimizer::Sgd, "SGD with --momentum (the paper's CIFAR recipe)"},
-      {"adam", Optimizer::Adam, "Adam (the paper's ImageNet recipe; suits models without BatchNorm)"},
-  };
-  static constexpr const char* what = "optimizer";
-};
+inline constexpr Choice<Optimizer> kOptimizers[] = {
+    {"sgd", Optimizer::Sgd, "SGD with --momentum (the paper's CIFAR recipe)"},
+    {"adam", Optimizer::Adam, "Adam (the paper's ImageNet recipe; suits models without BatchNorm)"}};
+constexpr const auto& choices(Optimizer) { return kOptimizers; }
 
 enum class Schedule { Cosine, Step, Constant };
-template <>
-struct ChoiceTable<Schedule> {
-  static constexpr Choice<Schedule> values[] = {
-      {"cosine", Schedule::Cosine, "cosine decay to 0 over the run"},
-      {"step", Schedule::Step, "lr times --gamma at each of --milestones"},
-      {"constant", Schedule::Constant, "the same lr throughout"},
-  };
-  static constexpr const char* what = "schedule";
-};
+inline constexpr Choice<Schedule> kSchedules[] = {{"cosine", Schedule::Cosine, "cosine decay to 0 over the run"},
+                                                  {"step", Schedule::Step, "lr times --gamma at each of --milestones"},
+                                                  {"constant", Schedule::Constant, "the same lr throughout"}};
+constexpr const auto& choices(Schedule) { return kSchedules; }
 
 // Every option of a run, with its default (the flags of `finetune` bind to these fields).
 struct TrainOptions {

@@ -11,15 +11,9 @@
 namespace ttq {
 
 enum class FpDtype { Float32, Float16, BFloat16 };  // storage of float32 full-precision tensors
-template <>
-struct ChoiceTable<FpDtype> {
-  static constexpr Choice<FpDtype> values[] = {
-      {"fp32", FpDtype::Float32, "exact"},
-      {"fp16", FpDtype::Float16, "IEEE half precision"},
-      {"bf16", FpDtype::BFloat16, "bfloat16"},
-  };
-  static constexpr const char* what = "fp dtype";
-};
+inline constexpr Choice<FpDtype> kFpDtypes[] = {
+    {"fp32", FpDtype::Float32, "exact"}, {"fp16", FpDtype::Float16, "IEEE half"}, {"bf16", FpDtype::BFloat16, "bfloat16"}};
+constexpr const auto& choices(FpDtype) { return kFpDtypes; }
 
 struct ExportOptions {
   int level = 3;  // zstd level for the program and full-precision tensors

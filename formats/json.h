@@ -10,16 +10,16 @@
 namespace ttq {
 
 // Enums as their names from the choice table; an unknown name is a json::other_error.
-template <class E, class = decltype(ChoiceTable<E>::values)>
+template <class E, class = decltype(choices(E{}))>
 void to_json(nlohmann::json& j, E value) {
   j = choice_name(value);
 }
-template <class E, class = decltype(ChoiceTable<E>::values)>
+template <class E, class = decltype(choices(E{}))>
 void from_json(const nlohmann::json& j, E& value) {
   const auto parsed = parse_choice<E>(j.get<std::string>());
   if (!parsed)
     throw nlohmann::json::other_error::create(
-        501, std::string("unknown ") + ChoiceTable<E>::what + " '" + j.get<std::string>() + "'", &j);
+        501, "'" + j.get<std::string>() + "' is not one of " + choice_names<E>(), &j);
   value = *parsed;
 }
 

@@ -2,6 +2,9 @@
 """Writes the TorchScript test fixtures into OUTDIR, scripted by PyTorch itself.
 
 resnet18.pt, mobilenet_v2.pt  torchvision models with 10 classes (random init, seeded)
+fashion_cnn.pt                the main job's CNN for Fashion-MNIST (scripts/demo.sh): 3.3 MB of
+                              FP32 weights, most in fc1, so that weights and not the program
+                              dominate the file (untrained: demo.sh trains it)
 small_cnn.pt                  a CNN for 1x28x28 input without BatchNorm; its layers are
                               registered in reverse order, so only the forward graph tells
                               which layer comes first
@@ -37,6 +40,17 @@ class SmallCNN(nn.Module):
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.relu(self.fc1(torch.flatten(x, 1)))
         return self.fc2(x)
+
+
+class FashionCNN(SmallCNN):
+    """SmallCNN's forward with wider layers, 3x3 padded convolutions, registered in order."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 256)
+        self.fc2 = nn.Linear(256, 10)
 
 
 class NoQuantizable(nn.Module):
@@ -76,6 +90,7 @@ def main():
     torch.save(bad, os.path.join(out, "tensors_bad_labels.pt"))
     with open(os.path.join(out, "random.bin"), "wb") as f:
         f.write(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    save_scripted(FashionCNN(), os.path.join(out, "fashion_cnn.pt"))  # last: the others keep their weights
     print(f"fixtures written to {out}")
 
 

@@ -9,8 +9,9 @@ order, so later examples use earlier outputs.
 
   scripts/update_readme.py           rewrite README.md in place
   scripts/update_readme.py --check   exit 1 when an example's output no longer has the README's
-                                     shape: the same lines and words, numbers and sparklines aside
-                                     (they vary with the machine's floating point and timing)
+                                     shape: the same lines and words, numbers, sparklines and the
+                                     column padding around them aside (they vary with the machine's
+                                     floating point and timing)
 """
 import difflib
 import os
@@ -69,7 +70,8 @@ def regenerate(lines):
 
 def shape(text):
     text = re.sub(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?", "N", text)
-    return re.sub(r"[▁▂▃▄▅▆▇█]+", "S", text)
+    text = re.sub(r"[▁▂▃▄▅▆▇█]+", "S", text)
+    return re.sub(r"(?<=\S) {2,}", "  ", text)  # column padding follows the numbers' widths
 
 
 def main():

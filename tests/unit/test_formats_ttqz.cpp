@@ -297,3 +297,18 @@ TEST_CASE("every random byte flip of a real archive is rejected with a ttq error
   }
   CHECK(rejected == flips);
 }
+
+TEST_CASE("the archive's dtype table matches LibTorch's scalar types and sizes") {
+  const std::map<std::string, torch::Dtype> expected = {
+      {"float32", torch::kFloat32}, {"float64", torch::kFloat64}, {"float16", torch::kFloat16},
+      {"bfloat16", torch::kBFloat16}, {"int64", torch::kInt64}, {"int32", torch::kInt32},
+      {"int16", torch::kInt16}, {"int8", torch::kInt8}, {"uint8", torch::kUInt8}, {"bool", torch::kBool}};
+  REQUIRE(std::size(ttqz::kDtypes) == expected.size());
+  for (const auto& d : ttqz::kDtypes) {
+    CAPTURE(d.name);
+    REQUIRE(expected.count(d.name));
+    CHECK(static_cast<int>(expected.at(d.name)) == d.scalar_type);
+    CHECK(c10::elementSize(static_cast<c10::ScalarType>(d.scalar_type)) == d.size);
+    CHECK(ttqz::dtype_size(d.name) == d.size);
+  }
+}

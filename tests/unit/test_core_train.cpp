@@ -1,0 +1,63 @@
+// core/train: the learning-rate schedules, and a whole (small) training run's bookkeeping.
+#include <catch2/catch.hpp>
+
+#include "core/train.h"
+#include "formats/torchscript.h"
+#include "plugins/dataset.h"
+
+using namespace ttq;
+
+TEST_CASE("cosine decays from 1 to 0 over all steps, whatever the epoch") {
+  TrainOptions o;
+  o.epochs = 4;
+  o.schedule = Schedule::Cosine;
+  CHECK(lr_factor(o, 0, 0, 25) == Approx(1.0));
+  CHECK(lr_factor(o, 2, 50, 25) == Approx(0.5));
+  CHECK(lr_factor(o, 3, 100, 25) == Approx(0.0).margin(1e-12));
+  CHECK(lr_factor(o, 1, 25, 25) == Approx(0.5 * (1 + std::cos(M_PI / 4))));
+}
+
+TEST_CASE("step multiplies by gamma at each milestone epoch, constant stays at 1") {
+  TrainOptions o;
+  o.schedule = Schedule::Step;
+  o.milestones = {2, 4};
+  o.gamma = 0.1;
+  CHECK(lr_factor(o, 0, 0, 10) == Approx(1.0));
+  CHECK(lr_factor(o, 1, 19, 10) == Approx(1.0));
+  CHECK(lr_factor(o, 2, 20, 10) == Approx(0.1));
+  CHECK(lr_factor(o, 5, 55, 10) == Approx(0.01));
+  o.schedule = Schedule::Constant;
+  CHECK(lr_factor(o, 5, 55, 10) == 1.0);
+}
+
+TEST_CASE("a run reports every step and epoch, and its records describe the trained layer") {
+  DataSplits data = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
+  TrainOptions o;
+  o.epochs = 2;
+  o.batch_size = 500;
+  o.optimizer = Optimizer::Adam;
+  o.quant.init = ScaleInit::Mean;
+  o.quant.selection.quantize_first = o.quant.selection.quantize_last = true;
+  Trainer trainer(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, o, data);
+  REQUIRE(trainer.steps_per_epoch() == 4);
+  const auto before = trainer.snapshot();
+  REQUIRE(before.size() == 1);
+  std::vector<int64_t> steps;
+  std::vector<EpochRecord> epochs;
+  TrainHooks hooks;
+  hooks.on_step = [&](const StepProgress& p) { steps.push_back(p.global_step); };
+  hooks.on_epoch = [&](const EpochRecord& r) { epochs.push_back(r); };
+  std::atomic<bool> stop{false};
+  trainer.run(hooks, stop);
+  CHECK(steps == std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8});
+  REQUIRE(epochs.size() == 2);
+  CHECK(epochs[1].step == 8);
+  CHECK(epochs[1].val.samples == 500);
+  CHECK(epochs[1].layers[0].counts.total() == 200);
+  CHECK(epochs[1].mean_sparsity() == Approx(epochs[1].layers[0].counts.sparsity()));
+  const auto after = trainer.finalize();
+  CHECK(after[0].name == "weight");
+  CHECK(after[0].wp != before[0].wp);  // the scales trained
+  const auto w = trainer.module().attr("weight").toTensor();
+  CHECK(((w == after[0].wp) | (w == 0) | (w == -after[0].wn)).all().item<bool>());
+}

@@ -1,0 +1,100 @@
+// formats/checkpoint: a run stopped at a checkpoint and resumed ends exactly where the uninterrupted
+// run ends; checkpoints of another model are refused; only the newest two are kept.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "formats/checkpoint.h"
+#include "formats/torchscript.h"
+#include "plugins/dataset.h"
+
+using namespace ttq;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Setup {
+  DataSplits data = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
+  TrainOptions options;
+  fs::path dir = fs::temp_directory_path() / ("ttq_unit_checkpoints_" + std::to_string(getpid()));
+
+  Setup() {
+    options.epochs = 3;
+    options.batch_size = 250;
+    options.seed = 4;
+    options.optimizer = Optimizer::Adam;
+    options.quant.init = ScaleInit::Mean;
+    options.quant.selection.quantize_first = true;
+    options.quant.selection.quantize_last = true;
+    fs::remove_all(dir);
+  }
+  ~Setup() { fs::remove_all(dir); }
+
+  std::unique_ptr<Trainer> trainer(const TrainOptions& o) const {
+    return std::make_unique<Trainer>(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, o, data);
+  }
+  void run(Trainer& t, bool checkpoints) const {
+    TrainHooks hooks;
+    if (checkpoints) hooks.save_checkpoint = [&](const TrainPosition& p) { save_checkpoint(t, p, dir.string()); };
+    std::atomic<bool> stop{false};
+    t.run(hooks, stop);
+  }
+};
+
+size_t files_in(const fs::path& dir) { return std::distance(fs::directory_iterator(dir), fs::directory_iterator{}); }
+
+}  // namespace
+
+TEST_CASE("resuming from a checkpoint ends bit-exactly where the uninterrupted run ends") {
+  Setup s;
+  auto full = s.trainer(s.options);
+  s.run(*full, false);
+
+  TrainOptions first_part = s.options;
+  first_part.max_steps = 11;  // stops inside epoch 2 (8 steps an epoch)
+  auto stopped = s.trainer(first_part);
+  s.run(*stopped, true);
+  const auto newest = newest_checkpoint(s.dir.string());
+  REQUIRE(newest);
+  CHECK(fs::path(*newest).filename() == "checkpoint-0000000011.pt");
+  CHECK(files_in(s.dir) == 2);  // epoch 1 (step 8) and the partial epoch (step 11)
+
+  auto resumed = s.trainer(s.options);
+  load_checkpoint(*resumed, *newest);
+  CHECK(resumed->position().global_step == 11);
+  CHECK(resumed->position().epoch == 1);
+  CHECK(resumed->position().step_in_epoch == 3);
+  s.run(*resumed, false);
+  const auto a = full->state_tensors(), b = resumed->state_tensors();
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(a[i].first);
+    CHECK(torch::equal(a[i].second, b[i].second));
+  }
+}
+
+TEST_CASE("a checkpoint of another layer selection, or not a checkpoint, is an input error") {
+  Setup s;
+  auto t = s.trainer(s.options);
+  save_checkpoint(*t, t->position(), s.dir.string());
+  const auto path = *newest_checkpoint(s.dir.string());
+  TrainOptions fp = s.options;
+  fp.fp = true;
+  auto other = s.trainer(fp);
+  CHECK_THROWS_WITH(load_checkpoint(*other, path), Catch::Contains("another model or layer"));
+  std::ofstream(s.dir / "checkpoint-0000000099.pt") << "not a checkpoint";
+  CHECK_THROWS_WITH(load_checkpoint(*t, (s.dir / "checkpoint-0000000099.pt").string()), Catch::Contains("not a ttq checkpoint"));
+}
+
+TEST_CASE("only the newest two checkpoints are kept, and no temporary file is left") {
+  Setup s;
+  auto t = s.trainer(s.options);
+  for (int64_t step : {1, 2, 3}) {
+    t->position().global_step = step;
+    save_checkpoint(*t, t->position(), s.dir.string());
+  }
+  CHECK(files_in(s.dir) == 2);
+  CHECK(fs::path(*newest_checkpoint(s.dir.string())).filename() == "checkpoint-0000000003.pt");
+}
