@@ -3,6 +3,9 @@
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -10,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/util.h"
+#include "formats/atomic_file.h"
 #include "formats/json.h"
 #include "plugins/dataset.h"
 
@@ -89,6 +93,19 @@ DataSplits DataFlags::load() const {
   if (!val.empty()) splits.test = load_dataset(val, load_options).test;
   if (subset > 0) keep_first(splits, subset);
   return splits;
+}
+
+extern "C" void interrupt_now(int) {
+  remove_pending_output();
+  static const char kMessage[] = "ttq: error: interrupted\n";
+  if (write(STDERR_FILENO, kMessage, sizeof kMessage - 1) < 0) _exit(kExitInterrupted);
+  _exit(kExitInterrupted);
+}
+
+void install_signal_handlers() {
+  std::signal(SIGINT, interrupt_now);
+  std::signal(SIGTERM, interrupt_now);
+  std::signal(SIGXFSZ, SIG_IGN);
 }
 
 bool quiet() { return !spdlog::should_log(spdlog::level::info); }

@@ -76,6 +76,14 @@ struct DataFlags {
 bool quiet();
 bool no_color();
 
+// SIGINT/SIGTERM outside finetune's training loop: removes the output being written, says so in one
+// line and exits 130 at once (async-signal-safe). main() installs it; finetune puts it back after
+// its first, graceful, interrupt.
+extern "C" void interrupt_now(int signal);
+// Installs interrupt_now, and ignores SIGXFSZ so that a file-size limit is a write error (EFBIG)
+// reported like a full disk instead of killing the process with a partial file.
+void install_signal_handlers();
+
 // Prints the report on stdout: an aligned table with totals, or one JSON document. `output`
 // names the file just written, when there is one.
 void print_report(const ModelReport& report, const std::optional<ModelMetadata>& metadata, const std::string& source,

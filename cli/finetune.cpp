@@ -25,10 +25,11 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 
-// First SIGINT/SIGTERM: finish the step, checkpoint, exit 130. A second one ends at once.
+// First SIGINT/SIGTERM: finish the step (and a checkpoint being written), checkpoint, exit 130.
+// A second one ends at once.
 extern "C" void request_stop(int sig) {
   g_stop.store(true);
-  std::signal(sig, SIG_DFL);
+  std::signal(sig, interrupt_now);
 }
 
 enum class Device { Cpu, Cuda };
@@ -39,7 +40,7 @@ struct FinetuneArgs {
   std::string model, output, log, checkpoint_dir;
   Device device = Device::Cpu;
   bool json = false, resume = false, progress = false, no_progress = false, no_scale_decay = false;
-  int64_t log_every = 0;
+  int64_t log_every = 0, checkpoint_every = 0;
   int dist_timeout = static_cast<int>(DistOptions{}.timeout.count());
   DistOptions dist;
   TrainOptions train;
@@ -48,6 +49,7 @@ struct FinetuneArgs {
 
   bool writer() const { return dist.rank == 0; }  // rank 0 alone writes files and prints
   RunOptions run_options() const { return {train, data.threads, data.subset, dist.world_size}; }
+  nlohmann::json identity(const Trainer& t) const { return resume_identity(run_options(), t.data().name); }
 };
 
 // Refused before any work: this build cannot train elsewhere than on the CPU.
@@ -60,9 +62,22 @@ void check_device(Device device) {
 
 // Outputs checked before long work: a typo must not cost a training run.
 void check_outputs(const FinetuneArgs& a) {
-  refuse_same_file(a.model, a.output);
+  refuse_overlaps({{"the model", a.model}}, {{"-o", a.output}, {"--log", a.log}, {"--checkpoint-dir", a.checkpoint_dir}});
   if (a.writer()) check_writable(a.output);
   if (a.resume && a.checkpoint_dir.empty()) throw usage_error("--resume needs --checkpoint-dir");
+  if (a.checkpoint_every > 0 && a.checkpoint_dir.empty()) throw usage_error("--checkpoint-every needs --checkpoint-dir");
+}
+
+// One run per checkpoint folder: a second one would resume from, or overwrite, the first's
+// checkpoints. (The run log is locked when it is opened.)
+std::unique_ptr<FileLock> lock_checkpoints(const FinetuneArgs& a) {
+  if (a.checkpoint_dir.empty() || !a.writer()) return nullptr;
+  std::error_code ec;
+  std::filesystem::create_directories(a.checkpoint_dir, ec);
+  if (ec) throw input_error(fmt::format("cannot create checkpoint folder {}: {}", a.checkpoint_dir, ec.message()));
+  check_writable(std::filesystem::path(a.checkpoint_dir) / ".ttq.lock");
+  return std::make_unique<FileLock>(std::filesystem::path(a.checkpoint_dir) / ".ttq.lock",
+                                    "--checkpoint-dir " + a.checkpoint_dir);
 }
 
 // Joins the data-parallel group when one is asked for (flags or torchrun's environment).
@@ -87,11 +102,9 @@ std::unique_ptr<Trainer> load_trainer(FinetuneArgs& a, std::shared_ptr<Communica
 // Continues from the newest checkpoint: the run then repeats the uninterrupted one exactly.
 void resume(Trainer& trainer, const FinetuneArgs& a, Communicator* comm) {
   if (!a.resume) return;
-  const auto newest = newest_checkpoint(a.checkpoint_dir);
-  if (!newest) throw input_error(fmt::format("--resume: no checkpoint in {}", a.checkpoint_dir));
-  load_checkpoint(trainer, *newest);
+  const std::string used = resume_from_checkpoints(trainer, a.checkpoint_dir, a.identity(trainer));
   if (comm) comm->check_same({{"the step of the newest checkpoint in --checkpoint-dir", trainer.position().global_step}});
-  spdlog::info("resuming from {} (epoch {}, step {})", *newest, trainer.position().epoch + 1,
+  spdlog::info("resuming from {} (epoch {}, step {})", used, trainer.position().epoch + 1,
                trainer.position().global_step);
 }
 
@@ -113,6 +126,7 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   TrainHooks hooks;
   hooks.on_step = [&](const StepProgress& p) { progress.update(p, a.train.epochs, total_steps); };
   hooks.log_every = a.log_every;
+  hooks.checkpoint_every = a.checkpoint_every;
   if (log) hooks.on_log_step = [&](const StepProgress& p, const std::vector<LayerRecord>& l) { log->step(p, l); };
   hooks.on_epoch = [&](const EpochRecord& r) {
     progress.clear();
@@ -122,7 +136,9 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
     if (log) log->epoch(r);
   };
   if (!a.checkpoint_dir.empty() && a.writer())
-    hooks.save_checkpoint = [&](const TrainPosition& p) { save_checkpoint(trainer, p, a.checkpoint_dir); };
+    hooks.save_checkpoint = [&, identity = a.identity(trainer)](const TrainPosition& p) {
+      save_checkpoint(trainer, p, a.checkpoint_dir, identity);
+    };
 
   g_stop.store(false);
   std::signal(SIGINT, request_stop);
@@ -168,6 +184,7 @@ void run_finetune(FinetuneArgs& a) {
   a.quant.resolve();
   a.train.scale_decay = !a.no_scale_decay;
   check_outputs(a);
+  const auto checkpoints_lock = lock_checkpoints(a);
   const auto comm = connect_ranks(a);
   const auto trainer = load_trainer(a, comm);
   resume(*trainer, a, comm.get());
@@ -257,7 +274,11 @@ Command register_finetune(CLI::App& app) {
   sub->add_option("--log-every", a->log_every, "also log every N steps")->type_name("N")->check(CLI::NonNegativeNumber);
   sub->add_option("--checkpoint-dir", a->checkpoint_dir, "write a checkpoint there after every epoch and on SIGINT")
       ->type_name("DIR");
-  sub->add_flag("--resume", a->resume, "continue from the newest checkpoint in --checkpoint-dir");
+  sub->add_option("--checkpoint-every", a->checkpoint_every, "also write a checkpoint every N steps (exact resume "
+                  "mid-epoch; a crash loses at most N steps)")
+      ->type_name("N")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_flag("--resume", a->resume, "continue from the newest usable checkpoint in --checkpoint-dir");
   auto* p = sub->add_flag("--progress", a->progress, "show the progress line even when stderr is not a terminal");
   sub->add_flag("--no-progress", a->no_progress, "never show the progress line")->excludes(p);
   sub->add_flag("--json", a->json, "print the final summary as JSON on stdout");

@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
     return ttq::kExitOk;
   }
   setup_logging(verbose, quiet);
+  ttq::cli::install_signal_handlers();
   try {
     for (const auto& c : commands)
       if (c.app->parsed()) c.run();

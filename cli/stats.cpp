@@ -149,7 +149,10 @@ void run_stats(StatsArgs& a) {
   std::vector<std::string> metrics = kLayerMetrics;
   metrics.insert(metrics.end(), kRunMetrics.begin(), kRunMetrics.end());
   for (const auto& text : a.expect) expectations.push_back(parse_expectation(text, metrics));
-  if (!a.plot.empty()) check_writable(a.plot);
+  if (!a.plot.empty()) {
+    check_writable(a.plot);
+    refuse_overlaps({{"the first input", a.file}, {"the second input", a.other}}, {{"--plot", a.plot}});
+  }
 
   std::vector<StatsRun> runs;
   std::vector<std::string> files{a.file};

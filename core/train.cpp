@@ -284,6 +284,10 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
       if (hooks.save_checkpoint) hooks.save_checkpoint(position_);
       throw Interrupted();
     }
+    // Mid-epoch checkpoints (the epoch's end writes its own): a crash then loses at most N steps.
+    if (hooks.save_checkpoint && hooks.checkpoint_every > 0 && position_.global_step % hooks.checkpoint_every == 0 &&
+        s + 1 < steps)
+      hooks.save_checkpoint(position_);
   }
   EpochRecord r;
   r.epoch = epoch + 1;

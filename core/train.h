@@ -100,7 +100,8 @@ struct TrainHooks {
   std::function<void(const StepProgress&, const std::vector<LayerRecord>&)> on_log_step;  // every log_every
   int64_t log_every = 0;
   std::function<void(const EpochRecord&)> on_epoch;
-  std::function<void(const TrainPosition&)> save_checkpoint;  // after each epoch and on interrupt
+  std::function<void(const TrainPosition&)> save_checkpoint;  // after each epoch, on interrupt,
+  int64_t checkpoint_every = 0;                               // and every N steps when N > 0
 };
 
 // Thrown when an interrupt was requested (the caller exits 130).

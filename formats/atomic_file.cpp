@@ -4,9 +4,14 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <spdlog/spdlog.h>
+
 #include <atomic>
+#include <regex>
 #include <cerrno>
-#include <csignal>
 #include <cstdlib>
 #include <cstring>
 
@@ -15,37 +20,38 @@
 namespace ttq {
 namespace {
 
-// The temporary file a signal handler must remove; one output is written at a time. A signal
-// while it is written removes it and ends the process (the half-written file is worth nothing).
+// The temporary file an interrupt must remove; one output is written at a time.
 char g_pending_temp[4096];
 std::atomic<bool> g_has_pending{false};
-void (*g_previous_int)(int) = SIG_DFL;
-void (*g_previous_term)(int) = SIG_DFL;
-
-extern "C" void remove_pending_and_reraise(int sig) {
-  if (g_has_pending.load()) unlink(g_pending_temp);  // async-signal-safe
-  std::signal(sig, SIG_DFL);
-  std::raise(sig);
-}
 
 void set_pending(const std::filesystem::path& p) {
   const std::string s = p.string();
   if (s.size() >= sizeof(g_pending_temp)) return;
   std::memcpy(g_pending_temp, s.c_str(), s.size() + 1);
   g_has_pending.store(true);
-  g_previous_int = std::signal(SIGINT, remove_pending_and_reraise);
-  g_previous_term = std::signal(SIGTERM, remove_pending_and_reraise);
 }
 
-// Puts back whatever handlers were there (finetune's graceful-stop handler, say).
-void clear_pending() {
-  if (!g_has_pending.exchange(false)) return;
-  std::signal(SIGINT, g_previous_int);
-  std::signal(SIGTERM, g_previous_term);
-}
+void clear_pending() { g_has_pending.store(false); }
 
 std::filesystem::path folder_of(const std::filesystem::path& p) {
   return p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+}
+
+// Temporary files that ttq processes killed with SIGKILL (or by a crash) left in `folder`:
+// ".NAME.tmp-PID" (ttq 0.1.0) and ".NAME.tmp-PID-XXXXXX", whose PID no longer runs. They can be
+// as large as a model or a checkpoint, and nothing else would ever remove them.
+void remove_stale_temps(const std::filesystem::path& folder) {
+  static const std::regex name(R"(^\..+\.tmp-(\d+)(-[A-Za-z0-9]{6})?$)");
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(folder, ec)) {
+    std::smatch m;
+    const std::string file = entry.path().filename().string();
+    if (!std::regex_match(file, m, name) || !entry.is_regular_file(ec)) continue;
+    const long pid = std::strtol(m[1].str().c_str(), nullptr, 10);
+    if (pid <= 0 || pid == getpid() || kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    if (std::filesystem::remove(entry.path(), ec))
+      spdlog::warn("removed {}, left by ttq process {} that no longer runs", entry.path().string(), pid);
+  }
 }
 
 }  // namespace
@@ -61,22 +67,76 @@ void check_writable(const std::filesystem::path& path) {
     throw input_error(fmt::format("cannot write {}: folder {} is not writable", path.string(), folder.string()));
 }
 
+RecordingFileBuf::~RecordingFileBuf() {
+  if (fd_ >= 0) close(fd_);
+}
+
+void RecordingFileBuf::drain(const char* data, size_t size) {
+  while (size > 0 && error_ == 0) {
+    const ssize_t n = write(fd_, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error_ = n < 0 ? errno : EIO;
+      break;
+    }
+    data += n, size -= static_cast<size_t>(n);
+  }
+}
+
+int RecordingFileBuf::sync() {
+  drain(pbase(), static_cast<size_t>(pptr() - pbase()));
+  setp(buffer_.data(), buffer_.data() + buffer_.size());
+  return 0;
+}
+
+RecordingFileBuf::int_type RecordingFileBuf::overflow(int_type c) {
+  sync();
+  if (!traits_type::eq_int_type(c, traits_type::eof())) {
+    *pptr() = traits_type::to_char_type(c);
+    pbump(1);
+  }
+  return traits_type::not_eof(c);
+}
+
+std::streamsize RecordingFileBuf::xsputn(const char* s, std::streamsize n) {
+  if (n > epptr() - pptr()) {
+    sync();
+    if (n > epptr() - pptr()) {  // larger than the buffer: straight through
+      drain(s, static_cast<size_t>(n));
+      return n;
+    }
+  }
+  std::memcpy(pptr(), s, static_cast<size_t>(n));
+  pbump(static_cast<int>(n));
+  return n;
+}
+
+bool RecordingFileBuf::finish() {
+  sync();
+  if (error_ == 0 && fsync(fd_) != 0 && errno != EINVAL) error_ = errno;
+  if (close(fd_) != 0 && error_ == 0) error_ = errno;
+  fd_ = -1;
+  return error_ == 0;
+}
+
 AtomicOutput::AtomicOutput(std::filesystem::path destination) : destination_(std::move(destination)) {
   check_writable(destination_);
-  std::string pattern = (folder_of(destination_) / fmt::format(".{}.tmp-XXXXXX", destination_.filename().string())).string();
+  remove_stale_temps(folder_of(destination_));
+  // The writer's pid in the name tells whose temporary file it is.
+  std::string pattern = (folder_of(destination_) / fmt::format(".{}.tmp-{}-XXXXXX", destination_.filename().string(),
+                                                               getpid())).string();
   const int fd = mkstemp(pattern.data());
   if (fd < 0)
     throw input_error(fmt::format("cannot write {}: {}", destination_.string(), std::strerror(errno)));
-  close(fd);
   temp_ = pattern;
   set_pending(temp_);
-  stream_.open(temp_, std::ios::binary | std::ios::trunc);
-  if (!stream_) throw input_error(fmt::format("cannot write {}: {}", destination_.string(), std::strerror(errno)));
+  file_ = std::make_unique<RecordingFileBuf>(fd);
+  stream_.rdbuf(file_.get());
 }
 
 AtomicOutput::~AtomicOutput() {
   if (!committed_) {
-    stream_.close();
+    file_.reset();
     std::error_code ec;
     std::filesystem::remove(temp_, ec);
   }
@@ -84,16 +144,13 @@ AtomicOutput::~AtomicOutput() {
 }
 
 std::string AtomicOutput::failure(const std::string& detail) const {
-  // After a failed write the stream is bad and errno still holds the write's cause (ENOSPC, EFBIG).
-  const int cause = stream_.fail() ? errno : 0;
+  const int cause = file_ ? file_->error() : 0;
   return fmt::format("cannot write {}: {}", destination_.string(), cause ? std::strerror(cause) : detail);
 }
 
 void AtomicOutput::commit() {
-  errno = 0;
   stream_.flush();
-  if (stream_.good()) stream_.close();
-  if (stream_.fail()) throw runtime_error(failure("write failed"));
+  if (!stream_ || !file_->finish()) throw runtime_error(failure("write failed"));
   std::error_code ec;
   std::filesystem::rename(temp_, destination_, ec);
   if (ec) throw runtime_error(failure(ec.message()));
@@ -101,10 +158,30 @@ void AtomicOutput::commit() {
   clear_pending();
 }
 
+FileLock::FileLock(const std::filesystem::path& path, const std::string& what) {
+  fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw input_error(fmt::format("cannot open {}: {}", what, std::strerror(errno)));
+  if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    close(fd_);
+    fd_ = -1;
+    throw input_error(err == EWOULDBLOCK
+                          ? fmt::format("{} is in use by another ttq run; wait for it or choose another", what)
+                          : fmt::format("cannot lock {}: {}", what, std::strerror(err)));
+  }
+}
+
+FileLock::~FileLock() {
+  if (fd_ >= 0) close(fd_);  // releases the lock
+}
+
+void remove_pending_output() {
+  if (g_has_pending.load()) unlink(g_pending_temp);  // async-signal-safe
+}
+
 void write_atomically(const std::filesystem::path& destination, const std::function<void(std::ostream&)>& write) {
   AtomicOutput out(destination);
   try {
-    errno = 0;
     write(out.stream());
   } catch (const Error&) {
     throw;
@@ -114,6 +191,33 @@ void write_atomically(const std::filesystem::path& destination, const std::funct
     throw runtime_error(out.failure(short_message(e.what())));
   }
   out.commit();
+}
+
+namespace {
+
+bool same_file(const std::filesystem::path& a, const std::filesystem::path& b) {
+  std::error_code ec;
+  if (std::filesystem::equivalent(a, b, ec)) return true;
+  const auto ca = std::filesystem::weakly_canonical(a, ec);
+  const auto cb = std::filesystem::weakly_canonical(b, ec);
+  return !ec && ca == cb;
+}
+
+}  // namespace
+
+void refuse_overlaps(const std::vector<NamedPath>& inputs, const std::vector<NamedPath>& outputs) {
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto& out = outputs[i];
+    if (out.path.empty()) continue;
+    for (const auto& in : inputs)
+      if (!in.path.empty() && same_file(in.path, out.path))
+        throw usage_error(fmt::format("{} {} is {}; choose another name", out.what, out.path.string(),
+                                      in.what == "the model" ? "the input file" : "also " + in.what));
+    for (size_t j = 0; j < i; ++j)
+      if (!outputs[j].path.empty() && same_file(outputs[j].path, out.path))
+        throw usage_error(fmt::format("{} {} is also {}; choose another name", out.what, out.path.string(),
+                                      outputs[j].what));
+  }
 }
 
 void refuse_same_file(const std::filesystem::path& input, const std::filesystem::path& output) {

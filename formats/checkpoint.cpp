@@ -4,18 +4,25 @@
 #include <torch/serialize.h>
 
 #include <fmt/ranges.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <filesystem>
 #include <regex>
+#include <sstream>
 
 #include "core/error.h"
+#include "core/util.h"
 #include "formats/atomic_file.h"
+#include "formats/json.h"
 
 namespace ttq {
 namespace {
 
 namespace fs = std::filesystem;
-constexpr int64_t kCheckpointVersion = 1;
+constexpr int64_t kCheckpointVersion = 2;  // 1: ttq 0.1.0, no trailer and no run identity
+constexpr char kTrailerMagic[8] = {'T', 'T', 'Q', 'C', 'K', 'P', 'T', '2'};
+constexpr size_t kTrailerSize = 24;
 
 // Tensor names and shapes: a checkpoint only resumes the model (and selection) it was made for.
 std::string signature(Trainer& trainer) {
@@ -39,15 +46,71 @@ std::vector<std::pair<int64_t, fs::path>> checkpoints_in(const std::string& dir)
   return found;
 }
 
+void put_u64(std::string& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
+}
+uint64_t get_u64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
+  return v;
+}
+
+// The archive's bytes after checking the trailer; input errors name the file.
+std::string verified_archive(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file(path);
+  if (bytes.size() < kTrailerSize || std::memcmp(bytes.data() + bytes.size() - kTrailerSize, kTrailerMagic, 8) != 0)
+    throw input_error(fmt::format("{}: not a ttq checkpoint of version {} (or cut short)", path, kCheckpointVersion));
+  const uint8_t* trailer = bytes.data() + bytes.size() - kTrailerSize;
+  const uint64_t size = get_u64(trailer + 8);
+  if (size != bytes.size() - kTrailerSize)
+    throw input_error(fmt::format("{}: truncated or extended checkpoint ({} bytes, {} expected)", path,
+                                  bytes.size() - kTrailerSize, size));
+  if (XXH64(bytes.data(), size, 0) != get_u64(trailer + 16))
+    throw input_error(fmt::format("{}: corrupt checkpoint (checksum mismatch)", path));
+  return std::string(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(size));
+}
+
+// "--lr" for "lr": the flag behind an identity key, for messages.
+std::string flag_of(const std::string& key) {
+  if (key == "data") return "--data";
+  if (key == "global_batch") return "--batch-size × world size";
+  if (key == "mode" || key == "threshold") return "--threshold/--sparsity";
+  std::string flag = "--" + key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
+
+void check_identity(const std::string& path, const nlohmann::json& saved, const nlohmann::json& current) {
+  for (const auto& [key, value] : current.items()) {
+    const auto it = saved.find(key);
+    if (it == saved.end() || *it != value)
+      throw usage_error(fmt::format("--resume: {} was made with {} {}, this run has {}; resume with the run's "
+                                    "options (see 'Resume' in man ttq-finetune)", path, flag_of(key),
+                                    it == saved.end() ? "unset" : it->dump(), value.dump()));
+  }
+}
+
 }  // namespace
 
-void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string& dir) {
+nlohmann::json resume_identity(const RunOptions& options, const std::string& data) {
+  nlohmann::json j = options;
+  j["global_batch"] = options.train.batch_size * options.world_size;
+  j["data"] = data;
+  const Preprocess& pre = options.train.preprocess;
+  j.update({{"mean", pre.mean}, {"std", pre.std}, {"flip", pre.flip}, {"crop_padding", pre.crop_padding}});
+  for (const char* free_to_change : {"epochs", "max_steps", "threads", "world_size", "batch_size"})
+    j.erase(free_to_change);
+  return j;
+}
+
+void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string& dir, const nlohmann::json& identity) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw input_error(fmt::format("cannot create checkpoint folder {}: {}", dir, ec.message()));
   torch::serialize::OutputArchive archive;
   archive.write("version", c10::IValue(kCheckpointVersion));
   archive.write("signature", c10::IValue(signature(trainer)));
+  archive.write("identity", c10::IValue(identity.dump()));
   archive.write("epoch", c10::IValue(static_cast<int64_t>(p.epoch)));
   archive.write("step_in_epoch", c10::IValue(p.step_in_epoch));
   archive.write("global_step", c10::IValue(p.global_step));
@@ -60,8 +123,15 @@ void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string
   trainer.optimizer().save(optimizer);
   archive.write("optimizer", optimizer);
 
+  std::ostringstream buffer;
+  archive.save_to(buffer);
+  std::string bytes = buffer.str();
+  const uint64_t size = bytes.size(), checksum = XXH64(bytes.data(), bytes.size(), 0);
+  bytes.append(kTrailerMagic, sizeof kTrailerMagic);
+  put_u64(bytes, size);
+  put_u64(bytes, checksum);
   const fs::path path = fs::path(dir) / fmt::format("checkpoint-{:010}.pt", p.global_step);
-  write_atomically(path, [&](std::ostream& out) { archive.save_to(out); });
+  write_atomically(path, [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); });
   auto all = checkpoints_in(dir);
   for (size_t k = 0; k + 2 < all.size(); ++k) fs::remove(all[k].second, ec);
 }
@@ -72,10 +142,11 @@ std::optional<std::string> newest_checkpoint(const std::string& dir) {
   return all.back().second.string();
 }
 
-void load_checkpoint(Trainer& trainer, const std::string& path) {
+void load_checkpoint(Trainer& trainer, const std::string& path, const nlohmann::json& identity) {
+  std::istringstream bytes(verified_archive(path));
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path);
+    archive.load_from(bytes);
   } catch (const c10::Error& e) {
     throw input_error(fmt::format("{}: not a ttq checkpoint", path));
   }
@@ -85,6 +156,8 @@ void load_checkpoint(Trainer& trainer, const std::string& path) {
   archive.read("signature", v);
   if (v.toStringRef() != signature(trainer))
     throw input_error(fmt::format("{}: the checkpoint is of another model or layer selection", path));
+  archive.read("identity", v);
+  check_identity(path, nlohmann::json::parse(v.toStringRef()), identity);
   TrainPosition& p = trainer.position();
   archive.read("epoch", v);
   p.epoch = static_cast<int>(v.toInt());
@@ -109,6 +182,27 @@ void load_checkpoint(Trainer& trainer, const std::string& path) {
   torch::serialize::InputArchive optimizer;
   archive.read("optimizer", optimizer);
   trainer.optimizer().load(optimizer);
+}
+
+std::string resume_from_checkpoints(Trainer& trainer, const std::string& dir, const nlohmann::json& identity) {
+  const auto all = checkpoints_in(dir);
+  if (all.empty()) throw input_error(fmt::format("--resume: no checkpoint in {}", dir));
+  std::string newest_problem;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    const std::string path = it->second.string();
+    try {
+      verified_archive(path);  // corrupt files are skipped; other errors (options, model) are final
+    } catch (const Error& e) {
+      if (newest_problem.empty()) newest_problem = e.what();
+      spdlog::warn("{}{}", e.what(), std::next(it) != all.rend()
+                                         ? fmt::format("; falling back to {}", std::next(it)->second.string())
+                                         : "");
+      continue;
+    }
+    load_checkpoint(trainer, path, identity);
+    return path;
+  }
+  throw input_error(fmt::format("--resume: no usable checkpoint in {} (newest: {})", dir, newest_problem));
 }
 
 }  // namespace ttq

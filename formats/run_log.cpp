@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
+
 #include "core/error.h"
 #include "core/util.h"
 #include "formats/json.h"
@@ -27,8 +29,29 @@ json layers_json(const std::vector<LayerRecord>& layers) {
 
 }  // namespace
 
-RunLog::RunLog(const std::string& path, bool append)
-    : path_(path), out_(path, append ? std::ios::app : std::ios::trunc) {
+namespace {
+
+// A run killed while writing a record leaves a last line without its newline; appending to it would
+// make that line unreadable. Cuts the file after its last complete line.
+void cut_torn_last_line(const std::string& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec || size == 0) return;
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.back() == '\n') return;
+  const auto keep = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
+  std::filesystem::resize_file(path, keep, ec);
+  if (ec) throw runtime_error(fmt::format("cannot repair the log {}: {}", path, ec.message()));
+  spdlog::warn("{}: removed a torn last line of {} bytes (the previous run was stopped while writing it)", path,
+               text.size() - keep);
+}
+
+}  // namespace
+
+RunLog::RunLog(const std::string& path, bool append) : path_(path), lock_(path, "the log " + path) {
+  if (append) cut_torn_last_line(path);
+  out_.open(path, append ? std::ios::app : std::ios::trunc);
   if (!out_) throw input_error(fmt::format("cannot write the log {}", path));
 }
 
@@ -119,10 +142,13 @@ RunHistory read_run_log(const std::string& path) {
       r = json::parse(line);
     } catch (const json::exception&) {
       const bool cut_record = last_unterminated && line.front() == '{';
+      if (cut_record && !h.tool.empty()) {
+        spdlog::warn("{} is torn (the run was stopped while writing it); read up to the line before", where());
+        break;
+      }
       if (h.tool.empty() && !cut_record) throw input_error(fmt::format("{}: not a ttq run log (finetune --log): line {} is not JSON", path, line_no));
-      throw input_error(cut_record
-                            ? fmt::format("{} is truncated (was the run killed while writing?)", where())
-                            : fmt::format("{} is not JSON", where()));
+      throw input_error(cut_record ? fmt::format("{} is truncated (was the run killed while writing?)", where())
+                                   : fmt::format("{} is not JSON", where()));
     }
     const std::string type = r.is_object() ? r.value("type", "") : "";
     if (h.tool.empty() && type != "run")

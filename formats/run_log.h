@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/train.h"
+#include "formats/atomic_file.h"
 #include "formats/metadata.h"
 
 namespace ttq {
@@ -18,7 +19,8 @@ inline constexpr int kRunLogVersion = 1;
 
 class RunLog {
  public:
-  // Appends when resuming, else starts a new file.
+  // Appends when resuming (after cutting a torn last line, with a warning), else starts a new file.
+  // Holds a lock on the file: a second run writing the same log fails here.
   RunLog(const std::string& path, bool append);
   void run(const std::string& model, const std::string& data, const RunOptions& options, int64_t steps_per_epoch);
   void init(const std::vector<LayerRecord>& layers);
@@ -28,6 +30,7 @@ class RunLog {
  private:
   void write(const std::string& line);
   std::string path_;
+  FileLock lock_;
   std::ofstream out_;
 };
 
@@ -49,7 +52,8 @@ struct RunHistory {
 
 // Reads a whole run log. A resumed run appends to its log; records that a later record repeats
 // (same or later step, same or later epoch) are replaced by the later ones. Throws an input error,
-// one line naming the file and line, for an empty, truncated or malformed log or a newer version.
+// one line naming the file and line, for an empty or malformed log or a newer version. A torn last
+// line (a run killed while writing it) is skipped with a warning.
 RunHistory read_run_log(const std::string& path);
 
 }  // namespace ttq

@@ -309,7 +309,6 @@ class BadInput(Workdir):
             self.write("empty.jsonl", ""): r"empty\.jsonl: empty log",
             self.write("blank.jsonl", "\n\n"): r"blank\.jsonl: empty log",
             self.write("text.jsonl", "epoch 1 loss 0.3\n"): r"text\.jsonl: not a ttq run log .*line 1 is not JSON",
-            self.write("cut.jsonl", run + "\n" + step[:30]): r"cut\.jsonl: line 2 is truncated",
             self.write("garbage.jsonl", run + "\nnot json\n" + step + "\n"): r"garbage\.jsonl: line 2 is not JSON",
             self.write("v9.jsonl", run.replace('"version": 1', '"version": 9') + "\n"):
                 r"v9\.jsonl: run log version 9; this ttq reads version 1 \(upgrade ttq\)",
@@ -324,6 +323,15 @@ class BadInput(Workdir):
         for path, pattern in cases.items():
             with self.subTest(path=os.path.basename(path)):
                 self.assert_one_error_line(ttq("stats", path), 1, pattern)
+
+    def test_a_torn_last_line_is_skipped_with_a_warning(self):
+        run = json.dumps({"type": "run", "version": 1, "tool": "ttq 0.1.0", "model": "m.pt", "data": "d",
+                          "options": {}})
+        step = json.dumps({"type": "step", "epoch": 1, "step": 4, "lr": 0.1, "loss": 2.0, "layers": []})
+        r = ttq("stats", self.write("cut.jsonl", run + "\n" + step + "\n" + step[:30]), "--format", "csv")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"cut\.jsonl: line 3 is torn .*read up to the line before")
+        self.assertIn("4,,loss,2", r.stdout.replace(" ", ""))
 
     def test_usage_errors(self):
         self.assert_one_error_line(ttq("stats"), 2, r"FILE")

@@ -1,5 +1,6 @@
 // formats/checkpoint: a run stopped at a checkpoint and resumed ends exactly where the uninterrupted
-// run ends; checkpoints of another model are refused; only the newest two are kept.
+// run ends; corrupt checkpoints are noticed and skipped; checkpoints of another model or of other
+// options are refused; only the newest two are kept.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -32,12 +33,14 @@ struct Setup {
   }
   ~Setup() { fs::remove_all(dir); }
 
+  nlohmann::json identity(const TrainOptions& o) const { return resume_identity({o, 0, 0, 1}, data.name); }
   std::unique_ptr<Trainer> trainer(const TrainOptions& o) const {
     return std::make_unique<Trainer>(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, o, data);
   }
   void run(Trainer& t, bool checkpoints) const {
     TrainHooks hooks;
-    if (checkpoints) hooks.save_checkpoint = [&](const TrainPosition& p) { save_checkpoint(t, p, dir.string()); };
+    if (checkpoints)
+      hooks.save_checkpoint = [&](const TrainPosition& p) { save_checkpoint(t, p, dir.string(), identity(options)); };
     std::atomic<bool> stop{false};
     t.run(hooks, stop);
   }
@@ -62,7 +65,7 @@ TEST_CASE("resuming from a checkpoint ends bit-exactly where the uninterrupted r
   CHECK(files_in(s.dir) == 2);  // epoch 1 (step 8) and the partial epoch (step 11)
 
   auto resumed = s.trainer(s.options);
-  load_checkpoint(*resumed, *newest);
+  CHECK(resume_from_checkpoints(*resumed, s.dir.string(), s.identity(s.options)) == *newest);
   CHECK(resumed->position().global_step == 11);
   CHECK(resumed->position().epoch == 1);
   CHECK(resumed->position().step_in_epoch == 3);
@@ -78,14 +81,15 @@ TEST_CASE("resuming from a checkpoint ends bit-exactly where the uninterrupted r
 TEST_CASE("a checkpoint of another layer selection, or not a checkpoint, is an input error") {
   Setup s;
   auto t = s.trainer(s.options);
-  save_checkpoint(*t, t->position(), s.dir.string());
+  save_checkpoint(*t, t->position(), s.dir.string(), s.identity(s.options));
   const auto path = *newest_checkpoint(s.dir.string());
   TrainOptions fp = s.options;
   fp.fp = true;
   auto other = s.trainer(fp);
-  CHECK_THROWS_WITH(load_checkpoint(*other, path), Catch::Contains("another model or layer"));
+  CHECK_THROWS_WITH(load_checkpoint(*other, path, s.identity(s.options)), Catch::Contains("another model or layer"));
   std::ofstream(s.dir / "checkpoint-0000000099.pt") << "not a checkpoint";
-  CHECK_THROWS_WITH(load_checkpoint(*t, (s.dir / "checkpoint-0000000099.pt").string()), Catch::Contains("not a ttq checkpoint"));
+  CHECK_THROWS_WITH(load_checkpoint(*t, (s.dir / "checkpoint-0000000099.pt").string(), s.identity(s.options)),
+                    Catch::Contains("not a ttq checkpoint"));
 }
 
 TEST_CASE("only the newest two checkpoints are kept, and no temporary file is left") {
@@ -93,8 +97,50 @@ TEST_CASE("only the newest two checkpoints are kept, and no temporary file is le
   auto t = s.trainer(s.options);
   for (int64_t step : {1, 2, 3}) {
     t->position().global_step = step;
-    save_checkpoint(*t, t->position(), s.dir.string());
+    save_checkpoint(*t, t->position(), s.dir.string(), s.identity(s.options));
   }
   CHECK(files_in(s.dir) == 2);
   CHECK(fs::path(*newest_checkpoint(s.dir.string())).filename() == "checkpoint-0000000003.pt");
+}
+
+TEST_CASE("a flipped bit or a cut file is noticed; resume falls back to the previous checkpoint") {
+  Setup s;
+  auto t = s.trainer(s.options);
+  for (int64_t step : {4, 8}) {
+    t->position().global_step = step;
+    save_checkpoint(*t, t->position(), s.dir.string(), s.identity(s.options));
+  }
+  const fs::path newest = s.dir / "checkpoint-0000000008.pt";
+  {
+    std::fstream f(newest, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(fs::file_size(newest) / 2));
+    const char c = static_cast<char>(f.peek());
+    f.seekp(static_cast<std::streamoff>(fs::file_size(newest) / 2));
+    f.put(static_cast<char>(c ^ 0x10));
+  }
+  CHECK_THROWS_WITH(load_checkpoint(*t, newest.string(), s.identity(s.options)), Catch::Contains("checksum mismatch"));
+  auto resumed = s.trainer(s.options);
+  CHECK(resume_from_checkpoints(*resumed, s.dir.string(), s.identity(s.options)) ==
+        (s.dir / "checkpoint-0000000004.pt").string());
+  CHECK(resumed->position().global_step == 4);
+  fs::resize_file(s.dir / "checkpoint-0000000004.pt", 100);
+  CHECK_THROWS_WITH(resume_from_checkpoints(*resumed, s.dir.string(), s.identity(s.options)),
+                    Catch::Contains("no usable checkpoint"));
+}
+
+TEST_CASE("resuming with an option that changes the result is a usage error naming it") {
+  Setup s;
+  auto t = s.trainer(s.options);
+  save_checkpoint(*t, t->position(), s.dir.string(), s.identity(s.options));
+  const auto path = *newest_checkpoint(s.dir.string());
+  TrainOptions other = s.options;
+  other.lr = 0.5;
+  CHECK_THROWS_WITH(load_checkpoint(*t, path, s.identity(other)), Catch::Contains("--lr 0.01, this run has 0.5"));
+  other = s.options;
+  other.optimizer = Optimizer::Sgd;
+  CHECK_THROWS_WITH(load_checkpoint(*t, path, s.identity(other)), Catch::Contains("--optimizer \"adam\""));
+  other = s.options;
+  other.epochs = 9;  // extending a run is allowed
+  other.max_steps = 3;
+  load_checkpoint(*t, path, s.identity(other));
 }
