@@ -68,6 +68,11 @@ void DataFlags::add_to(CLI::App* app, bool training) {
       ->type_name("N")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app->add_option("--max-image-pixels", load_options.max_image_pixels,
+                  "imagefolder: refuse images with more pixels (decompression bombs)")
+      ->type_name("N")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app->add_option("--mean", overrides.mean, "per-channel normalization mean (default: the dataset's)")->type_name("M");
   app->add_option("--std", overrides.std, "per-channel normalization std (default: the dataset's)")->type_name("S");
   if (!training) return;

@@ -75,9 +75,8 @@ std::unique_ptr<FileLock> lock_checkpoints(const FinetuneArgs& a) {
   std::error_code ec;
   std::filesystem::create_directories(a.checkpoint_dir, ec);
   if (ec) throw input_error(fmt::format("cannot create checkpoint folder {}: {}", a.checkpoint_dir, ec.message()));
-  check_writable(std::filesystem::path(a.checkpoint_dir) / ".ttq.lock");
-  return std::make_unique<FileLock>(std::filesystem::path(a.checkpoint_dir) / ".ttq.lock",
-                                    "--checkpoint-dir " + a.checkpoint_dir);
+  check_writable(std::filesystem::path(a.checkpoint_dir) / "checkpoint");
+  return std::make_unique<FileLock>(a.checkpoint_dir, "--checkpoint-dir " + a.checkpoint_dir);
 }
 
 // Joins the data-parallel group when one is asked for (flags or torchrun's environment).

@@ -51,7 +51,18 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::RequiredError& e) {
-    if (!completion) return fail(ttq::kExitUsage, ttq::short_message(e.what()) + " (see 'ttq --help')");
+    if (!completion) {
+      std::string names;
+      for (const auto& c : commands) names += (names.empty() ? "" : ", ") + c.app->get_name();
+      std::string first;  // the first word that is not an option: the command the user meant
+      for (int i = 1; i < argc && first.empty(); ++i)
+        if (argv[i][0] != '-') first = argv[i];
+      if (app.get_subcommands().empty())
+        return fail(ttq::kExitUsage, (first.empty() ? std::string("no command given")
+                                                                        : "unknown command '" + first + "'") +
+                                         "; commands: " + names + " (see 'ttq --help')");
+      return fail(ttq::kExitUsage, ttq::short_message(e.what()) + " (see 'ttq --help')");
+    }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

@@ -44,6 +44,7 @@ struct DataSplits {
 // Settings a loader may use.
 struct LoadOptions {
   int image_size = 32;  // imagefolder: shorter side resized to this, then center-cropped square
+  int64_t max_image_pixels = 89478485;  // imagefolder: larger images are refused (PIL's default limit)
 };
 
 // --subset: the first n samples of each split.

@@ -7,6 +7,28 @@
 
 namespace ttq {
 
+torch::Tensor classifier_scores(const c10::IValue& output) {
+  if (!output.isTensor())
+    throw input_error(fmt::format("the model returns a {}, not a tensor of class scores: finetune and eval need a "
+                                  "classifier whose forward returns [batch, classes]", output.tagKind()));
+  const torch::Tensor t = output.toTensor();
+  if (t.dim() != 2)
+    throw input_error(fmt::format("the model's output has shape {}; finetune and eval need class scores of shape "
+                                  "[batch, classes]", bracketed_shape(t.sizes().vec())));
+  if (!torch::isfinite(t).all().item<bool>())
+    throw input_error("the model's outputs are not finite (NaN or Inf): check the inputs (--mean/--std, the data) and "
+                      "the model's weights");
+  return t;
+}
+
+void check_labels(const torch::Tensor& labels, int64_t classes) {
+  if (labels.numel() == 0) return;
+  const int64_t lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
+  if (lo < 0) throw input_error(fmt::format("label {} is negative: labels are class indices 0..{}", lo, classes - 1));
+  if (hi >= classes)
+    throw input_error(fmt::format("label {} is out of range for the model's {} outputs", hi, classes));
+}
+
 void accumulate(Metrics& m, const torch::Tensor& logits, const torch::Tensor& labels, double loss_sum) {
   const int64_t k = std::min<int64_t>(5, logits.size(1));
   const auto topk = std::get<1>(logits.topk(k, 1));
@@ -32,16 +54,15 @@ Metrics evaluate_sums(torch::jit::Module& module, const Dataset& data, const Pre
     const auto idx = torch::arange(start, std::min(start + batch_size, data.size()), torch::kInt64);
     const auto x = prepare_inputs(data, idx, pre);
     const auto y = data.labels.index_select(0, idx);
-    torch::Tensor logits;
+    c10::IValue output;
     try {
-      logits = module.forward({x}).toTensor();
+      output = module.forward({x});
     } catch (const std::exception& e) {  // c10::Error, or the TorchScript interpreter's JITException
       throw input_error(fmt::format("the model rejects inputs of shape {}: {}", bracketed_shape(x.sizes().vec()),
                                     short_message(e.what())));
     }
-    if (logits.dim() != 2 || y.max().item<int64_t>() >= logits.size(1))
-      throw input_error(fmt::format("labels go up to {} but the model gives outputs of shape {}",
-                                    y.max().item<int64_t>(), bracketed_shape(logits.sizes().vec())));
+    const torch::Tensor logits = classifier_scores(output);
+    check_labels(y, logits.size(1));
     const double loss = torch::nn::functional::cross_entropy(
                             logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                             .item<double>();

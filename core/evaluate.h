@@ -13,6 +13,12 @@ struct Metrics {
   int64_t outputs = 0;  // evaluate_module: the width of the model's output
 };
 
+// The model's output as class scores [batch, classes]; an input error saying what it is instead
+// (a tuple, a dict, a tensor of another rank).
+torch::Tensor classifier_scores(const c10::IValue& output);
+// Input error unless every label is a class index in 0..classes-1.
+void check_labels(const torch::Tensor& labels, int64_t classes);
+
 // Adds a batch's summed loss and its top-1/top-5 hits to `m` (sums, not means).
 void accumulate(Metrics& m, const torch::Tensor& logits, const torch::Tensor& labels, double loss_sum);
 // The sums turned into means per sample.

@@ -11,6 +11,7 @@ std::vector<LayerRecord> quantize_module(torch::jit::Module& module, const Quant
   std::vector<LayerRecord> layers;
   for (auto& c : candidates) {
     if (!c.selected) continue;
+    check_finite(c.name, c.weight);
     LayerRecord r = plan_layer(c.name, c.weight, options.threshold, options.init);
     const auto wp = torch::full({}, r.wp, c.weight.options());
     const auto wn = torch::full({}, r.wn, c.weight.options());

@@ -170,6 +170,14 @@ LayerRecord plan_layer(const std::string& name, const torch::Tensor& weight, con
   return r;
 }
 
+void check_finite(const std::string& name, const torch::Tensor& weight) {
+  torch::NoGradGuard no_grad;
+  const int64_t bad = weight.numel() - torch::isfinite(weight).sum().item<int64_t>();
+  if (bad > 0)
+    throw input_error(fmt::format("layer {} has {} non-finite weight{} (NaN or Inf): fix the model, or keep the "
+                                  "layer full precision with --exclude '{}'", name, bad, bad == 1 ? "" : "s", name));
+}
+
 const LayerRecord* find_layer(const std::vector<LayerRecord>& layers, const std::string& name) {
   for (const auto& layer : layers)
     if (layer.name == name) return &layer;

@@ -80,6 +80,10 @@ LayerRecord measure_layer(const std::string& name, const torch::Tensor& weight, 
 // The plan for a weight not yet ternary: measure_layer with scales from `init`.
 LayerRecord plan_layer(const std::string& name, const torch::Tensor& weight, const ThresholdSpec& threshold,
                        ScaleInit init);
+// Input error naming the layer when `weight` holds NaN or Inf: its Δ and scales would be meaningless
+// (an Inf makes every other weight zero) and its metadata unreadable.
+void check_finite(const std::string& name, const torch::Tensor& weight);
+
 // The record named `name`, or nullptr.
 const LayerRecord* find_layer(const std::vector<LayerRecord>& layers, const std::string& name);
 

@@ -67,6 +67,7 @@ void Trainer::select_layers() {
   apply_selection(candidates, q.selection);
   for (const auto& c : candidates) {
     if (!c.selected) continue;
+    check_finite(c.name, c.weight);
     TrainLayer l;
     l.name = c.name;
     l.latent = c.weight.detach().clone().requires_grad_(true);
@@ -120,9 +121,8 @@ void Trainer::probe() {
   const Dataset probe{data_.train.inputs.narrow(0, 0, n), data_.train.labels.narrow(0, 0, n)};
   apply_weights();
   const int64_t outputs = evaluate_sums(module_, probe, options_.preprocess, 2).outputs;
-  const int64_t max_label = std::max(data_.train.labels.max().item<int64_t>(), data_.test.labels.max().item<int64_t>());
-  if (max_label >= outputs)
-    throw input_error(fmt::format("label {} is out of range for the model's {} outputs", max_label, outputs));
+  check_labels(data_.train.labels, outputs);
+  check_labels(data_.test.labels, outputs);
   if (data_.train.size() < options_.batch_size * world_)
     throw usage_error(fmt::format("the training split has {} samples, fewer than one batch of {} ({} per rank)",
                                   data_.train.size(), options_.batch_size * world_, options_.batch_size));

@@ -159,7 +159,9 @@ void AtomicOutput::commit() {
 }
 
 FileLock::FileLock(const std::filesystem::path& path, const std::string& what) {
-  fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  std::error_code ec;
+  const bool folder = std::filesystem::is_directory(path, ec);  // folders are locked as they are
+  fd_ = folder ? open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) throw input_error(fmt::format("cannot open {}: {}", what, std::strerror(errno)));
   if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;

@@ -60,7 +60,7 @@ class AtomicOutput {
   bool committed_ = false;
 };
 
-// An exclusive flock(2) on `path` (created if missing) for the object's life: two ttq runs must not
+// An exclusive flock(2) on `path` (a folder, or a file created if missing) for the object's life: two ttq runs must not
 // write one run log or one checkpoint folder. An input error naming `what` ("the log run.jsonl")
 // when another process holds it.
 class FileLock {

@@ -23,6 +23,10 @@ void from_json(const nlohmann::json& j, E& value) {
   value = *parsed;
 }
 
+// j[key] as an integer; a json::type_error (reported as a malformed record) for 1e23 or 2.5, which
+// get<int64_t>() would silently turn into garbage.
+int64_t integer_at(const nlohmann::json& j, const char* key);
+
 void to_json(nlohmann::json& j, const CodeCounts& c);    // {"neg", "zero", "pos"}
 void from_json(const nlohmann::json& j, CodeCounts& c);
 // {"name", "shape", "wp", "wn", "delta", "mode", "threshold", "counts"}. Reading also accepts the

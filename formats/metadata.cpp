@@ -7,10 +7,17 @@ namespace ttq {
 
 using nlohmann::json;
 
+int64_t integer_at(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_number_integer())
+    throw json::type_error::create(302, std::string("'") + key + "' is not an integer: " + v.dump(), &v);
+  return v.get<int64_t>();
+}
+
 void to_json(json& j, const CodeCounts& c) { j = {{"neg", c.neg}, {"zero", c.zero}, {"pos", c.pos}}; }
 
 void from_json(const json& j, CodeCounts& c) {
-  c = {j.at("neg").get<int64_t>(), j.at("zero").get<int64_t>(), j.at("pos").get<int64_t>()};
+  c = {integer_at(j, "neg"), integer_at(j, "zero"), integer_at(j, "pos")};
 }
 
 void to_json(json& j, const LayerRecord& l) {
@@ -96,9 +103,9 @@ void to_json(json& j, const EpochRecord& e) {
 }
 
 void from_json(const json& j, EpochRecord& e) {
-  e.epoch = j.at("epoch").get<int>();
+  e.epoch = static_cast<int>(integer_at(j, "epoch"));
   e.partial = j.at("partial").get<bool>();
-  e.step = j.at("step").get<int64_t>();
+  e.step = integer_at(j, "step");
   e.lr = j.at("lr").get<double>();
   e.train.loss = j.at("loss").get<double>();
   e.train.top1 = j.at("train_top1").get<double>();

@@ -110,9 +110,9 @@ void read_record(RunHistory& h, const json& r, const std::string& type) {
     h.epochs_planned = r.value("epochs", 0);
     h.steps_per_epoch = r.value("steps_per_epoch", int64_t{0});
   } else if (type == "init") {
-    add_point(h, {r.at("step").get<int64_t>(), std::nullopt, std::nullopt, read_layers(r)});
+    add_point(h, {integer_at(r, "step"), std::nullopt, std::nullopt, read_layers(r)});
   } else if (type == "step") {
-    add_point(h, {r.at("step").get<int64_t>(), r.at("lr").get<double>(), r.at("loss").get<double>(), read_layers(r)});
+    add_point(h, {integer_at(r, "step"), r.at("lr").get<double>(), r.at("loss").get<double>(), read_layers(r)});
   } else if (type == "epoch") {
     const auto e = r.get<EpochRecord>();
     while (!h.epochs.empty() && h.epochs.back().epoch >= e.epoch) h.epochs.pop_back();

@@ -21,20 +21,51 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Reads a whole file, gunzipping it when it is gzip (zlib reads plain files unchanged).
-std::vector<uint8_t> read_maybe_gz(const fs::path& path) {
-  check_readable(path.string());
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) throw input_error(fmt::format("{}: cannot be read", path.string()));
+// A gzip (or plain: zlib reads those unchanged) file read in pieces, so that callers decompress
+// only what they expect: a small file that inflates to gigabytes is refused early.
+class GzReader {
+ public:
+  explicit GzReader(const fs::path& path) : path_(path.string()) {
+    check_readable(path_);
+    file_ = gzopen(path.c_str(), "rb");
+    if (!file_) throw input_error(fmt::format("{}: cannot be read", path_));
+  }
+  ~GzReader() { gzclose(file_); }
+  GzReader(const GzReader&) = delete;
+  GzReader& operator=(const GzReader&) = delete;
+
+  // Up to n bytes (fewer only at the end of the data).
+  size_t read(void* out, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+      const unsigned chunk = static_cast<unsigned>(std::min<size_t>(n - done, 1u << 30));
+      const int got = gzread(file_, static_cast<uint8_t*>(out) + done, chunk);
+      if (got < 0) {
+        int err = 0;
+        throw input_error(fmt::format("{}: corrupt gzip data ({})", path_, gzerror(file_, &err)));
+      }
+      if (got == 0) break;
+      done += static_cast<size_t>(got);
+    }
+    return done;
+  }
+
+ private:
+  std::string path_;
+  gzFile file_ = nullptr;
+};
+
+// The whole (decompressed) file, refused when it holds more than max_bytes.
+std::vector<uint8_t> read_maybe_gz(const fs::path& path, size_t max_bytes) {
+  GzReader in(path);
   std::vector<uint8_t> out;
   uint8_t buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof buf)) > 0) out.insert(out.end(), buf, buf + n);
-  int err = 0;
-  const char* msg = gzerror(f, &err);
-  const std::string why = err < 0 ? msg : "";
-  gzclose(f);
-  if (n < 0 || !why.empty()) throw input_error(fmt::format("{}: corrupt gzip data ({})", path.string(), why));
+  for (size_t n; (n = in.read(buf, sizeof buf)) > 0;) {
+    if (out.size() + n > max_bytes)
+      throw input_error(fmt::format("{}: decompresses to more than {} bytes, more than this kind of file holds",
+                                    path.string(), max_bytes));
+    out.insert(out.end(), buf, buf + n);
+  }
   return out;
 }
 
@@ -48,26 +79,30 @@ fs::path find_file(const fs::path& dir, const std::string& name) {
 }
 
 // IDX (LeCun's MNIST format): magic 0x0000080D with D dimensions, big-endian sizes, then bytes.
+// Only what the header promises is decompressed, and one byte more to tell a padded file.
 torch::Tensor read_idx(const fs::path& path, int dims) {
-  const auto bytes = read_maybe_gz(path);
+  GzReader in(path);
+  uint8_t header[4 + 4 * 4] = {};
+  const size_t header_size = 4 + 4 * static_cast<size_t>(dims);
   const uint32_t magic = 0x800 + dims;
-  if (bytes.size() < 4 || be32(bytes.data()) != magic)
+  const size_t got_header = in.read(header, header_size);
+  if (got_header < 4 || be32(header) != magic)
     throw input_error(fmt::format("{}: not an IDX file with {} dimension(s) (magic {:#010x} expected)",
                                   path.string(), dims, magic));
-  const size_t header = 4 + 4 * static_cast<size_t>(dims);
-  if (bytes.size() < header) throw input_error(fmt::format("{}: truncated IDX header", path.string()));
+  if (got_header < header_size) throw input_error(fmt::format("{}: truncated IDX header", path.string()));
   std::vector<int64_t> shape;
   uint64_t count = 1;
   for (int d = 0; d < dims; ++d) {
-    shape.push_back(be32(bytes.data() + 4 + 4 * d));
+    shape.push_back(be32(header + 4 + 4 * d));
     count *= static_cast<uint64_t>(shape.back());
     if (count > (1ull << 34)) throw input_error(fmt::format("{}: IDX sizes too large", path.string()));
   }
-  if (bytes.size() - header != count)
-    throw input_error(fmt::format("{}: truncated or padded IDX data ({} bytes for {} values)", path.string(),
-                                  bytes.size() - header, count));
   auto t = torch::empty(shape, torch::kUInt8);
-  std::memcpy(t.data_ptr(), bytes.data() + header, count);
+  const size_t got = in.read(t.data_ptr(), count);
+  uint8_t extra = 0;
+  if (got != count || in.read(&extra, 1) != 0)
+    throw input_error(fmt::format("{}: truncated or padded IDX data ({} bytes for {} values)", path.string(),
+                                  got == count ? fmt::format("more than {}", count) : std::to_string(got), count));
   return t;
 }
 
@@ -96,7 +131,8 @@ Dataset cifar_batches(const fs::path& dir, const std::vector<std::string>& files
   constexpr size_t kRecord = 1 + 3 * 32 * 32;
   std::vector<torch::Tensor> images, labels;
   for (const auto& name : files) {
-    const auto bytes = read_maybe_gz(find_file(dir, name));
+    constexpr size_t kMaxBatchBytes = 64 << 20;  // a CIFAR-10 batch is 30.7 MB
+    const auto bytes = read_maybe_gz(find_file(dir, name), kMaxBatchBytes);
     if (bytes.empty() || bytes.size() % kRecord != 0)
       throw input_error(fmt::format("{}: {} bytes is not a whole number of CIFAR-10 records ({} bytes each)",
                                     (dir / name).string(), bytes.size(), kRecord));
@@ -131,7 +167,11 @@ DataSplits load_tensors(const std::string& path, const LoadOptions&) {
     if (!value.isGenericDict()) throw input_error(fmt::format("{}: not a dict of tensors", path));
     for (const auto& item : value.toGenericDict())
       if (item.key().isString() && item.value().isTensor()) found[item.key().toStringRef()] = item.value().toTensor();
-  } catch (const c10::Error&) {
+  } catch (const c10::Error& pickle_error) {
+    // LibTorch's unpickler lacks SETITEM, which torch.save uses for a dict of one entry.
+    if (std::string(pickle_error.what()).find("Unknown opcode") != std::string::npos)
+      throw input_error(fmt::format("{}: LibTorch cannot read this torch.save() file ({}); save a dict with at "
+                                    "least 'x' and 'y'", path, short_message(pickle_error.what_without_backtrace())));
     try {
       auto module = torch::jit::load(path);
       for (const char* key : {"x", "y", "x_test", "y_test"})
@@ -153,6 +193,8 @@ DataSplits load_tensors(const std::string& path, const LoadOptions&) {
     if (d->labels.dim() != 1 || d->labels.is_floating_point() || d->inputs.size(0) != d->labels.size(0))
       throw input_error(fmt::format("{}: 'y' must be integer labels, one per row of 'x'", path));
   }
+  if (s.train.size() == 0 || s.test.size() == 0)
+    throw input_error(fmt::format("{}: 'x' and 'y' hold no samples", path));
   s.train.labels = s.train.labels.to(torch::kInt64);
   s.test.labels = s.test.labels.to(torch::kInt64);
   if (!s.train.inputs.is_floating_point() && s.train.inputs.scalar_type() != torch::kUInt8)
@@ -172,8 +214,21 @@ std::vector<std::string> class_names(const fs::path& dir) {
   return names;
 }
 
-torch::Tensor decode_image(const fs::path& path, int size) {
+// Images are checked from their headers before decoding: a 1 KB PNG can claim 10^12 pixels.
+constexpr double kMaxAspectRatio = 100;
+
+torch::Tensor decode_image(const fs::path& path, const LoadOptions& options) {
+  const int size = options.image_size;
   int w = 0, h = 0, c = 0;
+  if (!stbi_info(path.c_str(), &w, &h, &c))
+    throw input_error(fmt::format("{}: cannot decode image ({})", path.string(), stbi_failure_reason()));
+  const int64_t pixels_in_header = int64_t{w} * h;
+  if (pixels_in_header > options.max_image_pixels)
+    throw input_error(fmt::format("{}: {}x{} image ({} pixels) is over the limit of {} (raise it with "
+                                  "--max-image-pixels)", path.string(), w, h, pixels_in_header, options.max_image_pixels));
+  if (std::max(w, h) > kMaxAspectRatio * std::min(w, h))
+    throw input_error(fmt::format("{}: {}x{} image has an aspect ratio over {:.0f}:1", path.string(), w, h,
+                                  kMaxAspectRatio));
   unsigned char* pixels = stbi_load(path.c_str(), &w, &h, &c, 3);
   if (!pixels) throw input_error(fmt::format("{}: cannot decode image ({})", path.string(), stbi_failure_reason()));
   const double scale = static_cast<double>(size) / std::min(w, h);
@@ -188,7 +243,7 @@ torch::Tensor decode_image(const fs::path& path, int size) {
   return hwc.narrow(0, top, size).narrow(1, left, size).permute({2, 0, 1}).contiguous();
 }
 
-Dataset image_split(const fs::path& dir, const std::vector<std::string>& classes, int size) {
+Dataset image_split(const fs::path& dir, const std::vector<std::string>& classes, const LoadOptions& options) {
   std::vector<torch::Tensor> images;
   std::vector<int64_t> labels;
   for (size_t k = 0; k < classes.size(); ++k) {
@@ -201,7 +256,7 @@ Dataset image_split(const fs::path& dir, const std::vector<std::string>& classes
     }
     std::sort(files.begin(), files.end());
     for (const auto& f : files) {
-      images.push_back(decode_image(f, size));
+      images.push_back(decode_image(f, options));
       labels.push_back(static_cast<int64_t>(k));
     }
   }
@@ -219,8 +274,8 @@ DataSplits load_imagefolder(const std::string& path, const LoadOptions& options)
   const auto classes = class_names(train_dir);
   if (classes.empty()) throw input_error(fmt::format("{}: no class folders", train_dir.string()));
   DataSplits s;
-  s.train = image_split(train_dir, classes, options.image_size);
-  s.test = split ? image_split(test_dir, classes, options.image_size) : s.train;
+  s.train = image_split(train_dir, classes, options);
+  s.test = split ? image_split(test_dir, classes, options) : s.train;
   s.num_classes = static_cast<int64_t>(classes.size());
   s.defaults = {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}, true, 0};  // ImageNet statistics
   return s;

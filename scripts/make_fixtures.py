@@ -11,6 +11,9 @@ small_cnn.pt                  a CNN for 1x28x28 input without BatchNorm; its lay
 one_layer.pt                  a single Linear: first == last
 no_quantizable.pt             parameters of rank 1 only
 eager_pickle.pt               torch.save() of a state_dict: not TorchScript
+nonfinite_cnn.pt              small_cnn with an Inf weight in conv2
+tuple_output.pt               for tensors.pt, returns (scores, features)
+three_d_output.pt             for tensors.pt, returns scores of shape [batch, 1, 10]
 tensors.pt                    torch.save({'x', 'y', 'x_test', 'y_test'}): a 20-feature, 10-class
                               task (labels from a fixed random linear map) for one_layer.pt
 tensors_bad_labels.pt         the same with a label (15) beyond one_layer.pt's 10 outputs
@@ -63,6 +66,26 @@ class NoQuantizable(nn.Module):
         return self.norm(x * self.scale)
 
 
+class TupleOutput(nn.Module):
+    """A model for tensors.pt whose forward returns (scores, features): not a plain classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(20, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(h), h
+
+
+class ThreeDimOutput(TupleOutput):
+    """Scores of shape [batch, 1, 10]."""
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x)).unsqueeze(1)
+
+
 def save_scripted(model, path):
     model.eval()
     torch.jit.save(torch.jit.script(model), path)
@@ -90,7 +113,14 @@ def main():
     torch.save(bad, os.path.join(out, "tensors_bad_labels.pt"))
     with open(os.path.join(out, "random.bin"), "wb") as f:
         f.write(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
-    save_scripted(FashionCNN(), os.path.join(out, "fashion_cnn.pt"))  # last: the others keep their weights
+    # Last: the fixtures above keep their weights.
+    save_scripted(FashionCNN(), os.path.join(out, "fashion_cnn.pt"))
+    broken = SmallCNN()
+    with torch.no_grad():
+        broken.conv2.weight[0, 0, 0, 0] = float("inf")
+    save_scripted(broken, os.path.join(out, "nonfinite_cnn.pt"))
+    save_scripted(TupleOutput(), os.path.join(out, "tuple_output.pt"))
+    save_scripted(ThreeDimOutput(), os.path.join(out, "three_d_output.pt"))
     print(f"fixtures written to {out}")
 
 

@@ -307,7 +307,7 @@ class Errors(Workdir):
         self.assert_no_files()
 
     def test_usage_errors(self):
-        self.assert_one_error_line(ttq(), 2, r"subcommand")
+        self.assert_one_error_line(ttq(), 2, r"no command given; commands: quantize, finetune")
         self.assert_one_error_line(ttq("quantize", fixture("small_cnn.pt")), 2, r"--output")
         self.assert_one_error_line(ttq("inspect", fixture("small_cnn.pt"), "--bogus"), 2, r"--bogus")
         self.assert_one_error_line(ttq("quantize", fixture("small_cnn.pt"), "-o", "x", "--init", "zeros"), 2,

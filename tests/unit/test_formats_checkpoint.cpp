@@ -103,7 +103,7 @@ TEST_CASE("only the newest two checkpoints are kept, and no temporary file is le
   CHECK(fs::path(*newest_checkpoint(s.dir.string())).filename() == "checkpoint-0000000003.pt");
 }
 
-TEST_CASE("a flipped bit or a cut file is noticed; resume falls back to the previous checkpoint") {
+TEST_CASE("a flipped bit or a cut file is noticed, and resume falls back to the previous checkpoint") {
   Setup s;
   auto t = s.trainer(s.options);
   for (int64_t step : {4, 8}) {

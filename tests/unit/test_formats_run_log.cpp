@@ -88,7 +88,7 @@ TEST_CASE("a resumed run's repeated records replace the earlier ones, and option
   std::filesystem::remove(path);
 }
 
-TEST_CASE("a torn last line is skipped by readers and cut by a resumed run; a log that is not a run is an error") {
+TEST_CASE("a torn last line is skipped by readers and cut by a resumed run, and a log that is not a run is an error") {
   const std::string path = temp_log("torn.jsonl");
   {
     RunLog log(path, false);
