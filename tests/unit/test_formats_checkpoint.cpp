@@ -37,6 +37,11 @@ struct Setup {
   std::unique_ptr<Trainer> trainer(const TrainOptions& o) const {
     return std::make_unique<Trainer>(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, o, data);
   }
+  // Saves a checkpoint of `t` where it stands; returns its path.
+  std::string save(Trainer& t) const {
+    save_checkpoint(t, t.position(), dir.string(), identity(options));
+    return *newest_checkpoint(dir.string());
+  }
   void run(Trainer& t, bool checkpoints) const {
     TrainHooks hooks;
     if (checkpoints)
@@ -81,8 +86,7 @@ TEST_CASE("resuming from a checkpoint ends bit-exactly where the uninterrupted r
 TEST_CASE("a checkpoint of another layer selection, or not a checkpoint, is an input error") {
   Setup s;
   auto t = s.trainer(s.options);
-  save_checkpoint(*t, t->position(), s.dir.string(), s.identity(s.options));
-  const auto path = *newest_checkpoint(s.dir.string());
+  const auto path = s.save(*t);
   TrainOptions fp = s.options;
   fp.fp = true;
   auto other = s.trainer(fp);
@@ -131,8 +135,7 @@ TEST_CASE("a flipped bit or a cut file is noticed, and resume falls back to the 
 TEST_CASE("resuming with an option that changes the result is a usage error naming it") {
   Setup s;
   auto t = s.trainer(s.options);
-  save_checkpoint(*t, t->position(), s.dir.string(), s.identity(s.options));
-  const auto path = *newest_checkpoint(s.dir.string());
+  const auto path = s.save(*t);
   TrainOptions other = s.options;
   other.lr = 0.5;
   CHECK_THROWS_WITH(load_checkpoint(*t, path, s.identity(other)), Catch::Contains("--lr 0.01, this run has 0.5"));
