@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   const std::string model = argv[1];
   const int64_t steps = std::stoll(argv[2]), batch = std::stoll(argv[4]);
   at::set_num_threads(std::stoi(argv[3]));
+  spdlog::set_level(spdlog::level::err);  // the trainer's warnings would mix into the figures on stdout
   DataSplits data = load_dataset(default_dataset_spec());
   data.test = {data.test.inputs.narrow(0, 0, 256), data.test.labels.narrow(0, 0, 256)};
   double fp = 1e30, ttq = 1e30;
