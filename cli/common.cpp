@@ -168,6 +168,8 @@ nlohmann::json report_json(const ModelReport& report, const std::optional<ModelM
                 {"bytes_entropy", t.bytes_entropy},
                 {"ratio_2bit", t.ratio_2bit()},
                 {"ratio_entropy", t.ratio_entropy()}}}};
+  doc["excluded"] = json::array();
+  for (const auto& e : report.excluded) doc["excluded"].push_back({{"name", e.name}, {"shape", e.shape}, {"use", e.use}});
   if (metadata) {
     doc["tool_version"] = metadata->tool_version;
     doc["command"] = metadata->command;
@@ -191,6 +193,12 @@ void print_table(const ModelReport& report) {
                l.coded() ? fmt::format("{:.3f}", l.layer.counts.sparsity()) : "-", num(l.layer.wp), num(l.layer.wn),
                l.delta_known ? fmt::format("{:.4g}", l.layer.delta) : "-", l.bits(), human_bytes(l.bytes_fp32()),
                human_bytes(l.bytes_2bit()));
+  }
+  if (!report.excluded.empty()) {
+    std::string list;
+    for (const auto& e : report.excluded)
+      list += fmt::format("{}{} {} ({})", list.empty() ? "" : ", ", e.name, join_shape(e.shape), e.use);
+    fmt::print("not layer weights, kept full precision: {}\n", list);
   }
   const Totals& t = report.totals;
   fmt::print("\n{} parameters, {} in {} of {} layers {}\n", human_count(t.parameters),

@@ -14,41 +14,139 @@ namespace {
 
 bool is_quantizable(const torch::Tensor& t) { return t.dim() >= 2 && t.is_floating_point(); }
 
-// Walks a graph (and nested blocks) and records the qualified attribute paths reached from
-// `self` through chains of prim::GetAttr, in the order the graph first touches them.
-void collect_attribute_reads(torch::jit::Block* block,
-                             std::unordered_map<const torch::jit::Value*, std::string>& paths,
-                             std::vector<std::string>& order) {
-  for (torch::jit::Node* node : block->nodes()) {
-    if (node->kind() == c10::prim::GetAttr) {
-      auto parent = paths.find(node->input(0));
-      if (parent != paths.end()) {
-        const std::string& base = parent->second;
-        const std::string path = base.empty() ? node->s(c10::attr::name)
-                                              : base + "." + node->s(c10::attr::name);
-        paths[node->output()] = path;
-        order.push_back(path);
-      }
-    }
-    for (torch::jit::Block* inner : node->blocks()) collect_attribute_reads(inner, paths, order);
-  }
+// Ops that use a tensor as the weights of a layer (what TTQ ternarizes), by kind of layer.
+const char* weight_use(c10::Symbol kind) {
+  static const std::unordered_map<std::string, const char*> kUses = {
+      {"aten::_convolution", "conv"},        {"aten::convolution", "conv"},         {"aten::conv1d", "conv"},
+      {"aten::conv2d", "conv"},              {"aten::conv3d", "conv"},              {"aten::conv_transpose1d", "conv"},
+      {"aten::conv_transpose2d", "conv"},    {"aten::conv_transpose3d", "conv"},    {"aten::linear", "linear"},
+      {"aten::matmul", "linear"},            {"aten::mm", "linear"},                {"aten::bmm", "linear"},
+      {"aten::addmm", "linear"},             {"aten::einsum", "linear"},            {"aten::lstm", "rnn"},
+      {"aten::gru", "rnn"},                  {"aten::rnn_tanh", "rnn"},             {"aten::rnn_relu", "rnn"},
+      {"aten::embedding", "embedding"},      {"aten::embedding_bag", "embedding"}};
+  const auto it = kUses.find(kind.toQualString());
+  return it == kUses.end() ? nullptr : it->second;
 }
 
-// Attribute paths in the order `forward` reads them; empty if the module has no forward.
-std::vector<std::string> forward_read_order(const torch::jit::Module& module) {
+// Ops through which a weight reaches its use unchanged in value (nn.MultiheadAttention slices
+// in_proj_weight; RNNs take their weights as a list).
+bool passes_weights(c10::Symbol kind) {
+  static const std::unordered_set<std::string> kPass = {
+      "aten::t",     "aten::transpose", "aten::view",       "aten::reshape",     "aten::slice",
+      "aten::chunk", "aten::unsafe_chunk", "aten::split",   "aten::split_with_sizes", "aten::unsafe_split",
+      "aten::select", "aten::contiguous", "aten::__getitem__", "prim::ListUnpack", "prim::ListConstruct"};
+  return kPass.count(kind.toQualString()) > 0;
+}
+
+// What the inlined `forward` graph does with each parameter: the order in which it first reads
+// attributes, and for each parameter its weight use (conv, linear, rnn, embedding) or else the
+// first op that takes it ("add", "mul", "cat", ...).
+struct GraphUses {
+  std::vector<std::string> order;                     // attribute paths and parameters, first read first
+  std::unordered_map<std::string, std::string> weight;  // parameter → its weight use
+  std::unordered_map<std::string, std::string> other;   // parameter → the first other op using it
+};
+
+class UseWalker {
+ public:
+  UseWalker(const torch::jit::Module& module, GraphUses& uses) : module_(module), uses_(uses) {
+    // By their data: a loaded RNN's _flat_weights list holds other tensor objects over the same memory.
+    for (const auto& p : module.named_parameters(true))
+      if (p.value.numel() > 0) params_[p.value.data_ptr()] = p.name;
+  }
+
+  void walk(torch::jit::Block* block) {
+    for (torch::jit::Node* node : block->nodes()) {
+      if (node->kind() == c10::prim::GetAttr)
+        read_attribute(node);
+      else
+        use(node);
+      for (torch::jit::Block* inner : node->blocks()) walk(inner);
+    }
+  }
+
+  void start(const torch::jit::Value* self) { paths_[self] = ""; }
+
+ private:
+  void read_attribute(torch::jit::Node* node) {
+    const auto parent = paths_.find(node->input(0));
+    if (parent == paths_.end()) return;
+    const std::string name = node->s(c10::attr::name);
+    const std::string path = parent->second.empty() ? name : parent->second + "." + name;
+    paths_[node->output()] = path;
+    uses_.order.push_back(path);
+    // A parameter, or a list of them (an RNN's _flat_weights), by identity with the module's.
+    const c10::IValue value = attribute(path);
+    std::vector<std::string>& origin = origins_[node->output()];
+    const auto add = [&](const c10::IValue& v) {
+      if (!v.isTensor()) return;
+      const auto& t = v.toTensor();
+      if (!t.defined() || t.numel() == 0) return;
+      const auto it = params_.find(t.data_ptr());
+      if (it != params_.end()) origin.push_back(it->second);
+    };
+    if (value.isList())
+      for (const auto& v : value.toListRef()) add(v);
+    else
+      add(value);
+    // Parameters read through a list are read where the list is.
+    for (const auto& p : origin)
+      if (p != path) uses_.order.push_back(p);
+  }
+
+  c10::IValue attribute(const std::string& path) const {
+    torch::jit::Module owner = module_;
+    std::string rest = path;
+    for (size_t dot; (dot = rest.find('.')) != std::string::npos; rest = rest.substr(dot + 1)) {
+      const std::string child = rest.substr(0, dot);
+      if (!owner.hasattr(child) || !owner.attr(child).isModule()) return {};
+      owner = owner.attr(child).toModule();
+    }
+    return owner.hasattr(rest) ? owner.attr(rest) : c10::IValue();
+  }
+
+  void use(torch::jit::Node* node) {
+    std::vector<std::string> reaching;
+    for (const torch::jit::Value* input : node->inputs()) {
+      const auto it = origins_.find(input);
+      if (it != origins_.end()) reaching.insert(reaching.end(), it->second.begin(), it->second.end());
+    }
+    if (reaching.empty()) return;
+    if (passes_weights(node->kind())) {
+      for (const torch::jit::Value* output : node->outputs()) origins_[output] = reaching;
+      return;
+    }
+    const char* weight = weight_use(node->kind());
+    const std::string op = node->kind().toUnqualString();
+    for (const auto& p : reaching) {
+      if (weight) uses_.weight.emplace(p, weight);
+      else uses_.other.emplace(p, op);
+    }
+  }
+
+  const torch::jit::Module& module_;
+  GraphUses& uses_;
+  std::unordered_map<const void*, std::string> params_;
+  std::unordered_map<const torch::jit::Value*, std::string> paths_;
+  std::unordered_map<const torch::jit::Value*, std::vector<std::string>> origins_;
+};
+
+// nullopt when the module has no `forward` ttq can read.
+std::optional<GraphUses> forward_uses(const torch::jit::Module& module) {
   auto method = module.find_method("forward");
-  if (!method) return {};
+  if (!method) return std::nullopt;
   auto graph = method->graph()->copy();
   torch::jit::Inline(*graph);
-  std::unordered_map<const torch::jit::Value*, std::string> paths{{graph->inputs().at(0), ""}};
-  std::vector<std::string> order;
-  collect_attribute_reads(graph->block(), paths, order);
-  return order;
+  GraphUses uses;
+  UseWalker walker(module, uses);
+  walker.start(graph->inputs().at(0));
+  walker.walk(graph->block());
+  return uses;
 }
 
 }  // namespace
 
-std::vector<Candidate> find_candidates(const torch::jit::Module& module) {
+LayerUses analyze_layers(const torch::jit::Module& module) {
   std::vector<Candidate> registered;
   std::unordered_map<std::string, size_t> index;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) {
@@ -56,18 +154,29 @@ std::vector<Candidate> find_candidates(const torch::jit::Module& module) {
     index[p.name] = registered.size();
     registered.push_back({p.name, p.value, false});
   }
-
-  std::vector<Candidate> ordered;
-  std::unordered_set<std::string> placed;
-  for (const auto& path : forward_read_order(module)) {
-    auto it = index.find(path);
-    if (it == index.end() || !placed.insert(path).second) continue;
-    ordered.push_back(registered[it->second]);
+  LayerUses a;
+  const auto uses = forward_uses(module);
+  if (!uses) {
+    spdlog::warn("the model has no forward method ttq can read: every floating parameter of rank >= 2 is a "
+                 "candidate, in registration order");
+    a.candidates = registered;
+    return a;
   }
-  for (const auto& c : registered)
-    if (!placed.count(c.name)) ordered.push_back(c);
-  return ordered;
+  std::unordered_set<std::string> placed;
+  for (const auto& path : uses->order) {
+    auto it = index.find(path);
+    if (it == index.end() || !uses->weight.count(path) || !placed.insert(path).second) continue;
+    a.candidates.push_back(registered[it->second]);
+  }
+  for (const auto& c : registered) {
+    if (placed.count(c.name)) continue;
+    const auto other = uses->other.find(c.name);
+    a.excluded.push_back({c.name, c.weight.sizes().vec(), other == uses->other.end() ? "unused" : other->second});
+  }
+  return a;
 }
+
+std::vector<Candidate> find_candidates(const torch::jit::Module& module) { return analyze_layers(module).candidates; }
 
 size_t mark_selected(std::vector<Candidate>& candidates, const Selection& selection) {
   const auto include = compile_regexes(selection.include), exclude = compile_regexes(selection.exclude);
@@ -86,7 +195,8 @@ size_t mark_selected(std::vector<Candidate>& candidates, const Selection& select
 
 void apply_selection(std::vector<Candidate>& candidates, const Selection& selection) {
   if (candidates.empty())
-    throw input_error("the model has no quantizable layer (no floating-point parameter of rank >= 2)");
+    throw input_error("the model has no quantizable layer (no parameter that forward uses as the weights of a "
+                      "convolution, linear or matrix product, RNN or embedding)");
   if (mark_selected(candidates, selection) == 0)
     throw usage_error(fmt::format(
         "no layer selected: the model has {} quantizable layer(s); the first and last stay full "

@@ -15,7 +15,8 @@ struct Selection {
   bool quantize_last = false;
 };
 
-// A quantizable weight: a floating-point parameter of rank >= 2 (conv, linear, embedding).
+// A quantizable weight: a floating-point parameter that `forward` uses as the weights of a
+// convolution, a linear or matrix product, an RNN or an embedding, also through views and slices.
 struct Candidate {
   std::string name;  // qualified parameter name, e.g. "layer1.0.conv1.weight"
   torch::Tensor weight;
@@ -23,8 +24,22 @@ struct Candidate {
 };
 
 // Every quantizable weight in forward order: the order in which the inlined `forward` graph
-// first reads it. Weights that `forward` never reads follow in registration order.
+// first reads it. A module without a `forward` ttq can read falls back to every floating parameter
+// of rank >= 2, in registration order, with a warning.
 std::vector<Candidate> find_candidates(const torch::jit::Module& module);
+
+// A floating parameter of rank >= 2 that is not a candidate, and why: the first op that uses it
+// ("add" for a position embedding, "mul" for a layer scale, "cat" for a class token), or "unused".
+struct Excluded {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string use;
+};
+struct LayerUses {
+  std::vector<Candidate> candidates;  // forward order, as find_candidates
+  std::vector<Excluded> excluded;     // registration order
+};
+LayerUses analyze_layers(const torch::jit::Module& module);
 
 // Marks the candidates the selection picks and returns how many; throws a usage error for an
 // invalid regex.

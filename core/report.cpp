@@ -59,7 +59,9 @@ double Totals::ratio_entropy() const { return bytes_entropy ? double(model_bytes
 ModelReport inspect_module(const torch::jit::Module& module, const std::optional<std::vector<LayerRecord>>& recorded,
                            const QuantizeOptions& options) {
   ModelReport report;
-  auto candidates = find_candidates(module);
+  LayerUses uses = analyze_layers(module);
+  auto& candidates = uses.candidates;
+  report.excluded = uses.excluded;
 
   bool any_ternary = false;
   for (const auto& c : candidates) {

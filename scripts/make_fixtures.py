@@ -14,6 +14,9 @@ eager_pickle.pt               torch.save() of a state_dict: not TorchScript
 nonfinite_cnn.pt              small_cnn with an Inf weight in conv2
 tuple_output.pt               for tensors.pt, returns (scores, features)
 three_d_output.pt             for tensors.pt, returns scores of shape [batch, 1, 10]
+vit_small.pt, convnext_small.pt  torchvision's VisionTransformer and ConvNeXt, small configurations
+                              (class token, position embedding and layer scales are not layer weights)
+lstm_tagger.pt                an embedding, an LSTM (weights read as a list) and a linear layer
 tensors.pt                    torch.save({'x', 'y', 'x_test', 'y_test'}): a 20-feature, 10-class
                               task (labels from a fixed random linear map) for one_layer.pt
 tensors_bad_labels.pt         the same with a label (15) beyond one_layer.pt's 10 outputs
@@ -27,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.vision_transformer import VisionTransformer
 
 
 class SmallCNN(nn.Module):
@@ -86,6 +91,20 @@ class ThreeDimOutput(TupleOutput):
         return self.fc2(self.fc1(x)).unsqueeze(1)
 
 
+class LstmTagger(nn.Module):
+    """Token ids in, a tag per token out: an embedding, an LSTM and a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 16)
+        self.lstm = nn.LSTM(16, 32, batch_first=True)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, x):
+        h, _ = self.lstm(self.emb(x))
+        return self.out(h)
+
+
 def save_scripted(model, path):
     model.eval()
     torch.jit.save(torch.jit.script(model), path)
@@ -121,6 +140,11 @@ def main():
     save_scripted(broken, os.path.join(out, "nonfinite_cnn.pt"))
     save_scripted(TupleOutput(), os.path.join(out, "tuple_output.pt"))
     save_scripted(ThreeDimOutput(), os.path.join(out, "three_d_output.pt"))
+    save_scripted(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                                    num_classes=10), os.path.join(out, "vit_small.pt"))
+    save_scripted(ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10),
+                  os.path.join(out, "convnext_small.pt"))
+    save_scripted(LstmTagger(), os.path.join(out, "lstm_tagger.pt"))
     print(f"fixtures written to {out}")
 
 

@@ -21,6 +21,8 @@ MODELS = {
     "resnet18.pt": (2, 3, 64, 64),
     "mobilenet_v2.pt": (2, 3, 64, 64),
     "small_cnn.pt": (2, 1, 28, 28),
+    "vit_small.pt": (2, 3, 32, 32),
+    "convnext_small.pt": (2, 3, 32, 32),
 }
 
 
@@ -74,6 +76,20 @@ class QuantizeOutputs(Workdir):
         layers, _ = self.check_model("mobilenet_v2.pt")
         self.assertNotIn("features.0.0.weight", layers)
         self.assertNotIn("classifier.1.weight", layers)
+
+    def test_vision_transformer_and_convnext_keep_tokens_embeddings_and_scales(self):
+        layers, _ = self.check_model("vit_small.pt")  # check_model: every other tensor is unchanged
+        self.assertNotIn("class_token", layers)
+        self.assertNotIn("encoder.pos_embedding", layers)
+        self.assertIn("encoder.layers.encoder_layer_0.self_attention.in_proj_weight", layers)
+        layers, _ = self.check_model("convnext_small.pt")
+        self.assertFalse([name for name in layers if "layer_scale" in name])
+        self.assertIn("features.1.0.block.3.weight", layers)
+        r = ttq("inspect", fixture("vit_small.pt"), "--json")
+        excluded = {e["name"]: e["use"] for e in json.loads(r.stdout)["excluded"]}
+        self.assertEqual(excluded, {"class_token": "expand", "encoder.pos_embedding": "add"})
+        r = ttq("inspect", fixture("convnext_small.pt"))
+        self.assertRegex(r.stdout, r"not layer weights, kept full precision: features\.1\.0\.layer_scale 16x1x1 \(mul\)")
 
     def test_small_cnn_without_batchnorm(self):
         layers, _ = self.check_model("small_cnn.pt")

@@ -163,3 +163,31 @@ TEST_CASE("TTQ metadata survives a JSON round trip - malformed text is an input 
   CHECK(kind_of([] { metadata_from_json(R"({"format":"ttq-metadata","version":99})", "x"); }) == ErrorKind::Input);
   CHECK(kind_of([] { metadata_from_json(R"({"format":"ttq-metadata","version":1})", "x"); }) == ErrorKind::Input);
 }
+
+TEST_CASE("candidates are chosen by their use in forward: layer weights but not tokens or scales") {
+  const auto vit = analyze_layers(fixture("vit_small.pt"));
+  const auto n = names(vit.candidates);
+  CHECK(n.front() == "conv_proj.weight");
+  CHECK(n.back() == "heads.head.weight");
+  CHECK(std::count(n.begin(), n.end(), "encoder.layers.encoder_layer_0.self_attention.in_proj_weight") == 1);
+  CHECK(std::count(n.begin(), n.end(), "encoder.layers.encoder_layer_1.mlp.3.weight") == 1);
+  REQUIRE(vit.excluded.size() == 2);
+  CHECK(vit.excluded[0].name == "class_token");
+  CHECK(vit.excluded[0].use == "expand");
+  CHECK(vit.excluded[1].name == "encoder.pos_embedding");
+  CHECK(vit.excluded[1].use == "add");
+
+  const auto convnext = analyze_layers(fixture("convnext_small.pt"));
+  REQUIRE(convnext.excluded.size() == 2);
+  for (const auto& e : convnext.excluded) {
+    CHECK(e.name.find("layer_scale") != std::string::npos);
+    CHECK(e.use == "mul");
+  }
+  CHECK(convnext.candidates.size() == 9);  // stem, 2 × (depthwise conv + 2 linear), downsampling conv, classifier
+
+  // An RNN reads its weights as a list (_flat_weights): they are candidates, in forward order.
+  const auto tagger = analyze_layers(fixture("lstm_tagger.pt"));
+  CHECK(names(tagger.candidates) ==
+        std::vector<std::string>{"emb.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "out.weight"});
+  CHECK(tagger.excluded.empty());
+}
