@@ -103,7 +103,8 @@ DataSplits DataFlags::load() const {
 extern "C" void interrupt_now(int) {
   remove_pending_output();
   static const char kMessage[] = "ttq: error: interrupted\n";
-  if (write(STDERR_FILENO, kMessage, sizeof kMessage - 1) < 0) _exit(kExitInterrupted);
+  const ssize_t written = write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  (void)written;  // nothing more to do when stderr is gone
   _exit(kExitInterrupted);
 }
 

@@ -49,7 +49,11 @@ struct QuantizeFlags {
   double sparsity = 0.5;
   CLI::Option* sparsity_option = nullptr;
   QuantizeOptions own;
-  QuantizeOptions* options = &own;
+  QuantizeOptions* options = &own;  // hence not copyable
+
+  QuantizeFlags() = default;
+  QuantizeFlags(const QuantizeFlags&) = delete;
+  QuantizeFlags& operator=(const QuantizeFlags&) = delete;
 
   void add_to(CLI::App* app, QuantizeOptions* target = nullptr);
   const QuantizeOptions& resolve();  // validates ranges (usage error)

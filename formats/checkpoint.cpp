@@ -142,8 +142,12 @@ std::optional<std::string> newest_checkpoint(const std::string& dir) {
   return all.back().second.string();
 }
 
-void load_checkpoint(Trainer& trainer, const std::string& path, const nlohmann::json& identity) {
-  std::istringstream bytes(verified_archive(path));
+namespace {
+
+// Restores from a checkpoint's verified archive bytes (verified_archive); `path` names it in errors.
+void restore(Trainer& trainer, const std::string& archive_bytes, const std::string& path,
+             const nlohmann::json& identity) {
+  std::istringstream bytes(archive_bytes);
   torch::serialize::InputArchive archive;
   try {
     archive.load_from(bytes);
@@ -184,14 +188,21 @@ void load_checkpoint(Trainer& trainer, const std::string& path, const nlohmann::
   trainer.optimizer().load(optimizer);
 }
 
+}  // namespace
+
+void load_checkpoint(Trainer& trainer, const std::string& path, const nlohmann::json& identity) {
+  restore(trainer, verified_archive(path), path, identity);
+}
+
 std::string resume_from_checkpoints(Trainer& trainer, const std::string& dir, const nlohmann::json& identity) {
   const auto all = checkpoints_in(dir);
   if (all.empty()) throw input_error(fmt::format("--resume: no checkpoint in {}", dir));
   std::string newest_problem;
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
     const std::string path = it->second.string();
+    std::string archive;
     try {
-      verified_archive(path);  // corrupt files are skipped; other errors (options, model) are final
+      archive = verified_archive(path);  // corrupt files are skipped; other errors (options, model) are final
     } catch (const Error& e) {
       if (newest_problem.empty()) newest_problem = e.what();
       spdlog::warn("{}{}", e.what(), std::next(it) != all.rend()
@@ -199,7 +210,7 @@ std::string resume_from_checkpoints(Trainer& trainer, const std::string& dir, co
                                          : "");
       continue;
     }
-    load_checkpoint(trainer, path, identity);
+    restore(trainer, archive, path, identity);
     return path;
   }
   throw input_error(fmt::format("--resume: no usable checkpoint in {} (newest: {})", dir, newest_problem));

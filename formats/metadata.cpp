@@ -87,9 +87,12 @@ void from_json(const json& j, RunOptions& r) {
   t.gamma = j.value("gamma", d.gamma);
   t.seed = j.value("seed", d.seed);
   t.fp = j.value("fp", d.fp);
-  if (j.contains("mode")) t.quant.threshold = {j["mode"].get<ThresholdMode>(), j.at("threshold").get<double>()};
-  t.quant.init = j.value("init", d.quant.init);
-  if (j.contains("include")) t.quant = j.get<QuantizeOptions>();
+  if (j.contains("include")) {
+    t.quant = j.get<QuantizeOptions>();
+  } else {  // logs of ttq 0.1.0 record the threshold and init, not the selection
+    if (j.contains("mode")) t.quant.threshold = {j["mode"].get<ThresholdMode>(), j.at("threshold").get<double>()};
+    t.quant.init = j.value("init", d.quant.init);
+  }
   r.threads = j.value("threads", 0);
   r.subset = j.value("subset", int64_t{0});
   r.world_size = j.value("world_size", 1);
