@@ -15,6 +15,7 @@
 #include "core/util.h"
 #include "formats/atomic_file.h"
 #include "formats/json.h"
+#include "formats/model_file.h"
 #include "plugins/dataset.h"
 
 namespace ttq::cli {
@@ -47,6 +48,45 @@ const QuantizeOptions& QuantizeFlags::resolve() {
                                                 : ThresholdSpec{ThresholdMode::MaxScaled, threshold};
   validate(options->threshold);
   return *options;
+}
+
+void add_objective_options(CLI::App* app, ObjectiveOptions& o, bool training) {
+  auto* group = app->add_option_group("distillation", "learning from a teacher model's outputs (see 'Distillation' in man "
+                                                      "ttq-finetune)");
+  if (training) {
+    group->add_flag("--distill", o.distill, "distill from the input model, frozen in eval mode (allows unlabeled data)");
+    group->add_option("--teacher", o.teacher, "distill from this TorchScript model instead (same inputs; implies --distill)")
+        ->type_name("FILE");
+    add_choice_option(group, "--distill-loss", o.loss, "distillation loss");
+    group->add_option("--distill-temperature", o.temperature, "temperature T of the kl loss")
+        ->type_name("T")
+        ->capture_default_str();
+    group->add_option("--distill-alpha", o.alpha, "weight of the distillation loss against cross-entropy on labels, "
+                                                   "in [0, 1] (default: 1 without labels, 0.5 with them)")
+        ->type_name("A");
+  } else {
+    group->add_option("--teacher", o.teacher, "also compare with this TorchScript model: top-1 agreement and relative "
+                                              "MSE of the outputs (needed for unlabeled data)")
+        ->type_name("FILE");
+  }
+  group->add_option("--model-output", o.output, "the model's output to train on and compare: a dict key or a tuple "
+                                                "index (default: every floating tensor it returns)")
+      ->type_name("KEY|INDEX");
+}
+
+std::optional<torch::jit::Module> load_teacher(const ObjectiveOptions& o, const std::string& model) {
+  if (!o.distilling()) return std::nullopt;
+  return open_model(o.teacher.empty() ? model : o.teacher).module;
+}
+
+std::string describe_metrics(const Metrics& m) {
+  std::string out;
+  const auto add = [&](const std::string& part) { out += (out.empty() ? "" : ", ") + part; };
+  if (m.has_labels()) add(fmt::format("top-1 {:.2f}%, top-5 {:.2f}%", 100 * m.top1, 100 * m.top5));
+  if (m.agreement) add(fmt::format("agreement {:.2f}%", 100 * *m.agreement));
+  if (m.rel_mse) add(fmt::format("rel_mse {:.4g}", *m.rel_mse));
+  if (m.has_labels()) add(fmt::format("loss {:.4f}", m.loss));
+  return out;
 }
 
 void DataFlags::add_to(CLI::App* app, bool training) {

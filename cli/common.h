@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/data.h"
+#include "core/objective.h"
 #include "core/quantize.h"
 #include "core/report.h"
 #include "formats/metadata.h"
@@ -73,6 +74,15 @@ struct DataFlags {
   DataSplits load() const;
   Preprocess preprocess(const DataSplits& data) const { return apply_overrides(data.defaults, overrides); }
 };
+
+// --distill, --teacher, --distill-loss/-temperature/-alpha (finetune) and --model-output; eval
+// takes the teacher and the output only (`training` false).
+void add_objective_options(CLI::App* app, ObjectiveOptions& target, bool training);
+// The teacher a run compares with or distills from: --teacher FILE, else (--distill) `model`.
+std::optional<torch::jit::Module> load_teacher(const ObjectiveOptions& options, const std::string& model);
+// "top-1 91.20%, top-5 99.80%, loss 0.2466" (labeled data), then "agreement 99.10%, rel_mse 0.0123"
+// (against a teacher): the measured parts only.
+std::string describe_metrics(const Metrics& m);
 
 // Display settings shared by every command (zstd's single display level): -q leaves warnings
 // and errors only, and hides progress lines too; NO_COLOR (https://no-color.org: set and not

@@ -1,9 +1,11 @@
-// ttq eval MODEL: top-1/top-5 accuracy and loss on a dataset's test split (man/ttq-eval.1).
+// ttq eval MODEL: accuracy and loss on a dataset's test split, and agreement with a teacher model
+// (man/ttq-eval.1).
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
-#include "core/evaluate.h"
+#include "core/error.h"
+#include "formats/json.h"
 #include "formats/model_file.h"
 
 namespace ttq::cli {
@@ -14,19 +16,25 @@ struct EvalArgs {
   int64_t batch_size = 256;
   bool json = false;
   DataFlags data;
+  ObjectiveOptions objective;
 };
 
 void run_eval(EvalArgs& a) {
   const DataSplits data = a.data.load();
+  const bool labeled = data.test.labeled();
+  if (!labeled && a.objective.teacher.empty())
+    throw usage_error(fmt::format("{} has no labels: compare with a teacher model (--teacher FILE)", data.name));
+  a.objective.alpha = labeled ? 0 : 1;  // the loss shown is cross-entropy on labels
+  const Objective objective(resolve(a.objective, labeled), load_teacher(a.objective, a.model));
   torch::jit::Module module = open_model(a.model).module;
-  const Metrics m = evaluate_module(module, data.test, a.data.preprocess(data), a.batch_size);
+  const Metrics m = evaluate_module(module, data.test, a.data.preprocess(data), objective, a.batch_size);
   if (a.json) {
-    fmt::print("{}\n", nlohmann::json{{"model", a.model}, {"data", data.name}, {"samples", m.samples},
-                                      {"top1", m.top1}, {"top5", m.top5}, {"loss", m.loss}}
-                           .dump(2));
+    nlohmann::json j{{"model", a.model}, {"data", data.name}, {"samples", m.samples}};
+    metrics_to_json(j, m, "", false);
+    if (!labeled) j.erase("loss");
+    fmt::print("{}\n", j.dump(2));
   } else {
-    fmt::print("{}: top-1 {:.2f}%, top-5 {:.2f}%, loss {:.4f} on {} samples of {}\n", a.model, 100 * m.top1,
-               100 * m.top5, m.loss, m.samples, data.name);
+    fmt::print("{}: {} on {} samples of {}\n", a.model, describe_metrics(m), m.samples, data.name);
   }
 }
 
@@ -34,10 +42,11 @@ void run_eval(EvalArgs& a) {
 
 Command register_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
-  auto* sub = app.add_subcommand("eval", "Top-1/top-5 accuracy and loss of a model on a dataset");
+  auto* sub = app.add_subcommand("eval", "Accuracy and loss of a model on a dataset, and its agreement with a teacher");
   sub->add_option("MODEL", a->model, "TorchScript model or .ttqz archive")->required()->type_name("FILE");
   a->data.add_to(sub, false);
   sub->add_option("--batch-size", a->batch_size, "samples per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
+  add_objective_options(sub, a->objective, false);
   sub->add_flag("--json", a->json, "print the result as JSON on stdout");
   return {sub, [a] { run_eval(*a); }};
 }

@@ -48,7 +48,9 @@ struct FinetuneArgs {
   DataFlags data;
 
   bool writer() const { return dist.rank == 0; }  // rank 0 alone writes files and prints
+  // As asked (what --resume compares), or as the trainer decided its `auto` values (what is logged).
   RunOptions run_options() const { return {train, data.threads, data.subset, dist.world_size}; }
+  RunOptions run_options(const Trainer& t) const { return {t.options(), data.threads, data.subset, dist.world_size}; }
   nlohmann::json identity(const Trainer& t) const { return resume_identity(run_options(), t.data().name); }
 };
 
@@ -62,7 +64,8 @@ void check_device(Device device) {
 
 // Outputs checked before long work: a typo must not cost a training run.
 void check_outputs(const FinetuneArgs& a) {
-  refuse_overlaps({{"the model", a.model}}, {{"-o", a.output}, {"--log", a.log}, {"--checkpoint-dir", a.checkpoint_dir}});
+  refuse_overlaps({{"the model", a.model}, {"--teacher", a.train.objective.teacher}},
+                  {{"-o", a.output}, {"--log", a.log}, {"--checkpoint-dir", a.checkpoint_dir}});
   if (a.writer()) check_writable(a.output);
   if (a.resume && a.checkpoint_dir.empty()) throw usage_error("--resume needs --checkpoint-dir");
   if (a.checkpoint_every > 0 && a.checkpoint_dir.empty()) throw usage_error("--checkpoint-every needs --checkpoint-dir");
@@ -95,7 +98,9 @@ std::shared_ptr<Communicator> connect_ranks(FinetuneArgs& a) {
 std::unique_ptr<Trainer> load_trainer(FinetuneArgs& a, std::shared_ptr<Communicator> comm) {
   DataSplits data = a.data.load();
   a.train.preprocess = a.data.preprocess(data);
-  return std::make_unique<Trainer>(open_model(a.model).module, a.train, std::move(data), std::move(comm));
+  auto teacher = load_teacher(a.train.objective, a.model);
+  return std::make_unique<Trainer>(open_model(a.model).module, a.train, std::move(data), std::move(comm),
+                                   std::move(teacher));
 }
 
 // Continues from the newest checkpoint: the run then repeats the uninterrupted one exactly.
@@ -112,7 +117,7 @@ std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer) {
   if (a.log.empty() || !a.writer()) return nullptr;
   auto log = std::make_unique<RunLog>(a.log, a.resume);
   if (!a.resume) {
-    log->run(a.model, trainer.data().name, a.run_options(), trainer.steps_per_epoch());
+    log->run(a.model, trainer.data().name, a.run_options(trainer), trainer.steps_per_epoch());
     log->init(trainer.snapshot());
   }
   return log;
@@ -129,8 +134,9 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   if (log) hooks.on_log_step = [&](const StepProgress& p, const std::vector<LayerRecord>& l) { log->step(p, l); };
   hooks.on_epoch = [&](const EpochRecord& r) {
     progress.clear();
-    spdlog::info("epoch {}/{}: loss {:.4f}, train top-1 {:.2f}%, val top-1 {:.2f}% top-5 {:.2f}%{}, {:.1f} s",
-                 r.epoch, a.train.epochs, r.train.loss, 100 * r.train.top1, 100 * r.val.top1, 100 * r.val.top5,
+    spdlog::info("epoch {}/{}: loss {:.4f}{}, val {}{}, {:.1f} s", r.epoch, a.train.epochs, r.train.loss,
+                 r.train.has_labels() ? fmt::format(", train top-1 {:.2f}%", 100 * r.train.top1) : "",
+                 describe_metrics(r.val),
                  r.layers.empty() ? "" : fmt::format(", mean sparsity {:.3f}", r.mean_sparsity()), r.seconds);
     if (log) log->epoch(r);
   };
@@ -161,7 +167,7 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
   meta.command = "finetune";
   meta.options = a.train.quant;
   meta.layers = trainer.finalize();
-  meta.run = RunSummary{trainer.data().name, a.run_options(), trainer.position().global_step, final_metrics};
+  meta.run = RunSummary{trainer.data().name, a.run_options(trainer), trainer.position().global_step, final_metrics};
   save_torchscript(trainer.module(), a.train.fp ? std::nullopt : std::optional<ModelMetadata>(meta), a.output);
   spdlog::info("wrote {}", a.output);
 
@@ -172,8 +178,7 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
                         {"sparsity", l.counts.sparsity()}});
     fmt::print("{}\n", nlohmann::json{{"output", a.output}, {"run", *meta.run}, {"layers", layers}}.dump(2));
   } else {
-    fmt::print("{}: val top-1 {:.2f}%, top-5 {:.2f}%, loss {:.4f} after {} steps ({} ternary layers)\n", a.output,
-               100 * final_metrics.top1, 100 * final_metrics.top5, final_metrics.loss,
+    fmt::print("{}: val {} after {} steps ({} ternary layers)\n", a.output, describe_metrics(final_metrics),
                trainer.position().global_step, meta.layers.size());
   }
 }
@@ -239,8 +244,8 @@ void add_distributed_options(CLI::App* sub, FinetuneArgs& a) {
 Command register_finetune(CLI::App& app) {
   auto a = std::make_shared<FinetuneArgs>();
   TrainOptions& t = a->train;
-  auto* sub = app.add_subcommand("finetune", "TTQ training of a TorchScript classifier on real data");
-  sub->add_option("MODEL", a->model, "TorchScript classifier (full precision, or a quantize/finetune output)")
+  auto* sub = app.add_subcommand("finetune", "TTQ training of a TorchScript model on real data: labels, a teacher, or both");
+  sub->add_option("MODEL", a->model, "TorchScript model (full precision, or a quantize/finetune output)")
       ->required()
       ->type_name("FILE");
   sub->add_option("-o,--output", a->output, "where to write the trained ternary TorchScript model")
@@ -267,6 +272,7 @@ Command register_finetune(CLI::App& app) {
   a->quant.add_to(sub, &t.quant);
   sub->add_option("--seed", t.seed, "seed of initialization, sample order and augmentation")->capture_default_str();
   add_choice_option(sub, "--device", a->device, "where to train");
+  add_objective_options(sub, t.objective, true);
   sub->add_flag("--fp", t.fp, "plain full-precision fine-tuning with the same loop (baselines)");
   sub->add_option("--log", a->log, "write one JSON record per epoch (and per --log-every steps) to FILE")
       ->type_name("FILE.jsonl");

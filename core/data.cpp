@@ -28,16 +28,29 @@ Preprocess apply_overrides(Preprocess p, const PreprocessOverrides& o) {
   return p;
 }
 
-void keep_first(DataSplits& splits, int64_t n) {
-  for (Dataset* d : {&splits.train, &splits.test}) {
-    const int64_t k = std::min(n, d->size());
-    *d = {d->inputs.narrow(0, 0, k), d->labels.narrow(0, 0, k)};
-  }
+Dataset Dataset::select(const torch::Tensor& idx) const {
+  Dataset d;
+  for (const auto& x : inputs) d.inputs.push_back(x.index_select(0, idx));
+  if (labeled()) d.labels = labels.index_select(0, idx);
+  return d;
 }
 
-torch::Tensor prepare_inputs(const Dataset& d, const torch::Tensor& idx, const Preprocess& pre,
-                             const std::optional<AugmentKey>& augment) {
-  torch::Tensor x = d.inputs.index_select(0, idx);
+Dataset Dataset::first(int64_t n) const {
+  const int64_t k = std::min(n, size());
+  Dataset d;
+  for (const auto& x : inputs) d.inputs.push_back(x.narrow(0, 0, k));
+  if (labeled()) d.labels = labels.narrow(0, 0, k);
+  return d;
+}
+
+void keep_first(DataSplits& splits, int64_t n) {
+  splits.train = splits.train.first(n);
+  splits.test = splits.test.first(n);
+}
+
+namespace {
+
+torch::Tensor image_input(torch::Tensor x, const Preprocess& pre) {
   if (x.scalar_type() == torch::kUInt8) {
     x = x.to(torch::kFloat).div_(255.0);
     if (!pre.mean.empty()) {
@@ -47,20 +60,36 @@ torch::Tensor prepare_inputs(const Dataset& d, const torch::Tensor& idx, const P
       if (mean.numel() == 1) mean = mean.expand({c}), std = std.expand({c});
       x.sub_(mean.view({1, c, 1, 1})).div_(std.view({1, c, 1, 1}));
     }
-  } else if (!x.is_floating_point()) {
-    x = x.to(torch::kFloat);
   }
-  if (!augment || x.dim() != 4 || (!pre.flip && pre.crop_padding == 0)) return x;
+  return x;
+}
+
+torch::Tensor augmented(const torch::Tensor& x, const torch::Tensor& idx, const Preprocess& pre,
+                        const AugmentKey& augment) {
   const int64_t p = pre.crop_padding, h = x.size(2), w = x.size(3);
   const auto padded = p ? torch::constant_pad_nd(x, {p, p, p, p}) : x;
   auto out = torch::empty_like(x);
   const auto* ids = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < x.size(0); ++i) {
-    const uint64_t r = mix(mix(augment->seed ^ (uint64_t(augment->epoch) << 40)) ^ uint64_t(ids[i]));
+    const uint64_t r = mix(mix(augment.seed ^ (uint64_t(augment.epoch) << 40)) ^ uint64_t(ids[i]));
     const int64_t dy = p ? int64_t(r % (2 * p + 1)) : 0, dx = p ? int64_t((r >> 16) % (2 * p + 1)) : 0;
     auto sample = padded[i].narrow(1, dy, h).narrow(2, dx, w);
     if (pre.flip && ((r >> 32) & 1)) sample = sample.flip({2});
     out[i].copy_(sample);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> prepare_inputs(const Dataset& d, const torch::Tensor& idx, const Preprocess& pre,
+                                          const std::optional<AugmentKey>& augment) {
+  std::vector<torch::Tensor> out;
+  for (const auto& stored : d.inputs) {
+    torch::Tensor x = image_input(stored.index_select(0, idx), pre);
+    if (augment && x.dim() == 4 && x.is_floating_point() && (pre.flip || pre.crop_padding > 0))
+      x = augmented(x, idx, pre, *augment);
+    out.push_back(std::move(x));
   }
   return out;
 }

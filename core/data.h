@@ -10,10 +10,22 @@
 
 namespace ttq {
 
+// One split: the model's inputs (one tensor per argument of forward, first dimension the sample)
+// and class labels when the data has them.
 struct Dataset {
-  torch::Tensor inputs;  // uint8 images N×C×H×W (scaled to [0,1] then normalized), or float
-  torch::Tensor labels;  // int64 N
-  int64_t size() const { return labels.size(0); }
+  // uint8 images N×C×H×W (scaled to [0,1] then normalized), float tensors, or integer tensors
+  // passed unchanged (token ids, attention masks).
+  std::vector<torch::Tensor> inputs;
+  torch::Tensor labels;  // int64 N; undefined for unlabeled data
+
+  Dataset() = default;
+  Dataset(torch::Tensor x, torch::Tensor y) : inputs{std::move(x)}, labels(std::move(y)) {}
+  Dataset(std::vector<torch::Tensor> xs, torch::Tensor y) : inputs(std::move(xs)), labels(std::move(y)) {}
+  int64_t size() const { return inputs.empty() ? 0 : inputs.front().size(0); }
+  bool labeled() const { return labels.defined(); }
+  // Samples `idx` (int64), or the first n: every input and the labels.
+  Dataset select(const torch::Tensor& idx) const;
+  Dataset first(int64_t n) const;
 };
 
 // How stored samples become model inputs. A dataset kind gives its defaults; flags override them.
@@ -57,9 +69,10 @@ struct AugmentKey {
   int epoch;
 };
 
-// The model inputs for samples `idx` of `data`: uint8 images scaled and normalized, other integer
-// inputs as float; with `augment`, each sample cropped and flipped by its own key.
-torch::Tensor prepare_inputs(const Dataset& data, const torch::Tensor& idx, const Preprocess& pre,
+// The model inputs for samples `idx` of `data`, in forward's order: uint8 images scaled and
+// normalized, other tensors unchanged; with `augment`, each 4-D image cropped and flipped by its
+// sample's key.
+std::vector<torch::Tensor> prepare_inputs(const Dataset& data, const torch::Tensor& idx, const Preprocess& pre,
                              const std::optional<AugmentKey>& augment = std::nullopt);
 
 }  // namespace ttq

@@ -38,6 +38,14 @@ bool passes_weights(c10::Symbol kind) {
   return kPass.count(kind.toQualString()) > 0;
 }
 
+// Normalizations: a layer whose output one of these takes directly has its output scale
+// normalized away (what makes the authors' Wp = Wn = 1 start work).
+bool normalizes(c10::Symbol kind) {
+  static const std::unordered_set<std::string> kNorms = {"aten::batch_norm", "aten::layer_norm", "aten::group_norm",
+                                                         "aten::instance_norm", "aten::native_batch_norm"};
+  return kNorms.count(kind.toQualString()) > 0;
+}
+
 // What the inlined `forward` graph does with each parameter: the order in which it first reads
 // attributes, and for each parameter its weight use (conv, linear, rnn, embedding) or else the
 // first op that takes it ("add", "mul", "cat", ...).
@@ -45,6 +53,7 @@ struct GraphUses {
   std::vector<std::string> order;                     // attribute paths and parameters, first read first
   std::unordered_map<std::string, std::string> weight;  // parameter → its weight use
   std::unordered_map<std::string, std::string> other;   // parameter → the first other op using it
+  std::unordered_set<std::string> normalized;           // weights whose layer output a normalization takes
 };
 
 class UseWalker {
@@ -106,6 +115,10 @@ class UseWalker {
   }
 
   void use(torch::jit::Node* node) {
+    if (normalizes(node->kind()) && node->inputs().size() > 0) {
+      const auto layer = layer_outputs_.find(node->input(0));
+      if (layer != layer_outputs_.end()) uses_.normalized.insert(layer->second.begin(), layer->second.end());
+    }
     std::vector<std::string> reaching;
     for (const torch::jit::Value* input : node->inputs()) {
       const auto it = origins_.find(input);
@@ -122,6 +135,7 @@ class UseWalker {
       if (weight) uses_.weight.emplace(p, weight);
       else uses_.other.emplace(p, op);
     }
+    if (weight && node->outputs().size() > 0) layer_outputs_[node->output(0)] = reaching;
   }
 
   const torch::jit::Module& module_;
@@ -129,6 +143,7 @@ class UseWalker {
   std::unordered_map<const void*, std::string> params_;
   std::unordered_map<const torch::jit::Value*, std::string> paths_;
   std::unordered_map<const torch::jit::Value*, std::vector<std::string>> origins_;
+  std::unordered_map<const torch::jit::Value*, std::vector<std::string>> layer_outputs_;  // → their weights
 };
 
 // nullopt when the module has no `forward` ttq can read.
@@ -167,6 +182,7 @@ LayerUses analyze_layers(const torch::jit::Module& module) {
     auto it = index.find(path);
     if (it == index.end() || !uses->weight.count(path) || !placed.insert(path).second) continue;
     a.candidates.push_back(registered[it->second]);
+    a.candidates.back().normalized = uses->normalized.count(path) > 0;
   }
   for (const auto& c : registered) {
     if (placed.count(c.name)) continue;
@@ -214,7 +230,16 @@ ParameterSlot find_slot(const torch::jit::Module& module, const std::string& qua
     owner = owner.attr(child).toModule();
   }
   if (!owner.hasattr(rest)) throw runtime_error(fmt::format("no parameter '{}'", qualified_name));
-  return {owner, rest};
+  ParameterSlot slot{owner, rest, {}};
+  // torch.nn's RNNs name the places of their _flat_weights list in _flat_weights_names.
+  if (owner.hasattr("_flat_weights") && owner.hasattr("_flat_weights_names") && owner.attr("_flat_weights").isList() &&
+      owner.attr("_flat_weights_names").isList()) {
+    const auto names = owner.attr("_flat_weights_names").toList();
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names.get(i).isString() && names.get(i).toStringRef() == rest)
+        slot.list_places.emplace_back(owner.attr("_flat_weights").toList(), i);
+  }
+  return slot;
 }
 
 void set_parameter(torch::jit::Module& module, const std::string& qualified_name,

@@ -21,6 +21,7 @@ struct Candidate {
   std::string name;  // qualified parameter name, e.g. "layer1.0.conv1.weight"
   torch::Tensor weight;
   bool selected = false;
+  bool normalized = false;  // a normalization (BatchNorm, LayerNorm, ...) takes the layer's output directly
 };
 
 // Every quantizable weight in forward order: the order in which the inlined `forward` graph
@@ -51,10 +52,16 @@ void apply_selection(std::vector<Candidate>& candidates, const Selection& select
 
 // Where a named tensor lives: its owning submodule and attribute name. Resolving once and setting
 // many times keeps the training step free of string work.
+// A torch.nn RNN also reads its weights from the list _flat_weights: setting one of them sets its
+// place in that list too.
 struct ParameterSlot {
   torch::jit::Module owner;
   std::string attribute;
-  void set(const torch::Tensor& value) { owner.setattr(attribute, value); }
+  std::vector<std::pair<c10::List<c10::IValue>, size_t>> list_places;
+  void set(const torch::Tensor& value) {
+    owner.setattr(attribute, value);
+    for (auto& [list, index] : list_places) list.set(index, value);
+  }
 };
 ParameterSlot find_slot(const torch::jit::Module& module, const std::string& qualified_name);
 

@@ -38,10 +38,13 @@ float compute_threshold(const torch::Tensor& x, const ThresholdSpec& spec);
 enum class ScaleInit {
   Mean,  // L2-optimal: Wp = mean(x | x > Δ), Wn = mean(-x | x < -Δ)
   Ones,  // the authors' code: Wp = Wn = 1
+  Auto,  // the trainer decides (core/train.h); elsewhere Mean
 };
 inline constexpr Choice<ScaleInit> kScaleInits[] = {
     {"mean", ScaleInit::Mean, "Wp, Wn = mean |x| above / below the threshold, L2-optimal"},
-    {"ones", ScaleInit::Ones, "Wp = Wn = 1, as the paper's authors (suits BatchNorm after each layer)"}};
+    {"ones", ScaleInit::Ones, "Wp = Wn = 1, as the paper's authors (suits BatchNorm after each layer)"},
+    {"auto", ScaleInit::Auto, "finetune: ones when a normalization (BatchNorm, LayerNorm, ...) takes the output of "
+                              "every ternary layer, mean otherwise; quantize: mean"}};
 constexpr const auto& choices(ScaleInit) { return kScaleInits; }
 
 struct Scales {

@@ -1,7 +1,6 @@
 #include "core/train.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/nn/functional/loss.h>
 #include <torch/optim.h>
 
 #include <chrono>
@@ -44,11 +43,18 @@ double EpochRecord::mean_sparsity() const {
 }
 
 Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data,
-                 std::shared_ptr<Communicator> comm)
+                 std::shared_ptr<Communicator> comm, std::optional<torch::jit::Module> teacher)
     : module_(std::move(module)), options_(options), data_(std::move(data)), comm_(std::move(comm)) {
   if (comm_) rank_ = comm_->rank(), world_ = comm_->world_size();
   if (options_.batch_size < 1) throw usage_error("--batch-size must be at least 1");
   if (options_.epochs < 1) throw usage_error("--epochs must be at least 1");
+  const bool distilling = options_.objective.distilling();
+  if (!distilling && !(data_.train.labeled() && data_.test.labeled()))
+    throw usage_error(fmt::format("{} has no labels: distill from the model itself with --distill, or from another "
+                                  "model with --teacher FILE", data_.train.labeled() ? "the validation data" : "the data"));
+  if (distilling && !teacher) throw runtime_error("distillation needs the teacher model");
+  options_.objective = resolve(options_.objective, data_.train.labeled());
+  objective_ = std::make_unique<Objective>(options_.objective, std::move(teacher));
   module_.train(true);
   torch::manual_seed(options_.seed);
   if (!options_.fp) select_layers();
@@ -58,13 +64,23 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
 }
 
 void Trainer::select_layers() {
-  const auto& q = options_.quant;
+  auto& q = options_.quant;
   validate(q.threshold);
-  if (q.init == ScaleInit::Ones && module_.named_buffers(true).size() == 0)
-    spdlog::warn("the model has no BatchNorm: with --init ones every ternary layer starts at scale 1, which such "
-                 "models rarely survive; consider --init mean (and --scale-lr-mult 0.01 or --optimizer adam)");
   auto candidates = find_candidates(module_);
   apply_selection(candidates, q.selection);
+  std::vector<std::string> bare;  // selected layers whose output no normalization takes
+  for (const auto& c : candidates)
+    if (c.selected && !c.normalized) bare.push_back(c.name);
+  const std::string why = bare.empty() ? "a normalization follows every ternary layer"
+                                       : fmt::format("{} of the ternary layers ({}{}) have no normalization after them",
+                                                     bare.size(), bare.front(), bare.size() > 1 ? ", ..." : "");
+  if (q.init == ScaleInit::Auto) {
+    q.init = bare.empty() ? ScaleInit::Ones : ScaleInit::Mean;
+    spdlog::info("--init auto: {} ({})", choice_name(q.init), why);
+  } else if (q.init == ScaleInit::Ones && !bare.empty()) {
+    spdlog::warn("--init ones: {}; such layers start at scale 1 and rarely survive; consider --init mean (or auto)",
+                 why);
+  }
   for (const auto& c : candidates) {
     if (!c.selected) continue;
     check_finite(c.name, c.weight);
@@ -117,12 +133,10 @@ void Trainer::build_optimizer() {
 }
 
 void Trainer::probe() {
-  const int64_t n = std::min<int64_t>(2, data_.train.size());
-  const Dataset probe{data_.train.inputs.narrow(0, 0, n), data_.train.labels.narrow(0, 0, n)};
   apply_weights();
-  const int64_t outputs = evaluate_sums(module_, probe, options_.preprocess, 2).outputs;
-  check_labels(data_.train.labels, outputs);
-  check_labels(data_.test.labels, outputs);
+  const int64_t outputs = evaluate_sums(module_, data_.train.first(2), options_.preprocess, *objective_, 2).outputs;
+  for (const Dataset* d : {&data_.train, &data_.test})
+    if (d->labeled() && outputs > 0) check_labels(d->labels, outputs);
   if (data_.train.size() < options_.batch_size * world_)
     throw usage_error(fmt::format("the training split has {} samples, fewer than one batch of {} ({} per rank)",
                                   data_.train.size(), options_.batch_size * world_, options_.batch_size));
@@ -160,16 +174,21 @@ bool Trainer::synchronize(Metrics& step, bool stop) {
     grads.push_back(p.grad());
   }
   // Small values ride in the last gradient bucket instead of paying their own round trip.
-  auto stats = torch::tensor({step.loss, step.top1, step.top5, static_cast<double>(step.samples), stop ? 1.0 : 0.0},
-                             grads.empty() ? torch::kFloat32 : grads.back().scalar_type());
+  std::vector<double> values = step.sums();
+  values.push_back(stop ? 1.0 : 0.0);
+  auto stats = torch::tensor(values).to(grads.empty() ? torch::kFloat32 : grads.back().scalar_type());
   grads.push_back(stats);
   comm_->sum(grads);
   grads.pop_back();
   for (auto& g : grads) g.div_(world_);
-  const auto v = stats.to(torch::kFloat64);
-  step.loss = v[0].item<double>(), step.top1 = v[1].item<double>(), step.top5 = v[2].item<double>();
-  step.samples = std::llround(v[3].item<double>());
-  return v[4].item<double>() > 0;
+  const auto v = stats.to(torch::kFloat64).contiguous();
+  values.assign(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
+  const bool any_stop = values.back() > 0;
+  values.pop_back();
+  const int64_t width = step.outputs;
+  step = Metrics::from_sums(values);
+  step.outputs = width;
+  return any_stop;
 }
 
 int64_t Trainer::steps_per_epoch() const {
@@ -205,12 +224,13 @@ Metrics Trainer::evaluate() {
     torch::NoGradGuard no_grad;
     apply_weights();
   }
-  Metrics m = evaluate_sums(module_, data_.test, options_.preprocess, options_.batch_size, rank_, world_);
+  Metrics m = evaluate_sums(module_, data_.test, options_.preprocess, *objective_, options_.batch_size, rank_, world_);
   if (!comm_) return averaged(m);
-  auto sums = torch::tensor({m.loss, m.top1, m.top5, static_cast<double>(m.samples)}, torch::kFloat64);
+  auto sums = torch::tensor(m.sums(), torch::kFloat64);
   comm_->sum({sums});
-  m.loss = sums[0].item<double>(), m.top1 = sums[1].item<double>(), m.top5 = sums[2].item<double>();
-  m.samples = static_cast<int64_t>(sums[3].item<double>());
+  const int64_t width = m.outputs;
+  m = Metrics::from_sums(std::vector<double>(sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel()));
+  m.outputs = width;
   return averaged(m);
 }
 
@@ -219,23 +239,16 @@ Trainer::Batch Trainer::next_batch(const torch::Tensor& order, int epoch, int64_
   const int64_t batch = options_.batch_size, first = (step * world_ + rank_) * batch;
   const auto idx = order.slice(0, first, first + batch);
   return {prepare_inputs(data_.train, idx, options_.preprocess, AugmentKey{options_.seed, epoch}),
-          data_.train.labels.index_select(0, idx)};
-}
-
-torch::Tensor Trainer::objective(const torch::Tensor& outputs, const Batch& batch) const {
-  return torch::nn::functional::cross_entropy(outputs, batch.labels);
+          data_.train.labeled() ? data_.train.labels.index_select(0, idx) : torch::Tensor()};
 }
 
 Metrics Trainer::train_step(const Batch& batch) {
   optimizer_->zero_grad();
   if (!buffers_.empty()) comm_->broadcast(buffers_);
   apply_weights();
-  const auto outputs = module_.forward({batch.inputs}).toTensor();
-  const auto loss = objective(outputs, batch);
-  loss.backward();
   Metrics step;
-  torch::NoGradGuard no_grad;
-  accumulate(step, outputs.detach(), batch.labels, loss.item<double>() * static_cast<double>(batch.labels.size(0)));
+  const auto output = module_.forward(std::vector<c10::IValue>(batch.inputs.begin(), batch.inputs.end()));
+  (*objective_)(output, batch.inputs, batch.labels, step).backward();
   return step;
 }
 
@@ -270,8 +283,7 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
       throw runtime_error(fmt::format("the loss became {} at step {} (epoch {}); lower --lr; the last "
                                       "checkpoint is kept", loss_value, position_.global_step + 1, epoch + 1));
     optimizer_->step();
-    Metrics& m = position_.train;
-    m.loss += step.loss, m.top1 += step.top1, m.top5 += step.top5, m.samples += step.samples;
+    position_.train += step;
     position_.step_in_epoch = s + 1;
     ++position_.global_step;
     timed_samples += step.samples;

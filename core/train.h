@@ -1,18 +1,20 @@
-// TTQ training of a TorchScript classifier (the core of `finetune`): latent full-precision
-// weights and per-layer Wp/Wn trained with the exact TTQ forward/backward (core/ternary.h) through
-// the module's own forward. It reports through hooks and writes no files itself.
+// TTQ training of a TorchScript model (the core of `finetune`): latent full-precision weights and
+// per-layer Wp/Wn trained with the exact TTQ forward/backward (core/ternary.h) through the module's
+// own forward, on class labels, a teacher's outputs, or both (core/objective.h). It reports
+// through hooks and writes no files itself.
 #pragma once
 #include <torch/script.h>
 
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "core/data.h"
-#include "core/evaluate.h"
+#include "core/objective.h"
 #include "core/quantize.h"
 
 namespace ttq {
@@ -53,7 +55,8 @@ struct TrainOptions {
   double gamma = 0.1;
   uint64_t seed = 0;
   bool fp = false;  // plain full-precision fine-tuning with the same loop (baselines)
-  QuantizeOptions quant{{}, ScaleInit::Ones, {}};  // the authors' init: fine-tuning with BatchNorm
+  QuantizeOptions quant{{}, ScaleInit::Auto, {}};  // ones after normalizations (the authors'), else mean
+  ObjectiveOptions objective;
   Preprocess preprocess;
 };
 
@@ -116,8 +119,10 @@ class Trainer {
   // this rank takes its slice; gradients and the step's loss and hits are summed over the ranks
   // before each optimizer step; buffers (BatchNorm statistics) are rank 0's at each step, as in
   // PyTorch DDP; evaluation is split over the ranks.
+  // `teacher`: the frozen model to distill from (options.objective.distilling()). The trainer's
+  // options() are `options` with every `auto` decided.
   Trainer(torch::jit::Module module, const TrainOptions& options, DataSplits data,
-          std::shared_ptr<Communicator> comm = nullptr);
+          std::shared_ptr<Communicator> comm = nullptr, std::optional<torch::jit::Module> teacher = std::nullopt);
   ~Trainer();
 
   // Runs the remaining epochs from `position()`. `stop` is polled after every step.
@@ -141,10 +146,11 @@ class Trainer {
 
  private:
   struct Batch {
-    torch::Tensor inputs, labels;
+    std::vector<torch::Tensor> inputs;
+    torch::Tensor labels;  // undefined for unlabeled data
   };
   // Construction, in this order.
-  void select_layers();     // latent copies of the selected weights, scales from --init
+  void select_layers();     // latent copies of the selected weights, scales from --init (auto decided)
   void build_optimizer();   // groups: latent weights, other parameters, scales (own lr and decay)
   void probe();             // fails before training on data the model cannot take
   void start_distributed(); // checks that the ranks agree, then gives every rank rank 0's state
@@ -152,7 +158,6 @@ class Trainer {
   void run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop);
   Batch next_batch(const torch::Tensor& order, int epoch, int64_t step) const;
   Metrics train_step(const Batch& batch);  // sums over this rank's batch
-  torch::Tensor objective(const torch::Tensor& outputs, const Batch& batch) const;
   void apply_weights();      // w_t = ternarize(latent) into the module, keeping autograd
   void set_lr(double factor);
   // Sums this step's gradients (then divides by the world size), its metrics and the ranks' stop
@@ -163,6 +168,7 @@ class Trainer {
   torch::jit::Module module_;
   TrainOptions options_;
   DataSplits data_;
+  std::unique_ptr<Objective> objective_;
   std::vector<TrainLayer> layers_;
   std::vector<std::pair<std::string, torch::Tensor>> other_params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;

@@ -114,8 +114,7 @@ void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string
   archive.write("epoch", c10::IValue(static_cast<int64_t>(p.epoch)));
   archive.write("step_in_epoch", c10::IValue(p.step_in_epoch));
   archive.write("global_step", c10::IValue(p.global_step));
-  archive.write("train_sums", torch::tensor({p.train.loss, p.train.top1, p.train.top5,
-                                             static_cast<double>(p.train.samples)}, torch::kDouble));
+  archive.write("train_sums", torch::tensor(p.train.sums(), torch::kDouble));
   archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
   int i = 0;
   for (const auto& [name, t] : trainer.state_tensors()) archive.write("t" + std::to_string(i++), t.detach());
@@ -171,8 +170,10 @@ void restore(Trainer& trainer, const std::string& archive_bytes, const std::stri
   p.global_step = v.toInt();
   torch::Tensor sums, rng;
   archive.read("train_sums", sums);
-  const auto* s = sums.data_ptr<double>();
-  p.train = {s[0], s[1], s[2], static_cast<int64_t>(s[3])};
+  std::vector<double> train(sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel());
+  if (train.size() == 4)  // ttq 0.2: loss, top1, top5, samples (all labeled)
+    train = {train[0], train[0], 0, train[1], train[2], train[3], train[3]};
+  p.train = Metrics::from_sums(train);
   archive.read("rng", rng);
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(rng);

@@ -40,11 +40,19 @@ void from_json(const nlohmann::json& j, QuantizeOptions& o);
 // "subset", "world_size"} and the quantization fields above. Reading fills absent keys with defaults.
 void to_json(nlohmann::json& j, const RunOptions& o);
 void from_json(const nlohmann::json& j, RunOptions& o);
-// {"epoch", "partial", "step", "lr", "loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds"}:
-// the epoch's numbers (the run log adds its layers).
+// {"model_output", "distill", "teacher", "distill_loss", "distill_temperature", "distill_alpha"}
+void to_json(nlohmann::json& j, const ObjectiveOptions& o);
+void from_json(const nlohmann::json& j, ObjectiveOptions& o);
+// Metrics as PREFIX + "loss", "top1", "top5" (labeled data), "ce" and "distill" (`with_terms`, when
+// distilling), "agreement" and "rel_mse" (against a teacher): present only when measured.
+void metrics_to_json(nlohmann::json& j, const Metrics& m, const std::string& prefix, bool with_terms);
+Metrics metrics_from_json(const nlohmann::json& j, const std::string& prefix);
+// {"epoch", "partial", "step", "lr", "loss", "train_top1", "train_ce", "train_distill", "val_loss",
+// "val_top1", "val_top5", "val_agreement", "val_rel_mse", "seconds"}: the epoch's numbers (the run
+// log adds its layers).
 void to_json(nlohmann::json& j, const EpochRecord& e);
 void from_json(const nlohmann::json& j, EpochRecord& e);
-// {"data", "options", "steps", "val_top1", "val_top5", "val_loss"}
+// {"data", "options", "steps", "val_loss", "val_top1", "val_top5", "val_agreement", "val_rel_mse"}
 void to_json(nlohmann::json& j, const RunSummary& s);
 void from_json(const nlohmann::json& j, RunSummary& s);
 

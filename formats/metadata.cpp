@@ -68,6 +68,7 @@ void to_json(json& j, const RunOptions& r) {
        {"seed", t.seed},           {"fp", t.fp},                 {"threads", r.threads},
        {"subset", r.subset},       {"world_size", r.world_size}};
   j.update(json(t.quant));
+  j.update(json(t.objective));
 }
 
 void from_json(const json& j, RunOptions& r) {
@@ -93,16 +94,56 @@ void from_json(const json& j, RunOptions& r) {
     if (j.contains("mode")) t.quant.threshold = {j["mode"].get<ThresholdMode>(), j.at("threshold").get<double>()};
     t.quant.init = j.value("init", d.quant.init);
   }
+  t.objective = j.get<ObjectiveOptions>();
   r.threads = j.value("threads", 0);
   r.subset = j.value("subset", int64_t{0});
   r.world_size = j.value("world_size", 1);
 }
 
+void to_json(json& j, const ObjectiveOptions& o) {
+  j = {{"model_output", o.output},        {"distill", o.distill},   {"teacher", o.teacher},
+       {"distill_loss", o.loss},       {"distill_temperature", o.temperature}, {"distill_alpha", o.alpha}};
+}
+
+void from_json(const json& j, ObjectiveOptions& o) {
+  const ObjectiveOptions d;
+  o.output = j.value("model_output", d.output);
+  o.distill = j.value("distill", d.distill);
+  o.teacher = j.value("teacher", d.teacher);
+  o.loss = j.value("distill_loss", d.loss);
+  o.temperature = j.value("distill_temperature", d.temperature);
+  o.alpha = j.value("distill_alpha", 0.0);  // runs before distillation: cross-entropy alone
+}
+
+void metrics_to_json(json& j, const Metrics& m, const std::string& prefix, bool with_terms) {
+  j[prefix + "loss"] = m.loss;
+  if (m.has_labels()) j[prefix + "top1"] = m.top1, j[prefix + "top5"] = m.top5;
+  if (with_terms && m.distill != 0) j[prefix + "ce"] = m.ce, j[prefix + "distill"] = m.distill;
+  if (m.agreement) j[prefix + "agreement"] = *m.agreement;
+  if (m.rel_mse) j[prefix + "rel_mse"] = *m.rel_mse;
+}
+
+Metrics metrics_from_json(const json& j, const std::string& prefix) {
+  Metrics m;
+  m.loss = j.value(prefix + "loss", 0.0);
+  if (j.contains(prefix + "top1")) {
+    m.top1 = j.at(prefix + "top1").get<double>();
+    m.top5 = j.value(prefix + "top5", m.top1);
+    m.labeled = 1;  // labeled samples were counted: only that there were any is kept
+  }
+  m.ce = j.value(prefix + "ce", m.labeled ? m.loss : 0.0);
+  m.distill = j.value(prefix + "distill", 0.0);
+  if (j.contains(prefix + "agreement")) m.agreement = j[prefix + "agreement"].get<double>();
+  if (j.contains(prefix + "rel_mse")) m.rel_mse = j[prefix + "rel_mse"].get<double>();
+  return m;
+}
+
 void to_json(json& j, const EpochRecord& e) {
-  j = {{"epoch", e.epoch},         {"partial", e.partial},       {"step", e.step},
-       {"lr", e.lr},               {"loss", e.train.loss},       {"train_top1", e.train.top1},
-       {"val_loss", e.val.loss},   {"val_top1", e.val.top1},     {"val_top5", e.val.top5},
-       {"seconds", e.seconds}};
+  j = {{"epoch", e.epoch}, {"partial", e.partial}, {"step", e.step}, {"lr", e.lr}, {"seconds", e.seconds}};
+  metrics_to_json(j, e.train, "train_", true);
+  metrics_to_json(j, e.val, "val_", false);
+  j["loss"] = e.train.loss;  // the names of ttq 0.2's logs, which readers of the log know
+  j.erase("train_loss");
 }
 
 void from_json(const json& j, EpochRecord& e) {
@@ -110,26 +151,23 @@ void from_json(const json& j, EpochRecord& e) {
   e.partial = j.at("partial").get<bool>();
   e.step = integer_at(j, "step");
   e.lr = j.at("lr").get<double>();
+  e.train = metrics_from_json(j, "train_");
   e.train.loss = j.at("loss").get<double>();
-  e.train.top1 = j.at("train_top1").get<double>();
+  e.val = metrics_from_json(j, "val_");
   e.val.loss = j.at("val_loss").get<double>();
-  e.val.top1 = j.at("val_top1").get<double>();
-  e.val.top5 = j.at("val_top5").get<double>();
   e.seconds = j.at("seconds").get<double>();
 }
 
 void to_json(json& j, const RunSummary& s) {
-  j = {{"data", s.data},          {"options", s.options},       {"steps", s.steps},
-       {"val_top1", s.val.top1}, {"val_top5", s.val.top5}, {"val_loss", s.val.loss}};
+  j = {{"data", s.data}, {"options", s.options}, {"steps", s.steps}};
+  metrics_to_json(j, s.val, "val_", false);
 }
 
 void from_json(const json& j, RunSummary& s) {
   s.data = j.value("data", "");
   if (j.contains("options")) s.options = j["options"].get<RunOptions>();
   s.steps = j.value("steps", int64_t{0});
-  s.val.top1 = j.value("val_top1", 0.0);
-  s.val.top5 = j.value("val_top5", 0.0);
-  s.val.loss = j.value("val_loss", 0.0);
+  s.val = metrics_from_json(j, "val_");
 }
 
 std::string metadata_to_json(const ModelMetadata& meta) {

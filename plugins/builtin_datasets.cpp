@@ -107,11 +107,10 @@ torch::Tensor read_idx(const fs::path& path, int dims) {
 }
 
 Dataset idx_split(const fs::path& dir, const std::string& prefix) {
-  Dataset d;
-  d.inputs = read_idx(find_file(dir, prefix + "-images-idx3-ubyte"), 3).unsqueeze(1);
-  d.labels = read_idx(find_file(dir, prefix + "-labels-idx1-ubyte"), 1).to(torch::kInt64);
-  if (d.inputs.size(0) != d.labels.size(0))
-    throw input_error(fmt::format("{}: {} images but {} labels in the {} split", dir.string(), d.inputs.size(0),
+  Dataset d(read_idx(find_file(dir, prefix + "-images-idx3-ubyte"), 3).unsqueeze(1),
+            read_idx(find_file(dir, prefix + "-labels-idx1-ubyte"), 1).to(torch::kInt64));
+  if (d.size() != d.labels.size(0))
+    throw input_error(fmt::format("{}: {} images but {} labels in the {} split", dir.string(), d.size(),
                                   d.labels.size(0), prefix));
   return d;
 }
@@ -158,15 +157,48 @@ DataSplits load_cifar10(const std::string& path, const LoadOptions&) {
 }
 
 // tensors:FILE — torch.save({'x': X, 'y': Y[, 'x_test': .., 'y_test': ..]}) or a TorchScript
-// module with those attributes. Without test tensors, validation uses the training data.
+// module with those attributes. X may be a list or tuple of tensors: the arguments of forward, in
+// order (token ids and an attention mask). Without 'y' the data is unlabeled (distillation); without
+// test tensors, validation uses the training data.
+std::vector<torch::Tensor> tensor_inputs(const c10::IValue& v, const std::string& path, const std::string& key) {
+  std::vector<torch::Tensor> out;
+  if (v.isTensor()) {
+    out.push_back(v.toTensor());
+  } else if (v.isList() || v.isTuple()) {
+    for (const auto& e : v.isList() ? v.toListRef().vec() : v.toTupleRef().elements().vec()) {
+      if (!e.isTensor()) throw input_error(fmt::format("{}: '{}' holds a {}, not only tensors", path, key, e.tagKind()));
+      out.push_back(e.toTensor());
+    }
+  }
+  if (out.empty()) throw input_error(fmt::format("{}: '{}' must be a tensor or a non-empty list of tensors", path, key));
+  for (const auto& t : out)
+    if (!t.defined() || t.dim() == 0 || t.size(0) != out.front().size(0))
+      throw input_error(fmt::format("{}: the tensors of '{}' need the same first dimension (the samples)", path, key));
+  if (out.front().size(0) == 0) throw input_error(fmt::format("{}: '{}' holds no samples", path, key));
+  return out;
+}
+
+Dataset tensor_split(const std::map<std::string, c10::IValue>& found, const std::string& path, const std::string& x,
+                     const std::string& y) {
+  Dataset d(tensor_inputs(found.at(x), path, x), torch::Tensor());
+  const auto labels = found.find(y);
+  if (labels == found.end()) return d;
+  const torch::Tensor t = labels->second.isTensor() ? labels->second.toTensor() : torch::Tensor();
+  if (!t.defined() || t.dim() != 1 || t.is_floating_point() || t.size(0) != d.size())
+    throw input_error(fmt::format("{}: '{}' must be integer labels, one per row of '{}'", path, y, x));
+  d.labels = t.to(torch::kInt64);
+  return d;
+}
+
 DataSplits load_tensors(const std::string& path, const LoadOptions&) {
   const std::vector<uint8_t> file = read_file(path);
-  std::map<std::string, torch::Tensor> found;
+  std::map<std::string, c10::IValue> found;
+  const char* const keys[] = {"x", "y", "x_test", "y_test"};
   try {
     const auto value = torch::pickle_load(std::vector<char>(file.begin(), file.end()));
     if (!value.isGenericDict()) throw input_error(fmt::format("{}: not a dict of tensors", path));
     for (const auto& item : value.toGenericDict())
-      if (item.key().isString() && item.value().isTensor()) found[item.key().toStringRef()] = item.value().toTensor();
+      if (item.key().isString()) found[item.key().toStringRef()] = item.value();
   } catch (const c10::Error& pickle_error) {
     // LibTorch's unpickler lacks SETITEM, which torch.save uses for a dict of one entry.
     if (std::string(pickle_error.what()).find("Unknown opcode") != std::string::npos)
@@ -174,32 +206,21 @@ DataSplits load_tensors(const std::string& path, const LoadOptions&) {
                                     "least 'x' and 'y'", path, short_message(pickle_error.what_without_backtrace())));
     try {
       auto module = torch::jit::load(path);
-      for (const char* key : {"x", "y", "x_test", "y_test"})
-        if (module.hasattr(key) && module.attr(key).isTensor()) found[key] = module.attr(key).toTensor();
+      for (const char* key : keys)
+        if (module.hasattr(key)) found[key] = module.attr(key);
     } catch (const c10::Error&) {
       throw input_error(fmt::format("{}: neither a torch.save() dict nor a TorchScript module", path));
     }
   }
-  const auto get = [&](const char* key) -> torch::Tensor {
-    auto it = found.find(key);
-    return it == found.end() ? torch::Tensor() : it->second;
-  };
+  if (!found.count("x")) throw input_error(fmt::format("{}: needs 'x' (and optionally 'y', 'x_test', 'y_test')", path));
   DataSplits s;
-  s.train = {get("x"), get("y")};
-  s.test = get("x_test").defined() ? Dataset{get("x_test"), get("y_test")} : s.train;
-  for (const auto* d : {&s.train, &s.test}) {
-    if (!d->inputs.defined() || !d->labels.defined())
-      throw input_error(fmt::format("{}: needs tensors 'x' and 'y' (and optionally 'x_test', 'y_test')", path));
-    if (d->labels.dim() != 1 || d->labels.is_floating_point() || d->inputs.size(0) != d->labels.size(0))
-      throw input_error(fmt::format("{}: 'y' must be integer labels, one per row of 'x'", path));
-  }
-  if (s.train.size() == 0 || s.test.size() == 0)
-    throw input_error(fmt::format("{}: 'x' and 'y' hold no samples", path));
-  s.train.labels = s.train.labels.to(torch::kInt64);
-  s.test.labels = s.test.labels.to(torch::kInt64);
-  if (!s.train.inputs.is_floating_point() && s.train.inputs.scalar_type() != torch::kUInt8)
-    s.train.inputs = s.train.inputs.to(torch::kFloat), s.test.inputs = s.test.inputs.to(torch::kFloat);
-  s.num_classes = std::max(s.train.labels.max().item<int64_t>(), s.test.labels.max().item<int64_t>()) + 1;
+  s.train = tensor_split(found, path, "x", "y");
+  s.test = found.count("x_test") ? tensor_split(found, path, "x_test", "y_test") : s.train;
+  if (s.test.inputs.size() != s.train.inputs.size())
+    throw input_error(fmt::format("{}: 'x' holds {} tensors, 'x_test' {}", path, s.train.inputs.size(),
+                                  s.test.inputs.size()));
+  for (const Dataset* d : {&s.train, &s.test})
+    if (d->labeled()) s.num_classes = std::max(s.num_classes, d->labels.max().item<int64_t>() + 1);
   return s;
 }
 

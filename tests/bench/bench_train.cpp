@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
   at::set_num_threads(std::stoi(argv[3]));
   spdlog::set_level(spdlog::level::err);  // the trainer's warnings would mix into the figures on stdout
   DataSplits data = load_dataset(default_dataset_spec());
-  data.test = {data.test.inputs.narrow(0, 0, 256), data.test.labels.narrow(0, 0, 256)};
+  data.test = data.test.first(256);
   double fp = 1e30, ttq = 1e30;
   for (int round = 0; round < 2; ++round) {
     fp = std::min(fp, ms_per_step(model, data, true, steps, batch));

@@ -357,13 +357,13 @@ class UnclearErrors(Workdir):
             (["finetune", *one_layer, "--data", self.tensors("onekey.pt", x=x)], 1,
              r"LibTorch cannot read this torch\.save\(\) file .*save a dict with at least 'x' and 'y'"),
             (["finetune", *one_layer, "--data", self.tensors("empty.pt", x=x[:0], y=y[:0])], 1,
-             r"empty\.pt: 'x' and 'y' hold no samples"),
+             r"empty\.pt: 'x' holds no samples"),
             (["finetune", *one_layer, "--data", self.tensors("neg.pt", x=x, y=y * 0 - 1)], 1,
              r"label -1 is negative: labels are class indices 0\.\.9"),
             (["eval", fixture("three_d_output.pt"), "--data", "tensors:" + fixture("tensors.pt")], 1,
-             r"the model's output has shape \[256, 1, 10\]; finetune and eval need class scores"),
+             r"the model's output has shape \[256, 1, 10\]; labels need class scores"),
             (["eval", fixture("tuple_output.pt"), "--data", "tensors:" + fixture("tensors.pt")], 1,
-             r"the model returns a Tuple, not a tensor of class scores"),
+             r"the model returns 2 floating tensors .*: name the one with class scores with --model-output"),
         ]
         for args, code, pattern in cases:
             with self.subTest(args=args[:2]):

@@ -28,8 +28,8 @@ EpochRecord epoch_at(int epoch, int64_t step, double val_top1) {
   r.epoch = epoch;
   r.step = step;
   r.lr = 0.005;
-  r.train = {0.5, 0.8, 0.95, 0, 0};
-  r.val = {0.6, val_top1, 0.97, 0, 0};
+  r.train.loss = 0.5, r.train.top1 = 0.8, r.train.top5 = 0.95, r.train.labeled = 1;
+  r.val.loss = 0.6, r.val.top1 = val_top1, r.val.top5 = 0.97, r.val.labeled = 1;
   r.seconds = 1.5;
   r.layers = {layer(0.7f, 35)};
   return r;
@@ -52,6 +52,10 @@ TEST_CASE("a resumed run's repeated records replace the earlier ones, and option
   options.train.quant.init = ScaleInit::Mean;
   options.train.quant.threshold = {ThresholdMode::Sparsity, 0.4};
   options.world_size = 2;
+  options.train.objective.teacher = "fp.pt";
+  options.train.objective.loss = DistillLoss::Kl;
+  options.train.objective.alpha = 0.25;
+  options.train.objective.output = "logits";
   {
     RunLog log(path, false);
     log.run("m.pt", "tensors:x.pt", options, 10);
@@ -63,7 +67,10 @@ TEST_CASE("a resumed run's repeated records replace the earlier ones, and option
   {
     RunLog log(path, true);  // resumed from the checkpoint at step 10
     log.step(step_at(15, 1.4), {layer(0.66f, 33)});
-    log.epoch(epoch_at(2, 20, 0.7));
+    EpochRecord second = epoch_at(2, 20, 0.7);
+    second.train.ce = 0.4, second.train.distill = 0.6;
+    second.val.agreement = 0.93, second.val.rel_mse = 0.02;
+    log.epoch(second);
   }
   const RunHistory h = read_run_log(path);
   CHECK(h.model == "m.pt");
@@ -85,6 +92,15 @@ TEST_CASE("a resumed run's repeated records replace the earlier ones, and option
   REQUIRE(h.epochs.size() == 2);
   CHECK(h.epochs[1].val.top1 == 0.7);
   CHECK(h.epochs[1].train.loss == 0.5);
+  CHECK(h.epochs[1].train.distill == 0.6);
+  CHECK(h.epochs[1].train.ce == 0.4);
+  CHECK(h.epochs[1].val.agreement == 0.93);
+  CHECK(h.epochs[1].val.rel_mse == 0.02);
+  CHECK_FALSE(h.epochs[0].val.agreement);
+  CHECK(h.options.train.objective.teacher == "fp.pt");
+  CHECK(h.options.train.objective.loss == DistillLoss::Kl);
+  CHECK(h.options.train.objective.alpha == 0.25);
+  CHECK(h.options.train.objective.output == "logits");
   std::filesystem::remove(path);
 }
 

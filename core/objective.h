@@ -1,0 +1,107 @@
+// What training minimizes and evaluation measures: cross-entropy on class labels, distillation
+// from a frozen teacher (TernaryBERT's and BitDistill's pairing of a ternary student with its
+// full-precision model), or both; the metrics of a split or an epoch (Metrics), and evaluation:
+// used by the trainer after each epoch and by `ttq eval` for any model.
+#pragma once
+#include <torch/script.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/choices.h"
+#include "core/data.h"
+
+namespace ttq {
+
+enum class DistillLoss { Auto, Kl, Mse };
+inline constexpr Choice<DistillLoss> kDistillLosses[] = {
+    {"auto", DistillLoss::Auto, "kl when the data has labels, mse otherwise"},
+    {"kl", DistillLoss::Kl, "T²·KL(softmax(teacher/T) ‖ softmax(student/T)) over the last dimension (class scores)"},
+    {"mse", DistillLoss::Mse, "mean squared error of the raw outputs (regression, embeddings, any tensor)"}};
+constexpr const auto& choices(DistillLoss) { return kDistillLosses; }
+
+// The flags of the objective (finetune; eval takes --teacher and --model-output).
+struct ObjectiveOptions {
+  std::string output;        // --model-output: a dict key or a tuple index; empty: every floating tensor
+  bool distill = false;      // --distill: the input model teaches
+  std::string teacher;       // --teacher FILE (implies distillation)
+  DistillLoss loss = DistillLoss::Auto;
+  double temperature = 4;    // of kl
+  double alpha = -1;         // weight of the distillation loss; < 0: 1 without labels, 0.5 with them
+  bool distilling() const { return distill || !teacher.empty(); }
+};
+
+// The options with `auto` values decided for data with or without labels; usage errors for
+// values out of range.
+ObjectiveOptions resolve(ObjectiveOptions options, bool labeled);
+
+// Sums over the samples of a split or an epoch; averaged() turns them into means.
+struct Metrics {
+  double loss = 0;             // the objective
+  double ce = 0, distill = 0;  // its terms: cross-entropy on labels, distillation loss
+  double top1 = 0, top5 = 0;   // hits on labeled samples
+  int64_t samples = 0, labeled = 0;
+  // Against the teacher: positions whose top-1 agrees, positions compared (class-score outputs
+  // only), and the squared error with the sums of the teacher's values for its spread.
+  double agree = 0, positions = 0, sq_err = 0, t_sum = 0, t_sq = 0, t_count = 0;
+  int64_t outputs = 0;  // the number of classes, when labeled
+  // Set by averaged(): agreement = agree / positions; rel_mse = ‖y_s − y_t‖² / ‖y_t − mean(y_t)‖².
+  std::optional<double> agreement, rel_mse;
+
+  bool has_labels() const { return labeled > 0; }
+  // Every sum in one vector (all-reduce, checkpoints), and back.
+  std::vector<double> sums() const;
+  static Metrics from_sums(const std::vector<double>& v);
+  Metrics& operator+=(const Metrics& other);
+};
+// The sums turned into means: loss terms per sample, hits per labeled sample.
+Metrics averaged(Metrics m);
+
+// The floating tensors of a model's output: a tensor, a tuple or list, or a dict with string keys
+// (in its order). `select` ("KEY" or "INDEX", --model-output) picks one; an input error when it
+// names nothing.
+std::vector<torch::Tensor> output_tensors(const c10::IValue& output, const std::string& select);
+// The one output tensor that holds class scores [batch, classes]; an input error saying what the
+// model returns instead.
+torch::Tensor classifier_scores(const std::vector<torch::Tensor>& outputs);
+// Input error unless every label is a class index in 0..classes-1.
+void check_labels(const torch::Tensor& labels, int64_t classes);
+
+class Objective {
+ public:
+  // `options` resolved; `teacher` when distilling or comparing with a teacher (eval --teacher).
+  explicit Objective(ObjectiveOptions options, std::optional<torch::jit::Module> teacher = std::nullopt);
+
+  // The loss of a batch whose model output is `output` (with autograd when the output has it):
+  // cross-entropy on `labels` when defined, the distillation loss against the teacher's output on
+  // the same `inputs` when there is a teacher, weighted by alpha. Adds the batch to `m`.
+  torch::Tensor operator()(const c10::IValue& output, const std::vector<torch::Tensor>& inputs,
+                           const torch::Tensor& labels, Metrics& m) const;
+  bool has_teacher() const { return teacher_.has_value(); }
+  const ObjectiveOptions& options() const { return options_; }
+
+ private:
+  torch::Tensor distillation(const std::vector<torch::Tensor>& student,
+                             const std::vector<torch::Tensor>& teacher) const;
+
+  ObjectiveOptions options_;
+  mutable std::optional<torch::jit::Module> teacher_;  // forward is not const; it is not changed
+};
+
+// The model's output for `inputs`, with an input error naming their shapes when it rejects them.
+c10::IValue run_model(torch::jit::Module& module, const std::vector<torch::Tensor>& inputs);
+
+// Sums over batches shard, shard + shards, ... of `data`, in eval mode without gradients: the
+// ranks of a data-parallel group each take their shard and add the sums up. Input errors, one
+// line, for inputs the model rejects and labels beyond its outputs.
+Metrics evaluate_sums(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
+                      const Objective& objective, int64_t batch_size, int shard = 0, int shards = 1);
+
+// Means over the whole split.
+inline Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
+                               const Objective& objective, int64_t batch_size) {
+  return averaged(evaluate_sums(module, data, pre, objective, batch_size));
+}
+
+}  // namespace ttq
