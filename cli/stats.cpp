@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -41,6 +42,37 @@ std::string StatsRun::title() const {
                      points.empty() ? 0 : points.back().step, tool);
 }
 
+std::map<std::string, double> final_metrics(const Metrics& val, const EpochRecord* e) {
+  std::map<std::string, double> out{{"val_loss", val.loss}};
+  if (val.has_labels()) out["top1"] = val.top1, out["top5"] = val.top5;
+  if (val.agreement) out["agreement"] = *val.agreement;
+  if (val.rel_mse) out["rel_mse"] = *val.rel_mse;
+  if (!e) return out;
+  out["loss"] = e->train.loss;
+  out["lr"] = e->lr;
+  if (e->train.has_labels()) out["train_top1"] = e->train.top1;
+  if (e->train.distill != 0) out["train_ce"] = e->train.ce, out["train_distill"] = e->train.distill;
+  return out;
+}
+
+std::vector<std::pair<std::string, double>> epoch_metrics(const EpochRecord& e) {
+  std::vector<std::pair<std::string, double>> out{{"train_loss", e.train.loss}};
+  if (e.train.has_labels()) out.emplace_back("train_top1", e.train.top1);
+  if (e.train.distill != 0) out.emplace_back("train_ce", e.train.ce), out.emplace_back("train_distill", e.train.distill);
+  out.emplace_back("val_loss", e.val.loss);
+  if (e.val.has_labels()) out.emplace_back("val_top1", e.val.top1), out.emplace_back("val_top5", e.val.top5);
+  if (e.val.agreement) out.emplace_back("val_agreement", *e.val.agreement);
+  if (e.val.rel_mse) out.emplace_back("val_rel_mse", *e.val.rel_mse);
+  out.emplace_back("seconds", e.seconds);
+  return out;
+}
+
+bool is_fraction(const std::string& metric) {
+  static const std::set<std::string> kFractions = {"top1",     "top5",     "agreement",    "train_top1",
+                                                   "val_top1", "val_top5", "val_agreement"};
+  return kFractions.count(metric) > 0;
+}
+
 namespace {
 
 struct StatsArgs {
@@ -67,7 +99,7 @@ StatsRun run_from_model(const std::string& path) {
   if (meta->run) {
     run.data = meta->run->data;
     point.step = meta->run->steps;
-    run.final = {{"top1", meta->run->val.top1}, {"top5", meta->run->val.top5}, {"val_loss", meta->run->val.loss}};
+    run.final = final_metrics(meta->run->val, nullptr);
   }
   run.points.push_back(std::move(point));
   return run;
@@ -85,11 +117,7 @@ StatsRun run_from_log(const std::string& path) {
   run.steps_per_epoch = h.steps_per_epoch;
   run.points = std::move(h.points);
   run.epochs = std::move(h.epochs);
-  if (!run.epochs.empty()) {
-    const auto& e = run.epochs.back();
-    run.final = {{"top1", e.val.top1}, {"top5", e.val.top5}, {"val_loss", e.val.loss},
-                 {"train_top1", e.train.top1}, {"loss", e.train.loss}, {"lr", e.lr}};
-  }
+  if (!run.epochs.empty()) run.final = final_metrics(run.epochs.back().val, &run.epochs.back());
   return run;
 }
 
@@ -205,7 +233,7 @@ Command register_stats(CLI::App& app) {
   sub->add_flag("--json", a->json, "same as --format json")->excludes(format);
   sub->add_option("--plot", a->plot, "also draw the run's trajectories as a self-contained SVG")->type_name("OUT.svg");
   sub->add_option("--expect", a->expect,
-                  "check the final state, e.g. 'sparsity>=0.3' (every layer), 'top1>=0.9'; exit 1 "
+                  "check the final state, e.g. 'sparsity>=0.3' (every layer), 'top1>=0.9', 'agreement>=0.95'; exit 1 "
                   "listing each failure (repeatable)")
       ->type_name("COND");
   sub->add_option("--sparklines", a->sparklines, "trajectory sparklines in the text table: auto (on a terminal, "

@@ -35,8 +35,16 @@ struct StatsRun {
 // Per-layer metrics, in display order, and their value in a logged layer.
 inline const std::vector<std::string> kLayerMetrics = {"wp", "wn", "delta", "sparsity", "neg", "pos"};
 double layer_metric(const LayerRecord& layer, const std::string& metric);
-// Run-level metrics of the final state, for the comparison table and --expect.
-inline const std::vector<std::string> kRunMetrics = {"top1", "top5", "val_loss", "train_top1", "loss", "lr"};
+// Run-level metrics of the final state, for the comparison table and --expect; a run has those it
+// measured (top1 with labels, agreement and rel_mse against a teacher, train_ce and train_distill
+// when distilling).
+inline const std::vector<std::string> kRunMetrics = {"top1",       "top5", "val_loss", "agreement", "rel_mse",
+                                                     "train_top1", "loss", "train_ce", "train_distill", "lr"};
+std::map<std::string, double> final_metrics(const Metrics& val, const EpochRecord* last_epoch);
+// An epoch's measured numbers, named as in the CSV: train_loss, train_top1, ..., val_rel_mse, seconds.
+std::vector<std::pair<std::string, double>> epoch_metrics(const EpochRecord& e);
+// Fractions shown as percents: top1, agreement, val_top5, ...
+bool is_fraction(const std::string& metric);
 
 // An --expect condition (core/expect.h) checked against the final state.
 struct ExpectationResult {

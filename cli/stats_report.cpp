@@ -53,14 +53,29 @@ size_t name_width(const std::vector<std::string>& names, size_t at_least) {
   return at_least;
 }
 
+// One column per measured metric (the last epoch's: labels, teacher), headed by its CSV name.
 void print_epochs(const StatsRun& run) {
   if (run.epochs.empty()) return;
-  fmt::print("\n{:>6}  {:>8}  {:>10}  {:>8}  {:>11}  {:>8}  {:>9}  {:>9}  {:>8}\n", "epoch", "step", "lr", "loss",
-             "train top-1", "val loss", "val top-1", "val top-5", "time");
-  for (const auto& e : run.epochs)
-    fmt::print("{:>6}  {:>8}  {:>10.4g}  {:>8.4f}  {:>11}  {:>8.4f}  {:>9}  {:>9}  {:>6.1f} s\n",
-               fmt::format("{}{}", e.epoch, e.partial ? "*" : ""), e.step, e.lr, e.train.loss, percent(e.train.top1),
-               e.val.loss, percent(e.val.top1), percent(e.val.top5), e.seconds);
+  std::vector<std::string> columns;
+  for (const auto& m : epoch_metrics(run.epochs.back())) columns.push_back(m.first);
+  const auto width = [](const std::string& c) { return std::max<size_t>(c.size(), 9); };
+  fmt::print("\n{:>6}  {:>8}  {:>10}", "epoch", "step", "lr");
+  for (const auto& c : columns) fmt::print("  {:>{}}", c, width(c));
+  fmt::print("\n");
+  for (const auto& e : run.epochs) {
+    std::map<std::string, double> values;
+    for (const auto& [name, v] : epoch_metrics(e)) values[name] = v;
+    fmt::print("{:>6}  {:>8}  {:>10.4g}", fmt::format("{}{}", e.epoch, e.partial ? "*" : ""), e.step, e.lr);
+    for (const auto& c : columns) {
+      const auto it = values.find(c);
+      const std::string cell = it == values.end()                    ? "-"
+                               : c == "seconds"                     ? fmt::format("{:.1f} s", it->second)
+                               : is_fraction(c)                     ? percent(it->second)
+                                                                    : fmt::format("{:.4f}", it->second);
+      fmt::print("  {:>{}}", cell, width(c));
+    }
+    fmt::print("\n");
+  }
   if (run.epochs.back().partial) fmt::print("(* partial epoch: stopped by --max-steps or an interrupt)\n");
 }
 
@@ -96,7 +111,7 @@ void print_final_layers(const StatsRun& run) {
 }
 
 std::string format_run_metric(const std::string& metric, double v) {
-  return metric == "top1" || metric == "top5" || metric == "train_top1" ? percent(v) : num(v);
+  return is_fraction(metric) ? percent(v) : num(v);
 }
 
 void print_run(const StatsRun& run, bool sparklines) {
@@ -132,7 +147,7 @@ void print_comparison(const StatsRun& a, const StatsRun& b) {
     if (!x && !y) continue;
     if (!any) fmt::print("\n{:<10}  {:>10}  {:>10}  {:>10}\n", "run", "A", "B", "B-A");
     any = true;
-    const bool pp = m == "top1" || m == "top5" || m == "train_top1";
+    const bool pp = is_fraction(m);
     fmt::print("{:<10}  {:>10}  {:>10}  {:>10}\n", m, cell(x, m), cell(y, m), diff(x, y, pp));
   }
 
@@ -251,12 +266,7 @@ void print_stats_csv(const std::vector<StatsRun>& runs) {
       for (; next_epoch < run.epochs.size() && run.epochs[next_epoch].step <= p.step; ++next_epoch) {
         const auto& e = run.epochs[next_epoch];
         if (!p.lr) row(e.step, "", "lr", e.lr);
-        row(e.step, "", "train_loss", e.train.loss);
-        row(e.step, "", "train_top1", e.train.top1);
-        row(e.step, "", "val_loss", e.val.loss);
-        row(e.step, "", "val_top1", e.val.top1);
-        row(e.step, "", "val_top5", e.val.top5);
-        row(e.step, "", "seconds", e.seconds);
+        for (const auto& [metric, value] : epoch_metrics(e)) row(e.step, "", metric, value);
       }
     }
     if (!run.from_log)

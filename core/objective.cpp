@@ -18,6 +18,15 @@ std::string describe(const std::vector<torch::Tensor>& tensors) {
   return out;
 }
 
+// What a model returns, in Python's words.
+std::string kind_of(const c10::IValue& v) {
+  if (v.isTensor()) return "tensor";
+  if (v.isTuple()) return "tuple";
+  if (v.isList()) return "list";
+  if (v.isGenericDict()) return "dict";
+  return v.tagKind();
+}
+
 void check_outputs_finite(const std::vector<torch::Tensor>& outputs, const char* whose) {
   for (const auto& t : outputs)
     if (!torch::isfinite(t).all().item<bool>())
@@ -94,17 +103,17 @@ std::vector<torch::Tensor> output_tensors(const c10::IValue& output, const std::
       if (key != select) continue;
       if (!floating(value))
         throw input_error(fmt::format("--model-output {}: the model's output there is a {}, not a floating tensor", select,
-                                      value.isTensor() ? "tensor of integers" : value.tagKind()));
+                                      value.isTensor() ? "tensor of integers" : kind_of(value)));
       return {value.toTensor()};
     }
-    throw input_error(fmt::format("--model-output {}: the model's output ({}) has no {} {}", select, output.tagKind(),
+    throw input_error(fmt::format("--model-output {}: the model's output ({}) has no {} {}", select, kind_of(output),
                                   is_index(select) ? "element" : "key", select));
   }
   for (const auto& item : items)
     if (floating(item.second)) out.push_back(item.second.toTensor());
   if (out.empty())
     throw input_error(fmt::format("the model returns a {} without floating tensors: ttq trains and compares "
-                                  "floating outputs (tensors, tuples or dicts of them)", output.tagKind()));
+                                  "floating outputs (tensors, tuples or dicts of them)", kind_of(output)));
   return out;
 }
 

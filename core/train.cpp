@@ -68,12 +68,16 @@ void Trainer::select_layers() {
   validate(q.threshold);
   auto candidates = find_candidates(module_);
   apply_selection(candidates, q.selection);
+  const auto layers_count = [](const std::vector<Candidate>& c) {
+    return std::count_if(c.begin(), c.end(), [](const Candidate& x) { return x.selected; });
+  };
   std::vector<std::string> bare;  // selected layers whose output no normalization takes
   for (const auto& c : candidates)
     if (c.selected && !c.normalized) bare.push_back(c.name);
   const std::string why = bare.empty() ? "a normalization follows every ternary layer"
-                                       : fmt::format("{} of the ternary layers ({}{}) have no normalization after them",
-                                                     bare.size(), bare.front(), bare.size() > 1 ? ", ..." : "");
+                                       : fmt::format("no normalization takes the output of {} of {} ternary layers "
+                                                     "({}{})", bare.size(), layers_count(candidates), bare.front(),
+                                                     bare.size() > 1 ? ", ..." : "");
   if (q.init == ScaleInit::Auto) {
     q.init = bare.empty() ? ScaleInit::Ones : ScaleInit::Mean;
     spdlog::info("--init auto: {} ({})", choice_name(q.init), why);

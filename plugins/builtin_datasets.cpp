@@ -202,8 +202,9 @@ DataSplits load_tensors(const std::string& path, const LoadOptions&) {
   } catch (const c10::Error& pickle_error) {
     // LibTorch's unpickler lacks SETITEM, which torch.save uses for a dict of one entry.
     if (std::string(pickle_error.what()).find("Unknown opcode") != std::string::npos)
-      throw input_error(fmt::format("{}: LibTorch cannot read this torch.save() file ({}); save a dict with at "
-                                    "least 'x' and 'y'", path, short_message(pickle_error.what_without_backtrace())));
+      throw input_error(fmt::format("{}: LibTorch cannot read this torch.save() file ({}): a dict of one entry; "
+                                    "save at least two ('x' and 'y', or 'x' and 'x_test' for unlabeled data)", path,
+                                    short_message(pickle_error.what_without_backtrace())));
     try {
       auto module = torch::jit::load(path);
       for (const char* key : keys)

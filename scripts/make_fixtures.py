@@ -17,6 +17,11 @@ three_d_output.pt             for tensors.pt, returns scores of shape [batch, 1,
 vit_small.pt, convnext_small.pt  torchvision's VisionTransformer and ConvNeXt, small configurations
                               (class token, position embedding and layer scales are not layer weights)
 lstm_tagger.pt                an embedding, an LSTM (weights read as a list) and a linear layer
+text_classifier.pt            nn.TransformerEncoder over token ids with a padding mask: forward(ids, mask)
+text_tokens.pt                {'x': [ids, mask], 'y', 'x_test': [..], 'y_test'} for text_classifier.pt
+tagger_tokens.pt              {'x', 'x_test'}: unlabeled token ids for lstm_tagger.pt
+regression_mlp.pt             a 16 -> 1 MLP without normalization; regression_unlabeled.pt: {'x'} only
+dict_output.pt                for tensors.pt, returns {'logits': [batch, 10], 'embedding': [batch, 16]}
 tensors.pt                    torch.save({'x', 'y', 'x_test', 'y_test'}): a 20-feature, 10-class
                               task (labels from a fixed random linear map) for one_layer.pt
 tensors_bad_labels.pt         the same with a label (15) beyond one_layer.pt's 10 outputs
@@ -105,6 +110,52 @@ class LstmTagger(nn.Module):
         return self.out(h)
 
 
+class TextClassifier(nn.Module):
+    """Token ids and a mask (True: a real token) in, 4 class scores out: an embedding with a learned
+    position embedding (not a layer weight), two Transformer encoder layers, masked mean pooling."""
+
+    def __init__(self, vocab=200, length=16, dim=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, ids, mask):
+        h = self.encoder(self.emb(ids) + self.pos[:, : ids.size(1)], src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+
+class RegressionMlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 64)
+        self.fc2 = nn.Linear(64, 64)
+        self.fc3 = nn.Linear(64, 1)
+
+    def forward(self, x):
+        return self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+class DictOutput(TupleOutput):
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return {"logits": self.fc2(h), "embedding": h}
+
+
+def token_batch(n, vocab=200, length=16):
+    """Token ids (0 pads) and masks of random lengths 4..length; the label is which quarter of the
+    vocabulary holds most of a sequence's tokens."""
+    lengths = torch.randint(4, length + 1, (n,))
+    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    ids = torch.randint(1, vocab, (n, length)) * mask
+    quarter = torch.div(ids - 1, (vocab - 1) // 4 + 1, rounding_mode="floor").clamp(0, 3)
+    counts = torch.stack([((quarter == q) & mask).sum(1) for q in range(4)], 1)
+    return ids, mask, counts.argmax(1)
+
+
 def save_scripted(model, path):
     model.eval()
     torch.jit.save(torch.jit.script(model), path)
@@ -145,6 +196,16 @@ def main():
     save_scripted(ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10),
                   os.path.join(out, "convnext_small.pt"))
     save_scripted(LstmTagger(), os.path.join(out, "lstm_tagger.pt"))
+    save_scripted(TextClassifier(), os.path.join(out, "text_classifier.pt"))
+    ids, mask, y = token_batch(1024)
+    ids_test, mask_test, y_test = token_batch(256)
+    torch.save({"x": [ids, mask], "y": y, "x_test": [ids_test, mask_test], "y_test": y_test},
+               os.path.join(out, "text_tokens.pt"))
+    torch.save({"x": torch.randint(0, 100, (256, 12)), "x_test": torch.randint(0, 100, (64, 12))},
+               os.path.join(out, "tagger_tokens.pt"))
+    save_scripted(RegressionMlp(), os.path.join(out, "regression_mlp.pt"))
+    torch.save({"x": torch.randn(512, 16), "x_test": torch.randn(128, 16)}, os.path.join(out, "regression_unlabeled.pt"))
+    save_scripted(DictOutput(), os.path.join(out, "dict_output.pt"))
     print(f"fixtures written to {out}")
 
 

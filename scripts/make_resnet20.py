@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Writes a CIFAR-style ResNet-20 (He et al. 2016, option-A shortcuts, as in the TTQ paper's CIFAR
-experiments), adapted to 1x28x28 inputs and 10 classes, as TorchScript. Random init, seeded.
-Usage: make_resnet20.py OUT.pt [SEED]
+"""Writes a CIFAR-style ResNet of depth 20, 32, 44 or 56 (He et al. 2016, option-A shortcuts, as in
+the TTQ paper's CIFAR experiments: 6n+2 layers, n blocks per stage), adapted to 1x28x28 inputs and
+10 classes, as TorchScript. Random init, seeded.
+Usage: make_resnet20.py OUT.pt [SEED [DEPTH]]   (defaults 0 and 20)
 """
 import sys
 
@@ -31,14 +32,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet20(nn.Module):
-    def __init__(self, in_channels=1, classes=10):
+    def __init__(self, in_channels=1, classes=10, depth=20):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         layers = []
         cin = 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(3):
+            for i in range((depth - 2) // 6):
                 layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
@@ -55,10 +56,13 @@ class ResNet20(nn.Module):
 
 
 def main():
-    if len(sys.argv) not in (2, 3):
+    if len(sys.argv) not in (2, 3, 4):
         sys.exit(__doc__)
-    torch.manual_seed(int(sys.argv[2]) if len(sys.argv) == 3 else 0)
-    torch.jit.save(torch.jit.script(ResNet20().eval()), sys.argv[1])
+    depth = int(sys.argv[3]) if len(sys.argv) == 4 else 20
+    if depth not in (20, 32, 44, 56):
+        sys.exit("depth must be 20, 32, 44 or 56")
+    torch.manual_seed(int(sys.argv[2]) if len(sys.argv) >= 3 else 0)
+    torch.jit.save(torch.jit.script(ResNet20(depth=depth).eval()), sys.argv[1])
 
 
 if __name__ == "__main__":

@@ -355,7 +355,7 @@ class UnclearErrors(Workdir):
             (["nope"], 2, r"unknown command 'nope'; commands: quantize, finetune"),
             ([], 2, r"no command given; commands: quantize"),
             (["finetune", *one_layer, "--data", self.tensors("onekey.pt", x=x)], 1,
-             r"LibTorch cannot read this torch\.save\(\) file .*save a dict with at least 'x' and 'y'"),
+             r"LibTorch cannot read this torch\.save\(\) file .*a dict of one entry; save at least two"),
             (["finetune", *one_layer, "--data", self.tensors("empty.pt", x=x[:0], y=y[:0])], 1,
              r"empty\.pt: 'x' holds no samples"),
             (["finetune", *one_layer, "--data", self.tensors("neg.pt", x=x, y=y * 0 - 1)], 1,

@@ -97,7 +97,7 @@ class StatsOfRuns(Workdir):
         out = self.stats(self.log_a)
         self.assertFalse(SPARK & set(out), "no sparklines when piped")
         self.assertRegex(out, r"small_cnn\.pt on fashion-mnist:\S+, 3 of 3 epochs, 48 steps")
-        self.assertRegex(out, r"\n\s+epoch\s+step\s+lr\s+loss\s+train top-1")
+        self.assertRegex(out, r"\n\s+epoch\s+step\s+lr\s+train_loss\s+train_top1\s+val_loss\s+val_top1")
         self.assertEqual(len([l for l in out.splitlines() if l.lstrip().startswith(("1 ", "2 ", "3 "))]), 3)
         last = {l["name"]: l for l in [r for r in self.records if r["type"] == "epoch"][-1]["layers"]}
         first = {l["name"]: l for l in self.records[1]["layers"]}
