@@ -129,6 +129,29 @@ class Distillation(Workdir):
         self.assertIn("val_top1", epoch)
         self.assertIn("val_agreement", epoch)
 
+    def test_resume_of_a_distilled_run_is_exact(self):
+        common = ["finetune", fixture("text_classifier.pt"), "--data", "tensors:" + fixture("text_tokens.pt"),
+                  "--distill", "--epochs", "2", "--batch-size", "64", "--lr", "0.002", "--seed", "5", *QUICK]
+        a, b = self.out("a.pt"), self.out("b.pt")
+        r = ttq(*common, "-o", a, "--log", self.out("a.jsonl"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq(*common, "-o", b, "--log", self.out("b.jsonl"), "--checkpoint-dir", self.out("ck"), "--max-steps", "21")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq(*common, "-o", b, "--log", self.out("b.jsonl"), "--checkpoint-dir", self.out("ck"), "--resume")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        full = [e for e in read_log(self.out("a.jsonl")) if e["type"] == "epoch"]
+        resumed = [e for e in read_log(self.out("b.jsonl")) if e["type"] == "epoch" and not e["partial"]]
+        for key in ("loss", "train_ce", "train_distill", "val_agreement", "val_rel_mse", "val_top1", "layers"):
+            self.assertEqual(full[-1][key], resumed[-1][key], key)
+        pa, pb = dict(torch.jit.load(a).named_parameters()), dict(torch.jit.load(b).named_parameters())
+        for k in pa:
+            self.assertTrue(torch.equal(pa[k], pb[k]), k)
+        # Another teacher is another run: resume refuses it.
+        r = ttq(*common, "--teacher", fixture("text_classifier.pt"), "-o", b, "--checkpoint-dir", self.out("ck"),
+                "--resume")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("teacher", r.stderr)
+
     def test_dict_outputs_train_on_the_named_output_or_distill_on_all(self):
         data = "tensors:" + fixture("tensors.pt")
         both = ["--quantize-first", "--quantize-last", *QUICK]

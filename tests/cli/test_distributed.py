@@ -101,6 +101,29 @@ class TwoRanksAgainstOneProcess(Workdir):
         for name in pa:
             self.assertTrue(torch.allclose(pa[name], pb[name], rtol=1e-4, atol=1e-6), name)
 
+    def test_distillation_on_two_ranks_trains_as_one_process(self):
+        # Each rank runs the teacher on its own slice; the loss terms and the teacher metrics are sums
+        # over the ranks like the rest.
+        args = ["finetune", fixture("one_layer.pt"), "--data", "tensors:" + fixture("tensors.pt"), "--teacher",
+                fixture("one_layer.pt"), "--quantize-first", "--quantize-last", "--epochs", "2", "--threads", "1",
+                "--optimizer", "adam", "--lr", "0.01", "--no-progress"]
+        r = ttq(*args, "--batch-size", "100", "-o", self.out("one.pt"), "--log", self.out("one.jsonl"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        port = str(free_port())
+        two = [*args, "--batch-size", "50", "--world-size", "2", "--master-port", port]
+        results = finish(start_ranks([[*two, "--rank", "0", "-o", self.out("two.pt"), "--log", self.out("two.jsonl")],
+                                      [*two, "--rank", "1", "-o", self.out("r1.pt")]]))
+        self.assertEqual([rc for rc, _, _ in results], [0, 0], results)
+        one = [e for e in read_log(self.out("one.jsonl")) if e["type"] == "epoch"]
+        two = [e for e in read_log(self.out("two.jsonl")) if e["type"] == "epoch"]
+        for a, b in zip(two, one):
+            for key in ("loss", "train_ce", "train_distill", "val_loss", "val_top1", "val_agreement", "val_rel_mse"):
+                self.assertAlmostEqual(a[key], b[key], delta=1e-4 * max(1e-3, abs(b[key])), msg=key)
+        pa = dict(torch.jit.load(self.out("two.pt")).named_parameters())
+        pb = dict(torch.jit.load(self.out("one.pt")).named_parameters())
+        for name in pa:
+            self.assertTrue(torch.allclose(pa[name], pb[name], rtol=1e-4, atol=1e-6), name)
+
     def test_resume_on_two_ranks_then_on_one_process(self):
         port = str(free_port())
         ck, log = self.out("ck"), self.out("r.jsonl")

@@ -191,3 +191,23 @@ TEST_CASE("candidates are chosen by their use in forward: layer weights but not 
         std::vector<std::string>{"emb.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "out.weight"});
   CHECK(tagger.excluded.empty());
 }
+
+TEST_CASE("a layer is normalized when a BatchNorm or LayerNorm takes its output directly") {
+  // ResNet-18: every convolution feeds a BatchNorm; the classifier does not.
+  for (const auto& c : find_candidates(fixture("resnet18.pt"))) CHECK(c.normalized == (c.name != "fc.weight"));
+  // A Transformer encoder layer adds the residual before its LayerNorm: nothing is normalized directly.
+  for (const auto& c : find_candidates(fixture("text_classifier.pt"))) CHECK_FALSE(c.normalized);
+}
+
+TEST_CASE("setting an LSTM weight also sets its place in _flat_weights, which forward reads") {
+  auto m = fixture("lstm_tagger.pt");
+  const auto ids = torch::randint(0, 100, {3, 7}, torch::kInt64);
+  const auto before = m.forward({ids}).toTensor();
+  auto slot = find_slot(m, "lstm.weight_hh_l0");
+  REQUIRE(slot.list_places.size() == 1);
+  const auto weight = m.attr("lstm").toModule().attr("weight_hh_l0").toTensor();
+  slot.set(torch::zeros_like(weight));
+  const auto flat = m.attr("lstm").toModule().attr("_flat_weights").toList();
+  CHECK(torch::equal(flat.get(slot.list_places[0].second).toTensor(), torch::zeros_like(weight)));
+  CHECK_FALSE(torch::allclose(m.forward({ids}).toTensor(), before));
+}
