@@ -178,8 +178,8 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
                         {"sparsity", l.counts.sparsity()}});
     fmt::print("{}\n", nlohmann::json{{"output", a.output}, {"run", *meta.run}, {"layers", layers}}.dump(2));
   } else {
-    fmt::print("{}: val {} after {} steps ({} ternary layers)\n", a.output, describe_metrics(final_metrics),
-               trainer.position().global_step, meta.layers.size());
+    fmt::print("{}: val {} after {} steps ({} ternary layer{})\n", a.output, describe_metrics(final_metrics),
+               trainer.position().global_step, meta.layers.size(), meta.layers.size() == 1 ? "" : "s");
   }
 }
 

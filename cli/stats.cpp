@@ -51,14 +51,16 @@ std::map<std::string, double> final_metrics(const Metrics& val, const EpochRecor
   out["loss"] = e->train.loss;
   out["lr"] = e->lr;
   if (e->train.has_labels()) out["train_top1"] = e->train.top1;
-  if (e->train.distill != 0) out["train_ce"] = e->train.ce, out["train_distill"] = e->train.distill;
+  if (e->train.distill != 0 && e->train.has_labels()) out["train_ce"] = e->train.ce;
+  if (e->train.distill != 0) out["train_distill"] = e->train.distill;
   return out;
 }
 
 std::vector<std::pair<std::string, double>> epoch_metrics(const EpochRecord& e) {
   std::vector<std::pair<std::string, double>> out{{"train_loss", e.train.loss}};
   if (e.train.has_labels()) out.emplace_back("train_top1", e.train.top1);
-  if (e.train.distill != 0) out.emplace_back("train_ce", e.train.ce), out.emplace_back("train_distill", e.train.distill);
+  if (e.train.distill != 0 && e.train.has_labels()) out.emplace_back("train_ce", e.train.ce);
+  if (e.train.distill != 0) out.emplace_back("train_distill", e.train.distill);
   out.emplace_back("val_loss", e.val.loss);
   if (e.val.has_labels()) out.emplace_back("val_top1", e.val.top1), out.emplace_back("val_top5", e.val.top5);
   if (e.val.agreement) out.emplace_back("val_agreement", *e.val.agreement);

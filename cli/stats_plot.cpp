@@ -163,23 +163,27 @@ void legend(std::string& svg, double y, const std::vector<std::tuple<const char*
 }
 
 void run_cell(std::string& svg, const StatsRun& run, double x, double y, const Axis& ax, const std::string& x_name) {
+  // Without labels the upper panel shows validation agreement with the teacher instead of accuracy.
+  const bool labeled = run.epochs.empty() || run.epochs.back().val.has_labels();
   std::vector<double> ex, train_top1, val_top1, train_loss, val_loss, sx, step_loss;
   for (const auto& e : run.epochs) {
     ex.push_back(run.position(e.step));
-    train_top1.push_back(e.train.top1), val_top1.push_back(e.val.top1);
+    if (labeled) train_top1.push_back(e.train.top1);
+    val_top1.push_back(labeled ? e.val.top1 : e.val.agreement.value_or(0));
     train_loss.push_back(e.train.loss), val_loss.push_back(e.val.loss);
   }
+  const bool distilled = !run.epochs.empty() && run.epochs.back().train.distill != 0;
   for (const auto& p : run.points)
     if (p.loss) sx.push_back(run.position(p.step)), step_loss.push_back(*p.loss);
 
   Panel acc(svg, x, y, ax, ex.empty() ? Axis::covering(0, 1) : axis_of({train_top1, val_top1}));
-  acc.frame("accuracy (top-1)", x_name, "%", 100);
-  acc.line(ex, train_top1, kTrain);
+  acc.frame(labeled ? "accuracy (top-1)" : "agreement with the teacher (top-1)", x_name, "%", 100);
+  if (labeled) acc.line(ex, train_top1, kTrain);
   acc.line(ex, val_top1, kValidation);
   if (ex.empty()) acc.note("no epoch finished");
 
   Panel loss(svg, x, y + kPanelGap, ax, axis_of({train_loss, val_loss, step_loss}, 0.0));
-  loss.frame("loss (cross-entropy)", x_name, "loss");
+  loss.frame(distilled ? "loss (with distillation)" : "loss (cross-entropy)", x_name, "loss");
   loss.line(sx, step_loss, kStepLoss, 1, nullptr, false);
   loss.line(ex, train_loss, kTrain);
   loss.line(ex, val_loss, kValidation);

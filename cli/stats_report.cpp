@@ -71,7 +71,7 @@ void print_epochs(const StatsRun& run) {
       const std::string cell = it == values.end()                    ? "-"
                                : c == "seconds"                     ? fmt::format("{:.1f} s", it->second)
                                : is_fraction(c)                     ? percent(it->second)
-                                                                    : fmt::format("{:.4f}", it->second);
+                                                                    : num(it->second);
       fmt::print("  {:>{}}", cell, width(c));
     }
     fmt::print("\n");
