@@ -1,0 +1,25 @@
+// The ternary matrix-vector kernels behind ttq::linear, one per instruction set, chosen at run time
+// by the CPU's features (or TTQ_KERNEL=portable|avx2|avx512, for tests and benchmarks).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace ttq::ops {
+
+enum class KernelPath { Portable, Avx2, Avx512 };
+const char* path_name(KernelPath path);
+bool cpu_supports(KernelPath path);
+// TTQ_KERNEL when set (c10::Error when this CPU lacks it), else the fastest this CPU runs.
+KernelPath selected_path();
+
+// y[i * rows + r] = wp · Σ x[i, k] over the positive bits of row r − wn · Σ x[i, k] over its
+// negative bits, for rows r0 <= r < r1 and inputs i < n. `planes`: the packed codes (packed.h),
+// `groups` per row; `x`: n rows of groups · 32 floats, zero past K.
+void ternary_rows(KernelPath path, const uint32_t* planes, int64_t groups, const float* x, int64_t n, float wp,
+                  float wn, float* y, int64_t rows, int64_t r0, int64_t r1);
+
+// Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
+void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,
+                    int64_t r0, int64_t r1, float* dst);
+
+}  // namespace ttq::ops

@@ -1,0 +1,103 @@
+// The TorchScript operators of libttq_ops.so (namespace ttq): ternary layers that keep their weights
+// packed (packed.h) between calls. PyTorch: torch.ops.load_library("libttq_ops.so"), then
+// torch.ops.ttq.linear(...) or a packed model from `ttq export --format packed`.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "plugins/ops/kernels.h"
+#include "plugins/ops/packed.h"
+
+namespace ttq::ops {
+namespace {
+
+// Up to this many input rows a call runs the bit-plane kernels (no weight is decoded, the work
+// follows the packed bits); beyond, the layer is decoded for the call (a scratch of one layer,
+// freed after it) and multiplied by BLAS, whose blocking then wins.
+constexpr int64_t kKernelRows = 8;
+
+std::vector<int64_t> to_vector(c10::IntArrayRef a) { return a.vec(); }
+
+void check_input(const at::Tensor& input, const char* op) {
+  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat, "ttq::", op,
+              ": the input must be a float32 CPU tensor (got ", input.scalar_type(), " on ", input.device(), ")");
+}
+
+float scale(const at::Tensor& scales, int i) { return scales.data_ptr<float>()[i]; }
+
+// The [rows, k] weight as float32, decoded in parallel.
+at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows) {
+  auto w = at::empty({rows, k}, at::kFloat);
+  float* dst = w.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t a, int64_t b) {
+    decode_rows(codes, k, scale(scales, 0), scale(scales, 1), a, b, dst + a * k);
+  });
+  return w;
+}
+
+at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
+                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(shape.size() == 2, "ttq::linear: the weight shape must be [out, in]");
+  check_packed(codes, scales, to_vector(shape));
+  check_input(input, "linear");
+  const int64_t rows = shape[0], k = shape[1];
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == k, "ttq::linear: the input has ", input.size(-1),
+              " features; the weight takes ", k);
+  const auto x = input.reshape({-1, k}).contiguous();
+  const int64_t n = x.size(0);
+  auto out = at::empty({n, rows}, at::kFloat);
+  if (n <= kKernelRows) {
+    const int64_t groups = packed_groups(k);
+    auto padded = at::zeros({n, groups * kGroup}, at::kFloat);
+    padded.narrow(1, 0, k).copy_(x);
+    const KernelPath path = selected_path();
+    const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
+    const float wp = scale(scales, 0), wn = scale(scales, 1);
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      ternary_rows(path, planes, groups, padded.data_ptr<float>(), n, wp, wn, out.data_ptr<float>(), rows, r0, r1);
+    });
+  } else {
+    at::mm_out(out, x, decoded(codes, scales, k, rows).t());
+  }
+  if (bias && bias->defined()) out.add_(*bias);
+  auto sizes = input.sizes().vec();
+  sizes.back() = rows;
+  return out.view(sizes);
+}
+
+// The weight is decoded for the call only (a scratch of one layer, freed after it): a convolution's
+// cost is its arithmetic, which LibTorch's own kernels do best.
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
+                  const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                  c10::IntArrayRef dilation, int64_t groups) {
+  TORCH_CHECK(shape.size() == 4, "ttq::conv2d: the weight shape must be [out, in/groups, kh, kw]");
+  check_packed(codes, scales, to_vector(shape));
+  check_input(input, "conv2d");
+  const int64_t rows = shape[0], k = shape[1] * shape[2] * shape[3];
+  const auto w = decoded(codes, scales, k, rows).view(shape);
+  return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor> pack_op(const at::Tensor& weight, double wp, double wn) {
+  Packed p = pack(weight, static_cast<float>(wp), static_cast<float>(wn));
+  return {p.codes, p.scales};
+}
+
+at::Tensor unpack_op(const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape) {
+  return unpack(codes, scales, to_vector(shape));
+}
+
+std::string kernel_op() { return path_name(selected_path()); }
+
+}  // namespace
+}  // namespace ttq::ops
+
+TORCH_LIBRARY(ttq, m) {
+  m.def("pack(Tensor weight, float wp, float wn) -> (Tensor codes, Tensor scales)", &ttq::ops::pack_op);
+  m.def("unpack(Tensor codes, Tensor scales, int[] shape) -> Tensor", &ttq::ops::unpack_op);
+  m.def("linear(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor", &ttq::ops::linear);
+  m.def("conv2d(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, int[] padding, "
+        "int[] dilation, int groups) -> Tensor",
+        &ttq::ops::conv2d);
+  m.def("kernel() -> str", &ttq::ops::kernel_op);
+}
