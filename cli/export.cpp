@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/packed_model.h"
 #include "core/util.h"
 #include "formats/archive.h"
 #include "formats/atomic_file.h"
@@ -14,11 +15,13 @@
 namespace ttq::cli {
 namespace {
 
-enum class ExportFormat { Ttqz, Ttq, TorchScript };
+enum class ExportFormat { Ttqz, Ttq, TorchScript, Packed };
 constexpr Choice<ExportFormat> kExportFormats[] = {
     {"ttqz", ExportFormat::Ttqz, "compressed archive (default for TorchScript input)"},
     {"ttq", ExportFormat::Ttq, "TorchScript with the TTQ metadata, as quantize writes (default for .ttqz input)"},
-    {"torchscript", ExportFormat::TorchScript, "plain TorchScript without TTQ extras, for any LibTorch/PyTorch runtime"}};
+    {"torchscript", ExportFormat::TorchScript, "plain TorchScript without TTQ extras, for any LibTorch/PyTorch runtime"},
+    {"packed", ExportFormat::Packed, "TorchScript whose ternary linear and conv2d layers run the ttq:: operators on "
+                                     "2-bit weights (needs libttq_ops.so)"}};
 constexpr const auto& choices(ExportFormat) { return kExportFormats; }
 
 struct ExportArgs {
@@ -57,6 +60,33 @@ void write_torchscript(const ExportArgs& args, OpenedModel model) {
   }
 }
 
+void write_packed(const ExportArgs& args, OpenedModel model) {
+  if (!model.metadata || model.metadata->layers.empty())
+    throw input_error(fmt::format("{} has no TTQ metadata: run 'ttq quantize' (or finetune) first", args.input));
+  const std::string program = program_without_tensors(model.module);
+  ModelMetadata meta = *model.metadata;
+  const PackReport report = pack_module(model.module, meta.layers);
+  std::vector<std::string> kept;
+  for (const auto& f : report.kept_float) kept.push_back(fmt::format("{} ({})", f.name, f.use));
+  if (report.packed.empty())
+    throw input_error(fmt::format("{}: no ternary layer is a linear or conv2d weight that can run packed; float: {}",
+                                  args.input, fmt::join(kept, ", ")));
+  meta.packed = report.packed;
+  save_torchscript(model.module, meta, args.output, program);
+  const auto bytes = std::filesystem::file_size(args.output);
+  if (args.json) {
+    nlohmann::json float_layers = nlohmann::json::array();
+    for (const auto& f : report.kept_float) float_layers.push_back({{"name", f.name}, {"use", f.use}});
+    fmt::print("{}\n", nlohmann::json{{"input", args.input}, {"output", args.output}, {"format", "packed"},
+                                      {"output_bytes", bytes}, {"packed", report.packed}, {"float", float_layers}}
+                           .dump(2));
+    return;
+  }
+  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed{})\n", args.output,
+             human_bytes(double(bytes)), report.packed.size(), meta.layers.size(),
+             kept.empty() ? "" : fmt::format("; float: {}", fmt::join(kept, ", ")));
+}
+
 void run_export(ExportArgs& args) {
   refuse_same_file(args.input, args.output);
   OpenedModel model = open_model(args.input);
@@ -64,6 +94,8 @@ void run_export(ExportArgs& args) {
     args.format = model.kind == ModelFileKind::Archive ? ExportFormat::Ttq : ExportFormat::Ttqz;
   if (args.format == ExportFormat::Ttqz)
     write_ttqz(args, model);
+  else if (args.format == ExportFormat::Packed)
+    write_packed(args, std::move(model));
   else
     write_torchscript(args, std::move(model));
 }

@@ -10,6 +10,7 @@
 #include "core/util.h"
 #include "formats/atomic_file.h"
 #include "formats/metadata.h"
+#include "formats/torchscript.h"
 #include "formats/ternary_codec.h"
 #include "formats/ttqz.h"
 
@@ -76,21 +77,6 @@ std::vector<NamedTensor> all_tensors(const torch::jit::Module& module) {
   return out;
 }
 
-// The TorchScript program with every parameter and buffer emptied (they travel as sections).
-std::vector<uint8_t> program_without_tensors(torch::jit::Module module, const std::vector<NamedTensor>& tensors) {
-  for (const auto& t : tensors) set_parameter(module, t.name, torch::empty({0}, t.value.options()));
-  std::ostringstream program;
-  try {
-    module.save(program);
-  } catch (...) {
-    for (const auto& t : tensors) set_parameter(module, t.name, t.value);
-    throw;
-  }
-  for (const auto& t : tensors) set_parameter(module, t.name, t.value);
-  const std::string s = program.str();
-  return std::vector<uint8_t>(s.begin(), s.end());
-}
-
 }  // namespace
 
 void write_archive(const torch::jit::Module& module, const ModelMetadata& metadata,
@@ -127,7 +113,8 @@ void write_archive(const torch::jit::Module& module, const ModelMetadata& metada
     }
     entries.push_back(std::move(e));
   }
-  const auto program = program_without_tensors(module, tensors);
+  const std::string text = program_without_tensors(module);
+  const std::vector<uint8_t> program(text.begin(), text.end());
 
   write_atomically(path, [&](std::ostream& out) {
     ttqz::write(out, metadata_to_json(metadata), program, std::move(entries), payloads, options.level);

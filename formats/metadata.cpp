@@ -183,6 +183,7 @@ std::string metadata_to_json(const ModelMetadata& meta) {
       {"layers", meta.layers},
   };
   if (meta.run) doc["run"] = *meta.run;
+  if (!meta.packed.empty()) doc["packed"] = meta.packed;
   return doc.dump(2);
 }
 
@@ -196,6 +197,7 @@ ModelMetadata parse_fields(const json& doc) {
   meta.options = doc.at("options").get<QuantizeOptions>();
   meta.layers = doc.at("layers").get<std::vector<LayerRecord>>();
   if (doc.contains("run")) meta.run = doc["run"].get<RunSummary>();
+  meta.packed = doc.value("packed", std::vector<std::string>{});
   return meta;
 }
 

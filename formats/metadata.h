@@ -13,6 +13,9 @@ namespace ttq {
 
 // The extra-file name inside the TorchScript zip (PyTorch: torch.jit.load(f, _extra_files=...)).
 inline constexpr const char* kMetadataFile = "ttq.json";
+// Packed models also carry their original TorchScript program, without tensors: restoring the
+// float32 model loads it and fills in the tensors (unpacking the packed ones), bit-exact.
+inline constexpr const char* kProgramFile = "ttq.program";
 
 // What a finetune run was asked to do: the trainer's options and the run's own settings. Written
 // to the run log's first record and, within RunSummary, to the model's metadata.
@@ -38,6 +41,7 @@ struct ModelMetadata {
   QuantizeOptions options;
   std::vector<LayerRecord> layers;
   std::optional<RunSummary> run;  // finetune only
+  std::vector<std::string> packed;  // packed models (export --format packed): the layers that run packed
 
   const LayerRecord* find(const std::string& name) const { return find_layer(layers, name); }
 };
@@ -46,6 +50,8 @@ struct ModelMetadata {
 struct LoadedModel {
   torch::jit::Module module;
   std::optional<ModelMetadata> metadata;
+  std::string float_program;  // packed models: the original program, without tensors (kProgramFile)
+  bool packed() const { return metadata && !metadata->packed.empty(); }
 };
 
 std::string metadata_to_json(const ModelMetadata& meta);

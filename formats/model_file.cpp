@@ -29,11 +29,12 @@ ModelFileKind kind_of(const std::string& path) {
 
 }  // namespace
 
-OpenedModel open_model(const std::string& path) {
+OpenedModel open_model(const std::string& path, PackedAs packed) {
   OpenedModel opened;
   opened.kind = kind_of(path);
   static_cast<LoadedModel&>(opened) =
       opened.kind == ModelFileKind::Archive ? read_archive(path) : load_torchscript(path);
+  if (opened.packed() && packed == PackedAs::Float) static_cast<LoadedModel&>(opened) = restore_packed(opened, path);
   return opened;
 }
 

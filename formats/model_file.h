@@ -20,9 +20,13 @@ struct OpenedModel : LoadedModel {
   ModelFileKind kind = ModelFileKind::TorchScript;
 };
 
+// How a packed model (export --format packed) is wanted: as the float32 ternary model it was
+// packed from (inspect, export, stats, finetune), or as stored, running the ttq:: operators (eval).
+enum class PackedAs { Float, Stored };
+
 // Loads any model file ttq reads, on CPU. One input error line for anything else: a missing
 // file, a torch.save() pickle, random bytes, a corrupt archive.
-OpenedModel open_model(const std::string& path);
+OpenedModel open_model(const std::string& path, PackedAs packed = PackedAs::Float);
 
 // Only the TTQ metadata, without loading the program (fast on any size); nullopt when the file
 // has none; the same errors as open_model.

@@ -4,6 +4,8 @@
 
 #include "core/error.h"
 #include "core/util.h"
+#include "core/layers.h"
+#include "core/packed_model.h"
 #include "formats/atomic_file.h"
 
 namespace ttq {
@@ -34,7 +36,7 @@ std::unique_ptr<caffe2::serialize::PyTorchStreamReader> open_torchscript_zip(con
 LoadedModel load_torchscript(const std::string& path) {
   open_torchscript_zip(path);
 
-  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}, {kProgramFile, ""}};
   LoadedModel loaded;
   try {
     loaded.module = torch::jit::load(path, torch::kCPU, extra);
@@ -42,6 +44,7 @@ LoadedModel load_torchscript(const std::string& path) {
     throw input_error(fmt::format("{}: LibTorch cannot load this TorchScript model: {}", path, short_message(e.what_without_backtrace())));
   }
   if (!extra[kMetadataFile].empty()) loaded.metadata = metadata_from_json(extra[kMetadataFile], path);
+  loaded.float_program = std::move(extra[kProgramFile]);
   return loaded;
 }
 
@@ -58,10 +61,60 @@ std::optional<ModelMetadata> read_torchscript_metadata(const std::string& path) 
 }
 
 void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
-                      const std::string& path) {
+                      const std::string& path, const std::string& float_program) {
   torch::jit::ExtraFilesMap extra;
   if (metadata) extra[kMetadataFile] = metadata_to_json(*metadata);
+  if (!float_program.empty()) extra[kProgramFile] = float_program;
   write_atomically(path, [&](std::ostream& out) { module.save(out, extra); });
+}
+
+std::string program_without_tensors(torch::jit::Module module) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& p : module.named_parameters(true)) tensors.emplace_back(p.name, p.value);
+  for (const auto& b : module.named_buffers(true)) tensors.emplace_back(b.name, b.value);
+  for (const auto& [name, t] : tensors) set_parameter(module, name, torch::empty({0}, t.options()));
+  std::ostringstream program;
+  try {
+    module.save(program);
+  } catch (...) {
+    for (const auto& [name, t] : tensors) set_parameter(module, name, t);
+    throw;
+  }
+  for (const auto& [name, t] : tensors) set_parameter(module, name, t);
+  return program.str();
+}
+
+LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
+  if (packed.float_program.empty())
+    throw input_error(fmt::format("{}: a packed model without its original program ({})", path, kProgramFile));
+  LoadedModel restored;
+  try {
+    std::istringstream program(packed.float_program);
+    restored.module = torch::jit::load(program, torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw input_error(fmt::format("{}: the original program ({}) does not load: {}", path, kProgramFile,
+                                  short_message(e.what_without_backtrace())));
+  }
+  restored.metadata = packed.metadata;
+  restored.metadata->packed.clear();
+  const auto& packed_names = packed.metadata->packed;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& p : restored.module.named_parameters(true)) tensors.emplace_back(p.name, p.value);
+  for (const auto& b : restored.module.named_buffers(true)) tensors.emplace_back(b.name, b.value);
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, empty] : tensors) {
+    const LayerRecord* layer = packed.metadata->find(name);
+    torch::Tensor value;
+    if (layer && std::find(packed_names.begin(), packed_names.end(), name) != packed_names.end()) {
+      value = unpacked_weight(packed.module, *layer);
+    } else {
+      const ParameterSlot slot = find_slot(packed.module, name);
+      value = slot.owner.attr(slot.attribute).toTensor();
+    }
+    value.set_requires_grad(empty.requires_grad() && value.is_floating_point());
+    set_parameter(restored.module, name, value);
+  }
+  return restored;
 }
 
 }  // namespace ttq

@@ -17,8 +17,17 @@ LoadedModel load_torchscript(const std::string& path);
 // for files that are not TorchScript; nullopt when the model holds no TTQ metadata.
 std::optional<ModelMetadata> read_torchscript_metadata(const std::string& path);
 
-// Saves atomically (temporary name, then rename); with metadata, it is stored as "ttq.json".
+// Saves atomically (temporary name, then rename); with metadata, it is stored as "ttq.json", and
+// `float_program` (packed models) as kProgramFile.
 void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
-                      const std::string& path);
+                      const std::string& path, const std::string& float_program = "");
+
+// The TorchScript program with every parameter and buffer emptied: a few KiB that, with the
+// tensors filled in again, is the module.
+std::string program_without_tensors(torch::jit::Module module);
+
+// The float32 ternary model of a packed one (export --format packed), bit-exact: its original
+// program with every tensor taken from the packed model, the packed layers unpacked.
+LoadedModel restore_packed(const LoadedModel& packed, const std::string& path);
 
 }  // namespace ttq

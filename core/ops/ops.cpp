@@ -5,8 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "plugins/ops/kernels.h"
-#include "plugins/ops/packed.h"
+#include "core/ops/kernels.h"
+#include "core/ops/packed.h"
 
 namespace ttq::ops {
 namespace {

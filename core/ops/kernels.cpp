@@ -1,4 +1,4 @@
-#include "plugins/ops/kernels.h"
+#include "core/ops/kernels.h"
 
 // GCC 12 warns about its own AVX-512 headers (_mm512_undefined_ps in the reductions).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

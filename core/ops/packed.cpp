@@ -1,8 +1,8 @@
-#include "plugins/ops/packed.h"
+#include "core/ops/packed.h"
 
 #include <c10/util/Exception.h>
 
-#include "plugins/ops/kernels.h"
+#include "core/ops/kernels.h"
 
 namespace ttq::ops {
 

@@ -1,0 +1,172 @@
+#include "core/packed_model.h"
+
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/passes/inliner.h>
+
+#include <map>
+#include <set>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "core/layers.h"
+#include "core/ops/packed.h"
+
+namespace ttq {
+namespace {
+
+using torch::jit::Node;
+using torch::jit::Value;
+
+// A read of a tensor attribute in the inlined graph: `owner` is the module value it is read from.
+struct Read {
+  Node* node;
+  std::string name;  // qualified: "layer1.0.conv1.weight"
+};
+
+void collect_reads(torch::jit::Block* block, std::unordered_map<const Value*, std::string>& paths,
+                   std::vector<Read>& reads) {
+  for (Node* node : block->nodes()) {
+    if (node->kind() == c10::prim::GetAttr) {
+      const auto parent = paths.find(node->input(0));
+      if (parent != paths.end()) {
+        const std::string attr = node->s(c10::attr::name);
+        const std::string name = parent->second.empty() ? attr : parent->second + "." + attr;
+        if (node->output()->type()->cast<c10::ClassType>())
+          paths[node->output()] = name;
+        else
+          reads.push_back({node, name});
+      }
+    }
+    for (torch::jit::Block* inner : node->blocks()) collect_reads(inner, paths, reads);
+  }
+}
+
+// The ttq op for a use of a weight of rank `dim`, or nullptr when that use cannot run packed.
+const char* packed_op(const torch::jit::Use& use, int64_t dim) {
+  if (use.offset != 1) return nullptr;
+  if (use.user->kind() == c10::aten::linear && dim == 2) return "ttq::linear";
+  if (use.user->kind() == c10::aten::conv2d && dim == 4) return "ttq::conv2d";
+  return nullptr;
+}
+
+// Replaces `use` (aten::linear(x, w, b) or aten::conv2d(x, w, b, stride, padding, dilation,
+// groups)) by the ttq op on the owner's codes and scales: the same inputs with w replaced by
+// (codes, scales, shape).
+void replace_use(torch::jit::Graph& graph, Node* use, Value* owner, const std::string& attr, const char* op,
+                 const std::vector<int64_t>& shape) {
+  torch::jit::WithInsertPoint guard(use);
+  std::vector<Value*> inputs{use->input(0), graph.insertGetAttr(owner, codes_name(attr)),
+                             graph.insertGetAttr(owner, scales_name(attr)), graph.insertConstant(c10::IValue(shape))};
+  for (size_t i = 2; i < use->inputs().size(); ++i) inputs.push_back(use->input(i));
+  Node* call = graph.insertNode(graph.create(c10::Symbol::fromQualString(op), inputs, 1));
+  call->output()->setType(c10::TensorType::get());
+  use->output()->replaceAllUsesWith(call->output());
+  use->destroy();
+}
+
+std::string attribute_of(const std::string& name) {
+  const auto dot = name.rfind('.');
+  return dot == std::string::npos ? name : name.substr(dot + 1);
+}
+
+}  // namespace
+
+std::string codes_name(const std::string& weight) { return weight + "_codes"; }
+std::string scales_name(const std::string& weight) { return weight + "_scales"; }
+
+PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers) {
+  auto method = module.find_method("forward");
+  if (!method) throw input_error("the model has no forward method to rewrite");
+  auto graph = method->graph()->copy();
+  torch::jit::Inline(*graph);
+  std::unordered_map<const Value*, std::string> paths{{graph->inputs().at(0), ""}};
+  std::vector<Read> reads;
+  collect_reads(graph->block(), paths, reads);
+
+  std::map<std::string, std::vector<Read>> reads_of;  // ternary layers only
+  std::vector<std::string> order;
+  for (const auto& r : reads)
+    if (find_layer(layers, r.name)) {
+      if (!reads_of.count(r.name)) order.push_back(r.name);
+      reads_of[r.name].push_back(r);
+    }
+
+  PackReport report;
+  std::set<const void*> registered;                          // module objects given codes
+  std::map<c10::ClassTypePtr, std::set<std::string>> added;  // their types, and the names added
+  torch::NoGradGuard no_grad;
+  for (const auto& name : order) {
+    const LayerRecord& layer = *find_layer(layers, name);
+    ParameterSlot slot = find_slot(module, name);
+    const torch::Tensor weight = slot.owner.attr(slot.attribute).toTensor();
+    // Why it stays float: the first use that cannot run packed, preferring an op over a query
+    // (nn.TransformerEncoderLayer asks requires_grad of weights its fast path then uses).
+    std::string why, query;
+    for (const auto& r : reads_of[name])
+      for (const auto& use : r.node->output()->uses()) {
+        if (packed_op(use, weight.dim())) continue;
+        const bool is_query = use.user->kind().is_prim();
+        std::string& slot_why = is_query ? query : why;
+        if (slot_why.empty()) slot_why = use.user->kind().toUnqualString();
+      }
+    if (why.empty()) why = query;
+    if (!why.empty() || !slot.list_places.empty()) {
+      report.kept_float.push_back({name, why.empty() ? "list" : why});
+      continue;
+    }
+    ops::Packed packed;
+    try {
+      packed = ops::pack(weight, layer.wp, layer.wn);
+    } catch (const c10::Error& e) {
+      throw input_error(fmt::format("layer {}: {}", name, short_message(e.what_without_backtrace())));
+    }
+    slot.owner.register_buffer(codes_name(slot.attribute), packed.codes);
+    slot.owner.register_buffer(scales_name(slot.attribute), packed.scales);
+    registered.insert(slot.owner._ivalue().get());
+    added[slot.owner.type()].insert(slot.attribute);
+    for (const auto& r : reads_of[name]) {
+      const auto uses = r.node->output()->uses();
+      for (const auto& use : uses)
+        replace_use(*graph, use.user, r.node->input(0), slot.attribute, packed_op(use, weight.dim()),
+                    weight.sizes().vec());
+      r.node->destroy();
+    }
+    slot.owner.setattr(slot.attribute, torch::empty({0}, weight.options()));
+    report.packed.push_back(name);
+  }
+  for (const auto& layer : layers)
+    if (!reads_of.count(layer.name)) report.kept_float.push_back({layer.name, "list"});  // an RNN's weight list
+  // Modules share their class with others of the same configuration: those get empty codes.
+  for (const auto& m : module.modules()) {
+    const auto it = added.find(m.type());
+    if (it == added.end() || registered.count(m._ivalue().get())) continue;
+    for (const auto& attr : it->second) {
+      torch::jit::Module other = m;
+      other.register_buffer(codes_name(attr), torch::empty({0}, torch::kUInt8));
+      other.register_buffer(scales_name(attr), torch::empty({0}, torch::kFloat));
+    }
+  }
+  torch::jit::EliminateDeadCode(graph);
+  auto& unit = *module._ivalue()->compilation_unit();
+  const c10::QualifiedName qualified = method->function().qualname();
+  module.type()->unsafeRemoveMethod("forward");
+  unit.unsafeRemoveMethod(qualified);
+  module.type()->addMethod(unit.create_function(qualified, graph));
+  return report;
+}
+
+torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer) {
+  const ParameterSlot slot = find_slot(module, layer.name);
+  if (!slot.owner.hasattr(codes_name(slot.attribute)) || !slot.owner.hasattr(scales_name(slot.attribute)))
+    throw input_error(fmt::format("packed layer {}: no {} or {} buffer", layer.name, codes_name(layer.name),
+                                  scales_name(layer.name)));
+  try {
+    return ops::unpack(slot.owner.attr(codes_name(slot.attribute)).toTensor(),
+                       slot.owner.attr(scales_name(slot.attribute)).toTensor(), layer.shape);
+  } catch (const c10::Error& e) {
+    throw input_error(fmt::format("packed layer {}: {}", layer.name, short_message(e.what_without_backtrace())));
+  }
+}
+
+}  // namespace ttq
