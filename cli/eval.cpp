@@ -20,13 +20,13 @@ struct EvalArgs {
 };
 
 void run_eval(EvalArgs& a) {
+  torch::jit::Module module = open_model(a.model, PackedAs::Stored).module;  // packed models run packed
   const DataSplits data = a.data.load();
   const bool labeled = data.test.labeled();
   if (!labeled && a.objective.teacher.empty())
     throw usage_error(fmt::format("{} has no labels: compare with a teacher model (--teacher FILE)", data.name));
   a.objective.alpha = labeled ? 0 : 1;  // the loss shown is cross-entropy on labels
   const Objective objective(resolve(a.objective, labeled), load_teacher(a.objective, a.model));
-  torch::jit::Module module = open_model(a.model, PackedAs::Stored).module;  // packed models run packed
   const Metrics m = evaluate_module(module, data.test, a.data.preprocess(data), objective, a.batch_size);
   if (a.json) {
     nlohmann::json j{{"model", a.model}, {"data", data.name}, {"samples", m.samples}};

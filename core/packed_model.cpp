@@ -156,16 +156,43 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
   return report;
 }
 
-torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer) {
+namespace {
+
+// `f(codes, scales)` for the packed layer, with one input error naming the layer for what it finds.
+template <class F>
+auto with_packed(const torch::jit::Module& module, const LayerRecord& layer, F f) {
   const ParameterSlot slot = find_slot(module, layer.name);
   if (!slot.owner.hasattr(codes_name(slot.attribute)) || !slot.owner.hasattr(scales_name(slot.attribute)))
     throw input_error(fmt::format("packed layer {}: no {} or {} buffer", layer.name, codes_name(layer.name),
                                   scales_name(layer.name)));
   try {
-    return ops::unpack(slot.owner.attr(codes_name(slot.attribute)).toTensor(),
-                       slot.owner.attr(scales_name(slot.attribute)).toTensor(), layer.shape);
+    return f(slot.owner.attr(codes_name(slot.attribute)).toTensor(),
+             slot.owner.attr(scales_name(slot.attribute)).toTensor());
   } catch (const c10::Error& e) {
-    throw input_error(fmt::format("packed layer {}: {}", layer.name, short_message(e.what_without_backtrace())));
+    std::string why = short_message(e.what_without_backtrace());
+    if (why.rfind("ttq: ", 0) == 0) why.erase(0, 5);  // the operators' own prefix, for PyTorch users
+    throw input_error(fmt::format("packed layer {}: {}", layer.name, why));
+  }
+}
+
+}  // namespace
+
+torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer) {
+  return with_packed(module, layer, [&](const torch::Tensor& codes, const torch::Tensor& scales) {
+    return ops::unpack(codes, scales, layer.shape);
+  });
+}
+
+void check_packed_layers(const torch::jit::Module& module, const std::vector<LayerRecord>& layers,
+                         const std::vector<std::string>& packed) {
+  for (const auto& name : packed) {
+    const LayerRecord* layer = find_layer(layers, name);
+    if (!layer) throw input_error(fmt::format("packed layer {} has no record in the TTQ metadata", name));
+    with_packed(module, *layer, [&](const torch::Tensor& codes, const torch::Tensor& scales) {
+      ops::check_packed(codes, scales, layer->shape);
+      ops::check_packed_bits(codes, layer->shape);
+      return 0;
+    });
   }
 }
 

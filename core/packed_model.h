@@ -36,4 +36,8 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
 // The float32 weight of a packed layer, bit-exact, from its codes and scales in `module`.
 torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer);
 
+// Input error naming the first packed layer whose codes or scales do not fit its record.
+void check_packed_layers(const torch::jit::Module& module, const std::vector<LayerRecord>& layers,
+                         const std::vector<std::string>& packed);
+
 }  // namespace ttq

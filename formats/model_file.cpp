@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/packed_model.h"
 #include "core/util.h"
 #include "formats/archive.h"
 #include "formats/torchscript.h"
@@ -35,6 +36,7 @@ OpenedModel open_model(const std::string& path, PackedAs packed) {
   static_cast<LoadedModel&>(opened) =
       opened.kind == ModelFileKind::Archive ? read_archive(path) : load_torchscript(path);
   if (opened.packed() && packed == PackedAs::Float) static_cast<LoadedModel&>(opened) = restore_packed(opened, path);
+  if (opened.packed()) check_packed_layers(opened.module, opened.metadata->layers, opened.metadata->packed);
   return opened;
 }
 

@@ -3,11 +3,16 @@ on many shapes, on every kernel path this CPU runs (TTQ_KERNEL=portable|avx2|avx
 
 Environment (set by CTest): TTQ_BUILD_DIR, the build folder holding plugins/libttq_ops.so.
 """
+import json
 import os
+import subprocess
+import sys
 import unittest
 
 import torch
 import torch.nn.functional as F
+
+from ttq_testing import Workdir, fixture, ttq  # noqa: E402
 
 LIBRARY = os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_ops.so")
 torch.ops.load_library(LIBRARY)
@@ -114,6 +119,85 @@ class Packing(unittest.TestCase):
                 torch.ops.ttq.linear(torch.randn(1, 40), codes, scales, [4, 40], None)
         finally:
             del os.environ["TTQ_KERNEL"]
+
+
+class PackedModels(Workdir):
+    def packed(self, model, *quantize_flags):
+        ternary, packed = self.out("t.pt"), self.out("p.pt")
+        r = ttq("quantize", fixture(model), "-o", ternary, "-q", *quantize_flags)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq("export", ternary, "--format", "packed", "-o", packed, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return ternary, packed, json.loads(r.stdout)
+
+    def assert_same_outputs(self, ternary, packed, x):
+        a, b = torch.jit.load(ternary).eval(), torch.jit.load(packed).eval()
+        with torch.no_grad():
+            want, got = a(x), b(x)
+        self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item()),
+                        (got - want).abs().max())
+
+    def test_resnet18_and_mobilenet_v2_run_packed_in_pytorch(self):
+        for model, x in (("resnet18.pt", torch.randn(2, 3, 64, 64)), ("mobilenet_v2.pt", torch.randn(1, 3, 64, 64))):
+            ternary, packed, summary = self.packed(model)
+            self.assertEqual(summary["float"], [])
+            self.assert_same_outputs(ternary, packed, x)
+            # The weights are gone from the file: >= 12x smaller for ResNet-18, whose weights dominate.
+            if model == "resnet18.pt":
+                self.assertGreater(os.path.getsize(ternary) / os.path.getsize(packed), 12)
+            state = torch.jit.load(packed).state_dict()
+            self.assertEqual(state["layer1.0.conv1.weight" if model == "resnet18.pt" else
+                                   "features.1.conv.1.weight"].numel(), 0)
+
+    def test_back_to_the_float_model_bit_exact_and_read_by_every_command(self):
+        ternary, packed, _ = self.packed("resnet18.pt")
+        back = self.out("back.pt")
+        r = ttq("export", packed, "--format", "ttq", "-o", back)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        a, b = torch.jit.load(ternary), torch.jit.load(back)
+        self.assertEqual(a.code, b.code)
+        sa, sb = a.state_dict(), b.state_dict()
+        self.assertEqual(sa.keys(), sb.keys())
+        for k in sa:
+            self.assertTrue(torch.equal(sa[k], sb[k]), k)
+        r = ttq("inspect", packed)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("19 of 21 layers ternary", r.stdout)
+        data = self.out("img.pt")
+        torch.save({"x": torch.randn(16, 3, 32, 32), "y": torch.randint(0, 10, (16,))}, data)
+        results = []
+        for path in (ternary, packed):
+            r = ttq("eval", path, "--data", "tensors:" + data, "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            results.append(json.loads(r.stdout))
+        self.assertEqual(results[0]["top1"], results[1]["top1"])
+        self.assertAlmostEqual(results[0]["loss"], results[1]["loss"], places=4)
+
+    def test_layers_that_cannot_run_packed_stay_float_and_say_why(self):
+        ternary, packed, summary = self.packed("lstm_tagger.pt", "--quantize-first", "--quantize-last")
+        self.assertEqual(summary["packed"], ["out.weight"])
+        self.assertEqual({f["name"]: f["use"] for f in summary["float"]},
+                         {"emb.weight": "embedding", "lstm.weight_ih_l0": "list", "lstm.weight_hh_l0": "list"})
+        self.assert_same_outputs(ternary, packed, torch.randint(0, 100, (2, 9)))
+
+    def test_bad_packed_files_are_one_clear_error(self):
+        _, packed, _ = self.packed("resnet18.pt")
+        extra = {"ttq.json": "", "ttq.program": ""}
+        m = torch.jit.load(packed, _extra_files=extra)
+        m = torch.jit.load(packed, _extra_files=extra)
+        getattr(m.layer1, "0").conv1.weight_codes = torch.zeros(5, dtype=torch.uint8)
+        broken = self.out("broken.pt")
+        torch.jit.save(m, broken, _extra_files=extra)
+        r = ttq("inspect", broken)
+        self.assert_one_error_line(r, 1, r"packed layer layer1\.0\.conv1\.weight: packed codes hold 5 bytes; "
+                                         r"a weight of this shape needs 9216")
+        r = ttq("eval", broken)
+        self.assert_one_error_line(r, 1, r"packed layer layer1\.0\.conv1\.weight: packed codes hold 5 bytes")
+        # PyTorch without the library names the operator it lacks.
+        code = f"import torch; torch.jit.load({packed!r})"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("ttq::conv2d", r.stderr)
 
 
 if __name__ == "__main__":
