@@ -46,7 +46,8 @@ int main(int argc, char** argv) {
                                           ttq::cli::register_eval(app),
                                           ttq::cli::register_inspect(app),
                                           ttq::cli::register_export(app),
-                                          ttq::cli::register_stats(app)};
+                                          ttq::cli::register_stats(app),
+                                          ttq::cli::register_bench(app)};
 
   try {
     app.parse(argc, argv);

@@ -12,8 +12,8 @@ namespace ttq::ops {
 namespace {
 
 // Up to this many input rows a call runs the bit-plane kernels (no weight is decoded, the work
-// follows the packed bits); beyond, the layer is decoded for the call (a scratch of one layer,
-// freed after it) and multiplied by BLAS, whose blocking then wins.
+// follows the packed bits); beyond, the layer is decoded into a scratch of one layer and
+// multiplied by BLAS, whose blocking then wins.
 constexpr int64_t kKernelRows = 8;
 
 std::vector<int64_t> to_vector(c10::IntArrayRef a) { return a.vec(); }
@@ -25,9 +25,13 @@ void check_input(const at::Tensor& input, const char* op) {
 
 float scale(const at::Tensor& scales, int i) { return scales.data_ptr<float>()[i]; }
 
-// The [rows, k] weight as float32, decoded in parallel.
+// The [rows, k] weight as float32, decoded in parallel into this thread's scratch: one buffer
+// the size of the largest layer it has decoded, reused by every call (fresh allocations of that
+// size would cost page faults on every call). Valid until the thread's next decode.
 at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows) {
-  auto w = at::empty({rows, k}, at::kFloat);
+  thread_local at::Tensor scratch;
+  if (!scratch.defined() || scratch.numel() < rows * k) scratch = at::empty({rows * k}, at::kFloat);
+  auto w = scratch.narrow(0, 0, rows * k).view({rows, k});
   float* dst = w.data_ptr<float>();
   at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t a, int64_t b) {
     decode_rows(codes, k, scale(scales, 0), scale(scales, 1), a, b, dst + a * k);
@@ -65,8 +69,8 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
   return out.view(sizes);
 }
 
-// The weight is decoded for the call only (a scratch of one layer, freed after it): a convolution's
-// cost is its arithmetic, which LibTorch's own kernels do best.
+// The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
+// arithmetic, which LibTorch's own kernels do best.
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
                   const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
                   c10::IntArrayRef dilation, int64_t groups) {

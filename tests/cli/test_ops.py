@@ -180,6 +180,22 @@ class PackedModels(Workdir):
                          {"emb.weight": "embedding", "lstm.weight_ih_l0": "list", "lstm.weight_hh_l0": "list"})
         self.assert_same_outputs(ternary, packed, torch.randint(0, 100, (2, 9)))
 
+    def test_bench_compares_a_packed_model_with_its_float_original(self):
+        ternary, packed, _ = self.packed("resnet18.pt")
+        r = ttq("bench", packed, "--vs", ternary, "--runs", "3", "--warmup", "1", "--input-shape", "3,32,32",
+                "--threads", "1", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual([m["model"] for m in doc["models"]], [packed, ternary])
+        for m in doc["models"]:
+            self.assertGreater(m["median_ms"], 0)
+            self.assertGreaterEqual(m["peak_mib"], m["loaded_mib"])
+        # The float32 weights (42.7 MiB) are not held by the packed model once loaded.
+        self.assertGreater(doc["models"][1]["loaded_mib"] - doc["models"][0]["loaded_mib"], 30)
+        self.assertGreater(doc["memory_ratio"], 3)
+        r = ttq("bench", packed, "--input-shape", "5,7")
+        self.assert_one_error_line(r, 1, r"the model rejects inputs of shape \[1, 5, 7\]")
+
     def test_bad_packed_files_are_one_clear_error(self):
         _, packed, _ = self.packed("resnet18.pt")
         extra = {"ttq.json": "", "ttq.program": ""}

@@ -1,0 +1,190 @@
+// ttq bench MODEL [--vs OTHER]: latency and memory of running a model, or two side by side
+// (man/ttq-bench.1). Latency: medians over warm runs, the two models' runs alternated so that both
+// see the same machine. Memory: measured for each model in a fresh ttq process (this binary with
+// the hidden --memory-probe), so that one model's allocations cannot hide in the other's.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <thread>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/objective.h"
+#include "core/util.h"
+#include "formats/model_file.h"
+
+extern char** environ;
+
+namespace ttq::cli {
+namespace {
+
+struct BenchArgs {
+  std::string model, vs;
+  int64_t batch = 1;
+  std::vector<int64_t> input_shape{3, 224, 224};
+  int runs = 20, warmup = 3, threads = 0;
+  bool json = false;
+  bool memory_probe = false;  // internal: print this process's memory figures for MODEL as JSON
+};
+
+// Resident and peak resident memory of this process, in KiB (/proc/self/status).
+std::pair<int64_t, int64_t> rss_kib() {
+  std::ifstream status("/proc/self/status");
+  int64_t rss = 0, peak = 0;
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) rss = std::stoll(line.substr(6));
+    if (line.rfind("VmHWM:", 0) == 0) peak = std::stoll(line.substr(6));
+  }
+  return {rss, peak};
+}
+
+// Lets VmHWM start again from the current resident size (Linux: "5" to clear_refs).
+void reset_peak() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+struct Memory {
+  double loaded = 0, after = 0, peak = 0;  // MiB above LibTorch's baseline
+};
+
+torch::Tensor bench_input(const BenchArgs& a) {
+  std::vector<int64_t> shape{a.batch};
+  shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
+  torch::manual_seed(0);
+  return torch::randn(shape);
+}
+
+void run_memory_probe(const BenchArgs& a) {
+  const auto input = bench_input(a);
+  torch::NoGradGuard no_grad;
+  (void)torch::ones({8, 8}).matmul(torch::ones({8, 8}));  // LibTorch's own start-up is the baseline
+  const int64_t baseline = rss_kib().first;
+  torch::jit::Module m = open_model(a.model, PackedAs::Stored).module;
+  m.eval();
+  const int64_t loaded = rss_kib().first;
+  reset_peak();
+  run_model(m, {input});
+  const auto [after, peak] = rss_kib();
+  fmt::print("{}\n", nlohmann::json{{"baseline_kib", baseline}, {"loaded_kib", loaded},
+                                    {"after_kib", after}, {"peak_kib", peak}}.dump());
+}
+
+// The memory figures of `model`, from a fresh ttq process.
+Memory measure_memory(const BenchArgs& a, const std::string& model) {
+  std::string shape;
+  for (const auto d : a.input_shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
+  const std::vector<std::string> args{"ttq", "bench", model, "--memory-probe", "--batch", std::to_string(a.batch),
+                                      "--input-shape", shape, "--threads", std::to_string(a.threads)};
+  std::vector<char*> argv;
+  for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
+  argv.push_back(nullptr);
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) throw runtime_error("bench: cannot create a pipe");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
+  pid_t pid = 0;
+  const int spawned = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(pipe_fds[1]);
+  std::string out;
+  char buffer[4096];
+  for (ssize_t n; (n = read(pipe_fds[0], buffer, sizeof buffer)) > 0;) out.append(buffer, static_cast<size_t>(n));
+  close(pipe_fds[0]);
+  int status = 0;
+  if (spawned != 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw runtime_error(fmt::format("bench: measuring the memory of {} failed", model));
+  const auto j = nlohmann::json::parse(out);
+  const double base = j.at("baseline_kib").get<double>();
+  const auto mib = [&](const char* key) { return (j.at(key).get<double>() - base) / 1024.0; };
+  return {mib("loaded_kib"), mib("after_kib"), mib("peak_kib")};
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+void run_bench(BenchArgs& a) {
+  if (a.threads == 0) a.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(a.threads);
+  if (a.memory_probe) return run_memory_probe(a);
+  std::vector<std::string> paths{a.model};
+  if (!a.vs.empty()) paths.push_back(a.vs);
+  std::vector<torch::jit::Module> models;
+  for (const auto& p : paths) {
+    models.push_back(open_model(p, PackedAs::Stored).module);
+    models.back().eval();
+  }
+  const auto input = bench_input(a);
+  torch::NoGradGuard no_grad;
+  using Clock = std::chrono::steady_clock;
+  std::vector<std::vector<double>> ms(models.size());
+  for (int run = -a.warmup; run < a.runs; ++run)
+    for (size_t i = 0; i < models.size(); ++i) {  // alternated: both see the same machine
+      const auto t0 = Clock::now();
+      run_model(models[i], {input});
+      if (run >= 0) ms[i].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+  std::vector<Memory> memory;
+  for (const auto& p : paths) memory.push_back(measure_memory(a, p));
+
+  nlohmann::json doc{{"batch", a.batch}, {"input_shape", a.input_shape}, {"runs", a.runs},
+                     {"threads", at::get_num_threads()}, {"models", nlohmann::json::array()}};
+  if (!a.json) {
+    fmt::print("{} run(s) of batch {} after {} warm-up, {} thread(s); memory above LibTorch's baseline\n", a.runs,
+               a.batch, a.warmup, at::get_num_threads());
+    fmt::print("{:<40}  {:>12}  {:>12}  {:>12}  {:>12}\n", "model", "median", "loaded", "after a run", "peak");
+  }
+  for (size_t i = 0; i < models.size(); ++i) {
+    const double med = median(ms[i]);
+    doc["models"].push_back({{"model", paths[i]}, {"median_ms", med}, {"loaded_mib", memory[i].loaded},
+                             {"after_run_mib", memory[i].after}, {"peak_mib", memory[i].peak}});
+    if (!a.json)
+      fmt::print("{:<40}  {:>9.3f} ms  {:>8.1f} MiB  {:>8.1f} MiB  {:>8.1f} MiB\n", paths[i], med, memory[i].loaded,
+                 memory[i].after, memory[i].peak);
+  }
+  if (models.size() == 2) {
+    // As MODEL compares with the --vs baseline: above 1, MODEL is faster / needs less memory.
+    const double speed = median(ms[1]) / median(ms[0]);
+    const double memory_ratio = memory[1].loaded / std::max(memory[0].loaded, 1e-3);
+    doc["speedup"] = speed;
+    doc["memory_ratio"] = memory_ratio;
+    if (!a.json)
+      fmt::print("{} against {}: {:.2f}x the speed, {:.2f}x less memory once loaded\n", paths[0], paths[1], speed,
+                 memory_ratio);
+  }
+  if (a.json) fmt::print("{}\n", doc.dump(2));
+}
+
+}  // namespace
+
+Command register_bench(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  auto* sub = app.add_subcommand("bench", "Latency and memory of a model, or of two side by side");
+  sub->add_option("MODEL", a->model, "TorchScript model, packed model or .ttqz archive")->required()->type_name("FILE");
+  sub->add_option("--vs", a->vs, "a second model to run alternately with the first (the ratio is measured in one run)")
+      ->type_name("FILE");
+  sub->add_option("--batch", a->batch, "samples per run")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--input-shape", a->input_shape, "the input's shape after the batch dimension")
+      ->delimiter(',')
+      ->type_name("D,...")
+      ->capture_default_str();
+  sub->add_option("--runs", a->runs, "timed runs of each model")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--warmup", a->warmup, "untimed runs first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  sub->add_option("--threads", a->threads, "CPU threads (default: one per core)")
+      ->type_name("N")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_flag("--json", a->json, "print the figures as JSON on stdout");
+  sub->add_flag("--memory-probe", a->memory_probe)->group("");  // internal: see measure_memory
+  return {sub, [a] { run_bench(*a); }};
+}
+
+}  // namespace ttq::cli
