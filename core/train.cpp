@@ -292,7 +292,7 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
     ++position_.global_step;
     timed_samples += step.samples;
     const StepProgress progress{epoch + 1, s + 1, steps, position_.global_step, loss_value, base_lrs_[0] * lr_mult,
-                                static_cast<double>(timed_samples) / std::max(1e-9, seconds_since(t0))};
+                                static_cast<double>(timed_samples) / std::max(1e-9, seconds_since(t0)), step};
     if (hooks.on_step) hooks.on_step(progress);
     if (hooks.on_log_step && hooks.log_every > 0 && position_.global_step % hooks.log_every == 0)
       hooks.on_log_step(progress, snapshot());

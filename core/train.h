@@ -87,6 +87,7 @@ struct StepProgress {
   int epoch;  // 1-based, running
   int64_t step_in_epoch, steps_per_epoch, global_step;
   double loss, lr, samples_per_second;
+  Metrics terms;  // the step's sums: cross-entropy and distillation terms (averaged() for means)
 };
 
 // Everything that makes a run continue exactly: written to checkpoints, read on --resume.

@@ -74,9 +74,15 @@ void RunLog::init(const std::vector<LayerRecord>& layers) {
 }
 
 void RunLog::step(const StepProgress& p, const std::vector<LayerRecord>& layers) {
-  write(json{{"type", "step"}, {"epoch", p.epoch}, {"step", p.global_step}, {"lr", p.lr}, {"loss", p.loss},
-             {"samples_per_second", p.samples_per_second}, {"layers", layers_json(layers)}}
-            .dump());
+  json record{{"type", "step"}, {"epoch", p.epoch}, {"step", p.global_step}, {"lr", p.lr}, {"loss", p.loss},
+              {"samples_per_second", p.samples_per_second}};
+  const Metrics terms = averaged(p.terms);
+  if (terms.distill != 0) {  // the step's loss terms, when distilling
+    if (terms.has_labels()) record["ce"] = terms.ce;
+    record["distill"] = terms.distill;
+  }
+  record["layers"] = layers_json(layers);
+  write(record.dump());
 }
 
 void RunLog::epoch(const EpochRecord& r) {

@@ -61,7 +61,7 @@ class TokenAndMultiTensorInputs(Workdir):
         out, log = self.out("tagger.pt"), self.out("tagger.jsonl")
         r = ttq("finetune", fixture("lstm_tagger.pt"), "--data", "tensors:" + fixture("tagger_tokens.pt"), "-o", out,
                 "--distill", "--distill-loss", "kl", "--epochs", "2", "--batch-size", "32", "--lr", "0.003",
-                "--quantize-first", "--quantize-last", "--log", log, *QUICK)
+                "--quantize-first", "--quantize-last", "--log", log, "--log-every", "4", *QUICK)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stdout, r"val agreement \d+\.\d+%, rel_mse [0-9.e-]+ after 16 steps")
         self.assertNotIn("top-1", r.stdout)  # no labels, no accuracy
@@ -69,6 +69,8 @@ class TokenAndMultiTensorInputs(Workdir):
         self.assertIn("val_agreement", epochs[-1])
         self.assertIn("train_distill", epochs[-1])
         self.assertNotIn("val_top1", epochs[-1])
+        steps = [e for e in read_log(log) if e["type"] == "step"]
+        self.assertTrue(steps and all("distill" in e and "ce" not in e for e in steps))
         scripted = torch.jit.load(out).eval()
         self.assertIn("lstm.weight_hh_l0", quantized_layers(out))
         self.assertLessEqual(ternary_values(scripted.lstm.weight_hh_l0), 3)
