@@ -176,7 +176,7 @@ torch::Tensor Objective::distillation(const std::vector<torch::Tensor>& student,
 }
 
 torch::Tensor Objective::operator()(const c10::IValue& output, const std::vector<torch::Tensor>& inputs,
-                                    const torch::Tensor& labels, Metrics& m) const {
+                                    const torch::Tensor& labels, Metrics& m, bool compare) const {
   const auto student = output_tensors(output, options_.output);
   const auto n = static_cast<double>(inputs.front().size(0));
   torch::Tensor ce, kd;
@@ -203,7 +203,7 @@ torch::Tensor Objective::operator()(const c10::IValue& output, const std::vector
     kd = distillation(student, target);
     torch::NoGradGuard no_grad;
     m.distill += kd.item<double>() * n;
-    for (size_t i = 0; i < student.size(); ++i) {
+    for (size_t i = 0; compare && i < student.size(); ++i) {
       const auto s = student[i].detach().to(torch::kFloat64), t = target[i].to(torch::kFloat64);
       m.sq_err += (s - t).pow(2).sum().item<double>();
       m.t_sum += t.sum().item<double>();
@@ -211,7 +211,7 @@ torch::Tensor Objective::operator()(const c10::IValue& output, const std::vector
       m.t_count += static_cast<double>(t.numel());
     }
     // Top-1 agreement where the one compared output holds class scores (the last dimension).
-    if (student.size() == 1 && student[0].dim() >= 2 && student[0].size(-1) >= 2) {
+    if (compare && student.size() == 1 && student[0].dim() >= 2 && student[0].size(-1) >= 2) {
       m.agree += student[0].argmax(-1).eq(target[0].argmax(-1)).sum().item<double>();
       m.positions += static_cast<double>(student[0].numel() / student[0].size(-1));
     }

@@ -75,9 +75,11 @@ class Objective {
 
   // The loss of a batch whose model output is `output` (with autograd when the output has it):
   // cross-entropy on `labels` when defined, the distillation loss against the teacher's output on
-  // the same `inputs` when there is a teacher, weighted by alpha. Adds the batch to `m`.
+  // the same `inputs` when there is a teacher, weighted by alpha. Adds the batch to `m`; with
+  // `compare`, also its agreement and squared error against the teacher (evaluation: the training
+  // step does not report them and skips that work).
   torch::Tensor operator()(const c10::IValue& output, const std::vector<torch::Tensor>& inputs,
-                           const torch::Tensor& labels, Metrics& m) const;
+                           const torch::Tensor& labels, Metrics& m, bool compare = true) const;
   bool has_teacher() const { return teacher_.has_value(); }
   const ObjectiveOptions& options() const { return options_; }
 

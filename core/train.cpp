@@ -252,7 +252,7 @@ Metrics Trainer::train_step(const Batch& batch) {
   apply_weights();
   Metrics step;
   const auto output = module_.forward(std::vector<c10::IValue>(batch.inputs.begin(), batch.inputs.end()));
-  (*objective_)(output, batch.inputs, batch.labels, step).backward();
+  (*objective_)(output, batch.inputs, batch.labels, step, /*compare=*/false).backward();
   return step;
 }
 

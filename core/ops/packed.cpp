@@ -5,12 +5,20 @@
 #include "core/ops/kernels.h"
 
 namespace ttq::ops {
+namespace {
+
+// K: the weights of a row (the product of the dimensions after the first).
+int64_t row_length(const std::vector<int64_t>& shape) {
+  int64_t k = 1;
+  for (size_t i = 1; i < shape.size(); ++i) k *= shape[i];
+  return k;
+}
+
+}  // namespace
 
 int64_t packed_bytes(const std::vector<int64_t>& shape) {
   TORCH_CHECK(!shape.empty(), "ttq: a packed weight needs a shape");
-  int64_t k = 1;
-  for (size_t i = 1; i < shape.size(); ++i) k *= shape[i];
-  return shape[0] * packed_groups(k) * 8;
+  return shape[0] * packed_groups(row_length(shape)) * 8;
 }
 
 Packed pack(const torch::Tensor& weight, float wp, float wn) {
@@ -46,8 +54,7 @@ void check_packed(const torch::Tensor& codes, const torch::Tensor& scales, const
 }
 
 void check_packed_bits(const torch::Tensor& codes, const std::vector<int64_t>& shape) {
-  int64_t k = 1;
-  for (size_t i = 1; i < shape.size(); ++i) k *= shape[i];
+  const int64_t k = row_length(shape);
   const int64_t groups = packed_groups(k), tail = k % kGroup;
   const uint32_t padding = tail ? ~((1u << tail) - 1) : 0u;
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
@@ -68,7 +75,7 @@ void decode_rows(const torch::Tensor& codes, int64_t k, float wp, float wn, int6
 torch::Tensor unpack(const torch::Tensor& codes, const torch::Tensor& scales, const std::vector<int64_t>& shape) {
   check_packed(codes, scales, shape);
   check_packed_bits(codes, shape);
-  const int64_t rows = shape[0], k = rows ? torch::empty(shape, torch::kMeta).numel() / rows : 0;
+  const int64_t rows = shape[0], k = row_length(shape);
   auto out = torch::empty({rows, k}, torch::kFloat);
   decode_rows(codes, k, scales[0].item<float>(), scales[1].item<float>(), 0, rows, out.data_ptr<float>());
   return out.view(shape);
