@@ -1,6 +1,7 @@
 #include "core/packed_model.h"
 
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
 
@@ -50,19 +51,85 @@ const char* packed_op(const torch::jit::Use& use, int64_t dim) {
   return nullptr;
 }
 
-// Replaces `use` (aten::linear(x, w, b) or aten::conv2d(x, w, b, stride, padding, dilation,
-// groups)) by the ttq op on the owner's codes and scales: the same inputs with w replaced by
-// (codes, scales, shape).
-void replace_use(torch::jit::Graph& graph, Node* use, Value* owner, const std::string& attr, const char* op,
-                 const std::vector<int64_t>& shape) {
-  torch::jit::WithInsertPoint guard(use);
-  std::vector<Value*> inputs{use->input(0), graph.insertGetAttr(owner, codes_name(attr)),
-                             graph.insertGetAttr(owner, scales_name(attr)), graph.insertConstant(c10::IValue(shape))};
-  for (size_t i = 2; i < use->inputs().size(); ++i) inputs.push_back(use->input(i));
+// Uses that ask about a tensor without reading its values: they keep the emptied weight, which has
+// the weight's dtype and device (nn.MultiheadAttention checks both on every call).
+bool is_metadata_query(const Node* user) {
+  static const std::set<c10::Symbol> kinds{c10::prim::dtype, c10::prim::device, c10::prim::is_cuda,
+                                           c10::prim::requires_grad, c10::prim::layout};
+  return kinds.count(user->kind()) > 0;
+}
+
+// Fused fast paths of nn.TransformerEncoderLayer and nn.MultiheadAttention: they read the float
+// weights directly, so a packed model takes the module's ordinary path instead (the same function,
+// op by op, whose linear layers then run packed).
+bool is_fused_fast_path(const Node* node) {
+  static const std::set<c10::Symbol> kinds{c10::Symbol::fromQualString("aten::_transformer_encoder_layer_fwd"),
+                                           c10::Symbol::fromQualString("aten::_native_multi_head_attention")};
+  return kinds.count(node->kind()) > 0;
+}
+
+void collect_fast_paths(torch::jit::Block* block, const std::set<const Value*>& ternary, std::vector<Node*>& found) {
+  for (Node* node : block->nodes()) {
+    if (is_fused_fast_path(node))
+      for (const Value* input : node->inputs())
+        if (ternary.count(input)) {
+          found.push_back(node);
+          break;
+        }
+    for (torch::jit::Block* inner : node->blocks()) collect_fast_paths(inner, ternary, found);
+  }
+}
+
+// Sets the condition of the `if` around each fused fast path that reads a ternary weight so that
+// the other branch runs, then folds the dead branches away. True when the graph changed.
+bool take_ordinary_paths(std::shared_ptr<torch::jit::Graph>& graph, const std::set<const Value*>& ternary) {
+  std::vector<Node*> fast;
+  collect_fast_paths(graph->block(), ternary, fast);
+  bool changed = false;
+  for (Node* node : fast) {
+    Node* branch = node->owningBlock()->owningNode();
+    if (!branch || branch->kind() != c10::prim::If) continue;  // stays float: reported by its use
+    // The condition also flags, to the code after the `if`, that the fast path returned: every
+    // use of it gets the constant, as if the module's own checks had turned the fast path down.
+    const bool in_then = branch->blocks().at(0) == node->owningBlock();
+    torch::jit::WithInsertPoint guard(graph->block()->nodes().front());
+    branch->input(0)->replaceAllUsesWith(graph->insertConstant(c10::IValue(!in_then)));
+    changed = true;
+  }
+  if (changed) {
+    torch::jit::ConstantPropagation(graph);
+    torch::jit::EliminateDeadCode(graph);
+  }
+  return changed;
+}
+
+// The ttq op taking the place of the weight's read: `op(inputs)` inserted before `before`.
+Value* insert_op(torch::jit::Graph& graph, Node* before, const char* op, const std::vector<Value*>& inputs) {
+  torch::jit::WithInsertPoint guard(before);
   Node* call = graph.insertNode(graph.create(c10::Symbol::fromQualString(op), inputs, 1));
   call->output()->setType(c10::TensorType::get());
-  use->output()->replaceAllUsesWith(call->output());
-  use->destroy();
+  return call->output();
+}
+
+// Replaces `use` (aten::linear(x, w, b) or aten::conv2d(x, w, b, stride, padding, dilation,
+// groups)) by the ttq op on the owner's codes and scales: the same inputs with w replaced by
+// (codes, scales, shape). Any other use that reads the values gets the weight decoded for it by
+// ttq::unpack (a temporary, as an attention projection read in thirds).
+void replace_use(torch::jit::Graph& graph, const torch::jit::Use& use, Value* owner, const std::string& attr,
+                 const char* op, const std::vector<int64_t>& shape) {
+  Node* user = use.user;
+  torch::jit::WithInsertPoint guard(user);
+  std::vector<Value*> packed{graph.insertGetAttr(owner, codes_name(attr)), graph.insertGetAttr(owner, scales_name(attr)),
+                             graph.insertConstant(c10::IValue(shape))};
+  if (!op) {
+    user->replaceInput(use.offset, insert_op(graph, user, "ttq::unpack", packed));
+    return;
+  }
+  std::vector<Value*> inputs{user->input(0)};
+  inputs.insert(inputs.end(), packed.begin(), packed.end());
+  for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
+  user->output()->replaceAllUsesWith(insert_op(graph, user, op, inputs));
+  user->destroy();
 }
 
 std::string attribute_of(const std::string& name) {
@@ -80,17 +147,25 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
   if (!method) throw input_error("the model has no forward method to rewrite");
   auto graph = method->graph()->copy();
   torch::jit::Inline(*graph);
-  std::unordered_map<const Value*, std::string> paths{{graph->inputs().at(0), ""}};
-  std::vector<Read> reads;
-  collect_reads(graph->block(), paths, reads);
-
-  std::map<std::string, std::vector<Read>> reads_of;  // ternary layers only
+  // The reads of each ternary layer's weight, in forward order, after the fused fast paths that
+  // would read them are replaced by ordinary ones.
+  std::map<std::string, std::vector<Read>> reads_of;
   std::vector<std::string> order;
-  for (const auto& r : reads)
-    if (find_layer(layers, r.name)) {
-      if (!reads_of.count(r.name)) order.push_back(r.name);
-      reads_of[r.name].push_back(r);
-    }
+  for (bool again = true; again;) {
+    std::unordered_map<const Value*, std::string> paths{{graph->inputs().at(0), ""}};
+    std::vector<Read> reads;
+    collect_reads(graph->block(), paths, reads);
+    reads_of.clear();
+    order.clear();
+    std::set<const Value*> ternary;
+    for (const auto& r : reads)
+      if (find_layer(layers, r.name)) {
+        if (!reads_of.count(r.name)) order.push_back(r.name);
+        reads_of[r.name].push_back(r);
+        ternary.insert(r.node->output());
+      }
+    again = take_ordinary_paths(graph, ternary);
+  }
 
   PackReport report;
   std::set<const void*> registered;                          // module objects given codes
@@ -100,19 +175,18 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
     const LayerRecord& layer = *find_layer(layers, name);
     ParameterSlot slot = find_slot(module, name);
     const torch::Tensor weight = slot.owner.attr(slot.attribute).toTensor();
-    // Why it stays float: the first use that cannot run packed, preferring an op over a query
-    // (nn.TransformerEncoderLayer asks requires_grad of weights its fast path then uses).
-    std::string why, query;
+    // Packed when some use runs packed; else float, and why: its first use.
+    std::string why;
+    bool runs_packed = false;
     for (const auto& r : reads_of[name])
       for (const auto& use : r.node->output()->uses()) {
-        if (packed_op(use, weight.dim())) continue;
-        const bool is_query = use.user->kind().is_prim();
-        std::string& slot_why = is_query ? query : why;
-        if (slot_why.empty()) slot_why = use.user->kind().toUnqualString();
+        if (packed_op(use, weight.dim()))
+          runs_packed = true;
+        else if (why.empty() && !is_metadata_query(use.user))
+          why = use.user->kind().toUnqualString();
       }
-    if (why.empty()) why = query;
-    if (!why.empty() || !slot.list_places.empty()) {
-      report.kept_float.push_back({name, why.empty() ? "list" : why});
+    if (!runs_packed || !slot.list_places.empty()) {
+      report.kept_float.push_back({name, !slot.list_places.empty() ? "list" : why.empty() ? "unused" : why});
       continue;
     }
     ops::Packed packed;
@@ -128,9 +202,9 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
     for (const auto& r : reads_of[name]) {
       const auto uses = r.node->output()->uses();
       for (const auto& use : uses)
-        replace_use(*graph, use.user, r.node->input(0), slot.attribute, packed_op(use, weight.dim()),
-                    weight.sizes().vec());
-      r.node->destroy();
+        if (!is_metadata_query(use.user))
+          replace_use(*graph, use, r.node->input(0), slot.attribute, packed_op(use, weight.dim()),
+                      weight.sizes().vec());
     }
     slot.owner.setattr(slot.attribute, torch::empty({0}, weight.options()));
     report.packed.push_back(name);

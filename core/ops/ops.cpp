@@ -18,6 +18,8 @@ constexpr int64_t kKernelRows = 8;
 
 std::vector<int64_t> to_vector(c10::IntArrayRef a) { return a.vec(); }
 
+// Inference operators: no gradient flows through them, also when called with grad mode on (PyTorch
+// users who forget torch.no_grad(); parameters such as a float bias require grad).
 void check_input(const at::Tensor& input, const char* op) {
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat, "ttq::", op,
               ": the input must be a float32 CPU tensor (got ", input.scalar_type(), " on ", input.device(), ")");
@@ -44,6 +46,7 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
   TORCH_CHECK(shape.size() == 2, "ttq::linear: the weight shape must be [out, in]");
   check_packed(codes, scales, to_vector(shape));
   check_input(input, "linear");
+  at::NoGradGuard no_grad;
   const int64_t rows = shape[0], k = shape[1];
   TORCH_CHECK(input.dim() >= 1 && input.size(-1) == k, "ttq::linear: the input has ", input.size(-1),
               " features; the weight takes ", k);
@@ -77,6 +80,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
   TORCH_CHECK(shape.size() == 4, "ttq::conv2d: the weight shape must be [out, in/groups, kh, kw]");
   check_packed(codes, scales, to_vector(shape));
   check_input(input, "conv2d");
+  at::NoGradGuard no_grad;
   const int64_t rows = shape[0], k = shape[1] * shape[2] * shape[3];
   const auto w = decoded(codes, scales, k, rows).view(shape);
   return at::conv2d(input, w, bias, stride, padding, dilation, groups);

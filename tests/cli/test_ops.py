@@ -132,8 +132,9 @@ class PackedModels(Workdir):
 
     def assert_same_outputs(self, ternary, packed, x):
         a, b = torch.jit.load(ternary).eval(), torch.jit.load(packed).eval()
+        x = x if isinstance(x, tuple) else (x,)
         with torch.no_grad():
-            want, got = a(x), b(x)
+            want, got = a(*x), b(*x)
         self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item()),
                         (got - want).abs().max())
 
@@ -148,6 +149,26 @@ class PackedModels(Workdir):
             state = torch.jit.load(packed).state_dict()
             self.assertEqual(state["layer1.0.conv1.weight" if model == "resnet18.pt" else
                                    "features.1.conv.1.weight"].numel(), 0)
+
+    def test_transformer_encoders_run_packed_off_their_fused_fast_paths(self):
+        # nn.TransformerEncoderLayer and nn.MultiheadAttention have fused kernels that read the float
+        # weights; the packed model takes their ordinary path, whose projections run packed.
+        ternary, packed, summary = self.packed("text_classifier.pt", "--quantize-first", "--quantize-last")
+        self.assertEqual(summary["float"], [{"name": "emb.weight", "use": "embedding"}])
+        self.assertIn("encoder.layers.0.self_attn.in_proj_weight", summary["packed"])
+        graph = str(torch.jit.load(packed).forward.graph)
+        self.assertNotIn("_transformer_encoder_layer_fwd", graph)
+        self.assertNotIn("_native_multi_head_attention", graph)
+        ids = torch.randint(1, 100, (3, 12))
+        mask = torch.ones(3, 12, dtype=torch.bool)
+        mask[0, 8:] = False  # padding
+        self.assert_same_outputs(ternary, packed, (ids, mask))
+        ternary, packed, summary = self.packed("vit_small.pt")
+        self.assertEqual(summary["float"], [])
+        self.assert_same_outputs(ternary, packed, (torch.randn(2, 3, 32, 32),))
+        # With grad mode on (a PyTorch user without torch.no_grad()) the ops still run.
+        got = torch.jit.load(packed)(torch.randn(1, 3, 32, 32))
+        self.assertEqual(got.shape, (1, 10))
 
     def test_back_to_the_float_model_bit_exact_and_read_by_every_command(self):
         ternary, packed, _ = self.packed("resnet18.pt")
