@@ -30,6 +30,8 @@ struct ExportArgs {
   ExportFormat format = ExportFormat::Ttqz;
   CLI::Option* format_option = nullptr;  // not given: the format follows the input's kind
   ExportOptions options;
+  Activations activations = Activations::Float;
+  CLI::Option* activations_option = nullptr;
   bool json = false;
 };
 
@@ -65,25 +67,27 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     throw input_error(fmt::format("{} has no TTQ metadata: run 'ttq quantize' (or finetune) first", args.input));
   const std::string program = program_without_tensors(model.module);
   ModelMetadata meta = *model.metadata;
-  const PackReport report = pack_module(model.module, meta.layers);
+  const PackReport report = pack_module(model.module, meta.layers, args.activations);
   std::vector<std::string> kept;
   for (const auto& f : report.kept_float) kept.push_back(fmt::format("{} ({})", f.name, f.use));
   if (report.packed.empty())
     throw input_error(fmt::format("{}: no ternary layer is a linear or conv2d weight that can run packed; float: {}",
                                   args.input, fmt::join(kept, ", ")));
   meta.packed = report.packed;
+  meta.activations = choice_name(args.activations);
   save_torchscript(model.module, meta, args.output, program);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {
     nlohmann::json float_layers = nlohmann::json::array();
     for (const auto& f : report.kept_float) float_layers.push_back({{"name", f.name}, {"use", f.use}});
     fmt::print("{}\n", nlohmann::json{{"input", args.input}, {"output", args.output}, {"format", "packed"},
-                                      {"output_bytes", bytes}, {"packed", report.packed}, {"float", float_layers}}
+                                      {"output_bytes", bytes}, {"activations", meta.activations},
+                                      {"packed", report.packed}, {"float", float_layers}}
                            .dump(2));
     return;
   }
-  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed{})\n", args.output,
-             human_bytes(double(bytes)), report.packed.size(), meta.layers.size(),
+  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{})\n",
+             args.output, human_bytes(double(bytes)), report.packed.size(), meta.layers.size(), meta.activations,
              kept.empty() ? "" : fmt::format("; float: {}", fmt::join(kept, ", ")));
 }
 
@@ -92,6 +96,8 @@ void run_export(ExportArgs& args) {
   OpenedModel model = open_model(args.input);
   if (!args.format_option->count())
     args.format = model.kind == ModelFileKind::Archive ? ExportFormat::Ttq : ExportFormat::Ttqz;
+  if (args.activations_option->count() && args.format != ExportFormat::Packed)
+    throw usage_error("--activations applies to --format packed only");
   if (args.format == ExportFormat::Ttqz)
     write_ttqz(args, model);
   else if (args.format == ExportFormat::Packed)
@@ -116,6 +122,8 @@ Command register_export(CLI::App& app) {
       ->type_name("N")
       ->capture_default_str();
   add_choice_option(sub, "--fp-dtype", args->options.fp_dtype, "storage of float32 full-precision tensors in the archive");
+  args->activations_option =
+      add_choice_option(sub, "--activations", args->activations, "packed models: what linear layers compute on");
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_export(*args); }};
 }

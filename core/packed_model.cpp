@@ -44,9 +44,10 @@ void collect_reads(torch::jit::Block* block, std::unordered_map<const Value*, st
 }
 
 // The ttq op for a use of a weight of rank `dim`, or nullptr when that use cannot run packed.
-const char* packed_op(const torch::jit::Use& use, int64_t dim) {
+const char* packed_op(const torch::jit::Use& use, int64_t dim, Activations activations = Activations::Float) {
   if (use.offset != 1) return nullptr;
-  if (use.user->kind() == c10::aten::linear && dim == 2) return "ttq::linear";
+  if (use.user->kind() == c10::aten::linear && dim == 2)
+    return activations == Activations::Int8 ? "ttq::linear_int8" : "ttq::linear";
   if (use.user->kind() == c10::aten::conv2d && dim == 4) return "ttq::conv2d";
   return nullptr;
 }
@@ -142,7 +143,7 @@ std::string attribute_of(const std::string& name) {
 std::string codes_name(const std::string& weight) { return weight + "_codes"; }
 std::string scales_name(const std::string& weight) { return weight + "_scales"; }
 
-PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers) {
+PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers, Activations activations) {
   auto method = module.find_method("forward");
   if (!method) throw input_error("the model has no forward method to rewrite");
   auto graph = method->graph()->copy();
@@ -203,7 +204,7 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
       const auto uses = r.node->output()->uses();
       for (const auto& use : uses)
         if (!is_metadata_query(use.user))
-          replace_use(*graph, use, r.node->input(0), slot.attribute, packed_op(use, weight.dim()),
+          replace_use(*graph, use, r.node->input(0), slot.attribute, packed_op(use, weight.dim(), activations),
                       weight.sizes().vec());
     }
     slot.owner.setattr(slot.attribute, torch::empty({0}, weight.options()));

@@ -7,9 +7,20 @@
 #include <string>
 #include <vector>
 
+#include "core/choices.h"
 #include "core/ternary.h"
 
 namespace ttq {
+
+// What a packed linear layer computes on: the float32 inputs (exact: the outputs equal the float32
+// ternary model's up to summation order) or the inputs quantized to int8 per row on the fly
+// (ttq::linear_int8: faster; the sums over the weights are exact, the inputs rounded to 8 bits).
+// Convolutions run on float inputs either way.
+enum class Activations { Float, Int8 };
+inline constexpr Choice<Activations> kActivations[] = {
+    {"float", Activations::Float, "exact, the float32 ternary model's outputs"},
+    {"int8", Activations::Int8, "linear layers quantize their inputs to int8 per row, for speed"}};
+constexpr const auto& choices(Activations) { return kActivations; }
 
 // A ternary layer that stays a float32 tensor in the packed model, and why: the op that uses it
 // ("embedding", "lstm", "slice" for an attention projection read in parts, ...).
@@ -29,9 +40,12 @@ std::string scales_name(const std::string& weight);  // "conv1.weight_scales"
 // Rewrites `module` in place: its forward becomes the inlined forward graph with every
 // aten::linear and aten::conv2d whose weight is one of `layers` (the TTQ metadata's records,
 // which give Wp and Wn) replaced by ttq::linear / ttq::conv2d on codes and scales registered
-// beside the weight, and that weight emptied. Layers used any other way stay float. Input errors
-// for a layer whose values are not {-Wn, 0, +Wp} of its record.
-PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers);
+// beside the weight, and that weight emptied (ttq::linear_int8 for linear layers with int8
+// activations). Layers with no linear or conv2d use stay float; other reads of a packed weight
+// get it decoded (ttq::unpack). Input errors for a layer whose values are not {-Wn, 0, +Wp} of its
+// record.
+PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers,
+                       Activations activations = Activations::Float);
 
 // The float32 weight of a packed layer, bit-exact, from its codes and scales in `module`.
 torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer);

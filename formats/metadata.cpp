@@ -183,7 +183,10 @@ std::string metadata_to_json(const ModelMetadata& meta) {
       {"layers", meta.layers},
   };
   if (meta.run) doc["run"] = *meta.run;
-  if (!meta.packed.empty()) doc["packed"] = meta.packed;
+  if (!meta.packed.empty()) {
+    doc["packed"] = meta.packed;
+    doc["activations"] = meta.activations;
+  }
   return doc.dump(2);
 }
 
@@ -198,6 +201,7 @@ ModelMetadata parse_fields(const json& doc) {
   meta.layers = doc.at("layers").get<std::vector<LayerRecord>>();
   if (doc.contains("run")) meta.run = doc["run"].get<RunSummary>();
   meta.packed = doc.value("packed", std::vector<std::string>{});
+  meta.activations = doc.value("activations", std::string{});
   return meta;
 }
 

@@ -42,6 +42,7 @@ struct ModelMetadata {
   std::vector<LayerRecord> layers;
   std::optional<RunSummary> run;  // finetune only
   std::vector<std::string> packed;  // packed models (export --format packed): the layers that run packed
+  std::string activations;          // packed models: "float" or "int8" (export --activations)
 
   const LayerRecord* find(const std::string& name) const { return find_layer(layers, name); }
 };

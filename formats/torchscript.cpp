@@ -97,6 +97,7 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
   }
   restored.metadata = packed.metadata;
   restored.metadata->packed.clear();
+  restored.metadata->activations.clear();
   const auto& packed_names = packed.metadata->packed;
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& p : restored.module.named_parameters(true)) tensors.emplace_back(p.name, p.value);

@@ -165,7 +165,9 @@ const char* path_name(KernelPath path) {
 
 bool cpu_supports(KernelPath path) {
   switch (path) {
-    case KernelPath::Avx512: return __builtin_cpu_supports("avx512f");
+    case KernelPath::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vnni");
     case KernelPath::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case KernelPath::Portable: break;
   }

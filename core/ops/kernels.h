@@ -1,5 +1,6 @@
-// The ternary matrix-vector kernels behind ttq::linear, one per instruction set, chosen at run time
-// by the CPU's features (or TTQ_KERNEL=portable|avx2|avx512, for tests and benchmarks).
+// The ternary matrix-vector kernels behind ttq::linear and ttq::linear_int8, one per instruction
+// set, chosen at run time by the CPU's features (or TTQ_KERNEL=portable|avx2|avx512, for tests and
+// benchmarks). avx512 means AVX-512 F, BW and VNNI (vpdpbusd); a CPU with less takes avx2.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -17,6 +18,13 @@ KernelPath selected_path();
 // `groups` per row; `x`: n rows of groups · 32 floats, zero past K.
 void ternary_rows(KernelPath path, const uint32_t* planes, int64_t groups, const float* x, int64_t n, float wp,
                   float wn, float* y, int64_t rows, int64_t r0, int64_t r1);
+
+// The same with int8 inputs: y[i * rows + r] = q_scale[i] · (wp · Σ q[i, k] over the positive bits
+// − wn · Σ q[i, k] over the negative bits), the sums exact in int32. `q`: n rows of `stride` bytes,
+// stride >= groups · 32 rounded up to 64, zero past K.
+void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, const int8_t* q, int64_t stride,
+                       const float* q_scale, int64_t n, float wp, float wn, float* y, int64_t rows, int64_t r0,
+                       int64_t r1);
 
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,

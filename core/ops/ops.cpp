@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "core/ops/kernels.h"
 #include "core/ops/packed.h"
 
@@ -72,6 +74,36 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
   return out.view(sizes);
 }
 
+// Input rows quantized to int8 with one scale each (dynamic, symmetric: the row's largest magnitude
+// maps to 127), as PyTorch's dynamic quantization and bitnet.cpp's W1.58A8 kernels do; every batch
+// size runs the int8 kernels, which block rows and inputs.
+at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                       c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(shape.size() == 2, "ttq::linear_int8: the weight shape must be [out, in]");
+  check_packed(codes, scales, to_vector(shape));
+  check_input(input, "linear_int8");
+  at::NoGradGuard no_grad;
+  const int64_t rows = shape[0], k = shape[1];
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == k, "ttq::linear_int8: the input has ", input.size(-1),
+              " features; the weight takes ", k);
+  const auto x = input.reshape({-1, k});
+  const int64_t n = x.size(0), groups = packed_groups(k), stride = (groups * kGroup + 63) / 64 * 64;
+  const auto q_scale = (x.abs().amax(1, true) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
+  auto q = at::zeros({n, stride}, at::kChar);
+  q.narrow(1, 0, k).copy_(at::round(x / q_scale));
+  auto out = at::empty({n, rows}, at::kFloat);
+  const KernelPath path = selected_path();
+  const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    ternary_rows_int8(path, planes, groups, q.data_ptr<int8_t>(), stride, q_scale.data_ptr<float>(), n,
+                      scale(scales, 0), scale(scales, 1), out.data_ptr<float>(), rows, r0, r1);
+  });
+  if (bias && bias->defined()) out.add_(*bias);
+  auto sizes = input.sizes().vec();
+  sizes.back() = rows;
+  return out.view(sizes);
+}
+
 // The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
 // arithmetic, which LibTorch's own kernels do best.
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
@@ -104,6 +136,8 @@ TORCH_LIBRARY(ttq, m) {
   m.def("pack(Tensor weight, float wp, float wn) -> (Tensor codes, Tensor scales)", &ttq::ops::pack_op);
   m.def("unpack(Tensor codes, Tensor scales, int[] shape) -> Tensor", &ttq::ops::unpack_op);
   m.def("linear(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor", &ttq::ops::linear);
+  m.def("linear_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor",
+        &ttq::ops::linear_int8);
   m.def("conv2d(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> Tensor",
         &ttq::ops::conv2d);

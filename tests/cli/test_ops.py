@@ -24,7 +24,7 @@ def cpu_paths():
     paths = ["portable"]
     if {"avx2", "fma"} <= flags:
         paths.append("avx2")
-    if "avx512f" in flags:
+    if {"avx512f", "avx512bw", "avx512_vnni"} <= flags:
         paths.append("avx512")
     return paths
 
@@ -70,6 +70,35 @@ class OnEveryPath(unittest.TestCase):
             self.assertFalse(x.is_contiguous())
             self.assertTrue(torch.allclose(torch.ops.ttq.linear(x, codes, scales, [20, 48], None), F.linear(x, w),
                                            rtol=1e-4, atol=1e-4))
+
+    def test_linear_int8_matches_the_reference_on_its_quantized_inputs(self):
+        # Each input row is rounded to int8 with the scale max|x| / 127; the sums over the weights are
+        # then exact, so the result is the float linear layer on the rounded inputs.
+        shapes = [(1, 1, (1,)), (5, 7, (1,)), (33, 100, (3,)), (64, 32, (8,)), (17, 31, (9,)), (10, 65, (2, 5)),
+                  (128, 257, (4,)), (3, 64, (40,)), (96, 1000, (1,)), (40, 96, (70,))]
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for out_features, in_features, batch in shapes:
+                w = ternary((out_features, in_features), seed=out_features)
+                codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
+                bias = torch.randn(out_features)
+                x = torch.randn(*batch, in_features)
+                x.view(-1, in_features)[0] = 0  # an all-zero row has no scale to divide by
+                step = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+                want = F.linear(torch.round(x / step) * step, w, bias)
+                got = torch.ops.ttq.linear_int8(x, codes, scales, [out_features, in_features], bias)
+                self.assertEqual(got.shape, want.shape)
+                self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4),
+                                (path, out_features, in_features, batch, (got - want).abs().max()))
+                # Against the float layer: within the rounding of 8-bit inputs.
+                exact = F.linear(x, w, bias)
+                self.assertLess((got - exact).abs().max(), 0.05 * exact.abs().max() + 1e-6)
+            x = torch.randn(48, 6).t()
+            w = ternary((20, 48))
+            codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
+            step = x.abs().amax(-1, keepdim=True) / 127
+            self.assertTrue(torch.allclose(torch.ops.ttq.linear_int8(x, codes, scales, [20, 48], None),
+                                           F.linear(torch.round(x / step) * step, w), rtol=1e-4, atol=1e-4))
 
     def test_conv2d_matches_the_reference(self):
         # (in, out, kernel, stride, padding, dilation, groups, batch, size)
@@ -169,6 +198,30 @@ class PackedModels(Workdir):
         # With grad mode on (a PyTorch user without torch.no_grad()) the ops still run.
         got = torch.jit.load(packed)(torch.randn(1, 3, 32, 32))
         self.assertEqual(got.shape, (1, 10))
+
+    def test_int8_activations_stay_close_to_the_float_path(self):
+        # The text classifier's linear layers on int8 inputs: outputs within 5% of the float path's
+        # largest output, and the same class for all but the closest calls.
+        ternary, packed, summary = self.packed("text_classifier.pt", "--quantize-last")
+        int8 = self.out("int8.pt")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["activations"], "int8")
+        self.assertIn("ttq::linear_int8", str(torch.jit.load(int8).forward.graph))
+        ids = torch.randint(1, 200, (64, 16))
+        mask = torch.ones(64, 16, dtype=torch.bool)
+        a, b = torch.jit.load(packed), torch.jit.load(int8)
+        with torch.no_grad():
+            want, got = a(ids, mask), b(ids, mask)
+        self.assertLess((got - want).abs().max(), 0.05 * want.abs().max())
+        self.assertGreaterEqual((got.argmax(1) == want.argmax(1)).float().mean(), 0.95)
+        # Back to float32 weights, bit-exact, as from a float-activation packed model.
+        back = self.out("back.pt")
+        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
+        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        r = ttq("export", ternary, "--activations", "int8", "-o", self.out("x.ttqz"))
+        self.assert_one_error_line(r, 2, r"--activations applies to --format packed only")
 
     def test_back_to_the_float_model_bit_exact_and_read_by_every_command(self):
         ternary, packed, _ = self.packed("resnet18.pt")
