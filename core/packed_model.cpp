@@ -1,9 +1,10 @@
 #include "core/packed_model.h"
 
+#include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
-#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/passes/peephole.h>
 
 #include <map>
 #include <set>
@@ -16,35 +17,53 @@
 namespace ttq {
 namespace {
 
+using torch::jit::Block;
+using torch::jit::Graph;
 using torch::jit::Node;
 using torch::jit::Value;
 
-// A read of a tensor attribute in the inlined graph: `owner` is the module value it is read from.
+// The rewrite works method by method, on the graphs of the model's class types, as TorchScript
+// stores them: a fully inlined forward would be one function as large as the model, which
+// TorchScript needs hundreds of MiB to compile when the file is loaded (a 4-layer transformer
+// encoder: 320 MiB). Modules of one configuration share a class type, so a rewritten method serves
+// every instance of its type.
+
+// A read of a tensor attribute in a method's graph, at `path` from the method's `self`
+// ("weight", "out_proj.weight").
 struct Read {
   Node* node;
-  std::string name;  // qualified: "layer1.0.conv1.weight"
+  std::string path;
 };
 
-void collect_reads(torch::jit::Block* block, std::unordered_map<const Value*, std::string>& paths,
-                   std::vector<Read>& reads) {
+std::string join(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : prefix + "." + name;
+}
+
+void collect_reads(Block* block, std::unordered_map<const Value*, std::string>& paths, std::vector<Read>& reads) {
   for (Node* node : block->nodes()) {
     if (node->kind() == c10::prim::GetAttr) {
       const auto parent = paths.find(node->input(0));
       if (parent != paths.end()) {
-        const std::string attr = node->s(c10::attr::name);
-        const std::string name = parent->second.empty() ? attr : parent->second + "." + attr;
+        const std::string name = join(parent->second, node->s(c10::attr::name));
         if (node->output()->type()->cast<c10::ClassType>())
           paths[node->output()] = name;
         else
           reads.push_back({node, name});
       }
     }
-    for (torch::jit::Block* inner : node->blocks()) collect_reads(inner, paths, reads);
+    for (Block* inner : node->blocks()) collect_reads(inner, paths, reads);
   }
 }
 
+std::vector<Read> reads_in(Graph& graph) {
+  std::unordered_map<const Value*, std::string> paths{{graph.inputs().at(0), ""}};
+  std::vector<Read> reads;
+  collect_reads(graph.block(), paths, reads);
+  return reads;
+}
+
 // The ttq op for a use of a weight of rank `dim`, or nullptr when that use cannot run packed.
-const char* packed_op(const torch::jit::Use& use, int64_t dim, Activations activations = Activations::Float) {
+const char* packed_op(const torch::jit::Use& use, size_t dim, Activations activations = Activations::Float) {
   if (use.offset != 1) return nullptr;
   if (use.user->kind() == c10::aten::linear && dim == 2)
     return activations == Activations::Int8 ? "ttq::linear_int8" : "ttq::linear";
@@ -69,23 +88,28 @@ bool is_fused_fast_path(const Node* node) {
   return kinds.count(node->kind()) > 0;
 }
 
-void collect_fast_paths(torch::jit::Block* block, const std::set<const Value*>& ternary, std::vector<Node*>& found) {
+bool is_shape_query(const std::string& op) { return op == "size" || op == "dim" || op == "len"; }
+
+bool takes_any(const Node* node, const std::set<const Value*>& values) {
+  for (const Value* input : node->inputs())
+    if (values.count(input)) return true;
+  return false;
+}
+
+// The nodes of `block`, nested ones included, for which `pick` holds.
+template <class Pick>
+void collect(Block* block, Pick pick, std::vector<Node*>& found) {
   for (Node* node : block->nodes()) {
-    if (is_fused_fast_path(node))
-      for (const Value* input : node->inputs())
-        if (ternary.count(input)) {
-          found.push_back(node);
-          break;
-        }
-    for (torch::jit::Block* inner : node->blocks()) collect_fast_paths(inner, ternary, found);
+    if (pick(node)) found.push_back(node);
+    for (Block* inner : node->blocks()) collect(inner, pick, found);
   }
 }
 
 // Sets the condition of the `if` around each fused fast path that reads a ternary weight so that
 // the other branch runs, then folds the dead branches away. True when the graph changed.
-bool take_ordinary_paths(std::shared_ptr<torch::jit::Graph>& graph, const std::set<const Value*>& ternary) {
+bool take_ordinary_paths(std::shared_ptr<Graph>& graph, const std::set<const Value*>& ternary) {
   std::vector<Node*> fast;
-  collect_fast_paths(graph->block(), ternary, fast);
+  collect(graph->block(), [&](Node* n) { return is_fused_fast_path(n) && takes_any(n, ternary); }, fast);
   bool changed = false;
   for (Node* node : fast) {
     Node* branch = node->owningBlock()->owningNode();
@@ -104,38 +128,172 @@ bool take_ordinary_paths(std::shared_ptr<torch::jit::Graph>& graph, const std::s
   return changed;
 }
 
-// The ttq op taking the place of the weight's read: `op(inputs)` inserted before `before`.
-Value* insert_op(torch::jit::Graph& graph, Node* before, const char* op, const std::vector<Value*>& inputs) {
-  torch::jit::WithInsertPoint guard(before);
+// Inlines the calls that take a ternary weight as an argument (nn.Conv2d's _conv_forward,
+// F.multi_head_attention_forward), so that the weight's use is in this graph. True when any was.
+bool inline_calls_taking(Graph& graph, const std::set<const Value*>& ternary) {
+  std::vector<Node*> calls;
+  collect(graph.block(), [&](Node* n) {
+    return (n->kind() == c10::prim::CallMethod || n->kind() == c10::prim::CallFunction) && takes_any(n, ternary);
+  }, calls);
+  for (Node* call : calls) {
+    torch::jit::Function* callee = nullptr;
+    if (call->kind() == c10::prim::CallMethod) {
+      callee = &call->input(0)->type()->expectRef<c10::ClassType>().getMethod(call->s(c10::attr::name));
+    } else {  // the function itself is the first input, not an argument (as torch::jit::Inline does)
+      callee = call->input(0)->type()->expectRef<c10::FunctionType>().function();
+      call->removeInput(0);
+    }
+    torch::jit::inlineCallTo(call, &torch::jit::toGraphFunction(*callee));
+  }
+  return !calls.empty();
+}
+
+bool raises(Block* block) {
+  for (Node* node : block->nodes())
+    if (node->kind() == c10::prim::RaiseException) return true;
+  return false;
+}
+
+// TorchScript's refinements of an Optional[Tensor] argument (`assert w is not None`, `w is None`
+// checks) pass a ternary weight through an `if` whose other branch raises, or through a cast: the
+// uses of those values are the weight's own uses. True when any was folded.
+bool fold_refinements(Block* block, const std::set<const Value*>& ternary) {
+  bool changed = false;
+  for (Node* node : block->nodes()) {
+    for (Block* inner : node->blocks()) changed = fold_refinements(inner, ternary) || changed;
+    if (node->kind() == c10::prim::unchecked_cast && ternary.count(node->input())) {
+      node->output()->replaceAllUsesWith(node->input());
+      changed = true;
+    }
+    if (node->kind() != c10::prim::If) continue;
+    for (size_t i = 0; i < node->outputs().size(); ++i) {
+      Value* through = nullptr;
+      bool only_raises_otherwise = true;
+      for (Block* b : node->blocks()) {
+        Value* out = b->outputs().at(i);
+        if (ternary.count(out) && !through)
+          through = out;
+        else if (!raises(b))
+          only_raises_otherwise = false;
+      }
+      if (through && only_raises_otherwise && node->output(i)->hasUses()) {
+        node->output(i)->replaceAllUsesWith(through);
+        changed = true;
+      }
+    }
+  }
+  return changed;
+}
+
+// A method of a class type, prepared for the rewrite, and its reads of tensor attributes.
+struct MethodGraph {
+  std::shared_ptr<Graph> graph;
+  std::vector<Read> reads;
+};
+
+// Module instances by class type, and the paths at which each type holds ternary weights.
+struct TypeInfo {
+  std::vector<torch::jit::Module> instances;
+  std::vector<std::string> paths;  // of the instances, "" for the root
+  std::vector<MethodGraph> methods;
+};
+
+// The method graphs of `type`, with the calls taking ternary weights inlined and the fused fast
+// paths reading them turned down, until neither is left.
+std::vector<MethodGraph> prepare_methods(const c10::ClassTypePtr& type, const std::function<bool(const std::string&)>& ternary) {
+  std::vector<MethodGraph> methods;
+  for (torch::jit::Function* fn : type->methods()) {
+    if (!fn->isGraphFunction()) continue;
+    auto graph = torch::jit::toGraphFunction(*fn).graph();
+    std::vector<Read> reads;
+    for (bool again = true; again;) {
+      reads = reads_in(*graph);
+      std::set<const Value*> values;
+      for (const auto& r : reads)
+        if (ternary(r.path)) values.insert(r.node->output());
+      again = take_ordinary_paths(graph, values);
+      again = fold_refinements(graph->block(), values) || again;
+      if (inline_calls_taking(*graph, values)) {
+        // The callee's `weight is not None` checks and casts fold away on a Tensor argument, so
+        // the weight reaches its uses directly.
+        torch::jit::ConstantPropagation(graph);
+        torch::jit::PeepholeOptimize(graph);
+        torch::jit::EliminateDeadCode(graph);
+        again = true;
+      }
+    }
+    std::vector<Read> kept;
+    for (const auto& r : reads)
+      if (ternary(r.path)) kept.push_back(r);
+    if (!kept.empty()) methods.push_back({graph, kept});
+  }
+  return methods;
+}
+
+// Inserts `op(inputs)` at the current insertion point; its one output is a tensor.
+Value* insert_op(Graph& graph, const char* op, const std::vector<Value*>& inputs) {
   Node* call = graph.insertNode(graph.create(c10::Symbol::fromQualString(op), inputs, 1));
   call->output()->setType(c10::TensorType::get());
   return call->output();
 }
 
-// Replaces `use` (aten::linear(x, w, b) or aten::conv2d(x, w, b, stride, padding, dilation,
-// groups)) by the ttq op on the owner's codes and scales: the same inputs with w replaced by
-// (codes, scales, shape). Any other use that reads the values gets the weight decoded for it by
-// ttq::unpack (a temporary, as an attention projection read in thirds).
-void replace_use(torch::jit::Graph& graph, const torch::jit::Use& use, Value* owner, const std::string& attr,
-                 const char* op, const std::vector<int64_t>& shape) {
-  Node* user = use.user;
-  torch::jit::WithInsertPoint guard(user);
-  std::vector<Value*> packed{graph.insertGetAttr(owner, codes_name(attr)), graph.insertGetAttr(owner, scales_name(attr)),
-                             graph.insertConstant(c10::IValue(shape))};
-  if (!op) {
-    user->replaceInput(use.offset, insert_op(graph, user, "ttq::unpack", packed));
-    return;
-  }
-  std::vector<Value*> inputs{user->input(0)};
-  inputs.insert(inputs.end(), packed.begin(), packed.end());
-  for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
-  user->output()->replaceAllUsesWith(insert_op(graph, user, op, inputs));
-  user->destroy();
-}
+// Where a packed weight is read.
+struct PackedRead {
+  Value* owner;          // the module value holding the weight
+  std::string attribute;
+  std::vector<int64_t> shape;
+  Activations activations;
+  bool shared_with_float;  // some instances of the owner's class keep this weight float
+};
 
-std::string attribute_of(const std::string& name) {
-  const auto dot = name.rfind('.');
-  return dot == std::string::npos ? name : name.substr(dot + 1);
+// Replaces `use` of a packed weight: aten::linear(x, w, b) or aten::conv2d(x, w, b, stride, padding,
+// dilation, groups) by the ttq op on the owner's codes and scales (the same inputs with w replaced by
+// codes, scales, shape); any other use that reads the values gets the weight decoded for it by
+// ttq::unpack (a temporary, as for an attention projection read in thirds). Where instances of the
+// class keep the weight float, the packed form runs only when the codes are not empty.
+void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& read) {
+  Node* user = use.user;
+  const char* op = packed_op(use, read.shape.size(), read.activations);
+  torch::jit::WithInsertPoint guard(user);
+  Value* codes = graph.insertGetAttr(read.owner, codes_name(read.attribute));
+  auto packed_form = [&] {
+    std::vector<Value*> inputs{codes, graph.insertGetAttr(read.owner, scales_name(read.attribute)),
+                               graph.insertConstant(c10::IValue(read.shape))};
+    if (!op) return insert_op(graph, "ttq::unpack", inputs);
+    inputs.insert(inputs.begin(), user->input(0));
+    for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
+    return insert_op(graph, op, inputs);
+  };
+  Value* replacement = nullptr;
+  if (!read.shared_with_float) {
+    replacement = packed_form();
+  } else {
+    static const auto numel = c10::Symbol::fromQualString("aten::numel");
+    Value* count = graph.insert(numel, {torch::jit::NamedValue(codes)});
+    Value* packed = graph.insert(c10::aten::gt, {torch::jit::NamedValue(count), torch::jit::NamedValue(int64_t{0})});
+    Node* branch = graph.insertNode(graph.create(c10::prim::If, {packed}, 1));
+    Block* then_block = branch->addBlock();
+    Block* else_block = branch->addBlock();
+    {
+      torch::jit::WithInsertPoint in_then(then_block);
+      then_block->registerOutput(packed_form());
+    }
+    if (op) {
+      Node* original = graph.createClone(user, [](Value* v) { return v; });
+      else_block->appendNode(original);
+      else_block->registerOutput(original->output());
+    } else {
+      else_block->registerOutput(user->input(use.offset));
+    }
+    branch->output()->setType(op ? user->output()->type() : c10::TensorType::get());
+    replacement = branch->output();
+  }
+  if (op) {
+    user->output()->replaceAllUsesWith(replacement);
+    user->destroy();
+  } else {
+    user->replaceInput(use.offset, replacement);
+  }
 }
 
 }  // namespace
@@ -144,90 +302,122 @@ std::string codes_name(const std::string& weight) { return weight + "_codes"; }
 std::string scales_name(const std::string& weight) { return weight + "_scales"; }
 
 PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers, Activations activations) {
-  auto method = module.find_method("forward");
-  if (!method) throw input_error("the model has no forward method to rewrite");
-  auto graph = method->graph()->copy();
-  torch::jit::Inline(*graph);
-  // The reads of each ternary layer's weight, in forward order, after the fused fast paths that
-  // would read them are replaced by ordinary ones.
-  std::map<std::string, std::vector<Read>> reads_of;
-  std::vector<std::string> order;
-  for (bool again = true; again;) {
-    std::unordered_map<const Value*, std::string> paths{{graph->inputs().at(0), ""}};
-    std::vector<Read> reads;
-    collect_reads(graph->block(), paths, reads);
-    reads_of.clear();
-    order.clear();
-    std::set<const Value*> ternary;
-    for (const auto& r : reads)
-      if (find_layer(layers, r.name)) {
-        if (!reads_of.count(r.name)) order.push_back(r.name);
-        reads_of[r.name].push_back(r);
-        ternary.insert(r.node->output());
-      }
-    again = take_ordinary_paths(graph, ternary);
+  if (!module.find_method("forward")) throw input_error("the model has no forward method to rewrite");
+  // Class types in the order modules are met, with their instances.
+  std::vector<c10::ClassTypePtr> types;
+  std::map<c10::ClassTypePtr, TypeInfo> info;
+  for (const auto& m : module.named_modules()) {
+    auto& t = info[m.value.type()];
+    if (t.instances.empty()) types.push_back(m.value.type());
+    t.instances.push_back(m.value);
+    t.paths.push_back(m.name);
+  }
+  // Each layer's reads: in which type's methods, at which path from `self`.
+  struct LayerReads {
+    std::vector<std::pair<c10::ClassTypePtr, const Read*>> reads;
+  };
+  std::map<std::string, LayerReads> reads_of;
+  for (const auto& type : types) {
+    TypeInfo& t = info[type];
+    auto ternary = [&](const std::string& path) {
+      for (const auto& prefix : t.paths)
+        if (find_layer(layers, join(prefix, path))) return true;
+      return false;
+    };
+    t.methods = prepare_methods(type, ternary);
+    for (const auto& method : t.methods)
+      for (const auto& r : method.reads)
+        for (const auto& prefix : t.paths)
+          if (find_layer(layers, join(prefix, r.path))) reads_of[join(prefix, r.path)].reads.push_back({type, &r});
   }
 
+  // Which layers run packed: a linear or conv2d use, no list holding the weight, and one shape for
+  // all the packed instances of a class (the shape is a constant of the rewritten method).
   PackReport report;
-  std::set<const void*> registered;                          // module objects given codes
-  std::map<c10::ClassTypePtr, std::set<std::string>> added;  // their types, and the names added
-  torch::NoGradGuard no_grad;
-  for (const auto& name : order) {
-    const LayerRecord& layer = *find_layer(layers, name);
-    ParameterSlot slot = find_slot(module, name);
-    const torch::Tensor weight = slot.owner.attr(slot.attribute).toTensor();
-    // Packed when some use runs packed; else float, and why: its first use.
-    std::string why;
-    bool runs_packed = false;
-    for (const auto& r : reads_of[name])
-      for (const auto& use : r.node->output()->uses()) {
-        if (packed_op(use, weight.dim()))
-          runs_packed = true;
-        else if (why.empty() && !is_metadata_query(use.user))
-          why = use.user->kind().toUnqualString();
-      }
-    if (!runs_packed || !slot.list_places.empty()) {
-      report.kept_float.push_back({name, !slot.list_places.empty() ? "list" : why.empty() ? "unused" : why});
+  std::map<std::pair<c10::ClassTypePtr, std::string>, std::vector<int64_t>> shape_of;  // (type, path)
+  std::set<std::string> packed;
+  for (const auto& layer : layers) {
+    const auto it = reads_of.find(layer.name);
+    if (it == reads_of.end()) {
+      report.kept_float.push_back({layer.name, "list"});  // an RNN's weight list
       continue;
     }
-    ops::Packed packed;
+    std::string why;
+    bool runs_packed = false;
+    for (const auto& [type, r] : it->second.reads)
+      for (const auto& use : r->node->output()->uses()) {
+        if (packed_op(use, layer.shape.size()))
+          runs_packed = true;
+        else if (!is_metadata_query(use.user) && (why.empty() || is_shape_query(why)))
+          why = use.user->kind().toUnqualString();  // the first op, rather than a size check
+      }
+    if (!find_slot(module, layer.name).list_places.empty()) why = "list", runs_packed = false;
+    for (const auto& [type, r] : it->second.reads) {
+      const auto [shape, fresh] = shape_of.try_emplace({type, r->path}, layer.shape);
+      if (!fresh && shape->second != layer.shape) why = "shared class, other shape", runs_packed = false;
+    }
+    if (!runs_packed) {
+      report.kept_float.push_back({layer.name, why.empty() ? "unused" : why});
+      continue;
+    }
+    packed.insert(layer.name);
+    report.packed.push_back(layer.name);
+  }
+
+  // Codes and scales beside each packed weight; empty ones where a module of the same class keeps
+  // the weight float (the rewritten method reads them for every instance).
+  torch::NoGradGuard no_grad;
+  std::map<c10::ClassTypePtr, std::set<std::string>> added;
+  std::set<std::pair<const void*, std::string>> given;  // (module object, attribute): codes registered
+  for (const auto& name : report.packed) {
+    const LayerRecord& layer = *find_layer(layers, name);
+    ParameterSlot slot = find_slot(module, name);
+    ops::Packed codes;
     try {
-      packed = ops::pack(weight, layer.wp, layer.wn);
+      codes = ops::pack(slot.owner.attr(slot.attribute).toTensor(), layer.wp, layer.wn);
     } catch (const c10::Error& e) {
       throw input_error(fmt::format("layer {}: {}", name, short_message(e.what_without_backtrace())));
     }
-    slot.owner.register_buffer(codes_name(slot.attribute), packed.codes);
-    slot.owner.register_buffer(scales_name(slot.attribute), packed.scales);
-    registered.insert(slot.owner._ivalue().get());
+    slot.owner.register_buffer(codes_name(slot.attribute), codes.codes);
+    slot.owner.register_buffer(scales_name(slot.attribute), codes.scales);
     added[slot.owner.type()].insert(slot.attribute);
-    for (const auto& r : reads_of[name]) {
-      const auto uses = r.node->output()->uses();
-      for (const auto& use : uses)
-        if (!is_metadata_query(use.user))
-          replace_use(*graph, use, r.node->input(0), slot.attribute, packed_op(use, weight.dim(), activations),
-                      weight.sizes().vec());
-    }
-    slot.owner.setattr(slot.attribute, torch::empty({0}, weight.options()));
-    report.packed.push_back(name);
+    given.insert({slot.owner._ivalue().get(), slot.attribute});
   }
-  for (const auto& layer : layers)
-    if (!reads_of.count(layer.name)) report.kept_float.push_back({layer.name, "list"});  // an RNN's weight list
-  // Modules share their class with others of the same configuration: those get empty codes.
   for (const auto& m : module.modules()) {
     const auto it = added.find(m.type());
-    if (it == added.end() || registered.count(m._ivalue().get())) continue;
-    for (const auto& attr : it->second) {
-      torch::jit::Module other = m;
-      other.register_buffer(codes_name(attr), torch::empty({0}, torch::kUInt8));
-      other.register_buffer(scales_name(attr), torch::empty({0}, torch::kFloat));
+    if (it == added.end()) continue;
+    for (const auto& attr : it->second)
+      if (!given.count({m._ivalue().get(), attr})) {  // the class has the slot; this object has no value
+        torch::jit::Module other = m;
+        other.register_buffer(codes_name(attr), torch::empty({0}, torch::kUInt8));
+        other.register_buffer(scales_name(attr), torch::empty({0}, torch::kFloat));
+      }
+  }
+
+  // The rewrite of each method that reads a packed weight.
+  for (const auto& type : types) {
+    TypeInfo& t = info[type];
+    for (auto& method : t.methods) {
+      bool changed = false;
+      for (const auto& r : method.reads) {
+        size_t count = 0;
+        for (const auto& prefix : t.paths) count += packed.count(join(prefix, r.path));
+        if (count == 0) continue;
+        const auto dot = r.path.rfind('.');
+        const PackedRead read{r.node->input(0), dot == std::string::npos ? r.path : r.path.substr(dot + 1),
+                              shape_of.at({type, r.path}), activations, count < t.instances.size()};
+        const auto uses = r.node->output()->uses();
+        for (const auto& use : uses)
+          if (!is_metadata_query(use.user)) replace_use(*method.graph, use, read);
+        changed = true;
+      }
+      if (changed) torch::jit::EliminateDeadCode(method.graph);
     }
   }
-  torch::jit::EliminateDeadCode(graph);
-  auto& unit = *module._ivalue()->compilation_unit();
-  const c10::QualifiedName qualified = method->function().qualname();
-  module.type()->unsafeRemoveMethod("forward");
-  unit.unsafeRemoveMethod(qualified);
-  module.type()->addMethod(unit.create_function(qualified, graph));
+  for (const auto& name : report.packed) {
+    ParameterSlot slot = find_slot(module, name);
+    slot.owner.setattr(slot.attribute, torch::empty({0}, slot.owner.attr(slot.attribute).toTensor().options()));
+  }
   return report;
 }
 

@@ -185,9 +185,10 @@ class PackedModels(Workdir):
         ternary, packed, summary = self.packed("text_classifier.pt", "--quantize-first", "--quantize-last")
         self.assertEqual(summary["float"], [{"name": "emb.weight", "use": "embedding"}])
         self.assertIn("encoder.layers.0.self_attn.in_proj_weight", summary["packed"])
-        graph = str(torch.jit.load(packed).forward.graph)
+        graph = str(torch.jit.load(packed).inlined_graph)
         self.assertNotIn("_transformer_encoder_layer_fwd", graph)
         self.assertNotIn("_native_multi_head_attention", graph)
+        self.assertGreaterEqual(graph.count("ttq::linear("), 9)  # per layer: qkv, out, 2 feed-forward; the head
         ids = torch.randint(1, 100, (3, 12))
         mask = torch.ones(3, 12, dtype=torch.bool)
         mask[0, 8:] = False  # padding
@@ -199,6 +200,23 @@ class PackedModels(Workdir):
         got = torch.jit.load(packed)(torch.randn(1, 3, 32, 32))
         self.assertEqual(got.shape, (1, 10))
 
+    def test_a_class_shared_by_packed_and_float_layers(self):
+        # Three Linear(24, 24) share one TorchScript class; the first and last stay float (the
+        # first/last rule), so the class's rewritten forward runs packed only where codes exist.
+        model = self.out("mlp.pt")
+        net = torch.nn.Sequential(torch.nn.Linear(24, 24), torch.nn.ReLU(), torch.nn.Linear(24, 24), torch.nn.ReLU(),
+                                  torch.nn.Linear(24, 24))
+        torch.jit.save(torch.jit.script(net.eval()), model)
+        ternary, packed = self.out("t.pt"), self.out("p.pt")
+        self.assertEqual(ttq("quantize", model, "-o", ternary, "-q").returncode, 0)
+        r = ttq("export", ternary, "--format", "packed", "-o", packed, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["packed"], ["2.weight"])
+        self.assert_same_outputs(ternary, packed, torch.randn(5, 24))
+        state = torch.jit.load(packed).state_dict()
+        self.assertEqual(state["2.weight"].numel(), 0)
+        self.assertTrue(torch.equal(state["0.weight"], net[0].weight))
+
     def test_int8_activations_stay_close_to_the_float_path(self):
         # The text classifier's linear layers on int8 inputs: outputs within 5% of the float path's
         # largest output, and the same class for all but the closest calls.
@@ -207,7 +225,7 @@ class PackedModels(Workdir):
         r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["activations"], "int8")
-        self.assertIn("ttq::linear_int8", str(torch.jit.load(int8).forward.graph))
+        self.assertIn("ttq::linear_int8", str(torch.jit.load(int8).inlined_graph))
         ids = torch.randint(1, 200, (64, 16))
         mask = torch.ones(64, 16, dtype=torch.bool)
         a, b = torch.jit.load(packed), torch.jit.load(int8)
