@@ -1,35 +1,42 @@
-// The int8-activation kernels behind ttq::linear_int8 (see kernels.h): the input rows arrive
-// quantized to int8, so a row's sums over the positive and the negative weights are exact int32
-// sums, four times denser per instruction than float32 lanes.
+// The int8 kernels behind ttq::linear_int8 (see kernels.h). The inputs arrive as int8 and the row's
+// weights become int8 bytes {+p, 0, -n} (Int8Weights), so one integer product per weight computes
+// the row, exactly in int32: one vpdpbusd does 64 of them.
 // GCC 12 warns about its own AVX-512 headers (_mm512_undefined_epi32 in the reductions).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "core/ops/kernels.h"
 
 namespace ttq::ops {
 namespace {
 
-// Rows are taken in blocks of this many, and for each block the inputs in blocks of kInputBlock,
-// so that a block of packed rows (L1) and a block of inputs (L2) meet many times per load.
+// Rows are taken in blocks of kRowBlock and, for each block, the inputs in blocks of up to
+// kMaxInputs: a row's weights are expanded to bytes once per step and serve every input of the
+// block, and a block of inputs (L1) meets many rows per load.
 constexpr int64_t kRowBlock = 16;
-constexpr int64_t kInputBlock = 8;
+constexpr int kMaxInputs = 8;
 
-// (positive sum, negative sum) of input row q over the packed row p.
-struct Sums {
-  int32_t pos, neg;
-};
+// Σ_k w[k] · q[i, k] for n <= kMaxInputs input rows (`stride` bytes apart) and the packed row p,
+// into dot[i].
+using BlockDots = void (*)(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+                           int32_t* dot);
 
-Sums sums_portable(const uint32_t* p, int64_t groups, const int8_t* q) {
-  int32_t sp = 0, sn = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    for (uint32_t m = p[2 * g]; m; m &= m - 1) sp += q[g * 32 + __builtin_ctz(m)];
-    for (uint32_t m = p[2 * g + 1]; m; m &= m - 1) sn += q[g * 32 + __builtin_ctz(m)];
+void dots_portable(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+                   int32_t* dot) {
+  for (int i = 0; i < n; ++i) {
+    const auto* qi = reinterpret_cast<const int8_t*>(q + i * stride);
+    int32_t sp = 0, sn = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (uint32_t m = p[2 * g]; m; m &= m - 1) sp += qi[g * 32 + __builtin_ctz(m)];
+      for (uint32_t m = p[2 * g + 1]; m; m &= m - 1) sn += qi[g * 32 + __builtin_ctz(m)];
+    }
+    dot[i] = w.pos * sp + w.neg * sn;
   }
-  return {sp, sn};
 }
 
 __attribute__((target("avx2"))) int32_t sum8_epi32(__m256i v) {
@@ -47,64 +54,110 @@ __attribute__((target("avx2"))) __m256i bytes32(uint32_t bits) {
   return _mm256_cmpeq_epi8(b, select);
 }
 
-// AVX2: the selected bytes summed in pairs (maddubs: 1 · q) and then in fours into int32 lanes.
-__attribute__((target("avx2"))) Sums sums_avx2(const uint32_t* p, int64_t groups, const int8_t* q) {
-  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-  __m256i ap = _mm256_setzero_si256(), an = _mm256_setzero_si256();
+// AVX2 (as llama.cpp's q8 dots): maddubs multiplies |w| (unsigned) by q carrying w's sign and sums
+// pairs (at most 2 · 127 · 127, no saturation); madd sums those into int32 lanes. Four inputs a block.
+template <int N>
+__attribute__((target("avx2"))) void block_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q,
+                                                int64_t stride, int32_t* dot) {
+  const __m256i ones16 = _mm256_set1_epi16(1), vp = _mm256_set1_epi8(w.pos), vn = _mm256_set1_epi8(w.neg);
+  __m256i acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_si256();
   for (int64_t g = 0; g < groups; ++g) {
-    const uint32_t pos = p[2 * g], neg = p[2 * g + 1];
-    if ((pos | neg) == 0) continue;
-    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + g * 32));
-    const __m256i xp = _mm256_maddubs_epi16(ones8, _mm256_and_si256(bytes32(pos), x));
-    const __m256i xn = _mm256_maddubs_epi16(ones8, _mm256_and_si256(bytes32(neg), x));
-    ap = _mm256_add_epi32(ap, _mm256_madd_epi16(xp, ones16));
-    an = _mm256_add_epi32(an, _mm256_madd_epi16(xn, ones16));
+    if ((p[2 * g] | p[2 * g + 1]) == 0) continue;
+    const __m256i wb = _mm256_or_si256(_mm256_and_si256(bytes32(p[2 * g]), vp), _mm256_and_si256(bytes32(p[2 * g + 1]), vn));
+    const __m256i magnitude = _mm256_sign_epi8(wb, wb);
+    for (int i = 0; i < N; ++i) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i * stride + g * 32));
+      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(x, wb)), ones16));
+    }
   }
-  return {sum8_epi32(ap), sum8_epi32(an)};
+  for (int i = 0; i < N; ++i) dot[i] = sum8_epi32(acc[i]);
 }
 
-// AVX-512 VNNI: two groups (64 weights) a step; the planes are byte masks and vpdpbusd (1 · q)
-// sums the selected bytes into int32 lanes.
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) Sums sums_avx512(const uint32_t* p, int64_t groups,
-                                                                       const int8_t* q) {
-  const __m512i ones = _mm512_set1_epi8(1);
-  __m512i ap = _mm512_setzero_si512(), an = _mm512_setzero_si512();
+void dots_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+               int32_t* dot) {
+  for (; n >= 4; n -= 4, q += 4 * stride, dot += 4) block_avx2<4>(p, groups, w, q, stride, dot);
+  switch (n) {
+    case 3: return block_avx2<3>(p, groups, w, q, stride, dot);
+    case 2: return block_avx2<2>(p, groups, w, q, stride, dot);
+    case 1: return block_avx2<1>(p, groups, w, q, stride, dot);
+  }
+}
+
+// AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the inputs arrive offset to
+// unsigned (q + 128, see rows_int8) and the offset's share, 128 · Σ w, comes off at the end. Two
+// groups (64 weights) a step, eight inputs a block.
+template <int N>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_avx512(const uint32_t* p, int64_t groups,
+                                                                         Int8Weights w, const uint8_t* q,
+                                                                         int64_t stride, int32_t* dot) {
+  const __m512i vp = _mm512_set1_epi8(w.pos), vn = _mm512_set1_epi8(w.neg);
+  __m512i acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_si512();
+  int64_t count_pos = 0, count_neg = 0;
   for (int64_t g = 0; g < groups; g += 2) {
     const bool pair = g + 1 < groups;  // q is padded to 64 bytes; an odd last group has empty planes
-    const __mmask64 pos = p[2 * g] | (pair ? static_cast<uint64_t>(p[2 * g + 2]) << 32 : 0);
-    const __mmask64 neg = p[2 * g + 1] | (pair ? static_cast<uint64_t>(p[2 * g + 3]) << 32 : 0);
-    const __m512i x = _mm512_loadu_si512(q + g * 32);
-    ap = _mm512_dpbusd_epi32(ap, ones, _mm512_maskz_mov_epi8(pos, x));
-    an = _mm512_dpbusd_epi32(an, ones, _mm512_maskz_mov_epi8(neg, x));
+    const uint64_t pos = p[2 * g] | (pair ? static_cast<uint64_t>(p[2 * g + 2]) << 32 : 0);
+    const uint64_t neg = p[2 * g + 1] | (pair ? static_cast<uint64_t>(p[2 * g + 3]) << 32 : 0);
+    count_pos += __builtin_popcountll(pos), count_neg += __builtin_popcountll(neg);
+    const __m512i wb = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn);
+    for (int i = 0; i < N; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_loadu_si512(q + i * stride + g * 32), wb);
   }
-  return {_mm512_reduce_add_epi32(ap), _mm512_reduce_add_epi32(an)};
+  const int32_t offset = static_cast<int32_t>(128 * (w.pos * count_pos + w.neg * count_neg));
+  for (int i = 0; i < N; ++i) dot[i] = _mm512_reduce_add_epi32(acc[i]) - offset;
 }
 
-template <Sums (*sums)(const uint32_t*, int64_t, const int8_t*)>
-void rows_int8(const uint32_t* planes, int64_t groups, const int8_t* q, int64_t stride, const float* q_scale,
-               int64_t n, float wp, float wn, float* y, int64_t rows, int64_t r0, int64_t r1) {
+void dots_avx512(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+                 int32_t* dot) {
+  switch (n) {
+    case 8: return block_avx512<8>(p, groups, w, q, stride, dot);
+    case 7: return block_avx512<7>(p, groups, w, q, stride, dot);
+    case 6: return block_avx512<6>(p, groups, w, q, stride, dot);
+    case 5: return block_avx512<5>(p, groups, w, q, stride, dot);
+    case 4: return block_avx512<4>(p, groups, w, q, stride, dot);
+    case 3: return block_avx512<3>(p, groups, w, q, stride, dot);
+    case 2: return block_avx512<2>(p, groups, w, q, stride, dot);
+    case 1: return block_avx512<1>(p, groups, w, q, stride, dot);
+  }
+}
+
+void rows_int8(BlockDots dots, const uint32_t* planes, int64_t groups, Int8Weights w, const uint8_t* q,
+               int64_t stride, const float* q_scale, int64_t n, float* y, int64_t rows, int64_t r0, int64_t r1) {
+  int32_t dot[kMaxInputs];
   for (int64_t rb = r0; rb < r1; rb += kRowBlock)
-    for (int64_t ib = 0; ib < n; ib += kInputBlock)
-      for (int64_t r = rb; r < std::min(rb + kRowBlock, r1); ++r)
-        for (int64_t i = ib; i < std::min(ib + kInputBlock, n); ++i) {
-          const Sums s = sums(planes + r * groups * 2, groups, q + i * stride);
-          y[i * rows + r] = q_scale[i] * (wp * static_cast<float>(s.pos) - wn * static_cast<float>(s.neg));
-        }
+    for (int64_t ib = 0; ib < n; ib += kMaxInputs) {
+      const int count = static_cast<int>(std::min<int64_t>(kMaxInputs, n - ib));
+      for (int64_t r = rb; r < std::min(rb + kRowBlock, r1); ++r) {
+        dots(planes + r * groups * 2, groups, w, q + ib * stride, stride, count, dot);
+        for (int i = 0; i < count; ++i) y[(ib + i) * rows + r] = q_scale[ib + i] * w.step * static_cast<float>(dot[i]);
+      }
+    }
 }
 
 }  // namespace
 
-void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, const int8_t* q, int64_t stride,
-                       const float* q_scale, int64_t n, float wp, float wn, float* y, int64_t rows, int64_t r0,
+Int8Weights int8_weights(float wp, float wn) {
+  const float largest = std::max(std::abs(wp), std::abs(wn));
+  const float step = largest > 0 ? largest / 127 : 1.0f;
+  return {static_cast<int8_t>(std::nearbyint(wp / step)), static_cast<int8_t>(std::nearbyint(-wn / step)), step};
+}
+
+void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const int8_t* q,
+                       int64_t stride, const float* q_scale, int64_t n, float* y, int64_t rows, int64_t r0,
                        int64_t r1) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(q);
   switch (path) {
-    case KernelPath::Avx512:
-      return rows_int8<sums_avx512>(planes, groups, q, stride, q_scale, n, wp, wn, y, rows, r0, r1);
-    case KernelPath::Avx2:
-      return rows_int8<sums_avx2>(planes, groups, q, stride, q_scale, n, wp, wn, y, rows, r0, r1);
+    case KernelPath::Avx512: {
+      // This thread's copy of the inputs offset to unsigned, once per call (n rows: small).
+      thread_local std::vector<uint8_t> offset;
+      offset.resize(static_cast<size_t>(n * stride));
+      for (size_t i = 0; i < offset.size(); ++i) offset[i] = bytes[i] ^ 0x80;  // q + 128
+      return rows_int8(dots_avx512, planes, groups, w, offset.data(), stride, q_scale, n, y, rows, r0, r1);
+    }
+    case KernelPath::Avx2: return rows_int8(dots_avx2, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
     case KernelPath::Portable: break;
   }
-  rows_int8<sums_portable>(planes, groups, q, stride, q_scale, n, wp, wn, y, rows, r0, r1);
+  rows_int8(dots_portable, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
 }
 
 }  // namespace ttq::ops

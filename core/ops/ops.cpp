@@ -75,8 +75,9 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
 }
 
 // Input rows quantized to int8 with one scale each (dynamic, symmetric: the row's largest magnitude
-// maps to 127), as PyTorch's dynamic quantization and bitnet.cpp's W1.58A8 kernels do; every batch
-// size runs the int8 kernels, which block rows and inputs.
+// maps to 127), as PyTorch's dynamic quantization and bitnet.cpp's W1.58A8 kernels do, and the
+// layer's two scales put on one int8 grid (int8_weights); every batch size runs the int8 kernels,
+// which block rows and inputs.
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(shape.size() == 2, "ttq::linear_int8: the weight shape must be [out, in]");
@@ -94,9 +95,10 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   auto out = at::empty({n, rows}, at::kFloat);
   const KernelPath path = selected_path();
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
+  const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    ternary_rows_int8(path, planes, groups, q.data_ptr<int8_t>(), stride, q_scale.data_ptr<float>(), n,
-                      scale(scales, 0), scale(scales, 1), out.data_ptr<float>(), rows, r0, r1);
+    ternary_rows_int8(path, planes, groups, w, q.data_ptr<int8_t>(), stride, q_scale.data_ptr<float>(), n,
+                      out.data_ptr<float>(), rows, r0, r1);
   });
   if (bias && bias->defined()) out.add_(*bias);
   auto sizes = input.sizes().vec();

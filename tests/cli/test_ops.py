@@ -72,21 +72,26 @@ class OnEveryPath(unittest.TestCase):
                                            rtol=1e-4, atol=1e-4))
 
     def test_linear_int8_matches_the_reference_on_its_quantized_inputs(self):
-        # Each input row is rounded to int8 with the scale max|x| / 127; the sums over the weights are
-        # then exact, so the result is the float linear layer on the rounded inputs.
+        # Each input row is rounded to int8 with the scale max|x| / 127, the two weight scales to one
+        # int8 grid (step max(|wp|, |wn|) / 127); the integer sums are exact, so the result is the
+        # float linear layer on those rounded values.
         shapes = [(1, 1, (1,)), (5, 7, (1,)), (33, 100, (3,)), (64, 32, (8,)), (17, 31, (9,)), (10, 65, (2, 5)),
-                  (128, 257, (4,)), (3, 64, (40,)), (96, 1000, (1,)), (40, 96, (70,))]
+                  (128, 257, (4,)), (3, 64, (40,)), (96, 1000, (1,)), (40, 96, (70,)), (20, 64, (13,))]
+        scales = [(0.3, 0.2), (0.2, 0.3), (0.25, 0.25), (-0.05, 0.4)]  # TTQ may keep a scale that turned negative
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
-            for out_features, in_features, batch in shapes:
-                w = ternary((out_features, in_features), seed=out_features)
-                codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
+            for n, (out_features, in_features, batch) in enumerate(shapes):
+                wp, wn = scales[n % len(scales)]
+                w = ternary((out_features, in_features), wp=wp, wn=wn, seed=out_features)
+                codes, packed_scales = torch.ops.ttq.pack(w, wp, wn)
                 bias = torch.randn(out_features)
                 x = torch.randn(*batch, in_features)
                 x.view(-1, in_features)[0] = 0  # an all-zero row has no scale to divide by
                 step = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-                want = F.linear(torch.round(x / step) * step, w, bias)
-                got = torch.ops.ttq.linear_int8(x, codes, scales, [out_features, in_features], bias)
+                grid = max(abs(wp), abs(wn)) / 127
+                w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+                want = F.linear(torch.round(x / step) * step, w8, bias)
+                got = torch.ops.ttq.linear_int8(x, codes, packed_scales, [out_features, in_features], bias)
                 self.assertEqual(got.shape, want.shape)
                 self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4),
                                 (path, out_features, in_features, batch, (got - want).abs().max()))
@@ -94,10 +99,10 @@ class OnEveryPath(unittest.TestCase):
                 exact = F.linear(x, w, bias)
                 self.assertLess((got - exact).abs().max(), 0.05 * exact.abs().max() + 1e-6)
             x = torch.randn(48, 6).t()
-            w = ternary((20, 48))
-            codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
+            w = ternary((20, 48), wp=0.3, wn=0.3)
+            codes, packed_scales = torch.ops.ttq.pack(w, 0.3, 0.3)
             step = x.abs().amax(-1, keepdim=True) / 127
-            self.assertTrue(torch.allclose(torch.ops.ttq.linear_int8(x, codes, scales, [20, 48], None),
+            self.assertTrue(torch.allclose(torch.ops.ttq.linear_int8(x, codes, packed_scales, [20, 48], None),
                                            F.linear(torch.round(x / step) * step, w), rtol=1e-4, atol=1e-4))
 
     def test_conv2d_matches_the_reference(self):
