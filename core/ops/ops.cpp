@@ -29,17 +29,29 @@ void check_input(const at::Tensor& input, const char* op) {
 
 float scale(const at::Tensor& scales, int i) { return scales.data_ptr<float>()[i]; }
 
-// The [rows, k] weight as float32, decoded in parallel into this thread's scratch: one buffer
-// the size of the largest layer it has decoded, reused by every call (fresh allocations of that
-// size would cost page faults on every call). Valid until the thread's next decode.
+// This thread's scratch for decoded weights, at least `numel` floats: one buffer the size of the
+// largest it has held, reused by every call (fresh allocations of that size would cost page faults
+// on every call). Valid until the thread's next use.
+at::Tensor scratch(int64_t numel) {
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, at::kFloat);
+  return buffer.narrow(0, 0, numel);
+}
+
+// The [rows, k] weight as float32 in this thread's scratch, decoded by all threads.
 at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows) {
-  thread_local at::Tensor scratch;
-  if (!scratch.defined() || scratch.numel() < rows * k) scratch = at::empty({rows * k}, at::kFloat);
-  auto w = scratch.narrow(0, 0, rows * k).view({rows, k});
+  auto w = scratch(rows * k).view({rows, k});
   float* dst = w.data_ptr<float>();
   at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t a, int64_t b) {
     decode_rows(codes, k, scale(scales, 0), scale(scales, 1), a, b, dst + a * k);
   });
+  return w;
+}
+
+// Rows r0 <= r < r0 + count as float32 in this thread's scratch, decoded by this thread.
+at::Tensor decoded_block(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t r0, int64_t count) {
+  auto w = scratch(count * k).view({count, k});
+  decode_rows(codes, k, scale(scales, 0), scale(scales, 1), r0, r0 + count, w.data_ptr<float>());
   return w;
 }
 
@@ -66,7 +78,16 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
       ternary_rows(path, planes, groups, padded.data_ptr<float>(), n, wp, wn, out.data_ptr<float>(), rows, r0, r1);
     });
   } else {
-    at::mm_out(out, x, decoded(codes, scales, k, rows).t());
+    // Blocks of rows (4 MiB of float32 weights), each decoded into its thread's scratch and
+    // multiplied by BLAS (single-threaded inside the parallel region) while it is still in cache:
+    // the decode then costs about what BLAS saves on reading the weights from memory.
+    const int64_t block = std::max<int64_t>(16, (1 << 20) / std::max<int64_t>(k, 1) / 16 * 16);
+    at::parallel_for(0, (rows + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * block, count = std::min(block, rows - r0);
+        out.narrow(1, r0, count).copy_(at::mm(x, decoded_block(codes, scales, k, r0, count).t()));
+      }
+    });
   }
   if (bias && bias->defined()) out.add_(*bias);
   auto sizes = input.sizes().vec();
