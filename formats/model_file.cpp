@@ -40,6 +40,19 @@ OpenedModel open_model(const std::string& path, PackedAs packed) {
   return opened;
 }
 
+torch::jit::Module load_packed(const std::string& path, Activations activations) {
+  OpenedModel opened = open_model(path, PackedAs::Stored);
+  if (opened.packed() && opened.metadata->activations == choice_name(activations)) return opened.module;
+  if (opened.packed()) opened = open_model(path, PackedAs::Float);
+  if (!opened.metadata || opened.metadata->layers.empty())
+    throw input_error(fmt::format("{} has no TTQ metadata: run 'ttq quantize' (or finetune) first", path));
+  const PackReport report = pack_module(opened.module, opened.metadata->layers, activations);
+  if (report.packed.empty())
+    throw input_error(fmt::format("{}: no ternary layer is a linear or conv2d weight that can run packed", path));
+  opened.module.eval();
+  return opened.module;
+}
+
 std::optional<ModelMetadata> read_model_metadata(const std::string& path) {
   if (kind_of(path) == ModelFileKind::TorchScript) return read_torchscript_metadata(path);
   const auto bytes = read_file(path);

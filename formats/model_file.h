@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include "core/packed_model.h"
 #include "formats/metadata.h"
 
 namespace ttq {
@@ -27,6 +28,13 @@ enum class PackedAs { Float, Stored };
 // Loads any model file ttq reads, on CPU. One input error line for anything else: a missing
 // file, a torch.save() pickle, random bytes, a corrupt archive.
 OpenedModel open_model(const std::string& path, PackedAs packed = PackedAs::Float);
+
+// The C++ API for applications that run a model packed (man/ttq-export.1, "Packed models"): a packed
+// TorchScript file (ttq export --format packed) as stored, or a .ttqz archive or ttq TorchScript
+// model packed as it loads, its ternary linear and conv2d layers then running the ttq:: operators
+// (link ttq::ttq, which brings ttq::ops). A packed file stored with other activations is packed again
+// from its float32 form. The same errors as open_model, and one when no layer can run packed.
+torch::jit::Module load_packed(const std::string& path, Activations activations = Activations::Float);
 
 // Only the TTQ metadata, without loading the program (fast on any size); nullopt when the file
 // has none; the same errors as open_model.

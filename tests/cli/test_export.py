@@ -191,6 +191,15 @@ class InstalledPackage(Work):
         with torch.no_grad():
             expected = load(q)[0](torch.ones(1, 1, 28, 28)).flatten()
         self.assertTrue(torch.allclose(got, expected, rtol=1e-6, atol=1e-6), (got, expected))
+        # ttq::load_packed: the archive packed as it loads, and a packed file as stored.
+        packed = self.out("m.packed.pt")
+        self.assertEqual(ttq("export", q, "--format", "packed", "-o", packed).returncode, 0)
+        for model in (self.out("m.ttqz"), packed):
+            r = subprocess.run([os.path.join(consumer, "consumer"), "--packed", model, "1", "1", "28", "28"],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got = torch.tensor([float(v) for v in r.stdout.split()])
+            self.assertTrue(torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (model, got, expected))
 
 
 if __name__ == "__main__":
