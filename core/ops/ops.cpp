@@ -78,10 +78,11 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
       ternary_rows(path, planes, groups, padded.data_ptr<float>(), n, wp, wn, out.data_ptr<float>(), rows, r0, r1);
     });
   } else {
-    // Blocks of rows (4 MiB of float32 weights), each decoded into its thread's scratch and
+    // Blocks of rows (at most 4 MiB of float32 weights, at least two blocks a thread), each decoded into its thread's scratch and
     // multiplied by BLAS (single-threaded inside the parallel region) while it is still in cache:
     // the decode then costs about what BLAS saves on reading the weights from memory.
-    const int64_t block = std::max<int64_t>(16, (1 << 20) / std::max<int64_t>(k, 1) / 16 * 16);
+    const int64_t share = (rows + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());  // two a thread
+    const int64_t block = (std::max<int64_t>(16, std::min((1 << 20) / std::max<int64_t>(k, 1), share)) + 15) / 16 * 16;
     at::parallel_for(0, (rows + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * block, count = std::min(block, rows - r0);
