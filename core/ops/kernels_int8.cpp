@@ -21,13 +21,21 @@ namespace {
 constexpr int64_t kRowBlock = 16;
 constexpr int kMaxInputs = 8;
 
-// Σ_k w[k] · q[i, k] for n <= kMaxInputs input rows (`stride` bytes apart) and the packed row p,
-// into dot[i].
-using BlockDots = void (*)(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
-                           int32_t* dot);
+// Σ_k w[r, k] · q[i, k] for `count` <= kRowsAtOnce consecutive packed rows from p and n <=
+// kMaxInputs input rows (`stride` bytes apart), into dot[r * kMaxInputs + i].
+constexpr int kRowsAtOnce = 2;
+using BlockDots = void (*)(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* q,
+                           int64_t stride, int n, int32_t* dot);
 
-void dots_portable(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
-                   int32_t* dot) {
+// The same for one row, by the kernels that take rows one at a time.
+template <void (*row_dots)(const uint32_t*, int64_t, Int8Weights, const uint8_t*, int64_t, int, int32_t*)>
+void each_row(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+              int32_t* dot) {
+  for (int r = 0; r < count; ++r) row_dots(p + r * groups * 2, groups, w, q, stride, n, dot + r * kMaxInputs);
+}
+
+void row_portable(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+                  int32_t* dot) {
   for (int i = 0; i < n; ++i) {
     const auto* qi = reinterpret_cast<const int8_t*>(q + i * stride);
     int32_t sp = 0, sn = 0;
@@ -74,8 +82,8 @@ __attribute__((target("avx2"))) void block_avx2(const uint32_t* p, int64_t group
   for (int i = 0; i < N; ++i) dot[i] = sum8_epi32(acc[i]);
 }
 
-void dots_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
-               int32_t* dot) {
+void row_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+              int32_t* dot) {
   for (; n >= 4; n -= 4, q += 4 * stride, dot += 4) block_avx2<4>(p, groups, w, q, stride, dot);
   switch (n) {
     case 3: return block_avx2<3>(p, groups, w, q, stride, dot);
@@ -85,51 +93,99 @@ void dots_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* 
 }
 
 // AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the inputs arrive offset to
-// unsigned (q + 128, see rows_int8) and the offset's share, 128 · Σ w, comes off at the end. Two
-// groups (64 weights) a step, eight inputs a block.
-template <int N>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_avx512(const uint32_t* p, int64_t groups,
-                                                                         Int8Weights w, const uint8_t* q,
-                                                                         int64_t stride, int32_t* dot) {
-  const __m512i vp = _mm512_set1_epi8(w.pos), vn = _mm512_set1_epi8(w.neg);
-  __m512i acc[N];
-  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_si512();
-  int64_t count_pos = 0, count_neg = 0;
-  for (int64_t g = 0; g < groups; g += 2) {
-    const bool pair = g + 1 < groups;  // q is padded to 64 bytes; an odd last group has empty planes
-    const uint64_t pos = p[2 * g] | (pair ? static_cast<uint64_t>(p[2 * g + 2]) << 32 : 0);
-    const uint64_t neg = p[2 * g + 1] | (pair ? static_cast<uint64_t>(p[2 * g + 3]) << 32 : 0);
-    count_pos += __builtin_popcountll(pos), count_neg += __builtin_popcountll(neg);
-    const __m512i wb = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn);
-    for (int i = 0; i < N; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_loadu_si512(q + i * stride + g * 32), wb);
+// unsigned (q + 128, see ternary_rows_int8) and the offset's share, 128 · Σ w, comes off at the end.
+// Two groups (64 weights) a step; R rows and N inputs a block, each input loaded once for the R rows
+// (on Zen 4 a 512-bit load costs as much as a vpdpbusd).
+template <int R, int N>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void step_avx512(
+    __m512i (*acc)[N], const uint64_t* pos, const uint64_t* neg, __m512i vp, __m512i vn, const uint8_t* q,
+    int64_t stride) {
+  __m512i wb[R];
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) wb[r] = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos[r], vp), neg[r], vn);
+  // acc += q (unsigned) · wb (signed), in place: GCC 12 copies the accumulator around the intrinsic
+  // (_mm512_dpbusd_epi32), two extra moves per product.
+#pragma GCC unroll 8
+  for (int i = 0; i < N; ++i) {
+    const __m512i x = _mm512_loadu_si512(q + i * stride);
+  #pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) asm("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc[r][i]) : [x] "v"(x), [w] "v"(wb[r]));
   }
-  const int32_t offset = static_cast<int32_t>(128 * (w.pos * count_pos + w.neg * count_neg));
-  for (int i = 0; i < N; ++i) dot[i] = _mm512_reduce_add_epi32(acc[i]) - offset;
 }
 
-void dots_avx512(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+template <int R, int N>
+__attribute__((target("avx512f,avx512bw,avx512vnni,popcnt"))) void block_avx512(const uint32_t* p, int64_t groups,
+                                                                                Int8Weights w, const uint8_t* q,
+                                                                                int64_t stride, int32_t* dot) {
+  const __m512i vp = _mm512_set1_epi8(w.pos), vn = _mm512_set1_epi8(w.neg);
+  __m512i acc[R][N];
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) acc[r][i] = _mm512_setzero_si512();
+  int64_t count_pos[R] = {}, count_neg[R] = {};
+  uint64_t pos[R], neg[R];
+  const int64_t pairs = groups / 2;
+  for (int64_t j = 0; j < pairs; ++j) {
+  #pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) {  // two groups: pos0 neg0 pos1 neg1 -> 64-bit planes
+      const uint32_t* g = p + r * groups * 2 + 4 * j;
+      pos[r] = g[0] | static_cast<uint64_t>(g[2]) << 32, neg[r] = g[1] | static_cast<uint64_t>(g[3]) << 32;
+      count_pos[r] += __builtin_popcountll(pos[r]), count_neg[r] += __builtin_popcountll(neg[r]);
+    }
+    step_avx512<R, N>(acc, pos, neg, vp, vn, q + 64 * j, stride);
+  }
+  if (groups % 2) {  // the last group alone: q is padded to 64 bytes
+  #pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) {
+      const uint32_t* g = p + r * groups * 2 + 4 * pairs;
+      pos[r] = g[0], neg[r] = g[1];
+      count_pos[r] += __builtin_popcount(g[0]), count_neg[r] += __builtin_popcount(g[1]);
+    }
+    step_avx512<R, N>(acc, pos, neg, vp, vn, q + 64 * pairs, stride);
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) {
+    const int32_t offset = static_cast<int32_t>(128 * (w.pos * count_pos[r] + w.neg * count_neg[r]));
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) dot[r * kMaxInputs + i] = _mm512_reduce_add_epi32(acc[r][i]) - offset;
+  }
+}
+
+template <int R>
+void rows_avx512(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
                  int32_t* dot) {
   switch (n) {
-    case 8: return block_avx512<8>(p, groups, w, q, stride, dot);
-    case 7: return block_avx512<7>(p, groups, w, q, stride, dot);
-    case 6: return block_avx512<6>(p, groups, w, q, stride, dot);
-    case 5: return block_avx512<5>(p, groups, w, q, stride, dot);
-    case 4: return block_avx512<4>(p, groups, w, q, stride, dot);
-    case 3: return block_avx512<3>(p, groups, w, q, stride, dot);
-    case 2: return block_avx512<2>(p, groups, w, q, stride, dot);
-    case 1: return block_avx512<1>(p, groups, w, q, stride, dot);
+    case 8: return block_avx512<R, 8>(p, groups, w, q, stride, dot);
+    case 7: return block_avx512<R, 7>(p, groups, w, q, stride, dot);
+    case 6: return block_avx512<R, 6>(p, groups, w, q, stride, dot);
+    case 5: return block_avx512<R, 5>(p, groups, w, q, stride, dot);
+    case 4: return block_avx512<R, 4>(p, groups, w, q, stride, dot);
+    case 3: return block_avx512<R, 3>(p, groups, w, q, stride, dot);
+    case 2: return block_avx512<R, 2>(p, groups, w, q, stride, dot);
+    case 1: return block_avx512<R, 1>(p, groups, w, q, stride, dot);
   }
+}
+
+void dots_avx512(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+                 int32_t* dot) {
+  if (count == 2) return rows_avx512<2>(p, groups, w, q, stride, n, dot);
+  rows_avx512<1>(p, groups, w, q, stride, n, dot);
 }
 
 void rows_int8(BlockDots dots, const uint32_t* planes, int64_t groups, Int8Weights w, const uint8_t* q,
                int64_t stride, const float* q_scale, int64_t n, float* y, int64_t rows, int64_t r0, int64_t r1) {
-  int32_t dot[kMaxInputs];
+  int32_t dot[kRowsAtOnce * kMaxInputs];
   for (int64_t rb = r0; rb < r1; rb += kRowBlock)
     for (int64_t ib = 0; ib < n; ib += kMaxInputs) {
       const int count = static_cast<int>(std::min<int64_t>(kMaxInputs, n - ib));
-      for (int64_t r = rb; r < std::min(rb + kRowBlock, r1); ++r) {
-        dots(planes + r * groups * 2, groups, w, q + ib * stride, stride, count, dot);
-        for (int i = 0; i < count; ++i) y[(ib + i) * rows + r] = q_scale[ib + i] * w.step * static_cast<float>(dot[i]);
+      const int64_t block_end = std::min(rb + kRowBlock, r1);
+      for (int64_t r = rb; r < block_end; r += kRowsAtOnce) {
+        const int here = static_cast<int>(std::min<int64_t>(kRowsAtOnce, block_end - r));
+        dots(planes + r * groups * 2, groups, here, w, q + ib * stride, stride, count, dot);
+        for (int h = 0; h < here; ++h)
+          for (int i = 0; i < count; ++i)
+            y[(ib + i) * rows + r + h] = q_scale[ib + i] * w.step * static_cast<float>(dot[h * kMaxInputs + i]);
       }
     }
 }
@@ -154,10 +210,10 @@ void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, 
       for (size_t i = 0; i < offset.size(); ++i) offset[i] = bytes[i] ^ 0x80;  // q + 128
       return rows_int8(dots_avx512, planes, groups, w, offset.data(), stride, q_scale, n, y, rows, r0, r1);
     }
-    case KernelPath::Avx2: return rows_int8(dots_avx2, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
+    case KernelPath::Avx2: return rows_int8(each_row<row_avx2>, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
     case KernelPath::Portable: break;
   }
-  rows_int8(dots_portable, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
+  rows_int8(each_row<row_portable>, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
 }
 
 }  // namespace ttq::ops
