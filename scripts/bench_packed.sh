@@ -6,7 +6,8 @@
 #  - one 4096x4096 linear layer, batch 1 and 64 (targets: float >= 2.5x, int8 >= 5x faster at
 #    batch 1; float no slower at 64);
 #  - a 3-layer MLP 4096 wide and nn.TransformerEncoder (d=1024, 4 layers, sequence 32) (targets:
-#    int8 >= 3x faster than FP32 and faster than quantize_dynamic, >= 4x less weight memory than it;
+#    int8 >= 3x faster than FP32 and faster than quantize_dynamic, >= 4x less weight memory than it
+#    (the tensors each file holds);
 #    MLP memory >= 10x less than FP32, also after a run);
 #  - torchvision's ResNet-18 at 224x224 (targets: float <= 1.1x the FP32 latency, >= 10x less memory
 #    once loaded, the file >= 12x smaller).
@@ -53,16 +54,21 @@ compare() {  # NAME SHAPE BATCH A B: model files $out/NAME.A.pt against $out/NAM
   build/ttq bench "$out/$name.$a.pt" --vs "$out/$name.$b.pt" --input-shape "$shape" --batch "$batch" \
     --runs "$runs" --threads "$threads" --json > "$out/$name.$a.$b.$batch.json"
   /usr/bin/python3 - "$out" "$name" "$batch" "$a" "$b" <<'PY'
-import json, os, sys
+import json, os, sys, zipfile
 out, name, batch, a, b = sys.argv[1:]
 doc = json.load(open(f"{out}/{name}.{a}.{b}.{batch}.json"))
 ma, mb = doc["models"]
 size = os.path.getsize(f"{out}/{name}.{b}.pt") / os.path.getsize(f"{out}/{name}.{a}.pt")
+def weight_mib(path):  # the tensors a TorchScript file holds (its data/ records): the weights in memory
+    with zipfile.ZipFile(path) as z:
+        return sum(i.file_size for i in z.infolist() if "/data/" in i.filename) / 2**20
+wa, wb = weight_mib(f"{out}/{name}.{a}.pt"), weight_mib(f"{out}/{name}.{b}.pt")
 label = {"float": "packed", "int8": "packed-int8", "ttq": "float32", "dynamic": "dynamic-int8"}
 print(f"{name:<11} b{batch:<2} {label[a]:>11} vs {label[b]:<12}: {ma['median_ms']:8.3f} vs {mb['median_ms']:8.3f} ms "
       f"= {doc['speedup']:5.2f}x the speed; loaded {ma['loaded_mib']:6.1f} vs {mb['loaded_mib']:6.1f} MiB "
       f"({doc['memory_ratio']:4.1f}x less), after a run {ma['after_run_mib']:6.1f} vs {mb['after_run_mib']:6.1f} MiB, "
-      f"peak {ma['peak_mib']:6.1f} vs {mb['peak_mib']:6.1f} MiB; file {size:4.1f}x smaller")
+      f"peak {ma['peak_mib']:6.1f} vs {mb['peak_mib']:6.1f} MiB; tensors {wa:6.1f} vs {wb:6.1f} MiB ({wb / wa:4.1f}x less); "
+      f"file {size:4.1f}x smaller")
 PY
 }
 echo "ttq bench, $runs runs, $threads thread(s), kernel path: $(/usr/bin/python3 -c "import torch; torch.ops.load_library('build/plugins/libttq_ops.so'); print(torch.ops.ttq.kernel())")"
