@@ -55,17 +55,30 @@ at::Tensor decoded_block(const at::Tensor& codes, const at::Tensor& scales, int6
   return w;
 }
 
+// The checks of a linear op: its input as [n, k] rows (a view where it can be).
+at::Tensor linear_rows(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                       c10::IntArrayRef shape, const char* op) {
+  TORCH_CHECK(shape.size() == 2, "ttq::", op, ": the weight shape must be [out, in]");
+  check_packed(codes, scales, to_vector(shape));
+  check_input(input, op);
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == shape[1], "ttq::", op, ": the input has ", input.size(-1),
+              " features; the weight takes ", shape[1]);
+  return input.reshape({-1, shape[1]});
+}
+
+// out [n, rows] plus the bias, in the input's shape with its last dimension `rows`.
+at::Tensor linear_output(at::Tensor out, const c10::optional<at::Tensor>& bias, const at::Tensor& input) {
+  if (bias && bias->defined()) out.add_(*bias);
+  auto sizes = input.sizes().vec();
+  sizes.back() = out.size(1);
+  return out.view(sizes);
+}
+
 at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
                   const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(shape.size() == 2, "ttq::linear: the weight shape must be [out, in]");
-  check_packed(codes, scales, to_vector(shape));
-  check_input(input, "linear");
+  const auto x = linear_rows(input, codes, scales, shape, "linear").contiguous();
   at::NoGradGuard no_grad;
-  const int64_t rows = shape[0], k = shape[1];
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == k, "ttq::linear: the input has ", input.size(-1),
-              " features; the weight takes ", k);
-  const auto x = input.reshape({-1, k}).contiguous();
-  const int64_t n = x.size(0);
+  const int64_t rows = shape[0], k = shape[1], n = x.size(0);
   auto out = at::empty({n, rows}, at::kFloat);
   if (n <= kKernelRows) {
     const int64_t groups = packed_groups(k);
@@ -78,10 +91,10 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
       ternary_rows(path, planes, groups, padded.data_ptr<float>(), n, wp, wn, out.data_ptr<float>(), rows, r0, r1);
     });
   } else {
-    // Blocks of rows (at most 4 MiB of float32 weights, at least two blocks a thread), each decoded into its thread's scratch and
-    // multiplied by BLAS (single-threaded inside the parallel region) while it is still in cache:
-    // the decode then costs about what BLAS saves on reading the weights from memory.
-    const int64_t share = (rows + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());  // two a thread
+    // Blocks of rows (at most 4 MiB of float32 weights, at least two blocks a thread), each decoded
+    // into its thread's scratch and multiplied by BLAS (single-threaded inside the parallel region)
+    // while it is still in cache: the decode then costs about what BLAS saves on reading weights.
+    const int64_t share = (rows + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());
     const int64_t block = (std::max<int64_t>(16, std::min((1 << 20) / std::max<int64_t>(k, 1), share)) + 15) / 16 * 16;
     at::parallel_for(0, (rows + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -90,10 +103,7 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
       }
     });
   }
-  if (bias && bias->defined()) out.add_(*bias);
-  auto sizes = input.sizes().vec();
-  sizes.back() = rows;
-  return out.view(sizes);
+  return linear_output(out, bias, input);
 }
 
 // Input rows quantized to int8 with one scale each (dynamic, symmetric: the row's largest magnitude
@@ -102,14 +112,9 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
 // which block rows and inputs.
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(shape.size() == 2, "ttq::linear_int8: the weight shape must be [out, in]");
-  check_packed(codes, scales, to_vector(shape));
-  check_input(input, "linear_int8");
+  const auto x = linear_rows(input, codes, scales, shape, "linear_int8");
   at::NoGradGuard no_grad;
   const int64_t rows = shape[0], k = shape[1];
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == k, "ttq::linear_int8: the input has ", input.size(-1),
-              " features; the weight takes ", k);
-  const auto x = input.reshape({-1, k});
   const int64_t n = x.size(0), groups = packed_groups(k), stride = (groups * kGroup + 63) / 64 * 64;
   const auto q_scale = (x.abs().amax(1, true) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
   auto q = at::zeros({n, stride}, at::kChar);
@@ -122,10 +127,7 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
     ternary_rows_int8(path, planes, groups, w, q.data_ptr<int8_t>(), stride, q_scale.data_ptr<float>(), n,
                       out.data_ptr<float>(), rows, r0, r1);
   });
-  if (bias && bias->defined()) out.add_(*bias);
-  auto sizes = input.sizes().vec();
-  sizes.back() = rows;
-  return out.view(sizes);
+  return linear_output(out, bias, input);
 }
 
 // The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
