@@ -93,11 +93,12 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
 
 void run_export(ExportArgs& args) {
   refuse_same_file(args.input, args.output);
+  // Without --format the output is ttqz or ttq, never packed: refused before the model loads.
+  if (args.activations_option->count() && (!args.format_option->count() || args.format != ExportFormat::Packed))
+    throw usage_error("--activations applies to --format packed only");
   OpenedModel model = open_model(args.input);
   if (!args.format_option->count())
     args.format = model.kind == ModelFileKind::Archive ? ExportFormat::Ttq : ExportFormat::Ttqz;
-  if (args.activations_option->count() && args.format != ExportFormat::Packed)
-    throw usage_error("--activations applies to --format packed only");
   if (args.format == ExportFormat::Ttqz)
     write_ttqz(args, model);
   else if (args.format == ExportFormat::Packed)

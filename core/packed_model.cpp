@@ -191,10 +191,9 @@ struct MethodGraph {
   std::vector<Read> reads;
 };
 
-// Module instances by class type, and the paths at which each type holds ternary weights.
+// A class type: the paths of its module instances ("" for the root) and its prepared methods.
 struct TypeInfo {
-  std::vector<torch::jit::Module> instances;
-  std::vector<std::string> paths;  // of the instances, "" for the root
+  std::vector<std::string> paths;
   std::vector<MethodGraph> methods;
 };
 
@@ -308,15 +307,11 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
   std::map<c10::ClassTypePtr, TypeInfo> info;
   for (const auto& m : module.named_modules()) {
     auto& t = info[m.value.type()];
-    if (t.instances.empty()) types.push_back(m.value.type());
-    t.instances.push_back(m.value);
+    if (t.paths.empty()) types.push_back(m.value.type());
     t.paths.push_back(m.name);
   }
   // Each layer's reads: in which type's methods, at which path from `self`.
-  struct LayerReads {
-    std::vector<std::pair<c10::ClassTypePtr, const Read*>> reads;
-  };
-  std::map<std::string, LayerReads> reads_of;
+  std::map<std::string, std::vector<std::pair<c10::ClassTypePtr, const Read*>>> reads_of;
   for (const auto& type : types) {
     TypeInfo& t = info[type];
     auto ternary = [&](const std::string& path) {
@@ -328,7 +323,7 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
     for (const auto& method : t.methods)
       for (const auto& r : method.reads)
         for (const auto& prefix : t.paths)
-          if (find_layer(layers, join(prefix, r.path))) reads_of[join(prefix, r.path)].reads.push_back({type, &r});
+          if (find_layer(layers, join(prefix, r.path))) reads_of[join(prefix, r.path)].push_back({type, &r});
   }
 
   // Which layers run packed: a linear or conv2d use, no list holding the weight, and one shape for
@@ -344,7 +339,7 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
     }
     std::string why;
     bool runs_packed = false;
-    for (const auto& [type, r] : it->second.reads)
+    for (const auto& [type, r] : it->second)
       for (const auto& use : r->node->output()->uses()) {
         if (packed_op(use, layer.shape.size()))
           runs_packed = true;
@@ -352,10 +347,11 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
           why = use.user->kind().toUnqualString();  // the first op, rather than a size check
       }
     if (!find_slot(module, layer.name).list_places.empty()) why = "list", runs_packed = false;
-    for (const auto& [type, r] : it->second.reads) {
-      const auto [shape, fresh] = shape_of.try_emplace({type, r->path}, layer.shape);
-      if (!fresh && shape->second != layer.shape) why = "shared class, other shape", runs_packed = false;
-    }
+    if (runs_packed)  // the first packed instance of a class fixes the shape for its method
+      for (const auto& [type, r] : it->second) {
+        const auto [shape, fresh] = shape_of.try_emplace({type, r->path}, layer.shape);
+        if (!fresh && shape->second != layer.shape) why = "shared class, other shape", runs_packed = false;
+      }
     if (!runs_packed) {
       report.kept_float.push_back({layer.name, why.empty() ? "unused" : why});
       continue;
@@ -364,22 +360,24 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
     report.packed.push_back(layer.name);
   }
 
-  // Codes and scales beside each packed weight; empty ones where a module of the same class keeps
-  // the weight float (the rewritten method reads them for every instance).
+  // Codes and scales beside each packed weight, which is emptied; empty codes where a module of the
+  // same class keeps the weight float (the rewritten method reads them for every instance).
   torch::NoGradGuard no_grad;
   std::map<c10::ClassTypePtr, std::set<std::string>> added;
   std::set<std::pair<const void*, std::string>> given;  // (module object, attribute): codes registered
   for (const auto& name : report.packed) {
     const LayerRecord& layer = *find_layer(layers, name);
     ParameterSlot slot = find_slot(module, name);
+    const torch::Tensor weight = slot.owner.attr(slot.attribute).toTensor();
     ops::Packed codes;
     try {
-      codes = ops::pack(slot.owner.attr(slot.attribute).toTensor(), layer.wp, layer.wn);
+      codes = ops::pack(weight, layer.wp, layer.wn);
     } catch (const c10::Error& e) {
       throw input_error(fmt::format("layer {}: {}", name, short_message(e.what_without_backtrace())));
     }
     slot.owner.register_buffer(codes_name(slot.attribute), codes.codes);
     slot.owner.register_buffer(scales_name(slot.attribute), codes.scales);
+    slot.owner.setattr(slot.attribute, torch::empty({0}, weight.options()));
     added[slot.owner.type()].insert(slot.attribute);
     given.insert({slot.owner._ivalue().get(), slot.attribute});
   }
@@ -405,7 +403,7 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
         if (count == 0) continue;
         const auto dot = r.path.rfind('.');
         const PackedRead read{r.node->input(0), dot == std::string::npos ? r.path : r.path.substr(dot + 1),
-                              shape_of.at({type, r.path}), activations, count < t.instances.size()};
+                              shape_of.at({type, r.path}), activations, count < t.paths.size()};
         const auto uses = r.node->output()->uses();
         for (const auto& use : uses)
           if (!is_metadata_query(use.user)) replace_use(*method.graph, use, read);
@@ -413,10 +411,6 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
       }
       if (changed) torch::jit::EliminateDeadCode(method.graph);
     }
-  }
-  for (const auto& name : report.packed) {
-    ParameterSlot slot = find_slot(module, name);
-    slot.owner.setattr(slot.attribute, torch::empty({0}, slot.owner.attr(slot.attribute).toTensor().options()));
   }
   return report;
 }

@@ -20,8 +20,6 @@ constexpr int64_t kKernelRows = 8;
 
 std::vector<int64_t> to_vector(c10::IntArrayRef a) { return a.vec(); }
 
-// Inference operators: no gradient flows through them, also when called with grad mode on (PyTorch
-// users who forget torch.no_grad(); parameters such as a float bias require grad).
 void check_input(const at::Tensor& input, const char* op) {
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat, "ttq::", op,
               ": the input must be a float32 CPU tensor (got ", input.scalar_type(), " on ", input.device(), ")");
@@ -77,6 +75,8 @@ at::Tensor linear_output(at::Tensor out, const c10::optional<at::Tensor>& bias, 
 at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
                   const c10::optional<at::Tensor>& bias) {
   const auto x = linear_rows(input, codes, scales, shape, "linear").contiguous();
+  // Inference operators: no gradient flows through them, also with grad mode on (PyTorch users
+  // without torch.no_grad(), whose float biases require grad).
   at::NoGradGuard no_grad;
   const int64_t rows = shape[0], k = shape[1], n = x.size(0);
   auto out = at::empty({n, rows}, at::kFloat);
