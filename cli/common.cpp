@@ -104,9 +104,19 @@ void DataFlags::add_to(CLI::App* app, bool training) {
                                         "measured by scripts/bench_train.sh)")
       ->type_name("N")
       ->check(CLI::PositiveNumber);
-  app->add_option("--image-size", load_options.image_size, "imagefolder: resize and center-crop images to N×N")
+  app->add_option("--image-size", load_options.image_size,
+                  "imagefolder: the side of the square crops (evaluation: resize the shorter side to N/0.875, "
+                  "center crop; training: torchvision's RandomResizedCrop)")
       ->type_name("N")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_option("--workers", load_options.workers, "imagefolder: threads decoding images (default: one per core)")
+      ->type_name("N")
+      ->check(CLI::PositiveNumber);
+  app->add_option("--val-fraction", load_options.val_fraction,
+                  "imagefolder without train/ and val/: the fraction of each class held out for validation")
+      ->type_name("F")
+      ->check(CLI::Range(0.0, 0.99))
       ->capture_default_str();
   app->add_option("--max-image-pixels", load_options.max_image_pixels,
                   "imagefolder: refuse images with more pixels (decompression bombs)")
@@ -119,6 +129,13 @@ void DataFlags::add_to(CLI::App* app, bool training) {
   auto* flip = app->add_flag_callback("--flip", [this] { overrides.flip = true; },
                                       "random horizontal flips while training (default: the dataset's)");
   app->add_flag_callback("--no-flip", [this] { overrides.flip = false; }, "no random flips")->excludes(flip);
+  app->add_option("--crop-scale", load_options.crop_scale,
+                  "imagefolder: the range of the image's area a training crop covers (RandomResizedCrop's scale)")
+      ->type_name("LOW,HIGH")
+      ->delimiter(',')
+      ->capture_default_str();
+  app->add_flag_callback("--no-random-crop", [this] { load_options.random_crop = false; },
+                         "imagefolder: train on the evaluation crop (no RandomResizedCrop)");
   app->add_option_function<int>("--crop-padding", [this](int p) { overrides.crop_padding = p; },
                                 "random crops with this zero padding while training, 0 for none (default: the dataset's)")
       ->type_name("P")

@@ -30,6 +30,7 @@ Preprocess apply_overrides(Preprocess p, const PreprocessOverrides& o) {
 
 Dataset Dataset::select(const torch::Tensor& idx) const {
   Dataset d;
+  if (source) d.inputs = source->load(idx, std::nullopt);
   for (const auto& x : inputs) d.inputs.push_back(x.index_select(0, idx));
   if (labeled()) d.labels = labels.index_select(0, idx);
   return d;
@@ -38,6 +39,7 @@ Dataset Dataset::select(const torch::Tensor& idx) const {
 Dataset Dataset::first(int64_t n) const {
   const int64_t k = std::min(n, size());
   Dataset d;
+  if (source) d.source = source->first(k);
   for (const auto& x : inputs) d.inputs.push_back(x.narrow(0, 0, k));
   if (labeled()) d.labels = labels.narrow(0, 0, k);
   return d;
@@ -85,8 +87,13 @@ torch::Tensor augmented(const torch::Tensor& x, const torch::Tensor& idx, const 
 std::vector<torch::Tensor> prepare_inputs(const Dataset& d, const torch::Tensor& idx, const Preprocess& pre,
                                           const std::optional<AugmentKey>& augment) {
   std::vector<torch::Tensor> out;
-  for (const auto& stored : d.inputs) {
-    torch::Tensor x = image_input(stored.index_select(0, idx), pre);
+  std::vector<torch::Tensor> stored;
+  if (d.source)
+    stored = d.source->load(idx, augment);
+  else
+    for (const auto& x : d.inputs) stored.push_back(x.index_select(0, idx));
+  for (auto& batch : stored) {
+    torch::Tensor x = image_input(std::move(batch), pre);
     if (augment && x.dim() == 4 && x.is_floating_point() && (pre.flip || pre.crop_padding > 0))
       x = augmented(x, idx, pre, *augment);
     out.push_back(std::move(x));

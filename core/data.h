@@ -4,11 +4,32 @@
 #pragma once
 #include <torch/types.h>
 
+#include <array>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace ttq {
+
+// Which random augmentation a training batch gets: keyed by (seed, epoch, sample index), so a
+// sample's crop and flip do not depend on batching, world size or resume.
+struct AugmentKey {
+  uint64_t seed;
+  int epoch;
+};
+
+// Samples decoded when a batch asks for them (an image folder of any size): the stored inputs of
+// samples `idx` (uint8 N×C×H×W images), a training sample's random geometry keyed by `augment` and
+// its index, so that it does not depend on the batch, the number of workers or the world size.
+// Implementations are thread-safe.
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  virtual int64_t size() const = 0;
+  virtual std::vector<torch::Tensor> load(const torch::Tensor& idx, const std::optional<AugmentKey>& augment) const = 0;
+  virtual std::shared_ptr<const SampleSource> first(int64_t n) const = 0;  // the first n samples
+};
 
 // One split: the model's inputs (one tensor per argument of forward, first dimension the sample)
 // and class labels when the data has them.
@@ -16,14 +37,16 @@ struct Dataset {
   // uint8 images N×C×H×W (scaled to [0,1] then normalized), float tensors, or integer tensors
   // passed unchanged (token ids, attention masks).
   std::vector<torch::Tensor> inputs;
+  std::shared_ptr<const SampleSource> source;  // set instead of `inputs` for data decoded per batch
   torch::Tensor labels;  // int64 N; undefined for unlabeled data
 
   Dataset() = default;
   Dataset(torch::Tensor x, torch::Tensor y) : inputs{std::move(x)}, labels(std::move(y)) {}
   Dataset(std::vector<torch::Tensor> xs, torch::Tensor y) : inputs(std::move(xs)), labels(std::move(y)) {}
-  int64_t size() const { return inputs.empty() ? 0 : inputs.front().size(0); }
+  Dataset(std::shared_ptr<const SampleSource> s, torch::Tensor y) : source(std::move(s)), labels(std::move(y)) {}
+  int64_t size() const { return source ? source->size() : inputs.empty() ? 0 : inputs.front().size(0); }
   bool labeled() const { return labels.defined(); }
-  // Samples `idx` (int64), or the first n: every input and the labels.
+  // Samples `idx` (int64; decoded, for a source), or the first n: every input and the labels.
   Dataset select(const torch::Tensor& idx) const;
   Dataset first(int64_t n) const;
 };
@@ -55,19 +78,16 @@ struct DataSplits {
 
 // Settings a loader may use.
 struct LoadOptions {
-  int image_size = 32;  // imagefolder: shorter side resized to this, then center-cropped square
+  int image_size = 32;  // imagefolder: the side of the square crops
   int64_t max_image_pixels = 89478485;  // imagefolder: larger images are refused (PIL's default limit)
+  int workers = 0;                      // imagefolder: decoding threads; 0: one per core
+  double val_fraction = 0.1;            // imagefolder without train/ and val/: held out, per class
+  std::array<double, 2> crop_scale{0.08, 1.0};  // imagefolder training: RandomResizedCrop's area range
+  bool random_crop = true;              // imagefolder training: false takes the evaluation crop
 };
 
 // --subset: the first n samples of each split.
 void keep_first(DataSplits& splits, int64_t n);
-
-// Which random augmentation a training batch gets: keyed by (seed, epoch, sample index), so a
-// sample's crop and flip do not depend on batching, world size or resume.
-struct AugmentKey {
-  uint64_t seed;
-  int epoch;
-};
 
 // The model inputs for samples `idx` of `data`, in forward's order: uint8 images scaled and
 // normalized, other tensors unchanged; with `augment`, each 4-D image cropped and flipped by its

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <future>
 
 #include "core/distributed.h"
 #include "core/error.h"
@@ -272,6 +273,14 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
   const auto t0 = Clock::now();
   int64_t timed_samples = 0;
   bool stopped_early = false;
+  // Data decoded per batch (an image folder) is prepared one batch ahead, on the loader's own
+  // threads, while the step before it runs.
+  std::future<Batch> ahead;
+  const auto fetch = [&](int64_t s) {
+    return std::async(data_.train.source ? std::launch::async : std::launch::deferred,
+                      [this, &order, epoch, s] { return next_batch(order, epoch, s); });
+  };
+  if (position_.step_in_epoch < steps) ahead = fetch(position_.step_in_epoch);
   for (int64_t s = position_.step_in_epoch; s < steps; ++s) {
     if (options_.max_steps && position_.global_step >= options_.max_steps) {
       stopped_early = true;
@@ -279,7 +288,9 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
     }
     const double lr_mult = lr_factor(options_, epoch, position_.global_step, steps);
     set_lr(lr_mult);
-    Metrics step = train_step(next_batch(order, epoch, s));
+    const Batch batch = ahead.get();
+    if (s + 1 < steps) ahead = fetch(s + 1);
+    Metrics step = train_step(batch);
     bool stopping = stop.load();
     if (comm_) stopping = synchronize(step, stopping);
     const double loss_value = step.loss / static_cast<double>(step.samples);

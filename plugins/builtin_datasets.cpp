@@ -2,8 +2,6 @@
 #include <fmt/format.h>
 #include <torch/script.h>
 #include <torch/serialize.h>
-#include <stb_image.h>
-#include <stb_image_resize.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -225,85 +223,9 @@ DataSplits load_tensors(const std::string& path, const LoadOptions&) {
   return s;
 }
 
-// imagefolder:DIR — DIR/<class>/<image> (torchvision's ImageFolder), or DIR/train/<class>/... and
-// DIR/test/<class>/... (also val/). Classes are the sorted folder names; images are decoded as RGB,
-// the shorter side resized to image_size, then center-cropped to image_size².
-std::vector<std::string> class_names(const fs::path& dir) {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_directory()) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-// Images are checked from their headers before decoding: a 1 KB PNG can claim 10^12 pixels.
-constexpr double kMaxAspectRatio = 100;
-
-torch::Tensor decode_image(const fs::path& path, const LoadOptions& options) {
-  const int size = options.image_size;
-  int w = 0, h = 0, c = 0;
-  if (!stbi_info(path.c_str(), &w, &h, &c))
-    throw input_error(fmt::format("{}: cannot decode image ({})", path.string(), stbi_failure_reason()));
-  const int64_t pixels_in_header = int64_t{w} * h;
-  if (pixels_in_header > options.max_image_pixels)
-    throw input_error(fmt::format("{}: {}x{} image ({} pixels) is over the limit of {} (raise it with "
-                                  "--max-image-pixels)", path.string(), w, h, pixels_in_header, options.max_image_pixels));
-  if (std::max(w, h) > kMaxAspectRatio * std::min(w, h))
-    throw input_error(fmt::format("{}: {}x{} image has an aspect ratio over {:.0f}:1", path.string(), w, h,
-                                  kMaxAspectRatio));
-  unsigned char* pixels = stbi_load(path.c_str(), &w, &h, &c, 3);
-  if (!pixels) throw input_error(fmt::format("{}: cannot decode image ({})", path.string(), stbi_failure_reason()));
-  const double scale = static_cast<double>(size) / std::min(w, h);
-  const int rw = std::max(size, static_cast<int>(std::lround(w * scale)));
-  const int rh = std::max(size, static_cast<int>(std::lround(h * scale)));
-  std::vector<unsigned char> resized(static_cast<size_t>(rw) * rh * 3);
-  const int ok = stbir_resize_uint8(pixels, w, h, 0, resized.data(), rw, rh, 0, 3);
-  stbi_image_free(pixels);
-  if (!ok) throw input_error(fmt::format("{}: cannot resize image", path.string()));
-  auto hwc = torch::from_blob(resized.data(), {rh, rw, 3}, torch::kUInt8);
-  const int top = (rh - size) / 2, left = (rw - size) / 2;
-  return hwc.narrow(0, top, size).narrow(1, left, size).permute({2, 0, 1}).contiguous();
-}
-
-Dataset image_split(const fs::path& dir, const std::vector<std::string>& classes, const LoadOptions& options) {
-  std::vector<torch::Tensor> images;
-  std::vector<int64_t> labels;
-  for (size_t k = 0; k < classes.size(); ++k) {
-    if (!fs::is_directory(dir / classes[k])) continue;
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(dir / classes[k])) {
-      std::string ext = e.path().extension().string();
-      std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-      if (e.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg")) files.push_back(e.path());
-    }
-    std::sort(files.begin(), files.end());
-    for (const auto& f : files) {
-      images.push_back(decode_image(f, options));
-      labels.push_back(static_cast<int64_t>(k));
-    }
-  }
-  if (images.empty()) throw input_error(fmt::format("{}: no PNG or JPEG images in class folders", dir.string()));
-  return {torch::stack(images), torch::tensor(labels)};
-}
-
-DataSplits load_imagefolder(const std::string& path, const LoadOptions& options) {
-  if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
-  if (options.image_size < 1) throw usage_error("--image-size must be positive");
-  const fs::path root(path);
-  const fs::path test_dir = fs::is_directory(root / "test") ? root / "test" : root / "val";
-  const bool split = fs::is_directory(root / "train") && fs::is_directory(test_dir);
-  const fs::path train_dir = split ? root / "train" : root;
-  const auto classes = class_names(train_dir);
-  if (classes.empty()) throw input_error(fmt::format("{}: no class folders", train_dir.string()));
-  DataSplits s;
-  s.train = image_split(train_dir, classes, options);
-  s.test = split ? image_split(test_dir, classes, options) : s.train;
-  s.num_classes = static_cast<int64_t>(classes.size());
-  s.defaults = {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}, true, 0};  // ImageNet statistics
-  return s;
-}
-
 }  // namespace
+
+void register_image_folder();  // plugins/image_folder.cpp
 
 void register_builtin_datasets() {
   register_dataset_kind({"fashion-mnist", "Fashion-MNIST IDX files (gzipped or not) in a folder",
@@ -314,8 +236,7 @@ void register_builtin_datasets() {
                          load_cifar10});
   register_dataset_kind({"tensors", "torch.save({'x','y'[,'x_test','y_test']}) file or TorchScript module",
                          load_tensors});
-  register_dataset_kind({"imagefolder", "one sub-folder per class of PNG/JPEG files (train/ and test/ splits if present)",
-                         load_imagefolder});
+  register_image_folder();
 }
 
 }  // namespace ttq

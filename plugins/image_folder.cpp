@@ -1,0 +1,212 @@
+// imagefolder:DIR — DIR/<class>/<image> (torchvision's ImageFolder), or DIR/train/<class>/... with
+// DIR/val/<class>/... (or test/): the ImageNet layout. Only the directory walk happens at start; the
+// images are decoded per batch (plugins/images.h) by worker threads, so memory is bounded by the
+// batch and not by the dataset. Training samples get torchvision's RandomResizedCrop, evaluation
+// its Resize(size / 0.875) + CenterCrop(size); random flips are the common preprocessing's.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "core/error.h"
+#include "plugins/dataset.h"
+#include "plugins/images.h"
+
+namespace ttq {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Runs task(i) for 0 <= i < count on `workers` threads (the caller's among them) and rethrows the
+// first error. Threads are started per batch: against decoding a batch of images their start is
+// noise, and at::parallel_for's threads are the ones training computes on, busy during a prefetch.
+void run_parallel(int workers, int64_t count, const std::function<void(int64_t)>& task) {
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    for (int64_t i; (i = next++) < count;) try {
+        task(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next = count;
+      }
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < std::min<int64_t>(workers, count); ++w) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+struct FolderTransform {
+  int size = 32;
+  int64_t max_pixels = 0;
+  std::array<double, 2> scale{0.08, 1.0};
+  std::array<double, 2> ratio{3.0 / 4.0, 4.0 / 3.0};
+  bool random_crop = true;
+  int workers = 1;
+};
+
+class ImageFolderSource final : public SampleSource {
+ public:
+  ImageFolderSource(std::vector<std::string> files, FolderTransform transform)
+      : files_(std::move(files)), transform_(transform) {}
+
+  int64_t size() const override { return static_cast<int64_t>(files_.size()); }
+
+  std::vector<torch::Tensor> load(const torch::Tensor& idx, const std::optional<AugmentKey>& augment) const override {
+    const int size = transform_.size;
+    auto out = torch::empty({idx.numel(), 3, size, size}, torch::kUInt8);
+    const auto* ids = idx.data_ptr<int64_t>();
+    uint8_t* pixels = out.data_ptr<uint8_t>();
+    const size_t per_image = static_cast<size_t>(3) * size * size;
+    run_parallel(transform_.workers, idx.numel(), [&](int64_t i) {
+      const bool train = augment && transform_.random_crop;
+      // A stream of its own per (seed, epoch, sample): not the flip's (core/data.cpp).
+      Draws draws(train ? augment->seed * 0x9e3779b97f4a7c15ull ^ (uint64_t(augment->epoch) << 40) ^
+                              uint64_t(ids[i]) * 0xc2b2ae3d27d4eb4full ^ 0x165667b19e3779f9ull
+                        : 0);
+      const auto box_of = [&](int w, int h) {
+        return train ? random_resized_crop(w, h, transform_.scale, transform_.ratio, draws)
+                     : resize_center_crop(w, h, static_cast<int>(size / 0.875), size);
+      };
+      const DecodedCrop decoded = decode_image(files_.at(static_cast<size_t>(ids[i])), transform_.max_pixels, size, box_of);
+      resize_box(decoded.image, decoded.box, size, pixels + static_cast<size_t>(i) * per_image);
+    });
+    return {out};
+  }
+
+  std::shared_ptr<const SampleSource> first(int64_t n) const override {
+    return std::make_shared<ImageFolderSource>(
+        std::vector<std::string>(files_.begin(), files_.begin() + std::min<int64_t>(n, size())), transform_);
+  }
+
+ private:
+  std::vector<std::string> files_;
+  FolderTransform transform_;
+};
+
+std::vector<std::string> class_names(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_directory()) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+bool is_image(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
+}
+
+// The image files of each class folder under `dir`, sorted by name.
+std::vector<std::vector<std::string>> index_folder(const fs::path& dir, const std::vector<std::string>& classes) {
+  std::vector<std::vector<std::string>> files(classes.size());
+  for (size_t k = 0; k < classes.size(); ++k) {
+    if (!fs::is_directory(dir / classes[k])) continue;
+    for (const auto& e : fs::directory_iterator(dir / classes[k]))
+      if (is_image(e.path()) && e.is_regular_file()) files[k].push_back(e.path().string());
+    std::sort(files[k].begin(), files[k].end());
+  }
+  return files;
+}
+
+struct Split {
+  std::vector<std::string> files;
+  std::vector<int64_t> labels;
+};
+
+void append(Split& split, const std::string& file, size_t label) {
+  split.files.push_back(file);
+  split.labels.push_back(static_cast<int64_t>(label));
+}
+
+// Held out for validation: in each class, the files whose name hashes lowest, round(fraction · n)
+// of them (at least one when the class has two or more): deterministic, stratified, and stable as
+// files are added.
+std::pair<Split, Split> hold_out(const std::vector<std::vector<std::string>>& files, double fraction) {
+  Split train, val;
+  for (size_t k = 0; k < files.size(); ++k) {
+    std::vector<std::pair<size_t, const std::string*>> ranked;
+    for (const auto& f : files[k]) ranked.push_back({std::hash<std::string>{}(fs::path(f).filename().string()), &f});
+    std::sort(ranked.begin(), ranked.end());
+    const size_t n = ranked.size();
+    size_t held = static_cast<size_t>(std::lround(fraction * static_cast<double>(n)));
+    if (fraction > 0 && n >= 2) held = std::clamp<size_t>(held, 1, n - 1);
+    std::set<const std::string*> chosen;
+    for (size_t i = 0; i < held; ++i) chosen.insert(ranked[i].second);
+    for (const auto& f : files[k]) append(chosen.count(&f) ? val : train, f, k);
+  }
+  return {train, val};
+}
+
+Split all_of(const std::vector<std::vector<std::string>>& files) {
+  Split s;
+  for (size_t k = 0; k < files.size(); ++k)
+    for (const auto& f : files[k]) append(s, f, k);
+  return s;
+}
+
+Dataset as_dataset(Split split, const FolderTransform& transform, const fs::path& dir) {
+  if (split.files.empty()) throw input_error(fmt::format("{}: no PNG or JPEG images in class folders", dir.string()));
+  auto labels = torch::tensor(split.labels, torch::kInt64);
+  return {std::make_shared<ImageFolderSource>(std::move(split.files), transform), labels};
+}
+
+DataSplits load_imagefolder(const std::string& path, const LoadOptions& options) {
+  if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
+  if (options.image_size < 1) throw usage_error("--image-size must be positive");
+  if (!(options.crop_scale[0] > 0 && options.crop_scale[0] <= options.crop_scale[1] && options.crop_scale[1] <= 1))
+    throw usage_error("--crop-scale needs 0 < LOW <= HIGH <= 1");
+  if (!(options.val_fraction >= 0 && options.val_fraction < 1)) throw usage_error("--val-fraction must be in [0, 1)");
+  FolderTransform transform;
+  transform.size = options.image_size;
+  transform.max_pixels = options.max_image_pixels;
+  transform.scale = options.crop_scale;
+  transform.random_crop = options.random_crop;
+  transform.workers = options.workers > 0 ? options.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+  const fs::path root(path);
+  const fs::path val_dir = fs::is_directory(root / "val") ? root / "val" : root / "test";
+  const bool split = fs::is_directory(root / "train") && fs::is_directory(val_dir);
+  const fs::path train_dir = split ? root / "train" : root;
+  const auto classes = class_names(train_dir);
+  if (classes.empty()) throw input_error(fmt::format("{}: no class folders", train_dir.string()));
+  DataSplits s;
+  const auto train_files = index_folder(train_dir, classes);
+  if (split) {
+    s.train = as_dataset(all_of(train_files), transform, train_dir);
+    s.test = as_dataset(all_of(index_folder(val_dir, classes)), transform, val_dir);
+  } else if (options.val_fraction > 0) {
+    auto [train, val] = hold_out(train_files, options.val_fraction);
+    spdlog::info("{}: no train/ and val/ folders; {} of {} images held out for validation (--val-fraction {})", path,
+                 val.files.size(), train.files.size() + val.files.size(), options.val_fraction);
+    s.train = as_dataset(std::move(train), transform, train_dir);
+    s.test = val.files.empty() ? s.train : as_dataset(std::move(val), transform, train_dir);
+  } else {
+    s.train = as_dataset(all_of(train_files), transform, train_dir);
+    s.test = s.train;
+  }
+  s.num_classes = static_cast<int64_t>(classes.size());
+  s.defaults = {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}, true, 0};  // ImageNet statistics
+  return s;
+}
+
+}  // namespace
+
+void register_image_folder() {
+  register_dataset_kind({"imagefolder",
+                         "one sub-folder per class of PNG/JPEG files (train/ and val/ or test/ splits if present), "
+                         "decoded per batch",
+                         load_imagefolder});
+}
+
+}  // namespace ttq
