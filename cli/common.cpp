@@ -110,9 +110,16 @@ void DataFlags::add_to(CLI::App* app, bool training) {
       ->type_name("N")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app->add_option("--workers", load_options.workers, "imagefolder: threads decoding images (default: one per core)")
+  app->add_option("--workers", load_options.workers,
+                  "imagefolder: threads decoding images (default: the cores LibTorch's --threads leave, at least 1)")
       ->type_name("N")
       ->check(CLI::PositiveNumber);
+  app->add_flag("--skip-bad-images", load_options.skip_bad_images,
+                "imagefolder: replace unreadable or corrupt images by the next good one of their class, with a "
+                "warning each, instead of stopping");
+  app->add_flag("--cache-images", load_options.cache_images,
+                "imagefolder: keep decoded images in memory after their first use, up to a quarter of the "
+                "machine's memory (JPEGs are then decoded at full size)");
   app->add_option("--val-fraction", load_options.val_fraction,
                   "imagefolder without train/ and val/: the fraction of each class held out for validation")
       ->type_name("F")
@@ -145,14 +152,18 @@ void DataFlags::add_to(CLI::App* app, bool training) {
 DataSplits DataFlags::load() const {
   // LibTorch's own default can be a single thread (seen with Debian's build): set one per core.
   at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  LoadOptions options = load_options;
   for (const auto& p : plugins) load_plugin(p);
   std::string spec = data.empty() ? default_dataset_spec() : data;
   if (spec.empty())
     throw input_error(fmt::format("no --data given and the default Fashion-MNIST is not in {} "
                                   "(apt-get install dataset-fashion-mnist)", kDefaultDataDir));
   if (data.empty()) spdlog::info("data: {} (the default)", spec);
-  DataSplits splits = load_dataset(spec, load_options);
-  if (!val.empty()) splits.test = load_dataset(val, load_options).test;
+  DataSplits splits = load_dataset(spec, options);
+  if (!val.empty()) {
+    options.val_fraction = 0;  // --val names a folder to validate on, all of it
+    splits.test = load_dataset(val, options).test;
+  }
   if (subset > 0) keep_first(splits, subset);
   return splits;
 }

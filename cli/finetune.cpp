@@ -134,10 +134,14 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   if (log) hooks.on_log_step = [&](const StepProgress& p, const std::vector<LayerRecord>& l) { log->step(p, l); };
   hooks.on_epoch = [&](const EpochRecord& r) {
     progress.clear();
-    spdlog::info("epoch {}/{}: train loss {:.4f}{}; val {}{}, {:.1f} s", r.epoch, a.train.epochs, r.train.loss,
+    spdlog::info("epoch {}/{}: train loss {:.4f}{}; val {}{}, {:.1f} s{}", r.epoch, a.train.epochs, r.train.loss,
                  r.train.has_labels() ? fmt::format(", top-1 {:.2f}%", 100 * r.train.top1) : "",
                  describe_metrics(r.val),
-                 r.layers.empty() ? "" : fmt::format(", mean sparsity {:.3f}", r.mean_sparsity()), r.seconds);
+                 r.layers.empty() ? "" : fmt::format(", mean sparsity {:.3f}", r.mean_sparsity()), r.seconds,
+                 r.loading.images_per_second > 0
+                     ? fmt::format("; loader {:.0f} img/s, training waited on data {:.0f}% of the time",
+                                   r.loading.images_per_second, 100 * r.loading.waiting)
+                     : "");
     if (log) log->epoch(r);
   };
   if (!a.checkpoint_dir.empty() && a.writer())

@@ -21,6 +21,8 @@ void Progress::update(const StepProgress& p, int epochs, int64_t total_steps) {
   fmt::print(stderr, "\r\033[Kepoch {}/{} [{}{}] {}/{}  {:.0f} img/s  loss {:.4f}  lr {:.3g}  ETA {}:{:02}", p.epoch,
              epochs, std::string(filled, '='), std::string(kWidth - filled, ' '), p.step_in_epoch, p.steps_per_epoch,
              p.samples_per_second, p.loss, p.lr, eta / 60, eta % 60);
+  if (p.loading.images_per_second > 0)
+    fmt::print(stderr, "  loader {:.0f} img/s, waits {:.0f}%", p.loading.images_per_second, 100 * p.loading.waiting);
   std::fflush(stderr);
   drawn_ = true;
 }

@@ -274,12 +274,22 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
   int64_t timed_samples = 0;
   bool stopped_early = false;
   // Data decoded per batch (an image folder) is prepared one batch ahead, on the loader's own
-  // threads, while the step before it runs.
-  std::future<Batch> ahead;
-  const auto fetch = [&](int64_t s) {
-    return std::async(data_.train.source ? std::launch::async : std::launch::deferred,
-                      [this, &order, epoch, s] { return next_batch(order, epoch, s); });
+  // threads, while the step before it runs; the time it takes and the time training waits for it
+  // are reported.
+  struct Loaded {
+    Batch batch;
+    double seconds;
   };
+  const bool streamed = data_.train.source != nullptr;
+  std::future<Loaded> ahead;
+  const auto fetch = [&](int64_t s) {
+    return std::async(streamed ? std::launch::async : std::launch::deferred, [this, &order, epoch, s] {
+      const auto start = Clock::now();
+      Batch batch = next_batch(order, epoch, s);
+      return Loaded{std::move(batch), seconds_since(start)};
+    });
+  };
+  DataLoading loading;
   if (position_.step_in_epoch < steps) ahead = fetch(position_.step_in_epoch);
   for (int64_t s = position_.step_in_epoch; s < steps; ++s) {
     if (options_.max_steps && position_.global_step >= options_.max_steps) {
@@ -288,7 +298,10 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
     }
     const double lr_mult = lr_factor(options_, epoch, position_.global_step, steps);
     set_lr(lr_mult);
-    const Batch batch = ahead.get();
+    const auto wait_start = Clock::now();
+    const Loaded loaded = ahead.get();
+    if (streamed) loading.add(loaded.batch.inputs.front().size(0), loaded.seconds, seconds_since(wait_start));
+    const Batch& batch = loaded.batch;
     if (s + 1 < steps) ahead = fetch(s + 1);
     Metrics step = train_step(batch);
     bool stopping = stop.load();
@@ -303,7 +316,8 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
     ++position_.global_step;
     timed_samples += step.samples;
     const StepProgress progress{epoch + 1, s + 1, steps, position_.global_step, loss_value, base_lrs_[0] * lr_mult,
-                                static_cast<double>(timed_samples) / std::max(1e-9, seconds_since(t0)), step};
+                                static_cast<double>(timed_samples) / std::max(1e-9, seconds_since(t0)), step,
+                                loading.summary(seconds_since(t0))};
     if (hooks.on_step) hooks.on_step(progress);
     if (hooks.on_log_step && hooks.log_every > 0 && position_.global_step % hooks.log_every == 0)
       hooks.on_log_step(progress, snapshot());
@@ -324,6 +338,7 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
   r.train = averaged(position_.train);
   r.val = evaluate();
   r.seconds = seconds_since(t0);
+  r.loading = loading.summary(r.seconds);
   r.layers = snapshot();
   warn_negative_scales(r.layers);
   if (!stopped_early) {

@@ -72,6 +72,28 @@ struct TrainLayer {
   ParameterSlot slot;    // where w_t goes in the module, resolved once
 };
 
+// How data decoded per batch kept up with training; all zero for data held in memory.
+struct LoaderStats {
+  double images_per_second = 0;  // of the loader, while it works
+  double waiting = 0;            // the fraction of the time training waited for data
+};
+
+// Sums behind LoaderStats, over the steps of an epoch.
+class DataLoading {
+ public:
+  void add(int64_t images, double load_seconds, double wait_seconds) {
+    images_ += images, load_seconds_ += load_seconds, wait_seconds_ += wait_seconds;
+  }
+  LoaderStats summary(double elapsed_seconds) const {
+    if (images_ == 0) return {};
+    return {static_cast<double>(images_) / std::max(1e-9, load_seconds_), wait_seconds_ / std::max(1e-9, elapsed_seconds)};
+  }
+
+ private:
+  int64_t images_ = 0;
+  double load_seconds_ = 0, wait_seconds_ = 0;
+};
+
 struct EpochRecord {
   int epoch = 0;  // 1-based, completed (or, when partial, stopped by --max-steps)
   bool partial = false;
@@ -79,6 +101,7 @@ struct EpochRecord {
   double lr = 0;
   Metrics train, val;
   double seconds = 0;
+  LoaderStats loading;
   std::vector<LayerRecord> layers;
   double mean_sparsity() const;  // over the layers; 0 without any
 };
@@ -88,6 +111,7 @@ struct StepProgress {
   int64_t step_in_epoch, steps_per_epoch, global_step;
   double loss, lr, samples_per_second;
   Metrics terms;  // the step's sums: cross-entropy and distillation terms (averaged() for means)
+  LoaderStats loading;  // the running epoch's so far
 };
 
 // Everything that makes a run continue exactly: written to checkpoints, read on --resume.

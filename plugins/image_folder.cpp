@@ -6,8 +6,12 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <ATen/Parallel.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -45,6 +49,10 @@ void run_parallel(int workers, int64_t count, const std::function<void(int64_t)>
   if (error) std::rethrow_exception(error);
 }
 
+int64_t physical_memory() {
+  return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+}
+
 struct FolderTransform {
   int size = 32;
   int64_t max_pixels = 0;
@@ -52,12 +60,28 @@ struct FolderTransform {
   std::array<double, 2> ratio{3.0 / 4.0, 4.0 / 3.0};
   bool random_crop = true;
   int workers = 1;
+  bool skip_bad = false;
+  int64_t cache_budget = 0;  // bytes of decoded images kept; 0: no cache
+};
+
+// What samples of one split share across threads and across the copies first() makes: the images
+// found bad so far, and the cache of decoded images.
+struct SharedState {
+  std::mutex mutex;
+  std::set<size_t> bad;
+  std::vector<std::shared_ptr<const Rgb>> cache;
+  int64_t cached_bytes = 0;
+  bool cache_full = false;
 };
 
 class ImageFolderSource final : public SampleSource {
  public:
-  ImageFolderSource(std::vector<std::string> files, FolderTransform transform)
-      : files_(std::move(files)), transform_(transform) {}
+  ImageFolderSource(std::vector<std::string> files, std::vector<int64_t> labels, FolderTransform transform,
+                    std::shared_ptr<SharedState> state = nullptr)
+      : files_(std::move(files)), labels_(std::move(labels)), transform_(transform),
+        state_(state ? std::move(state) : std::make_shared<SharedState>()) {
+    if (transform_.cache_budget > 0 && state_->cache.size() < files_.size()) state_->cache.resize(files_.size());
+  }
 
   int64_t size() const override { return static_cast<int64_t>(files_.size()); }
 
@@ -68,29 +92,90 @@ class ImageFolderSource final : public SampleSource {
     uint8_t* pixels = out.data_ptr<uint8_t>();
     const size_t per_image = static_cast<size_t>(3) * size * size;
     run_parallel(transform_.workers, idx.numel(), [&](int64_t i) {
-      const bool train = augment && transform_.random_crop;
-      // A stream of its own per (seed, epoch, sample): not the flip's (core/data.cpp).
-      Draws draws(train ? augment->seed * 0x9e3779b97f4a7c15ull ^ (uint64_t(augment->epoch) << 40) ^
-                              uint64_t(ids[i]) * 0xc2b2ae3d27d4eb4full ^ 0x165667b19e3779f9ull
-                        : 0);
-      const auto box_of = [&](int w, int h) {
-        return train ? random_resized_crop(w, h, transform_.scale, transform_.ratio, draws)
-                     : resize_center_crop(w, h, static_cast<int>(size / 0.875), size);
-      };
-      const DecodedCrop decoded = decode_image(files_.at(static_cast<size_t>(ids[i])), transform_.max_pixels, size, box_of);
-      resize_box(decoded.image, decoded.box, size, pixels + static_cast<size_t>(i) * per_image);
+      const auto sample = static_cast<size_t>(ids[i]);
+      uint8_t* chw = pixels + static_cast<size_t>(i) * per_image;
+      for (size_t file = sample;;) try {
+          return transform(file, sample, augment, chw);
+        } catch (const Error& e) {
+          if (!transform_.skip_bad || e.kind() != ErrorKind::Input) throw;
+          file = replacement(file, e.what());
+        }
     });
     return {out};
   }
 
   std::shared_ptr<const SampleSource> first(int64_t n) const override {
-    return std::make_shared<ImageFolderSource>(
-        std::vector<std::string>(files_.begin(), files_.begin() + std::min<int64_t>(n, size())), transform_);
+    const auto k = static_cast<size_t>(std::min<int64_t>(n, size()));
+    return std::make_shared<ImageFolderSource>(std::vector<std::string>(files_.begin(), files_.begin() + k),
+                                               std::vector<int64_t>(labels_.begin(), labels_.begin() + k), transform_,
+                                               state_);
   }
 
  private:
+  // File `file`, as sample `sample`'s crop (its random draws keyed by the sample, so that a replaced
+  // image gets the draws the sample would have had), into `chw`.
+  void transform(size_t file, size_t sample, const std::optional<AugmentKey>& augment, uint8_t* chw) const {
+    const int size = transform_.size;
+    const bool train = augment && transform_.random_crop;
+    // A stream of its own per (seed, epoch, sample): not the flip's (core/data.cpp).
+    Draws draws(train ? augment->seed * 0x9e3779b97f4a7c15ull ^ (uint64_t(augment->epoch) << 40) ^
+                            uint64_t(sample) * 0xc2b2ae3d27d4eb4full ^ 0x165667b19e3779f9ull
+                      : 0);
+    const auto plan_of = [&](int w, int h) {
+      return train ? crop_then_resize(random_resized_crop(w, h, transform_.scale, transform_.ratio, draws), size)
+                   : resize_then_center_crop(w, h, static_cast<int>(size / 0.875), size);
+    };
+    if (transform_.cache_budget == 0) {
+      const Decoded decoded = decode_image(files_[file], transform_.max_pixels, size, plan_of);
+      return resample(decoded.image, decoded.plan, chw);
+    }
+    // Cached images are decoded at full size (no DCT downscaling), whether or not they fit in the
+    // cache, so that the result does not depend on what was cached when.
+    std::shared_ptr<const Rgb> image;
+    {
+      std::lock_guard<std::mutex> lock(state_->mutex);
+      image = state_->cache[file];
+    }
+    if (image) return resample(*image, plan_of(image->width, image->height), chw);
+    Decoded decoded = decode_image(files_[file], transform_.max_pixels, INT_MAX, plan_of);
+    resample(decoded.image, decoded.plan, chw);
+    remember(file, std::make_shared<const Rgb>(std::move(decoded.image)));
+  }
+
+  void remember(size_t file, std::shared_ptr<const Rgb> image) const {
+    const auto bytes = static_cast<int64_t>(image->pixels.size());
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (state_->cached_bytes + bytes > transform_.cache_budget) {
+      if (!state_->cache_full)
+        spdlog::info("image cache full at {} MiB: further images are decoded when used", state_->cached_bytes >> 20);
+      state_->cache_full = true;
+      return;
+    }
+    state_->cached_bytes += bytes;
+    state_->cache[file] = std::move(image);
+  }
+
+  // --skip-bad-images: records `file` as bad and returns the next file of its class, in the order
+  // of the index, not known to be bad (the same one whichever thread or run asks).
+  size_t replacement(size_t file, const std::string& reason) const {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (state_->bad.insert(file).second)
+      spdlog::warn("skipping {} ({} bad image{} so far)", reason, state_->bad.size(), state_->bad.size() == 1 ? "" : "s");
+    // Files are indexed class by class: the class is a contiguous range.
+    size_t begin = file, end = file + 1;
+    while (begin > 0 && labels_[begin - 1] == labels_[file]) --begin;
+    while (end < files_.size() && labels_[end] == labels_[file]) ++end;
+    for (size_t k = 1; k < end - begin; ++k) {
+      const size_t next = begin + (file - begin + k) % (end - begin);
+      if (!state_->bad.count(next)) return next;
+    }
+    throw input_error(fmt::format("every image of class {} is unreadable ({})", labels_[file], reason));
+  }
+
   std::vector<std::string> files_;
+  std::vector<int64_t> labels_;
   FolderTransform transform_;
+  std::shared_ptr<SharedState> state_;
 };
 
 std::vector<std::string> class_names(const fs::path& dir) {
@@ -158,7 +243,7 @@ Split all_of(const std::vector<std::vector<std::string>>& files) {
 Dataset as_dataset(Split split, const FolderTransform& transform, const fs::path& dir) {
   if (split.files.empty()) throw input_error(fmt::format("{}: no PNG or JPEG images in class folders", dir.string()));
   auto labels = torch::tensor(split.labels, torch::kInt64);
-  return {std::make_shared<ImageFolderSource>(std::move(split.files), transform), labels};
+  return {std::make_shared<ImageFolderSource>(std::move(split.files), std::move(split.labels), transform), labels};
 }
 
 DataSplits load_imagefolder(const std::string& path, const LoadOptions& options) {
@@ -172,7 +257,10 @@ DataSplits load_imagefolder(const std::string& path, const LoadOptions& options)
   transform.max_pixels = options.max_image_pixels;
   transform.scale = options.crop_scale;
   transform.random_crop = options.random_crop;
-  transform.workers = options.workers > 0 ? options.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  transform.workers = options.workers > 0 ? options.workers : std::max(1, cores - at::get_num_threads());
+  transform.skip_bad = options.skip_bad_images;
+  if (options.cache_images) transform.cache_budget = physical_memory() / 4;
 
   const fs::path root(path);
   const fs::path val_dir = fs::is_directory(root / "val") ? root / "val" : root / "test";

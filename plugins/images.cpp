@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <stb_image.h>
-#include <stb_image_resize.h>
 
 #include <algorithm>
 #include <cmath>
@@ -63,16 +62,25 @@ CropBox random_resized_crop(int width, int height, std::array<double, 2> scale, 
           static_cast<double>(h)};
 }
 
-CropBox resize_center_crop(int width, int height, int resize, int size) {
+Resample crop_then_resize(const CropBox& box, int size) {
+  const auto axis = [size](double start, double length) {
+    return AxisResample{start, start + length, start, start + length, size, 0};
+  };
+  return {axis(box.left, box.width), axis(box.top, box.height), size};
+}
+
+Resample resize_then_center_crop(int width, int height, int resize, int size) {
   // Resize(int): the shorter side becomes `resize`, the longer int(resize · long / short).
   const bool wide = width >= height;
   const int short_side = wide ? height : width, long_side = wide ? width : height;
   const int resized_long = static_cast<int>(static_cast<int64_t>(resize) * long_side / short_side);
   const int rw = wide ? resized_long : resize, rh = wide ? resize : resized_long;
   // CenterCrop: int(round((resized - size) / 2.0)) on each axis.
-  const double top = std::nearbyint((rh - size) / 2.0), left = std::nearbyint((rw - size) / 2.0);
-  const double sx = static_cast<double>(width) / rw, sy = static_cast<double>(height) / rh;
-  return {left * sx, top * sy, size * sx, size * sy};
+  const auto axis = [size](int source, int resized) {
+    return AxisResample{0, static_cast<double>(source), 0, static_cast<double>(source), resized,
+                        static_cast<int>(std::nearbyint((resized - size) / 2.0))};
+  };
+  return {axis(width, rw), axis(height, rh), size};
 }
 
 namespace {
@@ -88,15 +96,18 @@ void check_header(const std::string& path, int w, int h, int64_t max_pixels) {
     throw input_error(fmt::format("{}: {}x{} image has an aspect ratio over {:.0f}:1", path, w, h, kMaxAspectRatio));
 }
 
-// The largest d in {1, 2, 4, 8} that leaves `box` at least min_side pixels on each side.
-int downscale_for(const CropBox& box, int min_side) {
+// The largest d in {1, 2, 4, 8} that leaves the part of the image the output shows at least
+// min_side pixels on each side.
+int downscale_for(const Resample& plan, int min_side) {
+  const double visible = std::min((plan.x.box1 - plan.x.box0) * plan.size / plan.x.total,
+                                  (plan.y.box1 - plan.y.box0) * plan.size / plan.y.total);
   int d = 1;
-  while (d < 8 && std::min(box.width, box.height) / (2 * d) >= min_side) d *= 2;
+  while (d < 8 && visible / (2 * d) >= min_side) d *= 2;
   return d;
 }
 
-CropBox scaled(const CropBox& box, double sx, double sy) {
-  return {box.left * sx, box.top * sy, box.width * sx, box.height * sy};
+AxisResample scaled(const AxisResample& a, double s) {
+  return {a.lo * s, a.hi * s, a.box0 * s, a.box1 * s, a.total, a.first};
 }
 
 // libjpeg reports errors through a callback that must not return: longjmp back to the decoder.
@@ -162,33 +173,40 @@ bool run_jpeg(const std::vector<uint8_t>& bytes, unsigned denom, JpegImage& info
   return !errors.truncated;
 }
 
-DecodedCrop decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& path, int64_t max_pixels, int min_side,
-                        const std::function<CropBox(int, int)>& box_of) {
+// PIL's CMYK to RGB (Convert.c): R = (255 - K) - C·(255 - K)/255, rounded as its MULDIV255.
+uint8_t cmyk_channel(int c, int k) {
+  const int nk = 255 - k, t = c * nk + 128;
+  return static_cast<uint8_t>(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
+}
+
+Decoded decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& path, int64_t max_pixels, int min_side,
+                    const std::function<Resample(int, int)>& plan_of) {
   JpegErrors errors{};
   JpegImage full, decoded;
   std::vector<uint8_t> pixels;
   if (!run_jpeg(bytes, 0, full, pixels, errors))
     throw input_error(fmt::format("{}: cannot decode image ({})", path, errors.message));
   check_header(path, full.width, full.height, max_pixels);
-  const CropBox box = box_of(full.width, full.height);
-  if (!run_jpeg(bytes, static_cast<unsigned>(downscale_for(box, min_side)), decoded, pixels, errors))
+  const Resample plan = plan_of(full.width, full.height);
+  const int d = downscale_for(plan, min_side);
+  if (!run_jpeg(bytes, static_cast<unsigned>(d), decoded, pixels, errors))
     throw input_error(fmt::format("{}: cannot decode image ({})", path, errors.message));
-  DecodedCrop out;
+  Decoded out;
   out.image.width = decoded.width, out.image.height = decoded.height;
-  if (decoded.cmyk) {  // as Adobe applications store it (inverted): R = C·K/255, and so on
+  if (decoded.cmyk) {
+    // Adobe's files store CMYK inverted, as PIL's "CMYK;I" reads them.
+    const int flip = decoded.adobe ? 255 : 0;
     out.image.pixels.resize(static_cast<size_t>(decoded.width) * decoded.height * 3);
     for (size_t p = 0; p < out.image.pixels.size() / 3; ++p) {
-      int c = pixels[4 * p], m = pixels[4 * p + 1], y = pixels[4 * p + 2], k = pixels[4 * p + 3];
-      if (!decoded.adobe) c = 255 - c, m = 255 - m, y = 255 - y, k = 255 - k;
-      out.image.pixels[3 * p] = static_cast<uint8_t>(c * k / 255);
-      out.image.pixels[3 * p + 1] = static_cast<uint8_t>(m * k / 255);
-      out.image.pixels[3 * p + 2] = static_cast<uint8_t>(y * k / 255);
+      const int k = std::abs(flip - pixels[4 * p + 3]);
+      for (int ch = 0; ch < 3; ++ch) out.image.pixels[3 * p + ch] = cmyk_channel(std::abs(flip - pixels[4 * p + ch]), k);
     }
   } else {
     out.image.pixels = std::move(pixels);
   }
-  out.box = scaled(box, static_cast<double>(decoded.width) / full.width,
-                   static_cast<double>(decoded.height) / full.height);
+  // Decoded pixel i covers source pixels [d·i, d·(i + 1)): the scale is 1/d exactly (the size
+  // is rounded up).
+  out.plan = {scaled(plan.x, 1.0 / d), scaled(plan.y, 1.0 / d), plan.size};
   return out;
 }
 
@@ -198,17 +216,17 @@ bool is_jpeg(const std::vector<uint8_t>& bytes) {
 
 }  // namespace
 
-DecodedCrop decode_image(const std::string& path, int64_t max_pixels, int min_side,
-                         const std::function<CropBox(int, int)>& box_of) {
+Decoded decode_image(const std::string& path, int64_t max_pixels, int min_side,
+                     const std::function<Resample(int, int)>& plan_of) {
   const std::vector<uint8_t> bytes = read_file(path);
-  DecodedCrop out;
-  if (is_jpeg(bytes)) return decode_jpeg(bytes, path, max_pixels, min_side, box_of);
+  if (is_jpeg(bytes)) return decode_jpeg(bytes, path, max_pixels, min_side, plan_of);
   const auto size = static_cast<int>(std::min<size_t>(bytes.size(), INT32_MAX));
   int w = 0, h = 0, c = 0;
   if (!stbi_info_from_memory(bytes.data(), size, &w, &h, &c))
     throw input_error(fmt::format("{}: cannot decode image ({})", path, stbi_failure_reason()));
   check_header(path, w, h, max_pixels);
-  out.box = box_of(w, h);
+  Decoded out;
+  out.plan = plan_of(w, h);
   unsigned char* pixels = stbi_load_from_memory(bytes.data(), size, &w, &h, &c, 3);
   if (!pixels) throw input_error(fmt::format("{}: cannot decode image ({})", path, stbi_failure_reason()));
   out.image.width = w, out.image.height = h;
@@ -217,16 +235,87 @@ DecodedCrop decode_image(const std::string& path, int64_t max_pixels, int min_si
   return out;
 }
 
-void resize_box(const Rgb& image, const CropBox& box, int size, uint8_t* chw) {
-  std::vector<uint8_t> hwc(static_cast<size_t>(size) * size * 3);
-  const double s0 = box.left / image.width, t0 = box.top / image.height;
-  const double s1 = (box.left + box.width) / image.width, t1 = (box.top + box.height) / image.height;
-  stbir_resize_region(image.pixels.data(), image.width, image.height, 0, hwc.data(), size, size, 0,
-                      STBIR_TYPE_UINT8, 3, STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP, STBIR_EDGE_CLAMP,
-                      STBIR_FILTER_TRIANGLE, STBIR_FILTER_TRIANGLE, STBIR_COLORSPACE_LINEAR, nullptr, s0, t0, s1, t1);
+namespace {
+
+// PIL's 8-bit resampling (libImaging/Resample.c): weights in fixed point with 22 fraction bits.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+// One axis's filter taps: output o reads `count[o]` source pixels from `first[o]`, weighted by
+// weights[o · width ...].
+struct Taps {
+  int width = 0;
+  std::vector<int> first, count;
+  std::vector<int32_t> weights;
+};
+
+// PIL's precompute_coeffs and normalize_coeffs_8bpc for the bilinear filter, for outputs
+// [a.first, a.first + size) of the resize of [a.box0, a.box1) to a.total pixels, reading source
+// pixels [lo, hi) only (lo, hi: a's bounds within the image). Computed in the coordinates of that
+// range, as PIL does on the cropped image, so that the weights are PIL's to the bit.
+Taps bilinear_taps(const AxisResample& a, int size, int image_size) {
+  const int lo = std::max(0, static_cast<int>(std::floor(a.lo)));
+  const int hi = std::min(image_size, static_cast<int>(std::ceil(a.hi)));
+  const double in0 = a.box0 - lo, in1 = a.box1 - lo;
+  const double scale = (in1 - in0) / a.total;
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = 1.0 * filter_scale;  // the bilinear filter's support is 1
+  Taps t;
+  t.width = static_cast<int>(std::ceil(support)) * 2 + 1;
+  t.first.resize(size), t.count.resize(size), t.weights.assign(static_cast<size_t>(size) * t.width, 0);
+  std::vector<double> k(t.width);
+  for (int o = 0; o < size; ++o) {
+    const double center = in0 + (a.first + o + 0.5) * scale;
+    const double ss = 1.0 / filter_scale;
+    const int xmin = std::max(0, static_cast<int>(center - support + 0.5));
+    const int xmax = std::min(hi - lo, static_cast<int>(center + support + 0.5));
+    const int n = std::max(0, xmax - xmin);
+    double total = 0;
+    for (int x = 0; x < n; ++x) {
+      const double d = std::abs((x + xmin - center + 0.5) * ss);
+      k[x] = d < 1.0 ? 1.0 - d : 0.0;
+      total += k[x];
+    }
+    for (int x = 0; x < n; ++x) {
+      const double w = (total != 0.0 ? k[x] / total : k[x]) * (1 << kPrecisionBits);
+      t.weights[static_cast<size_t>(o) * t.width + x] = static_cast<int32_t>(w < 0 ? w - 0.5 : w + 0.5);
+    }
+    t.first[o] = lo + xmin, t.count[o] = n;
+  }
+  return t;
+}
+
+uint8_t clip8(int32_t sum) { return static_cast<uint8_t>(std::clamp(sum >> kPrecisionBits, 0, 255)); }
+
+}  // namespace
+
+void resample(const Rgb& image, const Resample& plan, uint8_t* chw) {
+  const int size = plan.size;
+  const Taps tx = bilinear_taps(plan.x, size, image.width), ty = bilinear_taps(plan.y, size, image.height);
+  // Horizontal pass over the rows the vertical one reads, then the vertical pass: PIL's order.
+  const int row0 = ty.first.front(), rows = ty.first.back() + ty.count.back() - row0;
+  std::vector<uint8_t> temp(static_cast<size_t>(std::max(rows, 0)) * size * 3);
+  for (int r = 0; r < rows; ++r) {
+    const uint8_t* in = image.pixels.data() + static_cast<size_t>(row0 + r) * image.width * 3;
+    for (int o = 0; o < size; ++o) {
+      const int32_t* w = tx.weights.data() + static_cast<size_t>(o) * tx.width;
+      for (int ch = 0; ch < 3; ++ch) {
+        int32_t sum = 1 << (kPrecisionBits - 1);
+        for (int x = 0; x < tx.count[o]; ++x) sum += in[(tx.first[o] + x) * 3 + ch] * w[x];
+        temp[(static_cast<size_t>(r) * size + o) * 3 + ch] = clip8(sum);
+      }
+    }
+  }
   const size_t plane = static_cast<size_t>(size) * size;
-  for (size_t p = 0; p < plane; ++p)
-    for (int ch = 0; ch < 3; ++ch) chw[ch * plane + p] = hwc[3 * p + ch];
+  for (int o = 0; o < size; ++o) {
+    const int32_t* w = ty.weights.data() + static_cast<size_t>(o) * ty.width;
+    for (int x = 0; x < size; ++x)
+      for (int ch = 0; ch < 3; ++ch) {
+        int32_t sum = 1 << (kPrecisionBits - 1);
+        for (int y = 0; y < ty.count[o]; ++y)
+          sum += temp[(static_cast<size_t>(ty.first[o] - row0 + y) * size + x) * 3 + ch] * w[y];
+        chw[ch * plane + static_cast<size_t>(o) * size + x] = clip8(sum);
+      }
+  }
 }
 
 }  // namespace ttq

@@ -1,0 +1,132 @@
+"""End-to-end tests of `imagefolder:` data decoded per batch: generated folders of JPEG (some
+grayscale, some CMYK) and PNG files of mixed sizes, trained on by a small RGB CNN scripted here.
+The pixels themselves are compared with torchvision's in tests/unit/test_plugins_images.cpp.
+
+Environment (set by CTest): see ttq_testing.py.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+import torch.nn as nn
+
+from test_distributed import finish, free_port, start_ranks
+from ttq_testing import Workdir, ttq
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
+
+
+def make_folder(path, *args):
+    subprocess.run([sys.executable, os.path.join(SCRIPTS, "make_image_folder.py"), path, *args], check=True)
+
+
+class RgbNet(nn.Module):
+    """No BatchNorm: ranks with half batches train exactly as one process."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.relu(self.conv2(x)).mean((2, 3))
+        return self.fc(x)
+
+
+def parameters(path):
+    return dict(torch.jit.load(path).named_parameters())
+
+
+class ImageFolders(Workdir):
+    @classmethod
+    def setUpClass(cls):
+        cls.shared = tempfile.TemporaryDirectory()
+        d = cls.shared.name
+        cls.folder = os.path.join(d, "imagenet")
+        make_folder(cls.folder, "--classes", "3", "--train", "16", "--val", "4", "--mixed", "40,300", "--png", "--gray",
+                    "--cmyk")
+        cls.flat = os.path.join(d, "flat")
+        make_folder(cls.flat, "--classes", "3", "--train", "10", "--mixed", "24,60", "--png", "--flat")
+        torch.manual_seed(0)
+        cls.model = os.path.join(d, "rgb_net.pt")
+        torch.jit.save(torch.jit.script(RgbNet()), cls.model)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.shared.cleanup()
+
+    def finetune(self, out, folder, *args):
+        return ttq("finetune", self.model, "-o", self.out(out), "--data", "imagefolder:" + folder, "--image-size", "32",
+                   "--batch-size", "8", "--seed", "5", "--threads", "1", "--init", "mean", "--no-progress", *args)
+
+    def test_any_number_of_workers_gives_the_same_model(self):
+        for workers in ("1", "3"):
+            r = self.finetune("w%s.pt" % workers, self.folder, "--workers", workers, "--max-steps", "6")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        a, b = parameters(self.out("w1.pt")), parameters(self.out("w3.pt"))
+        for name in a:
+            self.assertTrue(torch.equal(a[name], b[name]), name)
+
+    def test_the_epoch_line_reports_the_loader(self):
+        r = self.finetune("m.pt", self.folder, "--epochs", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"epoch 1/1: .*; loader \d+ img/s, training waited on data \d+% of the time")
+        self.assertIn("after 6 steps", r.stdout)  # 48 images, batches of 8
+
+    def test_two_ranks_decode_their_halves_and_train_as_one_process(self):
+        r = self.finetune("one.pt", self.folder, "--max-steps", "6")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        port = str(free_port())
+        common = ["finetune", self.model, "--data", "imagefolder:" + self.folder, "--image-size", "32", "--batch-size",
+                  "4", "--max-steps", "6", "--seed", "5", "--threads", "1", "--init", "mean", "--no-progress", "--world-size", "2",
+                  "--master-port", port]
+        results = finish(start_ranks([[*common, "-o", self.out("two.pt"), "--rank", str(rank)] for rank in (0, 1)]))
+        self.assertEqual([rc for rc, _, _ in results], [0, 0], results)
+        a, b = parameters(self.out("two.pt")), parameters(self.out("one.pt"))
+        for name in a:
+            self.assertTrue(torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name)
+
+    def test_a_corrupt_image_stops_with_its_name_or_is_skipped(self):
+        folder = self.out("corrupt")
+        shutil.copytree(self.folder, folder)
+        bad = os.path.join(folder, "train", "class1", "000004.JPEG")
+        with open(bad, "r+b") as f:
+            f.truncate(os.path.getsize(bad) // 3)
+        self.assert_one_error_line(self.finetune("m.pt", folder, "--epochs", "1"), 1, "000004.JPEG: cannot decode image")
+        self.assertFalse(os.path.exists(self.out("m.pt")))
+        r = self.finetune("m.pt", folder, "--skip-bad-images", "--epochs", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr.count("000004.JPEG"), 1, r.stderr)  # reported once, not every epoch or batch
+        self.assertRegex(r.stderr, r"skipping .*000004\.JPEG: cannot decode image .*\(1 bad image so far\)")
+
+    def test_a_folder_without_splits_holds_out_a_stratified_fraction(self):
+        r = ttq("eval", self.model, "--data", "imagefolder:" + self.flat, "--image-size", "32", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["samples"], 3)  # one of each class's 10
+        self.assertIn("3 of 30 images held out for validation (--val-fraction 0.1)", r.stderr)
+        r = ttq("eval", self.model, "--data", "imagefolder:" + self.flat, "--val-fraction", "0.5", "--json")
+        self.assertEqual(json.loads(r.stdout)["samples"], 15)
+        # --val names a folder to validate on: all of it.
+        r = ttq("eval", self.model, "--data", "imagefolder:" + self.folder, "--val", "imagefolder:" + self.flat,
+                "--json")
+        self.assertEqual(json.loads(r.stdout)["samples"], 30)
+
+    def test_cached_images_give_the_same_model(self):
+        # Images under twice the crop: decoded at full size with or without the cache.
+        for name, extra in (("plain.pt", []), ("cached.pt", ["--cache-images"])):
+            r = self.finetune(name, self.flat, "--epochs", "3", *extra)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        a, b = parameters(self.out("plain.pt")), parameters(self.out("cached.pt"))
+        for name in a:
+            self.assertTrue(torch.equal(a[name], b[name]), name)
+
+
+if __name__ == "__main__":
+    unittest.main()
