@@ -21,12 +21,14 @@ struct AugmentKey {
 
 // Samples decoded when a batch asks for them (an image folder of any size): the stored inputs of
 // samples `idx` (uint8 N×C×H×W images), a training sample's random geometry keyed by `augment` and
-// its index, so that it does not depend on the batch, the number of workers or the world size.
-// Implementations are thread-safe.
+// its index, so that it does not depend on the batch, the number of threads or the world size.
+// load() runs on the calling thread and may be called from several at once; prepare_inputs()
+// splits a batch among threads() of them.
 class SampleSource {
  public:
   virtual ~SampleSource() = default;
   virtual int64_t size() const = 0;
+  virtual int threads() const = 0;
   virtual std::vector<torch::Tensor> load(const torch::Tensor& idx, const std::optional<AugmentKey>& augment) const = 0;
   virtual std::shared_ptr<const SampleSource> first(int64_t n) const = 0;  // the first n samples
 };

@@ -7,11 +7,12 @@
 #include <spdlog/spdlog.h>
 
 #include <ATen/Parallel.h>
+#include <malloc.h>
 #include <unistd.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <algorithm>
-#include <atomic>
-#include <climits>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -25,29 +26,6 @@ namespace ttq {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Runs task(i) for 0 <= i < count on `workers` threads (the caller's among them) and rethrows the
-// first error. Threads are started per batch: against decoding a batch of images their start is
-// noise, and at::parallel_for's threads are the ones training computes on, busy during a prefetch.
-void run_parallel(int workers, int64_t count, const std::function<void(int64_t)>& task) {
-  std::atomic<int64_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto work = [&] {
-    for (int64_t i; (i = next++) < count;) try {
-        task(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-        next = count;
-      }
-  };
-  std::vector<std::thread> threads;
-  for (int w = 1; w < std::min<int64_t>(workers, count); ++w) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
-  if (error) std::rethrow_exception(error);
-}
 
 int64_t physical_memory() {
   return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
@@ -84,6 +62,7 @@ class ImageFolderSource final : public SampleSource {
   }
 
   int64_t size() const override { return static_cast<int64_t>(files_.size()); }
+  int threads() const override { return transform_.workers; }
 
   std::vector<torch::Tensor> load(const torch::Tensor& idx, const std::optional<AugmentKey>& augment) const override {
     const int size = transform_.size;
@@ -91,16 +70,17 @@ class ImageFolderSource final : public SampleSource {
     const auto* ids = idx.data_ptr<int64_t>();
     uint8_t* pixels = out.data_ptr<uint8_t>();
     const size_t per_image = static_cast<size_t>(3) * size * size;
-    run_parallel(transform_.workers, idx.numel(), [&](int64_t i) {
+    for (int64_t i = 0; i < idx.numel(); ++i) {
       const auto sample = static_cast<size_t>(ids[i]);
       uint8_t* chw = pixels + static_cast<size_t>(i) * per_image;
       for (size_t file = sample;;) try {
-          return transform(file, sample, augment, chw);
+          transform(file, sample, augment, chw);
+          break;
         } catch (const Error& e) {
           if (!transform_.skip_bad || e.kind() != ErrorKind::Input) throw;
           file = replacement(file, e.what());
         }
-    });
+    }
     return {out};
   }
 
@@ -125,8 +105,9 @@ class ImageFolderSource final : public SampleSource {
       return train ? crop_then_resize(random_resized_crop(w, h, transform_.scale, transform_.ratio, draws), size)
                    : resize_then_center_crop(w, h, static_cast<int>(size / 0.875), size);
     };
+    thread_local Decoded decoded;
     if (transform_.cache_budget == 0) {
-      const Decoded decoded = decode_image(files_[file], transform_.max_pixels, size, plan_of);
+      decode_image(files_[file], transform_.max_pixels, size, plan_of, decoded);
       return resample(decoded.image, decoded.plan, chw);
     }
     // Cached images are decoded at full size (no DCT downscaling), whether or not they fit in the
@@ -137,9 +118,9 @@ class ImageFolderSource final : public SampleSource {
       image = state_->cache[file];
     }
     if (image) return resample(*image, plan_of(image->width, image->height), chw);
-    Decoded decoded = decode_image(files_[file], transform_.max_pixels, INT_MAX, plan_of);
+    decode_image(files_[file], transform_.max_pixels, 0, plan_of, decoded);
     resample(decoded.image, decoded.plan, chw);
-    remember(file, std::make_shared<const Rgb>(std::move(decoded.image)));
+    remember(file, std::make_shared<const Rgb>(decoded.image));
   }
 
   void remember(size_t file, std::shared_ptr<const Rgb> image) const {
@@ -214,14 +195,17 @@ void append(Split& split, const std::string& file, size_t label) {
   split.labels.push_back(static_cast<int64_t>(label));
 }
 
-// Held out for validation: in each class, the files whose name hashes lowest, round(fraction · n)
-// of them (at least one when the class has two or more): deterministic, stratified, and stable as
-// files are added.
+// Held out for validation: in each class, the files whose name hashes lowest (XXH64: the same on
+// every platform), round(fraction · n) of them (at least one when the class has two or more):
+// deterministic, stratified, and stable as files are added.
 std::pair<Split, Split> hold_out(const std::vector<std::vector<std::string>>& files, double fraction) {
   Split train, val;
   for (size_t k = 0; k < files.size(); ++k) {
-    std::vector<std::pair<size_t, const std::string*>> ranked;
-    for (const auto& f : files[k]) ranked.push_back({std::hash<std::string>{}(fs::path(f).filename().string()), &f});
+    std::vector<std::pair<uint64_t, const std::string*>> ranked;
+    for (const auto& f : files[k]) {
+      const std::string name = fs::path(f).filename().string();
+      ranked.push_back({XXH64(name.data(), name.size(), 0), &f});
+    }
     std::sort(ranked.begin(), ranked.end());
     const size_t n = ranked.size();
     size_t held = static_cast<size_t>(std::lround(fraction * static_cast<double>(n)));
@@ -261,6 +245,10 @@ DataSplits load_imagefolder(const std::string& path, const LoadOptions& options)
   transform.workers = options.workers > 0 ? options.workers : std::max(1, cores - at::get_num_threads());
   transform.skip_bad = options.skip_bad_images;
   if (options.cache_images) transform.cache_budget = physical_memory() / 4;
+  // Every batch allocates and frees tens of MiB (images, their float conversion); glibc would map
+  // and unmap each, and a fifth of the loader's time went to page faults. Keep them in the heap.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
 
   const fs::path root(path);
   const fs::path val_dir = fs::is_directory(root / "val") ? root / "val" : root / "test";

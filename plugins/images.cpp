@@ -7,6 +7,7 @@
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
+#include <cstring>
 // jpeglib.h needs FILE and size_t declared first.
 #include <jerror.h>
 #include <jpeglib.h>
@@ -87,156 +88,6 @@ namespace {
 
 constexpr double kMaxAspectRatio = 100;
 
-void check_header(const std::string& path, int w, int h, int64_t max_pixels) {
-  const int64_t pixels = int64_t{w} * h;
-  if (pixels > max_pixels)
-    throw input_error(fmt::format("{}: {}x{} image ({} pixels) is over the limit of {} (raise it with "
-                                  "--max-image-pixels)", path, w, h, pixels, max_pixels));
-  if (std::max(w, h) > kMaxAspectRatio * std::min(w, h))
-    throw input_error(fmt::format("{}: {}x{} image has an aspect ratio over {:.0f}:1", path, w, h, kMaxAspectRatio));
-}
-
-// The largest d in {1, 2, 4, 8} that leaves the part of the image the output shows at least
-// min_side pixels on each side.
-int downscale_for(const Resample& plan, int min_side) {
-  const double visible = std::min((plan.x.box1 - plan.x.box0) * plan.size / plan.x.total,
-                                  (plan.y.box1 - plan.y.box0) * plan.size / plan.y.total);
-  int d = 1;
-  while (d < 8 && visible / (2 * d) >= min_side) d *= 2;
-  return d;
-}
-
-AxisResample scaled(const AxisResample& a, double s) {
-  return {a.lo * s, a.hi * s, a.box0 * s, a.box1 * s, a.total, a.first};
-}
-
-// libjpeg reports errors through a callback that must not return: longjmp back to the decoder.
-struct JpegErrors {
-  jpeg_error_mgr mgr;
-  std::jmp_buf jump;
-  char message[JMSG_LENGTH_MAX];
-  bool truncated;
-};
-
-void jpeg_fail(j_common_ptr cinfo) {
-  auto* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
-  (*cinfo->err->format_message)(cinfo, errors->message);
-  std::longjmp(errors->jump, 1);
-}
-
-// Warnings stay quiet, except a truncated file, which is an error as in PIL.
-void jpeg_warn(j_common_ptr cinfo, int level) {
-  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegErrors*>(cinfo->err)->truncated = true;
-}
-
-// The libjpeg calls, between a setjmp and the last libjpeg call no C++ object with a destructor is
-// created (longjmp would skip it). With denom 0 only the header: size and colour space.
-struct JpegImage {
-  int width = 0, height = 0, channels = 0;
-  bool cmyk = false, adobe = false;
-};
-bool run_jpeg(const std::vector<uint8_t>& bytes, unsigned denom, JpegImage& info, std::vector<uint8_t>& pixels,
-              JpegErrors& errors) {
-  jpeg_decompress_struct cinfo;
-  cinfo.err = jpeg_std_error(&errors.mgr);
-  errors.mgr.error_exit = jpeg_fail;
-  errors.mgr.emit_message = jpeg_warn;
-  errors.truncated = false;
-  if (setjmp(errors.jump)) {
-    jpeg_destroy_decompress(&cinfo);
-    return false;
-  }
-  jpeg_create_decompress(&cinfo);
-  jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
-  jpeg_read_header(&cinfo, TRUE);
-  info.cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
-  info.width = static_cast<int>(cinfo.image_width), info.height = static_cast<int>(cinfo.image_height);
-  if (denom == 0) {
-    jpeg_destroy_decompress(&cinfo);
-    return true;
-  }
-  cinfo.out_color_space = info.cmyk ? JCS_CMYK : JCS_RGB;
-  cinfo.scale_num = 1;
-  cinfo.scale_denom = denom;
-  jpeg_start_decompress(&cinfo);
-  info.width = static_cast<int>(cinfo.output_width), info.height = static_cast<int>(cinfo.output_height);
-  info.channels = cinfo.output_components;
-  pixels.resize(static_cast<size_t>(info.width) * info.height * info.channels);
-  while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = pixels.data() + static_cast<size_t>(cinfo.output_scanline) * info.width * info.channels;
-    jpeg_read_scanlines(&cinfo, &row, 1);
-  }
-  info.adobe = cinfo.saw_Adobe_marker;
-  jpeg_finish_decompress(&cinfo);
-  jpeg_destroy_decompress(&cinfo);
-  if (errors.truncated) std::snprintf(errors.message, sizeof errors.message, "truncated JPEG data");
-  return !errors.truncated;
-}
-
-// PIL's CMYK to RGB (Convert.c): R = (255 - K) - C·(255 - K)/255, rounded as its MULDIV255.
-uint8_t cmyk_channel(int c, int k) {
-  const int nk = 255 - k, t = c * nk + 128;
-  return static_cast<uint8_t>(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
-}
-
-Decoded decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& path, int64_t max_pixels, int min_side,
-                    const std::function<Resample(int, int)>& plan_of) {
-  JpegErrors errors{};
-  JpegImage full, decoded;
-  std::vector<uint8_t> pixels;
-  if (!run_jpeg(bytes, 0, full, pixels, errors))
-    throw input_error(fmt::format("{}: cannot decode image ({})", path, errors.message));
-  check_header(path, full.width, full.height, max_pixels);
-  const Resample plan = plan_of(full.width, full.height);
-  const int d = downscale_for(plan, min_side);
-  if (!run_jpeg(bytes, static_cast<unsigned>(d), decoded, pixels, errors))
-    throw input_error(fmt::format("{}: cannot decode image ({})", path, errors.message));
-  Decoded out;
-  out.image.width = decoded.width, out.image.height = decoded.height;
-  if (decoded.cmyk) {
-    // Adobe's files store CMYK inverted, as PIL's "CMYK;I" reads them.
-    const int flip = decoded.adobe ? 255 : 0;
-    out.image.pixels.resize(static_cast<size_t>(decoded.width) * decoded.height * 3);
-    for (size_t p = 0; p < out.image.pixels.size() / 3; ++p) {
-      const int k = std::abs(flip - pixels[4 * p + 3]);
-      for (int ch = 0; ch < 3; ++ch) out.image.pixels[3 * p + ch] = cmyk_channel(std::abs(flip - pixels[4 * p + ch]), k);
-    }
-  } else {
-    out.image.pixels = std::move(pixels);
-  }
-  // Decoded pixel i covers source pixels [d·i, d·(i + 1)): the scale is 1/d exactly (the size
-  // is rounded up).
-  out.plan = {scaled(plan.x, 1.0 / d), scaled(plan.y, 1.0 / d), plan.size};
-  return out;
-}
-
-bool is_jpeg(const std::vector<uint8_t>& bytes) {
-  return bytes.size() >= 3 && bytes[0] == 0xff && bytes[1] == 0xd8 && bytes[2] == 0xff;
-}
-
-}  // namespace
-
-Decoded decode_image(const std::string& path, int64_t max_pixels, int min_side,
-                     const std::function<Resample(int, int)>& plan_of) {
-  const std::vector<uint8_t> bytes = read_file(path);
-  if (is_jpeg(bytes)) return decode_jpeg(bytes, path, max_pixels, min_side, plan_of);
-  const auto size = static_cast<int>(std::min<size_t>(bytes.size(), INT32_MAX));
-  int w = 0, h = 0, c = 0;
-  if (!stbi_info_from_memory(bytes.data(), size, &w, &h, &c))
-    throw input_error(fmt::format("{}: cannot decode image ({})", path, stbi_failure_reason()));
-  check_header(path, w, h, max_pixels);
-  Decoded out;
-  out.plan = plan_of(w, h);
-  unsigned char* pixels = stbi_load_from_memory(bytes.data(), size, &w, &h, &c, 3);
-  if (!pixels) throw input_error(fmt::format("{}: cannot decode image ({})", path, stbi_failure_reason()));
-  out.image.width = w, out.image.height = h;
-  out.image.pixels.assign(pixels, pixels + static_cast<size_t>(w) * h * 3);
-  stbi_image_free(pixels);
-  return out;
-}
-
-namespace {
-
 // PIL's 8-bit resampling (libImaging/Resample.c): weights in fixed point with 22 fraction bits.
 constexpr int kPrecisionBits = 32 - 8 - 2;
 
@@ -284,7 +135,179 @@ Taps bilinear_taps(const AxisResample& a, int size, int image_size) {
   return t;
 }
 
+void check_header(const std::string& path, int w, int h, int64_t max_pixels) {
+  const int64_t pixels = int64_t{w} * h;
+  if (pixels > max_pixels)
+    throw input_error(fmt::format("{}: {}x{} image ({} pixels) is over the limit of {} (raise it with "
+                                  "--max-image-pixels)", path, w, h, pixels, max_pixels));
+  if (std::max(w, h) > kMaxAspectRatio * std::min(w, h))
+    throw input_error(fmt::format("{}: {}x{} image has an aspect ratio over {:.0f}:1", path, w, h, kMaxAspectRatio));
+}
+
+// The largest d in {1, 2, 4, 8} that leaves the part of the image the output shows at least
+// min_side pixels on each side.
+int downscale_for(const Resample& plan, int min_side) {
+  const double visible = std::min((plan.x.box1 - plan.x.box0) * plan.size / plan.x.total,
+                                  (plan.y.box1 - plan.y.box0) * plan.size / plan.y.total);
+  int d = 1;
+  while (d < 8 && visible / (2 * d) >= min_side) d *= 2;
+  return d;
+}
+
+AxisResample scaled(const AxisResample& a, double s) {
+  return {a.lo * s, a.hi * s, a.box0 * s, a.box1 * s, a.total, a.first};
+}
+
+// libjpeg reports errors through a callback that must not return: longjmp back to the decoder.
+struct JpegErrors {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+  bool truncated;
+};
+
+void jpeg_fail(j_common_ptr cinfo) {
+  auto* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, errors->message);
+  std::longjmp(errors->jump, 1);
+}
+
+// Warnings stay quiet, except a truncated file, which is an error as in PIL.
+void jpeg_warn(j_common_ptr cinfo, int level) {
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegErrors*>(cinfo->err)->truncated = true;
+}
+
+// The libjpeg calls, between a setjmp and the last libjpeg call no C++ object with a destructor is
+// created (longjmp would skip it). With denom 0 only the header: size and colour space. Decodes
+// the first `max_rows` rows (of the image scaled by 1/denom) and stops: the rest of the entropy-coded
+// data, most of the cost, is skipped; the file must still hold its end marker, so that a truncated
+// file is refused whichever rows a crop needs (FF D9 cannot occur inside entropy-coded data).
+struct JpegImage {
+  int width = 0, height = 0, channels = 0;
+  bool cmyk = false, adobe = false;
+};
+bool run_jpeg(const std::vector<uint8_t>& bytes, unsigned denom, int max_rows, JpegImage& info,
+              std::vector<uint8_t>& pixels, JpegErrors& errors) {
+  jpeg_decompress_struct cinfo;
+  cinfo.err = jpeg_std_error(&errors.mgr);
+  errors.mgr.error_exit = jpeg_fail;
+  errors.mgr.emit_message = jpeg_warn;
+  errors.truncated = false;
+  if (setjmp(errors.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  info.cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  info.width = static_cast<int>(cinfo.image_width), info.height = static_cast<int>(cinfo.image_height);
+  if (denom == 0) {
+    jpeg_destroy_decompress(&cinfo);
+    return true;
+  }
+  cinfo.out_color_space = info.cmyk ? JCS_CMYK : JCS_RGB;
+  cinfo.scale_num = 1;
+  cinfo.scale_denom = denom;
+  jpeg_start_decompress(&cinfo);
+  info.width = static_cast<int>(cinfo.output_width);
+  info.height = std::min(static_cast<int>(cinfo.output_height), max_rows);
+  info.channels = cinfo.output_components;
+  pixels.resize(static_cast<size_t>(info.width) * info.height * info.channels);
+  while (static_cast<int>(cinfo.output_scanline) < info.height) {
+    JSAMPROW row = pixels.data() + static_cast<size_t>(cinfo.output_scanline) * info.width * info.channels;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  info.adobe = cinfo.saw_Adobe_marker;
+  if (cinfo.output_scanline < cinfo.output_height) {
+    static const uint8_t kEnd[2] = {0xff, 0xd9};
+    const auto* rest = cinfo.src->next_input_byte;
+    // (The entropy decoder, reading ahead, may have met the marker already.)
+    if (cinfo.unread_marker != JPEG_EOI && !memmem(rest, cinfo.src->bytes_in_buffer, kEnd, 2)) errors.truncated = true;
+    jpeg_abort_decompress(&cinfo);
+  } else {
+    jpeg_finish_decompress(&cinfo);
+  }
+  jpeg_destroy_decompress(&cinfo);
+  if (errors.truncated) std::snprintf(errors.message, sizeof errors.message, "truncated JPEG data");
+  return !errors.truncated;
+}
+
+// PIL's CMYK to RGB (Convert.c): R = (255 - K) - C·(255 - K)/255, rounded as its MULDIV255.
+uint8_t cmyk_channel(int c, int k) {
+  const int nk = 255 - k, t = c * nk + 128;
+  return static_cast<uint8_t>(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
+}
+
+void decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& path, int64_t max_pixels, int min_side,
+                 const std::function<Resample(int, int)>& plan_of, Decoded& out) {
+  JpegErrors errors{};
+  JpegImage full, decoded;
+  thread_local std::vector<uint8_t> cmyk;  // reused: a fresh buffer per image costs page faults
+  if (!run_jpeg(bytes, 0, 0, full, cmyk, errors))
+    throw input_error(fmt::format("{}: cannot decode image ({})", path, errors.message));
+  check_header(path, full.width, full.height, max_pixels);
+  const Resample plan = plan_of(full.width, full.height);
+  const int d = min_side > 0 ? downscale_for(plan, min_side) : 1;
+  // Decoded pixel i covers source pixels [d·i, d·(i + 1)): the scale is 1/d exactly (the size
+  // is rounded up).
+  out.plan = {scaled(plan.x, 1.0 / d), scaled(plan.y, 1.0 / d), plan.size};
+  const Taps rows = bilinear_taps(out.plan.y, plan.size, (full.height + d - 1) / d);
+  const int max_rows = min_side > 0 ? rows.first.back() + rows.count.back() : full.height;
+  std::vector<uint8_t>& pixels = full.cmyk ? cmyk : out.image.pixels;
+  if (!run_jpeg(bytes, static_cast<unsigned>(d), max_rows, decoded, pixels, errors))
+    throw input_error(fmt::format("{}: cannot decode image ({})", path, errors.message));
+  out.image.width = decoded.width, out.image.height = decoded.height;
+  if (decoded.cmyk) {
+    // Adobe's files store CMYK inverted, as PIL's "CMYK;I" reads them.
+    const int flip = decoded.adobe ? 255 : 0;
+    out.image.pixels.resize(static_cast<size_t>(decoded.width) * decoded.height * 3);
+    for (size_t p = 0; p < out.image.pixels.size() / 3; ++p) {
+      const int k = std::abs(flip - pixels[4 * p + 3]);
+      for (int ch = 0; ch < 3; ++ch) out.image.pixels[3 * p + ch] = cmyk_channel(std::abs(flip - pixels[4 * p + ch]), k);
+    }
+  }
+}
+
+bool is_jpeg(const std::vector<uint8_t>& bytes) {
+  return bytes.size() >= 3 && bytes[0] == 0xff && bytes[1] == 0xd8 && bytes[2] == 0xff;
+}
+
+}  // namespace
+
+void decode_image(const std::string& path, int64_t max_pixels, int min_side,
+                  const std::function<Resample(int, int)>& plan_of, Decoded& out) {
+  const std::vector<uint8_t> bytes = read_file(path);
+  if (is_jpeg(bytes)) return decode_jpeg(bytes, path, max_pixels, min_side, plan_of, out);
+  const auto size = static_cast<int>(std::min<size_t>(bytes.size(), INT32_MAX));
+  int w = 0, h = 0, c = 0;
+  if (!stbi_info_from_memory(bytes.data(), size, &w, &h, &c))
+    throw input_error(fmt::format("{}: cannot decode image ({})", path, stbi_failure_reason()));
+  check_header(path, w, h, max_pixels);
+  out.plan = plan_of(w, h);
+  unsigned char* pixels = stbi_load_from_memory(bytes.data(), size, &w, &h, &c, 3);
+  if (!pixels) throw input_error(fmt::format("{}: cannot decode image ({})", path, stbi_failure_reason()));
+  out.image.width = w, out.image.height = h;
+  out.image.pixels.assign(pixels, pixels + static_cast<size_t>(w) * h * 3);
+  stbi_image_free(pixels);
+}
+
+namespace {
+
 uint8_t clip8(int32_t sum) { return static_cast<uint8_t>(std::clamp(sum >> kPrecisionBits, 0, 255)); }
+
+// Output row `o` of the vertical pass over `rows` (rows × n bytes): a weighted sum of rows, the
+// same weight across each row, which the compiler vectorizes (built for AVX2 and for the baseline,
+// chosen at run time).
+__attribute__((target_clones("avx2", "default"))) void vertical_row(const uint8_t* rows, size_t n, const int32_t* w,
+                                                                    int taps, int32_t* sum, uint8_t* out) {
+  for (size_t j = 0; j < n; ++j) sum[j] = 1 << (kPrecisionBits - 1);
+  for (int y = 0; y < taps; ++y) {
+    const uint8_t* row = rows + static_cast<size_t>(y) * n;
+    for (size_t j = 0; j < n; ++j) sum[j] += row[j] * w[y];
+  }
+  for (size_t j = 0; j < n; ++j) out[j] = clip8(sum[j]);
+}
 
 }  // namespace
 
@@ -292,30 +315,29 @@ void resample(const Rgb& image, const Resample& plan, uint8_t* chw) {
   const int size = plan.size;
   const Taps tx = bilinear_taps(plan.x, size, image.width), ty = bilinear_taps(plan.y, size, image.height);
   // Horizontal pass over the rows the vertical one reads, then the vertical pass: PIL's order.
-  const int row0 = ty.first.front(), rows = ty.first.back() + ty.count.back() - row0;
-  std::vector<uint8_t> temp(static_cast<size_t>(std::max(rows, 0)) * size * 3);
+  const int row0 = ty.first.front(), rows = std::max(0, ty.first.back() + ty.count.back() - row0);
+  const size_t n = static_cast<size_t>(size) * 3;
+  thread_local std::vector<uint8_t> temp, hwc;
+  thread_local std::vector<int32_t> sums;
+  temp.resize(static_cast<size_t>(rows) * n), hwc.resize(size * n), sums.resize(n);
   for (int r = 0; r < rows; ++r) {
     const uint8_t* in = image.pixels.data() + static_cast<size_t>(row0 + r) * image.width * 3;
+    uint8_t* out = temp.data() + static_cast<size_t>(r) * n;
     for (int o = 0; o < size; ++o) {
       const int32_t* w = tx.weights.data() + static_cast<size_t>(o) * tx.width;
-      for (int ch = 0; ch < 3; ++ch) {
-        int32_t sum = 1 << (kPrecisionBits - 1);
-        for (int x = 0; x < tx.count[o]; ++x) sum += in[(tx.first[o] + x) * 3 + ch] * w[x];
-        temp[(static_cast<size_t>(r) * size + o) * 3 + ch] = clip8(sum);
-      }
+      const uint8_t* p = in + static_cast<size_t>(tx.first[o]) * 3;
+      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+      for (int x = 0; x < tx.count[o]; ++x, p += 3) s0 += p[0] * w[x], s1 += p[1] * w[x], s2 += p[2] * w[x];
+      out[3 * o] = clip8(s0), out[3 * o + 1] = clip8(s1), out[3 * o + 2] = clip8(s2);
     }
   }
+  for (int o = 0; o < size; ++o)
+    vertical_row(temp.data() + static_cast<size_t>(ty.first[o] - row0) * n, n,
+                 ty.weights.data() + static_cast<size_t>(o) * ty.width, ty.count[o], sums.data(),
+                 hwc.data() + static_cast<size_t>(o) * n);
   const size_t plane = static_cast<size_t>(size) * size;
-  for (int o = 0; o < size; ++o) {
-    const int32_t* w = ty.weights.data() + static_cast<size_t>(o) * ty.width;
-    for (int x = 0; x < size; ++x)
-      for (int ch = 0; ch < 3; ++ch) {
-        int32_t sum = 1 << (kPrecisionBits - 1);
-        for (int y = 0; y < ty.count[o]; ++y)
-          sum += temp[(static_cast<size_t>(ty.first[o] - row0 + y) * size + x) * 3 + ch] * w[y];
-        chw[ch * plane + static_cast<size_t>(o) * size + x] = clip8(sum);
-      }
-  }
+  for (size_t p = 0; p < plane; ++p)
+    for (int ch = 0; ch < 3; ++ch) chw[ch * plane + p] = hwc[3 * p + ch];
 }
 
 }  // namespace ttq

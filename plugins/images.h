@@ -64,15 +64,17 @@ struct Rgb {
 // Decodes `path` as RGB (grayscale and CMYK converted as PIL converts them). `plan_of(width,
 // height)` gets the full size from the header and returns the resampling the caller will do; a
 // JPEG is then decoded at the smallest 1/d (d = 1, 2, 4, 8) that leaves the visible part at least
-// `min_side` pixels on each side, and the plan returned is in the decoded image's pixels. Input
+// `min_side` pixels on each side, and only down to the last row the plan reads; the plan returned
+// is in the decoded image's pixels. min_side 0: the whole image at full size (to keep it). Input
 // errors, naming the file, for unreadable or corrupt images and for images over `max_pixels` or
 // 100:1 before decoding.
 struct Decoded {
   Rgb image;
   Resample plan;
 };
-Decoded decode_image(const std::string& path, int64_t max_pixels, int min_side,
-                     const std::function<Resample(int, int)>& plan_of);
+// `out`'s buffers are reused (a thread may keep one Decoded for all its images).
+void decode_image(const std::string& path, int64_t max_pixels, int min_side,
+                  const std::function<Resample(int, int)>& plan_of, Decoded& out);
 
 // The output of `plan` from `image`, into `chw` (3 × size × size bytes): PIL's bilinear resampling
 // (a triangle filter widened by the scale, so antialiased; fixed-point as PIL's 8-bit path), so

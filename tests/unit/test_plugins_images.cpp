@@ -115,7 +115,7 @@ TEST_CASE("an image folder's evaluation images equal torchvision's with PIL") {
   }
 }
 
-TEST_CASE("a corrupt image is an input error naming the file; --skip-bad-images takes the next of its class") {
+TEST_CASE("a corrupt image is an input error naming the file, or with skip_bad_images the next of its class") {
   const std::string dir = "/tmp/ttq_unit_corrupt";
   std::filesystem::remove_all(dir);
   run_python(std::string(TTQ_SOURCE_DIR) + "/scripts/make_image_folder.py " + dir +
