@@ -126,7 +126,8 @@ std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer) {
 // Trains the remaining epochs, reporting on stderr and to the log; Ctrl-C checkpoints and exits 130.
 void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   Progress progress(a.writer() && !quiet() && (a.progress || (!a.no_progress && isatty(STDERR_FILENO))));
-  const int64_t total_steps = a.train.epochs * trainer.steps_per_epoch();
+  int64_t total_steps = a.train.epochs * trainer.steps_per_epoch();
+  if (a.train.max_steps > 0) total_steps = std::min(total_steps, a.train.max_steps);  // the ETA's end
   TrainHooks hooks;
   hooks.on_step = [&](const StepProgress& p) { progress.update(p, a.train.epochs, total_steps); };
   hooks.log_every = a.log_every;

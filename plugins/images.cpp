@@ -296,9 +296,9 @@ namespace {
 
 uint8_t clip8(int32_t sum) { return static_cast<uint8_t>(std::clamp(sum >> kPrecisionBits, 0, 255)); }
 
-// Output row `o` of the vertical pass over `rows` (rows × n bytes): a weighted sum of rows, the
-// same weight across each row, which the compiler vectorizes (built for AVX2 and for the baseline,
-// chosen at run time).
+// One output row of the vertical pass: the weighted sum of `taps` rows of n bytes, the same weight
+// across each row, which the compiler vectorizes (built for AVX2 and for the baseline, chosen at
+// run time).
 __attribute__((target_clones("avx2", "default"))) void vertical_row(const uint8_t* rows, size_t n, const int32_t* w,
                                                                     int taps, int32_t* sum, uint8_t* out) {
   for (size_t j = 0; j < n; ++j) sum[j] = 1 << (kPrecisionBits - 1);
@@ -314,30 +314,30 @@ __attribute__((target_clones("avx2", "default"))) void vertical_row(const uint8_
 void resample(const Rgb& image, const Resample& plan, uint8_t* chw) {
   const int size = plan.size;
   const Taps tx = bilinear_taps(plan.x, size, image.width), ty = bilinear_taps(plan.y, size, image.height);
-  // Horizontal pass over the rows the vertical one reads, then the vertical pass: PIL's order.
+  // Horizontal pass over the rows the vertical one reads, into one plane per channel, then the
+  // vertical pass per plane straight into the output: PIL's order of passes.
   const int row0 = ty.first.front(), rows = std::max(0, ty.first.back() + ty.count.back() - row0);
-  const size_t n = static_cast<size_t>(size) * 3;
-  thread_local std::vector<uint8_t> temp, hwc;
+  const size_t temp_plane = static_cast<size_t>(rows) * size;
+  thread_local std::vector<uint8_t> temp;
   thread_local std::vector<int32_t> sums;
-  temp.resize(static_cast<size_t>(rows) * n), hwc.resize(size * n), sums.resize(n);
+  temp.resize(3 * temp_plane), sums.resize(size);
   for (int r = 0; r < rows; ++r) {
     const uint8_t* in = image.pixels.data() + static_cast<size_t>(row0 + r) * image.width * 3;
-    uint8_t* out = temp.data() + static_cast<size_t>(r) * n;
+    uint8_t* out = temp.data() + static_cast<size_t>(r) * size;
     for (int o = 0; o < size; ++o) {
       const int32_t* w = tx.weights.data() + static_cast<size_t>(o) * tx.width;
       const uint8_t* p = in + static_cast<size_t>(tx.first[o]) * 3;
       int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
       for (int x = 0; x < tx.count[o]; ++x, p += 3) s0 += p[0] * w[x], s1 += p[1] * w[x], s2 += p[2] * w[x];
-      out[3 * o] = clip8(s0), out[3 * o + 1] = clip8(s1), out[3 * o + 2] = clip8(s2);
+      out[o] = clip8(s0), out[temp_plane + o] = clip8(s1), out[2 * temp_plane + o] = clip8(s2);
     }
   }
-  for (int o = 0; o < size; ++o)
-    vertical_row(temp.data() + static_cast<size_t>(ty.first[o] - row0) * n, n,
-                 ty.weights.data() + static_cast<size_t>(o) * ty.width, ty.count[o], sums.data(),
-                 hwc.data() + static_cast<size_t>(o) * n);
   const size_t plane = static_cast<size_t>(size) * size;
-  for (size_t p = 0; p < plane; ++p)
-    for (int ch = 0; ch < 3; ++ch) chw[ch * plane + p] = hwc[3 * p + ch];
+  for (int ch = 0; ch < 3; ++ch)
+    for (int o = 0; o < size; ++o)
+      vertical_row(temp.data() + ch * temp_plane + static_cast<size_t>(ty.first[o] - row0) * size, size,
+                   ty.weights.data() + static_cast<size_t>(o) * ty.width, ty.count[o], sums.data(),
+                   chw + ch * plane + static_cast<size_t>(o) * size);
 }
 
 }  // namespace ttq

@@ -75,6 +75,19 @@ class ImageFolders(Workdir):
         for name in a:
             self.assertTrue(torch.equal(a[name], b[name]), name)
 
+    def test_resume_in_the_middle_of_an_epoch_gives_the_same_model(self):
+        r = self.finetune("full.pt", self.folder, "--epochs", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ck = self.out("ck")
+        r = self.finetune("resumed.pt", self.folder, "--epochs", "2", "--checkpoint-dir", ck, "--max-steps", "9")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.finetune("resumed.pt", self.folder, "--epochs", "2", "--checkpoint-dir", ck, "--resume")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("resuming from", r.stderr)
+        a, b = parameters(self.out("full.pt")), parameters(self.out("resumed.pt"))
+        for name in a:
+            self.assertTrue(torch.equal(a[name], b[name]), name)
+
     def test_the_epoch_line_reports_the_loader(self):
         r = self.finetune("m.pt", self.folder, "--epochs", "1")
         self.assertEqual(r.returncode, 0, r.stderr)
