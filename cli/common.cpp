@@ -110,8 +110,11 @@ void DataFlags::add_to(CLI::App* app, bool training) {
       ->type_name("N")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  this->training = training;
   app->add_option("--workers", load_options.workers,
-                  "imagefolder: threads decoding images (default: the cores LibTorch's --threads leave, at least 1)")
+                  training ? "imagefolder: threads decoding images (default: the cores LibTorch's --threads leave, at "
+                             "least 1)"
+                           : "imagefolder: threads decoding images (default: one per core)")
       ->type_name("N")
       ->check(CLI::PositiveNumber);
   app->add_flag("--skip-bad-images", load_options.skip_bad_images,
@@ -153,6 +156,9 @@ DataSplits DataFlags::load() const {
   // LibTorch's own default can be a single thread (seen with Debian's build): set one per core.
   at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   LoadOptions options = load_options;
+  // Evaluation alone decodes a batch, then computes on it: every core can decode. (Training
+  // decodes the next batch while a step computes: the loader's default leaves LibTorch its cores.)
+  if (!training && options.workers == 0) options.workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   for (const auto& p : plugins) load_plugin(p);
   std::string spec = data.empty() ? default_dataset_spec() : data;
   if (spec.empty())

@@ -68,6 +68,7 @@ struct DataFlags {
   int threads = 0;  // 0: LibTorch's default, one per core
   PreprocessOverrides overrides;
   LoadOptions load_options;
+  bool training = false;  // finetune: data decoded per batch is prefetched while a step computes
 
   void add_to(CLI::App* app, bool training);
   // Sets the thread count, loads plugins and the data (the embedded default when --data is absent).
