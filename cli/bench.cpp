@@ -12,7 +12,6 @@
 #include <chrono>
 #include <fstream>
 #include <memory>
-#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -113,7 +112,7 @@ double median(std::vector<double> v) {
 }
 
 void run_bench(BenchArgs& a) {
-  if (a.threads == 0) a.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (a.threads == 0) a.threads = cpu_cores();
   at::set_num_threads(a.threads);
   if (a.memory_probe) return run_memory_probe(a);
   std::vector<std::string> paths{a.model};

@@ -8,7 +8,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -111,6 +110,7 @@ void DataFlags::add_to(CLI::App* app, bool training) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   this->training = training;
+  load_options.workers = 0;  // not given: load() chooses by the cores
   app->add_option("--workers", load_options.workers,
                   training ? "imagefolder: threads decoding images (default: the cores LibTorch's --threads leave, at "
                              "least 1)"
@@ -154,11 +154,12 @@ void DataFlags::add_to(CLI::App* app, bool training) {
 
 DataSplits DataFlags::load() const {
   // LibTorch's own default can be a single thread (seen with Debian's build): set one per core.
-  at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const int cores = cpu_cores();
+  at::set_num_threads(threads > 0 ? threads : cores);
   LoadOptions options = load_options;
-  // Evaluation alone decodes a batch, then computes on it: every core can decode. (Training
-  // decodes the next batch while a step computes: the loader's default leaves LibTorch its cores.)
-  if (!training && options.workers == 0) options.workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Decoding threads: evaluation decodes a batch, then computes on it, so every core can decode;
+  // training decodes the next batch while a step computes, on the cores LibTorch's threads leave.
+  if (options.workers == 0) options.workers = training ? std::max(1, cores - at::get_num_threads()) : cores;
   for (const auto& p : plugins) load_plugin(p);
   std::string spec = data.empty() ? default_dataset_spec() : data;
   if (spec.empty())

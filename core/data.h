@@ -82,7 +82,7 @@ struct DataSplits {
 struct LoadOptions {
   int image_size = 32;  // imagefolder: the side of the square crops
   int64_t max_image_pixels = 89478485;  // imagefolder: larger images are refused (PIL's default limit)
-  int workers = 0;  // imagefolder: decoding threads; 0: the cores LibTorch's threads leave, at least 1
+  int workers = 1;                      // imagefolder: decoding threads (finetune and eval choose by cores)
   bool skip_bad_images = false;         // imagefolder: a bad image is replaced by the next good one of its class
   bool cache_images = false;            // imagefolder: decoded images kept in memory (within a budget)
   double val_fraction = 0.1;            // imagefolder without train/ and val/: held out, per class

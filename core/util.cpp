@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "core/error.h"
 
@@ -55,5 +56,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
   if (!in) throw input_error(fmt::format("{}: read failed", path));
   return bytes;
 }
+
+int cpu_cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 }  // namespace ttq

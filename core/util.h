@@ -1,4 +1,4 @@
-// Small helpers every layer uses: regexes from flags, shapes in messages, whole-file reads.
+// Small helpers every layer uses: regexes from flags, shapes in messages, whole-file reads, cores.
 #pragma once
 #include <cstdint>
 #include <regex>
@@ -22,5 +22,8 @@ inline std::string bracketed_shape(const std::vector<int64_t>& shape) { return "
 void check_readable(const std::string& path);
 // The whole file in memory, with the same clear errors.
 std::vector<uint8_t> read_file(const std::string& path);
+
+// The machine's cores (std::thread::hardware_concurrency(), at least 1).
+int cpu_cores();
 
 }  // namespace ttq

@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <ATen/Parallel.h>
 #include <malloc.h>
 #include <unistd.h>
 #define XXH_INLINE_ALL
@@ -16,7 +15,6 @@
 #include <filesystem>
 #include <mutex>
 #include <set>
-#include <thread>
 
 #include "core/error.h"
 #include "plugins/dataset.h"
@@ -201,18 +199,18 @@ void append(Split& split, const std::string& file, size_t label) {
 std::pair<Split, Split> hold_out(const std::vector<std::vector<std::string>>& files, double fraction) {
   Split train, val;
   for (size_t k = 0; k < files.size(); ++k) {
-    std::vector<std::pair<uint64_t, const std::string*>> ranked;
-    for (const auto& f : files[k]) {
-      const std::string name = fs::path(f).filename().string();
-      ranked.push_back({XXH64(name.data(), name.size(), 0), &f});
+    const size_t n = files[k].size();
+    std::vector<std::pair<uint64_t, size_t>> ranked;  // (hash of the name, index)
+    for (size_t i = 0; i < n; ++i) {
+      const std::string name = fs::path(files[k][i]).filename().string();
+      ranked.push_back({XXH64(name.data(), name.size(), 0), i});
     }
     std::sort(ranked.begin(), ranked.end());
-    const size_t n = ranked.size();
     size_t held = static_cast<size_t>(std::lround(fraction * static_cast<double>(n)));
     if (fraction > 0 && n >= 2) held = std::clamp<size_t>(held, 1, n - 1);
-    std::set<const std::string*> chosen;
-    for (size_t i = 0; i < held; ++i) chosen.insert(ranked[i].second);
-    for (const auto& f : files[k]) append(chosen.count(&f) ? val : train, f, k);
+    std::vector<bool> is_held(n, false);
+    for (size_t i = 0; i < held; ++i) is_held[ranked[i].second] = true;
+    for (size_t i = 0; i < n; ++i) append(is_held[i] ? val : train, files[k][i], k);
   }
   return {train, val};
 }
@@ -241,8 +239,7 @@ DataSplits load_imagefolder(const std::string& path, const LoadOptions& options)
   transform.max_pixels = options.max_image_pixels;
   transform.scale = options.crop_scale;
   transform.random_crop = options.random_crop;
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  transform.workers = options.workers > 0 ? options.workers : std::max(1, cores - at::get_num_threads());
+  transform.workers = std::max(1, options.workers);
   transform.skip_bad = options.skip_bad_images;
   if (options.cache_images) transform.cache_budget = physical_memory() / 4;
   // Every batch allocates and frees tens of MiB (images, their float conversion); glibc would map

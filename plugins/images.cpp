@@ -110,13 +110,13 @@ Taps bilinear_taps(const AxisResample& a, int size, int image_size) {
   const double scale = (in1 - in0) / a.total;
   const double filter_scale = std::max(scale, 1.0);
   const double support = 1.0 * filter_scale;  // the bilinear filter's support is 1
+  const double ss = 1.0 / filter_scale;  // PIL multiplies by this rather than dividing
   Taps t;
   t.width = static_cast<int>(std::ceil(support)) * 2 + 1;
   t.first.resize(size), t.count.resize(size), t.weights.assign(static_cast<size_t>(size) * t.width, 0);
   std::vector<double> k(t.width);
   for (int o = 0; o < size; ++o) {
     const double center = in0 + (a.first + o + 0.5) * scale;
-    const double ss = 1.0 / filter_scale;
     const int xmin = std::max(0, static_cast<int>(center - support + 0.5));
     const int xmax = std::min(hi - lo, static_cast<int>(center + support + 0.5));
     const int n = std::max(0, xmax - xmin);
@@ -177,15 +177,16 @@ void jpeg_warn(j_common_ptr cinfo, int level) {
   if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegErrors*>(cinfo->err)->truncated = true;
 }
 
+struct JpegImage {
+  int width = 0, height = 0, channels = 0;
+  bool cmyk = false, adobe = false;
+};
+
 // The libjpeg calls, between a setjmp and the last libjpeg call no C++ object with a destructor is
 // created (longjmp would skip it). With denom 0 only the header: size and colour space. Decodes
 // the first `max_rows` rows (of the image scaled by 1/denom) and stops: the rest of the entropy-coded
 // data, most of the cost, is skipped; the file must still hold its end marker, so that a truncated
 // file is refused whichever rows a crop needs (FF D9 cannot occur inside entropy-coded data).
-struct JpegImage {
-  int width = 0, height = 0, channels = 0;
-  bool cmyk = false, adobe = false;
-};
 bool run_jpeg(const std::vector<uint8_t>& bytes, unsigned denom, int max_rows, JpegImage& info,
               std::vector<uint8_t>& pixels, JpegErrors& errors) {
   jpeg_decompress_struct cinfo;
@@ -252,8 +253,11 @@ void decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& path, int
   // Decoded pixel i covers source pixels [d·i, d·(i + 1)): the scale is 1/d exactly (the size
   // is rounded up).
   out.plan = {scaled(plan.x, 1.0 / d), scaled(plan.y, 1.0 / d), plan.size};
-  const Taps rows = bilinear_taps(out.plan.y, plan.size, (full.height + d - 1) / d);
-  const int max_rows = min_side > 0 ? rows.first.back() + rows.count.back() : full.height;
+  int max_rows = full.height;  // min_side 0: the whole image, to keep
+  if (min_side > 0) {
+    const Taps rows = bilinear_taps(out.plan.y, plan.size, (full.height + d - 1) / d);
+    max_rows = rows.first.back() + rows.count.back();
+  }
   std::vector<uint8_t>& pixels = full.cmyk ? cmyk : out.image.pixels;
   if (!run_jpeg(bytes, static_cast<unsigned>(d), max_rows, decoded, pixels, errors))
     throw input_error(fmt::format("{}: cannot decode image ({})", path, errors.message));

@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   options.workers = std::stoi(argv[3]);
   options.val_fraction = 0;
   const int64_t batch = std::stoll(argv[4]), images = std::stoll(argv[5]);
-  at::set_num_threads(1);  // normalization and flips: as finetune leaves them to LibTorch
+  at::set_num_threads(1);  // the loader's threads do all the work (decoding, conversion, flips)
   const DataSplits data = load_dataset(std::string("imagefolder:") + argv[1], options);
   Preprocess pre = data.defaults;
   pre.flip = true;
