@@ -67,8 +67,15 @@ const char* packed_op(const torch::jit::Use& use, size_t dim, Activations activa
   if (use.offset != 1) return nullptr;
   if (use.user->kind() == c10::aten::linear && dim == 2)
     return activations == Activations::Int8 ? "ttq::linear_int8" : "ttq::linear";
-  if (use.user->kind() == c10::aten::conv2d && dim == 4) return "ttq::conv2d";
+  if (use.user->kind() == c10::aten::conv2d && dim == 4)
+    return activations == Activations::Int8 ? "ttq::conv2d_int8" : "ttq::conv2d";
   return nullptr;
+}
+
+// The shape of a layer's codes: its weight's, or tap-major (packed_model.h).
+std::vector<int64_t> codes_shape(const std::vector<int64_t>& shape, Activations activations) {
+  if (!tap_major(shape, activations)) return shape;
+  return {shape[0], shape[2], shape[3], shape[1]};
 }
 
 // Uses that ask about a tensor without reading its values: they keep the emptied weight, which has
@@ -256,9 +263,13 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
   torch::jit::WithInsertPoint guard(user);
   Value* codes = graph.insertGetAttr(read.owner, codes_name(read.attribute));
   auto packed_form = [&] {
+    const bool reordered = tap_major(read.shape, read.activations);
     std::vector<Value*> inputs{codes, graph.insertGetAttr(read.owner, scales_name(read.attribute)),
-                               graph.insertConstant(c10::IValue(read.shape))};
-    if (!op) return insert_op(graph, "ttq::unpack", inputs);
+                               graph.insertConstant(c10::IValue(op ? read.shape : codes_shape(read.shape, read.activations)))};
+    if (!op && !reordered) return insert_op(graph, "ttq::unpack", inputs);
+    if (!op)
+      return graph.insert(c10::aten::permute, {torch::jit::NamedValue(insert_op(graph, "ttq::unpack", inputs)),
+                                               torch::jit::NamedValue(std::vector<int64_t>{0, 3, 1, 2})});
     inputs.insert(inputs.begin(), user->input(0));
     for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
     return insert_op(graph, op, inputs);
@@ -371,7 +382,8 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
     const torch::Tensor weight = slot.owner.attr(slot.attribute).toTensor();
     ops::Packed codes;
     try {
-      codes = ops::pack(weight, layer.wp, layer.wn);
+      codes = ops::pack(tap_major(layer.shape, activations) ? weight.permute({0, 2, 3, 1}).contiguous() : weight,
+                        layer.wp, layer.wn);
     } catch (const c10::Error& e) {
       throw input_error(fmt::format("layer {}: {}", name, short_message(e.what_without_backtrace())));
     }
@@ -436,9 +448,14 @@ auto with_packed(const torch::jit::Module& module, const LayerRecord& layer, F f
 
 }  // namespace
 
-torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer) {
+bool tap_major(const std::vector<int64_t>& shape, Activations activations) {
+  return activations == Activations::Int8 && shape.size() == 4;
+}
+
+torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer, Activations activations) {
   return with_packed(module, layer, [&](const torch::Tensor& codes, const torch::Tensor& scales) {
-    return ops::unpack(codes, scales, layer.shape);
+    const auto weight = ops::unpack(codes, scales, codes_shape(layer.shape, activations));
+    return tap_major(layer.shape, activations) ? weight.permute({0, 3, 1, 2}).contiguous() : weight;
   });
 }
 

@@ -12,14 +12,14 @@
 
 namespace ttq {
 
-// What a packed linear layer computes on: the float32 inputs (exact: the outputs equal the float32
-// ternary model's up to summation order) or the inputs quantized to int8 per row on the fly
-// (ttq::linear_int8: faster; the sums over the weights are exact, the inputs rounded to 8 bits).
-// Convolutions run on float inputs either way.
+// What a packed layer computes on: the float32 inputs (exact: the outputs equal the float32
+// ternary model's up to summation order) or its inputs quantized to int8 on the fly (faster; the
+// sums over the weights are exact, the inputs rounded to 8 bits): a linear layer's per row
+// (ttq::linear_int8), a convolution's per sample (ttq::conv2d_int8).
 enum class Activations { Float, Int8 };
 inline constexpr Choice<Activations> kActivations[] = {
     {"float", Activations::Float, "exact, the float32 ternary model's outputs"},
-    {"int8", Activations::Int8, "linear layers quantize their inputs to int8 per row, for speed"}};
+    {"int8", Activations::Int8, "layers quantize their inputs to int8 on the fly, for speed"}};
 constexpr const auto& choices(Activations) { return kActivations; }
 
 // A ternary layer that stays a float32 tensor in the packed model, and why: the op that uses it
@@ -40,15 +40,21 @@ std::string scales_name(const std::string& weight);  // "conv1.weight_scales"
 // Rewrites `module` in place: its forward becomes the inlined forward graph with every
 // aten::linear and aten::conv2d whose weight is one of `layers` (the TTQ metadata's records,
 // which give Wp and Wn) replaced by ttq::linear / ttq::conv2d on codes and scales registered
-// beside the weight, and that weight emptied (ttq::linear_int8 for linear layers with int8
+// beside the weight, and that weight emptied (ttq::linear_int8 / ttq::conv2d_int8 with int8
 // activations). Layers with no linear or conv2d use stay float; other reads of a packed weight
 // get it decoded (ttq::unpack). Input errors for a layer whose values are not {-Wn, 0, +Wp} of its
 // record.
 PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers,
                        Activations activations = Activations::Float);
 
-// The float32 weight of a packed layer, bit-exact, from its codes and scales in `module`.
-torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer);
+// Whether a layer's codes are stored tap-major, [out, kh, kw, in] rather than its weight's [out, in,
+// kh, kw]: the convolutions of int8 models, whose kernel reads a pixel's channels for one tap at a
+// time (ttq::conv2d_int8). The weight's shape still names the layer everywhere else.
+bool tap_major(const std::vector<int64_t>& shape, Activations activations);
+
+// The float32 weight of a packed layer, bit-exact, from its codes and scales in `module` (a model
+// packed with `activations`).
+torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer, Activations activations);
 
 // Input error naming the first packed layer whose codes or scales do not fit its record.
 void check_packed_layers(const torch::jit::Module& module, const std::vector<LayerRecord>& layers,

@@ -99,6 +99,9 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
   restored.metadata->packed.clear();
   restored.metadata->activations.clear();
   const auto& packed_names = packed.metadata->packed;
+  const auto activations = parse_choice<Activations>(packed.metadata->activations);
+  if (!activations)
+    throw input_error(fmt::format("{}: packed with unknown activations \"{}\"", path, packed.metadata->activations));
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& p : restored.module.named_parameters(true)) tensors.emplace_back(p.name, p.value);
   for (const auto& b : restored.module.named_buffers(true)) tensors.emplace_back(b.name, b.value);
@@ -107,7 +110,7 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
     const LayerRecord* layer = packed.metadata->find(name);
     torch::Tensor value;
     if (layer && std::find(packed_names.begin(), packed_names.end(), name) != packed_names.end()) {
-      value = unpacked_weight(packed.module, *layer);
+      value = unpacked_weight(packed.module, *layer, *activations);
     } else {
       const ParameterSlot slot = find_slot(packed.module, name);
       value = slot.owner.attr(slot.attribute).toTensor();

@@ -27,12 +27,27 @@ struct Int8Weights {
 };
 Int8Weights int8_weights(float wp, float wn);
 
-// The same with int8 inputs: y[i * rows + r] = q_scale[i] · w.step · Σ_k w[r, k] · q[i, k], w[r, k]
-// the byte of the weight's sign (w.pos, 0, w.neg), the sum exact in int32. `q`: n rows of `stride`
-// bytes, stride >= groups · 32 rounded up to 64, zero past K.
-void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const int8_t* q,
-                       int64_t stride, const float* q_scale, int64_t n, float* y, int64_t rows, int64_t r0,
-                       int64_t r1);
+// Int8 inputs for ternary_rows_int8: n rows of int8 values whose bytes for step s (weights 64s to
+// 64s + 63 of a row, two groups) lie at data + row[i] + step[s] (a linear layer: row i · stride and
+// 64 s; a convolution reads a pixel's channels tap by tap from an NHWC image). Bytes past K are
+// read and multiplied by zero weights: any value will do, but they must be readable. The bytes are
+// q, or q + 128 (unsigned) where int8_offset(path) says so: what that kernel multiplies.
+struct Int8Inputs {
+  const uint8_t* data;
+  const int64_t* row;    // n
+  const int64_t* step;   // (groups + 1) / 2
+  const float* scale;    // n: the value of one step of each row's int8 grid
+};
+bool int8_offset(KernelPath path);
+
+// dst[j] = round(x[j * x_stride] / scale) for j < count, halves to even as torch.round, clamped to
+// ±127, + 128 where `offset`: an int8 kernel's input bytes.
+void quantize_int8(const float* x, int64_t count, int64_t x_stride, float scale, bool offset, uint8_t* dst);
+
+// y[i * y_input + r * y_row] = scale[i] · w.step · Σ_k w[r, k] · q[i, k] for rows r0 <= r < r1 and
+// inputs i0 <= i < i1, w[r, k] the byte of the weight's sign (w.pos, 0, w.neg), the sum exact in int32.
+void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row);
 
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,

@@ -22,26 +22,31 @@ constexpr int64_t kRowBlock = 16;
 constexpr int kMaxInputs = 8;
 
 // Σ_k w[r, k] · q[i, k] for `count` <= kRowsAtOnce consecutive packed rows from p and n <=
-// kMaxInputs input rows (`stride` bytes apart), into dot[r * kMaxInputs + i].
+// kMaxInputs inputs (x[i]: where input i's bytes start; step: Int8Inputs::step), into
+// dot[r * kMaxInputs + i].
 constexpr int kRowsAtOnce = 2;
-using BlockDots = void (*)(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* q,
-                           int64_t stride, int n, int32_t* dot);
+using BlockDots = void (*)(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* const* x,
+                           const int64_t* step, int n, int32_t* dot);
+
+// Where group g's 32 bytes start within an input.
+inline int64_t group_at(const int64_t* step, int64_t g) { return step[g / 2] + 32 * (g % 2); }
 
 // The same for one row, by the kernels that take rows one at a time.
-template <void (*row_dots)(const uint32_t*, int64_t, Int8Weights, const uint8_t*, int64_t, int, int32_t*)>
-void each_row(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* q, int64_t stride, int n,
-              int32_t* dot) {
-  for (int r = 0; r < count; ++r) row_dots(p + r * groups * 2, groups, w, q, stride, n, dot + r * kMaxInputs);
+template <void (*row_dots)(const uint32_t*, int64_t, Int8Weights, const uint8_t* const*, const int64_t*, int, int32_t*)>
+void each_row(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* const* x,
+              const int64_t* step, int n, int32_t* dot) {
+  for (int r = 0; r < count; ++r) row_dots(p + r * groups * 2, groups, w, x, step, n, dot + r * kMaxInputs);
 }
 
-void row_portable(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
-                  int32_t* dot) {
+void row_portable(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* const* x, const int64_t* step,
+                  int n, int32_t* dot) {
   for (int i = 0; i < n; ++i) {
-    const auto* qi = reinterpret_cast<const int8_t*>(q + i * stride);
+    const auto* qi = reinterpret_cast<const int8_t*>(x[i]);
     int32_t sp = 0, sn = 0;
     for (int64_t g = 0; g < groups; ++g) {
-      for (uint32_t m = p[2 * g]; m; m &= m - 1) sp += qi[g * 32 + __builtin_ctz(m)];
-      for (uint32_t m = p[2 * g + 1]; m; m &= m - 1) sn += qi[g * 32 + __builtin_ctz(m)];
+      const int8_t* q = qi + group_at(step, g);
+      for (uint32_t m = p[2 * g]; m; m &= m - 1) sp += q[__builtin_ctz(m)];
+      for (uint32_t m = p[2 * g + 1]; m; m &= m - 1) sn += q[__builtin_ctz(m)];
     }
     dot[i] = w.pos * sp + w.neg * sn;
   }
@@ -65,8 +70,8 @@ __attribute__((target("avx2"))) __m256i bytes32(uint32_t bits) {
 // AVX2 (as llama.cpp's q8 dots): maddubs multiplies |w| (unsigned) by q carrying w's sign and sums
 // pairs (at most 2 · 127 · 127, no saturation); madd sums those into int32 lanes. Four inputs a block.
 template <int N>
-__attribute__((target("avx2"))) void block_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q,
-                                                int64_t stride, int32_t* dot) {
+__attribute__((target("avx2"))) void block_avx2(const uint32_t* p, int64_t groups, Int8Weights w,
+                                                const uint8_t* const* x, const int64_t* step, int32_t* dot) {
   const __m256i ones16 = _mm256_set1_epi16(1), vp = _mm256_set1_epi8(w.pos), vn = _mm256_set1_epi8(w.neg);
   __m256i acc[N];
   for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_si256();
@@ -74,32 +79,33 @@ __attribute__((target("avx2"))) void block_avx2(const uint32_t* p, int64_t group
     if ((p[2 * g] | p[2 * g + 1]) == 0) continue;
     const __m256i wb = _mm256_or_si256(_mm256_and_si256(bytes32(p[2 * g]), vp), _mm256_and_si256(bytes32(p[2 * g + 1]), vn));
     const __m256i magnitude = _mm256_sign_epi8(wb, wb);
+    const int64_t at = group_at(step, g);
     for (int i = 0; i < N; ++i) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i * stride + g * 32));
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(x, wb)), ones16));
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + at));
+      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, wb)), ones16));
     }
   }
   for (int i = 0; i < N; ++i) dot[i] = sum8_epi32(acc[i]);
 }
 
-void row_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+void row_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* const* x, const int64_t* step, int n,
               int32_t* dot) {
-  for (; n >= 4; n -= 4, q += 4 * stride, dot += 4) block_avx2<4>(p, groups, w, q, stride, dot);
+  for (; n >= 4; n -= 4, x += 4, dot += 4) block_avx2<4>(p, groups, w, x, step, dot);
   switch (n) {
-    case 3: return block_avx2<3>(p, groups, w, q, stride, dot);
-    case 2: return block_avx2<2>(p, groups, w, q, stride, dot);
-    case 1: return block_avx2<1>(p, groups, w, q, stride, dot);
+    case 3: return block_avx2<3>(p, groups, w, x, step, dot);
+    case 2: return block_avx2<2>(p, groups, w, x, step, dot);
+    case 1: return block_avx2<1>(p, groups, w, x, step, dot);
   }
 }
 
 // AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the inputs arrive offset to
-// unsigned (q + 128, see ternary_rows_int8) and the offset's share, 128 · Σ w, comes off at the end.
+// unsigned (q + 128, int8_offset) and the offset's share, 128 · Σ w, comes off at the end.
 // Two groups (64 weights) a step; R rows and N inputs a block, each input loaded once for the R rows
 // (on Zen 4 a 512-bit load costs as much as a vpdpbusd).
 template <int R, int N>
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void step_avx512(
-    __m512i (*acc)[N], const uint64_t* pos, const uint64_t* neg, __m512i vp, __m512i vn, const uint8_t* q,
-    int64_t stride) {
+    __m512i (*acc)[N], const uint64_t* pos, const uint64_t* neg, __m512i vp, __m512i vn, const uint8_t* const* x,
+    int64_t at) {
   __m512i wb[R];
 #pragma GCC unroll 2
   for (int r = 0; r < R; ++r) wb[r] = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos[r], vp), neg[r], vn);
@@ -107,16 +113,16 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline voi
   // (_mm512_dpbusd_epi32), two extra moves per product.
 #pragma GCC unroll 8
   for (int i = 0; i < N; ++i) {
-    const __m512i x = _mm512_loadu_si512(q + i * stride);
-  #pragma GCC unroll 2
-  for (int r = 0; r < R; ++r) asm("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc[r][i]) : [x] "v"(x), [w] "v"(wb[r]));
+    const __m512i q = _mm512_loadu_si512(x[i] + at);
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) asm("vpdpbusd %[w], %[q], %[acc]" : [acc] "+v"(acc[r][i]) : [q] "v"(q), [w] "v"(wb[r]));
   }
 }
 
 template <int R, int N>
 __attribute__((target("avx512f,avx512bw,avx512vnni,popcnt"))) void block_avx512(const uint32_t* p, int64_t groups,
-                                                                                Int8Weights w, const uint8_t* q,
-                                                                                int64_t stride, int32_t* dot) {
+                                                                                Int8Weights w, const uint8_t* const* x,
+                                                                                const int64_t* step, int32_t* dot) {
   const __m512i vp = _mm512_set1_epi8(w.pos), vn = _mm512_set1_epi8(w.neg);
   __m512i acc[R][N];
 #pragma GCC unroll 2
@@ -127,22 +133,25 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,popcnt"))) void block_avx512(
   uint64_t pos[R], neg[R];
   const int64_t pairs = groups / 2;
   for (int64_t j = 0; j < pairs; ++j) {
-  #pragma GCC unroll 2
-  for (int r = 0; r < R; ++r) {  // two groups: pos0 neg0 pos1 neg1 -> 64-bit planes
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {  // two groups: pos0 neg0 pos1 neg1 -> 64-bit planes
       const uint32_t* g = p + r * groups * 2 + 4 * j;
+      // The codes stream from memory once per call and the CPU's prefetcher falls behind at few
+      // inputs: ask for the codes two blocks of rows ahead, at the same place.
+      if (j % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(g + 2 * R * groups * 2), _MM_HINT_T0);
       pos[r] = g[0] | static_cast<uint64_t>(g[2]) << 32, neg[r] = g[1] | static_cast<uint64_t>(g[3]) << 32;
       count_pos[r] += __builtin_popcountll(pos[r]), count_neg[r] += __builtin_popcountll(neg[r]);
     }
-    step_avx512<R, N>(acc, pos, neg, vp, vn, q + 64 * j, stride);
+    step_avx512<R, N>(acc, pos, neg, vp, vn, x, step[j]);
   }
-  if (groups % 2) {  // the last group alone: q is padded to 64 bytes
-  #pragma GCC unroll 2
-  for (int r = 0; r < R; ++r) {
+  if (groups % 2) {  // the last group alone: the bytes past it meet zero weights
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
       const uint32_t* g = p + r * groups * 2 + 4 * pairs;
       pos[r] = g[0], neg[r] = g[1];
       count_pos[r] += __builtin_popcount(g[0]), count_neg[r] += __builtin_popcount(g[1]);
     }
-    step_avx512<R, N>(acc, pos, neg, vp, vn, q + 64 * pairs, stride);
+    step_avx512<R, N>(acc, pos, neg, vp, vn, x, step[pairs]);
   }
 #pragma GCC unroll 2
   for (int r = 0; r < R; ++r) {
@@ -153,41 +162,164 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,popcnt"))) void block_avx512(
 }
 
 template <int R>
-void rows_avx512(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* q, int64_t stride, int n,
+void rows_avx512(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* const* x, const int64_t* step, int n,
                  int32_t* dot) {
   switch (n) {
-    case 8: return block_avx512<R, 8>(p, groups, w, q, stride, dot);
-    case 7: return block_avx512<R, 7>(p, groups, w, q, stride, dot);
-    case 6: return block_avx512<R, 6>(p, groups, w, q, stride, dot);
-    case 5: return block_avx512<R, 5>(p, groups, w, q, stride, dot);
-    case 4: return block_avx512<R, 4>(p, groups, w, q, stride, dot);
-    case 3: return block_avx512<R, 3>(p, groups, w, q, stride, dot);
-    case 2: return block_avx512<R, 2>(p, groups, w, q, stride, dot);
-    case 1: return block_avx512<R, 1>(p, groups, w, q, stride, dot);
+    case 8: return block_avx512<R, 8>(p, groups, w, x, step, dot);
+    case 7: return block_avx512<R, 7>(p, groups, w, x, step, dot);
+    case 6: return block_avx512<R, 6>(p, groups, w, x, step, dot);
+    case 5: return block_avx512<R, 5>(p, groups, w, x, step, dot);
+    case 4: return block_avx512<R, 4>(p, groups, w, x, step, dot);
+    case 3: return block_avx512<R, 3>(p, groups, w, x, step, dot);
+    case 2: return block_avx512<R, 2>(p, groups, w, x, step, dot);
+    case 1: return block_avx512<R, 1>(p, groups, w, x, step, dot);
   }
 }
 
-void dots_avx512(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* q, int64_t stride, int n,
-                 int32_t* dot) {
-  if (count == 2) return rows_avx512<2>(p, groups, w, q, stride, n, dot);
-  rows_avx512<1>(p, groups, w, q, stride, n, dot);
+void dots_avx512(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* const* x,
+                 const int64_t* step, int n, int32_t* dot) {
+  if (count == 2) return rows_avx512<2>(p, groups, w, x, step, n, dot);
+  rows_avx512<1>(p, groups, w, x, step, n, dot);
 }
 
-void rows_int8(BlockDots dots, const uint32_t* planes, int64_t groups, Int8Weights w, const uint8_t* q,
-               int64_t stride, const float* q_scale, int64_t n, float* y, int64_t rows, int64_t r0, int64_t r1) {
-  int32_t dot[kRowsAtOnce * kMaxInputs];
-  for (int64_t rb = r0; rb < r1; rb += kRowBlock)
-    for (int64_t ib = 0; ib < n; ib += kMaxInputs) {
-      const int count = static_cast<int>(std::min<int64_t>(kMaxInputs, n - ib));
-      const int64_t block_end = std::min(rb + kRowBlock, r1);
-      for (int64_t r = rb; r < block_end; r += kRowsAtOnce) {
-        const int here = static_cast<int>(std::min<int64_t>(kRowsAtOnce, block_end - r));
-        dots(planes + r * groups * 2, groups, here, w, q + ib * stride, stride, count, dot);
-        for (int h = 0; h < here; ++h)
-          for (int i = 0; i < count; ++i)
-            y[(ib + i) * rows + r + h] = q_scale[ib + i] * w.step * static_cast<float>(dot[h * kMaxInputs + i]);
-      }
+// With many inputs a row's bytes are better made once and loaded for each block of inputs than
+// remade from the bit planes every time: a thread decodes its block of rows into a scratch (at
+// most its share of one layer, a byte a weight), with each row's offset share 128 · Σ w.
+__attribute__((target("avx512f,avx512bw,popcnt"))) void decode_avx512(const uint32_t* p, int64_t groups,
+                                                                     Int8Weights w, int64_t count,
+                                                                     int64_t row_bytes, int8_t* bytes,
+                                                                     int32_t* offset) {
+  const __m512i vp = _mm512_set1_epi8(w.pos), vn = _mm512_set1_epi8(w.neg);
+  for (int64_t r = 0; r < count; ++r, p += groups * 2) {
+    int64_t count_pos = 0, count_neg = 0;
+    for (int64_t g = 0; g < groups; g += 2) {
+      const uint64_t pos = p[2 * g] | (g + 1 < groups ? static_cast<uint64_t>(p[2 * g + 2]) << 32 : 0);
+      const uint64_t neg = p[2 * g + 1] | (g + 1 < groups ? static_cast<uint64_t>(p[2 * g + 3]) << 32 : 0);
+      count_pos += __builtin_popcountll(pos), count_neg += __builtin_popcountll(neg);
+      _mm512_storeu_si512(bytes + r * row_bytes + 32 * g, _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn));
     }
+    offset[r] = static_cast<int32_t>(128 * (w.pos * count_pos + w.neg * count_neg));
+  }
+}
+
+// R decoded rows (row_bytes apart) against N inputs; 3 rows and 8 inputs keep 24 accumulators,
+// three rows' bytes and one input in the 32 registers.
+template <int R, int N>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_decoded(const int8_t* bytes, int64_t row_bytes,
+                                                                         int64_t steps, const int32_t* offset,
+                                                                         const uint8_t* const* x,
+                                                                         const int64_t* step, int32_t* dot) {
+  __m512i acc[R][N];
+#pragma GCC unroll 3
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) acc[r][i] = _mm512_setzero_si512();
+  for (int64_t j = 0; j < steps; ++j) {
+    __m512i wb[R];
+#pragma GCC unroll 3
+    for (int r = 0; r < R; ++r) wb[r] = _mm512_loadu_si512(bytes + r * row_bytes + 64 * j);
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) {
+      const __m512i q = _mm512_loadu_si512(x[i] + step[j]);
+#pragma GCC unroll 3
+      for (int r = 0; r < R; ++r)
+        asm("vpdpbusd %[w], %[q], %[acc]" : [acc] "+v"(acc[r][i]) : [q] "v"(q), [w] "v"(wb[r]));
+    }
+  }
+#pragma GCC unroll 3
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) dot[r * kMaxInputs + i] = _mm512_reduce_add_epi32(acc[r][i]) - offset[r];
+}
+
+constexpr int kDecodedRowsAtOnce = 3;
+
+template <int R>
+void decoded_rows(const int8_t* bytes, int64_t row_bytes, int64_t steps, const int32_t* offset,
+                  const uint8_t* const* x, const int64_t* step, int n, int32_t* dot) {
+  switch (n) {
+    case 8: return block_decoded<R, 8>(bytes, row_bytes, steps, offset, x, step, dot);
+    case 7: return block_decoded<R, 7>(bytes, row_bytes, steps, offset, x, step, dot);
+    case 6: return block_decoded<R, 6>(bytes, row_bytes, steps, offset, x, step, dot);
+    case 5: return block_decoded<R, 5>(bytes, row_bytes, steps, offset, x, step, dot);
+    case 4: return block_decoded<R, 4>(bytes, row_bytes, steps, offset, x, step, dot);
+    case 3: return block_decoded<R, 3>(bytes, row_bytes, steps, offset, x, step, dot);
+    case 2: return block_decoded<R, 2>(bytes, row_bytes, steps, offset, x, step, dot);
+    case 1: return block_decoded<R, 1>(bytes, row_bytes, steps, offset, x, step, dot);
+  }
+}
+
+// Rows [rb, re) against inputs [ib, ib + count) for the driver below: `dots(r, here, x, count,
+// dot)` computes `here` rows from r into dot[h * kMaxInputs + i].
+template <class Dots>
+void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights w, int64_t rb, int64_t re,
+                 int64_t ib, int64_t ie, float* y, int64_t y_input, int64_t y_row) {
+  const uint8_t* x[kMaxInputs];
+  const int count = static_cast<int>(ie - ib);
+  for (int i = 0; i < count; ++i) x[i] = in.data + in.row[ib + i];
+  int32_t dot[kDecodedRowsAtOnce * kMaxInputs];
+  for (int64_t r = rb; r < re; r += rows_at_once) {
+    const int here = static_cast<int>(std::min<int64_t>(rows_at_once, re - r));
+    dots(r, here, x, count, dot);
+    for (int h = 0; h < here; ++h)
+      for (int i = 0; i < count; ++i)
+        y[(ib + i) * y_input + (r + h) * y_row] = in.scale[ib + i] * w.step * static_cast<float>(dot[h * kMaxInputs + i]);
+  }
+}
+
+// The loop over blocks: `prepare(rb, re)` readies a block of rows before blocks of inputs meet it.
+// The smaller of the two, the rows (a quarter byte a weight packed, a byte decoded) or the inputs
+// (a byte), stays in cache while the other streams past it once: a linear layer's inputs, a
+// convolution's weights.
+template <class Prepare, class Dots>
+void rows_int8(Prepare prepare, Dots dots, int rows_at_once, const Int8Inputs& in, Int8Weights w, int64_t i0,
+               int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+  if (4 * (i1 - i0) > r1 - r0) {
+    prepare(r0, r1);
+    for (int64_t ib = i0; ib < i1; ib += kMaxInputs)
+      write_block(dots, rows_at_once, in, w, r0, r1, ib, std::min(ib + kMaxInputs, i1), y, y_input, y_row);
+    return;
+  }
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = std::min(rb + kRowBlock, r1);
+    prepare(rb, re);
+    for (int64_t ib = i0; ib < i1; ib += kMaxInputs)
+      write_block(dots, rows_at_once, in, w, rb, re, ib, std::min(ib + kMaxInputs, i1), y, y_input, y_row);
+  }
+}
+
+// The kernels on the packed planes as they are.
+void rows_int8_packed(BlockDots dots, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                      int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+  rows_int8([](int64_t, int64_t) {},
+            [&](int64_t r, int here, const uint8_t* const* x, int count, int32_t* dot) {
+              dots(planes + r * groups * 2, groups, here, w, x, in.step, count, dot);
+            },
+            kRowsAtOnce, in, w, i0, i1, r0, r1, y, y_input, y_row);
+}
+
+void rows_int8_decoded(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in, int64_t i0,
+                       int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+  thread_local std::vector<int8_t> bytes;
+  thread_local std::vector<int32_t> offset;
+  const int64_t steps = (groups + 1) / 2, row_bytes = 64 * steps;
+  int64_t first = 0;
+  auto prepare = [&](int64_t rb, int64_t re) {
+    bytes.resize(static_cast<size_t>((re - rb) * row_bytes));
+    offset.resize(static_cast<size_t>(re - rb));
+    decode_avx512(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data(), offset.data());
+    first = rb;
+  };
+  auto dots = [&](int64_t r, int here, const uint8_t* const* x, int count, int32_t* dot) {
+    const int8_t* b = bytes.data() + (r - first) * row_bytes;
+    const int32_t* o = offset.data() + (r - first);
+    switch (here) {
+      case 3: return decoded_rows<3>(b, row_bytes, steps, o, x, in.step, count, dot);
+      case 2: return decoded_rows<2>(b, row_bytes, steps, o, x, in.step, count, dot);
+      default: return decoded_rows<1>(b, row_bytes, steps, o, x, in.step, count, dot);
+    }
+  };
+  rows_int8(prepare, dots, kDecodedRowsAtOnce, in, w, i0, i1, r0, r1, y, y_input, y_row);
 }
 
 }  // namespace
@@ -198,22 +330,29 @@ Int8Weights int8_weights(float wp, float wn) {
   return {static_cast<int8_t>(std::nearbyint(wp / step)), static_cast<int8_t>(std::nearbyint(-wn / step)), step};
 }
 
-void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const int8_t* q,
-                       int64_t stride, const float* q_scale, int64_t n, float* y, int64_t rows, int64_t r0,
-                       int64_t r1) {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(q);
+bool int8_offset(KernelPath path) { return path == KernelPath::Avx512; }
+
+// Built for AVX2 too, where std::nearbyint is one instruction (vroundss) rather than a call.
+__attribute__((target_clones("avx2", "default"))) void quantize_int8(const float* x, int64_t count, int64_t x_stride,
+                                                                     float scale, bool offset, uint8_t* dst) {
+  const int add = offset ? 128 : 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const float q = std::clamp(std::nearbyint(x[j * x_stride] / scale), -127.0f, 127.0f);
+    dst[j] = static_cast<uint8_t>(static_cast<int>(q) + add);
+  }
+}
+
+void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
   switch (path) {
-    case KernelPath::Avx512: {
-      // This thread's copy of the inputs offset to unsigned, once per call (n rows: small).
-      thread_local std::vector<uint8_t> offset;
-      offset.resize(static_cast<size_t>(n * stride));
-      for (size_t i = 0; i < offset.size(); ++i) offset[i] = bytes[i] ^ 0x80;  // q + 128
-      return rows_int8(dots_avx512, planes, groups, w, offset.data(), stride, q_scale, n, y, rows, r0, r1);
-    }
-    case KernelPath::Avx2: return rows_int8(each_row<row_avx2>, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
+    case KernelPath::Avx512:
+      if (i1 - i0 >= kMaxInputs) return rows_int8_decoded(planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
+      return rows_int8_packed(dots_avx512, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
+    case KernelPath::Avx2:
+      return rows_int8_packed(each_row<row_avx2>, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
     case KernelPath::Portable: break;
   }
-  rows_int8(each_row<row_portable>, planes, groups, w, bytes, stride, q_scale, n, y, rows, r0, r1);
+  rows_int8_packed(each_row<row_portable>, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
 }
 
 }  // namespace ttq::ops

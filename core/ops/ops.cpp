@@ -116,16 +116,22 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   at::NoGradGuard no_grad;
   const int64_t rows = shape[0], k = shape[1];
   const int64_t n = x.size(0), groups = packed_groups(k), stride = (groups * kGroup + 63) / 64 * 64;
-  const auto q_scale = (x.abs().amax(1, true) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
-  auto q = at::zeros({n, stride}, at::kChar);
-  q.narrow(1, 0, k).copy_(at::round(x / q_scale));
-  auto out = at::empty({n, rows}, at::kFloat);
   const KernelPath path = selected_path();
+  const bool offset = int8_offset(path);
+  const auto q_scale = (x.abs().amax(1, true) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
+  auto q = at::zeros({n, stride}, at::kByte);
+  auto rounded = at::round(x / q_scale);
+  if (offset) q.narrow(1, 0, k).copy_(rounded.add_(128));
+  else q.view(at::kChar).narrow(1, 0, k).copy_(rounded);
+  std::vector<int64_t> row(n), step((groups + 1) / 2);
+  for (int64_t i = 0; i < n; ++i) row[i] = i * stride;
+  for (size_t s = 0; s < step.size(); ++s) step[s] = 64 * static_cast<int64_t>(s);
+  const Int8Inputs in{q.data_ptr<uint8_t>(), row.data(), step.data(), q_scale.data_ptr<float>()};
+  auto out = at::empty({n, rows}, at::kFloat);
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    ternary_rows_int8(path, planes, groups, w, q.data_ptr<int8_t>(), stride, q_scale.data_ptr<float>(), n,
-                      out.data_ptr<float>(), rows, r0, r1);
+    ternary_rows_int8(path, planes, groups, w, in, 0, n, r0, r1, out.data_ptr<float>(), rows, 1);
   });
   return linear_output(out, bias, input);
 }
@@ -142,6 +148,85 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
   const int64_t rows = shape[0], k = shape[1] * shape[2] * shape[3];
   const auto w = decoded(codes, scales, k, rows).view(shape);
   return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+}
+
+// The int8 convolution reads a pixel's channels for one tap at a time, 64 bytes a step: a layer
+// runs int8 when it has one group and its in-channels are a multiple of 64, or its kernel is 1x1
+// (then the step runs past a pixel's channels onto zero weights).
+bool runs_int8(c10::IntArrayRef shape, int64_t groups) {
+  return groups == 1 && (shape[1] % 64 == 0 || shape[2] * shape[3] == 1);
+}
+
+// conv2d on int8 inputs: each sample quantized with one scale (max |x| / 127) into a zero-padded
+// NHWC image, then every output pixel is a row of the int8 kernels whose steps walk the taps
+// (implicit GEMM: no im2col copy). The codes are tap-major, [out, kh, kw, in] (packed_model.h), so
+// that a tap's channels are contiguous in both. The output is channels-last, which the next layer's
+// quantization then reads in order. Other layers (groups, odd channel counts) run the float path.
+at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                       c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+  TORCH_CHECK(shape.size() == 4, "ttq::conv2d_int8: the weight shape must be [out, in/groups, kh, kw]");
+  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3], k = cin * kh * kw;
+  check_packed(codes, scales, {rows, kh, kw, cin});
+  check_input(input, "conv2d_int8");
+  at::NoGradGuard no_grad;
+  if (!runs_int8(shape, groups)) {
+    const auto w = decoded(codes, scales, k, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2});
+    return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+  }
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == cin, "ttq::conv2d_int8: the input must be [batch, ", cin,
+              ", height, width] (got ", input.sizes(), ")");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "ttq::conv2d_int8: stride, padding and dilation must have two values each");
+  const int64_t batch = input.size(0), height = input.size(2), width = input.size(3);
+  const int64_t padded_h = height + 2 * padding[0], padded_w = width + 2 * padding[1];
+  const int64_t out_h = (padded_h - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
+  const int64_t out_w = (padded_w - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0, "ttq::conv2d_int8: the input (", input.sizes(), ") is smaller than the kernel");
+  const int64_t image = padded_h * padded_w * cin, pixels = out_h * out_w, groups32 = packed_groups(k);
+  const KernelPath path = selected_path();
+  const bool offset = int8_offset(path);
+
+  const auto step_of = (input.abs().amax({1, 2, 3}) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
+  const float* sample_step = step_of.data_ptr<float>();
+  // Zero-padded NHWC images, and 64 bytes more that a last 1x1 step may read.
+  auto q = at::full({batch * image + 64}, offset ? 128 : 0, at::kByte);
+  uint8_t* qd = q.data_ptr<uint8_t>();
+  const float* x = input.data_ptr<float>();
+  const auto xs = input.strides();
+  at::parallel_for(0, batch * height, 1, [&](int64_t a, int64_t b) {
+    for (int64_t nh = a; nh < b; ++nh) {
+      const int64_t n = nh / height, h = nh % height;
+      for (int64_t w = 0; w < width; ++w)
+        quantize_int8(x + n * xs[0] + h * xs[2] + w * xs[3], cin, xs[1], sample_step[n], offset,
+                      qd + n * image + ((h + padding[0]) * padded_w + w + padding[1]) * cin);
+    }
+  });
+
+  // Input row i: output pixel (n, oh, ow) at its first tap; step s: the tap and channel of weight
+  // 64 s of a row (tap-major), as an offset from there.
+  std::vector<int64_t> row(batch * pixels), step((groups32 + 1) / 2);
+  std::vector<float> row_step(batch * pixels);
+  for (int64_t i = 0; i < batch * pixels; ++i) {
+    const int64_t n = i / pixels, oh = i % pixels / out_w, ow = i % out_w;
+    row[i] = n * image + (oh * stride[0] * padded_w + ow * stride[1]) * cin;
+    row_step[i] = sample_step[n];
+  }
+  for (size_t s = 0; s < step.size(); ++s) {
+    const int64_t at = 64 * static_cast<int64_t>(s), tap = at / cin, channel = at % cin;
+    step[s] = (tap / kw * dilation[0] * padded_w + tap % kw * dilation[1]) * cin + channel;
+  }
+  const Int8Inputs in{qd, row.data(), step.data(), row_step.data()};
+  auto out = at::empty({batch, rows, out_h, out_w}, at::kFloat);
+  const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
+  const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t n = 0; n < batch; ++n)  // a sample's output: [rows, pixels]
+      ternary_rows_int8(path, planes, groups32, w, in, n * pixels, (n + 1) * pixels, r0, r1,
+                        out.data_ptr<float>() + n * (rows - 1) * pixels, 1, pixels);
+  });
+  if (bias && bias->defined()) out.add_(bias->view({1, rows, 1, 1}));
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> pack_op(const at::Tensor& weight, double wp, double wn) {
@@ -167,5 +252,8 @@ TORCH_LIBRARY(ttq, m) {
   m.def("conv2d(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> Tensor",
         &ttq::ops::conv2d);
+  m.def("conv2d_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, "
+        "int[] padding, int[] dilation, int groups) -> Tensor",
+        &ttq::ops::conv2d_int8);
   m.def("kernel() -> str", &ttq::ops::kernel_op);
 }

@@ -125,6 +125,44 @@ class OnEveryPath(unittest.TestCase):
                 self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (path, cin, cout, k, groups))
 
 
+    def test_conv2d_int8_matches_the_reference_on_its_quantized_inputs(self):
+        # Each sample rounded to int8 with the scale max|x| / 127, the weight's two scales put on one
+        # int8 grid; the integer sums are exact, so the result is the float convolution on those
+        # values. The codes are tap-major ([out, kh, kw, in]). Layers with groups or in-channels that
+        # are not a multiple of 64 (and a kernel larger than 1x1) run the exact float path.
+        # (in, out, kernel, stride, padding, dilation, groups, batch, size)
+        cases = [(64, 64, 3, 1, 1, 1, 1, 2, 9), (128, 32, 3, 2, 1, 1, 1, 1, 11), (64, 16, 1, 1, 0, 1, 1, 3, 7),
+                 (40, 24, 1, 2, 0, 1, 1, 1, 8), (64, 8, 3, 1, 2, 2, 1, 1, 13), (128, 20, (3, 1), (2, 1), (1, 0), 1, 1, 2, 8),
+                 (64, 5, 5, 1, 2, 1, 1, 1, 3),  # fewer output pixels than a block of inputs
+                 (3, 8, 3, 1, 1, 1, 1, 1, 9), (32, 16, 3, 1, 1, 1, 1, 1, 6), (64, 64, 3, 1, 1, 1, 64, 1, 6)]
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for n, (cin, cout, k, stride, padding, dilation, groups, batch, size) in enumerate(cases):
+                ks = (k, k) if isinstance(k, int) else k
+                shape = [cout, cin // groups, *ks]
+                wp, wn = (0.5, 0.7) if n % 2 else (-0.05, 0.4)  # TTQ may keep a scale that turned negative
+                w = ternary(shape, wp=wp, wn=wn, seed=cin + cout)
+                codes, scales = torch.ops.ttq.pack(w.permute(0, 2, 3, 1).contiguous(), wp, wn)
+                bias = torch.randn(cout)
+                x = torch.randn(batch, cin, size, size + 1)[..., 1:]  # not contiguous
+                x[0] = 0  # an all-zero sample has no scale to divide by
+                pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+                got = torch.ops.ttq.conv2d_int8(x, codes, scales, shape, bias, pair(stride), pair(padding),
+                                                pair(dilation), groups)
+                exact = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+                if groups > 1 or (cin % 64 and ks != (1, 1)):
+                    want = exact
+                else:
+                    step = (x.abs().amax((1, 2, 3), keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+                    grid = max(abs(wp), abs(wn)) / 127
+                    w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+                    want = F.conv2d(torch.round(x / step) * step, w8, bias, stride, padding, dilation)
+                    self.assertLess((got - exact).abs().max(), 0.05 * exact.abs().max())
+                self.assertEqual(got.shape, want.shape)
+                self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4),
+                                (path, cin, cout, k, groups, (got - want).abs().max()))
+
+
 class Packing(unittest.TestCase):
     def test_round_trip_is_bit_exact_with_any_scales(self):
         for wp, wn in ((0.3, 0.2), (1.0, 1.0), (-0.05, 0.4)):  # TTQ keeps scales that turned negative
@@ -245,6 +283,25 @@ class PackedModels(Workdir):
         self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
         r = ttq("export", ternary, "--activations", "int8", "-o", self.out("x.ttqz"))
         self.assert_one_error_line(r, 2, r"--activations applies to --format packed only")
+
+    def test_int8_convolutions_in_resnet18_and_back_bit_exact(self):
+        # ResNet-18's convolutions (in-channels 64 and more) run ttq::conv2d_int8 on tap-major codes;
+        # the outputs stay near the float path's, and the float32 model comes back bit-exact.
+        ternary, packed, _ = self.packed("resnet18.pt")
+        int8 = self.out("int8.pt")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(str(torch.jit.load(int8).inlined_graph).count("ttq::conv2d_int8("), 19)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            want, got = torch.jit.load(packed)(x), torch.jit.load(int8)(x)
+        self.assertLess((got - want).abs().max(), 0.1 * want.abs().max())
+        back = self.out("back.pt")
+        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
+        self.assertEqual(sa.keys(), sb.keys())
+        for k in sa:
+            self.assertTrue(torch.equal(sa[k], sb[k]), k)
 
     def test_back_to_the_float_model_bit_exact_and_read_by_every_command(self):
         ternary, packed, _ = self.packed("resnet18.pt")
