@@ -124,7 +124,7 @@ Command register_export(CLI::App& app) {
       ->capture_default_str();
   add_choice_option(sub, "--fp-dtype", args->options.fp_dtype, "storage of float32 full-precision tensors in the archive");
   args->activations_option =
-      add_choice_option(sub, "--activations", args->activations, "packed models: what linear layers compute on");
+      add_choice_option(sub, "--activations", args->activations, "packed models: what linear and convolution layers compute on");
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_export(*args); }};
 }

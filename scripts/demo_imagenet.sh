@@ -3,7 +3,9 @@
 # for a few hundred steps (10 epochs of 31) on a generated folder DIR/train/<class>/*.JPEG, DIR/val/<class>/*.JPEG
 # (500x375 JPEGs, some grayscale, some CMYK, some PNG), decoded per batch with random resized crops,
 # then `ttq eval` on val/. Fails when the ternary model does not learn the classes (val top-1 below
-# 90%; chance is 10%; measured 100%). About two minutes on two cores.
+# 90%; chance is 10%; measured 100%), or when the model packed with int8 activations (its 19
+# ternary convolutions on int8 inputs) predicts another class than the float path for more than 1%
+# of the val/ images, as PyTorch loads and runs both. About two minutes on two cores.
 # Usage: scripts/demo_imagenet.sh [EPOCHS [SIZE]]   (defaults 10 and 64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +28,19 @@ $ttq finetune "$out/resnet18.pt" -o "$out/resnet18.ttq.pt" --data "imagefolder:$
   --log-every 25 --progress >&2
 $ttq eval "$out/resnet18.ttq.pt" --data "imagefolder:$out/imagenet" --image-size "$size" --json | tee "$out/eval.json"
 $ttq stats "$out/run.jsonl" --expect 'top1>=0.9' --expect 'wp>0' --expect 'wn>0' >&2
+$ttq export "$out/resnet18.ttq.pt" --format packed -o "$out/resnet18.packed.pt" >&2
+$ttq export "$out/resnet18.ttq.pt" --format packed --activations int8 -o "$out/resnet18.int8.pt" >&2
+/usr/bin/python3 - "$out" "$size" <<'PY'
+import sys, torch, torchvision.transforms as T
+from torchvision.datasets import ImageFolder
+out, size = sys.argv[1], int(sys.argv[2])
+torch.ops.load_library("build/plugins/libttq_ops.so")
+val = ImageFolder(f"{out}/imagenet/val", T.Compose([T.Resize(int(size / 0.875)), T.CenterCrop(size), T.ToTensor(),
+                                                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))
+x = torch.stack([image for image, _ in val])
+with torch.no_grad():
+    exact, int8 = (torch.jit.load(f"{out}/resnet18.{kind}.pt").eval()(x).argmax(1) for kind in ("packed", "int8"))
+agree = (exact == int8).float().mean().item()
+print(f"int8 activations agree with the float path on {agree:.1%} of {len(val)} val images", file=sys.stderr)
+sys.exit(0 if agree >= 0.99 else 1)
+PY
