@@ -72,7 +72,12 @@ const char* packed_op(const torch::jit::Use& use, size_t dim, Activations activa
   return nullptr;
 }
 
-// The shape of a layer's codes: its weight's, or tap-major (packed_model.h).
+// Tap-major codes (packed_model.h): the permutation from a weight [out, in, kh, kw] to the order of
+// its codes [out, kh, kw, in], and back.
+const std::vector<int64_t> kToTapMajor{0, 2, 3, 1};
+const std::vector<int64_t> kFromTapMajor{0, 3, 1, 2};
+
+// The shape of a layer's codes: its weight's, or tap-major.
 std::vector<int64_t> codes_shape(const std::vector<int64_t>& shape, Activations activations) {
   if (!tap_major(shape, activations)) return shape;
   return {shape[0], shape[2], shape[3], shape[1]};
@@ -263,16 +268,16 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
   torch::jit::WithInsertPoint guard(user);
   Value* codes = graph.insertGetAttr(read.owner, codes_name(read.attribute));
   auto packed_form = [&] {
-    const bool reordered = tap_major(read.shape, read.activations);
-    std::vector<Value*> inputs{codes, graph.insertGetAttr(read.owner, scales_name(read.attribute)),
-                               graph.insertConstant(c10::IValue(op ? read.shape : codes_shape(read.shape, read.activations)))};
-    if (!op && !reordered) return insert_op(graph, "ttq::unpack", inputs);
-    if (!op)
-      return graph.insert(c10::aten::permute, {torch::jit::NamedValue(insert_op(graph, "ttq::unpack", inputs)),
-                                               torch::jit::NamedValue(std::vector<int64_t>{0, 3, 1, 2})});
-    inputs.insert(inputs.begin(), user->input(0));
-    for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
-    return insert_op(graph, op, inputs);
+    Value* scales = graph.insertGetAttr(read.owner, scales_name(read.attribute));
+    if (op) {  // the ops take the weight's shape, whatever the order of its codes
+      std::vector<Value*> inputs{user->input(0), codes, scales, graph.insertConstant(c10::IValue(read.shape))};
+      for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
+      return insert_op(graph, op, inputs);
+    }
+    Value* weight = insert_op(graph, "ttq::unpack",
+                              {codes, scales, graph.insertConstant(c10::IValue(codes_shape(read.shape, read.activations)))});
+    if (!tap_major(read.shape, read.activations)) return weight;
+    return graph.insert(c10::aten::permute, {torch::jit::NamedValue(weight), torch::jit::NamedValue(kFromTapMajor)});
   };
   Value* replacement = nullptr;
   if (!read.shared_with_float) {
@@ -382,7 +387,7 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
     const torch::Tensor weight = slot.owner.attr(slot.attribute).toTensor();
     ops::Packed codes;
     try {
-      codes = ops::pack(tap_major(layer.shape, activations) ? weight.permute({0, 2, 3, 1}).contiguous() : weight,
+      codes = ops::pack(tap_major(layer.shape, activations) ? weight.permute(kToTapMajor).contiguous() : weight,
                         layer.wp, layer.wn);
     } catch (const c10::Error& e) {
       throw input_error(fmt::format("layer {}: {}", name, short_message(e.what_without_backtrace())));
@@ -455,7 +460,7 @@ bool tap_major(const std::vector<int64_t>& shape, Activations activations) {
 torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer, Activations activations) {
   return with_packed(module, layer, [&](const torch::Tensor& codes, const torch::Tensor& scales) {
     const auto weight = ops::unpack(codes, scales, codes_shape(layer.shape, activations));
-    return tap_major(layer.shape, activations) ? weight.permute({0, 3, 1, 2}).contiguous() : weight;
+    return tap_major(layer.shape, activations) ? weight.permute(kFromTapMajor).contiguous() : weight;
   });
 }
 

@@ -1,4 +1,4 @@
-// The ternary matrix-vector kernels behind ttq::linear and ttq::linear_int8, one per instruction
+// The ternary kernels behind ttq::linear, ttq::linear_int8 and ttq::conv2d_int8, one per instruction
 // set, chosen at run time by the CPU's features (or TTQ_KERNEL=portable|avx2|avx512, for tests and
 // benchmarks). avx512 means AVX-512 F, BW and VNNI (vpdpbusd); a CPU with less takes avx2.
 #pragma once

@@ -1,6 +1,6 @@
-// The int8 kernels behind ttq::linear_int8 (see kernels.h). The inputs arrive as int8 and the row's
-// weights become int8 bytes {+p, 0, -n} (Int8Weights), so one integer product per weight computes
-// the row, exactly in int32: one vpdpbusd does 64 of them.
+// The int8 kernels behind ttq::linear_int8 and ttq::conv2d_int8 (see kernels.h). The inputs arrive
+// as int8 and the row's weights become int8 bytes {+p, 0, -n} (Int8Weights), so one integer product
+// per weight computes the row, exactly in int32: one vpdpbusd does 64 of them.
 // GCC 12 warns about its own AVX-512 headers (_mm512_undefined_epi32 in the reductions).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -15,9 +15,9 @@
 namespace ttq::ops {
 namespace {
 
-// Rows are taken in blocks of kRowBlock and, for each block, the inputs in blocks of up to
-// kMaxInputs: a row's weights are expanded to bytes once per step and serve every input of the
-// block, and a block of inputs (L1) meets many rows per load.
+// Rows meet inputs in blocks of up to kMaxInputs inputs (rows_int8 below): a row's weights are
+// expanded to bytes once per step and serve every input of the block, and a block of inputs (L1)
+// meets many rows per load. Where the inputs outweigh the rows, the rows come kRowBlock at a time.
 constexpr int64_t kRowBlock = 16;
 constexpr int kMaxInputs = 8;
 
@@ -28,15 +28,15 @@ constexpr int kRowsAtOnce = 2;
 using BlockDots = void (*)(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* const* x,
                            const int64_t* step, int n, int32_t* dot);
 
-// Where group g's 32 bytes start within an input.
-inline int64_t group_at(const int64_t* step, int64_t g) { return step[g / 2] + 32 * (g % 2); }
-
 // The same for one row, by the kernels that take rows one at a time.
 template <void (*row_dots)(const uint32_t*, int64_t, Int8Weights, const uint8_t* const*, const int64_t*, int, int32_t*)>
 void each_row(const uint32_t* p, int64_t groups, int count, Int8Weights w, const uint8_t* const* x,
               const int64_t* step, int n, int32_t* dot) {
   for (int r = 0; r < count; ++r) row_dots(p + r * groups * 2, groups, w, x, step, n, dot + r * kMaxInputs);
 }
+
+// Where group g's 32 bytes start within an input.
+inline int64_t group_at(const int64_t* step, int64_t g) { return step[g / 2] + 32 * (g % 2); }
 
 void row_portable(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* const* x, const int64_t* step,
                   int n, int32_t* dot) {
@@ -257,7 +257,7 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
   const uint8_t* x[kMaxInputs];
   const int count = static_cast<int>(ie - ib);
   for (int i = 0; i < count; ++i) x[i] = in.data + in.row[ib + i];
-  int32_t dot[kDecodedRowsAtOnce * kMaxInputs];
+  int32_t dot[std::max(kRowsAtOnce, kDecodedRowsAtOnce) * kMaxInputs];
   for (int64_t r = rb; r < re; r += rows_at_once) {
     const int here = static_cast<int>(std::min<int64_t>(rows_at_once, re - r));
     dots(r, here, x, count, dot);
@@ -274,14 +274,9 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
 template <class Prepare, class Dots>
 void rows_int8(Prepare prepare, Dots dots, int rows_at_once, const Int8Inputs& in, Int8Weights w, int64_t i0,
                int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
-  if (4 * (i1 - i0) > r1 - r0) {
-    prepare(r0, r1);
-    for (int64_t ib = i0; ib < i1; ib += kMaxInputs)
-      write_block(dots, rows_at_once, in, w, r0, r1, ib, std::min(ib + kMaxInputs, i1), y, y_input, y_row);
-    return;
-  }
-  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-    const int64_t re = std::min(rb + kRowBlock, r1);
+  const int64_t row_block = 4 * (i1 - i0) > r1 - r0 ? r1 - r0 : kRowBlock;
+  for (int64_t rb = r0; rb < r1; rb += row_block) {
+    const int64_t re = std::min(rb + row_block, r1);
     prepare(rb, re);
     for (int64_t ib = i0; ib < i1; ib += kMaxInputs)
       write_block(dots, rows_at_once, in, w, rb, re, ib, std::min(ib + kMaxInputs, i1), y, y_input, y_row);

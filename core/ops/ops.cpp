@@ -106,6 +106,12 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
   return linear_output(out, bias, input);
 }
 
+// The step of the int8 grid of each slice of x over `dims`: its largest magnitude maps to 127 (one
+// for an all-zero slice, which has no scale to divide by).
+at::Tensor int8_steps(const at::Tensor& x, c10::IntArrayRef dims) {
+  return (x.abs().amax(dims, true) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
+}
+
 // Input rows quantized to int8 with one scale each (dynamic, symmetric: the row's largest magnitude
 // maps to 127), as PyTorch's dynamic quantization and bitnet.cpp's W1.58A8 kernels do, and the
 // layer's two scales put on one int8 grid (int8_weights); every batch size runs the int8 kernels,
@@ -118,7 +124,7 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const int64_t n = x.size(0), groups = packed_groups(k), stride = (groups * kGroup + 63) / 64 * 64;
   const KernelPath path = selected_path();
   const bool offset = int8_offset(path);
-  const auto q_scale = (x.abs().amax(1, true) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
+  const auto q_scale = int8_steps(x, 1);
   auto q = at::zeros({n, stride}, at::kByte);
   auto rounded = at::round(x / q_scale);
   if (offset) q.narrow(1, 0, k).copy_(rounded.add_(128));
@@ -160,8 +166,9 @@ bool runs_int8(c10::IntArrayRef shape, int64_t groups) {
 // conv2d on int8 inputs: each sample quantized with one scale (max |x| / 127) into a zero-padded
 // NHWC image, then every output pixel is a row of the int8 kernels whose steps walk the taps
 // (implicit GEMM: no im2col copy). The codes are tap-major, [out, kh, kw, in] (packed_model.h), so
-// that a tap's channels are contiguous in both. The output is channels-last, which the next layer's
-// quantization then reads in order. Other layers (groups, odd channel counts) run the float path.
+// that a tap's channels are contiguous in both. Threads split the output channels, as the batch
+// norm that usually follows splits them. Other layers (groups, odd channel counts) run the float
+// path.
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
@@ -187,7 +194,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const KernelPath path = selected_path();
   const bool offset = int8_offset(path);
 
-  const auto step_of = (input.abs().amax({1, 2, 3}) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
+  const auto step_of = int8_steps(input, {1, 2, 3});
   const float* sample_step = step_of.data_ptr<float>();
   // Zero-padded NHWC images, and 64 bytes more that a last 1x1 step may read.
   auto q = at::full({batch * image + 64}, offset ? 128 : 0, at::kByte);
@@ -221,9 +228,12 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t n = 0; n < batch; ++n)  // a sample's output: [rows, pixels]
-      ternary_rows_int8(path, planes, groups32, w, in, n * pixels, (n + 1) * pixels, r0, r1,
-                        out.data_ptr<float>() + n * (rows - 1) * pixels, 1, pixels);
+    for (int64_t n = 0; n < batch; ++n) {
+      // Input i = n · pixels + p, row r lands at out[n][r][p]: n · rows · pixels + r · pixels + p.
+      float* sample = out.data_ptr<float>() + n * rows * pixels;
+      ternary_rows_int8(path, planes, groups32, w, in, n * pixels, (n + 1) * pixels, r0, r1, sample - n * pixels, 1,
+                        pixels);
+    }
   });
   if (bias && bias->defined()) out.add_(bias->view({1, rows, 1, 1}));
   return out;
