@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <malloc.h>
+
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -58,5 +60,11 @@ std::vector<uint8_t> read_file(const std::string& path) {
 }
 
 int cpu_cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+void release_free_memory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
 
 }  // namespace ttq

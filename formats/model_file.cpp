@@ -37,6 +37,7 @@ OpenedModel open_model(const std::string& path, PackedAs packed) {
       opened.kind == ModelFileKind::Archive ? read_archive(path) : load_torchscript(path);
   if (opened.packed() && packed == PackedAs::Float) static_cast<LoadedModel&>(opened) = restore_packed(opened, path);
   if (opened.packed()) check_packed_layers(opened.module, opened.metadata->layers, opened.metadata->packed);
+  release_free_memory();
   return opened;
 }
 
@@ -50,6 +51,7 @@ torch::jit::Module load_packed(const std::string& path, Activations activations)
   if (report.packed.empty())
     throw input_error(fmt::format("{}: no ternary layer is a linear or conv2d weight that can run packed", path));
   opened.module.eval();
+  release_free_memory();  // the float32 weights just packed
   return opened.module;
 }
 

@@ -11,8 +11,9 @@
 #    MLP memory >= 10x less than FP32, also after a run);
 #  - torchvision's ResNet-18 at 224x224 (targets: float <= 1.1x the FP32 latency, int8 >= 1.5x
 #    faster, >= 10x less memory once loaded, the file >= 12x smaller); with the paper's first/last
-#    rule (the first convolution and the 1000-class fc, 2 MiB, stay float32) and with every layer
-#    ternary (resnet18_all).
+#    rule (the first convolution and the 1000-class fc, 2 MiB, stay float32), with every layer
+#    ternary (resnet18_all), and with the rule and a 10-class fc (resnet18_10, as the demos
+#    fine-tune it).
 # The float32 side is the ternary model with float32 weights: the same arithmetic as the FP32 model.
 # Usage: scripts/bench_packed.sh [RUNS [THREADS]]   (defaults 20 and one per core)
 set -euo pipefail
@@ -30,7 +31,7 @@ torch.backends.quantized.engine = "onednn" if "fbgemm" not in torch.backends.qua
 def save(m, name, example):
     m = m.eval()
     torch.jit.save(torch.jit.script(m), f"{out}/{name}.pt")
-    if name == "resnet18":  # dynamic quantization covers linear layers only
+    if name.startswith("resnet18"):  # dynamic quantization covers linear layers only
         return
     # Traced in training mode: PyTorch 1.13's eval-mode TransformerEncoderLayer fails with dynamically
     # quantized linears (its fast-path check reads linear1.weight, a method there); with dropout 0
@@ -44,6 +45,7 @@ save(nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.R
 layer = nn.TransformerEncoderLayer(1024, 16, 4096, dropout=0.0, batch_first=True)
 save(nn.Sequential(nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)), "encoder1024", torch.randn(1, 32, 1024))
 save(torchvision.models.resnet18(), "resnet18", None)
+save(torchvision.models.resnet18(num_classes=10), "resnet18_10", None)
 PY
 prepare() {  # NAME [QUANTIZE FLAGS...]: the ternary model and its packed forms
   local name=$1; shift
@@ -92,3 +94,7 @@ compare resnet18 3,224,224 1 int8 ttq
 cp "$out/resnet18.pt" "$out/resnet18_all.pt"
 prepare resnet18_all --quantize-first --quantize-last
 compare resnet18_all 3,224,224 1 float ttq
+compare resnet18_all 3,224,224 1 int8 ttq
+prepare resnet18_10
+compare resnet18_10 3,224,224 1 float ttq
+compare resnet18_10 3,224,224 1 int8 ttq

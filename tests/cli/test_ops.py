@@ -344,9 +344,10 @@ class PackedModels(Workdir):
         for m in doc["models"]:
             self.assertGreater(m["median_ms"], 0)
             self.assertGreaterEqual(m["peak_mib"], m["loaded_mib"])
-        # The float32 weights (42.7 MiB) are not held by the packed model once loaded.
+        # The float32 weights (42.7 MiB) are not held by the packed model once loaded: it holds its
+        # codes (2.7 MiB), the float layers and the program (10.7x less in all, measured).
         self.assertGreater(doc["models"][1]["loaded_mib"] - doc["models"][0]["loaded_mib"], 30)
-        self.assertGreater(doc["memory_ratio"], 3)
+        self.assertGreater(doc["memory_ratio"], 8)
         r = ttq("bench", packed, "--input-shape", "5,7")
         self.assert_one_error_line(r, 1, r"the model rejects inputs of shape \[1, 5, 7\]")
 
