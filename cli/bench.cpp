@@ -20,6 +20,7 @@
 #include "core/objective.h"
 #include "core/util.h"
 #include "formats/model_file.h"
+#include "plugins/dataset.h"
 
 extern char** environ;
 
@@ -30,6 +31,7 @@ struct BenchArgs {
   std::string model, vs;
   int64_t batch = 1;
   std::vector<int64_t> input_shape{3, 224, 224};
+  std::string data;  // a dataset spec: its first samples are the input instead
   int runs = 20, warmup = 3, threads = 0;
   bool json = false;
   bool memory_probe = false;  // internal: print this process's memory figures for MODEL as JSON
@@ -53,11 +55,22 @@ struct Memory {
   double loaded = 0, after = 0, peak = 0;  // MiB above LibTorch's baseline
 };
 
-torch::Tensor bench_input(const BenchArgs& a) {
-  std::vector<int64_t> shape{a.batch};
-  shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
-  torch::manual_seed(0);
-  return torch::randn(shape);
+// The model's inputs: the first --batch samples of --data's test split (its training split when it
+// has no test split) as preprocessed for the model, or a random float32 tensor of --input-shape.
+std::vector<torch::Tensor> bench_inputs(const BenchArgs& a) {
+  if (a.data.empty()) {
+    std::vector<int64_t> shape{a.batch};
+    shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
+    torch::manual_seed(0);
+    return {torch::randn(shape)};
+  }
+  const DataSplits data = load_dataset(a.data);
+  const Dataset& split = data.test.size() > 0 ? data.test : data.train;
+  if (split.size() < a.batch)
+    throw input_error(fmt::format("{} has {} sample(s); --batch asks for {}", data.name, split.size(), a.batch));
+  std::vector<torch::Tensor> inputs;
+  for (const auto& t : prepare_inputs(split, torch::arange(a.batch), data.defaults)) inputs.push_back(t.clone());
+  return inputs;
 }
 
 // LibTorch's baseline: its start-up and its TorchScript runtime, which the first model loaded in a
@@ -73,15 +86,16 @@ void warm_up_torchscript() {
 }
 
 void run_memory_probe(const BenchArgs& a) {
-  const auto input = bench_input(a);
+  const auto inputs = bench_inputs(a);  // the dataset it came from is freed and handed back below
   torch::NoGradGuard no_grad;
   warm_up_torchscript();
+  release_free_memory();
   const int64_t baseline = rss_kib().first;
   torch::jit::Module m = open_model(a.model, PackedAs::Stored).module;
   m.eval();
   const int64_t loaded = rss_kib().first;
   reset_peak();
-  run_model(m, {input});
+  run_model(m, inputs);
   const auto [after, peak] = rss_kib();
   fmt::print("{}\n", nlohmann::json{{"baseline_kib", baseline}, {"loaded_kib", loaded},
                                     {"after_kib", after}, {"peak_kib", peak}}.dump());
@@ -91,8 +105,11 @@ void run_memory_probe(const BenchArgs& a) {
 Memory measure_memory(const BenchArgs& a, const std::string& model) {
   std::string shape;
   for (const auto d : a.input_shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
-  const std::vector<std::string> args{"ttq", "bench", model, "--memory-probe", "--batch", std::to_string(a.batch),
-                                      "--input-shape", shape, "--threads", std::to_string(a.threads)};
+  std::vector<std::string> args{"ttq", "bench", model, "--memory-probe", "--batch", std::to_string(a.batch),
+                                "--threads", std::to_string(a.threads)};
+  for (const auto& arg : a.data.empty() ? std::vector<std::string>{"--input-shape", shape}
+                                        : std::vector<std::string>{"--data", a.data})
+    args.push_back(arg);
   std::vector<char*> argv;
   for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
@@ -135,24 +152,33 @@ void run_bench(BenchArgs& a) {
     models.push_back(open_model(p, PackedAs::Stored).module);
     models.back().eval();
   }
-  const auto input = bench_input(a);
+  const auto inputs = bench_inputs(a);
   torch::NoGradGuard no_grad;
   using Clock = std::chrono::steady_clock;
   std::vector<std::vector<double>> ms(models.size());
   for (int run = -a.warmup; run < a.runs; ++run)
     for (size_t i = 0; i < models.size(); ++i) {  // alternated: both see the same machine
       const auto t0 = Clock::now();
-      run_model(models[i], {input});
+      run_model(models[i], inputs);
       if (run >= 0) ms[i].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
   std::vector<Memory> memory;
   for (const auto& p : paths) memory.push_back(measure_memory(a, p));
 
-  nlohmann::json doc{{"batch", a.batch}, {"input_shape", a.input_shape}, {"runs", a.runs},
-                     {"threads", at::get_num_threads()}, {"models", nlohmann::json::array()}};
+  nlohmann::json doc{{"batch", a.batch}, {"runs", a.runs}, {"threads", at::get_num_threads()},
+                     {"inputs", nlohmann::json::array()}, {"models", nlohmann::json::array()}};
+  std::string shapes;
+  for (const auto& t : inputs) {
+    doc["inputs"].push_back(t.sizes().vec());
+    shapes += (shapes.empty() ? "" : ", ") + bracketed_shape(t.sizes().vec());
+  }
+  if (a.data.empty())
+    doc["input_shape"] = a.input_shape;
+  else
+    doc["data"] = a.data;
   if (!a.json) {
-    fmt::print("{} run(s) of batch {} after {} warm-up, {} thread(s); memory above LibTorch's baseline\n", a.runs,
-               a.batch, a.warmup, at::get_num_threads());
+    fmt::print("{} run(s) on {}{} after {} warm-up, {} thread(s); memory above LibTorch's baseline\n", a.runs, shapes,
+               a.data.empty() ? " (random)" : " from " + a.data, a.warmup, at::get_num_threads());
     fmt::print("{:<40}  {:>12}  {:>12}  {:>12}  {:>12}\n", "model", "median", "loaded", "after a run", "peak");
   }
   for (size_t i = 0; i < models.size(); ++i) {
@@ -185,10 +211,13 @@ Command register_bench(CLI::App& app) {
   sub->add_option("--vs", a->vs, "a second model to run alternately with the first (the ratio is measured in one run)")
       ->type_name("FILE");
   sub->add_option("--batch", a->batch, "samples per run")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--input-shape", a->input_shape, "the input's shape after the batch dimension")
-      ->delimiter(',')
-      ->type_name("D,...")
-      ->capture_default_str();
+  auto* shape = sub->add_option("--input-shape", a->input_shape, "the random float32 input's shape after the batch dimension")
+                    ->delimiter(',')
+                    ->type_name("D,...")
+                    ->capture_default_str();
+  sub->add_option("--data", a->data, "run on the first samples of this dataset instead (token ids, several inputs)")
+      ->type_name("SPEC")
+      ->excludes(shape);
   sub->add_option("--runs", a->runs, "timed runs of each model")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--warmup", a->warmup, "untimed runs first")->capture_default_str()->check(CLI::NonNegativeNumber);
   sub->add_option("--threads", a->threads, "CPU threads (default: one per core)")

@@ -158,13 +158,21 @@ class Signals(Workdir):
         self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_sigterm_during_quantize_says_so_and_leaves_nothing(self):
-        p = start("quantize", fixture("resnet18.pt"), "-o", self.out("r.pt"), "-q")
-        self.assertTrue(wait_for(lambda: temps(self.dir)), "quantize never wrote")
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=60)
-        self.assertEqual(p.returncode, 130, err)
-        self.assertEqual(err, "ttq: error: interrupted\n")
-        self.assertEqual(os.listdir(self.dir), [])
+        # The signal is sent once the output's temporary file appears; on a loaded machine the write
+        # may finish before it arrives, so that attempt is a normal run and another one is made.
+        for _ in range(5):
+            p = start("quantize", fixture("resnet18.pt"), "-o", self.out("r.pt"), "-q")
+            self.assertTrue(wait_for(lambda: temps(self.dir)), "quantize never wrote")
+            p.send_signal(signal.SIGTERM)
+            out, err = p.communicate(timeout=60)
+            if p.returncode == 0:
+                os.remove(self.out("r.pt"))
+                continue
+            self.assertEqual(p.returncode, 130, err)
+            self.assertEqual(err, "ttq: error: interrupted\n")
+            self.assertEqual(os.listdir(self.dir), [])
+            return
+        self.fail("quantize finished before the signal in every attempt")
 
 
 class Checkpoints(Workdir):

@@ -351,6 +351,23 @@ class PackedModels(Workdir):
         r = ttq("bench", packed, "--input-shape", "5,7")
         self.assert_one_error_line(r, 1, r"the model rejects inputs of shape \[1, 5, 7\]")
 
+    def test_bench_runs_models_on_samples_of_a_dataset(self):
+        # A text classifier takes token ids and a mask: --data gives it both, from real samples.
+        ternary, packed, _ = self.packed("text_classifier.pt", "--quantize-first", "--quantize-last")
+        data = "tensors:" + fixture("text_tokens.pt")
+        r = ttq("bench", packed, "--vs", ternary, "--data", data, "--batch", "3", "--runs", "2", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        stored = torch.load(fixture("text_tokens.pt"))
+        self.assertEqual(doc["data"], data)
+        self.assertEqual(doc["inputs"], [[3] + list(t.shape[1:]) for t in stored["x_test"]])
+        self.assertEqual(len(doc["models"]), 2)
+        self.assertTrue(all(m["median_ms"] > 0 for m in doc["models"]))
+        r = ttq("bench", packed, "--data", data, "--batch", "100000")
+        self.assert_one_error_line(r, 1, r"has \d+ sample\(s\); --batch asks for 100000")
+        r = ttq("bench", packed, "--data", data, "--input-shape", "16")
+        self.assertEqual(r.returncode, 2, r.stderr)
+
     def test_memory_freed_while_loading_goes_back_to_the_system(self):
         # Loading compiles the program and frees most of what compiling took, which glibc would keep
         # resident (a packed ViT: 17 MiB); ttq hands it back, so the model holds what it needs (4 MiB).
