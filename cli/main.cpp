@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/util.h"
 
 namespace {
 
@@ -28,6 +29,7 @@ int fail(int code, const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ttq::keep_freed_memory_for_reuse();
   CLI::App app{"Trained Ternary Quantization (TTQ) for TorchScript models", "ttq"};
   app.set_version_flag("--version", "ttq " TTQ_VERSION);
   app.require_subcommand(1);

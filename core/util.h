@@ -31,4 +31,13 @@ int cpu_cores();
 // transformer encoder leaves 38 MiB freed but resident against 2 MiB of program kept.
 void release_free_memory();
 
+// Has glibc keep freed memory for reuse instead of handing it back after every large free: a run of
+// a model frees and allocates the same activations again, which glibc's adaptive thresholds could
+// return to the system and fault back in on every run (a packed int8 ResNet-18: 2,500 page faults
+// and 30% of its time per inference), depending on what ran before (a float model alternated with
+// it raised them). The fixed thresholds make runs independent of one another; release_free_memory
+// still hands back what a load freed. PyTorch's CPU tuning guides recommend a caching allocator
+// (jemalloc, tcmalloc) for the same reason.
+void keep_freed_memory_for_reuse();
+
 }  // namespace ttq

@@ -5,7 +5,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <limits>
+#include <vector>
 
 #include "core/ops/kernels.h"
 #include "core/ops/packed.h"
@@ -34,6 +36,14 @@ at::Tensor scratch(int64_t numel) {
   thread_local at::Tensor buffer;
   if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, at::kFloat);
   return buffer.narrow(0, 0, numel);
+}
+
+// This thread's scratch for an int8 operator's quantized inputs, at least `bytes` long: as
+// `scratch`, one buffer reused by every call. Valid until the thread's next int8 call.
+uint8_t* input_scratch(int64_t bytes) {
+  thread_local std::vector<uint8_t> buffer;
+  if (buffer.size() < static_cast<size_t>(bytes)) buffer.resize(static_cast<size_t>(bytes));
+  return buffer.data();
 }
 
 // The [rows, k] weight as float32 in this thread's scratch, decoded by all threads.
@@ -107,9 +117,11 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& codes, const at::Te
 }
 
 // The step of the int8 grid of each slice of x over `dims`: its largest magnitude maps to 127 (one
-// for an all-zero slice, which has no scale to divide by).
+// for an all-zero slice, which has no scale to divide by). Largest and smallest, not |x|: no
+// temporary the size of x.
 at::Tensor int8_steps(const at::Tensor& x, c10::IntArrayRef dims) {
-  return (x.abs().amax(dims, true) / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
+  const auto largest = at::maximum(x.amax(dims, true), x.amin(dims, true).neg());
+  return (largest / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
 }
 
 // Input rows quantized to int8 with one scale each (dynamic, symmetric: the row's largest magnitude
@@ -125,14 +137,19 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const KernelPath path = selected_path();
   const bool offset = int8_offset(path);
   const auto q_scale = int8_steps(x, 1);
-  auto q = at::zeros({n, stride}, at::kByte);
-  auto rounded = at::round(x / q_scale);
-  if (offset) q.narrow(1, 0, k).copy_(rounded.add_(128));
-  else q.view(at::kChar).narrow(1, 0, k).copy_(rounded);
+  const float* row_step = q_scale.data_ptr<float>();
+  uint8_t* q = input_scratch(n * stride);
+  const auto xs = x.strides();
+  at::parallel_for(0, n, 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      quantize_int8(x.data_ptr<float>() + i * xs[0], k, xs[1], row_step[i], offset, q + i * stride);
+      std::memset(q + i * stride + k, offset ? 128 : 0, static_cast<size_t>(stride - k));  // zero past k
+    }
+  });
   std::vector<int64_t> row(n), step((groups + 1) / 2);
   for (int64_t i = 0; i < n; ++i) row[i] = i * stride;
   for (size_t s = 0; s < step.size(); ++s) step[s] = 64 * static_cast<int64_t>(s);
-  const Int8Inputs in{q.data_ptr<uint8_t>(), row.data(), step.data(), q_scale.data_ptr<float>()};
+  const Int8Inputs in{q, row.data(), step.data(), row_step};
   auto out = at::empty({n, rows}, at::kFloat);
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
@@ -197,8 +214,11 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const auto step_of = int8_steps(input, {1, 2, 3});
   const float* sample_step = step_of.data_ptr<float>();
   // Zero-padded NHWC images, and 64 bytes more that a last 1x1 step may read.
-  auto q = at::full({batch * image + 64}, offset ? 128 : 0, at::kByte);
-  uint8_t* qd = q.data_ptr<uint8_t>();
+  const int64_t q_bytes = batch * image + 64;
+  uint8_t* qd = input_scratch(q_bytes);
+  at::parallel_for(0, q_bytes, 1 << 16, [&](int64_t a, int64_t b) {
+    std::memset(qd + a, offset ? 128 : 0, static_cast<size_t>(b - a));
+  });
   const float* x = input.data_ptr<float>();
   const auto xs = input.strides();
   at::parallel_for(0, batch * height, 1, [&](int64_t a, int64_t b) {
