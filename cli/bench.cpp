@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/objective.h"
+#include "core/ops/kernels.h"
 #include "core/util.h"
 #include "formats/model_file.h"
 #include "plugins/dataset.h"
@@ -141,8 +142,18 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
+// The kernels packed models run with: the fastest this CPU has, or TTQ_KERNEL's.
+std::string kernel_path() {
+  try {
+    return ops::path_name(ops::selected_path());
+  } catch (const c10::Error& e) {
+    throw usage_error(short_message(e.what_without_backtrace()).substr(5));  // without the ops' "ttq: "
+  }
+}
+
 void run_bench(BenchArgs& a) {
   if (a.threads == 0) a.threads = cpu_cores();
+  const std::string kernels = kernel_path();
   at::set_num_threads(a.threads);
   if (a.memory_probe) return run_memory_probe(a);
   std::vector<std::string> paths{a.model};
@@ -165,7 +176,7 @@ void run_bench(BenchArgs& a) {
   std::vector<Memory> memory;
   for (const auto& p : paths) memory.push_back(measure_memory(a, p));
 
-  nlohmann::json doc{{"batch", a.batch}, {"runs", a.runs}, {"threads", at::get_num_threads()},
+  nlohmann::json doc{{"batch", a.batch}, {"runs", a.runs}, {"threads", at::get_num_threads()}, {"kernels", kernels},
                      {"inputs", nlohmann::json::array()}, {"models", nlohmann::json::array()}};
   std::string shapes;
   for (const auto& t : inputs) {
@@ -177,8 +188,9 @@ void run_bench(BenchArgs& a) {
   else
     doc["data"] = a.data;
   if (!a.json) {
-    fmt::print("{} run(s) on {}{} after {} warm-up, {} thread(s); memory above LibTorch's baseline\n", a.runs, shapes,
-               a.data.empty() ? " (random)" : " from " + a.data, a.warmup, at::get_num_threads());
+    fmt::print("{} run(s) on {}{} after {} warm-up, {} thread(s), {} kernels; memory above LibTorch's baseline\n",
+               a.runs, shapes, a.data.empty() ? " (random)" : " from " + a.data, a.warmup, at::get_num_threads(),
+               kernels);
     fmt::print("{:<40}  {:>12}  {:>12}  {:>12}  {:>12}\n", "model", "median", "loaded", "after a run", "peak");
   }
   for (size_t i = 0; i < models.size(); ++i) {

@@ -341,6 +341,7 @@ class PackedModels(Workdir):
         self.assertEqual(r.returncode, 0, r.stderr)
         doc = json.loads(r.stdout)
         self.assertEqual([m["model"] for m in doc["models"]], [packed, ternary])
+        self.assertEqual(doc["kernels"], torch.ops.ttq.kernel())
         for m in doc["models"]:
             self.assertGreater(m["median_ms"], 0)
             self.assertGreaterEqual(m["peak_mib"], m["loaded_mib"])
@@ -350,6 +351,13 @@ class PackedModels(Workdir):
         self.assertGreater(doc["memory_ratio"], 8)
         r = ttq("bench", packed, "--input-shape", "5,7")
         self.assert_one_error_line(r, 1, r"the model rejects inputs of shape \[1, 5, 7\]")
+        env = dict(os.environ, TTQ_KERNEL="portable")
+        r = subprocess.run([os.environ["TTQ_BIN"], "bench", packed, "--runs", "1", "--input-shape", "3,32,32", "--json"],
+                           capture_output=True, text=True, env=env)
+        self.assertEqual(json.loads(r.stdout)["kernels"], "portable", r.stderr)
+        env["TTQ_KERNEL"] = "sse9"
+        r = subprocess.run([os.environ["TTQ_BIN"], "bench", packed], capture_output=True, text=True, env=env)
+        self.assert_one_error_line(r, 2, r"TTQ_KERNEL=sse9 is not one of portable, avx2, avx512")
 
     def test_bench_runs_models_on_samples_of_a_dataset(self):
         # A text classifier takes token ids and a mask: --data gives it both, from real samples.
