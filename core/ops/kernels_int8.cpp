@@ -98,6 +98,58 @@ void row_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* c
   }
 }
 
+// AVX2 with many inputs: a row's bytes are decoded once (see decode_avx512 below), so that a
+// block of R rows and N inputs costs, per 32 weights, |w| once a row and for each input its sign
+// trick, maddubs and madd (no bit planes expanded per block of inputs).
+__attribute__((target("avx2"))) void decode_avx2(const uint32_t* p, int64_t groups, Int8Weights w, int64_t count,
+                                                 int64_t row_bytes, int8_t* bytes) {
+  const __m256i vp = _mm256_set1_epi8(w.pos), vn = _mm256_set1_epi8(w.neg);
+  for (int64_t r = 0; r < count; ++r, p += groups * 2)
+    for (int64_t g = 0; g < groups; ++g)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + r * row_bytes + 32 * g),
+                          _mm256_or_si256(_mm256_and_si256(bytes32(p[2 * g]), vp), _mm256_and_si256(bytes32(p[2 * g + 1]), vn)));
+}
+
+template <int R, int N>
+__attribute__((target("avx2"))) void block_decoded_avx2(const int8_t* bytes, int64_t row_bytes, int64_t groups,
+                                                        const uint8_t* const* x, const int64_t* step, int32_t* dot) {
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i acc[R][N];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < N; ++i) acc[r][i] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i wb[R], magnitude[R];
+    for (int r = 0; r < R; ++r) {
+      wb[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + r * row_bytes + 32 * g));
+      magnitude[r] = _mm256_sign_epi8(wb[r], wb[r]);
+    }
+    const int64_t at = group_at(step, g);
+    for (int i = 0; i < N; ++i) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + at));
+      for (int r = 0; r < R; ++r)
+        acc[r][i] = _mm256_add_epi32(
+            acc[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[r], _mm256_sign_epi8(q, wb[r])), ones16));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < N; ++i) dot[r * kMaxInputs + i] = sum8_epi32(acc[r][i]);
+}
+
+// Two rows and four inputs a block: 8 accumulators, the rows' bytes and magnitudes and one input
+// in the 16 registers.
+constexpr int kDecodedRowsAvx2 = 2;
+
+template <int R>
+void decoded_rows_avx2(const int8_t* bytes, int64_t row_bytes, int64_t groups, const uint8_t* const* x,
+                       const int64_t* step, int n, int32_t* dot) {
+  for (; n >= 4; n -= 4, x += 4, dot += 4) block_decoded_avx2<R, 4>(bytes, row_bytes, groups, x, step, dot);
+  switch (n) {
+    case 3: return block_decoded_avx2<R, 3>(bytes, row_bytes, groups, x, step, dot);
+    case 2: return block_decoded_avx2<R, 2>(bytes, row_bytes, groups, x, step, dot);
+    case 1: return block_decoded_avx2<R, 1>(bytes, row_bytes, groups, x, step, dot);
+  }
+}
+
 // AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the inputs arrive offset to
 // unsigned (q + 128, int8_offset) and the offset's share, 128 · Σ w, comes off at the end.
 // Two groups (64 weights) a step; R rows and N inputs a block, each input loaded once for the R rows
@@ -293,28 +345,36 @@ void rows_int8_packed(BlockDots dots, const uint32_t* planes, int64_t groups, In
             kRowsAtOnce, in, w, i0, i1, r0, r1, y, y_input, y_row);
 }
 
-void rows_int8_decoded(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in, int64_t i0,
-                       int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+// The rows decoded to bytes, by AVX-512 (inputs offset, each row's offset share kept) or AVX2.
+void rows_int8_decoded(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
   thread_local std::vector<int8_t> bytes;
   thread_local std::vector<int32_t> offset;
+  const bool avx512 = path == KernelPath::Avx512;
   const int64_t steps = (groups + 1) / 2, row_bytes = 64 * steps;
   int64_t first = 0;
   auto prepare = [&](int64_t rb, int64_t re) {
     bytes.resize(static_cast<size_t>((re - rb) * row_bytes));
     offset.resize(static_cast<size_t>(re - rb));
-    decode_avx512(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data(), offset.data());
+    if (avx512)
+      decode_avx512(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data(), offset.data());
+    else
+      decode_avx2(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data());
     first = rb;
   };
   auto dots = [&](int64_t r, int here, const uint8_t* const* x, int count, int32_t* dot) {
     const int8_t* b = bytes.data() + (r - first) * row_bytes;
     const int32_t* o = offset.data() + (r - first);
+    if (!avx512)
+      return here == 2 ? decoded_rows_avx2<2>(b, row_bytes, groups, x, in.step, count, dot)
+                       : decoded_rows_avx2<1>(b, row_bytes, groups, x, in.step, count, dot);
     switch (here) {
       case 3: return decoded_rows<3>(b, row_bytes, steps, o, x, in.step, count, dot);
       case 2: return decoded_rows<2>(b, row_bytes, steps, o, x, in.step, count, dot);
       default: return decoded_rows<1>(b, row_bytes, steps, o, x, in.step, count, dot);
     }
   };
-  rows_int8(prepare, dots, kDecodedRowsAtOnce, in, w, i0, i1, r0, r1, y, y_input, y_row);
+  rows_int8(prepare, dots, avx512 ? kDecodedRowsAtOnce : kDecodedRowsAvx2, in, w, i0, i1, r0, r1, y, y_input, y_row);
 }
 
 }  // namespace
@@ -341,9 +401,10 @@ void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, 
                        int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
   switch (path) {
     case KernelPath::Avx512:
-      if (i1 - i0 >= kMaxInputs) return rows_int8_decoded(planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
+      if (i1 - i0 >= kMaxInputs) return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
       return rows_int8_packed(dots_avx512, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
     case KernelPath::Avx2:
+      if (i1 - i0 >= kMaxInputs) return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
       return rows_int8_packed(each_row<row_avx2>, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
     case KernelPath::Portable: break;
   }
