@@ -15,10 +15,15 @@
 #    ternary (resnet18_all), and with the rule and a 10-class fc (resnet18_10, as the demos
 #    fine-tune it).
 # The float32 side is the ternary model with float32 weights: the same arithmetic as the FP32 model.
-# Usage: scripts/bench_packed.sh [RUNS [THREADS]]   (defaults 20 and one per core)
+# Usage: scripts/bench_packed.sh [RUNS [THREADS [avx2]]]   (defaults 20, one per core)
+# With avx2, an AVX2-only machine as far as one can be simulated on a newer one: ttq's AVX2 kernels
+# (TTQ_KERNEL), oneDNN and OpenBLAS limited to AVX2 for the float32 and quantize_dynamic models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}; threads=${2:-$(nproc)}
+if [[ ${3:-} == avx2 ]]; then
+  export TTQ_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell
+fi
 scripts/setup.sh
 out=out/bench_packed
 mkdir -p "$out"
