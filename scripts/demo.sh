@@ -2,8 +2,9 @@
 # Installs what is missing, builds, and runs the main job end to end: TTQ's claim on the embedded
 # default data (Fashion-MNIST from Debian's dataset-fashion-mnist). A full-precision CNN is trained
 # with `ttq finetune --fp`; `ttq finetune` turns it ternary; `ttq stats` checks and plots that run;
-# `ttq export` packs the ternary model into a .ttqz archive and restores it; PyTorch evaluates the FP
-# model and the restored ternary one on the test set. Logs on stderr; the summary on stdout and in
+# `ttq export` packs the ternary model into a .ttqz archive and restores it, and writes it as a packed
+# model that keeps its weights 2-bit in memory; PyTorch evaluates the FP model, the restored ternary
+# one and the packed one on the test set. Logs on stderr; the summary on stdout and in
 # out/demo/summary.json. About three minutes after the build on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +29,12 @@ $ttq finetune "$out/fashion_cnn.fp.pt" -o "$out/fashion_cnn.ttq.pt" --init mean 
   --epochs 3 --log "$out/ttq.run.jsonl" --log-every 100 >&2
 $ttq stats "$out/ttq.run.jsonl" --plot "$out/ttq.run.svg" --expect 'top1>=0.88' --expect 'wp>0' --expect 'wn>0' >&2
 
-step "4. pack the ternary model into a .ttqz archive, restore it as TorchScript"
+step "4. pack the ternary model into a .ttqz archive, restore it as TorchScript; write it packed for inference"
 $ttq export "$out/fashion_cnn.ttq.pt" -o "$out/fashion_cnn.ttqz" >&2
 $ttq export "$out/fashion_cnn.ttqz" -o "$out/fashion_cnn.restored.pt" >&2
+$ttq export "$out/fashion_cnn.ttq.pt" --format packed -o "$out/fashion_cnn.packed.pt" >&2
 
-step "5. PyTorch evaluates the FP model and the restored ternary model on all test images"
+step "5. PyTorch evaluates the FP model, the restored ternary model and the packed one on all test images"
 /usr/bin/python3 scripts/demo_summary.py --fp "$out/fashion_cnn.fp.pt" --ternary "$out/fashion_cnn.restored.pt" \
-  --ttqz "$out/fashion_cnn.ttqz" --one-shot "$out/fashion_cnn.oneshot.pt" --json "$out/summary.json"
+  --ttqz "$out/fashion_cnn.ttqz" --one-shot "$out/fashion_cnn.oneshot.pt" --packed "$out/fashion_cnn.packed.pt" \
+  --ops build/plugins/libttq_ops.so --json "$out/summary.json"

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""The main job's last step: PyTorch itself evaluates the full-precision model and the ternary model
-restored from its .ttqz archive on all 10,000 Fashion-MNIST test images, then prints the story in
-numbers and writes it as JSON (fractions for accuracies, bytes for sizes).
+"""The main job's last step: PyTorch itself evaluates the full-precision model, the ternary model
+restored from its .ttqz archive and, with libttq_ops.so loaded, the packed ternary model on all
+10,000 Fashion-MNIST test images, then prints the story in numbers and writes it as JSON (fractions
+for accuracies, bytes for sizes).
 
 Fails (exit 1) when the claims do not hold: the FP model at least 88% top-1, the ternary model
-within 1 percentage point of it, the archive at least 10x smaller than the FP32 file.
+within 1 percentage point of it, the archive at least 10x smaller than the FP32 file, the packed
+model predicting as the restored one on at least 99.5% of the images.
 Usage: demo_summary.py --fp FP.pt --ternary RESTORED.pt --ttqz MODEL.ttqz [--one-shot Q.pt]
-                       [--json OUT.json] [--data DIR]
+                       [--packed PACKED.pt --ops libttq_ops.so] [--json OUT.json] [--data DIR]
 """
 import argparse
 import gzip
@@ -42,6 +44,8 @@ def main():
     p.add_argument("--ternary", required=True)
     p.add_argument("--ttqz", required=True)
     p.add_argument("--one-shot")
+    p.add_argument("--packed")
+    p.add_argument("--ops")
     p.add_argument("--json")
     p.add_argument("--data", default=DATA)
     a = p.parse_args()
@@ -66,6 +70,11 @@ def main():
     summary["top1_difference_pp"] = 100 * (ttq_top1 - fp_top1)
     if a.one_shot:
         summary["one_shot_top1"] = top1(torch.jit.load(a.one_shot).eval(), x, y)[0]
+    if a.packed:
+        torch.ops.load_library(a.ops)
+        summary["packed_top1"], packed_pred = top1(torch.jit.load(a.packed).eval(), x, y)
+        summary["packed_bytes"] = os.path.getsize(a.packed)
+        summary["packed_agreement"] = (packed_pred == ttq_pred).float().mean().item()
 
     mib = lambda n: f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
     print(f"Fashion-MNIST, {len(y)} test images, evaluated by PyTorch {torch.__version__}:")
@@ -74,6 +83,10 @@ def main():
         print(f"  one-shot        top-1 {100 * summary['one_shot_top1']:6.2f}%              ttq quantize, no training")
     print(f"  TTQ             top-1 {100 * ttq_top1:6.2f}%  {mib(summary['ttqz_bytes']):>10}  .ttqz archive "
           f"({summary['ternary_layers']} ternary layers), restored and run in PyTorch")
+    if a.packed:
+        print(f"  TTQ packed      top-1 {100 * summary['packed_top1']:6.2f}%  {mib(summary['packed_bytes']):>10}  "
+              f"packed TorchScript (2-bit weights in memory) via libttq_ops.so, "
+              f"{100 * summary['packed_agreement']:.1f}% same as restored")
     print(f"  TTQ vs FP: {summary['size_ratio']:.1f}x smaller, top-1 {summary['top1_difference_pp']:+.2f} pp, "
           f"same prediction on {100 * summary['agreement']:.1f}% of the images")
     if a.json:
@@ -88,6 +101,9 @@ def main():
         failures.append(f"the ternary model is {-summary['top1_difference_pp']:.2f} pp below the FP model (over 1 pp)")
     if summary["size_ratio"] < 10:
         failures.append(f"the archive is only {summary['size_ratio']:.1f}x smaller than the FP32 file (under 10x)")
+    if a.packed and summary["packed_agreement"] < 0.995:
+        failures.append(f"the packed model predicts as the restored one on {100 * summary['packed_agreement']:.1f}% "
+                        "of the images (under 99.5%)")
     for f in failures:
         print(f"demo_summary: {f}", file=sys.stderr)
     return 1 if failures else 0
