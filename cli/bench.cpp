@@ -147,7 +147,7 @@ std::string kernel_path() {
   try {
     return ops::path_name(ops::selected_path());
   } catch (const c10::Error& e) {
-    throw usage_error(short_message(e.what_without_backtrace()).substr(5));  // without the ops' "ttq: "
+    throw usage_error(ops_message(e.what_without_backtrace()));
   }
 }
 

@@ -35,6 +35,13 @@ inline std::string short_message(const std::string& what) {
   return line.empty() ? what.substr(0, what.find('\n')) : line;
 }
 
+// short_message of an error from the ttq operators, without the "ttq: " they put first for PyTorch
+// users (ttq's own messages start with "ttq: error: ").
+inline std::string ops_message(const std::string& what) {
+  std::string line = short_message(what);
+  return line.rfind("ttq: ", 0) == 0 ? line.substr(5) : line;
+}
+
 // Exit codes, documented in man/ttq.1 (EXIT STATUS).
 constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;

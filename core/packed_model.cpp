@@ -104,7 +104,10 @@ bool is_fused_fast_path(const Node* node) {
 
 bool is_shape_query(const std::string& op) { return op == "size" || op == "dim" || op == "len"; }
 
-bool takes_any(const Node* node, const std::set<const Value*>& values) {
+// The values in a method's graph that are ternary weights, with their paths from `self`.
+using TernaryValues = std::unordered_map<const Value*, std::string>;
+
+bool takes_any(const Node* node, const TernaryValues& values) {
   for (const Value* input : node->inputs())
     if (values.count(input)) return true;
   return false;
@@ -121,7 +124,7 @@ void collect(Block* block, Pick pick, std::vector<Node*>& found) {
 
 // Sets the condition of the `if` around each fused fast path that reads a ternary weight so that
 // the other branch runs, then folds the dead branches away. True when the graph changed.
-bool take_ordinary_paths(std::shared_ptr<Graph>& graph, const std::set<const Value*>& ternary) {
+bool take_ordinary_paths(std::shared_ptr<Graph>& graph, const TernaryValues& ternary) {
   std::vector<Node*> fast;
   collect(graph->block(), [&](Node* n) { return is_fused_fast_path(n) && takes_any(n, ternary); }, fast);
   bool changed = false;
@@ -144,7 +147,7 @@ bool take_ordinary_paths(std::shared_ptr<Graph>& graph, const std::set<const Val
 
 // Inlines the method calls that take a ternary weight as an argument (nn.Conv2d's _conv_forward),
 // so that the weight's use is in this graph. True when any was.
-bool inline_calls_taking(Graph& graph, const std::set<const Value*>& ternary) {
+bool inline_calls_taking(Graph& graph, const TernaryValues& ternary) {
   std::vector<Node*> calls;
   collect(graph.block(), [&](Node* n) { return n->kind() == c10::prim::CallMethod && takes_any(n, ternary); }, calls);
   for (Node* call : calls) {
@@ -164,16 +167,12 @@ class Outliner {
  public:
   explicit Outliner(c10::ClassTypePtr type) : type_(std::move(type)) {}
 
-  // Replaces each call in `graph` (a method of the class) that passes ternary values (with their
-  // paths from `self`) by a call of the method doing the same; true when any was.
-  bool outline_calls(Graph& graph, const std::unordered_map<const Value*, std::string>& ternary) {
+  // Replaces each call in `graph` (a method of the class) that passes ternary values by a call of
+  // the method doing the same; true when any was.
+  bool outline_calls(Graph& graph, const TernaryValues& ternary) {
     std::vector<Node*> calls;
-    collect(graph.block(), [&](Node* n) {
-      if (n->kind() != c10::prim::CallFunction) return false;
-      for (const Value* input : n->inputs())
-        if (ternary.count(input)) return true;
-      return false;
-    }, calls);
+    collect(graph.block(), [&](Node* n) { return n->kind() == c10::prim::CallFunction && takes_any(n, ternary); },
+            calls);
     for (Node* call : calls) {
       // Input 0 is the function; the callee's argument i is the call's input i + 1.
       std::vector<std::pair<size_t, std::string>> weights;
@@ -243,7 +242,7 @@ bool raises(Block* block) {
 // TorchScript's refinements of an Optional[Tensor] argument (`assert w is not None`, `w is None`
 // checks) pass a ternary weight through an `if` whose other branch raises, or through a cast: the
 // uses of those values are the weight's own uses. True when any was folded.
-bool fold_refinements(Block* block, const std::set<const Value*>& ternary) {
+bool fold_refinements(Block* block, const TernaryValues& ternary) {
   bool changed = false;
   for (Node* node : block->nodes()) {
     for (Block* inner : node->blocks()) changed = fold_refinements(inner, ternary) || changed;
@@ -295,14 +294,13 @@ std::vector<MethodGraph> prepare_methods(const c10::ClassTypePtr& type, const st
     std::vector<Read> reads;
     for (bool again = true; again;) {
       reads = reads_in(*graph);
-      std::unordered_map<const Value*, std::string> paths;
-      std::set<const Value*> values;
+      TernaryValues values;
       for (const auto& r : reads)
-        if (ternary(r.path)) paths[r.node->output()] = r.path, values.insert(r.node->output());
+        if (ternary(r.path)) values[r.node->output()] = r.path;
       again = take_ordinary_paths(graph, values);
       again = fold_refinements(graph->block(), values) || again;
       const bool inlined = inline_calls_taking(*graph, values);
-      if (inlined || outliner.outline_calls(*graph, paths)) {
+      if (inlined || outliner.outline_calls(*graph, values)) {
         // The callee's `weight is not None` checks and casts fold away on a Tensor argument, so
         // the weight reaches its uses directly; the weights a call no longer passes are not read.
         torch::jit::ConstantPropagation(graph);
@@ -524,9 +522,7 @@ auto with_packed(const torch::jit::Module& module, const LayerRecord& layer, F f
     return f(slot.owner.attr(codes_name(slot.attribute)).toTensor(),
              slot.owner.attr(scales_name(slot.attribute)).toTensor());
   } catch (const c10::Error& e) {
-    std::string why = short_message(e.what_without_backtrace());
-    if (why.rfind("ttq: ", 0) == 0) why.erase(0, 5);  // the operators' own prefix, for PyTorch users
-    throw input_error(fmt::format("packed layer {}: {}", layer.name, why));
+    throw input_error(fmt::format("packed layer {}: {}", layer.name, ops_message(e.what_without_backtrace())));
   }
 }
 

@@ -67,8 +67,18 @@ __attribute__((target("avx2"))) __m256i bytes32(uint32_t bits) {
   return _mm256_cmpeq_epi8(b, select);
 }
 
+// A group's 32 weights as bytes (w.pos, 0, w.neg) from its two planes.
+__attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes_avx2(const uint32_t* planes, __m256i vp, __m256i vn) {
+  return _mm256_or_si256(_mm256_and_si256(bytes32(planes[0]), vp), _mm256_and_si256(bytes32(planes[1]), vn));
+}
+
 // AVX2 (as llama.cpp's q8 dots): maddubs multiplies |w| (unsigned) by q carrying w's sign and sums
-// pairs (at most 2 · 127 · 127, no saturation); madd sums those into int32 lanes. Four inputs a block.
+// pairs (at most 2 · 127 · 127, no saturation); madd sums those into int32 lanes.
+__attribute__((target("avx2"), always_inline)) inline __m256i dot32_avx2(__m256i magnitude, __m256i wb, __m256i q, __m256i ones16) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, wb)), ones16);
+}
+
+// Four inputs a block, the row's bytes made from its planes for each block.
 template <int N>
 __attribute__((target("avx2"))) void block_avx2(const uint32_t* p, int64_t groups, Int8Weights w,
                                                 const uint8_t* const* x, const int64_t* step, int32_t* dot) {
@@ -77,12 +87,12 @@ __attribute__((target("avx2"))) void block_avx2(const uint32_t* p, int64_t group
   for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_si256();
   for (int64_t g = 0; g < groups; ++g) {
     if ((p[2 * g] | p[2 * g + 1]) == 0) continue;
-    const __m256i wb = _mm256_or_si256(_mm256_and_si256(bytes32(p[2 * g]), vp), _mm256_and_si256(bytes32(p[2 * g + 1]), vn));
+    const __m256i wb = weight_bytes_avx2(p + 2 * g, vp, vn);
     const __m256i magnitude = _mm256_sign_epi8(wb, wb);
     const int64_t at = group_at(step, g);
     for (int i = 0; i < N; ++i) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + at));
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, wb)), ones16));
+      acc[i] = _mm256_add_epi32(acc[i], dot32_avx2(magnitude, wb, q, ones16));
     }
   }
   for (int i = 0; i < N; ++i) dot[i] = sum8_epi32(acc[i]);
@@ -106,8 +116,7 @@ __attribute__((target("avx2"))) void decode_avx2(const uint32_t* p, int64_t grou
   const __m256i vp = _mm256_set1_epi8(w.pos), vn = _mm256_set1_epi8(w.neg);
   for (int64_t r = 0; r < count; ++r, p += groups * 2)
     for (int64_t g = 0; g < groups; ++g)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + r * row_bytes + 32 * g),
-                          _mm256_or_si256(_mm256_and_si256(bytes32(p[2 * g]), vp), _mm256_and_si256(bytes32(p[2 * g + 1]), vn)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + r * row_bytes + 32 * g), weight_bytes_avx2(p + 2 * g, vp, vn));
 }
 
 template <int R, int N>
@@ -126,9 +135,7 @@ __attribute__((target("avx2"))) void block_decoded_avx2(const int8_t* bytes, int
     const int64_t at = group_at(step, g);
     for (int i = 0; i < N; ++i) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + at));
-      for (int r = 0; r < R; ++r)
-        acc[r][i] = _mm256_add_epi32(
-            acc[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[r], _mm256_sign_epi8(q, wb[r])), ones16));
+      for (int r = 0; r < R; ++r) acc[r][i] = _mm256_add_epi32(acc[r][i], dot32_avx2(magnitude[r], wb[r], q, ones16));
     }
   }
   for (int r = 0; r < R; ++r)
@@ -150,6 +157,12 @@ void decoded_rows_avx2(const int8_t* bytes, int64_t row_bytes, int64_t groups, c
   }
 }
 
+// 64 weights as bytes (w.pos, 0, w.neg) from their two 64-bit planes.
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i weight_bytes_avx512(uint64_t pos, uint64_t neg,
+                                                                                               __m512i vp, __m512i vn) {
+  return _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn);
+}
+
 // AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the inputs arrive offset to
 // unsigned (q + 128, int8_offset) and the offset's share, 128 · Σ w, comes off at the end.
 // Two groups (64 weights) a step; R rows and N inputs a block, each input loaded once for the R rows
@@ -160,7 +173,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline voi
     int64_t at) {
   __m512i wb[R];
 #pragma GCC unroll 2
-  for (int r = 0; r < R; ++r) wb[r] = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos[r], vp), neg[r], vn);
+  for (int r = 0; r < R; ++r) wb[r] = weight_bytes_avx512(pos[r], neg[r], vp, vn);
   // acc += q (unsigned) · wb (signed), in place: GCC 12 copies the accumulator around the intrinsic
   // (_mm512_dpbusd_epi32), two extra moves per product.
 #pragma GCC unroll 8
@@ -248,7 +261,7 @@ __attribute__((target("avx512f,avx512bw,popcnt"))) void decode_avx512(const uint
       const uint64_t pos = p[2 * g] | (g + 1 < groups ? static_cast<uint64_t>(p[2 * g + 2]) << 32 : 0);
       const uint64_t neg = p[2 * g + 1] | (g + 1 < groups ? static_cast<uint64_t>(p[2 * g + 3]) << 32 : 0);
       count_pos += __builtin_popcountll(pos), count_neg += __builtin_popcountll(neg);
-      _mm512_storeu_si512(bytes + r * row_bytes + 32 * g, _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn));
+      _mm512_storeu_si512(bytes + r * row_bytes + 32 * g, weight_bytes_avx512(pos, neg, vp, vn));
     }
     offset[r] = static_cast<int32_t>(128 * (w.pos * count_pos + w.neg * count_neg));
   }
@@ -399,12 +412,12 @@ __attribute__((target_clones("avx2", "default"))) void quantize_int8(const float
 
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                        int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+  if (path != KernelPath::Portable && i1 - i0 >= kMaxInputs)
+    return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
   switch (path) {
     case KernelPath::Avx512:
-      if (i1 - i0 >= kMaxInputs) return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
       return rows_int8_packed(dots_avx512, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
     case KernelPath::Avx2:
-      if (i1 - i0 >= kMaxInputs) return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
       return rows_int8_packed(each_row<row_avx2>, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
     case KernelPath::Portable: break;
   }

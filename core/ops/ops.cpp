@@ -139,10 +139,11 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const auto q_scale = int8_steps(x, 1);
   const float* row_step = q_scale.data_ptr<float>();
   uint8_t* q = input_scratch(n * stride);
+  const float* xd = x.data_ptr<float>();
   const auto xs = x.strides();
   at::parallel_for(0, n, 1, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) {
-      quantize_int8(x.data_ptr<float>() + i * xs[0], k, xs[1], row_step[i], offset, q + i * stride);
+      quantize_int8(xd + i * xs[0], k, xs[1], row_step[i], offset, q + i * stride);
       std::memset(q + i * stride + k, offset ? 128 : 0, static_cast<size_t>(stride - k));  // zero past k
     }
   });
