@@ -248,6 +248,7 @@ nlohmann::json report_json(const ModelReport& report, const std::optional<ModelM
   for (const auto& e : report.excluded) doc["excluded"].push_back({{"name", e.name}, {"shape", e.shape}, {"use", e.use}});
   if (metadata) {
     doc["tool_version"] = metadata->tool_version;
+    doc["libtorch_version"] = metadata->libtorch_version;
     doc["command"] = metadata->command;
   }
   return doc;

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -214,34 +215,46 @@ CLI::Validator rank_number(const char* variable) {
       "", "rank number");
 }
 
+// An option that torchrun's variable can give. CLI11 2.4 (Debian 13) reads the variables of an option
+// group only when one of its options is on the command line, so these are the subcommand's own,
+// under a heading; and it drops a variable's value that fails the option's checks, where 2.1
+// (Debian 12) reports it, so check_environment gives such a value to the option as if typed.
+template <class T>
+CLI::Option* add_rank_option(CLI::App* sub, const std::string& name, T& target, const std::string& help,
+                             const char* variable, const char* type) {
+  return sub->add_option(name, target, help)->envname(variable)->type_name(type)->capture_default_str()->group(
+      "Distributed (data-parallel training on c10d; see 'Distributed' in man ttq-finetune)");
+}
+
+// A RANK of "one" is a usage error on every CLI11, not a second rank 0.
+void check_environment(const std::vector<CLI::Option*>& options) {
+  for (CLI::Option* option : options) {
+    const char* value = std::getenv(option->get_envname().c_str());
+    if (option->count() > 0 || !value || !*value) continue;
+    option->add_result(value);
+    option->run_callback();  // its checks throw CLI11's ValidationError, a usage error
+  }
+}
+
 void add_distributed_options(CLI::App* sub, FinetuneArgs& a) {
-  auto* dist = sub->add_option_group("distributed", "data-parallel training on c10d (see 'Distributed' in man ttq-finetune)");
-  dist->add_option("--rank", a.dist.rank, "this process's rank, 0..world-1")
-      ->envname("RANK")
-      ->check(rank_number("RANK"))
-      ->type_name("R")
-      ->capture_default_str();
-  dist->add_option("--world-size", a.dist.world_size, "number of processes")
-      ->envname("WORLD_SIZE")
-      ->check(rank_number("WORLD_SIZE"))
-      ->check(CLI::PositiveNumber)
-      ->type_name("N")
-      ->capture_default_str();
-  dist->add_option("--master-addr", a.dist.master_addr, "address of rank 0")
-      ->envname("MASTER_ADDR")
-      ->type_name("HOST")
-      ->capture_default_str();
-  dist->add_option("--master-port", a.dist.master_port, "TCP port of rank 0's store")
-      ->envname("MASTER_PORT")
-      ->check(rank_number("MASTER_PORT"))
-      ->check(CLI::Range(1, 65535))
-      ->type_name("PORT")
-      ->capture_default_str();
-  add_choice_option(dist, "--dist-backend", a.dist.backend, "collective backend");
-  dist->add_option("--dist-timeout", a.dist_timeout, "seconds to wait for the other ranks before failing")
+  std::vector<CLI::Option*> from_environment{
+      add_rank_option(sub, "--rank", a.dist.rank, "this process's rank, 0..world-1", "RANK", "R")
+          ->check(rank_number("RANK")),
+      add_rank_option(sub, "--world-size", a.dist.world_size, "number of processes", "WORLD_SIZE", "N")
+          ->check(rank_number("WORLD_SIZE"))
+          ->check(CLI::PositiveNumber),
+      add_rank_option(sub, "--master-addr", a.dist.master_addr, "address of rank 0", "MASTER_ADDR", "HOST"),
+      add_rank_option(sub, "--master-port", a.dist.master_port, "TCP port of rank 0's store", "MASTER_PORT", "PORT")
+          ->check(rank_number("MASTER_PORT"))
+          ->check(CLI::Range(1, 65535))};
+  const std::string heading = from_environment.front()->get_group();
+  add_choice_option(sub, "--dist-backend", a.dist.backend, "collective backend")->group(heading);
+  sub->add_option("--dist-timeout", a.dist_timeout, "seconds to wait for the other ranks before failing")
       ->type_name("S")
       ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+      ->capture_default_str()
+      ->group(heading);
+  sub->parse_complete_callback([from_environment] { check_environment(from_environment); });
 }
 
 }  // namespace

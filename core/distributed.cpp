@@ -92,6 +92,23 @@ class QuietStderr {
   int saved_ = -1;
 };
 
+// LibTorch 2.x serves the store through libuv unless told otherwise, and Debian builds it without
+// libuv ("use_libuv was requested but PyTorch was build without libuv support"): ask for the
+// classic server where the option exists (1.13 has no other).
+template <class Options>
+auto without_libuv(Options& options, int) -> decltype(options.useLibUV = false, void()) {
+  options.useLibUV = false;
+}
+template <class Options>
+void without_libuv(Options&, long) {}
+
+// torchrun's agent serves the store at MASTER_PORT itself and says so to the ranks it launches; rank
+// 0 then connects to it like the others instead of serving one.
+bool launcher_serves_store() {
+  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  return agent && std::string(agent) == "True";
+}
+
 }  // namespace
 
 Communicator::Communicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -118,9 +135,10 @@ std::shared_ptr<Communicator> Communicator::connect(const DistOptions& o) {
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(o.master_port);
-    so.isServer = o.rank == 0;
+    so.isServer = o.rank == 0 && !launcher_serves_store();
     so.numWorkers = static_cast<size_t>(o.world_size);
     so.timeout = o.timeout;
+    without_libuv(so, 0);
     store = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
   } catch (const std::exception& e) {
     throw runtime_error(fmt::format("rank {}: no rendezvous of {} ranks at {} within {} s ({})", o.rank, o.world_size,

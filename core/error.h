@@ -1,6 +1,7 @@
 // The one error type of ttq. Everything below cli/ reports failures by throwing it; cli/main.cpp
 // maps the kind to the exit code in one place (the codes are listed in man/ttq.1).
 #pragma once
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -26,13 +27,27 @@ inline Error input_error(const std::string& m) { return Error(ErrorKind::Input, 
 inline Error usage_error(const std::string& m) { return Error(ErrorKind::Usage, m); }
 inline Error runtime_error(const std::string& m) { return Error(ErrorKind::Runtime, m); }
 
-// One line from a LibTorch or TorchScript exception: c10 errors append C++ backtraces, and the
-// TorchScript interpreter puts the actual error ("RuntimeError: ...") after a traceback.
+// The first line of `text` with anything but white space on it, trimmed; empty when none has.
+inline std::string first_meaningful_line(const std::string& text) {
+  constexpr const char* kSpace = " \t\r\n";
+  for (size_t start = 0; start < text.size();) {
+    const size_t end = std::min(text.find('\n', start), text.size());
+    const size_t first = text.find_first_not_of(kSpace, start);
+    if (first != std::string::npos && first < end)
+      return text.substr(first, text.find_last_not_of(kSpace, end - 1) - first + 1);
+    start = end + 1;
+  }
+  return "";
+}
+
+// One line from a LibTorch or TorchScript exception: c10 errors append C++ backtraces, the
+// TorchScript interpreter puts the actual error ("RuntimeError: ...") after a traceback, and the
+// TorchScript compiler starts its messages with an empty line.
 inline std::string short_message(const std::string& what) {
   const auto runtime = what.rfind("RuntimeError: ");
-  std::string line = runtime != std::string::npos ? what.substr(runtime + 14) : what;
-  line = line.substr(0, line.find('\n'));
-  return line.empty() ? what.substr(0, what.find('\n')) : line;
+  std::string line = first_meaningful_line(runtime != std::string::npos ? what.substr(runtime + 14) : what);
+  if (line.empty()) line = first_meaningful_line(what);
+  return line.empty() ? "LibTorch gave no message" : line;
 }
 
 // short_message of an error from the ttq operators, without the "ttq: " they put first for PyTorch

@@ -246,7 +246,7 @@ bool fold_refinements(Block* block, const TernaryValues& ternary) {
   bool changed = false;
   for (Node* node : block->nodes()) {
     for (Block* inner : node->blocks()) changed = fold_refinements(inner, ternary) || changed;
-    if (node->kind() == c10::prim::unchecked_cast && ternary.count(node->input())) {
+    if (node->kind() == c10::prim::unchecked_cast && ternary.count(node->input()) && node->output()->hasUses()) {
       node->output()->replaceAllUsesWith(node->input());
       changed = true;
     }
@@ -292,7 +292,14 @@ std::vector<MethodGraph> prepare_methods(const c10::ClassTypePtr& type, const st
     if (!todo[next]->isGraphFunction()) continue;
     auto graph = torch::jit::toGraphFunction(*todo[next]).graph();
     std::vector<Read> reads;
-    for (bool again = true; again;) {
+    // Each round removes a call, a fast path or a refinement; a graph still changing after this
+    // many is a rewrite that does not settle, reported rather than run forever.
+    constexpr int kMaxRounds = 1000;
+    int round = 0;
+    for (bool again = true; again; ++round) {
+      if (round == kMaxRounds)
+        throw runtime_error(fmt::format("packing {}.{}: the rewrite did not settle after {} rounds; please report "
+                                        "this model", type->name()->qualifiedName(), todo[next]->name(), kMaxRounds));
       reads = reads_in(*graph);
       TernaryValues values;
       for (const auto& r : reads)

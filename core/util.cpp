@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <malloc.h>
+#include <torch/version.h>
 
 #include <filesystem>
 #include <fstream>
@@ -58,6 +59,8 @@ std::vector<uint8_t> read_file(const std::string& path) {
   if (!in) throw input_error(fmt::format("{}: read failed", path));
   return bytes;
 }
+
+std::string libtorch_version() { return TORCH_VERSION; }
 
 int cpu_cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 

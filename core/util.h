@@ -23,6 +23,9 @@ void check_readable(const std::string& path);
 // The whole file in memory, with the same clear errors.
 std::vector<uint8_t> read_file(const std::string& path);
 
+// The LibTorch ttq was built against and runs on ("2.6.0"): --version, the TTQ metadata, run logs.
+std::string libtorch_version();
+
 // The machine's cores (std::thread::hardware_concurrency(), at least 1).
 int cpu_cores();
 

@@ -154,9 +154,8 @@ LoadedModel read_archive(const std::string& path) {
   LoadedModel restored;
   try {
     restored.module = program.get();
-  } catch (const c10::Error& e) {
-    throw input_error(fmt::format("{}: the archived TorchScript program does not load: {}", path,
-                                  short_message(e.what_without_backtrace())));
+  } catch (const std::exception& e) {
+    throw load_failure(path, "the archived TorchScript program does not load", e);
   }
   try {
     for (size_t i = 0; i < tensors.size(); ++i) {

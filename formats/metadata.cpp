@@ -178,6 +178,7 @@ std::string metadata_to_json(const ModelMetadata& meta) {
       {"format", "ttq-metadata"},
       {"version", ModelMetadata::kVersion},
       {"tool", fmt::format("ttq {}", meta.tool_version)},
+      {"libtorch", meta.libtorch_version},
       {"command", meta.command},
       {"options", meta.options},
       {"layers", meta.layers},
@@ -196,6 +197,7 @@ ModelMetadata parse_fields(const json& doc) {
   ModelMetadata meta;
   const std::string tool = doc.at("tool").get<std::string>();
   meta.tool_version = tool.rfind("ttq ", 0) == 0 ? tool.substr(4) : tool;
+  meta.libtorch_version = doc.value("libtorch", std::string{});  // absent before ttq recorded it
   meta.command = doc.at("command").get<std::string>();
   meta.options = doc.at("options").get<QuantizeOptions>();
   meta.layers = doc.at("layers").get<std::vector<LayerRecord>>();

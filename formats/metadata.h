@@ -8,6 +8,7 @@
 
 #include "core/quantize.h"
 #include "core/train.h"
+#include "core/util.h"
 
 namespace ttq {
 
@@ -37,6 +38,7 @@ struct RunSummary {
 struct ModelMetadata {
   static constexpr int kVersion = 1;  // bump when fields change meaning
   std::string tool_version = TTQ_VERSION;
+  std::string libtorch_version = ttq::libtorch_version();  // the LibTorch that wrote the file
   std::string command;  // the ttq command that wrote the file
   QuantizeOptions options;
   std::vector<LayerRecord> layers;

@@ -1,6 +1,9 @@
 #include "formats/torchscript.h"
 
 #include <caffe2/serialize/inline_container.h>
+#include <torch/version.h>
+
+#include <regex>
 
 #include "core/error.h"
 #include "core/util.h"
@@ -33,6 +36,20 @@ std::unique_ptr<caffe2::serialize::PyTorchStreamReader> open_torchscript_zip(con
 
 }  // namespace
 
+Error load_failure(const std::string& path, const std::string& what, const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  const std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
+  // TorchScript's compiler: "Unknown builtin op: aten::scaled_dot_product_attention."
+  static const std::regex unknown_op(R"(Unknown builtin op: ([A-Za-z_][\w:.]*\w))");
+  std::smatch op;
+  if (std::regex_search(text, op, unknown_op))
+    return input_error(fmt::format(
+        "{}: calls {}, an operator that LibTorch {} (which this ttq runs on) does not have: it was saved by a "
+        "newer PyTorch; use a ttq built against {}", path, op[1].str(), libtorch_version(),
+        TORCH_VERSION_MAJOR < 2 ? "LibTorch 2.x (README: PyTorch 2.x)" : "that PyTorch's LibTorch"));
+  return input_error(fmt::format("{}: {}: {}", path, what, short_message(text)));
+}
+
 LoadedModel load_torchscript(const std::string& path) {
   open_torchscript_zip(path);
 
@@ -40,8 +57,8 @@ LoadedModel load_torchscript(const std::string& path) {
   LoadedModel loaded;
   try {
     loaded.module = torch::jit::load(path, torch::kCPU, extra);
-  } catch (const c10::Error& e) {
-    throw input_error(fmt::format("{}: LibTorch cannot load this TorchScript model: {}", path, short_message(e.what_without_backtrace())));
+  } catch (const std::exception& e) {  // the compiler's ErrorReport is no c10::Error
+    throw load_failure(path, "LibTorch cannot load this TorchScript model", e);
   }
   if (!extra[kMetadataFile].empty()) loaded.metadata = metadata_from_json(extra[kMetadataFile], path);
   loaded.float_program = std::move(extra[kProgramFile]);
@@ -91,9 +108,8 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
   try {
     std::istringstream program(packed.float_program);
     restored.module = torch::jit::load(program, torch::kCPU);
-  } catch (const c10::Error& e) {
-    throw input_error(fmt::format("{}: the original program ({}) does not load: {}", path, kProgramFile,
-                                  short_message(e.what_without_backtrace())));
+  } catch (const std::exception& e) {
+    throw load_failure(path, fmt::format("the original program ({}) does not load", kProgramFile), e);
   }
   restored.metadata = packed.metadata;
   restored.metadata->packed.clear();

@@ -5,9 +5,15 @@
 #include <optional>
 #include <string>
 
+#include "core/error.h"
 #include "formats/metadata.h"
 
 namespace ttq {
+
+// The one input error for a TorchScript program that LibTorch refuses to load (`what` says what was
+// loaded: "cannot load this TorchScript model"). A program calling an operator that this LibTorch
+// lacks was saved by a newer PyTorch: the message names the operator, this LibTorch and what to do.
+Error load_failure(const std::string& path, const std::string& what, const std::exception& e);
 
 // Loads on CPU. Every failure is one input error line: a missing file, a file that is not a zip
 // archive, a torch.save() pickle instead of a TorchScript program, a program LibTorch rejects.

@@ -198,7 +198,7 @@ DataSplits load_tensors(const std::string& path, const LoadOptions&) {
     for (const auto& item : value.toGenericDict())
       if (item.key().isString()) found[item.key().toStringRef()] = item.value();
   } catch (const c10::Error& pickle_error) {
-    // LibTorch's unpickler lacks SETITEM, which torch.save uses for a dict of one entry.
+    // LibTorch 1.13's unpickler lacks SETITEM, which torch.save uses for a dict of one entry (2.x has it).
     if (std::string(pickle_error.what()).find("Unknown opcode") != std::string::npos)
       throw input_error(fmt::format("{}: LibTorch cannot read this torch.save() file ({}): a dict of one entry; "
                                     "save at least two ('x' and 'y', or 'x' and 'x_test' for unlabeled data)", path,

@@ -18,6 +18,9 @@ vit_small.pt, convnext_small.pt  torchvision's VisionTransformer and ConvNeXt, s
                               (class token, position embedding and layer scales are not layer weights)
 lstm_tagger.pt                an embedding, an LSTM (weights read as a list) and a linear layer
 text_classifier.pt            nn.TransformerEncoder over token ids with a padding mask: forward(ids, mask)
+decoder_classifier.pt         the same task through nn.TransformerDecoder (self- and cross-attention,
+                              causal mask): forward(ids, mask)
+swin_small.pt                 torchvision's SwinTransformer, a small configuration for 3x32x32 input
 text_tokens.pt                {'x': [ids, mask], 'y', 'x_test': [..], 'y_test'} for text_classifier.pt
 tagger_tokens.pt              {'x', 'x_test'}: unlabeled token ids for lstm_tagger.pt
 regression_mlp.pt             a 16 -> 1 MLP without normalization; regression_unlabeled.pt: {'x'} only
@@ -36,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
 
@@ -128,6 +132,26 @@ class TextClassifier(nn.Module):
         return self.head((h * m).sum(1) / m.sum(1).clamp(min=1.0))
 
 
+class DecoderClassifier(TextClassifier):
+    """TextClassifier's task through two nn.TransformerDecoder layers attending causally to the
+    tokens and to the embedded sequence as memory (both attention modules of a decoder layer)."""
+
+    def __init__(self, vocab=200, length=16, dim=32):
+        nn.Module.__init__(self)
+        self.emb = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        layer = nn.TransformerDecoderLayer(dim, 4, 64, dropout=0.0, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, 2)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, ids, mask):
+        x = self.emb(ids) + self.pos[:, : ids.size(1)]
+        causal = torch.triu(torch.full((ids.size(1), ids.size(1)), float("-inf")), diagonal=1)
+        h = self.decoder(x, x, tgt_mask=causal, tgt_key_padding_mask=~mask, memory_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+
 class RegressionMlp(nn.Module):
     def __init__(self):
         super().__init__()
@@ -191,12 +215,18 @@ def main():
     save_scripted(broken, os.path.join(out, "nonfinite_cnn.pt"))
     save_scripted(TupleOutput(), os.path.join(out, "tuple_output.pt"))
     save_scripted(ThreeDimOutput(), os.path.join(out, "three_d_output.pt"))
-    save_scripted(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
-                                    num_classes=10), os.path.join(out, "vit_small.pt"))
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                            num_classes=10)
+    with torch.no_grad():  # torchvision starts the head at zero: outputs would not depend on the rest
+        vit.heads.head.weight.normal_(0, 0.2)
+    save_scripted(vit, os.path.join(out, "vit_small.pt"))
     save_scripted(ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10),
                   os.path.join(out, "convnext_small.pt"))
     save_scripted(LstmTagger(), os.path.join(out, "lstm_tagger.pt"))
     save_scripted(TextClassifier(), os.path.join(out, "text_classifier.pt"))
+    save_scripted(DecoderClassifier(), os.path.join(out, "decoder_classifier.pt"))
+    save_scripted(SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=10),
+                  os.path.join(out, "swin_small.pt"))
     ids, mask, y = token_batch(1024)
     ids_test, mask_test, y_test = token_batch(256)
     torch.save({"x": [ids, mask], "y": y, "x_test": [ids_test, mask_test], "y_test": y_test},

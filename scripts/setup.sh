@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # libopenblas0-openmp: without it Debian's LibTorch runs linear layers on the reference BLAS,
 # about ten times slower (scripts/bench_train.sh).
 packages=(
-  g++ cmake ninja-build ccache pkg-config
+  g++ make cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-openmp libgloo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev libxxhash-dev nlohmann-json3-dev catch2
   zlib1g-dev libstb-dev libjpeg62-turbo-dev time  # time: peak memory in the benchmarks
   python3 python3-torch python3-torchvision python3-pil librsvg2-bin  # fixtures; PyTorch reading our outputs

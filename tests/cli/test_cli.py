@@ -9,6 +9,7 @@ import re
 import subprocess
 
 import unittest
+import zipfile
 
 import torch
 
@@ -268,6 +269,26 @@ class Errors(Workdir):
         self.assert_one_error_line(r, 1, r"torch\.save\(\) pickle, not a TorchScript model")
         self.assert_no_files()
 
+    def test_an_operator_this_libtorch_lacks(self):
+        # A model saved by a newer PyTorch calls operators an older LibTorch does not have (PyTorch 2.x's
+        # aten::scaled_dot_product_attention in LibTorch 1.13, tests/cross_version.sh): its serialized
+        # program here calls one no LibTorch has.
+        newer = self.out("newer.pt")
+        with zipfile.ZipFile(fixture("small_cnn.pt")) as src, zipfile.ZipFile(newer, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename.endswith(".py"):
+                    data = data.replace(b"torch.relu(", b"torch.ttq_op_of_a_newer_pytorch(")
+                dst.writestr(item, data)
+        for cmd in (["quantize", newer, "-o", self.out("q.pt")], ["inspect", newer], ["export", newer, "-o",
+                                                                                        self.out("q.ttqz")]):
+            r = ttq(*cmd)
+            self.assert_one_error_line(r, 1, r"newer\.pt: calls aten::ttq_op_of_a_newer_pytorch, an operator that "
+                                             r"LibTorch \d+\.\d+\.\d+ \(which this ttq runs on\) does not have: it "
+                                             r"was saved by a newer PyTorch; use a ttq built against ")
+        os.remove(newer)
+        self.assert_no_files()
+
     def test_nothing_to_quantize(self):
         r = ttq("quantize", fixture("no_quantizable.pt"), "-o", self.out("q.pt"))
         self.assert_one_error_line(r, 1, r"no quantizable layer")
@@ -362,7 +383,10 @@ class HelpAndManPages(unittest.TestCase):
             self.assertRegex(r.stdout, rf"\n\s+{cmd}\s")
         r = ttq("--version")
         self.assertEqual(r.returncode, 0)
-        self.assertRegex(r.stdout.strip(), r"^ttq \d+\.\d+\.\d+$")
+        # ttq's version and the LibTorch it runs on, the one of the PyTorch that runs the tests.
+        version = re.fullmatch(r"ttq \d+\.\d+\.\d+ \(LibTorch (\d+\.\d+)\.\d+\)", r.stdout.strip())
+        self.assertIsNotNone(version, r.stdout)
+        self.assertEqual(version.group(1), ".".join(torch.__version__.split(".")[:2]))
 
     @staticmethod
     def long_options(text):

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -19,6 +20,9 @@ from ttq_testing import TTQ, Workdir, fixture, read_log, ttq
 # The small CNN has no BatchNorm, so 2 ranks × 32 samples must train exactly as 1 process × 64.
 COMMON = ["finetune", fixture("small_cnn.pt"), "--subset", "1024", "--epochs", "2", "--seed", "3", "--threads", "1",
           "--init", "mean", "--optimizer", "adam", "--lr", "0.002", "--no-progress", "--log-every", "4"]
+
+
+TORCHRUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "torchrun.py")
 
 
 def free_port():
@@ -100,6 +104,23 @@ class TwoRanksAgainstOneProcess(Workdir):
         pb = dict(torch.jit.load(self.one_model).named_parameters())
         for name in pa:
             self.assertTrue(torch.allclose(pa[name], pb[name], rtol=1e-4, atol=1e-6), name)
+
+    @unittest.skipUnless(torch.__version__ >= "2",
+                         "needs PyTorch 2.x's torchrun (Debian 12's, of 1.13, crashes before launching anything)")
+    def test_torchrun_launches_ranks_that_train_as_one_process(self):
+        # torchrun's agent serves the rendezvous store itself; the ranks it starts find it through the
+        # environment, all with the same command line (rank 1 writes nothing). Debian's PyTorch has no
+        # libuv, which torchrun asks for: scripts/torchrun.py is torchrun without it.
+        model, log = self.out("two.pt"), self.out("two.jsonl")
+        r = subprocess.run([sys.executable, TORCHRUN, "--no-python", "--nproc-per-node", "2", "--master-port",
+                            str(free_port()), TTQ, *COMMON, "--batch-size", "32", "-o", model, "--log", log],
+                           capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("data-parallel over 2 ranks", r.stderr)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["two.jsonl", "two.pt"])
+        two = read_log(log)
+        self.assertEqual(two[0]["options"]["world_size"], 2)
+        self.assert_same_trajectory(trajectory(two), trajectory(self.one))
 
     def test_distillation_on_two_ranks_trains_as_one_process(self):
         # Each rank runs the teacher on its own slice; the loss terms and the teacher metrics are sums

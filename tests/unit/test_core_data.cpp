@@ -1,6 +1,6 @@
 // core/data: preprocessing overrides and the per-sample augmentation that makes runs independent of
 // batching (and so of world size and resume).
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include "core/data.h"
 #include "core/error.h"

@@ -1,5 +1,5 @@
 // core/expect: the --expect conditions of `ttq stats`.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include "core/error.h"
 #include "core/expect.h"

@@ -1,5 +1,5 @@
 // core/layers and core/quantize on real TorchScript fixtures (scripts/make_fixtures.py).
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include "core/error.h"
 #include "core/layers.h"

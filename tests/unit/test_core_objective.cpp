@@ -1,6 +1,6 @@
 // core/objective: the distillation losses and the teacher metrics against their definitions
 // computed here with plain tensor ops, output selection, and the resolution of `auto` options.
-#include <catch2/catch.hpp>
+#include "catch.h"
 #include <torch/nn/functional/loss.h>
 
 #include "core/error.h"

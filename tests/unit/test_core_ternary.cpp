@@ -1,5 +1,5 @@
 // core/ternary: thresholds, scale init, the ternarize forward/backward and code statistics.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include <cmath>
 

@@ -1,5 +1,5 @@
 // core/train: the learning-rate schedules, and a whole (small) training run's bookkeeping.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include "core/train.h"
 #include "formats/torchscript.h"

@@ -1,10 +1,12 @@
 // formats/checkpoint: a run stopped at a checkpoint and resumed ends exactly where the uninterrupted
 // run ends; corrupt checkpoints are noticed and skipped; checkpoints of another model or of other
 // options are refused; only the newest two are kept.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include <filesystem>
 #include <fstream>
+
+#include <unistd.h>
 
 #include "core/error.h"
 #include "formats/checkpoint.h"

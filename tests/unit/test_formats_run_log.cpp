@@ -1,8 +1,10 @@
 // formats/run_log: what finetune --log writes and stats reads, across a resume that repeats steps.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include <filesystem>
 #include <fstream>
+
+#include <unistd.h>
 
 #include "core/error.h"
 #include "formats/run_log.h"

@@ -1,6 +1,6 @@
 // formats/ternary_codec and formats/ttqz: entropy coding near the bound, bit-exact round trips,
 // and one hand-made bad file per failure class of the reader, plus a random byte-flip sweep.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include <cstring>
 #include <random>

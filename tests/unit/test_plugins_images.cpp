@@ -1,6 +1,6 @@
 // plugins/images and the image folder dataset against torchvision's own code: the crop geometry
 // fed the same random draws, the evaluation transform's pixels, labels, bad files.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include <cstdio>
 #include <filesystem>
