@@ -77,6 +77,13 @@ def read(ttq, out):
         check(f"{name}.packed.pt from PyTorch {writer} unpacks", r.returncode == 0, r.stderr.strip())
         if r.returncode == 0:
             check(f"{name}: unpacked tensors equal the ternary model's bit for bit", same_tensors(back, p + ".ttq.pt"))
+        # This PyTorch, with this line's operators, runs the other line's packed model as its ternary one.
+        torch.ops.load_library(os.path.join(os.path.dirname(ttq), "plugins", "libttq_ops.so"))
+        x = torch.randn(2, 1, 28, 28) if name == "small_cnn" else torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            want, got = torch.jit.load(p + ".ttq.pt").eval()(x), torch.jit.load(p + ".packed.pt").eval()(x)
+        check(f"{name}: this PyTorch runs the packed model with the ternary model's outputs",
+              torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item()), str((got - want).abs().max()))
         r = run(ttq, "inspect", p + ".ttq.pt", "--json")
         meta = json.loads(r.stdout) if r.returncode == 0 else {}
         check(f"{name}: inspect names the LibTorch that wrote it", meta.get("libtorch_version", "").split(".")[:2]
