@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what is missing (Debian bookworm packages, as root; idempotent), then configures and
+# Installs what is missing (Debian 12 or 13 packages, as root; idempotent), then configures and
 # builds ttq in ./build. Used by the README's two commands; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

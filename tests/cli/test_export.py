@@ -6,6 +6,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import unittest
 
 import torch
@@ -200,6 +201,25 @@ class InstalledPackage(Work):
             self.assertEqual(r.returncode, 0, r.stderr)
             got = torch.tensor([float(v) for v in r.stdout.split()])
             self.assertTrue(torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (model, got, expected))
+
+    def test_the_operators_build_alone_against_this_pytorchs_libtorch(self):
+        # README, "PyTorch 2.x": -DTTQ_OPS_ONLY=ON with the LibTorch of the PyTorch that will load
+        # the operators; that PyTorch then runs a packed model with them.
+        build = self.out("ops")
+        source = os.path.join(os.path.dirname(__file__), "..", "..")
+        for cmd in (["cmake", "-S", source, "-B", build, "-DTTQ_OPS_ONLY=ON", "-DCMAKE_BUILD_TYPE=Release",
+                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"], ["cmake", "--build", build]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(build, "ttq")))  # the operators only
+        q, packed = self.quantized("small_cnn.pt"), self.out("m.packed.pt")
+        self.assertEqual(ttq("export", q, "--format", "packed", "-o", packed).returncode, 0)
+        program = ("import sys, torch; torch.ops.load_library(sys.argv[1]); x = torch.randn(2, 1, 28, 28); "
+                   "a, b = torch.jit.load(sys.argv[2]), torch.jit.load(sys.argv[3]); "
+                   "print(torch.allclose(a(x), b(x), rtol=1e-4, atol=1e-5))")
+        r = subprocess.run([sys.executable, "-c", program, os.path.join(build, "plugins", "libttq_ops.so"), packed, q],
+                           capture_output=True, text=True)
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "True"), r.stderr)
 
 
 if __name__ == "__main__":
