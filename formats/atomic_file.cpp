@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <random>
 #include <regex>
 #include <cerrno>
 #include <cstdlib>
@@ -52,6 +53,23 @@ void remove_stale_temps(const std::filesystem::path& folder) {
     if (std::filesystem::remove(entry.path(), ec))
       spdlog::warn("removed {}, left by ttq process {} that no longer runs", entry.path().string(), pid);
   }
+}
+
+// Creates `destination`'s temporary file ".NAME.tmp-PID-XXXXXX" (the writer's pid tells whose it
+// is). Its name is registered for an interrupt to remove before the file exists: with mkstemp, a
+// signal between creating the file and registering it left the file behind.
+int create_temp(const std::filesystem::path& destination, std::filesystem::path& temp) {
+  static const char kLetters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  std::mt19937 pick(std::random_device{}());
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string suffix(6, ' ');
+    for (char& c : suffix) c = kLetters[pick() % (sizeof kLetters - 1)];
+    temp = folder_of(destination) / fmt::format(".{}.tmp-{}-{}", destination.filename().string(), getpid(), suffix);
+    set_pending(temp);
+    const int fd = open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0 || errno != EEXIST) return fd;
+  }
+  return -1;
 }
 
 }  // namespace
@@ -122,14 +140,12 @@ bool RecordingFileBuf::finish() {
 AtomicOutput::AtomicOutput(std::filesystem::path destination) : destination_(std::move(destination)) {
   check_writable(destination_);
   remove_stale_temps(folder_of(destination_));
-  // The writer's pid in the name tells whose temporary file it is.
-  std::string pattern = (folder_of(destination_) / fmt::format(".{}.tmp-{}-XXXXXX", destination_.filename().string(),
-                                                               getpid())).string();
-  const int fd = mkstemp(pattern.data());
-  if (fd < 0)
-    throw input_error(fmt::format("cannot write {}: {}", destination_.string(), std::strerror(errno)));
-  temp_ = pattern;
-  set_pending(temp_);
+  const int fd = create_temp(destination_, temp_);
+  if (fd < 0) {
+    const int err = errno;
+    clear_pending();
+    throw input_error(fmt::format("cannot write {}: {}", destination_.string(), std::strerror(err)));
+  }
   file_ = std::make_unique<RecordingFileBuf>(fd);
   stream_.rdbuf(file_.get());
 }
