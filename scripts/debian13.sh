@@ -37,8 +37,10 @@ make_root() {
   echo "debian13.sh: creating the Debian 13 root in $root (once; a few minutes)" >&2
   rm -rf "$root.partial"
   mkdir -p "$(dirname "$root")"
-  debootstrap --variant=minbase "$suite" "$root.partial" "$mirror" >"$log" 2>&1 \
-    || fail "debootstrap $suite from $mirror failed (no network?); see $log"
+  if ! debootstrap --variant=minbase "$suite" "$root.partial" "$mirror" >"$log" 2>&1; then
+    rm -rf "$root.partial"
+    fail "debootstrap $suite from $mirror failed (no network?); see $log"
+  fi
   # apt inside resolves names as this machine does.
   cp /etc/resolv.conf "$root.partial/etc/resolv.conf"
   mv "$root.partial" "$root"
