@@ -45,7 +45,6 @@ void QuantizeFlags::add_to(CLI::App* app, QuantizeOptions* target) {
 const QuantizeOptions& QuantizeFlags::resolve() {
   options->threshold = sparsity_option->count() ? ThresholdSpec{ThresholdMode::Sparsity, sparsity}
                                                 : ThresholdSpec{ThresholdMode::MaxScaled, threshold};
-  validate(options->threshold);
   return *options;
 }
 
@@ -79,13 +78,17 @@ std::optional<torch::jit::Module> load_teacher(const ObjectiveOptions& o, const 
 }
 
 std::string describe_metrics(const Metrics& m) {
-  std::string out;
-  const auto add = [&](const std::string& part) { out += (out.empty() ? "" : ", ") + part; };
-  if (m.has_labels()) add(fmt::format("top-1 {:.2f}%, top-5 {:.2f}%", 100 * m.top1, 100 * m.top5));
-  if (m.agreement) add(fmt::format("agreement {:.2f}%", 100 * *m.agreement));
-  if (m.rel_mse) add(fmt::format("rel_mse {:.4g}", *m.rel_mse));
-  if (m.has_labels()) add(fmt::format("loss {:.4f}", m.loss));
-  return out;
+  // The loss comes last, and only with labels: without them agreement and rel_mse say more.
+  std::vector<std::string> parts;
+  for (const auto& v : measured_metrics(m, false)) {
+    std::string label = v.name;
+    if (label == "loss") continue;
+    if (label.rfind("top", 0) == 0) label.insert(3, "-");  // "top-1"
+    parts.push_back(v.fraction ? fmt::format("{} {:.2f}%", label, 100 * v.value)
+                               : fmt::format("{} {:.4g}", label, v.value));
+  }
+  if (m.has_labels()) parts.push_back(fmt::format("loss {:.4f}", m.loss));
+  return fmt::format("{}", fmt::join(parts, ", "));
 }
 
 void DataFlags::add_to(CLI::App* app, bool training) {

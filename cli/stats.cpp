@@ -43,36 +43,22 @@ std::string StatsRun::title() const {
 }
 
 std::map<std::string, double> final_metrics(const Metrics& val, const EpochRecord* e) {
-  std::map<std::string, double> out{{"val_loss", val.loss}};
-  if (val.has_labels()) out["top1"] = val.top1, out["top5"] = val.top5;
-  if (val.agreement) out["agreement"] = *val.agreement;
-  if (val.rel_mse) out["rel_mse"] = *val.rel_mse;
+  std::map<std::string, double> out;
+  for (const auto& v : measured_metrics(val, false)) out[v.name == std::string("loss") ? "val_loss" : v.name] = v.value;
   if (!e) return out;
-  out["loss"] = e->train.loss;
   out["lr"] = e->lr;
-  if (e->train.has_labels()) out["train_top1"] = e->train.top1;
-  if (e->train.distill != 0 && e->train.has_labels()) out["train_ce"] = e->train.ce;
-  if (e->train.distill != 0) out["train_distill"] = e->train.distill;
+  for (const auto& v : measured_metrics(e->train, true))
+    if (v.headline) out[v.name == std::string("loss") ? "loss" : "train_" + std::string(v.name)] = v.value;
   return out;
 }
 
 std::vector<std::pair<std::string, double>> epoch_metrics(const EpochRecord& e) {
-  std::vector<std::pair<std::string, double>> out{{"train_loss", e.train.loss}};
-  if (e.train.has_labels()) out.emplace_back("train_top1", e.train.top1);
-  if (e.train.distill != 0 && e.train.has_labels()) out.emplace_back("train_ce", e.train.ce);
-  if (e.train.distill != 0) out.emplace_back("train_distill", e.train.distill);
-  out.emplace_back("val_loss", e.val.loss);
-  if (e.val.has_labels()) out.emplace_back("val_top1", e.val.top1), out.emplace_back("val_top5", e.val.top5);
-  if (e.val.agreement) out.emplace_back("val_agreement", *e.val.agreement);
-  if (e.val.rel_mse) out.emplace_back("val_rel_mse", *e.val.rel_mse);
+  std::vector<std::pair<std::string, double>> out;
+  for (const auto& v : measured_metrics(e.train, true))
+    if (v.headline) out.emplace_back("train_" + std::string(v.name), v.value);
+  for (const auto& v : measured_metrics(e.val, false)) out.emplace_back("val_" + std::string(v.name), v.value);
   out.emplace_back("seconds", e.seconds);
   return out;
-}
-
-bool is_fraction(const std::string& metric) {
-  static const std::set<std::string> kFractions = {"top1",     "top5",     "agreement",    "train_top1",
-                                                   "val_top1", "val_top5", "val_agreement"};
-  return kFractions.count(metric) > 0;
 }
 
 namespace {

@@ -43,8 +43,6 @@ inline const std::vector<std::string> kRunMetrics = {"top1",       "top5", "val_
 std::map<std::string, double> final_metrics(const Metrics& val, const EpochRecord* last_epoch);
 // An epoch's measured numbers, named as in the CSV: train_loss, train_top1, ..., val_rel_mse, seconds.
 std::vector<std::pair<std::string, double>> epoch_metrics(const EpochRecord& e);
-// Fractions shown as percents: top1, agreement, val_top5, ...
-bool is_fraction(const std::string& metric);
 
 // An --expect condition (core/expect.h) checked against the final state.
 struct ExpectationResult {

@@ -29,16 +29,18 @@ struct Candidate {
 // of rank >= 2, in registration order, with a warning.
 std::vector<Candidate> find_candidates(const torch::jit::Module& module);
 
-// A floating parameter of rank >= 2 that is not a candidate, and why: the first op that uses it
-// ("add" for a position embedding, "mul" for a layer scale, "cat" for a class token), or "unused".
-struct Excluded {
+// A tensor that stays float, and the op whose use keeps it so: a floating parameter of rank >= 2
+// that is not a candidate ("add" for a position embedding, "mul" for a layer scale, "cat" for a
+// class token, or "unused"), or a ternary layer a packed model keeps float ("embedding", "list"
+// for an RNN's weights, "slice" for an attention projection read in parts).
+struct KeptFloat {
   std::string name;
   std::vector<int64_t> shape;
   std::string use;
 };
 struct LayerUses {
   std::vector<Candidate> candidates;  // forward order, as find_candidates
-  std::vector<Excluded> excluded;     // registration order
+  std::vector<KeptFloat> excluded;    // registration order
 };
 LayerUses analyze_layers(const torch::jit::Module& module);
 

@@ -85,6 +85,27 @@ Metrics averaged(Metrics m) {
   return m;
 }
 
+std::vector<MetricValue> measured_metrics(const Metrics& m, bool terms) {
+  std::vector<MetricValue> out{{"loss", m.loss, false, true}};
+  if (m.has_labels()) out.push_back({"top1", m.top1, true, true}), out.push_back({"top5", m.top5, true, false});
+  if (terms && m.distill != 0) {
+    if (m.has_labels()) out.push_back({"ce", m.ce, false, true});
+    out.push_back({"distill", m.distill, false, true});
+  }
+  if (m.agreement) out.push_back({"agreement", *m.agreement, true, false});
+  if (m.rel_mse) out.push_back({"rel_mse", *m.rel_mse, false, false});
+  return out;
+}
+
+bool is_fraction(const std::string& metric) {
+  Metrics every;  // a split that measured every row
+  every.labeled = 1, every.distill = 1, every.agreement = 0, every.rel_mse = 0;
+  for (const auto& row : measured_metrics(every, true))
+    for (const char* prefix : {"", "train_", "val_"})
+      if (metric == prefix + std::string(row.name)) return row.fraction;
+  return false;
+}
+
 std::vector<torch::Tensor> output_tensors(const c10::IValue& output, const std::string& select) {
   std::vector<std::pair<std::string, c10::IValue>> items;  // (key or index, value)
   if (output.isTuple() || output.isList()) {

@@ -58,6 +58,21 @@ struct Metrics {
 // The sums turned into means: loss terms per sample, hits per labeled sample.
 Metrics averaged(Metrics m);
 
+// One number a split measured: the one table behind the JSON of the metadata and the run log, the
+// summary lines and stats (a new metric is one row in measured_metrics).
+struct MetricValue {
+  const char* name;  // after the split's prefix ("val_", "train_"): "loss", "top1", "rel_mse"
+  double value;
+  bool fraction;     // shown as a percent
+  bool headline;     // also shown where a training split shows only its main numbers
+};
+// The metrics `m` (averaged) holds, in their one order: loss, top1 and top5 with labels, the loss's
+// terms ce (with labels) and distill when `terms` and distilling (training splits), agreement and
+// rel_mse against a teacher.
+std::vector<MetricValue> measured_metrics(const Metrics& m, bool terms);
+// Whether a metric's name, with or without its split's prefix, is a fraction (top1, val_agreement).
+bool is_fraction(const std::string& metric);
+
 // The floating tensors of a model's output: a tensor, a tuple or list, or a dict with string keys
 // (in its order). `select` ("KEY" or "INDEX", --model-output) picks one; an input error when it
 // names nothing.

@@ -1,17 +1,13 @@
 #include "core/packed_model.h"
 
-#include <torch/csrc/jit/api/function_impl.h>
-#include <torch/csrc/jit/ir/ir.h>
-#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
-#include <torch/csrc/jit/passes/peephole.h>
 
 #include <map>
 #include <set>
-#include <unordered_map>
 #include <utility>
 
 #include "core/error.h"
+#include "core/graph_passes.h"
 #include "core/layers.h"
 #include "core/ops/packed.h"
 
@@ -22,47 +18,6 @@ using torch::jit::Block;
 using torch::jit::Graph;
 using torch::jit::Node;
 using torch::jit::Value;
-
-// The rewrite works method by method, on the graphs of the model's class types, as TorchScript
-// stores them: a fully inlined forward would be one function as large as the model, which
-// TorchScript needs hundreds of MiB to compile when the file is loaded (a 4-layer transformer
-// encoder: 320 MiB). Modules of one configuration share a class type, so a rewritten method serves
-// every instance of its type. For the same reason a function called with ternary weights becomes a
-// method of its own (Outliner) rather than being inlined into its caller.
-
-// A read of a tensor attribute in a method's graph, at `path` from the method's `self`
-// ("weight", "out_proj.weight").
-struct Read {
-  Node* node;
-  std::string path;
-};
-
-std::string join(const std::string& prefix, const std::string& name) {
-  return prefix.empty() ? name : prefix + "." + name;
-}
-
-void collect_reads(Block* block, std::unordered_map<const Value*, std::string>& paths, std::vector<Read>& reads) {
-  for (Node* node : block->nodes()) {
-    if (node->kind() == c10::prim::GetAttr) {
-      const auto parent = paths.find(node->input(0));
-      if (parent != paths.end()) {
-        const std::string name = join(parent->second, node->s(c10::attr::name));
-        if (node->output()->type()->cast<c10::ClassType>())
-          paths[node->output()] = name;
-        else
-          reads.push_back({node, name});
-      }
-    }
-    for (Block* inner : node->blocks()) collect_reads(inner, paths, reads);
-  }
-}
-
-std::vector<Read> reads_in(Graph& graph) {
-  std::unordered_map<const Value*, std::string> paths{{graph.inputs().at(0), ""}};
-  std::vector<Read> reads;
-  collect_reads(graph.block(), paths, reads);
-  return reads;
-}
 
 // The ttq op for a use of a weight of rank `dim`, or nullptr when that use cannot run packed.
 const char* packed_op(const torch::jit::Use& use, size_t dim, Activations activations = Activations::Float) {
@@ -93,237 +48,13 @@ bool is_metadata_query(const Node* user) {
   return kinds.count(user->kind()) > 0;
 }
 
-// Fused fast paths of nn.TransformerEncoderLayer and nn.MultiheadAttention: they read the float
-// weights directly, so a packed model takes the module's ordinary path instead (the same function,
-// op by op, whose linear layers then run packed).
-bool is_fused_fast_path(const Node* node) {
-  static const std::set<c10::Symbol> kinds{c10::Symbol::fromQualString("aten::_transformer_encoder_layer_fwd"),
-                                           c10::Symbol::fromQualString("aten::_native_multi_head_attention")};
-  return kinds.count(node->kind()) > 0;
-}
-
 bool is_shape_query(const std::string& op) { return op == "size" || op == "dim" || op == "len"; }
-
-// The values in a method's graph that are ternary weights, with their paths from `self`.
-using TernaryValues = std::unordered_map<const Value*, std::string>;
-
-bool takes_any(const Node* node, const TernaryValues& values) {
-  for (const Value* input : node->inputs())
-    if (values.count(input)) return true;
-  return false;
-}
-
-// The nodes of `block`, nested ones included, for which `pick` holds.
-template <class Pick>
-void collect(Block* block, Pick pick, std::vector<Node*>& found) {
-  for (Node* node : block->nodes()) {
-    if (pick(node)) found.push_back(node);
-    for (Block* inner : node->blocks()) collect(inner, pick, found);
-  }
-}
-
-// Sets the condition of the `if` around each fused fast path that reads a ternary weight so that
-// the other branch runs, then folds the dead branches away. True when the graph changed.
-bool take_ordinary_paths(std::shared_ptr<Graph>& graph, const TernaryValues& ternary) {
-  std::vector<Node*> fast;
-  collect(graph->block(), [&](Node* n) { return is_fused_fast_path(n) && takes_any(n, ternary); }, fast);
-  bool changed = false;
-  for (Node* node : fast) {
-    Node* branch = node->owningBlock()->owningNode();
-    if (!branch || branch->kind() != c10::prim::If) continue;  // stays float: reported by its use
-    // The condition also flags, to the code after the `if`, that the fast path returned: every
-    // use of it gets the constant, as if the module's own checks had turned the fast path down.
-    const bool in_then = branch->blocks().at(0) == node->owningBlock();
-    torch::jit::WithInsertPoint guard(graph->block()->nodes().front());
-    branch->input(0)->replaceAllUsesWith(graph->insertConstant(c10::IValue(!in_then)));
-    changed = true;
-  }
-  if (changed) {
-    torch::jit::ConstantPropagation(graph);
-    torch::jit::EliminateDeadCode(graph);
-  }
-  return changed;
-}
-
-// Inlines the method calls that take a ternary weight as an argument (nn.Conv2d's _conv_forward),
-// so that the weight's use is in this graph. True when any was.
-bool inline_calls_taking(Graph& graph, const TernaryValues& ternary) {
-  std::vector<Node*> calls;
-  collect(graph.block(), [&](Node* n) { return n->kind() == c10::prim::CallMethod && takes_any(n, ternary); }, calls);
-  for (Node* call : calls) {
-    auto& callee = call->input(0)->type()->expectRef<c10::ClassType>().getMethod(call->s(c10::attr::name));
-    torch::jit::inlineCallTo(call, &torch::jit::toGraphFunction(callee));
-  }
-  return !calls.empty();
-}
-
-// A function called with ternary weights becomes a method of the caller's class that reads them
-// itself. Inlining F.multi_head_attention_forward instead, twice over into a branch of
-// nn.MultiheadAttention.forward, made loading a small packed ViT peak at 55 MiB (TorchScript's
-// compiler, mostly error reports it prepares for variables defined in one branch of a large `if`),
-// against 9 MiB for its float model and 17 MiB this way. One method serves each function and set of
-// weights.
-class Outliner {
- public:
-  explicit Outliner(c10::ClassTypePtr type) : type_(std::move(type)) {}
-
-  // Replaces each call in `graph` (a method of the class) that passes ternary values by a call of
-  // the method doing the same; true when any was.
-  bool outline_calls(Graph& graph, const TernaryValues& ternary) {
-    std::vector<Node*> calls;
-    collect(graph.block(), [&](Node* n) { return n->kind() == c10::prim::CallFunction && takes_any(n, ternary); },
-            calls);
-    for (Node* call : calls) {
-      // Input 0 is the function; the callee's argument i is the call's input i + 1.
-      std::vector<std::pair<size_t, std::string>> weights;
-      std::vector<Value*> inputs{graph.inputs().at(0)};
-      for (size_t i = 1; i < call->inputs().size(); ++i) {
-        const auto it = ternary.find(call->input(i));
-        if (it != ternary.end())
-          weights.emplace_back(i - 1, it->second);
-        else
-          inputs.push_back(call->input(i));
-      }
-      auto* callee = call->input(0)->type()->expectRef<c10::FunctionType>().function();
-      Node* method_call = graph.create(c10::prim::CallMethod, inputs, call->outputs().size());
-      method_call->s_(c10::attr::name, method_for(torch::jit::toGraphFunction(*callee), weights));
-      method_call->insertBefore(call);
-      for (size_t i = 0; i < call->outputs().size(); ++i) {
-        method_call->output(i)->setType(call->output(i)->type());
-        call->output(i)->replaceAllUsesWith(method_call->output(i));
-      }
-      call->destroy();
-    }
-    return !calls.empty();
-  }
-
-  // The methods made so far, to be prepared as the class's own.
-  std::vector<torch::jit::Function*> take_new_methods() { return std::exchange(new_methods_, {}); }
-
- private:
-  std::string method_for(torch::jit::GraphFunction& callee, const std::vector<std::pair<size_t, std::string>>& weights) {
-    std::string key = callee.qualname().qualifiedName();
-    for (const auto& [i, path] : weights) key += fmt::format(" {}={}", i, path);
-    const auto [it, fresh] = names_.try_emplace(key);
-    if (!fresh) return it->second;
-    std::string name = "_ttq_" + callee.name();
-    for (int n = 1; type_->findMethod(name); ++n) name = fmt::format("_ttq_{}_{}", callee.name(), n);
-    it->second = name;
-
-    auto graph = callee.graph()->copy();
-    Value* self = graph->insertInput(0, "self")->setType(type_);
-    torch::jit::WithInsertPoint at_start(graph->block()->param_node()->next());
-    for (const auto& [i, path] : weights) {
-      Value* read = self;
-      for (size_t start = 0, dot; start <= path.size(); start = dot + 1) {
-        dot = std::min(path.find('.', start), path.size());
-        read = graph->insertGetAttr(read, path.substr(start, dot - start));
-      }
-      graph->inputs().at(i + 1)->replaceAllUsesWith(read);
-    }
-    for (auto w = weights.rbegin(); w != weights.rend(); ++w) graph->eraseInput(w->first + 1);
-    auto* method = type_->compilation_unit()->create_function(c10::QualifiedName(*type_->name(), name), graph);
-    type_->addMethod(method);
-    new_methods_.push_back(method);
-    return name;
-  }
-
-  c10::ClassTypePtr type_;
-  std::map<std::string, std::string> names_;  // function and weights -> method
-  std::vector<torch::jit::Function*> new_methods_;
-};
-
-bool raises(Block* block) {
-  for (Node* node : block->nodes())
-    if (node->kind() == c10::prim::RaiseException) return true;
-  return false;
-}
-
-// TorchScript's refinements of an Optional[Tensor] argument (`assert w is not None`, `w is None`
-// checks) pass a ternary weight through an `if` whose other branch raises, or through a cast: the
-// uses of those values are the weight's own uses. True when any was folded.
-bool fold_refinements(Block* block, const TernaryValues& ternary) {
-  bool changed = false;
-  for (Node* node : block->nodes()) {
-    for (Block* inner : node->blocks()) changed = fold_refinements(inner, ternary) || changed;
-    if (node->kind() == c10::prim::unchecked_cast && ternary.count(node->input()) && node->output()->hasUses()) {
-      node->output()->replaceAllUsesWith(node->input());
-      changed = true;
-    }
-    if (node->kind() != c10::prim::If) continue;
-    for (size_t i = 0; i < node->outputs().size(); ++i) {
-      Value* through = nullptr;
-      bool only_raises_otherwise = true;
-      for (Block* b : node->blocks()) {
-        Value* out = b->outputs().at(i);
-        if (ternary.count(out) && !through)
-          through = out;
-        else if (!raises(b))
-          only_raises_otherwise = false;
-      }
-      if (through && only_raises_otherwise && node->output(i)->hasUses()) {
-        node->output(i)->replaceAllUsesWith(through);
-        changed = true;
-      }
-    }
-  }
-  return changed;
-}
-
-// A method of a class type, prepared for the rewrite, and its reads of tensor attributes.
-struct MethodGraph {
-  std::shared_ptr<Graph> graph;
-  std::vector<Read> reads;
-};
 
 // A class type: the paths of its module instances ("" for the root) and its prepared methods.
 struct TypeInfo {
   std::vector<std::string> paths;
   std::vector<MethodGraph> methods;
 };
-
-// The method graphs of `type`, with the calls taking ternary weights inlined or outlined and the
-// fused fast paths reading them turned down, until none is left.
-std::vector<MethodGraph> prepare_methods(const c10::ClassTypePtr& type, const std::function<bool(const std::string&)>& ternary) {
-  std::vector<MethodGraph> methods;
-  Outliner outliner(type);
-  std::vector<torch::jit::Function*> todo = type->methods();
-  for (size_t next = 0; next < todo.size(); ++next) {
-    if (!todo[next]->isGraphFunction()) continue;
-    auto graph = torch::jit::toGraphFunction(*todo[next]).graph();
-    std::vector<Read> reads;
-    // Each round removes a call, a fast path or a refinement; a graph still changing after this
-    // many is a rewrite that does not settle, reported rather than run forever.
-    constexpr int kMaxRounds = 1000;
-    int round = 0;
-    for (bool again = true; again; ++round) {
-      if (round == kMaxRounds)
-        throw runtime_error(fmt::format("packing {}.{}: the rewrite did not settle after {} rounds; please report "
-                                        "this model", type->name()->qualifiedName(), todo[next]->name(), kMaxRounds));
-      reads = reads_in(*graph);
-      TernaryValues values;
-      for (const auto& r : reads)
-        if (ternary(r.path)) values[r.node->output()] = r.path;
-      again = take_ordinary_paths(graph, values);
-      again = fold_refinements(graph->block(), values) || again;
-      const bool inlined = inline_calls_taking(*graph, values);
-      if (inlined || outliner.outline_calls(*graph, values)) {
-        // The callee's `weight is not None` checks and casts fold away on a Tensor argument, so
-        // the weight reaches its uses directly; the weights a call no longer passes are not read.
-        torch::jit::ConstantPropagation(graph);
-        torch::jit::PeepholeOptimize(graph);
-        torch::jit::EliminateDeadCode(graph);
-        again = true;
-      }
-    }
-    for (auto* method : outliner.take_new_methods()) todo.push_back(method);
-    std::vector<Read> kept;
-    for (const auto& r : reads)
-      if (ternary(r.path)) kept.push_back(r);
-    if (!kept.empty()) methods.push_back({graph, kept});
-  }
-  return methods;
-}
 
 // Inserts `op(inputs)` at the current insertion point; its one output is a tensor.
 Value* insert_op(Graph& graph, const char* op, const std::vector<Value*>& inputs) {
@@ -395,77 +126,92 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
   }
 }
 
-}  // namespace
-
-std::string codes_name(const std::string& weight) { return weight + "_codes"; }
-std::string scales_name(const std::string& weight) { return weight + "_scales"; }
-
-PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers, Activations activations) {
-  if (!module.find_method("forward")) throw input_error("the model has no forward method to rewrite");
-  // Class types in the order modules are met, with their instances.
+// The model's class types in the order their modules are met, each with its instances and its
+// prepared methods, and where each ternary layer is read: in which type's methods, at which path.
+struct ModelGraphs {
   std::vector<c10::ClassTypePtr> types;
   std::map<c10::ClassTypePtr, TypeInfo> info;
+  std::map<std::string, std::vector<std::pair<c10::ClassTypePtr, const Read*>>> reads_of;  // by layer
+};
+
+ModelGraphs prepare_model(const torch::jit::Module& module, const std::vector<LayerRecord>& layers) {
+  ModelGraphs g;
   for (const auto& m : module.named_modules()) {
-    auto& t = info[m.value.type()];
-    if (t.paths.empty()) types.push_back(m.value.type());
+    auto& t = g.info[m.value.type()];
+    if (t.paths.empty()) g.types.push_back(m.value.type());
     t.paths.push_back(m.name);
   }
-  // Each layer's reads: in which type's methods, at which path from `self`.
-  std::map<std::string, std::vector<std::pair<c10::ClassTypePtr, const Read*>>> reads_of;
-  for (const auto& type : types) {
-    TypeInfo& t = info[type];
+  for (const auto& type : g.types) {
+    TypeInfo& t = g.info[type];
     auto ternary = [&](const std::string& path) {
       for (const auto& prefix : t.paths)
-        if (find_layer(layers, join(prefix, path))) return true;
+        if (find_layer(layers, join_path(prefix, path))) return true;
       return false;
     };
     t.methods = prepare_methods(type, ternary);
     for (const auto& method : t.methods)
       for (const auto& r : method.reads)
         for (const auto& prefix : t.paths)
-          if (find_layer(layers, join(prefix, r.path))) reads_of[join(prefix, r.path)].push_back({type, &r});
+          if (find_layer(layers, join_path(prefix, r.path))) g.reads_of[join_path(prefix, r.path)].push_back({type, &r});
   }
+  return g;
+}
 
-  // Which layers run packed: a linear or conv2d use, no list holding the weight, and one shape for
-  // all the packed instances of a class (the shape is a constant of the rewritten method).
+// Which layers run packed, and the shape of each rewritten read: a method serves every instance of
+// its class, so the first packed instance fixes the shape its rewrite bakes in.
+struct PackPlan {
   PackReport report;
-  std::map<std::pair<c10::ClassTypePtr, std::string>, std::vector<int64_t>> shape_of;  // (type, path)
   std::set<std::string> packed;
-  for (const auto& layer : layers) {
-    const auto it = reads_of.find(layer.name);
-    if (it == reads_of.end()) {
-      report.kept_float.push_back({layer.name, "list"});  // an RNN's weight list
-      continue;
-    }
-    std::string why;
-    bool runs_packed = false;
-    for (const auto& [type, r] : it->second)
-      for (const auto& use : r->node->output()->uses()) {
-        if (packed_op(use, layer.shape.size()))
-          runs_packed = true;
-        else if (!is_metadata_query(use.user) && (why.empty() || is_shape_query(why)))
-          why = use.user->kind().toUnqualString();  // the first op, rather than a size check
-      }
-    if (!find_slot(module, layer.name).list_places.empty()) why = "list", runs_packed = false;
-    if (runs_packed)  // the first packed instance of a class fixes the shape for its method
-      for (const auto& [type, r] : it->second) {
-        const auto [shape, fresh] = shape_of.try_emplace({type, r->path}, layer.shape);
-        if (!fresh && shape->second != layer.shape) why = "shared class, other shape", runs_packed = false;
-      }
-    if (!runs_packed) {
-      report.kept_float.push_back({layer.name, why.empty() ? "unused" : why});
-      continue;
-    }
-    packed.insert(layer.name);
-    report.packed.push_back(layer.name);
-  }
+  std::map<std::pair<c10::ClassTypePtr, std::string>, std::vector<int64_t>> shape_of;  // (type, path)
+};
 
-  // Codes and scales beside each packed weight, which is emptied; empty codes where a module of the
-  // same class keeps the weight float (the rewritten method reads them for every instance).
+// Why `layer` cannot run packed, from its reads (the first op that reads its values, rather than a
+// size check), or "" when it can: it needs a linear or conv2d use and no list holding the weight.
+std::string why_float(const torch::jit::Module& module, const LayerRecord& layer, const ModelGraphs& graphs) {
+  const auto it = graphs.reads_of.find(layer.name);
+  if (it == graphs.reads_of.end()) return "list";  // an RNN's weight list
+  std::string why;
+  bool runs_packed = false;
+  for (const auto& [type, r] : it->second)
+    for (const auto& use : r->node->output()->uses()) {
+      if (packed_op(use, layer.shape.size()))
+        runs_packed = true;
+      else if (!is_metadata_query(use.user) && (why.empty() || is_shape_query(why)))
+        why = use.user->kind().toUnqualString();
+    }
+  if (!find_slot(module, layer.name).list_places.empty()) return "list";
+  if (runs_packed) return "";
+  return why.empty() ? "unused" : why;
+}
+
+PackPlan plan_packing(const torch::jit::Module& module, const std::vector<LayerRecord>& layers,
+                      const ModelGraphs& graphs) {
+  PackPlan plan;
+  for (const auto& layer : layers) {
+    std::string why = why_float(module, layer, graphs);
+    if (why.empty())
+      for (const auto& [type, r] : graphs.reads_of.at(layer.name)) {
+        const auto [shape, fresh] = plan.shape_of.try_emplace({type, r->path}, layer.shape);
+        if (!fresh && shape->second != layer.shape) why = "shared class, other shape";
+      }
+    if (!why.empty()) {
+      plan.report.kept_float.push_back({layer.name, layer.shape, why});
+      continue;
+    }
+    plan.packed.insert(layer.name);
+    plan.report.packed.push_back(layer.name);
+  }
+  return plan;
+}
+
+// Codes and scales beside each packed weight, which is emptied; empty codes where a module of the
+// same class keeps the weight float (the rewritten method reads them for every instance).
+void register_codes(torch::jit::Module& module, const std::vector<LayerRecord>& layers,
+                    const std::vector<std::string>& packed, Activations activations) {
   torch::NoGradGuard no_grad;
   std::map<c10::ClassTypePtr, std::set<std::string>> added;
   std::set<std::pair<const void*, std::string>> given;  // (module object, attribute): codes registered
-  for (const auto& name : report.packed) {
+  for (const auto& name : packed) {
     const LayerRecord& layer = *find_layer(layers, name);
     ParameterSlot slot = find_slot(module, name);
     const torch::Tensor weight = slot.owner.attr(slot.attribute).toTensor();
@@ -492,19 +238,21 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
         other.register_buffer(scales_name(attr), torch::empty({0}, torch::kFloat));
       }
   }
+}
 
-  // The rewrite of each method that reads a packed weight.
-  for (const auto& type : types) {
-    TypeInfo& t = info[type];
+// Rewrites each method that reads a packed weight: its uses call the ttq ops (replace_use).
+void rewrite_methods(ModelGraphs& graphs, const PackPlan& plan, Activations activations) {
+  for (const auto& type : graphs.types) {
+    TypeInfo& t = graphs.info[type];
     for (auto& method : t.methods) {
       bool changed = false;
       for (const auto& r : method.reads) {
         size_t count = 0;
-        for (const auto& prefix : t.paths) count += packed.count(join(prefix, r.path));
+        for (const auto& prefix : t.paths) count += plan.packed.count(join_path(prefix, r.path));
         if (count == 0) continue;
         const auto dot = r.path.rfind('.');
         const PackedRead read{r.node->input(0), dot == std::string::npos ? r.path : r.path.substr(dot + 1),
-                              shape_of.at({type, r.path}), activations, count < t.paths.size()};
+                              plan.shape_of.at({type, r.path}), activations, count < t.paths.size()};
         const auto uses = r.node->output()->uses();
         for (const auto& use : uses)
           if (!is_metadata_query(use.user)) replace_use(*method.graph, use, read);
@@ -513,7 +261,20 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
       if (changed) torch::jit::EliminateDeadCode(method.graph);
     }
   }
-  return report;
+}
+
+}  // namespace
+
+std::string codes_name(const std::string& weight) { return weight + "_codes"; }
+std::string scales_name(const std::string& weight) { return weight + "_scales"; }
+
+PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers, Activations activations) {
+  if (!module.find_method("forward")) throw input_error("the model has no forward method to rewrite");
+  ModelGraphs graphs = prepare_model(module, layers);
+  const PackPlan plan = plan_packing(module, layers, graphs);
+  register_codes(module, layers, plan.report.packed, activations);
+  rewrite_methods(graphs, plan, activations);
+  return plan.report;
 }
 
 namespace {

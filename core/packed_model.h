@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/choices.h"
+#include "core/layers.h"
 #include "core/ternary.h"
 
 namespace ttq {
@@ -22,15 +23,11 @@ inline constexpr Choice<Activations> kActivations[] = {
     {"int8", Activations::Int8, "layers quantize their inputs to int8 on the fly, for speed"}};
 constexpr const auto& choices(Activations) { return kActivations; }
 
-// A ternary layer that stays a float32 tensor in the packed model, and why: the op that uses it
-// ("embedding", "lstm", "slice" for an attention projection read in parts, ...).
-struct FloatLayer {
-  std::string name;
-  std::string use;
-};
+// The plan's decisions: the layers that run packed, and those that stay float32 tensors with the
+// op that keeps them so (core/layers.h).
 struct PackReport {
   std::vector<std::string> packed;  // forward order
-  std::vector<FloatLayer> kept_float;
+  std::vector<KeptFloat> kept_float;
 };
 
 // The names of the buffers that replace a packed weight "conv1.weight" in its module.

@@ -1,5 +1,7 @@
 #include "core/report.h"
 
+#include <algorithm>
+
 namespace ttq {
 namespace {
 
@@ -80,13 +82,13 @@ ModelReport inspect_module(const torch::jit::Module& module, const std::optional
 
   if (!any_ternary && !candidates.empty()) {
     report.dry_run = true;
-    mark_selected(candidates, options.selection);
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      if (!candidates[i].selected) continue;
-      auto& r = report.layers[i];
-      r.layer = plan_layer(candidates[i].name, candidates[i].weight, options.threshold, options.init);
-      r.kind = LayerKind::Planned;
-      r.delta_known = true;
+    const LayerPlan plan = plan_layers(module, options, PlanPurpose::DryRun);  // what quantize would do
+    for (const LayerRecord& planned : plan.layers) {
+      const auto row = std::find_if(report.layers.begin(), report.layers.end(),
+                                    [&](const LayerReport& r) { return r.layer.name == planned.name; });
+      row->layer = planned;
+      row->kind = LayerKind::Planned;
+      row->delta_known = true;
     }
   }
   report.totals = compute_totals(module, report.layers);

@@ -44,7 +44,7 @@ struct Totals {
 struct ModelReport {
   bool dry_run = false;  // no ternary layer found: the report shows what `quantize` would do
   std::vector<LayerReport> layers;  // every quantizable weight, in forward order
-  std::vector<Excluded> excluded;   // rank >= 2 parameters that are not layer weights, and their use
+  std::vector<KeptFloat> excluded;  // rank >= 2 parameters that are not layer weights, and their use
   Totals totals;
 };
 

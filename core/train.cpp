@@ -66,37 +66,22 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
 
 void Trainer::select_layers() {
   auto& q = options_.quant;
-  validate(q.threshold);
-  auto candidates = find_candidates(module_);
-  apply_selection(candidates, q.selection);
-  const auto layers_count = [](const std::vector<Candidate>& c) {
-    return std::count_if(c.begin(), c.end(), [](const Candidate& x) { return x.selected; });
-  };
-  std::vector<std::string> bare;  // selected layers whose output no normalization takes
-  for (const auto& c : candidates)
-    if (c.selected && !c.normalized) bare.push_back(c.name);
-  const std::string why = bare.empty() ? "a normalization follows every ternary layer"
-                                       : fmt::format("no normalization takes the output of {} of {} ternary layers "
-                                                     "({}{})", bare.size(), layers_count(candidates), bare.front(),
-                                                     bare.size() > 1 ? ", ..." : "");
-  if (q.init == ScaleInit::Auto) {
-    q.init = bare.empty() ? ScaleInit::Ones : ScaleInit::Mean;
-    spdlog::info("--init auto: {} ({})", choice_name(q.init), why);
-  } else if (q.init == ScaleInit::Ones && !bare.empty()) {
+  const LayerPlan plan = plan_layers(module_, q, PlanPurpose::Finetune);
+  if (q.init == ScaleInit::Auto)
+    spdlog::info("--init auto: {} ({})", choice_name(plan.init), plan.init_reason);
+  else if (q.init == ScaleInit::Ones && !plan.every_layer_normalized)
     spdlog::warn("--init ones: {}; such layers start at scale 1 and rarely survive; consider --init mean (or auto)",
-                 why);
-  }
-  for (const auto& c : candidates) {
-    if (!c.selected) continue;
-    check_finite(c.name, c.weight);
+                 plan.init_reason);
+  q.init = plan.init;
+  for (size_t i = 0; i < plan.layers.size(); ++i) {
+    const LayerRecord& planned = plan.layers[i];
     TrainLayer l;
-    l.name = c.name;
-    l.latent = c.weight.detach().clone().requires_grad_(true);
+    l.name = planned.name;
+    l.latent = plan.weights[i].detach().clone().requires_grad_(true);
     l.threshold = q.threshold;
-    l.slot = find_slot(module_, c.name);
-    const LayerRecord plan = plan_layer(c.name, l.latent, q.threshold, q.init);
-    l.wp = torch::full({}, plan.wp).requires_grad_(true);
-    l.wn = torch::full({}, plan.wn).requires_grad_(true);
+    l.slot = find_slot(module_, l.name);
+    l.wp = torch::full({}, planned.wp).requires_grad_(true);
+    l.wn = torch::full({}, planned.wn).requires_grad_(true);
     layers_.push_back(std::move(l));
   }
 }

@@ -116,14 +116,7 @@ void from_json(const json& j, ObjectiveOptions& o) {
 }
 
 void metrics_to_json(json& j, const Metrics& m, const std::string& prefix, bool with_terms) {
-  j[prefix + "loss"] = m.loss;
-  if (m.has_labels()) j[prefix + "top1"] = m.top1, j[prefix + "top5"] = m.top5;
-  if (with_terms && m.distill != 0) {
-    if (m.has_labels()) j[prefix + "ce"] = m.ce;
-    j[prefix + "distill"] = m.distill;
-  }
-  if (m.agreement) j[prefix + "agreement"] = *m.agreement;
-  if (m.rel_mse) j[prefix + "rel_mse"] = *m.rel_mse;
+  for (const auto& v : measured_metrics(m, with_terms)) j[prefix + v.name] = v.value;
 }
 
 Metrics metrics_from_json(const json& j, const std::string& prefix) {
