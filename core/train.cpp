@@ -18,6 +18,45 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// The batches of an epoch, taken in step order. Data decoded per batch (an image folder: `streamed`)
+// is prepared one batch ahead, on the loader's own threads, while the step before it runs; the time
+// that takes and the time training waits for it are counted.
+template <class Batch>
+class Prefetcher {
+ public:
+  Prefetcher(std::function<Batch(int64_t)> load, bool streamed, int64_t steps)
+      : load_(std::move(load)), streamed_(streamed), steps_(steps) {}
+
+  Batch take(int64_t step) {
+    if (!ahead_.valid()) ahead_ = fetch(step);
+    const auto wait_start = Clock::now();
+    Loaded loaded = ahead_.get();
+    if (streamed_) loading_.add(loaded.batch.inputs.front().size(0), loaded.seconds, seconds_since(wait_start));
+    if (step + 1 < steps_) ahead_ = fetch(step + 1);
+    return std::move(loaded.batch);
+  }
+  const DataLoading& loading() const { return loading_; }
+
+ private:
+  struct Loaded {
+    Batch batch;
+    double seconds;
+  };
+  std::future<Loaded> fetch(int64_t step) {
+    return std::async(streamed_ ? std::launch::async : std::launch::deferred, [this, step] {
+      const auto start = Clock::now();
+      Batch batch = load_(step);
+      return Loaded{std::move(batch), seconds_since(start)};
+    });
+  }
+
+  std::function<Batch(int64_t)> load_;
+  bool streamed_;
+  int64_t steps_;
+  std::future<Loaded> ahead_;
+  DataLoading loading_;
+};
+
 }  // namespace
 
 double lr_factor(const TrainOptions& o, int epoch, int64_t global_step, int64_t steps_per_epoch) {
@@ -258,24 +297,8 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
   const auto t0 = Clock::now();
   int64_t timed_samples = 0;
   bool stopped_early = false;
-  // Data decoded per batch (an image folder) is prepared one batch ahead, on the loader's own
-  // threads, while the step before it runs; the time it takes and the time training waits for it
-  // are reported.
-  struct Loaded {
-    Batch batch;
-    double seconds;
-  };
-  const bool streamed = data_.train.source != nullptr;
-  std::future<Loaded> ahead;
-  const auto fetch = [&](int64_t s) {
-    return std::async(streamed ? std::launch::async : std::launch::deferred, [this, &order, epoch, s] {
-      const auto start = Clock::now();
-      Batch batch = next_batch(order, epoch, s);
-      return Loaded{std::move(batch), seconds_since(start)};
-    });
-  };
-  DataLoading loading;
-  if (position_.step_in_epoch < steps) ahead = fetch(position_.step_in_epoch);
+  Prefetcher<Batch> batches([&](int64_t s) { return next_batch(order, epoch, s); }, data_.train.source != nullptr,
+                            steps);
   for (int64_t s = position_.step_in_epoch; s < steps; ++s) {
     if (options_.max_steps && position_.global_step >= options_.max_steps) {
       stopped_early = true;
@@ -283,12 +306,7 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
     }
     const double lr_mult = lr_factor(options_, epoch, position_.global_step, steps);
     set_lr(lr_mult);
-    const auto wait_start = Clock::now();
-    const Loaded loaded = ahead.get();
-    if (streamed) loading.add(loaded.batch.inputs.front().size(0), loaded.seconds, seconds_since(wait_start));
-    const Batch& batch = loaded.batch;
-    if (s + 1 < steps) ahead = fetch(s + 1);
-    Metrics step = train_step(batch);
+    Metrics step = train_step(batches.take(s));
     bool stopping = stop.load();
     if (comm_) stopping = synchronize(step, stopping);
     const double loss_value = step.loss / static_cast<double>(step.samples);
@@ -302,7 +320,7 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
     timed_samples += step.samples;
     const StepProgress progress{epoch + 1, s + 1, steps, position_.global_step, loss_value, base_lrs_[0] * lr_mult,
                                 static_cast<double>(timed_samples) / std::max(1e-9, seconds_since(t0)), step,
-                                loading.summary(seconds_since(t0))};
+                                batches.loading().summary(seconds_since(t0))};
     if (hooks.on_step) hooks.on_step(progress);
     if (hooks.on_log_step && hooks.log_every > 0 && position_.global_step % hooks.log_every == 0)
       hooks.on_log_step(progress, snapshot());
@@ -315,18 +333,25 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
         s + 1 < steps)
       hooks.save_checkpoint(position_);
   }
+  finish_epoch(epoch, stopped_early, seconds_since(t0), batches.loading(), hooks);
+}
+
+// The epoch's record (validation, layers, the lr of its last step), reported and checkpointed; a
+// full epoch moves the position to the next.
+void Trainer::finish_epoch(int epoch, bool partial, double seconds, const DataLoading& loading,
+                           const TrainHooks& hooks) {
   EpochRecord r;
   r.epoch = epoch + 1;
-  r.partial = stopped_early;
+  r.partial = partial;
   r.step = position_.global_step;
-  r.lr = base_lrs_[0] * lr_factor(options_, epoch, std::max<int64_t>(0, position_.global_step - 1), steps);
+  r.lr = base_lrs_[0] * lr_factor(options_, epoch, std::max<int64_t>(0, position_.global_step - 1), steps_per_epoch());
   r.train = averaged(position_.train);
   r.val = evaluate();
-  r.seconds = seconds_since(t0);
-  r.loading = loading.summary(r.seconds);
+  r.seconds = seconds;
+  r.loading = loading.summary(seconds);
   r.layers = snapshot();
   warn_negative_scales(r.layers);
-  if (!stopped_early) {
+  if (!partial) {
     position_.epoch = epoch + 1;
     position_.step_in_epoch = 0;
     position_.train = {};

@@ -179,8 +179,9 @@ class Trainer {
   void build_optimizer();   // groups: latent weights, other parameters, scales (own lr and decay)
   void probe();             // fails before training on data the model cannot take
   void start_distributed(); // checks that the ranks agree, then gives every rank rank 0's state
-  // One epoch, and one step of it.
+  // One epoch: its step loop, then its record; and one step of it.
   void run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop);
+  void finish_epoch(int epoch, bool partial, double seconds, const DataLoading& loading, const TrainHooks& hooks);
   Batch next_batch(const torch::Tensor& order, int epoch, int64_t step) const;
   Metrics train_step(const Batch& batch);  // sums over this rank's batch
   void apply_weights();      // w_t = ternarize(latent) into the module, keeping autograd

@@ -15,6 +15,7 @@
 #include "core/util.h"
 #include "formats/atomic_file.h"
 #include "formats/json.h"
+#include "formats/little_endian.h"
 
 namespace ttq {
 namespace {
@@ -46,26 +47,17 @@ std::vector<std::pair<int64_t, fs::path>> checkpoints_in(const std::string& dir)
   return found;
 }
 
-void put_u64(std::string& out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
-}
-uint64_t get_u64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
-  return v;
-}
-
 // The archive's bytes after checking the trailer; input errors name the file.
 std::string verified_archive(const std::string& path) {
   const std::vector<uint8_t> bytes = read_file(path);
   if (bytes.size() < kTrailerSize || std::memcmp(bytes.data() + bytes.size() - kTrailerSize, kTrailerMagic, 8) != 0)
     throw input_error(fmt::format("{}: not a ttq checkpoint of version {} (or cut short)", path, kCheckpointVersion));
   const uint8_t* trailer = bytes.data() + bytes.size() - kTrailerSize;
-  const uint64_t size = get_u64(trailer + 8);
+  const uint64_t size = le::read_u64(trailer + 8);
   if (size != bytes.size() - kTrailerSize)
     throw input_error(fmt::format("{}: truncated or extended checkpoint ({} bytes, {} expected)", path,
                                   bytes.size() - kTrailerSize, size));
-  if (XXH64(bytes.data(), size, 0) != get_u64(trailer + 16))
+  if (XXH64(bytes.data(), size, 0) != le::read_u64(trailer + 16))
     throw input_error(fmt::format("{}: corrupt checkpoint (checksum mismatch)", path));
   return std::string(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(size));
 }
@@ -127,8 +119,8 @@ void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string
   std::string bytes = buffer.str();
   const uint64_t size = bytes.size(), checksum = XXH64(bytes.data(), bytes.size(), 0);
   bytes.append(kTrailerMagic, sizeof kTrailerMagic);
-  put_u64(bytes, size);
-  put_u64(bytes, checksum);
+  le::append_u64(bytes, size);
+  le::append_u64(bytes, checksum);
   const fs::path path = fs::path(dir) / fmt::format("checkpoint-{:010}.pt", p.global_step);
   write_atomically(path, [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); });
   auto all = checkpoints_in(dir);

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "formats/little_endian.h"
 #include "formats/ternary_codec.h"
 
 namespace ttq::ttqz {
@@ -34,24 +35,23 @@ constexpr bool kVerifyChecksums = true;
 
 Error bad(const std::string& why) { return input_error(fmt::format("invalid .ttqz archive: {}", why)); }
 
-uint32_t read_u32(const uint8_t* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-uint64_t read_u64(const uint8_t* p) { return uint64_t(read_u32(p)) | uint64_t(read_u32(p + 4)) << 32; }
-void put_u32(std::vector<uint8_t>& b, uint32_t v) {
-  for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-void put_u64(std::vector<uint8_t>& b, uint64_t v) {
-  put_u32(b, static_cast<uint32_t>(v));
-  put_u32(b, static_cast<uint32_t>(v >> 32));
-}
+using le::read_u32;
+using le::read_u64;
+
+// Where each field of the fixed header and of a section-table entry starts (man/ttqz.5); the parser
+// and the writer name fields by these.
+namespace at {
+constexpr size_t kMagic = 0, kVersion = 8, kSectionCount = 12, kFileSize = 16, kProducer = 24, kHeaderChecksum = 40;
+constexpr size_t kProducerSize = 16;
+constexpr size_t kKind = 0, kCompression = 4, kOffset = 8, kStoredSize = 16, kRawSize = 24, kChecksum = 32;
+}  // namespace at
 
 uint64_t align_up(uint64_t v) { return (v + kAlignment - 1) / kAlignment * kAlignment; }
 
 uint64_t header_checksum(const uint8_t* data, uint64_t table_end) {
   XXH64_state_t* st = XXH64_createState();
   XXH64_reset(st, 0);
-  XXH64_update(st, data, 40);  // everything before the checksum field
+  XXH64_update(st, data, at::kHeaderChecksum);  // everything before the checksum field
   XXH64_update(st, data + kFixedHeaderSize, table_end - kFixedHeaderSize);
   const uint64_t h = XXH64_digest(st);
   XXH64_freeState(st);
@@ -68,40 +68,41 @@ void parse_header(Archive& a) {
   const uint8_t* d = a.data;
   if (a.size < kFixedHeaderSize)
     throw bad(fmt::format("{} bytes is too short for the {}-byte header", a.size, kFixedHeaderSize));
-  if (std::memcmp(d, kMagic, sizeof kMagic) != 0)
-    throw bad(fmt::format("bad magic {} (expected {})", hex(d, 8), hex(kMagic, 8)));
-  a.version = read_u32(d + 8);
+  if (std::memcmp(d + at::kMagic, kMagic, sizeof kMagic) != 0)
+    throw bad(fmt::format("bad magic {} (expected {})", hex(d + at::kMagic, 8), hex(kMagic, 8)));
+  a.version = read_u32(d + at::kVersion);
   if (a.version < kOldestVersion)
     throw bad(fmt::format("format version {} is older than any ttq wrote ({})", a.version, kOldestVersion));
   if (a.version > kVersion)
     throw bad(fmt::format("format version {} is newer than this ttq reads ({}); upgrade ttq", a.version, kVersion));
-  const uint64_t count = read_u32(d + 12);
+  const uint64_t count = read_u32(d + at::kSectionCount);
   if (count < 2 || count > kMaxSections)
     throw bad(fmt::format("section count {} outside [2, {}]", count, kMaxSections));
   const uint64_t table_end = kFixedHeaderSize + count * kSectionEntrySize;  // cannot overflow
   if (table_end > a.size)
     throw bad(fmt::format("section table of {} entries runs past the end of the file", count));
-  const uint64_t declared = read_u64(d + 16);
+  const uint64_t declared = read_u64(d + at::kFileSize);
   if (declared != a.size)
     throw bad(fmt::format("header says {} bytes but the file has {} (truncated or extended)", declared, a.size));
-  const char* producer = reinterpret_cast<const char*>(d + 24);
-  a.producer.assign(producer, strnlen(producer, 16));
-  if (read_u64(d + 40) != header_checksum(d, table_end) && kVerifyChecksums) throw bad("header checksum mismatch");
+  const char* producer = reinterpret_cast<const char*>(d + at::kProducer);
+  a.producer.assign(producer, strnlen(producer, at::kProducerSize));
+  if (read_u64(d + at::kHeaderChecksum) != header_checksum(d, table_end) && kVerifyChecksums)
+    throw bad("header checksum mismatch");
 
   uint64_t expected_offset = align_up(table_end);
   uint64_t previous_end = table_end;
   for (uint64_t i = 0; i < count; ++i) {
     const uint8_t* e = d + kFixedHeaderSize + i * kSectionEntrySize;
     Section s;
-    const uint32_t kind = read_u32(e), compression = read_u32(e + 4);
+    const uint32_t kind = read_u32(e + at::kKind), compression = read_u32(e + at::kCompression);
     if (kind < 1 || kind > 3) throw bad(fmt::format("section {}: unknown kind {}", i, kind));
     if (compression > 1) throw bad(fmt::format("section {}: unknown compression {}", i, compression));
     s.kind = static_cast<SectionKind>(kind);
     s.compression = static_cast<Compression>(compression);
-    s.offset = read_u64(e + 8);
-    s.stored_size = read_u64(e + 16);
-    s.raw_size = read_u64(e + 24);
-    s.checksum = read_u64(e + 32);
+    s.offset = read_u64(e + at::kOffset);
+    s.stored_size = read_u64(e + at::kStoredSize);
+    s.raw_size = read_u64(e + at::kRawSize);
+    s.checksum = read_u64(e + at::kChecksum);
     if (s.offset != expected_offset)
       throw bad(fmt::format("section {}: offset {} where {} was expected (sections must be contiguous "
                             "and {}-byte aligned)", i, s.offset, expected_offset, kAlignment));
@@ -236,6 +237,77 @@ std::vector<uint8_t> compress(const std::vector<uint8_t>& raw, int level) {
   return out;
 }
 
+// The writer, as the mirror of the parser: a tensor's entry (parse_tensor), a section's stored bytes
+// and table entry, their places, and the header (parse_header).
+json tensor_json(const TensorEntry& t) {
+  json j = {{"name", t.name}, {"role", t.is_parameter ? "parameter" : "buffer"}, {"requires_grad", t.requires_grad},
+            {"shape", t.shape}, {"dtype", t.dtype}, {"encoding", to_string(t.encoding)}, {"section", t.section}};
+  if (t.encoding == Encoding::Raw) {
+    j["stored_dtype"] = t.stored_dtype;
+  } else {
+    j["wp"] = t.wp;
+    j["wn"] = t.wn;
+    j["counts"] = {{"neg", t.counts.neg}, {"zero", t.counts.zero}, {"pos", t.counts.pos}};
+  }
+  return j;
+}
+
+struct Stored {
+  Section section;
+  std::vector<uint8_t> bytes;
+};
+
+// zstd where that is smaller, else the raw bytes.
+Stored store(SectionKind kind, const std::vector<uint8_t>& raw, bool compressible, int level) {
+  Stored s;
+  s.section.kind = kind;
+  s.section.raw_size = raw.size();
+  if (compressible) {
+    auto packed = compress(raw, level);
+    if (packed.size() < raw.size()) {
+      s.section.compression = Compression::Zstd;
+      s.bytes = std::move(packed);
+    }
+  }
+  if (s.section.compression == Compression::None) s.bytes = raw;
+  s.section.checksum = XXH64(s.bytes.data(), s.bytes.size(), 0);
+  s.section.stored_size = s.bytes.size();
+  return s;
+}
+
+// Each section at the aligned running total after the table, as the parser expects; the file size.
+uint64_t place_sections(std::vector<Stored>& sections) {
+  const uint64_t table_end = kFixedHeaderSize + sections.size() * kSectionEntrySize;
+  uint64_t offset = align_up(table_end), end = table_end;
+  for (auto& s : sections) {
+    s.section.offset = offset;
+    end = offset + s.section.stored_size;
+    offset = align_up(end);
+  }
+  return end;
+}
+
+std::vector<uint8_t> header_bytes(const std::vector<Stored>& sections, uint64_t file_size) {
+  std::vector<uint8_t> h(kFixedHeaderSize + sections.size() * kSectionEntrySize, 0);
+  std::memcpy(h.data() + at::kMagic, kMagic, sizeof kMagic);
+  le::store_u32(h.data() + at::kVersion, kVersion);
+  le::store_u32(h.data() + at::kSectionCount, static_cast<uint32_t>(sections.size()));
+  le::store_u64(h.data() + at::kFileSize, file_size);
+  std::strncpy(reinterpret_cast<char*>(h.data() + at::kProducer), "ttq " TTQ_VERSION, at::kProducerSize);
+  for (size_t i = 0; i < sections.size(); ++i) {
+    const Section& s = sections[i].section;
+    const size_t e = kFixedHeaderSize + i * kSectionEntrySize;
+    le::store_u32(h.data() + e + at::kKind, static_cast<uint32_t>(s.kind));
+    le::store_u32(h.data() + e + at::kCompression, static_cast<uint32_t>(s.compression));
+    le::store_u64(h.data() + e + at::kOffset, s.offset);
+    le::store_u64(h.data() + e + at::kStoredSize, s.stored_size);
+    le::store_u64(h.data() + e + at::kRawSize, s.raw_size);
+    le::store_u64(h.data() + e + at::kChecksum, s.checksum);
+  }
+  le::store_u64(h.data() + at::kHeaderChecksum, header_checksum(h.data(), h.size()));
+  return h;
+}
+
 }  // namespace
 
 const char* to_string(Encoding e) { return e == Encoding::Raw ? "raw" : "ternary-rans"; }
@@ -325,76 +397,18 @@ Summary summarize(const Archive& a) {
 
 void write(std::ostream& out, const std::string& ttq_json, const std::vector<uint8_t>& program,
            std::vector<TensorEntry> tensors, const std::vector<Payload>& tensor_payloads, int level) {
-  struct Stored {
-    Section section;
-    std::vector<uint8_t> bytes;
-  };
-  const auto store = [&](SectionKind kind, const std::vector<uint8_t>& raw, bool compressible) {
-    Stored s;
-    s.section.kind = kind;
-    s.section.raw_size = raw.size();
-    if (compressible) {
-      auto packed = compress(raw, level);
-      if (packed.size() < raw.size()) {
-        s.section.compression = Compression::Zstd;
-        s.bytes = std::move(packed);
-      }
-    }
-    if (s.section.compression == Compression::None) s.bytes = raw;
-    s.section.checksum = XXH64(s.bytes.data(), s.bytes.size(), 0);
-    s.section.stored_size = s.bytes.size();
-    return s;
-  };
-
   json entries = json::array();
   for (auto& t : tensors) {
-    t.section += 2;
-    json j = {{"name", t.name}, {"role", t.is_parameter ? "parameter" : "buffer"},
-              {"requires_grad", t.requires_grad}, {"shape", t.shape}, {"dtype", t.dtype},
-              {"encoding", to_string(t.encoding)}, {"section", t.section}};
-    if (t.encoding == Encoding::Raw) {
-      j["stored_dtype"] = t.stored_dtype;
-    } else {
-      j["wp"] = t.wp;
-      j["wn"] = t.wn;
-      j["counts"] = {{"neg", t.counts.neg}, {"zero", t.counts.zero}, {"pos", t.counts.pos}};
-    }
-    entries.push_back(std::move(j));
+    t.section += 2;  // after the metadata and the program
+    entries.push_back(tensor_json(t));
   }
-  const json meta = {{"format", "ttqz"}, {"ttq_json", ttq_json}, {"tensors", entries}};
-  const std::string meta_text = meta.dump();
-
+  const std::string meta = json{{"format", "ttqz"}, {"ttq_json", ttq_json}, {"tensors", entries}}.dump();
   std::vector<Stored> sections;
-  sections.push_back(store(SectionKind::Metadata, std::vector<uint8_t>(meta_text.begin(), meta_text.end()), true));
-  sections.push_back(store(SectionKind::Program, program, true));
-  for (const auto& p : tensor_payloads) sections.push_back(store(SectionKind::Tensor, p.bytes, p.compressible));
-
-  const uint64_t table_end = kFixedHeaderSize + sections.size() * kSectionEntrySize;
-  uint64_t offset = align_up(table_end), end = table_end;
-  for (auto& s : sections) {
-    s.section.offset = offset;
-    end = offset + s.section.stored_size;
-    offset = align_up(end);
-  }
-
-  std::vector<uint8_t> header(kMagic, kMagic + sizeof kMagic);
-  put_u32(header, kVersion);
-  put_u32(header, static_cast<uint32_t>(sections.size()));
-  put_u64(header, end);
-  char producer[16] = {};
-  std::strncpy(producer, "ttq " TTQ_VERSION, sizeof producer);
-  header.insert(header.end(), producer, producer + sizeof producer);
-  put_u64(header, 0);  // header checksum, filled below
-  for (const auto& s : sections) {
-    put_u32(header, static_cast<uint32_t>(s.section.kind));
-    put_u32(header, static_cast<uint32_t>(s.section.compression));
-    put_u64(header, s.section.offset);
-    put_u64(header, s.section.stored_size);
-    put_u64(header, s.section.raw_size);
-    put_u64(header, s.section.checksum);
-  }
-  const uint64_t h = header_checksum(header.data(), table_end);
-  for (int i = 0; i < 8; ++i) header[40 + i] = static_cast<uint8_t>(h >> (8 * i));
+  sections.push_back(store(SectionKind::Metadata, std::vector<uint8_t>(meta.begin(), meta.end()), true, level));
+  sections.push_back(store(SectionKind::Program, program, true, level));
+  for (const auto& p : tensor_payloads) sections.push_back(store(SectionKind::Tensor, p.bytes, p.compressible, level));
+  const uint64_t file_size = place_sections(sections);
+  const std::vector<uint8_t> header = header_bytes(sections, file_size);
 
   static const char zeros[kAlignment] = {};
   out.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));

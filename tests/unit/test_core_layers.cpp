@@ -1,35 +1,21 @@
-// core/layers and core/quantize on real TorchScript fixtures (scripts/make_fixtures.py).
+// core/layers on real TorchScript fixtures (scripts/make_fixtures.py).
 #include "catch.h"
+#include "helpers.h"
 
 #include "core/error.h"
 #include "core/layers.h"
-#include "core/quantize.h"
-#include "formats/metadata.h"
-#include "formats/torchscript.h"
 
 using namespace ttq;
+using ttq::test::fixture;
+using ttq::test::kind_of;
 
 namespace {
-
-torch::jit::Module fixture(const std::string& name) {
-  return load_torchscript(std::string(TTQ_FIXTURES) + "/" + name).module;
-}
 
 std::vector<std::string> names(const std::vector<Candidate>& cs, bool selected_only = false) {
   std::vector<std::string> out;
   for (const auto& c : cs)
     if (!selected_only || c.selected) out.push_back(c.name);
   return out;
-}
-
-ErrorKind kind_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.kind();
-  }
-  FAIL("no ttq::Error thrown");
-  return ErrorKind::Runtime;
 }
 
 }  // namespace
@@ -116,52 +102,6 @@ TEST_CASE("a weight computed from latent weights and scales keeps autograd flowi
   CHECK(wp.grad().item<double>() == Approx(g.masked_select(pos).sum().item<double>()).epsilon(1e-5));
   CHECK(wn.grad().item<double>() == Approx(-g.masked_select(neg).sum().item<double>()).epsilon(1e-5));
   CHECK(latent.grad().abs().sum().item<double>() > 0.0);
-}
-
-TEST_CASE("quantize_module ternarizes the selected weights and leaves every other tensor untouched") {
-  auto module = fixture("small_cnn.pt");
-  std::map<std::string, torch::Tensor> before;
-  for (const auto& p : module.named_parameters()) before[p.name] = p.value.detach().clone();
-
-  QuantizeOptions options;
-  options.threshold = {ThresholdMode::Sparsity, 0.5};
-  const std::vector<LayerRecord> layers = quantize_module(module, options);
-  REQUIRE(layers.size() == 2);
-  for (const auto& p : module.named_parameters()) {
-    const LayerRecord* r = find_layer(layers, p.name);
-    CAPTURE(p.name);
-    if (!r) {
-      CHECK(torch::equal(p.value, before[p.name]));
-      continue;
-    }
-    const auto& w = p.value;
-    CHECK(((w == r->wp) | (w == 0) | (w == -r->wn)).all().item<bool>());
-    CHECK((w == 0).sum().item<int64_t>() == w.numel() / 2);
-    CHECK(r->counts.total() == w.numel());
-    CHECK(r->wp == Approx(before[p.name].masked_select(before[p.name] > r->delta).mean().item<double>()));
-  }
-}
-
-TEST_CASE("TTQ metadata survives a JSON round trip - malformed text is an input error") {
-  auto module = fixture("small_cnn.pt");
-  ModelMetadata meta;
-  meta.layers = quantize_module(module, {});
-  meta.command = "quantize";
-  const ModelMetadata back = metadata_from_json(metadata_to_json(meta), "test");
-  REQUIRE(back.layers.size() == meta.layers.size());
-  for (size_t i = 0; i < meta.layers.size(); ++i) {
-    CHECK(back.layers[i].name == meta.layers[i].name);
-    CHECK(back.layers[i].shape == meta.layers[i].shape);
-    CHECK(back.layers[i].wp == meta.layers[i].wp);
-    CHECK(back.layers[i].wn == meta.layers[i].wn);
-    CHECK(back.layers[i].delta == meta.layers[i].delta);
-    CHECK(back.layers[i].counts.zero == meta.layers[i].counts.zero);
-  }
-  CHECK(back.command == "quantize");
-  CHECK(back.options.threshold.value == meta.options.threshold.value);
-  CHECK(kind_of([] { metadata_from_json("{not json", "x"); }) == ErrorKind::Input);
-  CHECK(kind_of([] { metadata_from_json(R"({"format":"ttq-metadata","version":99})", "x"); }) == ErrorKind::Input);
-  CHECK(kind_of([] { metadata_from_json(R"({"format":"ttq-metadata","version":1})", "x"); }) == ErrorKind::Input);
 }
 
 TEST_CASE("candidates are chosen by their use in forward: layer weights but not tokens or scales") {

@@ -96,3 +96,29 @@ TEST_CASE("auto options are decided by the presence of labels, and out-of-range 
   o.temperature = 0;
   CHECK_THROWS_WITH(resolve(o, true), Catch::Contains("--distill-temperature must be positive"));
 }
+
+TEST_CASE("the metrics table lists what a split measured, in one order, fractions marked") {
+  Metrics labeled;
+  labeled.labeled = 10, labeled.loss = 0.5, labeled.top1 = 0.8, labeled.top5 = 0.9, labeled.ce = 0.4,
+  labeled.distill = 0.1;
+  const auto row_names = [](const std::vector<MetricValue>& rows) {
+    std::vector<std::string> out;
+    for (const auto& r : rows) out.push_back(r.name);
+    return out;
+  };
+  CHECK(row_names(measured_metrics(labeled, false)) == std::vector<std::string>{"loss", "top1", "top5"});
+  CHECK(row_names(measured_metrics(labeled, true)) ==
+        std::vector<std::string>{"loss", "top1", "top5", "ce", "distill"});
+  Metrics teacher_only;  // unlabeled, against a teacher
+  teacher_only.agreement = 0.75, teacher_only.rel_mse = 0.01;
+  const auto rows = measured_metrics(teacher_only, true);
+  CHECK(row_names(rows) == std::vector<std::string>{"loss", "agreement", "rel_mse"});
+  CHECK(rows[1].value == 0.75);
+  CHECK(rows[1].fraction);
+  CHECK_FALSE(rows[2].fraction);
+  CHECK(is_fraction("val_top5"));
+  CHECK(is_fraction("train_top1"));
+  CHECK(is_fraction("agreement"));
+  CHECK_FALSE(is_fraction("val_rel_mse"));
+  CHECK_FALSE(is_fraction("lr"));
+}
