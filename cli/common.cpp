@@ -1,6 +1,7 @@
 #include "cli/common.h"
 
 #include <ATen/Parallel.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <unistd.h>
