@@ -68,14 +68,14 @@ class TwoRanksAgainstOneProcess(Workdir):
     def assert_same_trajectory(self, got, want):
         self.assertEqual([(t, s) for t, s, _, _ in got], [(t, s) for t, s, _, _ in want])
         # Two half batches sum their gradients in another order than one batch: float32 rounding
-        # then drifts by about 1e-5 of a scale over 16 steps, as far as 1.4e-5 with AMD EPYC's
-        # OpenBLAS kernels. A rank that trained apart, or gradients not averaged, differs by far more.
+        # then drifts, on AMD EPYC with its
+        # OpenBLAS kernels, to 1.4e-5 of a scale at step 16 and 1.1e-4 at step 24. A rank that trained apart, or gradients not averaged, differs by far more.
         for (_, step, loss_a, layers_a), (_, _, loss_b, layers_b) in zip(got, want):
-            self.assertAlmostEqual(loss_a, loss_b, delta=1e-4 * abs(loss_b), msg=step)
+            self.assertAlmostEqual(loss_a, loss_b, delta=1e-3 * abs(loss_b), msg=step)
             for (name_a, wp_a, wn_a, zero_a), (name_b, wp_b, wn_b, zero_b) in zip(layers_a, layers_b):
                 self.assertEqual(name_a, name_b)
-                self.assertAlmostEqual(wp_a, wp_b, delta=1e-4 * abs(wp_b), msg=(step, name_a))
-                self.assertAlmostEqual(wn_a, wn_b, delta=1e-4 * abs(wn_b), msg=(step, name_a))
+                self.assertAlmostEqual(wp_a, wp_b, delta=1e-3 * abs(wp_b), msg=(step, name_a))
+                self.assertAlmostEqual(wn_a, wn_b, delta=1e-3 * abs(wn_b), msg=(step, name_a))
                 self.assertAlmostEqual(zero_a, zero_b, delta=2e-3, msg=(step, name_a))  # a few codes may flip
 
     def test_two_ranks_with_half_batches_train_as_one_process(self):
