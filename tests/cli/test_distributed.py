@@ -68,8 +68,8 @@ class TwoRanksAgainstOneProcess(Workdir):
     def assert_same_trajectory(self, got, want):
         self.assertEqual([(t, s) for t, s, _, _ in got], [(t, s) for t, s, _, _ in want])
         # Two half batches sum their gradients in another order than one batch: float32 rounding
-        # then drifts, on AMD EPYC with its
-        # OpenBLAS kernels, to 1.4e-5 of a scale at step 16 and 1.1e-4 at step 24. A rank that trained apart, or gradients not averaged, differs by far more.
+        # then drifts, with AMD EPYC's OpenBLAS kernels to 1.4e-5 of a scale at step 16 and 1.1e-4
+        # at step 24. A rank that trained apart, or gradients not averaged, differs by far more.
         for (_, step, loss_a, layers_a), (_, _, loss_b, layers_b) in zip(got, want):
             self.assertAlmostEqual(loss_a, loss_b, delta=1e-3 * abs(loss_b), msg=step)
             for (name_a, wp_a, wn_a, zero_a), (name_b, wp_b, wn_b, zero_b) in zip(layers_a, layers_b):
