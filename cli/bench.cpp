@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <iostream>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -21,7 +23,6 @@
 #include "core/ops/kernels.h"
 #include "core/util.h"
 #include "formats/model_file.h"
-#include "plugins/dataset.h"
 
 extern char** environ;
 
@@ -32,8 +33,8 @@ struct BenchArgs {
   std::string model, vs;
   int64_t batch = 1;
   std::vector<int64_t> input_shape{3, 224, 224};
-  std::string data;  // a dataset spec: its first samples are the input instead
-  int runs = 20, warmup = 3, threads = 0;
+  DataFlags data;  // --data: its first samples are the input instead
+  int runs = 20, warmup = 3;
   bool json = false;
   bool memory_probe = false;  // internal: print this process's memory figures for MODEL as JSON
 };
@@ -56,21 +57,30 @@ struct Memory {
   double loaded = 0, after = 0, peak = 0;  // MiB above LibTorch's baseline
 };
 
-// The model's inputs: the first --batch samples of --data's test split (its training split when it
-// has no test split) as preprocessed for the model, or a random float32 tensor of --input-shape.
+// The model's inputs: the first --batch-size samples of --data's test split (its training split when
+// it has no test split) as preprocessed for the model, or a random float32 tensor of --input-shape.
 std::vector<torch::Tensor> bench_inputs(const BenchArgs& a) {
-  if (a.data.empty()) {
+  if (a.data.data.empty()) {
     std::vector<int64_t> shape{a.batch};
     shape.insert(shape.end(), a.input_shape.begin(), a.input_shape.end());
     torch::manual_seed(0);
     return {torch::randn(shape)};
   }
-  const DataSplits data = load_dataset(a.data);
+  const DataSplits data = a.data.load();
   const Dataset& split = data.test.size() > 0 ? data.test : data.train;
   if (split.size() < a.batch)
-    throw input_error(fmt::format("{} has {} sample(s); --batch asks for {}", data.name, split.size(), a.batch));
+    throw input_error(fmt::format("{} has {} sample(s); --batch-size asks for {}", data.name, split.size(), a.batch));
   std::vector<torch::Tensor> inputs;
-  for (const auto& t : prepare_inputs(split, torch::arange(a.batch), data.defaults)) inputs.push_back(t.clone());
+  for (const auto& t : prepare_inputs(split, torch::arange(a.batch), a.data.preprocess(data)))
+    inputs.push_back(t.clone());
+  return inputs;
+}
+
+// The probe's inputs travel through its stdin, pickled, so that it runs on exactly the parent's.
+std::vector<torch::Tensor> read_probe_inputs() {
+  std::vector<char> bytes{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
+  std::vector<torch::Tensor> inputs;
+  for (const auto& v : torch::jit::pickle_load(bytes).toList()) inputs.push_back(v.get().toTensor());
   return inputs;
 }
 
@@ -87,7 +97,7 @@ void warm_up_torchscript() {
 }
 
 void run_memory_probe(const BenchArgs& a) {
-  const auto inputs = bench_inputs(a);  // the dataset it came from is freed and handed back below
+  const auto inputs = read_probe_inputs();  // the bytes they came from are freed and handed back below
   torch::NoGradGuard no_grad;
   warm_up_torchscript();
   release_free_memory();
@@ -102,32 +112,40 @@ void run_memory_probe(const BenchArgs& a) {
                                     {"after_kib", after}, {"peak_kib", peak}}.dump());
 }
 
-// The memory figures of `model`, from a fresh ttq process.
-Memory measure_memory(const BenchArgs& a, const std::string& model) {
-  std::string shape;
-  for (const auto d : a.input_shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
-  std::vector<std::string> args{"ttq", "bench", model, "--memory-probe", "--batch", std::to_string(a.batch),
-                                "--threads", std::to_string(a.threads)};
-  for (const auto& arg : a.data.empty() ? std::vector<std::string>{"--input-shape", shape}
-                                        : std::vector<std::string>{"--data", a.data})
-    args.push_back(arg);
+void write_all(int fd, const std::vector<char>& bytes) {
+  for (size_t done = 0; done < bytes.size();) {
+    const ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
+    if (n <= 0) return;  // the probe died: its exit status says so
+    done += static_cast<size_t>(n);
+  }
+}
+
+// The memory figures of `model` running on `inputs`, from a fresh ttq process.
+Memory measure_memory(const std::string& model, const std::vector<torch::Tensor>& inputs) {
+  std::vector<std::string> args{"ttq", "bench", model, "--memory-probe", "--threads",
+                                std::to_string(at::get_num_threads())};
   std::vector<char*> argv;
   for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
-  int pipe_fds[2];
-  if (pipe(pipe_fds) != 0) throw runtime_error("bench: cannot create a pipe");
+  int to_probe[2], from_probe[2];
+  if (pipe(to_probe) != 0 || pipe(from_probe) != 0) throw runtime_error("bench: cannot create a pipe");
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
+  posix_spawn_file_actions_adddup2(&actions, to_probe[0], STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, from_probe[1], STDOUT_FILENO);
+  for (const int fd : {to_probe[0], to_probe[1], from_probe[0], from_probe[1]})
+    posix_spawn_file_actions_addclose(&actions, fd);
   pid_t pid = 0;
   const int spawned = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
-  close(pipe_fds[1]);
+  close(to_probe[0]);
+  close(from_probe[1]);
+  if (spawned == 0) write_all(to_probe[1], torch::jit::pickle_save(c10::List<torch::Tensor>(inputs)));
+  close(to_probe[1]);
   std::string out;
   char buffer[4096];
-  for (ssize_t n; (n = read(pipe_fds[0], buffer, sizeof buffer)) > 0;) out.append(buffer, static_cast<size_t>(n));
-  close(pipe_fds[0]);
+  for (ssize_t n; (n = read(from_probe[0], buffer, sizeof buffer)) > 0;) out.append(buffer, static_cast<size_t>(n));
+  close(from_probe[0]);
   int status = 0;
   if (spawned != 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
     throw runtime_error(fmt::format("bench: measuring the memory of {} failed", model));
@@ -152,9 +170,8 @@ std::string kernel_path() {
 }
 
 void run_bench(BenchArgs& a) {
-  if (a.threads == 0) a.threads = cpu_cores();
   const std::string kernels = kernel_path();
-  at::set_num_threads(a.threads);
+  a.data.set_threads();
   if (a.memory_probe) return run_memory_probe(a);
   std::vector<std::string> paths{a.model};
   if (!a.vs.empty()) paths.push_back(a.vs);
@@ -174,7 +191,7 @@ void run_bench(BenchArgs& a) {
       if (run >= 0) ms[i].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
   std::vector<Memory> memory;
-  for (const auto& p : paths) memory.push_back(measure_memory(a, p));
+  for (const auto& p : paths) memory.push_back(measure_memory(p, inputs));
 
   nlohmann::json doc{{"batch", a.batch}, {"runs", a.runs}, {"threads", at::get_num_threads()}, {"kernels", kernels},
                      {"inputs", nlohmann::json::array()}, {"models", nlohmann::json::array()}};
@@ -183,13 +200,14 @@ void run_bench(BenchArgs& a) {
     doc["inputs"].push_back(t.sizes().vec());
     shapes += (shapes.empty() ? "" : ", ") + bracketed_shape(t.sizes().vec());
   }
-  if (a.data.empty())
+  const std::string& data = a.data.data;
+  if (data.empty())
     doc["input_shape"] = a.input_shape;
   else
-    doc["data"] = a.data;
+    doc["data"] = data;
   if (!a.json) {
     fmt::print("{} run(s) on {}{} after {} warm-up, {} thread(s), {} kernels; memory above LibTorch's baseline\n",
-               a.runs, shapes, a.data.empty() ? " (random)" : " from " + a.data, a.warmup, at::get_num_threads(),
+               a.runs, shapes, data.empty() ? " (random)" : " from " + data, a.warmup, at::get_num_threads(),
                kernels);
     fmt::print("{:<40}  {:>12}  {:>12}  {:>12}  {:>12}\n", "model", "median", "loaded", "after a run", "peak");
   }
@@ -222,19 +240,18 @@ Command register_bench(CLI::App& app) {
   sub->add_option("MODEL", a->model, "TorchScript model, packed model or .ttqz archive")->required()->type_name("FILE");
   sub->add_option("--vs", a->vs, "a second model to run alternately with the first (the ratio is measured in one run)")
       ->type_name("FILE");
-  sub->add_option("--batch", a->batch, "samples per run")->capture_default_str()->check(CLI::PositiveNumber);
+  auto* batch = sub->add_option("--batch-size", a->batch, "samples per run")
+                    ->capture_default_str()
+                    ->check(CLI::PositiveNumber);
+  sub->add_option("--batch", a->batch)->group("")->excludes(batch)->check(CLI::PositiveNumber);  // its old name
   auto* shape = sub->add_option("--input-shape", a->input_shape, "the random float32 input's shape after the batch dimension")
                     ->delimiter(',')
                     ->type_name("D,...")
                     ->capture_default_str();
-  sub->add_option("--data", a->data, "run on the first samples of this dataset instead (token ids, several inputs)")
-      ->type_name("SPEC")
-      ->excludes(shape);
+  a->data.add_to(sub, DataUse::Bench);
+  sub->get_option("--data")->excludes(shape);
   sub->add_option("--runs", a->runs, "timed runs of each model")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--warmup", a->warmup, "untimed runs first")->capture_default_str()->check(CLI::NonNegativeNumber);
-  sub->add_option("--threads", a->threads, "CPU threads (default: one per core)")
-      ->type_name("N")
-      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--json", a->json, "print the figures as JSON on stdout");
   sub->add_flag("--memory-probe", a->memory_probe)->group("");  // internal: see measure_memory
   return {sub, [a] { run_bench(*a); }};

@@ -92,50 +92,52 @@ std::string describe_metrics(const Metrics& m) {
   return fmt::format("{}", fmt::join(parts, ", "));
 }
 
-void DataFlags::add_to(CLI::App* app, bool training) {
+// The image-folder flags are the imagefolder kind's settings: it validates them (plugins/image_folder.cpp).
+void DataFlags::add_to(CLI::App* app, DataUse data_use) {
+  use = data_use;
+  const bool training = use == DataUse::Finetune;
   std::string kinds;
   for (const auto& k : dataset_kinds()) kinds += fmt::format(" '{}': {};", k.name, k.help);
-  app->add_option("--data", data, fmt::format("dataset KIND:PATH (default: fashion-mnist:{}); kinds:{} and those of "
-                                              "--plugin", kDefaultDataDir, kinds))
-      ->type_name("SPEC");
-  app->add_option("--val", val, "validate on this dataset's test split instead")->type_name("SPEC");
+  const std::string what = use == DataUse::Bench ? "run on the first samples of this dataset's test split instead of "
+                                                   "a random input: KIND:PATH"
+                                                 : fmt::format("dataset KIND:PATH (default: fashion-mnist:{})",
+                                                               kDefaultDataDir);
+  app->add_option("--data", data, fmt::format("{}; kinds:{} and those of --plugin", what, kinds))->type_name("SPEC");
+  if (use != DataUse::Bench) {
+    app->add_option("--val", val, "validate on this dataset's test split instead")->type_name("SPEC");
+    app->add_option("--subset", subset, "use only the first N samples of each split (quick runs)")
+        ->type_name("N")
+        ->check(CLI::NonNegativeNumber);
+  }
   app->add_option("--plugin", plugins, "load dataset kinds from a shared library (repeatable)")->type_name("FILE.so");
-  app->add_option("--subset", subset, "use only the first N samples of each split (quick runs)")
-      ->type_name("N")
-      ->check(CLI::NonNegativeNumber);
   app->add_option("--threads", threads, "CPU threads for LibTorch (default: one per core, the faster choice "
                                         "measured by scripts/bench_train.sh)")
       ->type_name("N")
       ->check(CLI::PositiveNumber);
-  app->add_option("--image-size", load_options.image_size,
+  app->add_option("--image-size", load_options.image_folder.image_size,
                   "imagefolder: the side of the square crops (evaluation: resize the shorter side to N/0.875, "
                   "center crop; training: torchvision's RandomResizedCrop)")
       ->type_name("N")
-      ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  this->training = training;
-  load_options.workers = 0;  // not given: load() chooses by the cores
-  app->add_option("--workers", load_options.workers,
+  load_options.image_folder.workers = 0;  // not given: load() chooses by the cores
+  app->add_option("--workers", load_options.image_folder.workers,
                   training ? "imagefolder: threads decoding images (default: the cores LibTorch's --threads leave, at "
                              "least 1)"
                            : "imagefolder: threads decoding images (default: one per core)")
-      ->type_name("N")
-      ->check(CLI::PositiveNumber);
-  app->add_flag("--skip-bad-images", load_options.skip_bad_images,
+      ->type_name("N");
+  app->add_flag("--skip-bad-images", load_options.image_folder.skip_bad_images,
                 "imagefolder: replace unreadable or corrupt images by the next good one of their class, with a "
                 "warning each, instead of stopping");
-  app->add_flag("--cache-images", load_options.cache_images,
+  app->add_flag("--cache-images", load_options.image_folder.cache_images,
                 "imagefolder: keep decoded images in memory after their first use, up to a quarter of the "
                 "machine's memory (JPEGs are then decoded at full size)");
-  app->add_option("--val-fraction", load_options.val_fraction,
+  app->add_option("--val-fraction", load_options.image_folder.val_fraction,
                   "imagefolder without train/ and val/: the fraction of each class held out for validation")
       ->type_name("F")
-      ->check(CLI::Range(0.0, 0.99))
       ->capture_default_str();
-  app->add_option("--max-image-pixels", load_options.max_image_pixels,
+  app->add_option("--max-image-pixels", load_options.image_folder.max_image_pixels,
                   "imagefolder: refuse images with more pixels (decompression bombs)")
       ->type_name("N")
-      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app->add_option("--mean", overrides.mean, "per-channel normalization mean (default: the dataset's)")->type_name("M");
   app->add_option("--std", overrides.std, "per-channel normalization std (default: the dataset's)")->type_name("S");
@@ -143,12 +145,12 @@ void DataFlags::add_to(CLI::App* app, bool training) {
   auto* flip = app->add_flag_callback("--flip", [this] { overrides.flip = true; },
                                       "random horizontal flips while training (default: the dataset's)");
   app->add_flag_callback("--no-flip", [this] { overrides.flip = false; }, "no random flips")->excludes(flip);
-  app->add_option("--crop-scale", load_options.crop_scale,
+  app->add_option("--crop-scale", load_options.image_folder.crop_scale,
                   "imagefolder: the range of the image's area a training crop covers (RandomResizedCrop's scale)")
       ->type_name("LOW,HIGH")
       ->delimiter(',')
       ->capture_default_str();
-  app->add_flag_callback("--no-random-crop", [this] { load_options.random_crop = false; },
+  app->add_flag_callback("--no-random-crop", [this] { load_options.image_folder.random_crop = false; },
                          "imagefolder: train on the evaluation crop (no RandomResizedCrop)");
   app->add_option_function<int>("--crop-padding", [this](int p) { overrides.crop_padding = p; },
                                 "random crops with this zero padding while training, 0 for none (default: the dataset's)")
@@ -156,14 +158,17 @@ void DataFlags::add_to(CLI::App* app, bool training) {
       ->check(CLI::NonNegativeNumber);
 }
 
+void DataFlags::set_threads() const { at::set_num_threads(threads > 0 ? threads : cpu_cores()); }
+
 DataSplits DataFlags::load() const {
-  // LibTorch's own default can be a single thread (seen with Debian's build): set one per core.
+  set_threads();
   const int cores = cpu_cores();
-  at::set_num_threads(threads > 0 ? threads : cores);
+  const bool training = use == DataUse::Finetune;
   LoadOptions options = load_options;
   // Decoding threads: evaluation decodes a batch, then computes on it, so every core can decode;
   // training decodes the next batch while a step computes, on the cores LibTorch's threads leave.
-  if (options.workers == 0) options.workers = training ? std::max(1, cores - at::get_num_threads()) : cores;
+  int& workers = options.image_folder.workers;
+  if (workers == 0) workers = training ? std::max(1, cores - at::get_num_threads()) : cores;
   for (const auto& p : plugins) load_plugin(p);
   std::string spec = data.empty() ? default_dataset_spec() : data;
   if (spec.empty())
@@ -172,7 +177,7 @@ DataSplits DataFlags::load() const {
   if (data.empty()) spdlog::info("data: {} (the default)", spec);
   DataSplits splits = load_dataset(spec, options);
   if (!val.empty()) {
-    options.val_fraction = 0;  // --val names a folder to validate on, all of it
+    options.image_folder.val_fraction = 0;  // --val names a folder to validate on, all of it
     splits.test = load_dataset(val, options).test;
   }
   if (subset > 0) keep_first(splits, subset);

@@ -10,7 +10,7 @@
 #include <map>
 #include <string>
 
-#include "core/data.h"
+#include "plugins/dataset.h"
 #include "core/objective.h"
 #include "core/quantize.h"
 #include "core/report.h"
@@ -60,17 +60,25 @@ struct QuantizeFlags {
   const QuantizeOptions& resolve();  // validates ranges (usage error)
 };
 
-// --data, --val, --plugin, --subset, --threads and the preprocessing flags (finetune, eval).
+// Which command takes the data flags: finetune trains on them (augmentation flags; data decoded per
+// batch is prefetched while a step computes), eval measures on them, bench runs a model on the first
+// samples of their test split (no --val or --subset; random input without --data).
+enum class DataUse { Bench, Eval, Finetune };
+
+// --data, --val, --plugin, --subset, --threads, the image-folder flags and the preprocessing flags.
 struct DataFlags {
   std::string data, val;
   std::vector<std::string> plugins;
   int64_t subset = 0;
-  int threads = 0;  // 0: LibTorch's default, one per core
+  int threads = 0;  // 0: one per core
   PreprocessOverrides overrides;
   LoadOptions load_options;
-  bool training = false;  // finetune: data decoded per batch is prefetched while a step computes
+  DataUse use = DataUse::Eval;
 
-  void add_to(CLI::App* app, bool training);
+  void add_to(CLI::App* app, DataUse use);
+  // LibTorch's threads: --threads, else one per core (LibTorch's own default can be a single thread,
+  // seen with Debian's build).
+  void set_threads() const;
   // Sets the thread count, loads plugins and the data (the embedded default when --data is absent).
   DataSplits load() const;
   Preprocess preprocess(const DataSplits& data) const { return apply_overrides(data.defaults, overrides); }

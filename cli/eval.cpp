@@ -44,7 +44,7 @@ Command register_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   auto* sub = app.add_subcommand("eval", "Accuracy and loss of a model on a dataset, and its agreement with a teacher");
   sub->add_option("MODEL", a->model, "TorchScript model or .ttqz archive")->required()->type_name("FILE");
-  a->data.add_to(sub, false);
+  a->data.add_to(sub, DataUse::Eval);
   sub->add_option("--batch-size", a->batch_size, "samples per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
   add_objective_options(sub, a->objective, false);
   sub->add_flag("--json", a->json, "print the result as JSON on stdout");

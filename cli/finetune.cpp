@@ -269,7 +269,7 @@ Command register_finetune(CLI::App& app) {
   sub->add_option("-o,--output", a->output, "where to write the trained ternary TorchScript model")
       ->required()
       ->type_name("FILE");
-  a->data.add_to(sub, true);
+  a->data.add_to(sub, DataUse::Finetune);
   sub->add_option("--epochs", t.epochs, "epochs to train")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--max-steps", t.max_steps, "stop after N steps in all (smoke runs); the schedule ignores it")
       ->type_name("N")

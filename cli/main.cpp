@@ -31,7 +31,7 @@ int fail(int code, const std::string& message) {
 int main(int argc, char** argv) {
   ttq::keep_freed_memory_for_reuse();
   CLI::App app{"Trained Ternary Quantization (TTQ) for TorchScript models", "ttq"};
-  app.set_version_flag("--version", [] { return "ttq " TTQ_VERSION " (LibTorch " + ttq::libtorch_version() + ")"; });
+  app.set_version_flag("--version", [] { return TTQ_TOOL " (LibTorch " + ttq::libtorch_version() + ")"; });
   app.require_subcommand(1);
   app.fallthrough();  // -v/-q may follow the subcommand
   int verbose = 0;

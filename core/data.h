@@ -1,10 +1,9 @@
 // The data a model trains and is evaluated on: the in-memory splits every dataset kind produces,
 // the preprocessing that turns stored samples into model inputs, and the per-sample augmentation.
-// Loaders (built-in kinds and plugins) live in plugins/; they only fill these types.
+// Loaders (built-in kinds and plugins) and their settings live in plugins/; they only fill these types.
 #pragma once
 #include <torch/types.h>
 
-#include <array>
 #include <memory>
 #include <optional>
 #include <string>
@@ -76,18 +75,6 @@ struct DataSplits {
   Dataset test;
   int64_t num_classes = 0;
   Preprocess defaults;  // the kind's preprocessing
-};
-
-// Settings a loader may use.
-struct LoadOptions {
-  int image_size = 32;  // imagefolder: the side of the square crops
-  int64_t max_image_pixels = 89478485;  // imagefolder: larger images are refused (PIL's default limit)
-  int workers = 1;                      // imagefolder: decoding threads (finetune and eval choose by cores)
-  bool skip_bad_images = false;         // imagefolder: a bad image is replaced by the next good one of its class
-  bool cache_images = false;            // imagefolder: decoded images kept in memory (within a budget)
-  double val_fraction = 0.1;            // imagefolder without train/ and val/: held out, per class
-  std::array<double, 2> crop_scale{0.08, 1.0};  // imagefolder training: RandomResizedCrop's area range
-  bool random_crop = true;              // imagefolder training: false takes the evaluation crop
 };
 
 // --subset: the first n samples of each split.

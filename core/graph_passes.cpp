@@ -15,10 +15,7 @@
 namespace ttq {
 namespace {
 
-using torch::jit::Block;
-using torch::jit::Graph;
-using torch::jit::Node;
-using torch::jit::Value;
+using torch::jit::Block, torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 
 void collect_reads(Block* block, std::unordered_map<const Value*, std::string>& paths, std::vector<Read>& reads) {
   for (Node* node : block->nodes()) {

@@ -247,4 +247,11 @@ void set_parameter(torch::jit::Module& module, const std::string& qualified_name
   find_slot(module, qualified_name).set(value);
 }
 
+std::vector<ModuleTensor> module_tensors(const torch::jit::Module& module) {
+  std::vector<ModuleTensor> out;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) out.push_back({p.name, p.value, true});
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) out.push_back({b.name, b.value, false});
+  return out;
+}
+
 }  // namespace ttq

@@ -67,6 +67,15 @@ struct ParameterSlot {
 };
 ParameterSlot find_slot(const torch::jit::Module& module, const std::string& qualified_name);
 
+// Every tensor a module holds, with its qualified name: parameters, then buffers (recursively), the
+// order archives store them in.
+struct ModuleTensor {
+  std::string name;
+  torch::Tensor value;
+  bool is_parameter;
+};
+std::vector<ModuleTensor> module_tensors(const torch::jit::Module& module);
+
 // Replaces a parameter (by qualified name) with any tensor, including one computed from other
 // tensors: autograd then flows through the module's forward into those tensors.
 void set_parameter(torch::jit::Module& module, const std::string& qualified_name,

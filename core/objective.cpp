@@ -54,23 +54,22 @@ std::vector<double> Metrics::sums() const {
           agree, positions, sq_err, t_sum, t_sq, t_count};
 }
 
-Metrics Metrics::from_sums(const std::vector<double>& v) {
+Metrics Metrics::from_sums(const std::vector<double>& v, int64_t outputs) {
   std::vector<double> s(13, 0.0);
   std::copy_n(v.begin(), std::min(v.size(), s.size()), s.begin());
   Metrics m;
   m.loss = s[0], m.ce = s[1], m.distill = s[2], m.top1 = s[3], m.top5 = s[4];
   m.samples = std::llround(s[5]), m.labeled = std::llround(s[6]);
   m.agree = s[7], m.positions = s[8], m.sq_err = s[9], m.t_sum = s[10], m.t_sq = s[11], m.t_count = s[12];
+  m.outputs = outputs;
   return m;
 }
 
 Metrics& Metrics::operator+=(const Metrics& o) {
-  const int64_t width = std::max(outputs, o.outputs);
   const auto a = sums(), b = o.sums();
   std::vector<double> s(a.size());
   for (size_t i = 0; i < a.size(); ++i) s[i] = a[i] + b[i];
-  *this = from_sums(s);
-  outputs = width;
+  *this = from_sums(s, std::max(outputs, o.outputs));
   return *this;
 }
 

@@ -50,9 +50,10 @@ struct Metrics {
   std::optional<double> agreement, rel_mse;
 
   bool has_labels() const { return labeled > 0; }
-  // Every sum in one vector (all-reduce, checkpoints), and back.
+  // Every sum in one vector (all-reduce, checkpoints), and back (with the output width, which is
+  // not a sum).
   std::vector<double> sums() const;
-  static Metrics from_sums(const std::vector<double>& v);
+  static Metrics from_sums(const std::vector<double>& v, int64_t outputs = 0);
   Metrics& operator+=(const Metrics& other);
 };
 // The sums turned into means: loss terms per sample, hits per labeled sample.

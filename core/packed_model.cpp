@@ -14,10 +14,7 @@
 namespace ttq {
 namespace {
 
-using torch::jit::Block;
-using torch::jit::Graph;
-using torch::jit::Node;
-using torch::jit::Value;
+using torch::jit::Block, torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 
 // The ttq op for a use of a weight of rank `dim`, or nullptr when that use cannot run packed.
 const char* packed_op(const torch::jit::Use& use, size_t dim, Activations activations = Activations::Float) {

@@ -26,12 +26,10 @@ std::optional<LayerReport> read_ternary(const torch::Tensor& w, const LayerRecor
 
 Totals compute_totals(const torch::jit::Module& module, const std::vector<LayerReport>& layers) {
   Totals t;
-  for (const auto& p : module.named_parameters(/*recurse=*/true)) {
-    t.parameters += p.value.numel();
-    t.model_bytes += p.value.numel() * static_cast<int64_t>(p.value.element_size());
+  for (const auto& x : module_tensors(module)) {
+    if (x.is_parameter) t.parameters += x.value.numel();
+    t.model_bytes += x.value.numel() * static_cast<int64_t>(x.value.element_size());
   }
-  for (const auto& b : module.named_buffers(/*recurse=*/true))
-    t.model_bytes += b.value.numel() * static_cast<int64_t>(b.value.element_size());
   t.bytes_2bit = t.model_bytes;
   t.bytes_entropy = t.model_bytes;
   for (const auto& l : layers) {

@@ -214,9 +214,7 @@ bool Trainer::synchronize(Metrics& step, bool stop) {
   values.assign(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
   const bool any_stop = values.back() > 0;
   values.pop_back();
-  const int64_t width = step.outputs;
-  step = Metrics::from_sums(values);
-  step.outputs = width;
+  step = Metrics::from_sums(values, step.outputs);
   return any_stop;
 }
 
@@ -257,10 +255,7 @@ Metrics Trainer::evaluate() {
   if (!comm_) return averaged(m);
   auto sums = torch::tensor(m.sums(), torch::kFloat64);
   comm_->sum({sums});
-  const int64_t width = m.outputs;
-  m = Metrics::from_sums(std::vector<double>(sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel()));
-  m.outputs = width;
-  return averaged(m);
+  return averaged(Metrics::from_sums({sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel()}, m.outputs));
 }
 
 Trainer::Batch Trainer::next_batch(const torch::Tensor& order, int epoch, int64_t step) const {

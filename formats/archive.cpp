@@ -64,25 +64,12 @@ torch::Tensor raw_tensor(const std::vector<uint8_t>& bytes, const ttqz::TensorEn
   return out.to(dtype_of(e.dtype));
 }
 
-struct NamedTensor {
-  std::string name;
-  torch::Tensor value;
-  bool is_parameter;
-};
-
-std::vector<NamedTensor> all_tensors(const torch::jit::Module& module) {
-  std::vector<NamedTensor> out;
-  for (const auto& p : module.named_parameters(true)) out.push_back({p.name, p.value, true});
-  for (const auto& b : module.named_buffers(true)) out.push_back({b.name, b.value, false});
-  return out;
-}
-
 }  // namespace
 
 void write_archive(const torch::jit::Module& module, const ModelMetadata& metadata,
                    const ExportOptions& options, const std::string& path) {
   torch::NoGradGuard no_grad;
-  const auto tensors = all_tensors(module);
+  const auto tensors = module_tensors(module);
   std::vector<ttqz::TensorEntry> entries;
   std::vector<ttqz::Payload> payloads;
   for (const auto& t : tensors) {

@@ -86,18 +86,16 @@ void save_torchscript(const torch::jit::Module& module, const std::optional<Mode
 }
 
 std::string program_without_tensors(torch::jit::Module module) {
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& p : module.named_parameters(true)) tensors.emplace_back(p.name, p.value);
-  for (const auto& b : module.named_buffers(true)) tensors.emplace_back(b.name, b.value);
-  for (const auto& [name, t] : tensors) set_parameter(module, name, torch::empty({0}, t.options()));
+  const auto tensors = module_tensors(module);
+  for (const auto& [name, t, _] : tensors) set_parameter(module, name, torch::empty({0}, t.options()));
   std::ostringstream program;
   try {
     module.save(program);
   } catch (...) {
-    for (const auto& [name, t] : tensors) set_parameter(module, name, t);
+    for (const auto& [name, t, _] : tensors) set_parameter(module, name, t);
     throw;
   }
-  for (const auto& [name, t] : tensors) set_parameter(module, name, t);
+  for (const auto& [name, t, _] : tensors) set_parameter(module, name, t);
   return program.str();
 }
 
@@ -118,11 +116,8 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
   const auto activations = parse_choice<Activations>(packed.metadata->activations);
   if (!activations)
     throw input_error(fmt::format("{}: packed with unknown activations \"{}\"", path, packed.metadata->activations));
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& p : restored.module.named_parameters(true)) tensors.emplace_back(p.name, p.value);
-  for (const auto& b : restored.module.named_buffers(true)) tensors.emplace_back(b.name, b.value);
   torch::NoGradGuard no_grad;
-  for (const auto& [name, empty] : tensors) {
+  for (const auto& [name, empty, _] : module_tensors(restored.module)) {
     const LayerRecord* layer = packed.metadata->find(name);
     torch::Tensor value;
     if (layer && std::find(packed_names.begin(), packed_names.end(), name) != packed_names.end()) {

@@ -293,7 +293,7 @@ std::vector<uint8_t> header_bytes(const std::vector<Stored>& sections, uint64_t 
   le::store_u32(h.data() + at::kVersion, kVersion);
   le::store_u32(h.data() + at::kSectionCount, static_cast<uint32_t>(sections.size()));
   le::store_u64(h.data() + at::kFileSize, file_size);
-  std::strncpy(reinterpret_cast<char*>(h.data() + at::kProducer), "ttq " TTQ_VERSION, at::kProducerSize);
+  std::strncpy(reinterpret_cast<char*>(h.data() + at::kProducer), TTQ_TOOL, at::kProducerSize);
   for (size_t i = 0; i < sections.size(); ++i) {
     const Section& s = sections[i].section;
     const size_t e = kFixedHeaderSize + i * kSectionEntrySize;

@@ -3,6 +3,8 @@
 // core/data.h (images as uint8 N×C×H×W or float N×..., labels int64). Further kinds come from
 // shared libraries (plugins/plugin_api.h).
 #pragma once
+#include <array>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -10,6 +12,23 @@
 #include "core/data.h"
 
 namespace ttq {
+
+// The image folder's settings (the imagefolder kind validates them when it loads one: usage errors).
+struct ImageFolderOptions {
+  int image_size = 32;                  // the side of the square crops
+  int64_t max_image_pixels = 89478485;  // larger images are refused (PIL's default limit)
+  int workers = 1;                      // decoding threads (finetune and eval choose by cores)
+  bool skip_bad_images = false;         // a bad image is replaced by the next good one of its class
+  bool cache_images = false;            // decoded images kept in memory (within a budget)
+  double val_fraction = 0.1;            // without train/ and val/: held out, per class
+  std::array<double, 2> crop_scale{0.08, 1.0};  // training: RandomResizedCrop's area range
+  bool random_crop = true;              // training: false takes the evaluation crop
+};
+
+// Settings a loader may use, each kind's in its own group.
+struct LoadOptions {
+  ImageFolderOptions image_folder;
+};
 
 // A loader reads PATH (a folder or a file) and returns both splits; input errors for anything
 // missing or malformed.

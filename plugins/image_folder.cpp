@@ -228,12 +228,20 @@ Dataset as_dataset(Split split, const FolderTransform& transform, const fs::path
   return {std::make_shared<ImageFolderSource>(std::move(split.files), std::move(split.labels), transform), labels};
 }
 
-DataSplits load_imagefolder(const std::string& path, const LoadOptions& options) {
-  if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
+// Every setting's bounds, in one place (the flags that set them do not check them).
+void validate(const ImageFolderOptions& options) {
   if (options.image_size < 1) throw usage_error("--image-size must be positive");
+  if (options.workers < 0) throw usage_error("--workers must be positive");
+  if (options.max_image_pixels < 1) throw usage_error("--max-image-pixels must be positive");
   if (!(options.crop_scale[0] > 0 && options.crop_scale[0] <= options.crop_scale[1] && options.crop_scale[1] <= 1))
     throw usage_error("--crop-scale needs 0 < LOW <= HIGH <= 1");
   if (!(options.val_fraction >= 0 && options.val_fraction < 1)) throw usage_error("--val-fraction must be in [0, 1)");
+}
+
+DataSplits load_imagefolder(const std::string& path, const LoadOptions& load_options) {
+  if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
+  const ImageFolderOptions& options = load_options.image_folder;
+  validate(options);
   FolderTransform transform;
   transform.size = options.image_size;
   transform.max_pixels = options.max_image_pixels;

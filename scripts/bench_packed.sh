@@ -60,7 +60,7 @@ prepare() {  # NAME [QUANTIZE FLAGS...]: the ternary model and its packed forms
 }
 compare() {  # NAME SHAPE BATCH A B: model files $out/NAME.A.pt against $out/NAME.B.pt
   local name=$1 shape=$2 batch=$3 a=$4 b=$5
-  build/ttq bench "$out/$name.$a.pt" --vs "$out/$name.$b.pt" --input-shape "$shape" --batch "$batch" \
+  build/ttq bench "$out/$name.$a.pt" --vs "$out/$name.$b.pt" --input-shape "$shape" --batch-size "$batch" \
     --runs "$runs" --threads "$threads" --json > "$out/$name.$a.$b.$batch.json"
   /usr/bin/python3 - "$out" "$name" "$batch" "$a" "$b" <<'PY'
 import json, os, sys, zipfile

@@ -16,9 +16,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   LoadOptions options;
-  options.image_size = std::stoi(argv[2]);
-  options.workers = std::stoi(argv[3]);
-  options.val_fraction = 0;
+  options.image_folder.image_size = std::stoi(argv[2]);
+  options.image_folder.workers = std::stoi(argv[3]);
+  options.image_folder.val_fraction = 0;
   const int64_t batch = std::stoll(argv[4]), images = std::stoll(argv[5]);
   at::set_num_threads(1);  // the loader's threads do all the work (decoding, conversion, flips)
   const DataSplits data = load_dataset(std::string("imagefolder:") + argv[1], options);

@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 import torch
 
-from ttq_testing import TTQ, Workdir, fixture, read_log, ttq
+from ttq_testing import TTQ, SharedWorkdir, Workdir, fixture, read_log, ttq
 
 # The small CNN has no BatchNorm, so 2 ranks × 32 samples must train exactly as 1 process × 64.
 COMMON = ["finetune", fixture("small_cnn.pt"), "--subset", "1024", "--epochs", "2", "--seed", "3", "--threads", "1",
@@ -51,19 +50,13 @@ def trajectory(records):
             for r in records if r["type"] in ("step", "epoch")]
 
 
-class TwoRanksAgainstOneProcess(Workdir):
+class TwoRanksAgainstOneProcess(SharedWorkdir):
     @classmethod
-    def setUpClass(cls):
-        cls.shared = tempfile.TemporaryDirectory()
-        d = cls.shared.name
-        cls.one_model, cls.one_log = os.path.join(d, "one.pt"), os.path.join(d, "one.jsonl")
+    def setUpShared(cls):
+        cls.one_model, cls.one_log = cls.shared_path("one.pt"), cls.shared_path("one.jsonl")
         r = ttq(*COMMON, "--batch-size", "64", "-o", cls.one_model, "--log", cls.one_log)
         assert r.returncode == 0, r.stderr
         cls.one = read_log(cls.one_log)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.shared.cleanup()
 
     def assert_same_trajectory(self, got, want):
         self.assertEqual([(t, s) for t, s, _, _ in got], [(t, s) for t, s, _, _ in want])
@@ -77,6 +70,16 @@ class TwoRanksAgainstOneProcess(Workdir):
                 self.assertAlmostEqual(wp_a, wp_b, delta=1e-3 * abs(wp_b), msg=(step, name_a))
                 self.assertAlmostEqual(wn_a, wn_b, delta=1e-3 * abs(wn_b), msg=(step, name_a))
                 self.assertAlmostEqual(zero_a, zero_b, delta=2e-3, msg=(step, name_a))  # a few codes may flip
+
+    def assert_same_model(self, got, want):
+        # The drift above may flip a few ternary codes (a weight near the threshold): each of those
+        # differs by a whole scale, every other weight within float32 drift.
+        pa = dict(torch.jit.load(got).named_parameters())
+        pb = dict(torch.jit.load(want).named_parameters())
+        self.assertEqual(sorted(pa), sorted(pb))
+        for name in pa:
+            close = torch.isclose(pa[name], pb[name], rtol=1e-3, atol=1e-5).double().mean().item()
+            self.assertGreaterEqual(close, 0.998, name)
 
     def test_two_ranks_with_half_batches_train_as_one_process(self):
         port = str(free_port())
@@ -100,13 +103,10 @@ class TwoRanksAgainstOneProcess(Workdir):
         self.assertEqual(two[0]["steps_per_epoch"], self.one[0]["steps_per_epoch"])
         self.assert_same_trajectory(trajectory(two), trajectory(self.one))
         for a, b in zip([r for r in two if r["type"] == "epoch"], [r for r in self.one if r["type"] == "epoch"]):
-            for key in ("train_top1", "val_top1", "val_top5"):
-                self.assertAlmostEqual(a[key], b[key], places=6, msg=key)
-            self.assertAlmostEqual(a["val_loss"], b["val_loss"], delta=1e-5 * b["val_loss"])
-        pa = dict(torch.jit.load(model).named_parameters())
-        pb = dict(torch.jit.load(self.one_model).named_parameters())
-        for name in pa:
-            self.assertTrue(torch.allclose(pa[name], pb[name], rtol=1e-4, atol=1e-6), name)
+            for key in ("train_top1", "val_top1", "val_top5"):  # at most 2 of 1024 predictions flip
+                self.assertAlmostEqual(a[key], b[key], delta=2 / 1024 + 1e-9, msg=key)
+            self.assertAlmostEqual(a["val_loss"], b["val_loss"], delta=1e-3 * b["val_loss"])
+        self.assert_same_model(model, self.one_model)
 
     @unittest.skipUnless(torch.__version__ >= "2",
                          "needs PyTorch 2.x's torchrun (Debian 12's, of 1.13, crashes before launching anything)")
@@ -143,10 +143,7 @@ class TwoRanksAgainstOneProcess(Workdir):
         for a, b in zip(two, one):
             for key in ("loss", "train_ce", "train_distill", "val_loss", "val_top1", "val_agreement", "val_rel_mse"):
                 self.assertAlmostEqual(a[key], b[key], delta=1e-4 * max(1e-3, abs(b[key])), msg=key)
-        pa = dict(torch.jit.load(self.out("two.pt")).named_parameters())
-        pb = dict(torch.jit.load(self.out("one.pt")).named_parameters())
-        for name in pa:
-            self.assertTrue(torch.allclose(pa[name], pb[name], rtol=1e-4, atol=1e-6), name)
+        self.assert_same_model(self.out("two.pt"), self.out("one.pt"))
 
     def test_resume_on_two_ranks_then_on_one_process(self):
         port = str(free_port())

@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import torch
 import torch.nn as nn
 
 from test_distributed import finish, free_port, start_ranks
-from ttq_testing import Workdir, ttq
+from ttq_testing import SharedWorkdir, ttq
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
 
@@ -44,23 +43,17 @@ def parameters(path):
     return dict(torch.jit.load(path).named_parameters())
 
 
-class ImageFolders(Workdir):
+class ImageFolders(SharedWorkdir):
     @classmethod
-    def setUpClass(cls):
-        cls.shared = tempfile.TemporaryDirectory()
-        d = cls.shared.name
-        cls.folder = os.path.join(d, "imagenet")
+    def setUpShared(cls):
+        cls.folder = cls.shared_path("imagenet")
         make_folder(cls.folder, "--classes", "3", "--train", "16", "--val", "4", "--mixed", "40,300", "--png", "--gray",
                     "--cmyk")
-        cls.flat = os.path.join(d, "flat")
+        cls.flat = cls.shared_path("flat")
         make_folder(cls.flat, "--classes", "3", "--train", "10", "--mixed", "24,60", "--png", "--flat")
         torch.manual_seed(0)
-        cls.model = os.path.join(d, "rgb_net.pt")
+        cls.model = cls.shared_path("rgb_net.pt")
         torch.jit.save(torch.jit.script(RgbNet()), cls.model)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.shared.cleanup()
 
     def finetune_args(self, out, folder, *args, size="32", batch="8"):
         # Adam: this small net learns (with SGD it stays at chance, whatever the pixels).

@@ -364,7 +364,7 @@ class PackedModels(Workdir):
         # A text classifier takes token ids and a mask: --data gives it both, from real samples.
         ternary, packed, _ = self.packed("text_classifier.pt", "--quantize-first", "--quantize-last")
         data = "tensors:" + fixture("text_tokens.pt")
-        r = ttq("bench", packed, "--vs", ternary, "--data", data, "--batch", "3", "--runs", "2", "--json")
+        r = ttq("bench", packed, "--vs", ternary, "--data", data, "--batch-size", "3", "--runs", "2", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         doc = json.loads(r.stdout)
         stored = torch.load(fixture("text_tokens.pt"))
@@ -372,8 +372,11 @@ class PackedModels(Workdir):
         self.assertEqual(doc["inputs"], [[3] + list(t.shape[1:]) for t in stored["x_test"]])
         self.assertEqual(len(doc["models"]), 2)
         self.assertTrue(all(m["median_ms"] > 0 for m in doc["models"]))
-        r = ttq("bench", packed, "--data", data, "--batch", "100000")
-        self.assert_one_error_line(r, 1, r"has \d+ sample\(s\); --batch asks for 100000")
+        r = ttq("bench", packed, "--data", data, "--batch-size", "100000")
+        self.assert_one_error_line(r, 1, r"has \d+ sample\(s\); --batch-size asks for 100000")
+        # --batch, bench's old name for it, still works (scripts written for it keep running).
+        r = ttq("bench", packed, "--data", data, "--batch", "2", "--runs", "1", "--json")
+        self.assertEqual(json.loads(r.stdout)["inputs"], [[2] + list(t.shape[1:]) for t in stored["x_test"]], r.stderr)
         r = ttq("bench", packed, "--data", data, "--input-shape", "16")
         self.assertEqual(r.returncode, 2, r.stderr)
 

@@ -11,13 +11,12 @@ import pty
 import re
 import shutil
 import subprocess
-import tempfile
 import unittest
 import xml.etree.ElementTree as ET
 
 from PIL import Image
 
-from ttq_testing import TTQ, Workdir, fixture, read_log, ttq
+from ttq_testing import TTQ, SharedWorkdir, Workdir, fixture, read_log, ttq
 
 # 1024 samples in batches of 64: 16 steps an epoch; a step record every 4 steps.
 RUN = ["--subset", "1024", "--batch-size", "64", "--log-every", "4", "--seed", "5",
@@ -43,22 +42,16 @@ def points_of(records):
     return points
 
 
-class StatsOfRuns(Workdir):
+class StatsOfRuns(SharedWorkdir):
     @classmethod
-    def setUpClass(cls):
-        cls.shared = tempfile.TemporaryDirectory()
-        d = cls.shared.name
-        cls.log_a, cls.model_a = os.path.join(d, "a.jsonl"), os.path.join(d, "a.pt")
-        cls.log_b, cls.model_b = os.path.join(d, "b.jsonl"), os.path.join(d, "b.pt")
+    def setUpShared(cls):
+        cls.log_a, cls.model_a = cls.shared_path("a.jsonl"), cls.shared_path("a.pt")
+        cls.log_b, cls.model_b = cls.shared_path("b.jsonl"), cls.shared_path("b.pt")
         for log, model, threshold in ((cls.log_a, cls.model_a, "0.05"), (cls.log_b, cls.model_b, "0.15")):
             r = ttq("finetune", fixture("small_cnn.pt"), "-o", model, "--log", log, "--threshold", threshold,
                     "--epochs", "3", *RUN)
             assert r.returncode == 0, r.stderr
         cls.records = read_log(cls.log_a)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.shared.cleanup()
 
     def stats(self, *args):
         r = ttq("stats", *args)

@@ -129,7 +129,7 @@ class EveryCommand(Workdir):
                     self.assertEqual(r.returncode, 0, r.stderr)
                     scores.append(json.loads(r.stdout)["top1"])
                 self.assertAlmostEqual(scores[0], scores[1], delta=0.01)
-                r = ttq("bench", packed, "--vs", out, "--data", TOKENS, "--batch", "4", "--runs", "2", "--warmup",
+                r = ttq("bench", packed, "--vs", out, "--data", TOKENS, "--batch-size", "4", "--runs", "2", "--warmup",
                         "1", "--json")
                 self.assertEqual(r.returncode, 0, r.stderr)
 

@@ -58,3 +58,21 @@ class Workdir(unittest.TestCase):
 
     def assert_no_files(self):
         self.assertEqual(os.listdir(self.dir), [])
+
+
+class SharedWorkdir(Workdir):
+    """A Workdir whose tests also read files the class makes once, in setUpShared(cls), under
+    cls.shared_path(name)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.shared = tempfile.TemporaryDirectory()
+        cls.setUpShared()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.shared.cleanup()
+
+    @classmethod
+    def shared_path(cls, name):
+        return os.path.join(cls.shared.name, name)

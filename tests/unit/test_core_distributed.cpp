@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include "catch.h"
+#include <array>
 #include <future>
+#include <optional>
+#include <string>
 
 #include "core/distributed.h"
 #include "core/error.h"
@@ -37,9 +40,11 @@ std::vector<torch::Tensor> tensors_of(int rank) {
   return out;
 }
 
-// Runs `body` on ranks 0 and 1 at once.
+// Runs `body` on ranks 0 and 1 at once and returns what each rank's body returned. Catch2's
+// assertions are not thread-safe (Catch2 3 aborts when two threads assert at once), so the
+// bodies only compute and the test asserts on their results afterwards, in this thread.
 template <typename Body>
-void on_two_ranks(Body body) {
+auto on_two_ranks(Body body) {
   DistOptions o;
   o.world_size = 2;
   o.master_port = free_port();
@@ -47,48 +52,66 @@ void on_two_ranks(Body body) {
   auto run = [&](int rank) {
     DistOptions mine = o;
     mine.rank = rank;
-    body(*Communicator::connect(mine), rank);
+    return body(*Communicator::connect(mine), rank);
   };
   auto other = std::async(std::launch::async, run, 1);
-  run(0);
-  other.get();
+  auto first = run(0);
+  return std::array<decltype(first), 2>{std::move(first), other.get()};
 }
 
 }  // namespace
 
 TEST_CASE("bucketed sums over two ranks land in every tensor, in place") {
-  on_two_ranks([](Communicator& comm, int rank) {
+  const auto results = on_two_ranks([](Communicator& comm, int rank) {
     auto tensors = tensors_of(rank);
     comm.sum(tensors);
-    const auto expected = tensors_of(0);
+    return tensors;
+  });
+  const auto expected = tensors_of(0);
+  for (const auto& tensors : results) {
+    REQUIRE(tensors.size() == expected.size());
     for (size_t i = 0; i < tensors.size(); ++i) {
       REQUIRE(tensors[i].sizes() == expected[i].sizes());
       REQUIRE(tensors[i].scalar_type() == expected[i].scalar_type());
       REQUIRE(torch::equal(tensors[i], expected[i] * 3));  // 1x + 2x
     }
-  });
+  }
 }
 
 TEST_CASE("broadcast gives every rank rank 0's tensors") {
-  on_two_ranks([](Communicator& comm, int rank) {
+  const auto results = on_two_ranks([](Communicator& comm, int rank) {
     auto tensors = tensors_of(rank);
     comm.broadcast(tensors);
-    const auto expected = tensors_of(0);
-    for (size_t i = 0; i < tensors.size(); ++i) REQUIRE(torch::equal(tensors[i], expected[i]));
+    return tensors;
   });
+  const auto expected = tensors_of(0);
+  for (const auto& tensors : results)
+    for (size_t i = 0; i < tensors.size(); ++i) REQUIRE(torch::equal(tensors[i], expected[i]));
 }
 
 TEST_CASE("ranks that disagree are told which value differs") {
-  on_two_ranks([](Communicator& comm, int rank) {
+  struct Outcome {
+    bool same_passed = false;
+    std::optional<ErrorKind> kind;
+    std::string message;
+  };
+  const auto results = on_two_ranks([](Communicator& comm, int rank) {
+    Outcome out;
     comm.check_same({{"--batch-size", 64}, {"--seed", 3}});  // the same: no error
+    out.same_passed = true;
     try {
       comm.check_same({{"--batch-size", 64}, {"--seed", rank}});
-      FAIL("no error");
     } catch (const Error& e) {
-      REQUIRE(e.kind() == ErrorKind::Usage);
-      REQUIRE_THAT(e.what(), Catch::Contains("disagree on --seed"));
+      out.kind = e.kind();
+      out.message = e.what();
     }
+    return out;
   });
+  for (const auto& out : results) {
+    REQUIRE(out.same_passed);
+    REQUIRE(out.kind == ErrorKind::Usage);
+    REQUIRE_THAT(out.message, Catch::Contains("disagree on --seed"));
+  }
 }
 
 TEST_CASE("impossible group options are usage errors before any connection") {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "core/error.h"
@@ -88,9 +89,9 @@ TEST_CASE("an image folder's evaluation images equal torchvision's with PIL") {
     const auto expected = torch::from_blob(const_cast<uint8_t*>(theirs.data()), {n, 3, size, size}, torch::kUInt8);
     for (const bool full_size_decoding : {true, false}) {
       LoadOptions options;
-      options.image_size = size;
-      options.workers = 2;
-      options.cache_images = full_size_decoding;  // which turns DCT downscaling off
+      options.image_folder.image_size = size;
+      options.image_folder.workers = 2;
+      options.image_folder.cache_images = full_size_decoding;  // which turns DCT downscaling off
       const DataSplits splits = load_dataset("imagefolder:" + dir, options);
       REQUIRE(splits.test.size() == n);
       const Dataset all = splits.test.select(torch::arange(n));
@@ -125,7 +126,7 @@ TEST_CASE("a corrupt image is an input error naming the file, or with skip_bad_i
   const auto bytes = read_bytes(bad);
   std::ofstream(bad, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size() / 2);
   LoadOptions options;
-  options.val_fraction = 0;
+  options.image_folder.val_fraction = 0;
   const auto idx = torch::arange(6);
   try {
     load_dataset("imagefolder:" + dir, options).train.select(idx);
@@ -134,10 +135,38 @@ TEST_CASE("a corrupt image is an input error naming the file, or with skip_bad_i
     CHECK(e.kind() == ErrorKind::Input);
     CHECK_THAT(e.what(), Catch::Contains(bad));
   }
-  options.skip_bad_images = true;
+  options.image_folder.skip_bad_images = true;
   const Dataset skipped = load_dataset("imagefolder:" + dir, options).train.select(idx);
   const auto images = skipped.inputs.at(0);
   CHECK(torch::equal(images[1], images[2]));  // 000002 replaced by 000004, the next of class 0
   CHECK(!torch::equal(images[0], images[1]));
   CHECK(skipped.labels[1].item<int64_t>() == 0);
+}
+
+TEST_CASE("the image folder validates its own settings, each out-of-range one a usage error naming its flag") {
+  const std::string dir = "/tmp/ttq_unit_settings";
+  std::filesystem::remove_all(dir);
+  run_python(std::string(TTQ_SOURCE_DIR) + "/scripts/make_image_folder.py " + dir +
+             " --classes 2 --train 2 --val 0 --size 16x16 --flat --seed 1");
+  const auto refused = [&](const std::function<void(ImageFolderOptions&)>& change, const std::string& flag) {
+    LoadOptions options;
+    change(options.image_folder);
+    try {
+      load_dataset("imagefolder:" + dir, options);
+      FAIL("no error for " << flag);
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::Usage);
+      CHECK_THAT(e.what(), Catch::Contains(flag));
+    }
+  };
+  refused([](ImageFolderOptions& o) { o.val_fraction = 1.0; }, "--val-fraction");
+  refused([](ImageFolderOptions& o) { o.val_fraction = -0.1; }, "--val-fraction");
+  refused([](ImageFolderOptions& o) { o.image_size = 0; }, "--image-size");
+  refused([](ImageFolderOptions& o) { o.max_image_pixels = 0; }, "--max-image-pixels");
+  refused([](ImageFolderOptions& o) { o.crop_scale = {0.5, 0.2}; }, "--crop-scale");
+  LoadOptions half;
+  half.image_folder.val_fraction = 0.5;
+  const DataSplits splits = load_dataset("imagefolder:" + dir, half);
+  CHECK(splits.train.size() == 2);
+  CHECK(splits.test.size() == 2);
 }
