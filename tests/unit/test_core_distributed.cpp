@@ -59,14 +59,20 @@ auto on_two_ranks(Body body) {
   return std::array<decltype(first), 2>{std::move(first), other.get()};
 }
 
+// Each rank's tensors_of(rank) after `collective` ran on them.
+template <typename Collective>
+std::array<std::vector<torch::Tensor>, 2> after_collective(Collective collective) {
+  return on_two_ranks([collective](Communicator& comm, int rank) {
+    auto tensors = tensors_of(rank);
+    collective(comm, tensors);
+    return tensors;
+  });
+}
+
 }  // namespace
 
 TEST_CASE("bucketed sums over two ranks land in every tensor, in place") {
-  const auto results = on_two_ranks([](Communicator& comm, int rank) {
-    auto tensors = tensors_of(rank);
-    comm.sum(tensors);
-    return tensors;
-  });
+  const auto results = after_collective([](Communicator& comm, std::vector<torch::Tensor>& t) { comm.sum(t); });
   const auto expected = tensors_of(0);
   for (const auto& tensors : results) {
     REQUIRE(tensors.size() == expected.size());
@@ -79,11 +85,7 @@ TEST_CASE("bucketed sums over two ranks land in every tensor, in place") {
 }
 
 TEST_CASE("broadcast gives every rank rank 0's tensors") {
-  const auto results = on_two_ranks([](Communicator& comm, int rank) {
-    auto tensors = tensors_of(rank);
-    comm.broadcast(tensors);
-    return tensors;
-  });
+  const auto results = after_collective([](Communicator& comm, std::vector<torch::Tensor>& t) { comm.broadcast(t); });
   const auto expected = tensors_of(0);
   for (const auto& tensors : results)
     for (size_t i = 0; i < tensors.size(); ++i) REQUIRE(torch::equal(tensors[i], expected[i]));
