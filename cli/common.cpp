@@ -119,8 +119,7 @@ void DataFlags::add_to(CLI::App* app, DataUse data_use) {
                   "center crop; training: torchvision's RandomResizedCrop)")
       ->type_name("N")
       ->capture_default_str();
-  load_options.image_folder.workers = 0;  // not given: load() chooses by the cores
-  app->add_option("--workers", load_options.image_folder.workers,
+  app->add_option_function<int>("--workers", [this](int n) { workers = n; },
                   training ? "imagefolder: threads decoding images (default: the cores LibTorch's --threads leave, at "
                              "least 1)"
                            : "imagefolder: threads decoding images (default: one per core)")
@@ -167,8 +166,7 @@ DataSplits DataFlags::load() const {
   LoadOptions options = load_options;
   // Decoding threads: evaluation decodes a batch, then computes on it, so every core can decode;
   // training decodes the next batch while a step computes, on the cores LibTorch's threads leave.
-  int& workers = options.image_folder.workers;
-  if (workers == 0) workers = training ? std::max(1, cores - at::get_num_threads()) : cores;
+  options.image_folder.workers = workers.value_or(training ? std::max(1, cores - at::get_num_threads()) : cores);
   for (const auto& p : plugins) load_plugin(p);
   std::string spec = data.empty() ? default_dataset_spec() : data;
   if (spec.empty())

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "plugins/dataset.h"
@@ -73,6 +74,7 @@ struct DataFlags {
   int threads = 0;  // 0: one per core
   PreprocessOverrides overrides;
   LoadOptions load_options;
+  std::optional<int> workers;  // --workers; not given: load() chooses by the cores
   DataUse use = DataUse::Eval;
 
   void add_to(CLI::App* app, DataUse use);

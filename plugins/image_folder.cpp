@@ -231,7 +231,7 @@ Dataset as_dataset(Split split, const FolderTransform& transform, const fs::path
 // Every setting's bounds, in one place (the flags that set them do not check them).
 void validate(const ImageFolderOptions& options) {
   if (options.image_size < 1) throw usage_error("--image-size must be positive");
-  if (options.workers < 0) throw usage_error("--workers must be positive");
+  if (options.workers < 1) throw usage_error("--workers must be at least 1");
   if (options.max_image_pixels < 1) throw usage_error("--max-image-pixels must be positive");
   if (!(options.crop_scale[0] > 0 && options.crop_scale[0] <= options.crop_scale[1] && options.crop_scale[1] <= 1))
     throw usage_error("--crop-scale needs 0 < LOW <= HIGH <= 1");
@@ -247,7 +247,7 @@ DataSplits load_imagefolder(const std::string& path, const LoadOptions& load_opt
   transform.max_pixels = options.max_image_pixels;
   transform.scale = options.crop_scale;
   transform.random_crop = options.random_crop;
-  transform.workers = std::max(1, options.workers);
+  transform.workers = options.workers;
   transform.skip_bad = options.skip_bad_images;
   if (options.cache_images) transform.cache_budget = physical_memory() / 4;
   // Every batch allocates and frees tens of MiB (images, their float conversion); glibc would map

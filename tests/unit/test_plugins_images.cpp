@@ -162,6 +162,7 @@ TEST_CASE("the image folder validates its own settings, each out-of-range one a 
   refused([](ImageFolderOptions& o) { o.val_fraction = 1.0; }, "--val-fraction");
   refused([](ImageFolderOptions& o) { o.val_fraction = -0.1; }, "--val-fraction");
   refused([](ImageFolderOptions& o) { o.image_size = 0; }, "--image-size");
+  refused([](ImageFolderOptions& o) { o.workers = 0; }, "--workers");
   refused([](ImageFolderOptions& o) { o.max_image_pixels = 0; }, "--max-image-pixels");
   refused([](ImageFolderOptions& o) { o.crop_scale = {0.5, 0.2}; }, "--crop-scale");
   LoadOptions half;
