@@ -69,7 +69,7 @@ std::vector<torch::Tensor> bench_inputs(const BenchArgs& a) {
   const DataSplits data = a.data.load();
   const Dataset& split = data.test.size() > 0 ? data.test : data.train;
   if (split.size() < a.batch)
-    throw input_error(fmt::format("{} has {} sample(s); --batch-size asks for {}", data.name, split.size(), a.batch));
+    throw input_error(fmt::format("{} has {} sample(s); --batch-size asks for {}", a.data.spec(), split.size(), a.batch));
   std::vector<torch::Tensor> inputs;
   for (const auto& t : prepare_inputs(split, torch::arange(a.batch), a.data.preprocess(data)))
     inputs.push_back(t.clone());

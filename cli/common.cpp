@@ -159,6 +159,15 @@ void DataFlags::add_to(CLI::App* app, DataUse data_use) {
 
 void DataFlags::set_threads() const { at::set_num_threads(threads > 0 ? threads : cpu_cores()); }
 
+std::string DataFlags::spec() const {
+  if (!data.empty()) return data;
+  std::string spec = default_dataset_spec();
+  if (spec.empty())
+    throw input_error(fmt::format("no --data given and the default Fashion-MNIST is not in {} "
+                                  "(apt-get install dataset-fashion-mnist)", kDefaultDataDir));
+  return spec;
+}
+
 DataSplits DataFlags::load() const {
   set_threads();
   const int cores = cpu_cores();
@@ -168,12 +177,8 @@ DataSplits DataFlags::load() const {
   // training decodes the next batch while a step computes, on the cores LibTorch's threads leave.
   options.image_folder.workers = workers.value_or(training ? std::max(1, cores - at::get_num_threads()) : cores);
   for (const auto& p : plugins) load_plugin(p);
-  std::string spec = data.empty() ? default_dataset_spec() : data;
-  if (spec.empty())
-    throw input_error(fmt::format("no --data given and the default Fashion-MNIST is not in {} "
-                                  "(apt-get install dataset-fashion-mnist)", kDefaultDataDir));
-  if (data.empty()) spdlog::info("data: {} (the default)", spec);
-  DataSplits splits = load_dataset(spec, options);
+  if (data.empty()) spdlog::info("data: {} (the default)", spec());
+  DataSplits splits = load_dataset(spec(), options);
   if (!val.empty()) {
     options.image_folder.val_fraction = 0;  // --val names a folder to validate on, all of it
     splits.test = load_dataset(val, options).test;

@@ -81,7 +81,9 @@ struct DataFlags {
   // LibTorch's threads: --threads, else one per core (LibTorch's own default can be a single thread,
   // seen with Debian's build).
   void set_threads() const;
-  // Sets the thread count, loads plugins and the data (the embedded default when --data is absent).
+  // The data's spec: --data, or the embedded default (an input error when that is not installed).
+  std::string spec() const;
+  // Sets the thread count, loads plugins and the data of spec().
   DataSplits load() const;
   Preprocess preprocess(const DataSplits& data) const { return apply_overrides(data.defaults, overrides); }
 };

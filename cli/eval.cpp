@@ -24,17 +24,17 @@ void run_eval(EvalArgs& a) {
   const DataSplits data = a.data.load();
   const bool labeled = data.test.labeled();
   if (!labeled && a.objective.teacher.empty())
-    throw usage_error(fmt::format("{} has no labels: compare with a teacher model (--teacher FILE)", data.name));
+    throw usage_error(fmt::format("{} has no labels: compare with a teacher model (--teacher FILE)", a.data.spec()));
   a.objective.alpha = labeled ? 0 : 1;  // the loss shown is cross-entropy on labels
   const Objective objective(resolve(a.objective, labeled), load_teacher(a.objective, a.model));
   const Metrics m = evaluate_module(module, data.test, a.data.preprocess(data), objective, a.batch_size);
   if (a.json) {
-    nlohmann::json j{{"model", a.model}, {"data", data.name}, {"samples", m.samples}};
+    nlohmann::json j{{"model", a.model}, {"data", a.data.spec()}, {"samples", m.samples}};
     metrics_to_json(j, m, "", false);
     if (!labeled) j.erase("loss");
     fmt::print("{}\n", j.dump(2));
   } else {
-    fmt::print("{}: {} on {} samples of {}\n", a.model, describe_metrics(m), m.samples, data.name);
+    fmt::print("{}: {} on {} samples of {}\n", a.model, describe_metrics(m), m.samples, a.data.spec());
   }
 }
 

@@ -52,7 +52,7 @@ struct FinetuneArgs {
   // As asked (what --resume compares), or as the trainer decided its `auto` values (what is logged).
   RunOptions run_options() const { return {train, data.threads, data.subset, dist.world_size}; }
   RunOptions run_options(const Trainer& t) const { return {t.options(), data.threads, data.subset, dist.world_size}; }
-  nlohmann::json identity(const Trainer& t) const { return resume_identity(run_options(), t.data().name); }
+  nlohmann::json identity() const { return resume_identity(run_options(), data.spec()); }
 };
 
 // Refused before any work: this build cannot train elsewhere than on the CPU.
@@ -107,7 +107,7 @@ std::unique_ptr<Trainer> load_trainer(FinetuneArgs& a, std::shared_ptr<Communica
 // Continues from the newest checkpoint: the run then repeats the uninterrupted one exactly.
 void resume(Trainer& trainer, const FinetuneArgs& a, Communicator* comm) {
   if (!a.resume) return;
-  const std::string used = resume_from_checkpoints(trainer, a.checkpoint_dir, a.identity(trainer));
+  const std::string used = resume_from_checkpoints(trainer, a.checkpoint_dir, a.identity());
   if (comm) comm->check_same({{"the step of the newest checkpoint in --checkpoint-dir", trainer.position().global_step}});
   spdlog::info("resuming from {} (epoch {}, step {})", used, trainer.position().epoch + 1,
                trainer.position().global_step);
@@ -118,7 +118,7 @@ std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer) {
   if (a.log.empty() || !a.writer()) return nullptr;
   auto log = std::make_unique<RunLog>(a.log, a.resume);
   if (!a.resume) {
-    log->run(a.model, trainer.data().name, a.run_options(trainer), trainer.steps_per_epoch());
+    log->run(a.model, a.data.spec(), a.run_options(trainer), trainer.steps_per_epoch());
     log->init(trainer.snapshot());
   }
   return log;
@@ -147,7 +147,7 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
     if (log) log->epoch(r);
   };
   if (!a.checkpoint_dir.empty() && a.writer())
-    hooks.save_checkpoint = [&, identity = a.identity(trainer)](const TrainPosition& p) {
+    hooks.save_checkpoint = [&, identity = a.identity()](const TrainPosition& p) {
       save_checkpoint(trainer, p, a.checkpoint_dir, identity);
     };
 
@@ -173,7 +173,7 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
   meta.command = "finetune";
   meta.options = a.train.quant;
   meta.layers = trainer.finalize();
-  meta.run = RunSummary{trainer.data().name, a.run_options(trainer), trainer.position().global_step, final_metrics};
+  meta.run = RunSummary{a.data.spec(), a.run_options(trainer), trainer.position().global_step, final_metrics};
   save_torchscript(trainer.module(), a.train.fp ? std::nullopt : std::optional<ModelMetadata>(meta), a.output);
   spdlog::info("wrote {}", a.output);
 

@@ -70,7 +70,6 @@ struct PreprocessOverrides {
 Preprocess apply_overrides(Preprocess defaults, const PreprocessOverrides& overrides);
 
 struct DataSplits {
-  std::string name;  // the spec, "KIND:PATH"
   Dataset train;
   Dataset test;
   int64_t num_classes = 0;

@@ -202,20 +202,24 @@ bool Trainer::synchronize(Metrics& step, bool stop) {
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     grads.push_back(p.grad());
   }
-  // Small values ride in the last gradient bucket instead of paying their own round trip.
-  std::vector<double> values = step.sums();
-  values.push_back(stop ? 1.0 : 0.0);
-  auto stats = torch::tensor(values).to(grads.empty() ? torch::kFloat32 : grads.back().scalar_type());
-  grads.push_back(stats);
-  comm_->sum(grads);
-  grads.pop_back();
+  step = sum_over_ranks(step, grads, stop);
   for (auto& g : grads) g.div_(world_);
-  const auto v = stats.to(torch::kFloat64).contiguous();
+  return stop;
+}
+
+Metrics Trainer::sum_over_ranks(const Metrics& m, std::vector<torch::Tensor> riders, bool& flag) {
+  // Metric sums ride in the last bucket of `riders` (a step's gradients) instead of paying their
+  // own round trip; alone (evaluation) they are summed in float64.
+  std::vector<double> values = m.sums();
+  values.push_back(flag ? 1.0 : 0.0);
+  auto packed = torch::tensor(values, torch::kFloat64).to(riders.empty() ? torch::kFloat64 : riders.back().scalar_type());
+  riders.push_back(packed);
+  comm_->sum(riders);
+  const auto v = packed.to(torch::kFloat64).contiguous();
   values.assign(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
-  const bool any_stop = values.back() > 0;
+  flag = values.back() > 0;
   values.pop_back();
-  step = Metrics::from_sums(values, step.outputs);
-  return any_stop;
+  return Metrics::from_sums(values, m.outputs);
 }
 
 int64_t Trainer::steps_per_epoch() const {
@@ -253,9 +257,8 @@ Metrics Trainer::evaluate() {
   }
   Metrics m = evaluate_sums(module_, data_.test, options_.preprocess, *objective_, options_.batch_size, rank_, world_);
   if (!comm_) return averaged(m);
-  auto sums = torch::tensor(m.sums(), torch::kFloat64);
-  comm_->sum({sums});
-  return averaged(Metrics::from_sums({sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel()}, m.outputs));
+  bool no_flag = false;
+  return averaged(sum_over_ranks(m, {}, no_flag));
 }
 
 Trainer::Batch Trainer::next_batch(const torch::Tensor& order, int epoch, int64_t step) const {

@@ -189,6 +189,9 @@ class Trainer {
   // Sums this step's gradients (then divides by the world size), its metrics and the ranks' stop
   // requests over the ranks; returns whether any rank was asked to stop.
   bool synchronize(Metrics& step, bool stop);
+  // Every rank's metric sums added up (the one reduction of metrics across ranks), in the same
+  // collective as `riders`; `flag` comes back true when it was true on any rank.
+  Metrics sum_over_ranks(const Metrics& m, std::vector<torch::Tensor> riders, bool& flag);
   void warn_negative_scales(const std::vector<LayerRecord>& layers);
 
   torch::jit::Module module_;

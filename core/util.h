@@ -14,7 +14,8 @@ std::vector<std::regex> compile_regexes(const std::vector<std::string>& patterns
 // Whether one of the regexes is found in `name`.
 bool matches_any(const std::string& name, const std::vector<std::regex>& regexes);
 
-// "8x1x5x5" (tables), or with separator ", " inside brackets for messages: "[2, 1, 28, 28]".
+// "8x1x5x5" (tables; "scalar" for no dimensions), or with separator ", " inside brackets for messages:
+// "[2, 1, 28, 28]".
 std::string join_shape(const std::vector<int64_t>& shape, std::string_view separator = "x");
 inline std::string bracketed_shape(const std::vector<int64_t>& shape) { return "[" + join_shape(shape, ", ") + "]"; }
 

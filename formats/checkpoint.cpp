@@ -64,7 +64,6 @@ std::string verified_archive(const std::string& path) {
 
 // "--lr" for "lr": the flag behind an identity key, for messages.
 std::string flag_of(const std::string& key) {
-  if (key == "data") return "--data";
   if (key == "global_batch") return "--batch-size × world size";
   if (key == "mode" || key == "threshold") return "--threshold/--sparsity";
   std::string flag = "--" + key;

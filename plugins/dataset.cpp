@@ -19,9 +19,14 @@ std::vector<DatasetKind>& registry() {
   return kinds;
 }
 
+// The built-in kinds come first, before any other is registered (so that a name of theirs is
+// refused to others). Registration runs on the main thread; the flag is set before the built-ins
+// register themselves through register_dataset_kind, which calls this again.
 void ensure_builtins() {
-  static const bool done = (register_builtin_datasets(), true);
-  (void)done;
+  static bool registered = false;
+  if (registered) return;
+  registered = true;
+  register_builtin_datasets();
 }
 
 }  // namespace
@@ -32,6 +37,7 @@ const std::vector<DatasetKind>& dataset_kinds() {
 }
 
 void register_dataset_kind(DatasetKind kind) {
+  ensure_builtins();
   for (auto& k : registry())
     if (k.name == kind.name) throw usage_error(fmt::format("dataset kind '{}' is registered twice", kind.name));
   registry().push_back(std::move(kind));
@@ -54,7 +60,6 @@ DataSplits load_dataset(const std::string& spec, const LoadOptions& options) {
     } catch (const std::exception& e) {  // plugins throw what they like; LibTorch adds backtraces
       throw input_error(fmt::format("{}: {}", spec, short_message(e.what())));
     }
-    splits.name = spec;
     if (splits.train.size() == 0) throw input_error(fmt::format("{}: the training split is empty", spec));
     return splits;
   }

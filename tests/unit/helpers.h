@@ -1,17 +1,27 @@
-// What several unit test files need: the real TorchScript fixtures (scripts/make_fixtures.py) and
-// the kind of ttq::Error a call throws.
+// What several unit test files need: the real TorchScript fixtures (scripts/make_fixtures.py), a
+// scratch folder, and the kind and message of the ttq::Error a call throws.
 #pragma once
+#include <filesystem>
 #include <functional>
 #include <string>
 
 #include "catch.h"
 #include "core/error.h"
+#include "core/ops/kernels.h"
 #include "formats/torchscript.h"
 
 namespace ttq::test {
 
-inline torch::jit::Module fixture(const std::string& name) {
-  return load_torchscript(std::string(TTQ_FIXTURES) + "/" + name).module;
+inline std::string fixture_path(const std::string& name) { return std::string(TTQ_FIXTURES) + "/" + name; }
+
+inline torch::jit::Module fixture(const std::string& name) { return load_torchscript(fixture_path(name)).module; }
+
+// An empty folder of the temporary directory, for one test's files.
+inline std::filesystem::path fresh_folder(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / ("ttq_unit_" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
 }
 
 inline ErrorKind kind_of(const std::function<void()>& f) {
@@ -22,6 +32,21 @@ inline ErrorKind kind_of(const std::function<void()>& f) {
   }
   FAIL("no ttq::Error thrown");
   return ErrorKind::Runtime;
+}
+
+// Every kernel path this CPU can run, portable first.
+inline std::vector<ops::KernelPath> runnable_paths() {
+  std::vector<ops::KernelPath> out;
+  for (const auto p : {ops::KernelPath::Portable, ops::KernelPath::Avx2, ops::KernelPath::Avx512})
+    if (ops::cpu_supports(p)) out.push_back(p);
+  return out;
+}
+
+// A weight of `shape` whose values are +wp, 0 or -wn, drawn with `seed`.
+inline torch::Tensor ternary_weight(const std::vector<int64_t>& shape, float wp, float wn, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto codes = torch::randint(-1, 2, shape, gen);
+  return torch::where(codes > 0, torch::full({}, wp), torch::where(codes < 0, torch::full({}, -wn), torch::zeros({})));
 }
 
 }  // namespace ttq::test

@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Setup {
-  DataSplits data = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
+  const std::string spec = std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt";
+  DataSplits data = load_dataset(spec);
   TrainOptions options;
   fs::path dir = fs::temp_directory_path() / ("ttq_unit_checkpoints_" + std::to_string(getpid()));
 
@@ -35,7 +36,7 @@ struct Setup {
   }
   ~Setup() { fs::remove_all(dir); }
 
-  nlohmann::json identity(const TrainOptions& o) const { return resume_identity({o, 0, 0, 1}, data.name); }
+  nlohmann::json identity(const TrainOptions& o) const { return resume_identity({o, 0, 0, 1}, spec); }
   std::unique_ptr<Trainer> trainer(const TrainOptions& o) const {
     return std::make_unique<Trainer>(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, o, data);
   }

@@ -1,0 +1,89 @@
+// core/ops/kernels: the float kernels of every instruction set this CPU runs against a plain
+// double-precision reference on many shapes, and the choice of kernel by CPU and TTQ_KERNEL.
+#include "catch.h"
+#include "helpers.h"
+
+#include <cstdlib>
+
+#include "core/ops/kernels.h"
+#include "core/ops/packed.h"
+
+using namespace ttq::ops;
+using ttq::test::runnable_paths;
+using ttq::test::ternary_weight;
+
+namespace {
+
+struct Layer {
+  int64_t rows, k;
+  float wp, wn;
+  torch::Tensor weight;  // [rows, k] of +wp, 0, -wn
+  Packed packed;
+  const uint32_t* planes() const { return reinterpret_cast<const uint32_t*>(packed.codes.data_ptr<uint8_t>()); }
+  int64_t groups() const { return packed_groups(k); }
+};
+
+Layer ternary_layer(int64_t rows, int64_t k, uint64_t seed) {
+  Layer l{rows, k, 0.3f, 0.2f};
+  l.weight = ternary_weight({rows, k}, l.wp, l.wn, seed);
+  l.packed = pack(l.weight, l.wp, l.wn);
+  return l;
+}
+
+// Sets TTQ_KERNEL for one scope.
+struct KernelEnv {
+  explicit KernelEnv(const char* value) { setenv("TTQ_KERNEL", value, 1); }
+  ~KernelEnv() { unsetenv("TTQ_KERNEL"); }
+};
+
+}  // namespace
+
+TEST_CASE("ternary_rows of every path equals x·Wᵀ on many shapes, row ranges included") {
+  // k off and on the 32-weight groups; n on both sides of the kernels' blocks of inputs.
+  const std::vector<std::array<int64_t, 3>> shapes{{1, 1, 1}, {5, 7, 1}, {33, 100, 3}, {64, 32, 8}, {17, 31, 9},
+                                                   {10, 65, 10}, {128, 257, 4}, {3, 64, 40}, {96, 1000, 1}};
+  for (const auto path : runnable_paths()) {
+    for (const auto& [rows, k, n] : shapes) {
+      CAPTURE(path_name(path), rows, k, n);
+      const Layer l = ternary_layer(rows, k, static_cast<uint64_t>(rows * k));
+      auto x = torch::zeros({n, l.groups() * kGroup});  // zero past K, as the kernels require
+      x.narrow(1, 0, k).copy_(torch::randn({n, k}));
+      const auto want = torch::matmul(x.narrow(1, 0, k).to(torch::kDouble), l.weight.to(torch::kDouble).t());
+      auto y = torch::full({n, rows}, -7.0f);
+      const int64_t r0 = rows > 2 ? 1 : 0, r1 = rows > 2 ? rows - 1 : rows;  // a range: rows outside stay untouched
+      ternary_rows(path, l.planes(), l.groups(), x.data_ptr<float>(), n, l.wp, l.wn, y.data_ptr<float>(), rows, r0, r1);
+      CHECK(torch::allclose(y.narrow(1, r0, r1 - r0).to(torch::kDouble), want.narrow(1, r0, r1 - r0), 1e-5, 1e-5));
+      if (r0 > 0) CHECK((y.select(1, 0) == -7.0f).all().item<bool>());
+    }
+  }
+}
+
+TEST_CASE("ternary_decode of every path gives the weights bit-exactly") {
+  for (const auto path : runnable_paths()) {
+    for (const auto& [rows, k] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 31}, {4, 64}, {7, 97}, {2, 1000}}) {
+      CAPTURE(path_name(path), rows, k);
+      const Layer l = ternary_layer(rows, k, 77);
+      auto out = torch::empty({rows, k});
+      ternary_decode(path, l.planes(), l.groups(), k, l.wp, l.wn, 0, rows, out.data_ptr<float>());
+      CHECK(torch::equal(out, l.weight));
+    }
+  }
+}
+
+TEST_CASE("the kernel is the fastest this CPU runs, or TTQ_KERNEL's - one it cannot run is an error") {
+  CHECK(cpu_supports(KernelPath::Portable));
+  const auto paths = runnable_paths();
+  CHECK(selected_path() == paths.back());
+  for (const auto p : paths) {
+    KernelEnv env(path_name(p));
+    CHECK(selected_path() == p);
+  }
+  {
+    KernelEnv env("sse9");
+    CHECK_THROWS_WITH(selected_path(), Catch::Contains("TTQ_KERNEL=sse9 is not one of portable, avx2, avx512"));
+  }
+  if (!cpu_supports(KernelPath::Avx512)) {
+    KernelEnv env("avx512");
+    CHECK_THROWS_WITH(selected_path(), Catch::Contains("this CPU cannot run it"));
+  }
+}

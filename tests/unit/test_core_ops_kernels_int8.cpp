@@ -1,0 +1,101 @@
+// core/ops/kernels_int8: the int8 kernels of every instruction set this CPU runs against an exact
+// int32 reference (the sums are exact, so every path must give the same floats), on inputs laid out
+// as a linear layer and as a convolution's strided taps, with fewer and more inputs than a block.
+#include "catch.h"
+#include "helpers.h"
+
+#include <cmath>
+
+#include "core/ops/kernels.h"
+#include "core/ops/packed.h"
+
+using namespace ttq::ops;
+using ttq::test::runnable_paths;
+using ttq::test::ternary_weight;
+
+namespace {
+
+// n inputs of k int8 values, stored for `path` (offset by 128 where it wants), each row `stride` bytes
+// apart, steps of 64 bytes: a linear layer's layout.
+struct Inputs {
+  std::vector<int8_t> q;  // n × k, the values
+  std::vector<uint8_t> bytes;
+  std::vector<int64_t> row, step;
+  std::vector<float> scale;
+  Int8Inputs view() const { return {bytes.data(), row.data(), step.data(), scale.data()}; }
+};
+
+Inputs int8_inputs(KernelPath path, int64_t n, int64_t k, int64_t groups, int64_t stride, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto values = torch::randint(-127, 128, {n, k}, gen).to(torch::kInt8).contiguous();
+  Inputs in;
+  in.q.assign(values.data_ptr<int8_t>(), values.data_ptr<int8_t>() + n * k);
+  const int64_t steps = (groups + 1) / 2;
+  in.bytes.assign(static_cast<size_t>(n * stride + 64), 0x5a);  // bytes past K: anything readable
+  for (int64_t i = 0; i < n; ++i) {
+    in.row.push_back(i * stride);
+    in.scale.push_back(0.01f * static_cast<float>(i + 1));
+    for (int64_t j = 0; j < k; ++j)
+      in.bytes[static_cast<size_t>(i * stride + j)] = static_cast<uint8_t>(in.q[i * k + j] + (int8_offset(path) ? 128 : 0));
+  }
+  for (int64_t s = 0; s < steps; ++s) in.step.push_back(64 * s);
+  return in;
+}
+
+}  // namespace
+
+TEST_CASE("int8 weights: the larger scale exact, the other within half a step") {
+  for (const auto& [wp, wn] : std::vector<std::pair<float, float>>{{0.3f, 0.2f}, {0.05f, 0.9f}, {0.4f, 0.4f}}) {
+    const Int8Weights w = int8_weights(wp, wn);
+    CHECK(w.step == std::max(wp, wn) / 127);
+    CHECK(std::abs(w.pos * w.step - wp) <= w.step / 2);
+    CHECK(std::abs(w.neg * w.step + wn) <= w.step / 2);
+    CHECK((wp >= wn ? w.pos == 127 : w.neg == -127));
+  }
+  CHECK(int8_weights(0, 0).step == 1.0f);
+}
+
+TEST_CASE("quantize_int8 rounds halves to even, clamps to ±127, and offsets where asked") {
+  const std::vector<float> x{0.5f, 1.5f, 2.5f, -0.5f, -1.5f, 300.0f, -300.0f, 0.49f, 10.0f};
+  std::vector<uint8_t> q(5), off(5);
+  quantize_int8(x.data(), 5, 2, 1.0f, false, q.data());  // every second value
+  CHECK(std::vector<int>(q.begin(), q.end()) == std::vector<int>{0, 2, uint8_t(-2), uint8_t(-127), 10});
+  quantize_int8(x.data(), 5, 2, 1.0f, true, off.data());
+  CHECK(std::vector<int>(off.begin(), off.end()) == std::vector<int>{128, 130, 126, 1, 138});
+}
+
+TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linear and strided layouts") {
+  // (rows, k, n, stride): k off the 64-byte steps, n below, at and above a block of 8 inputs, rows
+  // that leave remainders of the kernels' row blocks; a stride wider than the row (convolution taps).
+  const std::vector<std::array<int64_t, 4>> cases{{1, 1, 1, 64},     {5, 7, 3, 64},     {33, 100, 8, 128},
+                                                  {17, 64, 9, 64},   {64, 256, 20, 256}, {3, 130, 16, 320},
+                                                  {96, 1000, 2, 1024}, {7, 65, 40, 192}};
+  for (const auto path : runnable_paths()) {
+    for (const auto& [rows, k, n, stride] : cases) {
+      CAPTURE(path_name(path), rows, k, n, stride);
+      const float wp = 0.3f, wn = 0.2f;
+      const auto weight = ternary_weight({rows, k}, wp, wn, static_cast<uint64_t>(rows * k + n));
+      const auto signs = weight.sign().to(torch::kInt64).contiguous();
+      const Packed p = pack(weight, wp, wn);
+      const int64_t groups = packed_groups(k);
+      const Int8Weights w = int8_weights(wp, wn);
+      const Inputs in = int8_inputs(path, n, k, groups, stride, 5);
+      std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
+      // y[i, r] at i · rows + r: a linear layer's output.
+      ternary_rows_int8(path, reinterpret_cast<const uint32_t*>(p.codes.data_ptr<uint8_t>()), groups, w, in.view(), 0, n,
+                        0, rows, y.data(), rows, 1);
+      const auto* s = signs.data_ptr<int64_t>();
+      int64_t mismatches = 0;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          int32_t dot = 0;
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t sign = s[r * k + j];
+            dot += (sign > 0 ? w.pos : sign < 0 ? w.neg : 0) * int32_t(in.q[i * k + j]);
+          }
+          mismatches += y[i * rows + r] != in.scale[i] * w.step * static_cast<float>(dot);
+        }
+      CHECK(mismatches == 0);
+    }
+  }
+}
