@@ -118,7 +118,7 @@ std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer) {
   if (a.log.empty() || !a.writer()) return nullptr;
   auto log = std::make_unique<RunLog>(a.log, a.resume);
   if (!a.resume) {
-    log->run(a.model, a.data.spec(), a.run_options(trainer), trainer.steps_per_epoch());
+    log->run(a.model, a.data.spec(), a.run_options(trainer), trainer.steps_per_epoch(), trainer.recipe());
     log->init(trainer.snapshot());
   }
   return log;
@@ -173,7 +173,8 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
   meta.command = "finetune";
   meta.options = a.train.quant;
   meta.layers = trainer.finalize();
-  meta.run = RunSummary{a.data.spec(), a.run_options(trainer), trainer.position().global_step, final_metrics};
+  meta.run = RunSummary{a.data.spec(), a.run_options(trainer), trainer.position().global_step, final_metrics,
+                        trainer.recipe()};
   save_torchscript(trainer.module(), a.train.fp ? std::nullopt : std::optional<ModelMetadata>(meta), a.output);
   spdlog::info("wrote {}", a.output);
 
@@ -276,7 +277,12 @@ Command register_finetune(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--batch-size", t.batch_size, "samples per step")->capture_default_str()->check(CLI::PositiveNumber);
   add_choice_option(sub, "--optimizer", t.optimizer, "optimizer of weights and scales");
-  sub->add_option("--lr", t.lr, "learning rate of weights and scales")->capture_default_str()->check(CLI::PositiveNumber);
+  // "auto" is 0 in TrainOptions, which the Trainer decides; a number must be positive.
+  sub->add_option_function<std::string>("--lr", [&t](const std::string& v) { t.lr = v == "auto" ? 0.0 : std::stod(v); },
+                                         "learning rate of weights and scales; auto: 0.01 with sgd, 5e-4 with adam")
+      ->type_name("RATE|auto")
+      ->default_str("auto")
+      ->check(CLI::Validator([](std::string& v) { return v == "auto" ? "" : CLI::PositiveNumber(v); }, "", "lr"));
   sub->add_option("--momentum", t.momentum, "SGD momentum")->capture_default_str();
   sub->add_option("--weight-decay", t.weight_decay, "L2 decay of latent weights, other parameters and Wp/Wn")
       ->capture_default_str();

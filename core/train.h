@@ -27,8 +27,9 @@ class Optimizer;
 
 namespace ttq {
 
-enum class Optimizer { Sgd, Adam };
+enum class Optimizer { Auto, Sgd, Adam };
 inline constexpr Choice<Optimizer> kOptimizers[] = {
+    {"auto", Optimizer::Auto, "sgd when a normalization takes the output of every ternary layer, adam otherwise"},
     {"sgd", Optimizer::Sgd, "SGD with --momentum (the paper's CIFAR recipe)"},
     {"adam", Optimizer::Adam, "Adam (the paper's ImageNet recipe; suits models without BatchNorm)"}};
 constexpr const auto& choices(Optimizer) { return kOptimizers; }
@@ -44,8 +45,8 @@ struct TrainOptions {
   int epochs = 10;
   int64_t max_steps = 0;  // stop after this many steps in total (0: no limit); the schedule ignores it
   int64_t batch_size = 128;
-  Optimizer optimizer = Optimizer::Sgd;
-  double lr = 0.01;
+  Optimizer optimizer = Optimizer::Auto;  // decided by the Trainer from the model (recipe())
+  double lr = 0;                          // 0: auto, the rate of the optimizer (auto_lr)
   double momentum = 0.9;
   double weight_decay = 2e-4;  // latent weights, other parameters and (unless !scale_decay) Wp/Wn
   bool scale_decay = true;
@@ -59,6 +60,9 @@ struct TrainOptions {
   ObjectiveOptions objective;
   Preprocess preprocess;
 };
+
+// --lr auto: the rate each optimizer starts from (measured in the note of issue 24).
+double auto_lr(Optimizer optimizer);
 
 // The learning-rate multiplier at a step: cosine over all steps, step at milestones, or 1.
 double lr_factor(const TrainOptions& options, int epoch, int64_t global_step, int64_t steps_per_epoch);
@@ -164,7 +168,9 @@ class Trainer {
   TrainPosition& position() { return position_; }
   const std::vector<TrainLayer>& layers() const { return layers_; }
   int64_t steps_per_epoch() const;
-  const TrainOptions& options() const { return options_; }
+  const TrainOptions& options() const { return options_; }  // with every auto decided
+  // What --optimizer auto and --lr auto decided, and why ("" when both were given).
+  const std::string& recipe() const { return recipe_; }
   const DataSplits& data() const { return data_; }
   // Where each ternary layer stands now: Wp, Wn, and Δ and codes of its latent weights.
   std::vector<LayerRecord> snapshot() const;
@@ -175,7 +181,8 @@ class Trainer {
     torch::Tensor labels;  // undefined for unlabeled data
   };
   // Construction, in this order.
-  void select_layers();     // latent copies of the selected weights, scales from --init (auto decided)
+  void select_layers(const LayerPlan& plan);  // latent copies of the selected weights, scales from --init
+  void decide_recipe(const LayerPlan& plan);  // --optimizer auto and --lr auto, from the layer plan
   void build_optimizer();   // groups: latent weights, other parameters, scales (own lr and decay)
   void probe();             // fails before training on data the model cannot take
   void start_distributed(); // checks that the ranks agree, then gives every rank rank 0's state
@@ -208,6 +215,7 @@ class Trainer {
   std::vector<torch::Tensor> params_;   // every trained tensor, in the optimizer's order (same on all ranks)
   std::vector<torch::Tensor> buffers_;  // broadcast from rank 0 before each step
   std::set<std::string> warned_negative_;
+  std::string recipe_;
 };
 
 }  // namespace ttq

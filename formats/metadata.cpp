@@ -156,6 +156,7 @@ void from_json(const json& j, EpochRecord& e) {
 
 void to_json(json& j, const RunSummary& s) {
   j = {{"data", s.data}, {"options", s.options}, {"steps", s.steps}};
+  if (!s.recipe.empty()) j["recipe"] = s.recipe;
   metrics_to_json(j, s.val, "val_", false);
 }
 
@@ -164,6 +165,7 @@ void from_json(const json& j, RunSummary& s) {
   if (j.contains("options")) s.options = j["options"].get<RunOptions>();
   s.steps = j.value("steps", int64_t{0});
   s.val = metrics_from_json(j, "val_");
+  s.recipe = j.value("recipe", "");
 }
 
 std::string metadata_to_json(const ModelMetadata& meta) {

@@ -33,6 +33,7 @@ struct RunSummary {
   RunOptions options;
   int64_t steps = 0;
   Metrics val;  // top1, top5, loss
+  std::string recipe;  // what --optimizer auto and --lr auto decided, and why (Trainer::recipe())
 };
 
 struct ModelMetadata {

@@ -62,12 +62,13 @@ void RunLog::write(const std::string& line) {
 }
 
 void RunLog::run(const std::string& model, const std::string& data, const RunOptions& options,
-                 int64_t steps_per_epoch) {
-  write(json{{"type", "run"}, {"version", kRunLogVersion}, {"tool", TTQ_TOOL},
-             {"libtorch", libtorch_version()}, {"model", model},
-             {"data", data}, {"options", options}, {"epochs", options.train.epochs},
-             {"steps_per_epoch", steps_per_epoch}}
-            .dump());
+                 int64_t steps_per_epoch, const std::string& recipe) {
+  json record{{"type", "run"}, {"version", kRunLogVersion}, {"tool", TTQ_TOOL},
+              {"libtorch", libtorch_version()}, {"model", model},
+              {"data", data}, {"options", options}, {"epochs", options.train.epochs},
+              {"steps_per_epoch", steps_per_epoch}};
+  if (!recipe.empty()) record["recipe"] = recipe;
+  write(record.dump());
 }
 
 void RunLog::init(const std::vector<LayerRecord>& layers) {

@@ -22,7 +22,9 @@ class RunLog {
   // Appends when resuming (after cutting a torn last line, with a warning), else starts a new file.
   // Holds a lock on the file: a second run writing the same log fails here.
   RunLog(const std::string& path, bool append);
-  void run(const std::string& model, const std::string& data, const RunOptions& options, int64_t steps_per_epoch);
+  // `recipe`: what the run's auto options decided and why (omitted when empty).
+  void run(const std::string& model, const std::string& data, const RunOptions& options, int64_t steps_per_epoch,
+           const std::string& recipe = "");
   void init(const std::vector<LayerRecord>& layers);
   void step(const StepProgress& p, const std::vector<LayerRecord>& layers);
   void epoch(const EpochRecord& r);

@@ -1,4 +1,5 @@
-// core/train: the learning-rate schedules, and a whole (small) training run's bookkeeping.
+// core/train: the learning-rate schedules, a whole (small) training run's bookkeeping, and the recipe
+// --optimizer auto and --lr auto decide.
 #include "catch.h"
 
 #include "core/train.h"
@@ -60,4 +61,43 @@ TEST_CASE("a run reports every step and epoch, and its records describe the trai
   CHECK(after[0].wp != before[0].wp);  // the scales trained
   const auto w = trainer.module().attr("weight").toTensor();
   CHECK(((w == after[0].wp) | (w == 0) | (w == -after[0].wn)).all().item<bool>());
+}
+
+TEST_CASE("--optimizer auto and --lr auto: adam without normalization after the layers, sgd with it") {
+  const DataSplits vectors = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
+  TrainOptions o;
+  o.batch_size = 100;
+  o.quant.selection.quantize_first = o.quant.selection.quantize_last = true;
+  const auto linear = [&](const TrainOptions& options) {
+    return Trainer(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, options, vectors);
+  };
+  const Trainer bare = linear(o);
+  CHECK(bare.options().optimizer == Optimizer::Adam);
+  CHECK(bare.options().lr == auto_lr(Optimizer::Adam));
+  CHECK_THAT(bare.recipe(), Catch::Contains("--optimizer auto: adam (no normalization takes the output of 1 of 1"));
+  CHECK_THAT(bare.recipe(), Catch::Contains("--lr auto: 0.0005"));
+  TrainOptions fp = o;
+  fp.fp = true;  // decided as for the TTQ run of the same layers
+  CHECK(linear(fp).options().optimizer == Optimizer::Adam);
+
+  TrainOptions sgd = o;
+  sgd.optimizer = Optimizer::Sgd;
+  const Trainer asked = linear(sgd);
+  CHECK(asked.options().lr == auto_lr(Optimizer::Sgd));
+  CHECK(asked.recipe() == "--lr auto: 0.01 (sgd's starting rate)");
+  sgd.lr = 0.2;
+  CHECK(linear(sgd).recipe().empty());
+  CHECK(linear(sgd).options().lr == 0.2);
+
+  // torchvision's ResNet-18: BatchNorm after every convolution between the first and the last layer.
+  DataSplits images;
+  images.train = Dataset(torch::rand({16, 3, 32, 32}), torch::randint(0, 10, {16}, torch::kInt64));
+  images.test = images.train;
+  images.num_classes = 10;
+  TrainOptions r;
+  r.batch_size = 8;
+  const Trainer resnet(load_torchscript(std::string(TTQ_FIXTURES) + "/resnet18.pt").module, r, images);
+  CHECK(resnet.options().optimizer == Optimizer::Sgd);
+  CHECK(resnet.options().lr == 0.01);
+  CHECK_THAT(resnet.recipe(), Catch::Contains("sgd (a normalization follows every ternary layer)"));
 }

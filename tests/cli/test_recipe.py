@@ -1,0 +1,72 @@
+"""End-to-end tests of `ttq finetune` with its defaults (--optimizer auto, --lr auto) on trained
+full-precision models, as a new user runs it: no flag but the data and the length of the run.
+
+Environment (set by CTest): see ttq_testing.py.
+"""
+import json
+import unittest
+
+from ttq_testing import SharedWorkdir, fixture, load_with_metadata, ttq
+
+# Fashion-MNIST, the embedded default: the small CNN trains an epoch in about 4 s on two cores.
+DATA = ["--threads", "2"]
+
+
+def top1(model):
+    r = ttq("eval", model, "--json", *DATA)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["top1"]
+
+
+class DefaultsOnATrainedCnnWithoutNormalization(SharedWorkdir):
+    """The small CNN (LeNet-style, no BatchNorm), trained in full precision (87%; one-shot ternary 76%):
+    SGD at 0.01, the old default, threw it to chance (10.00%) in one epoch of TTQ."""
+
+    @classmethod
+    def setUpShared(cls):
+        cls.fp = cls.shared_path("fp.pt")
+        r = ttq("finetune", fixture("small_cnn.pt"), "-o", cls.fp, "--fp", "--optimizer", "adam", "--lr", "0.002",
+                "--epochs", "3", *DATA)
+        assert r.returncode == 0, r.stderr
+        one_shot = cls.shared_path("one_shot.pt")
+        r = ttq("quantize", cls.fp, "-o", one_shot)
+        assert r.returncode == 0, r.stderr
+        cls.fp_top1, cls.one_shot_top1 = top1(cls.fp), top1(one_shot)
+        cls.model = cls.shared_path("ttq.pt")
+        cls.result = ttq("finetune", cls.fp, "-o", cls.model, "--epochs", "1", "--json", *DATA)
+
+    def test_one_epoch_beats_one_shot_quantization_and_stays_near_full_precision(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+        self.assertGreater(self.fp_top1, 0.85)
+        got = top1(self.model)
+        self.assertAlmostEqual(got, json.loads(self.result.stdout)["run"]["val_top1"], places=6)
+        self.assertGreaterEqual(got, self.one_shot_top1)
+        self.assertGreater(got, self.fp_top1 - 0.015, (got, self.fp_top1, self.one_shot_top1))
+
+    def test_the_recipe_is_printed_with_its_reason_and_recorded(self):
+        self.assertIn("--optimizer auto: adam (no normalization takes the output of 2 of 2 ternary layers",
+                      self.result.stderr)
+        self.assertIn("--lr auto: 0.0005 (adam's starting rate)", self.result.stderr)
+        _, meta = load_with_metadata(self.model)
+        run = json.loads(meta)["run"]
+        self.assertEqual(run["options"]["optimizer"], "adam")
+        self.assertEqual(run["options"]["lr"], 0.0005)
+        self.assertIn("--optimizer auto: adam", run["recipe"])
+
+    def test_explicit_values_are_kept_and_bad_ones_refused(self):
+        r = ttq("finetune", self.fp, "-o", self.out("sgd.pt"), "--optimizer", "sgd", "--lr", "0.003",
+                "--max-steps", "2", *DATA)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("--optimizer auto", r.stderr)
+        self.assertNotIn("--lr auto", r.stderr)
+        run = json.loads(load_with_metadata(self.out("sgd.pt"))[1])["run"]
+        self.assertEqual((run["options"]["optimizer"], run["options"]["lr"]), ("sgd", 0.003))
+        self.assertNotIn("recipe", run)
+        for bad in ("0", "-1", "fast"):
+            r = ttq("finetune", self.fp, "-o", self.out("x.pt"), "--lr", bad, *DATA)
+            self.assertEqual(r.returncode, 2, (bad, r.stderr))
+            self.assertIn("--lr", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
