@@ -7,7 +7,9 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -124,11 +126,37 @@ std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer) {
   return log;
 }
 
+// "val top-1 86.19%", "val rel_mse 0.0123": a validation score as the summary lines show its metric.
+std::string describe_score(const char* metric, double score) {
+  const bool fraction = is_fraction(metric);
+  return fmt::format("val {} {}", std::strcmp(metric, "top1") == 0 ? "top-1" : metric,
+                     fraction ? fmt::format("{:.2f}%", 100 * score) : fmt::format("{:.4g}", -score));
+}
+
+// After training: which state OUT holds, and a warning when training did not beat its start.
+void report_kept_state(const Trainer& trainer, const char* metric, std::optional<double> last_score) {
+  const TrainPosition& p = trainer.position();
+  const std::string start = describe_score(metric, p.start_score);
+  if (trainer.options().keep == Keep::Last) {
+    if (last_score && *last_score < p.start_score)
+      spdlog::warn("the last state's {} is below the start's {}; --keep best would have kept the start",
+                   describe_score(metric, *last_score), start);
+  } else if (p.best_epoch == 0) {
+    spdlog::warn("no epoch beat the start's {}: the output is the start ({}); try more --epochs or another --lr",
+                 start, trainer.options().fp ? "the model as given" : "the one-shot ternary model");
+  } else if (last_score && p.best_score > *last_score) {
+    spdlog::info("kept epoch {} ({}, the best; the last: {})", p.best_epoch, describe_score(metric, p.best_score),
+                 describe_score(metric, *last_score));
+  }
+}
+
 // Trains the remaining epochs, reporting on stderr and to the log; Ctrl-C checkpoints and exits 130.
 void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   Progress progress(a.writer() && !quiet() && (a.progress || (!a.no_progress && isatty(STDERR_FILENO))));
   int64_t total_steps = a.train.epochs * trainer.steps_per_epoch();
   if (a.train.max_steps > 0) total_steps = std::min(total_steps, a.train.max_steps);  // the ETA's end
+  const char* metric = "top1";
+  std::optional<double> last_score;  // of the last epoch this process ran
   TrainHooks hooks;
   hooks.on_step = [&](const StepProgress& p) { progress.update(p, a.train.epochs, total_steps); };
   hooks.log_every = a.log_every;
@@ -145,6 +173,13 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
                                    r.loading.images_per_second, 100 * r.loading.waiting)
                      : "");
     if (log) log->epoch(r);
+    metric = validation_metric(r.val);
+    last_score = validation_score(r.val);
+  };
+  hooks.on_start = [&](const Metrics& val) {
+    progress.clear();
+    spdlog::info("start ({}): val {}", a.train.fp ? "the model as given" : "one-shot ternary", describe_metrics(val));
+    metric = validation_metric(val);
   };
   if (!a.checkpoint_dir.empty() && a.writer())
     hooks.save_checkpoint = [&, identity = a.identity()](const TrainPosition& p) {
@@ -163,6 +198,7 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
                                          : fmt::format("interrupted; continue with --resume --checkpoint-dir {}",
                                                        a.checkpoint_dir));
   }
+  if (a.writer()) report_kept_state(trainer, metric, last_score);
 }
 
 // The ternary model with its metadata and the run's summary, and the summary on stdout.
@@ -174,7 +210,7 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
   meta.options = a.train.quant;
   meta.layers = trainer.finalize();
   meta.run = RunSummary{a.data.spec(), a.run_options(trainer), trainer.position().global_step, final_metrics,
-                        trainer.recipe()};
+                        trainer.recipe(), trainer.options().keep == Keep::Best ? trainer.position().best_epoch : -1};
   save_torchscript(trainer.module(), a.train.fp ? std::nullopt : std::optional<ModelMetadata>(meta), a.output);
   spdlog::info("wrote {}", a.output);
 
@@ -289,6 +325,7 @@ Command register_finetune(CLI::App& app) {
   sub->add_flag("--no-scale-decay", a->no_scale_decay, "no weight decay on Wp/Wn");
   sub->add_option("--scale-lr-mult", t.scale_lr_mult, "learning-rate multiplier for Wp/Wn")->capture_default_str();
   add_choice_option(sub, "--schedule", t.schedule, "learning-rate schedule");
+  add_choice_option(sub, "--keep", t.keep, "which state OUT holds, judged on validation");
   sub->add_option("--milestones", t.milestones, "epochs at which the step schedule multiplies lr by --gamma")
       ->type_name("EPOCH")
       ->delimiter(',');

@@ -96,6 +96,16 @@ std::vector<MetricValue> measured_metrics(const Metrics& m, bool terms) {
   return out;
 }
 
+const char* validation_metric(const Metrics& m) {
+  return m.has_labels() ? "top1" : m.agreement ? "agreement" : m.rel_mse ? "rel_mse" : "loss";
+}
+
+double validation_score(const Metrics& m) {
+  if (m.has_labels()) return m.top1;
+  if (m.agreement) return *m.agreement;
+  return m.rel_mse ? -*m.rel_mse : -m.loss;
+}
+
 bool is_fraction(const std::string& metric) {
   Metrics every;  // a split that measured every row
   every.labeled = 1, every.distill = 1, every.agreement = 0, every.rel_mse = 0;

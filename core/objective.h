@@ -71,6 +71,11 @@ struct MetricValue {
 // terms ce (with labels) and distill when `terms` and distilling (training splits), agreement and
 // rel_mse against a teacher.
 std::vector<MetricValue> measured_metrics(const Metrics& m, bool terms);
+// The number a run's states are judged by on validation (--keep best), higher better: top-1 with
+// labels, else the agreement with the teacher (class scores), else minus the relative MSE, else
+// minus the loss. `validation_metric` names it ("top1", "agreement", "rel_mse", "loss").
+double validation_score(const Metrics& averaged);
+const char* validation_metric(const Metrics& averaged);
 // Whether a metric's name, with or without its split's prefix, is a fraction (top1, val_agreement).
 bool is_fraction(const std::string& metric);
 

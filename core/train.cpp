@@ -302,11 +302,41 @@ Metrics Trainer::train_step(const Batch& batch) {
 }
 
 void Trainer::run(const TrainHooks& hooks, const std::atomic<bool>& stop) {
+  if (position_.best_epoch < 0 && position_.global_step == 0) measure_start(hooks);
   for (int epoch = position_.epoch; epoch < options_.epochs; ++epoch) {
-    if (options_.max_steps && position_.global_step >= options_.max_steps) return;
+    if (options_.max_steps && position_.global_step >= options_.max_steps) break;
     run_epoch(epoch, hooks, stop);
-    if (position_.epoch == epoch) return;  // stopped early by --max-steps
+    if (position_.epoch == epoch) break;  // stopped early by --max-steps
   }
+  end_on_kept_state();
+}
+
+void Trainer::measure_start(const TrainHooks& hooks) {
+  const Metrics val = evaluate();
+  position_.start_score = validation_score(val);
+  consider(0, val);
+  if (hooks.on_start) hooks.on_start(val);
+}
+
+void Trainer::consider(int epoch, const Metrics& val) {
+  if (options_.keep != Keep::Best) return;
+  const double score = validation_score(val);
+  if (position_.best_epoch >= 0 && !(score > position_.best_score)) return;  // ties keep the earlier state
+  position_.best_epoch = epoch;
+  position_.best_score = score;
+  keep_current_as_best();
+}
+
+void Trainer::keep_current_as_best() {
+  best_tensors_.clear();
+  for (const auto& [name, t] : state_tensors()) best_tensors_.push_back(t.detach().clone());
+}
+
+void Trainer::end_on_kept_state() {
+  if (best_tensors_.empty()) return;
+  torch::NoGradGuard no_grad;
+  auto state = state_tensors();
+  for (size_t i = 0; i < state.size(); ++i) state[i].second.copy_(best_tensors_[i]);
 }
 
 void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop) {
@@ -371,6 +401,7 @@ void Trainer::finish_epoch(int epoch, bool partial, double seconds, const DataLo
   r.loading = loading.summary(seconds);
   r.layers = snapshot();
   warn_negative_scales(r.layers);
+  consider(r.epoch, r.val);
   if (!partial) {
     position_.epoch = epoch + 1;
     position_.step_in_epoch = 0;

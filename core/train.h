@@ -40,6 +40,12 @@ inline constexpr Choice<Schedule> kSchedules[] = {{"cosine", Schedule::Cosine, "
                                                   {"constant", Schedule::Constant, "the same lr throughout"}};
 constexpr const auto& choices(Schedule) { return kSchedules; }
 
+enum class Keep { Best, Last };
+inline constexpr Choice<Keep> kKeeps[] = {
+    {"best", Keep::Best, "the state with the best validation metric: an epoch's end, or the start when none beats it"},
+    {"last", Keep::Last, "the state at the end of the run"}};
+constexpr const auto& choices(Keep) { return kKeeps; }
+
 // Every option of a run, with its default (the flags of `finetune` bind to these fields).
 struct TrainOptions {
   int epochs = 10;
@@ -56,6 +62,7 @@ struct TrainOptions {
   double gamma = 0.1;
   uint64_t seed = 0;
   bool fp = false;  // plain full-precision fine-tuning with the same loop (baselines)
+  Keep keep = Keep::Best;
   QuantizeOptions quant{{}, ScaleInit::Auto, {}};  // ones after normalizations (the authors'), else mean
   ObjectiveOptions objective;
   Preprocess preprocess;
@@ -124,6 +131,11 @@ struct TrainPosition {
   int64_t step_in_epoch = 0;   // steps done in the running epoch
   int64_t global_step = 0;
   Metrics train;               // sums over the running epoch's steps so far
+  // The validation score (validation_score) of the start, measured before the first step (the
+  // one-shot ternary model, or the FP model with --fp), and of the state --keep best holds: the
+  // epoch it ended (0: the start; -1: none measured yet).
+  double start_score = 0, best_score = 0;
+  int best_epoch = -1;
 };
 
 // What the training loop tells its caller, and asks of it.
@@ -131,6 +143,7 @@ struct TrainHooks {
   std::function<void(const StepProgress&)> on_step;
   std::function<void(const StepProgress&, const std::vector<LayerRecord>&)> on_log_step;  // every log_every
   int64_t log_every = 0;
+  std::function<void(const Metrics&)> on_start;  // the start's validation, before the first step
   std::function<void(const EpochRecord&)> on_epoch;
   std::function<void(const TrainPosition&)> save_checkpoint;  // after each epoch, on interrupt,
   int64_t checkpoint_every = 0;                               // and every N steps when N > 0
@@ -164,8 +177,12 @@ class Trainer {
 
   // For checkpoints: every tensor that defines the state, by name, and the position.
   std::vector<std::pair<std::string, torch::Tensor>> state_tensors();
+  // --keep best: the state_tensors() of position().best_epoch, copied (empty with --keep last).
+  std::vector<torch::Tensor>& best_tensors() { return best_tensors_; }
+  void keep_current_as_best();  // copies the current state there
   torch::optim::Optimizer& optimizer();
   TrainPosition& position() { return position_; }
+  const TrainPosition& position() const { return position_; }
   const std::vector<TrainLayer>& layers() const { return layers_; }
   int64_t steps_per_epoch() const;
   const TrainOptions& options() const { return options_; }  // with every auto decided
@@ -189,6 +206,9 @@ class Trainer {
   // One epoch: its step loop, then its record; and one step of it.
   void run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop);
   void finish_epoch(int epoch, bool partial, double seconds, const DataLoading& loading, const TrainHooks& hooks);
+  void measure_start(const TrainHooks& hooks);  // the start's validation, once per run
+  void consider(int epoch, const Metrics& val);  // --keep best: is the state after `epoch` the best?
+  void end_on_kept_state();                       // --keep best: the best state back in place
   Batch next_batch(const torch::Tensor& order, int epoch, int64_t step) const;
   Metrics train_step(const Batch& batch);  // sums over this rank's batch
   void apply_weights();      // w_t = ternarize(latent) into the module, keeping autograd
@@ -216,6 +236,7 @@ class Trainer {
   std::vector<torch::Tensor> buffers_;  // broadcast from rank 0 before each step
   std::set<std::string> warned_negative_;
   std::string recipe_;
+  std::vector<torch::Tensor> best_tensors_;
 };
 
 }  // namespace ttq

@@ -86,6 +86,7 @@ void check_identity(const std::string& path, const nlohmann::json& saved, const 
 nlohmann::json resume_identity(const RunOptions& options, const std::string& data) {
   nlohmann::json j = options;
   j["global_batch"] = options.train.batch_size * options.world_size;
+  if (options.train.lr == 0) j["lr"] = "auto";
   j["data"] = data;
   const Preprocess& pre = options.train.preprocess;
   j.update({{"mean", pre.mean}, {"std", pre.std}, {"flip", pre.flip}, {"crop_padding", pre.crop_padding}});
@@ -93,6 +94,41 @@ nlohmann::json resume_identity(const RunOptions& options, const std::string& dat
     j.erase(free_to_change);
   return j;
 }
+
+namespace {
+
+// --keep best's state: the start's and the best's scores, the best's epoch, and its tensors unless
+// they are the checkpoint's own (the best epoch just ended). Checkpoints of ttq before --keep have
+// none of these: their run resumes keeping the best of the epochs still to come.
+void write_kept_state(torch::serialize::OutputArchive& archive, Trainer& trainer, const TrainPosition& p) {
+  archive.write("start_score", c10::IValue(p.start_score));
+  archive.write("best_score", c10::IValue(p.best_score));
+  archive.write("best_epoch", c10::IValue(static_cast<int64_t>(p.best_epoch)));
+  const bool best_is_current = p.best_epoch == p.epoch && p.step_in_epoch == 0;
+  if (best_is_current) return;
+  int i = 0;
+  for (const auto& t : trainer.best_tensors()) archive.write("b" + std::to_string(i++), t);
+}
+
+void read_kept_state(torch::serialize::InputArchive& archive, Trainer& trainer) {
+  TrainPosition& p = trainer.position();
+  c10::IValue v;
+  if (!archive.try_read("best_epoch", v)) return;
+  p.best_epoch = static_cast<int>(v.toInt());
+  archive.read("best_score", v);
+  p.best_score = v.toDouble();
+  archive.read("start_score", v);
+  p.start_score = v.toDouble();
+  if (p.best_epoch < 0 || trainer.options().keep != Keep::Best) return;
+  trainer.keep_current_as_best();
+  for (size_t i = 0; i < trainer.best_tensors().size(); ++i) {
+    torch::Tensor saved;
+    if (!archive.try_read("b" + std::to_string(i), saved)) return;  // the best is the state just restored
+    trainer.best_tensors()[i].copy_(saved);
+  }
+}
+
+}  // namespace
 
 void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string& dir, const nlohmann::json& identity) {
   std::error_code ec;
@@ -109,6 +145,7 @@ void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string
   archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
   int i = 0;
   for (const auto& [name, t] : trainer.state_tensors()) archive.write("t" + std::to_string(i++), t.detach());
+  write_kept_state(archive, trainer, p);
   torch::serialize::OutputArchive optimizer;
   trainer.optimizer().save(optimizer);
   archive.write("optimizer", optimizer);
@@ -175,6 +212,7 @@ void restore(Trainer& trainer, const std::string& archive_bytes, const std::stri
     archive.read("t" + std::to_string(i++), saved);
     t.copy_(saved);
   }
+  read_kept_state(archive, trainer);
   torch::serialize::InputArchive optimizer;
   archive.read("optimizer", optimizer);
   trainer.optimizer().load(optimizer);

@@ -65,7 +65,7 @@ void to_json(json& j, const RunOptions& r) {
        {"optimizer", t.optimizer}, {"lr", t.lr},                 {"momentum", t.momentum},
        {"weight_decay", t.weight_decay}, {"scale_decay", t.scale_decay}, {"scale_lr_mult", t.scale_lr_mult},
        {"schedule", t.schedule},   {"milestones", t.milestones}, {"gamma", t.gamma},
-       {"seed", t.seed},           {"fp", t.fp},                 {"threads", r.threads},
+       {"seed", t.seed},           {"fp", t.fp},                 {"keep", t.keep},   {"threads", r.threads},
        {"subset", r.subset},       {"world_size", r.world_size}};
   j.update(json(t.quant));
   j.update(json(t.objective));
@@ -88,6 +88,7 @@ void from_json(const json& j, RunOptions& r) {
   t.gamma = j.value("gamma", d.gamma);
   t.seed = j.value("seed", d.seed);
   t.fp = j.value("fp", d.fp);
+  t.keep = j.value("keep", Keep::Last);  // runs before --keep kept the last state
   if (j.contains("include")) {
     t.quant = j.get<QuantizeOptions>();
   } else {  // logs of ttq 0.1.0 record the threshold and init, not the selection
@@ -157,6 +158,7 @@ void from_json(const json& j, EpochRecord& e) {
 void to_json(json& j, const RunSummary& s) {
   j = {{"data", s.data}, {"options", s.options}, {"steps", s.steps}};
   if (!s.recipe.empty()) j["recipe"] = s.recipe;
+  if (s.kept_epoch >= 0) j["kept_epoch"] = s.kept_epoch;
   metrics_to_json(j, s.val, "val_", false);
 }
 
@@ -166,6 +168,7 @@ void from_json(const json& j, RunSummary& s) {
   s.steps = j.value("steps", int64_t{0});
   s.val = metrics_from_json(j, "val_");
   s.recipe = j.value("recipe", "");
+  s.kept_epoch = j.value("kept_epoch", -1);
 }
 
 std::string metadata_to_json(const ModelMetadata& meta) {

@@ -34,6 +34,7 @@ struct RunSummary {
   int64_t steps = 0;
   Metrics val;  // top1, top5, loss
   std::string recipe;  // what --optimizer auto and --lr auto decided, and why (Trainer::recipe())
+  int kept_epoch = -1;  // --keep best: the epoch whose end the model is (0: the start); -1: the last state
 };
 
 struct ModelMetadata {

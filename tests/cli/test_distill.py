@@ -10,7 +10,7 @@ import unittest
 
 import torch
 
-from ttq_testing import Workdir, fixture, read_log, ttq
+from ttq_testing import Workdir, fixture, load_with_metadata, read_log, ttq
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 import make_fixtures  # noqa: E402  (the fixtures' model classes)
@@ -85,7 +85,13 @@ class TokenAndMultiTensorInputs(Workdir):
                 fixture("lstm_tagger.pt"), "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         ev = json.loads(r.stdout)
-        self.assertAlmostEqual(ev["agreement"], epochs[-1]["val_agreement"], places=6)
+        # The state kept (--keep best) is the one the metadata's validation measured.
+        run = json.loads(load_with_metadata(out)[1])["run"]
+        self.assertAlmostEqual(ev["agreement"], run["val_agreement"], places=6)
+        kept = run["kept_epoch"]
+        if kept:
+            self.assertAlmostEqual(run["val_agreement"], epochs[kept - 1]["val_agreement"], places=6)
+        self.assertGreaterEqual(run["val_agreement"] + 1e-9, max(e["val_agreement"] for e in epochs))
         self.assertNotIn("top1", ev)
 
 

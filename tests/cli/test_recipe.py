@@ -53,6 +53,28 @@ class DefaultsOnATrainedCnnWithoutNormalization(SharedWorkdir):
         self.assertEqual(run["options"]["lr"], 0.0005)
         self.assertIn("--optimizer auto: adam", run["recipe"])
 
+    def test_the_start_is_measured_and_the_kept_epoch_recorded(self):
+        self.assertIn(f"start (one-shot ternary): val top-1 {100 * self.one_shot_top1:.2f}%", self.result.stderr)
+        run = json.loads(load_with_metadata(self.model)[1])["run"]
+        self.assertEqual(run["kept_epoch"], 1)
+        self.assertEqual(run["options"]["keep"], "best")
+
+    def test_a_run_that_destroys_the_model_keeps_the_start_and_says_so(self):
+        # The old default recipe on this model: the epoch ends at chance.
+        old = ["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1", *DATA]
+        best, last = self.out("best.pt"), self.out("last.pt")
+        r = ttq("finetune", self.fp, "-o", best, *old)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"no epoch beat the start's val top-1 {100 * self.one_shot_top1:.2f}%: the output is the start "
+                      "(the one-shot ternary model)", r.stderr)
+        self.assertEqual(top1(best), self.one_shot_top1)
+        self.assertEqual(json.loads(load_with_metadata(best)[1])["run"]["kept_epoch"], 0)
+        r = ttq("finetune", self.fp, "-o", last, "--keep", "last", *old)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("is below the start's", r.stderr)
+        self.assertLess(top1(last), 0.2)
+        self.assertNotIn("kept_epoch", json.loads(load_with_metadata(last)[1])["run"])
+
     def test_explicit_values_are_kept_and_bad_ones_refused(self):
         r = ttq("finetune", self.fp, "-o", self.out("sgd.pt"), "--optimizer", "sgd", "--lr", "0.003",
                 "--max-steps", "2", *DATA)

@@ -2,6 +2,8 @@
 // --optimizer auto and --lr auto decide.
 #include "catch.h"
 
+#include <algorithm>
+
 #include "core/train.h"
 #include "formats/torchscript.h"
 #include "plugins/dataset.h"
@@ -63,7 +65,7 @@ TEST_CASE("a run reports every step and epoch, and its records describe the trai
   CHECK(((w == after[0].wp) | (w == 0) | (w == -after[0].wn)).all().item<bool>());
 }
 
-TEST_CASE("--optimizer auto and --lr auto: adam without normalization after the layers, sgd with it") {
+TEST_CASE("optimizer and learning rate auto: adam without normalization after the layers, sgd with it") {
   const DataSplits vectors = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
   TrainOptions o;
   o.batch_size = 100;
@@ -100,4 +102,40 @@ TEST_CASE("--optimizer auto and --lr auto: adam without normalization after the 
   CHECK(resnet.options().optimizer == Optimizer::Sgd);
   CHECK(resnet.options().lr == 0.01);
   CHECK_THAT(resnet.recipe(), Catch::Contains("sgd (a normalization follows every ternary layer)"));
+}
+
+TEST_CASE("keep best ends on the best of the start and the epochs' ends - keep last on the last") {
+  const DataSplits data = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
+  TrainOptions o;
+  o.epochs = 3;
+  o.batch_size = 250;
+  o.optimizer = Optimizer::Sgd;
+  o.lr = 0.5;  // large enough that the epochs' scores move both ways
+  o.quant.selection.quantize_first = o.quant.selection.quantize_last = true;
+  const auto train = [&](Keep keep, std::vector<double>& scores) {
+    TrainOptions k = o;
+    k.keep = keep;
+    auto t = std::make_unique<Trainer>(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, k, data);
+    TrainHooks hooks;
+    hooks.on_start = [&](const Metrics& val) { scores.push_back(validation_score(val)); };
+    hooks.on_epoch = [&](const EpochRecord& r) { scores.push_back(validation_score(r.val)); };
+    std::atomic<bool> stop{false};
+    t->run(hooks, stop);
+    return t;
+  };
+  std::vector<double> best_scores, last_scores;
+  auto best = train(Keep::Best, best_scores);
+  auto last = train(Keep::Last, last_scores);
+  REQUIRE(best_scores.size() == 4);  // the start and three epochs
+  CHECK(best_scores == last_scores);  // the same run up to its end
+  const auto kept = std::max_element(best_scores.begin(), best_scores.end()) - best_scores.begin();
+  CHECK(best->position().best_epoch == kept);
+  CHECK(best->position().start_score == best_scores[0]);
+  CHECK(validation_score(best->evaluate()) == best_scores[static_cast<size_t>(kept)]);
+  CHECK(validation_score(last->evaluate()) == last_scores.back());
+  CHECK(last->best_tensors().empty());
+  const auto a = best->state_tensors(), b = last->state_tensors();
+  bool same = true;
+  for (size_t i = 0; i < a.size(); ++i) same = same && torch::equal(a[i].second, b[i].second);
+  CHECK(same == (kept == 3));
 }

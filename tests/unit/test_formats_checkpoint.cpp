@@ -29,6 +29,7 @@ struct Setup {
     options.batch_size = 250;
     options.seed = 4;
     options.optimizer = Optimizer::Adam;
+    options.lr = 0.01;
     options.quant.init = ScaleInit::Mean;
     options.quant.selection.quantize_first = true;
     options.quant.selection.quantize_last = true;
@@ -149,4 +150,23 @@ TEST_CASE("resuming with an option that changes the result is a usage error nami
   other.epochs = 9;  // extending a run is allowed
   other.max_steps = 3;
   load_checkpoint(*t, path, s.identity(other));
+}
+
+TEST_CASE("the kept best state travels in checkpoints: its epoch, scores and tensors") {
+  Setup s;
+  auto t = s.trainer(s.options);
+  s.run(*t, false);
+  t->position().step_in_epoch = 2;  // mid-epoch: the best is not the state the checkpoint holds
+  t->position().best_epoch = 2;
+  t->position().best_score = 0.75;
+  t->position().start_score = 0.5;
+  for (auto& b : t->best_tensors()) b.fill_(0.25);
+  const auto path = s.save(*t);
+  auto back = s.trainer(s.options);
+  load_checkpoint(*back, path, s.identity(s.options));
+  CHECK(back->position().best_epoch == 2);
+  CHECK(back->position().best_score == 0.75);
+  CHECK(back->position().start_score == 0.5);
+  REQUIRE(back->best_tensors().size() == t->best_tensors().size());
+  for (const auto& b : back->best_tensors()) CHECK((b == 0.25).all().item<bool>());
 }
