@@ -177,8 +177,9 @@ DataSplits DataFlags::load() const {
   // training decodes the next batch while a step computes, on the cores LibTorch's threads leave.
   options.image_folder.workers = workers.value_or(training ? std::max(1, cores - at::get_num_threads()) : cores);
   for (const auto& p : plugins) load_plugin(p);
-  if (data.empty()) spdlog::info("data: {} (the default)", spec());
-  DataSplits splits = load_dataset(spec(), options);
+  const std::string train_spec = spec();
+  if (data.empty()) spdlog::info("data: {} (the default)", train_spec);
+  DataSplits splits = load_dataset(train_spec, options);
   if (!val.empty()) {
     options.image_folder.val_fraction = 0;  // --val names a folder to validate on, all of it
     splits.test = load_dataset(val, options).test;

@@ -302,7 +302,7 @@ Metrics Trainer::train_step(const Batch& batch) {
 }
 
 void Trainer::run(const TrainHooks& hooks, const std::atomic<bool>& stop) {
-  if (position_.best_epoch < 0 && position_.global_step == 0) measure_start(hooks);
+  if (position_.global_step == 0) measure_start(hooks);  // a resumed run has its start's score
   for (int epoch = position_.epoch; epoch < options_.epochs; ++epoch) {
     if (options_.max_steps && position_.global_step >= options_.max_steps) break;
     run_epoch(epoch, hooks, stop);

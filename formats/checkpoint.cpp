@@ -98,8 +98,8 @@ nlohmann::json resume_identity(const RunOptions& options, const std::string& dat
 namespace {
 
 // --keep best's state: the start's and the best's scores, the best's epoch, and its tensors unless
-// they are the checkpoint's own (the best epoch just ended). Checkpoints of ttq before --keep have
-// none of these: their run resumes keeping the best of the epochs still to come.
+// they are the checkpoint's own (the best epoch just ended). Checkpoints of ttq before --keep lack
+// them, and never get here: their identity has no --keep, which check_identity refuses.
 void write_kept_state(torch::serialize::OutputArchive& archive, Trainer& trainer, const TrainPosition& p) {
   archive.write("start_score", c10::IValue(p.start_score));
   archive.write("best_score", c10::IValue(p.best_score));
@@ -113,7 +113,7 @@ void write_kept_state(torch::serialize::OutputArchive& archive, Trainer& trainer
 void read_kept_state(torch::serialize::InputArchive& archive, Trainer& trainer) {
   TrainPosition& p = trainer.position();
   c10::IValue v;
-  if (!archive.try_read("best_epoch", v)) return;
+  if (!archive.try_read("best_epoch", v)) return;  // defensive: see above
   p.best_epoch = static_cast<int>(v.toInt());
   archive.read("best_score", v);
   p.best_score = v.toDouble();
