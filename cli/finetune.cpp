@@ -126,18 +126,11 @@ std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer) {
   return log;
 }
 
-// "val top-1 86.19%", "val rel_mse 0.0123": a validation score as the summary lines show its metric.
-std::string describe_score(const char* metric, double score) {
-  const bool fraction = is_fraction(metric);
-  return fmt::format("val {} {}", std::strcmp(metric, "top1") == 0 ? "top-1" : metric,
-                     fraction ? fmt::format("{:.2f}%", 100 * score) : fmt::format("{:.4g}", -score));
-}
-
 // After training: which state OUT holds, and a warning when training did not beat its start.
 void report_kept_state(const Trainer& trainer, const char* metric, std::optional<double> last_score) {
   const TrainPosition& p = trainer.position();
   const std::string start = describe_score(metric, p.start_score);
-  if (trainer.options().keep == Keep::Last) {
+  if (trainer.kept_epoch() < 0) {
     if (last_score && *last_score < p.start_score)
       spdlog::warn("the last state's {} is below the start's {}; --keep best would have kept the start",
                    describe_score(metric, *last_score), start);
@@ -150,8 +143,17 @@ void report_kept_state(const Trainer& trainer, const char* metric, std::optional
   }
 }
 
+// The sentence that ends a run stopped by a divergence: what happened, and what OUT then holds.
+std::string stopped_message(const Trainer& trainer, const Diverged& diverged, const char* metric, const std::string& out) {
+  const TrainPosition& p = trainer.position();
+  return fmt::format("{}; stopped: {} holds the best state so far, {} ({})", diverged.what(), out,
+                     p.best_epoch == 0 ? std::string("the start") : fmt::format("the end of epoch {}", p.best_epoch),
+                     describe_score(metric, p.best_score));
+}
+
 // Trains the remaining epochs, reporting on stderr and to the log; Ctrl-C checkpoints and exits 130.
-void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
+// Returns why the run stopped early when it diverged (--on-divergence): OUT is still written.
+std::optional<std::string> train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   Progress progress(a.writer() && !quiet() && (a.progress || (!a.no_progress && isatty(STDERR_FILENO))));
   int64_t total_steps = a.train.epochs * trainer.steps_per_epoch();
   if (a.train.max_steps > 0) total_steps = std::min(total_steps, a.train.max_steps);  // the ETA's end
@@ -197,22 +199,27 @@ void train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
                 a.checkpoint_dir.empty() ? "interrupted (no --checkpoint-dir: progress is lost)"
                                          : fmt::format("interrupted; continue with --resume --checkpoint-dir {}",
                                                        a.checkpoint_dir));
+  } catch (const Diverged& diverged) {
+    progress.clear();
+    return stopped_message(trainer, diverged, metric, a.output);
   }
   if (a.writer()) report_kept_state(trainer, metric, last_score);
+  return std::nullopt;
 }
 
 // The ternary model with its metadata and the run's summary, and the summary on stdout.
-void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
+void write_outputs(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   const Metrics final_metrics = trainer.evaluate();  // every rank takes part
   if (!a.writer()) return;
   ModelMetadata meta;
   meta.command = "finetune";
   meta.options = a.train.quant;
   meta.layers = trainer.finalize();
-  meta.run = RunSummary{a.data.spec(), a.run_options(trainer), trainer.position().global_step, final_metrics,
-                        trainer.recipe(), trainer.options().keep == Keep::Best ? trainer.position().best_epoch : -1};
+  meta.run = RunSummary{a.data.spec(), a.run_options(trainer), trainer.kept_step(), final_metrics,
+                        trainer.recipe(), trainer.kept_epoch(), trainer.position().recoveries};
   save_torchscript(trainer.module(), a.train.fp ? std::nullopt : std::optional<ModelMetadata>(meta), a.output);
   spdlog::info("wrote {}", a.output);
+  if (log) log->end(*meta.run);
 
   if (a.json) {
     nlohmann::json layers = nlohmann::json::array();
@@ -222,7 +229,7 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a) {
     fmt::print("{}\n", nlohmann::json{{"output", a.output}, {"run", *meta.run}, {"layers", layers}}.dump(2));
   } else {
     fmt::print("{}: val {} after {} steps ({} ternary layer{})\n", a.output, describe_metrics(final_metrics),
-               trainer.position().global_step, meta.layers.size(), meta.layers.size() == 1 ? "" : "s");
+               trainer.kept_step(), meta.layers.size(), meta.layers.size() == 1 ? "" : "s");
   }
 }
 
@@ -236,8 +243,9 @@ void run_finetune(FinetuneArgs& a) {
   const auto trainer = load_trainer(a, comm);
   resume(*trainer, a, comm.get());
   const auto log = open_run_log(a, *trainer);
-  train(*trainer, a, log.get());
-  write_outputs(*trainer, a);
+  const auto stopped = train(*trainer, a, log.get());
+  write_outputs(*trainer, a, log.get());
+  if (stopped) throw runtime_error(*stopped);
 }
 
 // A rank or world size from a flag or from torchrun's variable: the same check for both.
@@ -326,6 +334,8 @@ Command register_finetune(CLI::App& app) {
   sub->add_option("--scale-lr-mult", t.scale_lr_mult, "learning-rate multiplier for Wp/Wn")->capture_default_str();
   add_choice_option(sub, "--schedule", t.schedule, "learning-rate schedule");
   add_choice_option(sub, "--keep", t.keep, "which state OUT holds, judged on validation");
+  add_choice_option(sub, "--on-divergence", t.on_divergence,
+                    "what a diverging run does (a non-finite or exploding loss, validation below the start)");
   sub->add_option("--milestones", t.milestones, "epochs at which the step schedule multiplies lr by --gamma")
       ->type_name("EPOCH")
       ->delimiter(',');

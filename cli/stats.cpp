@@ -87,6 +87,7 @@ StatsRun run_from_model(const std::string& path) {
   if (meta->run) {
     run.data = meta->run->data;
     point.step = meta->run->steps;
+    run.kept_epoch = meta->run->kept_epoch;
     run.final = final_metrics(meta->run->val, nullptr);
   }
   run.points.push_back(std::move(point));
@@ -106,6 +107,13 @@ StatsRun run_from_log(const std::string& path) {
   run.points = std::move(h.points);
   run.epochs = std::move(h.epochs);
   if (!run.epochs.empty()) run.final = final_metrics(run.epochs.back().val, &run.epochs.back());
+  if (h.end) {  // the output as written: the kept epoch's metrics (with its lr and training split)
+    run.kept_epoch = h.end->kept_epoch;
+    const EpochRecord* kept = nullptr;
+    for (const auto& e : run.epochs)
+      if (e.epoch == run.kept_epoch || (run.kept_epoch < 0 && &e == &run.epochs.back())) kept = &e;
+    run.final = final_metrics(h.end->val, kept);
+  }
   return run;
 }
 

@@ -21,6 +21,7 @@ struct StatsRun {
   std::vector<std::string> layers;  // the chosen layers, in the run's order
   std::vector<LoggedPoint> points;  // each point's layers are exactly `layers`, in that order
   std::vector<EpochRecord> epochs;
+  int kept_epoch = -1;  // the epoch whose end the output is (0: the start); -1: the last, or unknown
   std::map<std::string, double> final;  // run metrics of the final state (see kRunMetrics)
 
   // Position of a step on the x axis: epochs when the steps per epoch are known, else steps.

@@ -74,9 +74,10 @@ void print_epochs(const StatsRun& run) {
                                                                     : num(it->second);
       fmt::print("  {:>{}}", cell, width(c));
     }
-    fmt::print("\n");
+    fmt::print("{}\n", e.epoch == run.kept_epoch ? "  <- kept" : "");
   }
   if (run.epochs.back().partial) fmt::print("(* partial epoch: stopped by --max-steps or an interrupt)\n");
+  if (run.kept_epoch == 0) fmt::print("(kept: the start, which no epoch beat; the output holds it)\n");
 }
 
 void print_trajectories(const StatsRun& run, bool sparklines) {
@@ -216,6 +217,7 @@ json run_json(const StatsRun& run) {
           {"steps_per_epoch", run.steps_per_epoch},
           {"position_unit", run.position_unit()},
           {"epochs", epochs},
+          {"kept_epoch", run.kept_epoch},
           {"layers", layers},
           {"final", run.final},
           {"points", points}};

@@ -115,6 +115,11 @@ bool is_fraction(const std::string& metric) {
   return false;
 }
 
+std::string describe_score(const char* metric, double score) {
+  return fmt::format("val {} {}", std::string(metric) == "top1" ? "top-1" : metric,
+                     is_fraction(metric) ? fmt::format("{:.2f}%", 100 * score) : fmt::format("{:.4g}", -score));
+}
+
 std::vector<torch::Tensor> output_tensors(const c10::IValue& output, const std::string& select) {
   std::vector<std::pair<std::string, c10::IValue>> items;  // (key or index, value)
   if (output.isTuple() || output.isList()) {

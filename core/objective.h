@@ -78,6 +78,8 @@ double validation_score(const Metrics& averaged);
 const char* validation_metric(const Metrics& averaged);
 // Whether a metric's name, with or without its split's prefix, is a fraction (top1, val_agreement).
 bool is_fraction(const std::string& metric);
+// "val top-1 86.19%", "val rel_mse 0.0123": a validation_score as the summary lines show its metric.
+std::string describe_score(const char* metric, double score);
 
 // The floating tensors of a model's output: a tensor, a tuple or list, or a dict with string keys
 // (in its order). `select` ("KEY" or "INDEX", --model-output) picks one; an input error when it

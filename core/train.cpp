@@ -303,43 +303,14 @@ Metrics Trainer::train_step(const Batch& batch) {
 
 void Trainer::run(const TrainHooks& hooks, const std::atomic<bool>& stop) {
   if (position_.global_step == 0) measure_start(hooks);  // a resumed run has its start's score
-  for (int epoch = position_.epoch; epoch < options_.epochs; ++epoch) {
+  while (position_.epoch < options_.epochs) {
     if (options_.max_steps && position_.global_step >= options_.max_steps) break;
-    run_epoch(epoch, hooks, stop);
-    if (position_.epoch == epoch) break;  // stopped early by --max-steps
+    if (run_epoch(position_.epoch, hooks, stop) == EpochEnd::Partial) break;  // stopped by --max-steps
   }
   end_on_kept_state();
 }
 
-void Trainer::measure_start(const TrainHooks& hooks) {
-  const Metrics val = evaluate();
-  position_.start_score = validation_score(val);
-  consider(0, val);
-  if (hooks.on_start) hooks.on_start(val);
-}
-
-void Trainer::consider(int epoch, const Metrics& val) {
-  if (options_.keep != Keep::Best) return;
-  const double score = validation_score(val);
-  if (position_.best_epoch >= 0 && !(score > position_.best_score)) return;  // ties keep the earlier state
-  position_.best_epoch = epoch;
-  position_.best_score = score;
-  keep_current_as_best();
-}
-
-void Trainer::keep_current_as_best() {
-  best_tensors_.clear();
-  for (const auto& [name, t] : state_tensors()) best_tensors_.push_back(t.detach().clone());
-}
-
-void Trainer::end_on_kept_state() {
-  if (best_tensors_.empty()) return;
-  torch::NoGradGuard no_grad;
-  auto state = state_tensors();
-  for (size_t i = 0; i < state.size(); ++i) state[i].second.copy_(best_tensors_[i]);
-}
-
-void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop) {
+Trainer::EpochEnd Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop) {
   const int64_t steps = steps_per_epoch();
   // The sample order of an epoch depends on the seed and the epoch only: resume replays it.
   auto gen = at::detail::createCPUGenerator(options_.seed * 1000003ull + static_cast<uint64_t>(epoch));
@@ -354,16 +325,18 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
       stopped_early = true;
       break;
     }
-    const double lr_mult = lr_factor(options_, epoch, position_.global_step, steps);
+    const double lr_mult = lr_factor(options_, epoch, position_.global_step, steps) * lr_scale();
     set_lr(lr_mult);
     Metrics step = train_step(batches.take(s));
     bool stopping = stop.load();
-    if (comm_) stopping = synchronize(step, stopping);
+    if (comm_) stopping = synchronize(step, stopping);  // the loss below is then every rank's
     const double loss_value = step.loss / static_cast<double>(step.samples);
-    if (!std::isfinite(loss_value))
-      throw runtime_error(fmt::format("the loss became {} at step {} (epoch {}); lower --lr; the last "
-                                      "checkpoint is kept", loss_value, position_.global_step + 1, epoch + 1));
-    optimizer_->step();
+    const bool finite = std::isfinite(loss_value);
+    const auto diverging = finite ? watch_loss(loss_value, epoch)
+                                  : fmt::format("the loss became {} at step {} (epoch {})", loss_value,
+                                                position_.global_step + 1, epoch + 1);
+    if (diverging && handle_divergence(finite ? "rise" : "non-finite", *diverging)) return EpochEnd::WentBack;
+    if (finite) optimizer_->step();  // --on-divergence continue skips a step it cannot learn from
     position_.train += step;
     position_.step_in_epoch = s + 1;
     ++position_.global_step;
@@ -383,32 +356,39 @@ void Trainer::run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bo
         s + 1 < steps)
       hooks.save_checkpoint(position_);
   }
-  finish_epoch(epoch, stopped_early, seconds_since(t0), batches.loading(), hooks);
+  return finish_epoch(epoch, stopped_early, seconds_since(t0), batches.loading(), hooks);
 }
 
-// The epoch's record (validation, layers, the lr of its last step), reported and checkpointed; a
-// full epoch moves the position to the next.
-void Trainer::finish_epoch(int epoch, bool partial, double seconds, const DataLoading& loading,
-                           const TrainHooks& hooks) {
+// The epoch's record (validation, layers, the lr of its last step), reported, judged and
+// checkpointed; a full epoch moves the position to the next.
+Trainer::EpochEnd Trainer::finish_epoch(int epoch, bool partial, double seconds, const DataLoading& loading,
+                                        const TrainHooks& hooks) {
   EpochRecord r;
   r.epoch = epoch + 1;
   r.partial = partial;
   r.step = position_.global_step;
-  r.lr = base_lrs_[0] * lr_factor(options_, epoch, std::max<int64_t>(0, position_.global_step - 1), steps_per_epoch());
+  r.lr = base_lrs_[0] * lr_scale() *
+         lr_factor(options_, epoch, std::max<int64_t>(0, position_.global_step - 1), steps_per_epoch());
   r.train = averaged(position_.train);
   r.val = evaluate();
   r.seconds = seconds;
   r.loading = loading.summary(seconds);
   r.layers = snapshot();
   warn_negative_scales(r.layers);
-  consider(r.epoch, r.val);
   if (!partial) {
     position_.epoch = epoch + 1;
     position_.step_in_epoch = 0;
     position_.train = {};
   }
+  // A run cut by --max-steps is not judged: resumed with more steps, it must go on as a longer
+  // run that never stopped there would.
+  const auto diverging = partial ? std::nullopt : watch_validation(r.val, epoch);
+  if (!diverging) consider(r.epoch, r.val);
   if (hooks.on_epoch) hooks.on_epoch(r);
+  const bool went_back = diverging && handle_divergence("validation", *diverging);
+  // After going back, the checkpoint holds the best state and the recovery: resume continues it.
   if (hooks.save_checkpoint) hooks.save_checkpoint(position_);
+  return went_back ? EpochEnd::WentBack : partial ? EpochEnd::Partial : EpochEnd::Complete;
 }
 
 std::vector<LayerRecord> Trainer::finalize() {

@@ -46,6 +46,18 @@ inline constexpr Choice<Keep> kKeeps[] = {
     {"last", Keep::Last, "the state at the end of the run"}};
 constexpr const auto& choices(Keep) { return kKeeps; }
 
+// What a run does when it diverges (a non-finite loss, a smoothed loss far above where it started,
+// an epoch's validation well below the start's).
+enum class OnDivergence { Recover, Stop, Continue };
+inline constexpr Choice<OnDivergence> kOnDivergences[] = {
+    {"recover", OnDivergence::Recover,
+     "go back to the best state so far with a tenth of the rate, at most 3 times; then stop"},
+    {"stop", OnDivergence::Stop, "stop at once: OUT holds the best state so far, exit 1"},
+    {"continue", OnDivergence::Continue, "warn and train on (a step whose loss is not finite is skipped)"}};
+constexpr const auto& choices(OnDivergence) { return kOnDivergences; }
+inline constexpr int kMaxRecoveries = 3;
+inline constexpr double kRecoveryLrFactor = 0.1;
+
 // Every option of a run, with its default (the flags of `finetune` bind to these fields).
 struct TrainOptions {
   int epochs = 10;
@@ -63,6 +75,7 @@ struct TrainOptions {
   uint64_t seed = 0;
   bool fp = false;  // plain full-precision fine-tuning with the same loop (baselines)
   Keep keep = Keep::Best;
+  OnDivergence on_divergence = OnDivergence::Recover;
   QuantizeOptions quant{{}, ScaleInit::Auto, {}};  // ones after normalizations (the authors'), else mean
   ObjectiveOptions objective;
   Preprocess preprocess;
@@ -136,6 +149,13 @@ struct TrainPosition {
   // epoch it ended (0: the start; -1: none measured yet).
   double start_score = 0, best_score = 0;
   int best_epoch = -1;
+  int64_t best_step = 0;  // the global step of that state
+  // The divergence watch: the loss the run started at (the larger of the start's validation loss
+  // and its first step's), the training loss's moving average (bias-corrected over `loss_steps`
+  // steps since the start or the last recovery), and the recoveries so far (each cut the rate).
+  double start_loss = 0, loss_average = 0;
+  int64_t loss_steps = 0;
+  int recoveries = 0;
 };
 
 // What the training loop tells its caller, and asks of it.
@@ -152,6 +172,12 @@ struct TrainHooks {
 // Thrown when an interrupt was requested (the caller exits 130).
 struct Interrupted : std::runtime_error {
   Interrupted() : std::runtime_error("interrupted") {}
+};
+
+// Thrown when the run diverged and --on-divergence (or the last recovery) says stop; the module
+// then holds the best state so far (the caller writes it and exits 1). what(): what happened.
+struct Diverged : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 class Trainer {
@@ -177,9 +203,14 @@ class Trainer {
 
   // For checkpoints: every tensor that defines the state, by name, and the position.
   std::vector<std::pair<std::string, torch::Tensor>> state_tensors();
-  // --keep best: the state_tensors() of position().best_epoch, copied (empty with --keep last).
+  // The state_tensors() of position().best_epoch, copied: what --keep best writes and where a
+  // divergence goes back to (empty when neither needs it: tracks_best()).
   std::vector<torch::Tensor>& best_tensors() { return best_tensors_; }
+  bool tracks_best() const;
   void keep_current_as_best();  // copies the current state there
+  // The epoch whose end the module holds after run() (0: the start), -1 when it is the last state.
+  int kept_epoch() const { return ended_on_best_ ? position_.best_epoch : -1; }
+  int64_t kept_step() const { return ended_on_best_ ? position_.best_step : position_.global_step; }
   torch::optim::Optimizer& optimizer();
   TrainPosition& position() { return position_; }
   const TrainPosition& position() const { return position_; }
@@ -204,11 +235,23 @@ class Trainer {
   void probe();             // fails before training on data the model cannot take
   void start_distributed(); // checks that the ranks agree, then gives every rank rank 0's state
   // One epoch: its step loop, then its record; and one step of it.
-  void run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop);
-  void finish_epoch(int epoch, bool partial, double seconds, const DataLoading& loading, const TrainHooks& hooks);
+  // How an epoch ended: complete, cut by --max-steps, or sent back to the best state by a divergence.
+  enum class EpochEnd { Complete, Partial, WentBack };
+  EpochEnd run_epoch(int epoch, const TrainHooks& hooks, const std::atomic<bool>& stop);
+  EpochEnd finish_epoch(int epoch, bool partial, double seconds, const DataLoading& loading, const TrainHooks& hooks);
+  // In core/train_keep.cpp: the start, the best state, and divergence.
   void measure_start(const TrainHooks& hooks);  // the start's validation, once per run
-  void consider(int epoch, const Metrics& val);  // --keep best: is the state after `epoch` the best?
+  void consider(int epoch, const Metrics& val);  // is the state after `epoch` the best so far?
   void end_on_kept_state();                       // --keep best: the best state back in place
+  void restore_best();
+  // What shows the run diverging, as a sentence; empty when nothing does. watch_loss also moves
+  // the loss's average; a non-finite loss never reaches it.
+  std::optional<std::string> watch_loss(double loss, int epoch);
+  std::optional<std::string> watch_validation(const Metrics& val, int epoch) const;
+  // Does what --on-divergence says about `what` (`kind` names its cause, warned once each with
+  // continue): true when the run went back to its best state; throws Diverged when it stops.
+  bool handle_divergence(const std::string& kind, const std::string& what);
+  double lr_scale() const;  // kRecoveryLrFactor to the power of the recoveries so far
   Batch next_batch(const torch::Tensor& order, int epoch, int64_t step) const;
   Metrics train_step(const Batch& batch);  // sums over this rank's batch
   void apply_weights();      // w_t = ternarize(latent) into the module, keeping autograd
@@ -237,6 +280,8 @@ class Trainer {
   std::set<std::string> warned_negative_;
   std::string recipe_;
   std::vector<torch::Tensor> best_tensors_;
+  std::set<std::string> warned_divergence_;
+  bool ended_on_best_ = false;
 };
 
 }  // namespace ttq

@@ -97,15 +97,18 @@ nlohmann::json resume_identity(const RunOptions& options, const std::string& dat
 
 namespace {
 
-// --keep best's state: the start's and the best's scores, the best's epoch, and its tensors unless
-// they are the checkpoint's own (the best epoch just ended). Checkpoints of ttq before --keep lack
-// them, and never get here: their identity has no --keep, which check_identity refuses.
+// The state of core/train_keep.cpp: the start's scores and loss, the best state's epoch, step,
+// score and tensors (unless they are the checkpoint's own: the best epoch just ended, or the run
+// just went back to it), and the divergence watch. Checkpoints of ttq before --keep and
+// --on-divergence lack them, and never get here: their identity has neither, which check_identity refuses.
 void write_kept_state(torch::serialize::OutputArchive& archive, Trainer& trainer, const TrainPosition& p) {
-  archive.write("start_score", c10::IValue(p.start_score));
-  archive.write("best_score", c10::IValue(p.best_score));
-  archive.write("best_epoch", c10::IValue(static_cast<int64_t>(p.best_epoch)));
-  const bool best_is_current = p.best_epoch == p.epoch && p.step_in_epoch == 0;
-  if (best_is_current) return;
+  const std::pair<const char*, double> reals[] = {{"start_score", p.start_score}, {"best_score", p.best_score},
+                                                   {"start_loss", p.start_loss}, {"loss_average", p.loss_average}};
+  for (const auto& [key, value] : reals) archive.write(key, c10::IValue(value));
+  const std::pair<const char*, int64_t> counts[] = {{"best_epoch", p.best_epoch}, {"best_step", p.best_step},
+                                                    {"loss_steps", p.loss_steps}, {"recoveries", p.recoveries}};
+  for (const auto& [key, value] : counts) archive.write(key, c10::IValue(value));
+  if (p.best_step == p.global_step) return;  // the best is the checkpoint's own state
   int i = 0;
   for (const auto& t : trainer.best_tensors()) archive.write("b" + std::to_string(i++), t);
 }
@@ -113,13 +116,15 @@ void write_kept_state(torch::serialize::OutputArchive& archive, Trainer& trainer
 void read_kept_state(torch::serialize::InputArchive& archive, Trainer& trainer) {
   TrainPosition& p = trainer.position();
   c10::IValue v;
-  if (!archive.try_read("best_epoch", v)) return;  // defensive: see above
-  p.best_epoch = static_cast<int>(v.toInt());
-  archive.read("best_score", v);
-  p.best_score = v.toDouble();
-  archive.read("start_score", v);
-  p.start_score = v.toDouble();
-  if (p.best_epoch < 0 || trainer.options().keep != Keep::Best) return;
+  const auto number = [&](const char* key) {
+    archive.read(key, v);
+    return v.isInt() ? static_cast<double>(v.toInt()) : v.toDouble();
+  };
+  p.start_score = number("start_score"), p.best_score = number("best_score");
+  p.start_loss = number("start_loss"), p.loss_average = number("loss_average");
+  p.best_epoch = static_cast<int>(number("best_epoch")), p.best_step = static_cast<int64_t>(number("best_step"));
+  p.loss_steps = static_cast<int64_t>(number("loss_steps")), p.recoveries = static_cast<int>(number("recoveries"));
+  if (p.best_epoch < 0 || !trainer.tracks_best()) return;
   trainer.keep_current_as_best();
   for (size_t i = 0; i < trainer.best_tensors().size(); ++i) {
     torch::Tensor saved;

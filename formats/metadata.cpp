@@ -65,7 +65,7 @@ void to_json(json& j, const RunOptions& r) {
        {"optimizer", t.optimizer}, {"lr", t.lr},                 {"momentum", t.momentum},
        {"weight_decay", t.weight_decay}, {"scale_decay", t.scale_decay}, {"scale_lr_mult", t.scale_lr_mult},
        {"schedule", t.schedule},   {"milestones", t.milestones}, {"gamma", t.gamma},
-       {"seed", t.seed},           {"fp", t.fp},                 {"keep", t.keep},   {"threads", r.threads},
+       {"seed", t.seed},           {"fp", t.fp},                 {"keep", t.keep},   {"on_divergence", t.on_divergence}, {"threads", r.threads},
        {"subset", r.subset},       {"world_size", r.world_size}};
   j.update(json(t.quant));
   j.update(json(t.objective));
@@ -89,6 +89,7 @@ void from_json(const json& j, RunOptions& r) {
   t.seed = j.value("seed", d.seed);
   t.fp = j.value("fp", d.fp);
   t.keep = j.value("keep", Keep::Last);  // runs before --keep kept the last state
+  t.on_divergence = j.value("on_divergence", OnDivergence::Continue);  // and did not go back
   if (j.contains("include")) {
     t.quant = j.get<QuantizeOptions>();
   } else {  // logs of ttq 0.1.0 record the threshold and init, not the selection
@@ -159,6 +160,7 @@ void to_json(json& j, const RunSummary& s) {
   j = {{"data", s.data}, {"options", s.options}, {"steps", s.steps}};
   if (!s.recipe.empty()) j["recipe"] = s.recipe;
   if (s.kept_epoch >= 0) j["kept_epoch"] = s.kept_epoch;
+  if (s.recoveries > 0) j["recoveries"] = s.recoveries;
   metrics_to_json(j, s.val, "val_", false);
 }
 
@@ -169,6 +171,7 @@ void from_json(const json& j, RunSummary& s) {
   s.val = metrics_from_json(j, "val_");
   s.recipe = j.value("recipe", "");
   s.kept_epoch = j.value("kept_epoch", -1);
+  s.recoveries = j.value("recoveries", 0);
 }
 
 std::string metadata_to_json(const ModelMetadata& meta) {

@@ -31,10 +31,11 @@ struct RunOptions {
 struct RunSummary {
   std::string data;  // the dataset spec
   RunOptions options;
-  int64_t steps = 0;
+  int64_t steps = 0;  // the training steps behind the state the model holds (Trainer::kept_step)
   Metrics val;  // top1, top5, loss
   std::string recipe;  // what --optimizer auto and --lr auto decided, and why (Trainer::recipe())
   int kept_epoch = -1;  // --keep best: the epoch whose end the model is (0: the start); -1: the last state
+  int recoveries = 0;   // times the run went back to its best state after diverging (--on-divergence)
 };
 
 struct ModelMetadata {

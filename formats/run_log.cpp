@@ -94,6 +94,12 @@ void RunLog::epoch(const EpochRecord& r) {
   write(record.dump());
 }
 
+void RunLog::end(const RunSummary& summary) {
+  json record = {{"type", "end"}};
+  record.update(json(summary));
+  write(record.dump());
+}
+
 namespace {
 
 std::vector<LayerRecord> read_layers(const json& record) { return record.at("layers").get<std::vector<LayerRecord>>(); }
@@ -126,6 +132,8 @@ void read_record(RunHistory& h, const json& r, const std::string& type) {
     while (!h.epochs.empty() && h.epochs.back().epoch >= e.epoch) h.epochs.pop_back();
     h.epochs.push_back(e);
     add_point(h, {e.step, std::nullopt, std::nullopt, read_layers(r)});
+  } else if (type == "end") {
+    h.end = r.get<RunSummary>();
   }  // other types: written by a later ttq, skipped (see run_log.h)
 }
 

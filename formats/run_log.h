@@ -1,6 +1,7 @@
 // The run log (--log RUN.jsonl): one JSON object a line. The first line of a run describes it
 // ({"type": "run", ...}); an {"type": "init"} record holds the layers before the first step; then
-// {"type": "step"} records every --log-every steps and one {"type": "epoch"} record per epoch.
+// {"type": "step"} records every --log-every steps and one {"type": "epoch"} record per epoch; an
+// {"type": "end"} record, the run's summary as the model's metadata holds it, when OUT is written.
 // `ttq stats` (read_run_log below) and CI scripts read it. Readers skip record types they do not
 // know, so new record types and fields do not change the version; a changed meaning does.
 #pragma once
@@ -28,6 +29,7 @@ class RunLog {
   void init(const std::vector<LayerRecord>& layers);
   void step(const StepProgress& p, const std::vector<LayerRecord>& layers);
   void epoch(const EpochRecord& r);
+  void end(const RunSummary& summary);  // OUT's metrics, its kept epoch and the recoveries
 
  private:
   void write(const std::string& line);
@@ -50,6 +52,7 @@ struct RunHistory {
   int64_t steps_per_epoch = 0;  // 0: not recorded and no complete epoch to derive it from
   std::vector<LoggedPoint> points;  // ascending steps
   std::vector<EpochRecord> epochs;  // ascending epochs; their layers are in `points`
+  std::optional<RunSummary> end;    // absent while the run goes on (or when it was cut)
 };
 
 // Reads a whole run log. A resumed run appends to its log; records that a later record repeats

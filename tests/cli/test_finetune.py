@@ -90,7 +90,8 @@ class Finetune(Workdir):
     def test_sigint_writes_a_checkpoint_and_exits_130(self):
         ckpt = self.out("ckpt")
         cmd = [TTQ, "finetune", fixture("small_cnn.pt"), "-o", self.out("s.pt"), "--subset", "4096",
-               "--epochs", "100", "--batch-size", "32", "--checkpoint-dir", ckpt, "--threads", "1", *QUICK]
+               "--epochs", "100", "--batch-size", "32", "--checkpoint-dir", ckpt, "--threads", "1", "--keep", "last",
+               *QUICK]  # --keep last: the resumed run's output is its last step
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(4)
         p.send_signal(signal.SIGINT)
@@ -204,9 +205,12 @@ class BadInput(Workdir):
     def test_non_finite_loss_names_the_step(self):
         r = ttq("-q", "finetune", fixture("small_cnn.pt"), "-o", self.out("o.pt"), "--subset", "512",
                 "--init", "mean", "--lr", "1e12", "--no-progress", "--checkpoint-dir", self.out("ck"),
-                "--batch-size", "64", "--epochs", "3")
-        self.assert_one_error_line(r, 1, r"the loss became -?(nan|inf) at step \d+ \(epoch \d\)")
-        self.assertFalse(os.path.exists(self.out("o.pt")))
+                "--batch-size", "64", "--epochs", "3", "--on-divergence", "stop")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        line, = r.stderr.strip().splitlines()
+        self.assertRegex(line, r"^ttq: error: the loss became -?(nan|inf) at step \d+ \(epoch \d\) \(--on-divergence "
+                               r"stop\); stopped: .*o\.pt holds the best state so far, the start")
+        self.assertRegex(r.stdout, r"o\.pt: val top-1 .* after 0 steps")  # the start, written whole
 
     def test_unwritable_output_fails_before_training(self):
         r = ttq("finetune", fixture("small_cnn.pt"), "-o", self.out("missing/o.pt"), *QUICK)

@@ -12,6 +12,14 @@ from ttq_testing import SharedWorkdir, fixture, load_with_metadata, ttq
 DATA = ["--threads", "2"]
 
 
+def same_parameters(a, b):
+    """The names of the parameters and buffers that differ between two TorchScript models (PyTorch's view)."""
+    import torch
+    sa, sb = torch.jit.load(a).state_dict(), torch.jit.load(b).state_dict()
+    assert sa.keys() == sb.keys()
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
 def top1(model):
     r = ttq("eval", model, "--json", *DATA)
     assert r.returncode == 0, r.stderr
@@ -59,12 +67,25 @@ class DefaultsOnATrainedCnnWithoutNormalization(SharedWorkdir):
         self.assertEqual(run["kept_epoch"], 1)
         self.assertEqual(run["options"]["keep"], "best")
 
-    def test_a_run_that_destroys_the_model_keeps_the_start_and_says_so(self):
-        # The old default recipe on this model: the epoch ends at chance.
+    def test_a_run_that_destroys_the_model_goes_back_with_a_lower_rate_and_says_so(self):
+        # The old default recipe on this model: the epoch ends at chance; then again at a tenth of it.
         old = ["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1", *DATA]
+        out = self.out("recovered.pt")
+        r = ttq("finetune", self.fp, "-o", out, *old)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"epoch 1 ended at val top-1 10.00%, below the start's val top-1 {100 * self.one_shot_top1:.2f}%: "
+                      "back to the start with 0.1 times the rate (recovery 1 of 3", r.stderr)
+        self.assertGreater(top1(out), self.one_shot_top1 + 0.05)
+        run = json.loads(load_with_metadata(out)[1])["run"]
+        self.assertEqual((run["recoveries"], run["kept_epoch"], run["options"]["on_divergence"]), (1, 1, "recover"))
+
+    def test_without_recovery_the_start_is_kept_and_said(self):
+        old = ["--optimizer", "sgd", "--lr", "0.01", "--epochs", "1", "--on-divergence", "continue", *DATA]
         best, last = self.out("best.pt"), self.out("last.pt")
         r = ttq("finetune", self.fp, "-o", best, *old)
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("below the start's val top-1", r.stderr)
+        self.assertIn("--on-divergence continue: training on", r.stderr)
         self.assertIn(f"no epoch beat the start's val top-1 {100 * self.one_shot_top1:.2f}%: the output is the start "
                       "(the one-shot ternary model)", r.stderr)
         self.assertEqual(top1(best), self.one_shot_top1)
@@ -74,6 +95,23 @@ class DefaultsOnATrainedCnnWithoutNormalization(SharedWorkdir):
         self.assertIn("is below the start's", r.stderr)
         self.assertLess(top1(last), 0.2)
         self.assertNotIn("kept_epoch", json.loads(load_with_metadata(last)[1])["run"])
+
+    def test_an_absurd_rate_stops_with_one_line_and_the_start_bit_exactly(self):
+        one_shot = self.shared_path("one_shot.pt")
+        for mode, said in (("stop", "(--on-divergence stop)"), ("recover", "after 3 recoveries")):
+            out = self.out(f"{mode}.pt")
+            r = ttq("finetune", self.fp, "-o", out, "--optimizer", "sgd", "--lr", "100", "--on-divergence", mode,
+                    "--epochs", "1", *DATA)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            errors = [line for line in r.stderr.splitlines() if line.startswith("ttq: error:")]
+            self.assertEqual(len(errors), 1, r.stderr)
+            self.assertIn(said, errors[0])
+            self.assertIn(f"{out} holds the best state so far, the start (val top-1 {100 * self.one_shot_top1:.2f}%)",
+                          errors[0])
+            self.assertEqual(r.stderr.count("back to the start"), 0 if mode == "stop" else 3)
+            self.assertEqual(same_parameters(out, one_shot), [])
+            run = json.loads(load_with_metadata(out)[1])["run"]
+            self.assertEqual((run["kept_epoch"], run["steps"]), (0, 0))
 
     def test_explicit_values_are_kept_and_bad_ones_refused(self):
         r = ttq("finetune", self.fp, "-o", self.out("sgd.pt"), "--optimizer", "sgd", "--lr", "0.003",

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 from PIL import Image
 
-from ttq_testing import TTQ, SharedWorkdir, Workdir, fixture, read_log, ttq
+from ttq_testing import TTQ, SharedWorkdir, Workdir, fixture, load_with_metadata, read_log, ttq
 
 # 1024 samples in batches of 64: 16 steps an epoch; a step record every 4 steps.
 RUN = ["--subset", "1024", "--batch-size", "64", "--log-every", "4", "--seed", "5",
@@ -63,6 +63,23 @@ class StatsOfRuns(SharedWorkdir):
         self.assertEqual((self.records[0]["epochs"], self.records[0]["steps_per_epoch"]), (3, 16))
         self.assertEqual((self.records[1]["type"], self.records[1]["step"]), ("init", 0))
         self.assertEqual([l["name"] for l in self.records[1]["layers"]], ["conv2.weight", "fc1.weight"])
+
+    def test_the_kept_epoch_is_marked_and_its_metrics_are_the_final_ones(self):
+        end, = [r for r in self.records if r["type"] == "end"]
+        _, meta = load_with_metadata(self.model_a)
+        run = json.loads(meta)["run"]
+        self.assertEqual(end["kept_epoch"], run["kept_epoch"])
+        self.assertEqual(end["val_top1"], run["val_top1"])
+        kept = [l for l in self.stats(self.log_a).splitlines() if l.endswith("<- kept")]
+        if end["kept_epoch"] == 0:
+            self.assertEqual(kept, [])
+            self.assertIn("(kept: the start", self.stats(self.log_a))
+        else:
+            self.assertEqual(len(kept), 1)
+            self.assertEqual(kept[0].split()[0], str(end["kept_epoch"]))
+        doc = json.loads(self.stats(self.log_a, "--json"))
+        self.assertEqual(doc["runs"][0]["kept_epoch"], end["kept_epoch"])
+        self.assertEqual(doc["runs"][0]["final"]["top1"], end["val_top1"])
 
     def test_json_summarizes_every_layer_trajectory(self):
         doc = json.loads(self.stats(self.log_a, "--json"))

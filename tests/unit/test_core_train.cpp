@@ -111,6 +111,7 @@ TEST_CASE("keep best ends on the best of the start and the epochs' ends - keep l
   o.batch_size = 250;
   o.optimizer = Optimizer::Sgd;
   o.lr = 0.5;  // large enough that the epochs' scores move both ways
+  o.on_divergence = OnDivergence::Continue;  // an epoch below the start is not sent back
   o.quant.selection.quantize_first = o.quant.selection.quantize_last = true;
   const auto train = [&](Keep keep, std::vector<double>& scores) {
     TrainOptions k = o;
@@ -138,4 +139,89 @@ TEST_CASE("keep best ends on the best of the start and the epochs' ends - keep l
   bool same = true;
   for (size_t i = 0; i < a.size(); ++i) same = same && torch::equal(a[i].second, b[i].second);
   CHECK(same == (kept == 3));
+}
+
+namespace {
+
+// A run of the one-layer fixture (8 steps an epoch) at a constant `lr` (sgd): each step's global
+// step and rate, the start's state, and why it stopped when it diverged.
+struct DivergingRun {
+  std::unique_ptr<Trainer> trainer;
+  std::vector<torch::Tensor> start;
+  std::vector<std::pair<int64_t, double>> steps;
+  std::string stopped;
+};
+
+DivergingRun run_diverging(double lr, OnDivergence on_divergence) {
+  const DataSplits data = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
+  TrainOptions o;
+  o.epochs = 2;
+  o.batch_size = 250;
+  o.optimizer = Optimizer::Sgd;
+  o.schedule = Schedule::Constant;
+  o.lr = lr;
+  o.on_divergence = on_divergence;
+  o.quant.selection.quantize_first = o.quant.selection.quantize_last = true;
+  DivergingRun run;
+  run.trainer = std::make_unique<Trainer>(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, o, data);
+  for (const auto& [name, t] : run.trainer->state_tensors()) run.start.push_back(t.detach().clone());
+  TrainHooks hooks;
+  hooks.on_step = [&](const StepProgress& p) { run.steps.emplace_back(p.global_step, p.lr); };
+  std::atomic<bool> stop{false};
+  try {
+    run.trainer->run(hooks, stop);
+  } catch (const Diverged& e) {
+    run.stopped = e.what();
+  }
+  return run;
+}
+
+bool holds(Trainer& t, const std::vector<torch::Tensor>& state) {
+  const auto now = t.state_tensors();
+  for (size_t i = 0; i < now.size(); ++i)
+    if (!torch::equal(now[i].second, state[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("a diverging run goes back to its best state with a tenth of the rate each time, then stops") {
+  // An absurd rate: every attempt diverges, at 1e4, 1e3, 1e2 and 10; each goes back to the start.
+  DivergingRun run = run_diverging(1e4, OnDivergence::Recover);
+  CHECK_THAT(run.stopped, Catch::Contains("after 3 recoveries"));
+  CHECK(run.trainer->position().recoveries == kMaxRecoveries);
+  std::vector<double> rates{run.steps.front().second};
+  for (size_t i = 1; i < run.steps.size(); ++i)
+    if (run.steps[i].first <= run.steps[i - 1].first) {  // went back
+      CHECK(run.steps[i].first == 1);
+      rates.push_back(run.steps[i].second);
+    }
+  REQUIRE(rates.size() == 4);
+  for (size_t i = 0; i < rates.size(); ++i) CHECK(rates[i] == Approx(1e4 * std::pow(0.1, i)));
+  CHECK(run.trainer->kept_epoch() == 0);
+  CHECK(holds(*run.trainer, run.start));
+
+  // A sane rate is never sent back.
+  const DivergingRun sane = run_diverging(0.01, OnDivergence::Recover);
+  CHECK(sane.stopped.empty());
+  CHECK(sane.trainer->position().recoveries == 0);
+  REQUIRE(sane.steps.size() == 16);
+  for (size_t i = 0; i < sane.steps.size(); ++i) CHECK(sane.steps[i].first == static_cast<int64_t>(i + 1));
+}
+
+TEST_CASE("on-divergence stop ends at once on the best state - continue trains on past it") {
+  DivergingRun stopped = run_diverging(1e4, OnDivergence::Stop);
+  CHECK_THAT(stopped.stopped, Catch::Contains("(--on-divergence stop)"));
+  CHECK(stopped.steps.size() < 8);
+  CHECK(stopped.trainer->position().recoveries == 0);
+  CHECK(stopped.trainer->kept_step() == 0);
+  CHECK(holds(*stopped.trainer, stopped.start));
+  CHECK(validation_score(stopped.trainer->evaluate()) == stopped.trainer->position().start_score);
+
+  DivergingRun on = run_diverging(1e4, OnDivergence::Continue);
+  CHECK(on.stopped.empty());
+  CHECK(on.steps.size() == 16);
+  CHECK(on.trainer->position().recoveries == 0);
+  REQUIRE(on.trainer->kept_epoch() >= 0);  // --keep best still writes the best state
+  CHECK(validation_score(on.trainer->evaluate()) == on.trainer->position().best_score);
 }

@@ -158,6 +158,7 @@ TEST_CASE("the kept best state travels in checkpoints: its epoch, scores and ten
   s.run(*t, false);
   t->position().step_in_epoch = 2;  // mid-epoch: the best is not the state the checkpoint holds
   t->position().best_epoch = 2;
+  t->position().best_step = 16;
   t->position().best_score = 0.75;
   t->position().start_score = 0.5;
   for (auto& b : t->best_tensors()) b.fill_(0.25);
@@ -165,8 +166,36 @@ TEST_CASE("the kept best state travels in checkpoints: its epoch, scores and ten
   auto back = s.trainer(s.options);
   load_checkpoint(*back, path, s.identity(s.options));
   CHECK(back->position().best_epoch == 2);
+  CHECK(back->position().best_step == 16);
   CHECK(back->position().best_score == 0.75);
   CHECK(back->position().start_score == 0.5);
   REQUIRE(back->best_tensors().size() == t->best_tensors().size());
   for (const auto& b : back->best_tensors()) CHECK((b == 0.25).all().item<bool>());
+}
+
+TEST_CASE("a run that went back after diverging resumes exactly, from before the divergence and after it") {
+  Setup s;
+  s.options.lr = 10;  // adam: the loss explodes at step 2; back to the start at 1, which trains
+  auto full = s.trainer(s.options);
+  s.run(*full, false);
+  REQUIRE(full->position().recoveries == 1);
+  for (const int64_t cut : {1, 11}) {  // a checkpoint before the divergence, and one after the recovery
+    CAPTURE(cut);
+    fs::remove_all(s.dir);
+    TrainOptions first_part = s.options;
+    first_part.max_steps = cut;
+    auto stopped = s.trainer(first_part);
+    s.run(*stopped, true);
+    CHECK(stopped->position().recoveries == (cut == 1 ? 0 : 1));
+    auto resumed = s.trainer(s.options);
+    resume_from_checkpoints(*resumed, s.dir.string(), s.identity(s.options));
+    CHECK(resumed->position().global_step == cut);
+    s.run(*resumed, false);
+    CHECK(resumed->position().recoveries == 1);
+    const auto a = full->state_tensors(), b = resumed->state_tensors();
+    for (size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(a[i].first);
+      CHECK(torch::equal(a[i].second, b[i].second));
+    }
+  }
 }
