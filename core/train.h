@@ -150,7 +150,7 @@ struct TrainPosition {
   double start_score = 0, best_score = 0;
   int best_epoch = -1;
   int64_t best_step = 0;  // the global step of that state
-  // The divergence watch: the loss the run started at (the larger of the start's validation loss
+  // The divergence watch: the loss the run started at (the smaller of the start's validation loss
   // and its first step's), the training loss's moving average (bias-corrected over `loss_steps`
   // steps since the start or the last recovery), and the recoveries so far (each cut the rate).
   double start_loss = 0, loss_average = 0;

@@ -10,9 +10,11 @@
 namespace ttq {
 namespace {
 
-// A loss is "far above where it started" past this multiple of the start's; the training loss is
-// averaged over about 1 / (1 - kLossSmoothing) steps first, so that one hard batch is not a divergence.
+// A loss is "far above where it started" past this multiple of the start's, plus kLossRiseMargin
+// (so that a loss near 0, a model that fits its data, still needs a real rise); the training loss
+// is averaged over about 1 / (1 - kLossSmoothing) steps first, so that one hard batch is not a divergence.
 constexpr double kLossRiseLimit = 4.0;
+constexpr double kLossRiseMargin = 1.0;
 constexpr double kLossSmoothing = 0.8;
 
 }  // namespace
@@ -60,14 +62,15 @@ void Trainer::end_on_kept_state() {
 
 std::optional<std::string> Trainer::watch_loss(double loss, int epoch) {
   auto& p = position_;
-  // The first step's loss is the start's too, in training mode (BatchNorm on the batch, dropout).
-  if (p.global_step == 0) p.start_loss = std::max(p.start_loss, loss);
+  // The first step's loss is the start's too, in training mode: the smaller is where it started
+  // (a one-shot model's BatchNorm statistics can make its validation loss absurd, 1805 on one here).
+  if (p.global_step == 0) p.start_loss = std::min(p.start_loss, loss);
   p.loss_average = kLossSmoothing * p.loss_average + (1 - kLossSmoothing) * loss;
   ++p.loss_steps;
   const double smoothed = p.loss_average / (1 - std::pow(kLossSmoothing, static_cast<double>(p.loss_steps)));
-  if (!(smoothed > kLossRiseLimit * p.start_loss)) return std::nullopt;
-  return fmt::format("the training loss rose to {:.4g} at step {} (epoch {}), over {:g} times the start's {:.4g}",
-                     smoothed, p.global_step + 1, epoch + 1, kLossRiseLimit, p.start_loss);
+  if (!(smoothed > kLossRiseLimit * p.start_loss + kLossRiseMargin)) return std::nullopt;
+  return fmt::format("the training loss rose to {:.4g} at step {} (epoch {}), over {:g} times the start's {:.4g} plus {:g}",
+                     smoothed, p.global_step + 1, epoch + 1, kLossRiseLimit, p.start_loss, kLossRiseMargin);
 }
 
 std::optional<std::string> Trainer::watch_validation(const Metrics& val, int epoch) const {

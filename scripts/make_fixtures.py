@@ -24,6 +24,10 @@ swin_small.pt                 torchvision's SwinTransformer, a small configurati
 text_tokens.pt                {'x': [ids, mask], 'y', 'x_test': [..], 'y_test'} for text_classifier.pt
 tagger_tokens.pt              {'x', 'x_test'}: unlabeled token ids for lstm_tagger.pt
 regression_mlp.pt             a 16 -> 1 MLP without normalization; regression_unlabeled.pt: {'x'} only
+bn_cnn.pt, depthwise_cnn.pt, tiny_vit.pt, row_lstm.pt  the recipe zoo (tests/cli/test_zoo.py), for
+                              Fashion-MNIST: BatchNorm after every convolution; MobileNet-style
+                              depthwise-separable blocks; a ViT with a class token and pre-norm
+                              LayerNorm encoder layers; an LSTM over the image's rows (untrained)
 dict_output.pt                for tensors.pt, returns {'logits': [batch, 10], 'embedding': [batch, 16]}
 tensors.pt                    torch.save({'x', 'y', 'x_test', 'y_test'}): a 20-feature, 10-class
                               task (labels from a fixed random linear map) for one_layer.pt
@@ -180,6 +184,65 @@ def token_batch(n, vocab=200, length=16):
     return ids, mask, counts.argmax(1)
 
 
+class BnCnn(nn.Module):
+    """Two convolutions with BatchNorm after each, for 1x28x28 input."""
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.conv3, self.bn3 = nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DepthwiseCnn(nn.Module):
+    """MobileNet-style separable blocks (depthwise 3x3, pointwise 1x1, BatchNorm after each)."""
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32)
+        layers = []
+        for cin, cout, stride in ((32, 64, 1), (64, 128, 2), (128, 128, 1)):
+            layers += [nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                       nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        self.blocks = nn.Sequential(*layers)
+        self.fc = nn.Linear(128, 10)
+    def forward(self, x):
+        x = self.blocks(F.relu(self.bn0(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TinyVit(nn.Module):
+    """7x7 patches, a class token, a position embedding, two pre-norm LayerNorm encoder layers."""
+    def __init__(self, dim=64):
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 7, stride=7)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+    def forward(self, x):
+        x = torch.flatten(self.patch(x), 2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.size(0), -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+class RowLstm(nn.Module):
+    """The image's 28 rows as a sequence through an LSTM; the last hidden state classifies."""
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(28, 96, batch_first=True)
+        self.fc = nn.Linear(96, 10)
+    def forward(self, x):
+        out, _ = self.lstm(x.squeeze(1))
+        return self.fc(out[:, -1])
+
+
 def save_scripted(model, path):
     model.eval()
     torch.jit.save(torch.jit.script(model), path)
@@ -236,6 +299,9 @@ def main():
     save_scripted(RegressionMlp(), os.path.join(out, "regression_mlp.pt"))
     torch.save({"x": torch.randn(512, 16), "x_test": torch.randn(128, 16)}, os.path.join(out, "regression_unlabeled.pt"))
     save_scripted(DictOutput(), os.path.join(out, "dict_output.pt"))
+    for name, family in (("bn_cnn", BnCnn), ("depthwise_cnn", DepthwiseCnn), ("tiny_vit", TinyVit),
+                         ("row_lstm", RowLstm)):
+        save_scripted(family(), os.path.join(out, name + ".pt"))
     print(f"fixtures written to {out}")
 
 

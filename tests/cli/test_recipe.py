@@ -6,7 +6,7 @@ Environment (set by CTest): see ttq_testing.py.
 import json
 import unittest
 
-from ttq_testing import SharedWorkdir, fixture, load_with_metadata, ttq
+from ttq_testing import SharedWorkdir, load_with_metadata, top1, train_then_finetune_with_defaults, ttq
 
 # Fashion-MNIST, the embedded default: the small CNN trains an epoch in about 4 s on two cores.
 DATA = ["--threads", "2"]
@@ -20,28 +20,13 @@ def same_parameters(a, b):
     return [k for k in sa if not torch.equal(sa[k], sb[k])]
 
 
-def top1(model):
-    r = ttq("eval", model, "--json", *DATA)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["top1"]
-
-
 class DefaultsOnATrainedCnnWithoutNormalization(SharedWorkdir):
     """The small CNN (LeNet-style, no BatchNorm), trained in full precision (87%; one-shot ternary 76%):
     SGD at 0.01, the old default, threw it to chance (10.00%) in one epoch of TTQ."""
 
     @classmethod
     def setUpShared(cls):
-        cls.fp = cls.shared_path("fp.pt")
-        r = ttq("finetune", fixture("small_cnn.pt"), "-o", cls.fp, "--fp", "--optimizer", "adam", "--lr", "0.002",
-                "--epochs", "3", *DATA)
-        assert r.returncode == 0, r.stderr
-        one_shot = cls.shared_path("one_shot.pt")
-        r = ttq("quantize", cls.fp, "-o", one_shot)
-        assert r.returncode == 0, r.stderr
-        cls.fp_top1, cls.one_shot_top1 = top1(cls.fp), top1(one_shot)
-        cls.model = cls.shared_path("ttq.pt")
-        cls.result = ttq("finetune", cls.fp, "-o", cls.model, "--epochs", "1", "--json", *DATA)
+        train_then_finetune_with_defaults(cls, "small_cnn.pt", fp_epochs=3)
 
     def test_one_epoch_beats_one_shot_quantization_and_stays_near_full_precision(self):
         self.assertEqual(self.result.returncode, 0, self.result.stderr)

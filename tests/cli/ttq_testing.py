@@ -76,3 +76,28 @@ class SharedWorkdir(Workdir):
     @classmethod
     def shared_path(cls, name):
         return os.path.join(cls.shared.name, name)
+
+
+def top1(model):
+    """`ttq eval`'s top-1 of a model on the embedded default data (2 threads)."""
+    r = ttq("eval", model, "--json", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["top1"]
+
+
+def train_then_finetune_with_defaults(cls, model, fp_epochs):
+    """As a new user would, on the embedded default data: trains fixture `model` in full precision
+    (adam at 0.002, `fp_epochs`), quantizes it one-shot, and fine-tunes it with TTQ for one epoch
+    with every default (--json). Sets, on the SharedWorkdir class `cls`: fp, fp_top1, one_shot_top1,
+    model (the TTQ output) and result (its finetune run)."""
+    flags = ["--threads", "2", "--no-progress"]
+    cls.fp = cls.shared_path("fp.pt")
+    r = ttq("finetune", fixture(model), "-o", cls.fp, "--fp", "--optimizer", "adam", "--lr", "0.002",
+            "--epochs", str(fp_epochs), *flags)
+    assert r.returncode == 0, r.stderr
+    one_shot = cls.shared_path("one_shot.pt")
+    r = ttq("quantize", cls.fp, "-o", one_shot)
+    assert r.returncode == 0, r.stderr
+    cls.fp_top1, cls.one_shot_top1 = top1(cls.fp), top1(one_shot)
+    cls.model = cls.shared_path("ttq.pt")
+    cls.result = ttq("finetune", cls.fp, "-o", cls.model, "--epochs", "1", "--json", *flags)
