@@ -115,12 +115,39 @@ void resume(Trainer& trainer, const FinetuneArgs& a, Communicator* comm) {
                trainer.position().global_step);
 }
 
-// The run log starts with the run and its layers before the first step; a resumed run appends.
-std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer) {
+bool shows_progress(const FinetuneArgs& a) {
+  return a.writer() && !quiet() && (a.progress || (!a.no_progress && isatty(STDERR_FILENO)));
+}
+
+// From here on the first SIGINT/SIGTERM stops at the next step (request_stop).
+void catch_stop_signals() {
+  g_stop.store(false);
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+}
+
+// --lr auto's probe (not on a resumed run: its checkpoint holds the rate), then the recipe printed.
+LrProbe choose_lr(Trainer& trainer, const FinetuneArgs& a) {
+  LrProbe probe;
+  {
+    Progress progress(shows_progress(a));
+    try {
+      probe = trainer.probe_lr([&](const LrProbeStep& s) { progress.update(s); }, g_stop);
+    } catch (const Interrupted&) {
+      throw Error(ErrorKind::Interrupted, "interrupted while --lr auto probed the rate, before the first step");
+    }
+  }
+  if (!trainer.recipe().empty() && a.writer()) spdlog::info("{}", trainer.recipe());
+  return probe;
+}
+
+// The run log starts with the run, the probe and its layers before the first step; a resumed run appends.
+std::unique_ptr<RunLog> open_run_log(const FinetuneArgs& a, Trainer& trainer, const LrProbe& probe) {
   if (a.log.empty() || !a.writer()) return nullptr;
   auto log = std::make_unique<RunLog>(a.log, a.resume);
   if (!a.resume) {
     log->run(a.model, a.data.spec(), a.run_options(trainer), trainer.steps_per_epoch(), trainer.recipe());
+    if (!probe.lrs.empty()) log->probe(probe);
     log->init(trainer.snapshot());
   }
   return log;
@@ -154,7 +181,7 @@ std::string stopped_message(const Trainer& trainer, const Diverged& diverged, co
 // Trains the remaining epochs, reporting on stderr and to the log; Ctrl-C checkpoints and exits 130.
 // Returns why the run stopped early when it diverged (--on-divergence): OUT is still written.
 std::optional<std::string> train(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
-  Progress progress(a.writer() && !quiet() && (a.progress || (!a.no_progress && isatty(STDERR_FILENO))));
+  Progress progress(shows_progress(a));
   int64_t total_steps = a.train.epochs * trainer.steps_per_epoch();
   if (a.train.max_steps > 0) total_steps = std::min(total_steps, a.train.max_steps);  // the ETA's end
   const char* metric = "top1";
@@ -188,9 +215,6 @@ std::optional<std::string> train(Trainer& trainer, const FinetuneArgs& a, RunLog
       save_checkpoint(trainer, p, a.checkpoint_dir, identity);
     };
 
-  g_stop.store(false);
-  std::signal(SIGINT, request_stop);
-  std::signal(SIGTERM, request_stop);
   try {
     trainer.run(hooks, g_stop);
   } catch (const Interrupted&) {
@@ -242,7 +266,9 @@ void run_finetune(FinetuneArgs& a) {
   const auto comm = connect_ranks(a);
   const auto trainer = load_trainer(a, comm);
   resume(*trainer, a, comm.get());
-  const auto log = open_run_log(a, *trainer);
+  catch_stop_signals();
+  const LrProbe probe = choose_lr(*trainer, a);
+  const auto log = open_run_log(a, *trainer, probe);
   const auto stopped = train(*trainer, a, log.get());
   write_outputs(*trainer, a, log.get());
   if (stopped) throw runtime_error(*stopped);
@@ -323,7 +349,7 @@ Command register_finetune(CLI::App& app) {
   add_choice_option(sub, "--optimizer", t.optimizer, "optimizer of weights and scales");
   // "auto" is 0 in TrainOptions, which the Trainer decides; a number must be positive.
   sub->add_option_function<std::string>("--lr", [&t](const std::string& v) { t.lr = v == "auto" ? 0.0 : std::stod(v); },
-                                         "learning rate of weights and scales; auto: 0.01 with sgd, 5e-4 with adam")
+                                         "learning rate of weights and scales; auto: measured by a range test before the first step")
       ->type_name("RATE|auto")
       ->default_str("auto")
       ->check(CLI::Validator([](std::string& v) { return v == "auto" ? "" : CLI::PositiveNumber(v); }, "", "lr"));

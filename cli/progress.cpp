@@ -27,6 +27,19 @@ void Progress::update(const StepProgress& p, int epochs, int64_t total_steps) {
   drawn_ = true;
 }
 
+void Progress::update(const LrProbeStep& p) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (drawn_ && now - last_ < std::chrono::milliseconds(250) && p.step != p.steps) return;
+  last_ = now;
+  constexpr int kWidth = 24;
+  const int filled = static_cast<int>(kWidth * p.step / std::max<int64_t>(1, p.steps));
+  fmt::print(stderr, "\r\033[Kprobing lr [{}{}] {}/{}  lr {:.3g}  loss {:.4f}", std::string(filled, '='),
+             std::string(kWidth - filled, ' '), p.step, p.steps, p.lr, p.loss);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
 void Progress::clear() {
   if (!drawn_) return;
   fmt::print(stderr, "\r\033[K");

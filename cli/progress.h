@@ -12,6 +12,7 @@ class Progress {
   explicit Progress(bool enabled) : enabled_(enabled) {}
   ~Progress() { clear(); }
   void update(const StepProgress& p, int epochs, int64_t total_steps);
+  void update(const LrProbeStep& p);  // --lr auto's probe
   void clear();  // before any other line is printed
 
  private:

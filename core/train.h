@@ -29,9 +29,9 @@ namespace ttq {
 
 enum class Optimizer { Auto, Sgd, Adam };
 inline constexpr Choice<Optimizer> kOptimizers[] = {
-    {"auto", Optimizer::Auto, "sgd when a normalization takes the output of every ternary layer, adam otherwise"},
+    {"auto", Optimizer::Auto, "adam (ahead of sgd on every model family measured; see man ttq-finetune)"},
     {"sgd", Optimizer::Sgd, "SGD with --momentum (the paper's CIFAR recipe)"},
-    {"adam", Optimizer::Adam, "Adam (the paper's ImageNet recipe; suits models without BatchNorm)"}};
+    {"adam", Optimizer::Adam, "Adam (the paper's ImageNet recipe)"}};
 constexpr const auto& choices(Optimizer) { return kOptimizers; }
 
 enum class Schedule { Cosine, Step, Constant };
@@ -169,6 +169,20 @@ struct TrainHooks {
   int64_t checkpoint_every = 0;                               // and every N steps when N > 0
 };
 
+// --lr auto's probe (core/train_probe.cpp): one of its steps, and what it found.
+struct LrProbeStep {
+  int64_t step, steps;
+  double lr, loss;  // the step's rate and the smoothed loss after it
+};
+struct LrProbe {
+  std::vector<double> lrs, losses;  // per step run; empty when the probe did not run
+  double lr = 0;                    // the chosen rate (0: none; the starting rate stays)
+  double seconds = 0;
+  std::string reason;  // how it was chosen, or why the probe did not run
+};
+// The rate a range test's smoothed losses point to.
+double choose_probed_lr(const std::vector<double>& lrs, const std::vector<double>& smoothed);
+
 // Thrown when an interrupt was requested (the caller exits 130).
 struct Interrupted : std::runtime_error {
   Interrupted() : std::runtime_error("interrupted") {}
@@ -193,6 +207,13 @@ class Trainer {
           std::shared_ptr<Communicator> comm = nullptr, std::optional<torch::jit::Module> teacher = std::nullopt);
   ~Trainer();
 
+  // --lr auto: runs the probe and trains at the rate it chose, before run() and before anything
+  // reports the run's options; nothing but that choice changes. Does nothing when --lr was given,
+  // on a resumed run (its checkpoint holds the chosen rate: use_lr) or a second time.
+  LrProbe probe_lr(const std::function<void(const LrProbeStep&)>& on_step, const std::atomic<bool>& stop);
+  int64_t lr_probe_steps() const;  // 0 when an epoch is too short for the probe
+  void use_lr(double lr, const std::string& why);
+  const std::string& lr_reason() const { return lr_reason_; }  // use_lr's `why` ("" before)
   // Runs the remaining epochs from `position()`. `stop` is polled after every step.
   void run(const TrainHooks& hooks, const std::atomic<bool>& stop);
   Metrics evaluate();
@@ -230,7 +251,7 @@ class Trainer {
   };
   // Construction, in this order.
   void select_layers(const LayerPlan& plan);  // latent copies of the selected weights, scales from --init
-  void decide_recipe(const LayerPlan& plan);  // --optimizer auto and --lr auto, from the layer plan
+  void decide_recipe();  // --optimizer auto, and --lr auto's starting rate (probe_lr() measures one)
   void build_optimizer();   // groups: latent weights, other parameters, scales (own lr and decay)
   void probe();             // fails before training on data the model cannot take
   void start_distributed(); // checks that the ranks agree, then gives every rank rank 0's state
@@ -271,14 +292,15 @@ class Trainer {
   std::vector<TrainLayer> layers_;
   std::vector<std::pair<std::string, torch::Tensor>> other_params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  std::vector<double> base_lrs_;
+  std::vector<double> base_lrs_, lr_mults_;  // per optimizer group: options_.lr × its multiplier
   TrainPosition position_;
   std::shared_ptr<Communicator> comm_;
   int rank_ = 0, world_ = 1;
   std::vector<torch::Tensor> params_;   // every trained tensor, in the optimizer's order (same on all ranks)
   std::vector<torch::Tensor> buffers_;  // broadcast from rank 0 before each step
   std::set<std::string> warned_negative_;
-  std::string recipe_;
+  std::string recipe_, recipe_optimizer_, recipe_lr_, lr_reason_;  // recipe(): the optimizer's part; the rate's
+  bool lr_to_probe_ = false;                            // --lr auto, not yet probed
   std::vector<torch::Tensor> best_tensors_;
   std::set<std::string> warned_divergence_;
   bool ended_on_best_ = false;

@@ -151,6 +151,11 @@ void save_checkpoint(Trainer& trainer, const TrainPosition& p, const std::string
   int i = 0;
   for (const auto& [name, t] : trainer.state_tensors()) archive.write("t" + std::to_string(i++), t.detach());
   write_kept_state(archive, trainer, p);
+  // --lr auto: the rate the probe chose before the first step, which a resumed run keeps.
+  if (!trainer.lr_reason().empty()) {
+    archive.write("lr", c10::IValue(trainer.options().lr));
+    archive.write("lr_reason", c10::IValue(trainer.lr_reason()));
+  }
   torch::serialize::OutputArchive optimizer;
   trainer.optimizer().save(optimizer);
   archive.write("optimizer", optimizer);
@@ -218,6 +223,9 @@ void restore(Trainer& trainer, const std::string& archive_bytes, const std::stri
     t.copy_(saved);
   }
   read_kept_state(archive, trainer);
+  c10::IValue lr, lr_reason;  // absent: --lr given, or a ttq before the probe (its rate was the usual one)
+  if (archive.try_read("lr", lr) && archive.try_read("lr_reason", lr_reason))
+    trainer.use_lr(lr.toDouble(), lr_reason.toStringRef());
   torch::serialize::InputArchive optimizer;
   archive.read("optimizer", optimizer);
   trainer.optimizer().load(optimizer);

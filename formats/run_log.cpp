@@ -94,6 +94,10 @@ void RunLog::epoch(const EpochRecord& r) {
   write(record.dump());
 }
 
+void RunLog::probe(const LrProbe& p) {
+  write(json{{"type", "probe"}, {"lr", p.lr}, {"seconds", p.seconds}, {"lrs", p.lrs}, {"losses", p.losses}}.dump());
+}
+
 void RunLog::end(const RunSummary& summary) {
   json record = {{"type", "end"}};
   record.update(json(summary));

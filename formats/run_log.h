@@ -26,6 +26,7 @@ class RunLog {
   // `recipe`: what the run's auto options decided and why (omitted when empty).
   void run(const std::string& model, const std::string& data, const RunOptions& options, int64_t steps_per_epoch,
            const std::string& recipe = "");
+  void probe(const LrProbe& probe);  // --lr auto's range test: each step's rate and smoothed loss
   void init(const std::vector<LayerRecord>& layers);
   void step(const StepProgress& p, const std::vector<LayerRecord>& layers);
   void epoch(const EpochRecord& r);

@@ -4,6 +4,7 @@
 Environment (set by CTest): see ttq_testing.py.
 """
 import json
+import math
 import os
 import signal
 import socket
@@ -107,6 +108,27 @@ class TwoRanksAgainstOneProcess(SharedWorkdir):
                 self.assertAlmostEqual(a[key], b[key], delta=2 / 1024 + 1e-9, msg=key)
             self.assertAlmostEqual(a["val_loss"], b["val_loss"], delta=1e-3 * b["val_loss"])
         self.assert_same_model(model, self.one_model)
+
+    def test_the_lr_probe_on_two_ranks_measures_as_one_process(self):
+        # 8192 samples in global batches of 16: 512 steps an epoch, a probe of 40; then 4 steps.
+        probing = [a for a in COMMON if a not in ("--lr", "0.002")]
+        probing = [*probing[:probing.index("--subset") + 1], "8192", *probing[probing.index("--subset") + 2:],
+                   "--max-steps", "4"]
+        logs = {w: self.out(f"probe{w}.jsonl") for w in (1, 2)}
+        r = ttq(*probing, "--batch-size", "16", "-o", self.out("p1.pt"), "--log", logs[1])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        port = str(free_port())
+        ranks = [[*probing, "--batch-size", "8", "-o", self.out("p2.pt"), "--log", logs[2], "--world-size", "2",
+                  "--rank", str(rank), "--master-port", port] for rank in (0, 1)]
+        results = finish(start_ranks(ranks))
+        self.assertEqual([rc for rc, _, _ in results], [0, 0], results[0][2] + results[1][2])
+        one, two = ([e for e in read_log(logs[w]) if e["type"] == "probe"][0] for w in (1, 2))
+        self.assertEqual(len(one["lrs"]), 40)
+        self.assertEqual(two["lrs"], one["lrs"])
+        for a, b in zip(two["losses"], one["losses"]):
+            self.assertAlmostEqual(a, b, delta=1e-3 * b)
+        # The same choice but where two smoothed losses tie within that rounding: one step of the grid.
+        self.assertLess(abs(math.log(two["lr"] / one["lr"])), math.log(1e4) / 39 + 1e-9)
 
     @unittest.skipUnless(torch.__version__ >= "2",
                          "needs PyTorch 2.x's torchrun (Debian 12's, of 1.13, crashes before launching anything)")

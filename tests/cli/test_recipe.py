@@ -4,9 +4,10 @@ full-precision models, as a new user runs it: no flag but the data and the lengt
 Environment (set by CTest): see ttq_testing.py.
 """
 import json
+import re
 import unittest
 
-from ttq_testing import SharedWorkdir, load_with_metadata, top1, train_then_finetune_with_defaults, ttq
+from ttq_testing import SharedWorkdir, load_with_metadata, read_log, top1, train_then_finetune_with_defaults, ttq
 
 # Fashion-MNIST, the embedded default: the small CNN trains an epoch in about 4 s on two cores.
 DATA = ["--threads", "2"]
@@ -37,14 +38,48 @@ class DefaultsOnATrainedCnnWithoutNormalization(SharedWorkdir):
         self.assertGreater(got, self.fp_top1 - 0.015, (got, self.fp_top1, self.one_shot_top1))
 
     def test_the_recipe_is_printed_with_its_reason_and_recorded(self):
-        self.assertIn("--optimizer auto: adam (no normalization takes the output of 2 of 2 ternary layers",
-                      self.result.stderr)
-        self.assertIn("--lr auto: 0.0005 (adam's starting rate)", self.result.stderr)
+        self.assertIn("--optimizer auto: adam (", self.result.stderr)
+        # 468 steps an epoch: a probe of 37 (8%).
+        probed = re.search(r"--lr auto: ([0-9.e-]+) \(a range test of (\d+) steps from 1e-05 to 0.1, [0-9.]+ s\)",
+                           self.result.stderr)
+        self.assertIsNotNone(probed, self.result.stderr)
+        self.assertLessEqual(int(probed.group(2)), 37)
         _, meta = load_with_metadata(self.model)
         run = json.loads(meta)["run"]
         self.assertEqual(run["options"]["optimizer"], "adam")
-        self.assertEqual(run["options"]["lr"], 0.0005)
-        self.assertIn("--optimizer auto: adam", run["recipe"])
+        self.assertEqual(f"{run['options']['lr']:.3g}", probed.group(1))
+        self.assertTrue(1e-5 <= run["options"]["lr"] <= 0.1)
+        self.assertIn(probed.group(0)[:-1], run["recipe"])
+
+    def test_the_probe_changes_nothing_but_the_rate_and_a_resumed_run_keeps_it(self):
+        common = ["--epochs", "1", *DATA]
+        a, b, ck = self.out("a.pt"), self.out("b.pt"), self.out("ck")
+        r = ttq("finetune", self.fp, "-o", a, "--log", self.out("a.jsonl"), "--progress", *common)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("probing lr [", r.stderr)  # the progress line
+        probe = [e for e in read_log(self.out("a.jsonl")) if e["type"] == "probe"]
+        self.assertEqual(len(probe), 1)
+        lrs = probe[0]["lrs"]
+        self.assertEqual(len(lrs), len(probe[0]["losses"]))
+        self.assertEqual(lrs, sorted(lrs))
+        self.assertEqual(lrs[0], 1e-5)
+        run_a = json.loads(load_with_metadata(a)[1])["run"]
+        self.assertEqual(probe[0]["lr"], run_a["options"]["lr"])
+        # The same rate given: the same model, bit for bit (the probe put everything back).
+        r = ttq("finetune", self.fp, "-o", self.out("given.pt"), "--optimizer", "adam", "--lr",
+                repr(run_a["options"]["lr"]), *common)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(same_parameters(a, self.out("given.pt")), [])
+        # Cut after 100 steps, then resumed: no second probe, the same rate, the same model.
+        r = ttq("finetune", self.fp, "-o", b, "--checkpoint-dir", ck, "--max-steps", "100", *common)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq("finetune", self.fp, "-o", b, "--checkpoint-dir", ck, "--resume", "--progress", *common)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("epoch 1/1 [", r.stderr)
+        self.assertNotIn("probing lr", r.stderr)
+        run_b = json.loads(load_with_metadata(b)[1])["run"]
+        self.assertEqual((run_b["options"]["lr"], run_b["recipe"]), (run_a["options"]["lr"], run_a["recipe"]))
+        self.assertEqual(same_parameters(a, b), [])
 
     def test_the_start_is_measured_and_the_kept_epoch_recorded(self):
         self.assertIn(f"start (one-shot ternary): val top-1 {100 * self.one_shot_top1:.2f}%", self.result.stderr)

@@ -2,6 +2,8 @@
 // --optimizer auto and --lr auto decide.
 #include "catch.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
 
 #include "core/train.h"
@@ -65,7 +67,7 @@ TEST_CASE("a run reports every step and epoch, and its records describe the trai
   CHECK(((w == after[0].wp) | (w == 0) | (w == -after[0].wn)).all().item<bool>());
 }
 
-TEST_CASE("optimizer and learning rate auto: adam without normalization after the layers, sgd with it") {
+TEST_CASE("optimizer auto is adam, with or without a normalization after the layers - lr auto probes") {
   const DataSplits vectors = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
   TrainOptions o;
   o.batch_size = 100;
@@ -73,23 +75,31 @@ TEST_CASE("optimizer and learning rate auto: adam without normalization after th
   const auto linear = [&](const TrainOptions& options) {
     return Trainer(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, options, vectors);
   };
-  const Trainer bare = linear(o);
+  Trainer bare = linear(o);
   CHECK(bare.options().optimizer == Optimizer::Adam);
   CHECK(bare.options().lr == auto_lr(Optimizer::Adam));
-  CHECK_THAT(bare.recipe(), Catch::Contains("--optimizer auto: adam (no normalization takes the output of 1 of 1"));
-  CHECK_THAT(bare.recipe(), Catch::Contains("--lr auto: 0.0005"));
+  CHECK_THAT(bare.recipe(), Catch::StartsWith("--optimizer auto: adam ("));
+  // 20 steps an epoch: too few for the probe; the usual rate stays, and the recipe says why.
+  std::atomic<bool> no_stop{false};
+  CHECK(bare.lr_probe_steps() == 0);
+  CHECK(bare.probe_lr(nullptr, no_stop).lrs.empty());
+  CHECK(bare.options().lr == auto_lr(Optimizer::Adam));
+  CHECK_THAT(bare.recipe(), Catch::Contains("; --lr auto: 0.0005 (adam's usual rate: the probe needs 30 steps"));
   TrainOptions fp = o;
   fp.fp = true;  // decided as for the TTQ run of the same layers
   CHECK(linear(fp).options().optimizer == Optimizer::Adam);
 
   TrainOptions sgd = o;
   sgd.optimizer = Optimizer::Sgd;
-  const Trainer asked = linear(sgd);
+  Trainer asked = linear(sgd);
   CHECK(asked.options().lr == auto_lr(Optimizer::Sgd));
-  CHECK(asked.recipe() == "--lr auto: 0.01 (sgd's starting rate)");
+  asked.probe_lr(nullptr, no_stop);
+  CHECK_THAT(asked.recipe(), Catch::StartsWith("--lr auto: 0.01 (sgd's usual rate"));
   sgd.lr = 0.2;
-  CHECK(linear(sgd).recipe().empty());
-  CHECK(linear(sgd).options().lr == 0.2);
+  Trainer given = linear(sgd);
+  given.probe_lr(nullptr, no_stop);
+  CHECK(given.recipe().empty());
+  CHECK(given.options().lr == 0.2);
 
   // torchvision's ResNet-18: BatchNorm after every convolution between the first and the last layer.
   DataSplits images;
@@ -99,9 +109,9 @@ TEST_CASE("optimizer and learning rate auto: adam without normalization after th
   TrainOptions r;
   r.batch_size = 8;
   const Trainer resnet(load_torchscript(std::string(TTQ_FIXTURES) + "/resnet18.pt").module, r, images);
-  CHECK(resnet.options().optimizer == Optimizer::Sgd);
-  CHECK(resnet.options().lr == 0.01);
-  CHECK_THAT(resnet.recipe(), Catch::Contains("sgd (a normalization follows every ternary layer)"));
+  CHECK(resnet.options().optimizer == Optimizer::Adam);
+  CHECK(resnet.options().lr == auto_lr(Optimizer::Adam));
+  CHECK_THAT(resnet.recipe(), Catch::Contains("--optimizer auto: adam (ahead of sgd on every model family measured"));
 }
 
 TEST_CASE("keep best ends on the best of the start and the epochs' ends - keep last on the last") {
@@ -224,4 +234,57 @@ TEST_CASE("on-divergence stop ends at once on the best state - continue trains o
   CHECK(on.trainer->position().recoveries == 0);
   REQUIRE(on.trainer->kept_epoch() >= 0);  // --keep best still writes the best state
   CHECK(validation_score(on.trainer->evaluate()) == on.trainer->position().best_score);
+}
+
+TEST_CASE("the lr probe changes nothing but the rate: the run after it is the run with that --lr") {
+  const DataSplits data = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
+  TrainOptions o;
+  o.epochs = 1;
+  o.batch_size = 5;  // 400 steps an epoch: a probe of 32 (8%)
+  o.quant.selection.quantize_first = o.quant.selection.quantize_last = true;
+  const auto trainer = [&](const TrainOptions& options) {
+    return std::make_unique<Trainer>(load_torchscript(std::string(TTQ_FIXTURES) + "/one_layer.pt").module, options, data);
+  };
+  std::atomic<bool> stop{false};
+  auto probed = trainer(o);
+  std::vector<torch::Tensor> before;
+  for (const auto& [name, t] : probed->state_tensors()) before.push_back(t.detach().clone());
+  const torch::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+  int64_t reported = 0;
+  const LrProbe probe = probed->probe_lr([&](const LrProbeStep& s) { reported = s.step; }, stop);
+  REQUIRE(probed->lr_probe_steps() == 32);
+  REQUIRE(!probe.lrs.empty());
+  CHECK(reported == static_cast<int64_t>(probe.lrs.size()));
+  CHECK(probe.lrs.front() == Approx(1e-5));
+  for (size_t i = 1; i < probe.lrs.size(); ++i) CHECK(probe.lrs[i] == Approx(probe.lrs[i - 1] * std::pow(1e4, 1.0 / 31)));
+  CHECK(probe.lr == probed->options().lr);
+  CHECK((probe.lr >= probe.lrs.front() && probe.lr <= probe.lrs.back()));
+  CHECK(holds(*probed, before));
+  CHECK(torch::equal(at::detail::getDefaultCPUGenerator().get_state(), rng));
+  CHECK(probed->probe_lr(nullptr, stop).lrs.empty());  // once
+
+  TrainOptions given = o;
+  given.optimizer = Optimizer::Adam;
+  given.lr = probe.lr;
+  auto asked = trainer(given);
+  probed->run({}, stop);
+  asked->run({}, stop);
+  CHECK(holds(*asked, [&] {
+    std::vector<torch::Tensor> v;
+    for (const auto& [name, t] : probed->state_tensors()) v.push_back(t.detach());
+    return v;
+  }()));
+}
+
+TEST_CASE("the probed rate is a quarter of the rate at the lowest smoothed loss, never below the first") {
+  std::vector<double> lrs, valley, rising;
+  for (int i = 0; i <= 40; ++i) {
+    lrs.push_back(1e-5 * std::pow(10.0, i / 10.0));
+    const double decades_from_min = std::log10(lrs.back() / 1e-2);
+    valley.push_back(0.5 + decades_from_min * decades_from_min);  // lowest at 1e-2
+    rising.push_back(0.5 + i);
+  }
+  CHECK(choose_probed_lr(lrs, valley) == Approx(1e-2 / 4));
+  CHECK(choose_probed_lr(lrs, rising) == lrs.front());
+  CHECK(choose_probed_lr({}, {}) == 0);
 }
