@@ -49,6 +49,16 @@ const QuantizeOptions& QuantizeFlags::resolve() {
   return *options;
 }
 
+CLI::Option* add_precision_option(CLI::App* app, Precision& target) {
+  return add_choice_option(app, "--precision", target, "arithmetic of the model's matrix products");
+}
+
+Precision decided_precision(Precision asked) {
+  const ResolvedPrecision r = resolve_precision(asked);
+  if (asked == Precision::Auto) spdlog::info("--precision auto: {} ({})", choice_name(r.precision), r.reason);
+  return r.precision;
+}
+
 void add_objective_options(CLI::App* app, ObjectiveOptions& o, bool training) {
   auto* group = app->add_option_group("distillation", "learning from a teacher model's outputs (see 'Distillation' in man "
                                                       "ttq-finetune)");

@@ -14,6 +14,7 @@ namespace {
 struct EvalArgs {
   std::string model;
   int64_t batch_size = 256;
+  Precision precision = Precision::Fp32;
   bool json = false;
   DataFlags data;
   ObjectiveOptions objective;
@@ -27,9 +28,11 @@ void run_eval(EvalArgs& a) {
     throw usage_error(fmt::format("{} has no labels: compare with a teacher model (--teacher FILE)", a.data.spec()));
   a.objective.alpha = labeled ? 0 : 1;  // the loss shown is cross-entropy on labels
   const Objective objective(resolve(a.objective, labeled), load_teacher(a.objective, a.model));
+  const Precision precision = decided_precision(a.precision);
+  const AutocastScope autocast(precision);
   const Metrics m = evaluate_module(module, data.test, a.data.preprocess(data), objective, a.batch_size);
   if (a.json) {
-    nlohmann::json j{{"model", a.model}, {"data", a.data.spec()}, {"samples", m.samples}};
+    nlohmann::json j{{"model", a.model}, {"data", a.data.spec()}, {"samples", m.samples}, {"precision", precision}};
     metrics_to_json(j, m, "", false);
     if (!labeled) j.erase("loss");
     fmt::print("{}\n", j.dump(2));
@@ -46,6 +49,7 @@ Command register_eval(CLI::App& app) {
   sub->add_option("MODEL", a->model, "TorchScript model or .ttqz archive")->required()->type_name("FILE");
   a->data.add_to(sub, DataUse::Eval);
   sub->add_option("--batch-size", a->batch_size, "samples per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
+  add_precision_option(sub, a->precision);
   add_objective_options(sub, a->objective, false);
   sub->add_flag("--json", a->json, "print the result as JSON on stdout");
   return {sub, [a] { run_eval(*a); }};

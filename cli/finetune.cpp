@@ -42,6 +42,7 @@ constexpr const auto& choices(Device) { return kDevices; }
 struct FinetuneArgs {
   std::string model, output, log, checkpoint_dir;
   Device device = Device::Cpu;
+  Precision precision = Precision::Fp32;  // as asked; train.precision holds it decided
   bool json = false, resume = false, progress = false, no_progress = false, no_scale_decay = false;
   int64_t log_every = 0, checkpoint_every = 0;
   int dist_timeout = static_cast<int>(DistOptions{}.timeout.count());
@@ -264,6 +265,7 @@ void run_finetune(FinetuneArgs& a) {
   check_outputs(a);
   const auto checkpoints_lock = lock_checkpoints(a);
   const auto comm = connect_ranks(a);
+  a.train.precision = decided_precision(a.precision);
   const auto trainer = load_trainer(a, comm);
   resume(*trainer, a, comm.get());
   catch_stop_signals();
@@ -369,6 +371,7 @@ Command register_finetune(CLI::App& app) {
   a->quant.add_to(sub, &t.quant);
   sub->add_option("--seed", t.seed, "seed of initialization, sample order and augmentation")->capture_default_str();
   add_choice_option(sub, "--device", a->device, "where to train");
+  add_precision_option(sub, a->precision);
   add_objective_options(sub, t.objective, true);
   sub->add_flag("--fp", t.fp, "plain full-precision fine-tuning with the same loop (baselines)");
   sub->add_option("--log", a->log, "write one JSON record per epoch (and per --log-every steps) to FILE")

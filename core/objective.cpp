@@ -120,6 +120,14 @@ std::string describe_score(const char* metric, double score) {
                      is_fraction(metric) ? fmt::format("{:.2f}%", 100 * score) : fmt::format("{:.4g}", -score));
 }
 
+namespace {
+
+// Under --precision bf16 the last matrix product returns bfloat16: losses and metrics are float32,
+// as autocast's own float32 list computes them.
+torch::Tensor as_float32(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16 ? t.to(torch::kFloat) : t; }
+
+}  // namespace
+
 std::vector<torch::Tensor> output_tensors(const c10::IValue& output, const std::string& select) {
   std::vector<std::pair<std::string, c10::IValue>> items;  // (key or index, value)
   if (output.isTuple() || output.isList()) {
@@ -139,13 +147,13 @@ std::vector<torch::Tensor> output_tensors(const c10::IValue& output, const std::
       if (!floating(value))
         throw input_error(fmt::format("--model-output {}: the model's output there is a {}, not a floating tensor", select,
                                       value.isTensor() ? "tensor of integers" : kind_of(value)));
-      return {value.toTensor()};
+      return {as_float32(value.toTensor())};
     }
     throw input_error(fmt::format("--model-output {}: the model's output ({}) has no {} {}", select, kind_of(output),
                                   is_index(select) ? "element" : "key", select));
   }
   for (const auto& item : items)
-    if (floating(item.second)) out.push_back(item.second.toTensor());
+    if (floating(item.second)) out.push_back(as_float32(item.second.toTensor()));
   if (out.empty())
     throw input_error(fmt::format("the model returns a {} without floating tensors: ttq trains and compares "
                                   "floating outputs (tensors, tuples or dicts of them)", kind_of(output)));

@@ -206,6 +206,7 @@ void Trainer::start_distributed() {
                      {"--epochs", options_.epochs},
                      {"--seed", static_cast<int64_t>(options_.seed)},
                      {"the ternary layers", static_cast<int64_t>(layers_.size())},
+                     {"--precision (bf16 where the CPU has it, with auto)", static_cast<int64_t>(options_.precision)},
                      {"the trained parameters", numel}});
   // As PyTorch DDP: every rank starts from rank 0's parameters and buffers.
   torch::NoGradGuard no_grad;
@@ -278,6 +279,7 @@ Metrics Trainer::evaluate() {
     torch::NoGradGuard no_grad;
     apply_weights();
   }
+  const AutocastScope autocast(options_.precision);
   Metrics m = evaluate_sums(module_, data_.test, options_.preprocess, *objective_, options_.batch_size, rank_, world_);
   if (!comm_) return averaged(m);
   bool no_flag = false;
@@ -297,8 +299,13 @@ Metrics Trainer::train_step(const Batch& batch) {
   if (!buffers_.empty()) comm_->broadcast(buffers_);
   apply_weights();
   Metrics step;
-  const auto output = module_.forward(std::vector<c10::IValue>(batch.inputs.begin(), batch.inputs.end()));
-  (*objective_)(output, batch.inputs, batch.labels, step, /*compare=*/false).backward();
+  torch::Tensor loss;
+  {  // as torch.autocast is used: forward and loss inside, backward outside
+    const AutocastScope autocast(options_.precision);
+    const auto output = module_.forward(std::vector<c10::IValue>(batch.inputs.begin(), batch.inputs.end()));
+    loss = (*objective_)(output, batch.inputs, batch.labels, step, /*compare=*/false);
+  }
+  loss.backward();
   return step;
 }
 

@@ -15,6 +15,7 @@
 
 #include "core/data.h"
 #include "core/objective.h"
+#include "core/precision.h"
 #include "core/quantize.h"
 
 namespace ttq {
@@ -79,6 +80,7 @@ struct TrainOptions {
   QuantizeOptions quant{{}, ScaleInit::Auto, {}};  // ones after normalizations (the authors'), else mean
   ObjectiveOptions objective;
   Preprocess preprocess;
+  Precision precision = Precision::Fp32;  // as resolved (never Auto): bf16 autocasts forward and loss
 };
 
 // --lr auto: the rate each optimizer starts from (measured in the note of issue 24).

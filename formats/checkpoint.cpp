@@ -71,7 +71,8 @@ std::string flag_of(const std::string& key) {
   return flag;
 }
 
-void check_identity(const std::string& path, const nlohmann::json& saved, const nlohmann::json& current) {
+void check_identity(const std::string& path, nlohmann::json saved, const nlohmann::json& current) {
+  if (!saved.contains("precision")) saved["precision"] = Precision::Fp32;  // checkpoints before --precision
   for (const auto& [key, value] : current.items()) {
     const auto it = saved.find(key);
     if (it == saved.end() || *it != value)

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """The benchmark peer of `ttq finetune`: the same TTQ training step in PyTorch Python eager, same
 model architecture, data, batch size and thread count; prints milliseconds per step.
-Usage: bench_python_ttq.py resnet20|small_cnn STEPS THREADS BATCH
+Usage: bench_python_ttq.py resnet20|small_cnn STEPS THREADS BATCH [fp32|bf16]
+bf16: the Python user at their best on this CPU: torch.autocast("cpu", torch.bfloat16) around the
+forward pass and the loss, and the model and its inputs in channels-last memory format.
 """
+import contextlib
 import gzip
 import os
 import sys
@@ -33,13 +36,16 @@ class Ternarize(torch.autograd.Function):
 
 
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6) or sys.argv[5:] not in ([], ["fp32"], ["bf16"]):
         sys.exit(__doc__)
     kind, steps, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    bf16 = sys.argv[5:] == ["bf16"]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = ResNet20() if kind == "resnet20" else SmallCNN()
     model.train()
+    memory_format = torch.channels_last if bf16 else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     raw = gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").read()[16:]
     labels = torch.frombuffer(bytearray(gzip.open("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz").read()[8:]), dtype=torch.uint8).long()
     images = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, 1, 28, 28)
@@ -48,7 +54,7 @@ def main():
     quantized = weights[1:-1]  # first and last stay full precision, as ttq's default
     layers = []
     for m, name in quantized:
-        latent = getattr(m, name).detach().clone().requires_grad_(True)
+        latent = getattr(m, name).detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
         delattr(m, name)
         d = 0.05 * latent.abs().max().item()
         wp = latent[latent > d].mean().detach().clone().requires_grad_(True)
@@ -62,19 +68,21 @@ def main():
     for step in range(steps + 5):
         t0 = time.perf_counter()
         idx = order[step * batch:(step + 1) * batch]
-        x = images[idx].float().div_(255).sub_(0.2860).div_(0.3530)
+        x = images[idx].float().div_(255).sub_(0.2860).div_(0.3530).contiguous(memory_format=memory_format)
         y = labels[idx]
         for m, name, latent, wp, wn in layers:
             delta = 0.05 * latent.detach().abs().max().item()
             setattr(m, name, Ternarize.apply(latent, wp, wn, delta))
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         loss.item()
         times.append(time.perf_counter() - t0)
     ms = 1000 * sum(times[5:]) / steps
-    print(f"python eager {kind}: batch {batch}, {threads} thread(s): TTQ step {ms:.2f} ms")
+    how = "bf16 autocast, channels-last" if bf16 else "fp32"
+    print(f"python eager {kind} ({how}): batch {batch}, {threads} thread(s): TTQ step {ms:.2f} ms")
     print(f"python_ms_per_step={ms:.3f}")
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Training-step benchmark; prints ratios measured in this one run:
 #  - the TTQ step against the FP step of the same model in the same binary (target <= 1.05);
-#  - ttq's TTQ step against the same TTQ loop in PyTorch Python eager (scripts/bench_python_ttq.py);
+#  - ttq's TTQ step against the same TTQ loop in PyTorch Python eager (scripts/bench_python_ttq.py),
+#    in float32, and with --precision bf16 against Python's bf16 autocast with channels-last (the
+#    Python user at their best on this CPU);
+#  - ttq bf16 against ttq float32 (issue target: at least 2x on the ResNet-20);
 #  - 1 against 2 threads, which picks the default of --threads.
 # Models: the CIFAR-style ResNet-20 (1x28x28) and the small CNN; data: Fashion-MNIST.
 # Usage: scripts/bench_train.sh [STEPS]   (default 30)
@@ -14,14 +17,21 @@ out=out/bench_train
 mkdir -p "$out"
 /usr/bin/python3 scripts/make_resnet20.py "$out/resnet20.pt"
 [[ -f $out/models/small_cnn.pt ]] || /usr/bin/python3 scripts/make_fixtures.py "$out/models" >&2
+ms() { sed -n "s/$1=//p"; }
 for model in resnet20 small_cnn; do
   path=$out/resnet20.pt; [[ $model == small_cnn ]] && path=$out/models/small_cnn.pt
   for threads in 1 2; do
-    c=$(build/tests/ttq_bench_train "$path" "$steps" "$threads" 128)
-    p=$(/usr/bin/python3 scripts/bench_python_ttq.py "$model" "$steps" "$threads" 128)
-    echo "$c" | head -n 1
-    echo "$p" | head -n 1
-    awk -v c="$(echo "$c" | sed -n 's/ttq_ms_per_step=//p')" -v p="$(echo "$p" | sed -n 's/python_ms_per_step=//p')" \
-      -v m="$model" -v t="$threads" 'BEGIN { printf "%s, %s thread(s): ttq TTQ step / Python eager TTQ step = %.3f (ttq %.2fx the throughput)\n", m, t, c / p, p / c }'
+    declare -A c p
+    for precision in fp32 bf16; do
+      c[$precision]=$(build/tests/ttq_bench_train "$path" "$steps" "$threads" 128 "$precision")
+      p[$precision]=$(/usr/bin/python3 scripts/bench_python_ttq.py "$model" "$steps" "$threads" 128 "$precision")
+      echo "${c[$precision]}" | head -n 1
+      echo "${p[$precision]}" | head -n 1
+      awk -v c="$(echo "${c[$precision]}" | ms ttq_ms_per_step)" -v p="$(echo "${p[$precision]}" | ms python_ms_per_step)" \
+        -v m="$model" -v t="$threads" -v x="$precision" \
+        'BEGIN { printf "%s, %s thread(s), %s: ttq TTQ step / Python eager TTQ step = %.3f (ttq %.2fx the throughput)\n", m, t, x, c / p, p / c }'
+    done
+    awk -v a="$(echo "${c[fp32]}" | ms ttq_ms_per_step)" -v b="$(echo "${c[bf16]}" | ms ttq_ms_per_step)" -v m="$model" -v t="$threads" \
+      'BEGIN { printf "%s, %s thread(s): ttq bf16 %.2fx the throughput of ttq fp32\n", m, t, a / b }'
   done
 done

@@ -1,6 +1,6 @@
 // Benchmark of the training step (scripts/bench_train.sh): the TTQ step against the FP step of the
 // same model in the same binary, alternated to cancel drift, printed as a ratio.
-// Usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH
+// Usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH [fp32|bf16]
 #include <ATen/Parallel.h>
 
 #include <chrono>
@@ -16,12 +16,14 @@ namespace {
 
 // Milliseconds per step over `steps` steps after 5 warm-up steps (data loading and the final
 // evaluation are outside the timed span).
-double ms_per_step(const std::string& model, const DataSplits& data, bool fp, int64_t steps, int64_t batch) {
+double ms_per_step(const std::string& model, const DataSplits& data, bool fp, int64_t steps, int64_t batch,
+                   Precision precision) {
   TrainOptions o;
   o.epochs = 1000;
   o.max_steps = steps + 5;
   o.batch_size = batch;
   o.fp = fp;
+  o.precision = precision;
   o.quant.init = ScaleInit::Mean;
   o.preprocess = data.defaults;
   Trainer trainer(load_torchscript(model).module, o, data);
@@ -39,8 +41,9 @@ double ms_per_step(const std::string& model, const DataSplits& data, bool fp, in
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    fmt::print(stderr, "usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH\n");
+  const auto precision = argc == 6 ? parse_choice<Precision>(argv[5]) : Precision::Fp32;
+  if ((argc != 5 && argc != 6) || !precision || *precision == Precision::Auto) {
+    fmt::print(stderr, "usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH [fp32|bf16]\n");
     return 2;
   }
   const std::string model = argv[1];
@@ -51,10 +54,10 @@ int main(int argc, char** argv) {
   data.test = data.test.first(256);
   double fp = 1e30, ttq = 1e30;
   for (int round = 0; round < 2; ++round) {
-    fp = std::min(fp, ms_per_step(model, data, true, steps, batch));
-    ttq = std::min(ttq, ms_per_step(model, data, false, steps, batch));
+    fp = std::min(fp, ms_per_step(model, data, true, steps, batch, *precision));
+    ttq = std::min(ttq, ms_per_step(model, data, false, steps, batch, *precision));
   }
-  fmt::print("{}: batch {}, {} thread(s): FP step {:.2f} ms, TTQ step {:.2f} ms, TTQ/FP = {:.3f}\n", model, batch,
-             argv[3], fp, ttq, ttq / fp);
+  fmt::print("{} ({}): batch {}, {} thread(s): FP step {:.2f} ms, TTQ step {:.2f} ms, TTQ/FP = {:.3f}\n", model,
+             choice_name(*precision), batch, argv[3], fp, ttq, ttq / fp);
   fmt::print("ttq_ms_per_step={:.3f}\n", ttq);
 }

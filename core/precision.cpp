@@ -1,0 +1,62 @@
+#include "core/precision.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
+#include <cstdlib>
+#include <string_view>
+
+namespace ttq {
+namespace {
+
+// LibTorch 2.4 took the device as an argument and deprecated the CPU-only names.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+bool cpu_autocast_enabled() { return at::autocast::is_autocast_enabled(at::kCPU); }
+at::ScalarType cpu_autocast_dtype() { return at::autocast::get_autocast_dtype(at::kCPU); }
+void set_cpu_autocast(bool enabled, at::ScalarType dtype) {
+  at::autocast::set_autocast_enabled(at::kCPU, enabled);
+  at::autocast::set_autocast_dtype(at::kCPU, dtype);
+}
+#else
+bool cpu_autocast_enabled() { return at::autocast::is_cpu_enabled(); }
+at::ScalarType cpu_autocast_dtype() { return at::autocast::get_autocast_cpu_dtype(); }
+void set_cpu_autocast(bool enabled, at::ScalarType dtype) {
+  at::autocast::set_cpu_enabled(enabled);
+  at::autocast::set_autocast_cpu_dtype(dtype);
+}
+#endif
+
+}  // namespace
+
+bool cpu_has_native_bf16() {
+  if (const char* kernel = std::getenv("TTQ_KERNEL"))
+    if (std::string_view(kernel) == "avx2" || std::string_view(kernel) == "portable") return false;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
+ResolvedPrecision resolve_precision(Precision asked) {
+  if (asked != Precision::Auto) return {asked, ""};
+  if (cpu_has_native_bf16()) return {Precision::Bf16, "this CPU computes bf16 natively"};
+  return {Precision::Fp32, "this CPU has no native bf16 (AVX-512 BF16 or AMX): emulated, bf16 would be slower"};
+}
+
+AutocastScope::AutocastScope(Precision precision) : on_(precision == Precision::Bf16) {
+  if (!on_) return;
+  was_enabled_ = cpu_autocast_enabled();
+  was_dtype_ = static_cast<int>(cpu_autocast_dtype());
+  set_cpu_autocast(true, at::kBFloat16);
+  at::autocast::increment_nesting();
+}
+
+AutocastScope::~AutocastScope() {
+  if (!on_) return;
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  set_cpu_autocast(was_enabled_, static_cast<at::ScalarType>(was_dtype_));
+}
+
+}  // namespace ttq

@@ -1,0 +1,43 @@
+// --precision: bf16 runs convolutions, linear layers and matrix products in bfloat16 through
+// LibTorch's CPU autocast (as torch.autocast("cpu", torch.bfloat16) in Python); latent weights,
+// Wp/Wn, their gradients, the optimizer state, normalization statistics, the loss and the
+// ternarization stay float32.
+#pragma once
+#include <string>
+
+#include "core/choices.h"
+
+namespace ttq {
+
+enum class Precision { Auto, Fp32, Bf16 };
+inline constexpr Choice<Precision> kPrecisions[] = {
+    {"auto", Precision::Auto, "bf16 where the CPU computes it natively (AVX-512 BF16 or AMX), else fp32"},
+    {"fp32", Precision::Fp32, "float32 throughout"},
+    {"bf16", Precision::Bf16, "matrix products in bfloat16, the rest float32 (slow without native bf16)"}};
+constexpr const auto& choices(Precision) { return kPrecisions; }
+
+// AVX-512 BF16 or AMX-BF16; false where TTQ_KERNEL asks for avx2 or portable (an older CPU
+// simulated, as the packed kernels take it).
+bool cpu_has_native_bf16();
+
+struct ResolvedPrecision {
+  Precision precision;  // Fp32 or Bf16
+  std::string reason;   // for auto: why
+};
+ResolvedPrecision resolve_precision(Precision asked);
+
+// Autocast on for its lifetime where `precision` is Bf16 (nothing otherwise); its end clears
+// autocast's cache of cast weights, which the next step's update makes stale.
+class AutocastScope {
+ public:
+  explicit AutocastScope(Precision precision);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool on_ = false, was_enabled_ = false;
+  int was_dtype_ = 0;
+};
+
+}  // namespace ttq

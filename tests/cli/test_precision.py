@@ -1,0 +1,92 @@
+"""End-to-end tests of --precision (finetune, eval): bf16 through LibTorch's CPU autocast, and auto,
+which takes bf16 only on a CPU that computes it natively (an AVX2 machine simulated with
+TTQ_KERNEL=avx2, as the packed kernels are).
+
+Environment (set by CTest): see ttq_testing.py.
+"""
+import json
+import os
+import subprocess
+import unittest
+
+import torch
+
+from ttq_testing import TTQ, Workdir, fixture, load_with_metadata, ttq
+
+# The small CNN on 2048 Fashion-MNIST images, two epochs of 16 steps.
+RUN = ["finetune", fixture("small_cnn.pt"), "--subset", "2048", "--optimizer", "adam", "--lr", "0.002", "--threads",
+       "2", "--no-progress"]
+TWO_EPOCHS = [*RUN, "--epochs", "2"]
+
+
+def cpu_has_native_bf16():
+    """The kernel's account of this CPU, independent of ttq's."""
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split() for line in f if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def differing_parameters(a, b):
+    sa, sb = torch.jit.load(a).state_dict(), torch.jit.load(b).state_dict()
+    assert sa.keys() == sb.keys()
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
+def options_of(model):
+    return json.loads(load_with_metadata(model)[1])["run"]["options"]
+
+
+class Bf16Finetune(Workdir):
+    def test_a_resumed_bf16_run_is_the_uninterrupted_one_bit_for_bit(self):
+        whole, cut, ck = self.out("whole.pt"), self.out("cut.pt"), self.out("ck")
+        r = ttq(*TWO_EPOCHS, "--precision", "bf16", "-o", whole)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(options_of(whole)["precision"], "bf16")
+        r = ttq(*TWO_EPOCHS, "--precision", "bf16", "-o", cut, "--checkpoint-dir", ck, "--max-steps", "20")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq(*TWO_EPOCHS, "--precision", "bf16", "-o", cut, "--checkpoint-dir", ck, "--resume")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("resuming from", r.stderr)
+        self.assertEqual(differing_parameters(whole, cut), [])
+        # In float32 the same run ends elsewhere: the products did run in bfloat16.
+        r = ttq(*TWO_EPOCHS, "-o", self.out("fp32.pt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(options_of(self.out("fp32.pt"))["precision"], "fp32")
+        self.assertNotEqual(differing_parameters(whole, self.out("fp32.pt")), [])
+        # A bf16 run does not resume in float32: it would not be the same run.
+        r = ttq(*TWO_EPOCHS, "--precision", "fp32", "-o", cut, "--checkpoint-dir", ck, "--resume", "-q")
+        self.assert_one_error_line(r, 2, r"made with --precision \"bf16\", this run has \"fp32\"")
+
+    def test_auto_is_bf16_only_where_the_cpu_computes_it_natively(self):
+        want = "bf16" if cpu_has_native_bf16() else "fp32"
+        r = ttq(*TWO_EPOCHS, "--precision", "auto", "--max-steps", "2", "-o", self.out("auto.pt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"--precision auto: {want} (", r.stderr)
+        self.assertEqual(options_of(self.out("auto.pt"))["precision"], want)
+        # An AVX2 machine, simulated: bf16 would be emulated there, slower than float32.
+        r = subprocess.run([TTQ, *TWO_EPOCHS, "--precision", "auto", "--max-steps", "2", "-o", self.out("avx2.pt")],
+                           capture_output=True, text=True, timeout=600, env=dict(os.environ, TTQ_KERNEL="avx2"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("--precision auto: fp32 (this CPU has no native bf16", r.stderr)
+        self.assertEqual(options_of(self.out("avx2.pt"))["precision"], "fp32")
+
+
+class Bf16Eval(Workdir):
+    def test_eval_in_bf16_scores_as_float32_within_rounding(self):
+        # A model trained one epoch (labels), evaluated on the test split both ways.
+        model = self.out("fp.pt")
+        r = ttq(*RUN, "--fp", "--epochs", "1", "-o", model)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        scores = {}
+        for precision in ("fp32", "bf16"):
+            r = ttq("eval", model, "--precision", precision, "--json", "--threads", "2")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            scores[precision] = json.loads(r.stdout)
+            self.assertEqual(scores[precision]["precision"], precision)
+        self.assertAlmostEqual(scores["bf16"]["top1"], scores["fp32"]["top1"], delta=0.005)
+        self.assertAlmostEqual(scores["bf16"]["loss"], scores["fp32"]["loss"], delta=0.02 * scores["fp32"]["loss"])
+        self.assertNotEqual(scores["bf16"]["loss"], scores["fp32"]["loss"])
+
+
+if __name__ == "__main__":
+    unittest.main()
