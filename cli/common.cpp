@@ -49,8 +49,9 @@ const QuantizeOptions& QuantizeFlags::resolve() {
   return *options;
 }
 
-CLI::Option* add_precision_option(CLI::App* app, Precision& target) {
-  return add_choice_option(app, "--precision", target, "arithmetic of the model's matrix products");
+void add_precision_options(CLI::App* app, Precision& precision, MemoryFormat& memory_format) {
+  add_choice_option(app, "--precision", precision, "arithmetic of the model's matrix products");
+  add_choice_option(app, "--memory-format", memory_format, "memory order of images and convolution weights");
 }
 
 Precision decided_precision(Precision asked) {

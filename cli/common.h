@@ -94,8 +94,8 @@ struct DataFlags {
 void add_objective_options(CLI::App* app, ObjectiveOptions& target, bool training);
 // The teacher a run compares with or distills from: --teacher FILE, else (--distill) `model`.
 std::optional<torch::jit::Module> load_teacher(const ObjectiveOptions& options, const std::string& model);
-// --precision (finetune, eval, bench), and its value with auto decided for this CPU (said on stderr).
-CLI::Option* add_precision_option(CLI::App* app, Precision& target);
+// --precision and --memory-format (finetune, eval), and --precision's value with auto decided for this CPU (said on stderr).
+void add_precision_options(CLI::App* app, Precision& precision, MemoryFormat& memory_format);
 Precision decided_precision(Precision asked);
 // "top-1 91.20%, top-5 99.80%, loss 0.2466" (labeled data), then "agreement 99.10%, rel_mse 0.0123"
 // (against a teacher): the measured parts only.

@@ -15,22 +15,36 @@ struct EvalArgs {
   std::string model;
   int64_t batch_size = 256;
   Precision precision = Precision::Fp32;
+  MemoryFormat memory_format = MemoryFormat::Auto;
   bool json = false;
   DataFlags data;
   ObjectiveOptions objective;
 };
 
+// A packed model's ternary layers run ttq's kernels on float32 (or int8) activations, not bf16.
+Precision packed_precision(Precision asked, const std::string& model) {
+  if (asked == Precision::Bf16)
+    throw usage_error(fmt::format("--precision bf16: {} is packed, and its ternary layers run ttq's kernels on float32 "
+                                  "or int8 activations; use --precision fp32 (export --activations int8 for speed)", model));
+  if (asked == Precision::Auto) spdlog::info("--precision auto: fp32 ({} is packed: ttq's kernels take float32)", model);
+  return Precision::Fp32;
+}
+
 void run_eval(EvalArgs& a) {
-  torch::jit::Module module = open_model(a.model, PackedAs::Stored).module;  // packed models run packed
+  const OpenedModel opened = open_model(a.model, PackedAs::Stored);  // packed models run packed
+  torch::jit::Module module = opened.module;
+  const Precision precision = opened.packed() ? packed_precision(a.precision, a.model) : decided_precision(a.precision);
   const DataSplits data = a.data.load();
   const bool labeled = data.test.labeled();
   if (!labeled && a.objective.teacher.empty())
     throw usage_error(fmt::format("{} has no labels: compare with a teacher model (--teacher FILE)", a.data.spec()));
   a.objective.alpha = labeled ? 0 : 1;  // the loss shown is cross-entropy on labels
   const Objective objective(resolve(a.objective, labeled), load_teacher(a.objective, a.model));
-  const Precision precision = decided_precision(a.precision);
+  Preprocess pre = a.data.preprocess(data);
+  pre.channels_last = uses_channels_last(a.memory_format, precision, module);
+  set_memory_format(module, pre.channels_last);
   const AutocastScope autocast(precision);
-  const Metrics m = evaluate_module(module, data.test, a.data.preprocess(data), objective, a.batch_size);
+  const Metrics m = evaluate_module(module, data.test, pre, objective, a.batch_size);
   if (a.json) {
     nlohmann::json j{{"model", a.model}, {"data", a.data.spec()}, {"samples", m.samples}, {"precision", precision}};
     metrics_to_json(j, m, "", false);
@@ -49,7 +63,7 @@ Command register_eval(CLI::App& app) {
   sub->add_option("MODEL", a->model, "TorchScript model or .ttqz archive")->required()->type_name("FILE");
   a->data.add_to(sub, DataUse::Eval);
   sub->add_option("--batch-size", a->batch_size, "samples per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
-  add_precision_option(sub, a->precision);
+  add_precision_options(sub, a->precision, a->memory_format);
   add_objective_options(sub, a->objective, false);
   sub->add_flag("--json", a->json, "print the result as JSON on stdout");
   return {sub, [a] { run_eval(*a); }};

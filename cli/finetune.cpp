@@ -371,7 +371,7 @@ Command register_finetune(CLI::App& app) {
   a->quant.add_to(sub, &t.quant);
   sub->add_option("--seed", t.seed, "seed of initialization, sample order and augmentation")->capture_default_str();
   add_choice_option(sub, "--device", a->device, "where to train");
-  add_precision_option(sub, a->precision);
+  add_precision_options(sub, a->precision, t.memory_format);
   add_objective_options(sub, t.objective, true);
   sub->add_flag("--fp", t.fp, "plain full-precision fine-tuning with the same loop (baselines)");
   sub->add_option("--log", a->log, "write one JSON record per epoch (and per --log-every steps) to FILE")

@@ -149,6 +149,7 @@ std::vector<torch::Tensor> prepare_inputs(const Dataset& d, const torch::Tensor&
       torch::Tensor x = image_input(std::move(batch), pre);
       if (augment && x.dim() == 4 && x.is_floating_point() && (pre.flip || pre.crop_padding > 0))
         x = augmented(x, ids, pre, *augment);
+      if (pre.channels_last && x.dim() == 4 && x.is_floating_point()) x = x.contiguous(at::MemoryFormat::ChannelsLast);
       out.push_back(std::move(x));
     }
     return out;

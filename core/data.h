@@ -58,6 +58,7 @@ struct Preprocess {
   std::vector<double> std;
   bool flip = false;         // random horizontal flip while training
   int crop_padding = 0;      // random crop with this zero padding while training
+  bool channels_last = false;  // 4-D float inputs in channels-last order (core/precision.h)
 };
 
 // What the user asked to change (finetune/eval flags); unset fields keep the dataset's default.

@@ -45,6 +45,21 @@ ResolvedPrecision resolve_precision(Precision asked) {
   return {Precision::Fp32, "this CPU has no native bf16 (AVX-512 BF16 or AMX): emulated, bf16 would be slower"};
 }
 
+bool uses_channels_last(MemoryFormat asked, Precision precision, const torch::jit::Module& module) {
+  if (asked != MemoryFormat::Auto) return asked == MemoryFormat::ChannelsLast;
+  if (precision != Precision::Bf16) return false;
+  for (const auto& p : module.parameters(true))
+    if (p.dim() == 4) return true;
+  return false;
+}
+
+void set_memory_format(torch::jit::Module& module, bool channels_last) {
+  torch::NoGradGuard no_grad;
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  for (auto p : module.parameters(true))
+    if (p.dim() == 4) p.set_data(p.contiguous(format));
+}
+
 AutocastScope::AutocastScope(Precision precision) : on_(precision == Precision::Bf16) {
   if (!on_) return;
   was_enabled_ = cpu_autocast_enabled();

@@ -3,6 +3,8 @@
 // Wp/Wn, their gradients, the optimizer state, normalization statistics, the loss and the
 // ternarization stay float32.
 #pragma once
+#include <torch/script.h>
+
 #include <string>
 
 #include "core/choices.h"
@@ -15,6 +17,22 @@ inline constexpr Choice<Precision> kPrecisions[] = {
     {"fp32", Precision::Fp32, "float32 throughout"},
     {"bf16", Precision::Bf16, "matrix products in bfloat16, the rest float32 (slow without native bf16)"}};
 constexpr const auto& choices(Precision) { return kPrecisions; }
+
+// --memory-format: channels-last (NHWC) images and convolution weights, which oneDNN's bf16
+// convolutions run ~1.2x faster (ResNet-20 training step, scripts/bench_train.sh).
+enum class MemoryFormat { Auto, Contiguous, ChannelsLast };
+inline constexpr Choice<MemoryFormat> kMemoryFormats[] = {
+    {"auto", MemoryFormat::Auto, "channels-last for a convolutional model in bf16, else contiguous"},
+    {"contiguous", MemoryFormat::Contiguous, "PyTorch's default (NCHW) order"},
+    {"channels-last", MemoryFormat::ChannelsLast, "NHWC images and convolution weights"}};
+constexpr const auto& choices(MemoryFormat) { return kMemoryFormats; }
+
+// Auto decided: channels-last where `precision` is Bf16 and the module has a 4-D parameter (a 2-D
+// convolution's weight).
+bool uses_channels_last(MemoryFormat asked, Precision precision, const torch::jit::Module& module);
+// The module's 4-D parameters in channels-last order (set_data: optimizers and slots keep them),
+// or back in contiguous order.
+void set_memory_format(torch::jit::Module& module, bool channels_last);
 
 // AVX-512 BF16 or AMX-BF16; false where TTQ_KERNEL asks for avx2 or portable (an older CPU
 // simulated, as the packed kernels take it).

@@ -97,6 +97,7 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
   options_.objective = resolve(options_.objective, data_.train.labeled());
   objective_ = std::make_unique<Objective>(options_.objective, std::move(teacher));
   module_.train(true);
+  use_memory_format();
   torch::manual_seed(options_.seed);
   // A full-precision run plans the layers a TTQ run would take (a dry run: its --init is moot).
   const LayerPlan plan = plan_layers(module_, options_.quant, options_.fp ? PlanPurpose::DryRun : PlanPurpose::Finetune);
@@ -105,6 +106,14 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
   build_optimizer();
   probe();
   if (comm_) start_distributed();
+}
+
+// Before the layers are planned: the latent weights are copies of the parameters, in their order.
+void Trainer::use_memory_format() {
+  const bool channels_last = uses_channels_last(options_.memory_format, options_.precision, module_);
+  options_.memory_format = channels_last ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
+  options_.preprocess.channels_last = channels_last;
+  set_memory_format(module_, channels_last);
 }
 
 void Trainer::select_layers(const LayerPlan& plan) {
@@ -251,8 +260,11 @@ int64_t Trainer::steps_per_epoch() const {
 }
 
 void Trainer::apply_weights() {
-  for (auto& l : layers_)
-    l.slot.set(ternarize(l.latent, l.wp, l.wn, compute_threshold(l.latent, l.threshold)));
+  for (auto& l : layers_) {
+    auto w = ternarize(l.latent, l.wp, l.wn, compute_threshold(l.latent, l.threshold));
+    if (options_.preprocess.channels_last && w.dim() == 4) w = w.contiguous(at::MemoryFormat::ChannelsLast);
+    l.slot.set(w);
+  }
 }
 
 void Trainer::set_lr(double factor) {
@@ -406,6 +418,7 @@ std::vector<LayerRecord> Trainer::finalize() {
     auto& l = layers_[i];
     l.slot.set(ternarize(l.latent.detach(), l.wp.detach(), l.wn.detach(), records[i].delta));
   }
+  set_memory_format(module_, false);  // OUT is stored in PyTorch's default order
   module_.train(false);
   return records;
 }

@@ -81,6 +81,7 @@ struct TrainOptions {
   ObjectiveOptions objective;
   Preprocess preprocess;
   Precision precision = Precision::Fp32;  // as resolved (never Auto): bf16 autocasts forward and loss
+  MemoryFormat memory_format = MemoryFormat::Auto;  // the Trainer decides Auto (uses_channels_last)
 };
 
 // --lr auto: the rate each optimizer starts from (measured in the note of issue 24).
@@ -252,6 +253,7 @@ class Trainer {
     torch::Tensor labels;  // undefined for unlabeled data
   };
   // Construction, in this order.
+  void use_memory_format();
   void select_layers(const LayerPlan& plan);  // latent copies of the selected weights, scales from --init
   void decide_recipe();  // --optimizer auto, and --lr auto's starting rate (probe_lr() measures one)
   void build_optimizer();   // groups: latent weights, other parameters, scales (own lr and decay)

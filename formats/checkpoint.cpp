@@ -72,7 +72,8 @@ std::string flag_of(const std::string& key) {
 }
 
 void check_identity(const std::string& path, nlohmann::json saved, const nlohmann::json& current) {
-  if (!saved.contains("precision")) saved["precision"] = Precision::Fp32;  // checkpoints before --precision
+  if (!saved.contains("precision")) saved["precision"] = Precision::Fp32;  // checkpoints before --precision,
+  if (!saved.contains("memory_format")) saved["memory_format"] = MemoryFormat::Auto;  // which auto kept contiguous
   for (const auto& [key, value] : current.items()) {
     const auto it = saved.find(key);
     if (it == saved.end() || *it != value)

@@ -65,7 +65,7 @@ void to_json(json& j, const RunOptions& r) {
        {"optimizer", t.optimizer}, {"lr", t.lr},                 {"momentum", t.momentum},
        {"weight_decay", t.weight_decay}, {"scale_decay", t.scale_decay}, {"scale_lr_mult", t.scale_lr_mult},
        {"schedule", t.schedule},   {"milestones", t.milestones}, {"gamma", t.gamma},
-       {"seed", t.seed},           {"fp", t.fp},                 {"keep", t.keep},   {"on_divergence", t.on_divergence}, {"precision", t.precision}, {"threads", r.threads},
+       {"seed", t.seed},           {"fp", t.fp},                 {"keep", t.keep},   {"on_divergence", t.on_divergence}, {"precision", t.precision}, {"memory_format", t.memory_format}, {"threads", r.threads},
        {"subset", r.subset},       {"world_size", r.world_size}};
   j.update(json(t.quant));
   j.update(json(t.objective));
@@ -91,6 +91,7 @@ void from_json(const json& j, RunOptions& r) {
   t.keep = j.value("keep", Keep::Last);  // runs before --keep kept the last state
   t.on_divergence = j.value("on_divergence", OnDivergence::Continue);  // and did not go back
   t.precision = j.value("precision", Precision::Fp32);                // nor autocast
+  t.memory_format = j.value("memory_format", MemoryFormat::Contiguous);
   if (j.contains("include")) {
     t.quant = j.get<QuantizeOptions>();
   } else {  // logs of ttq 0.1.0 record the threshold and init, not the selection

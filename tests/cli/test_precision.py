@@ -87,6 +87,17 @@ class Bf16Eval(Workdir):
         self.assertAlmostEqual(scores["bf16"]["loss"], scores["fp32"]["loss"], delta=0.02 * scores["fp32"]["loss"])
         self.assertNotEqual(scores["bf16"]["loss"], scores["fp32"]["loss"])
 
+    def test_a_packed_model_runs_its_kernels_in_float32(self):
+        ternary, packed = self.out("t.pt"), self.out("p.pt")
+        self.assertEqual(ttq("quantize", fixture("small_cnn.pt"), "-o", ternary).returncode, 0)
+        self.assertEqual(ttq("export", ternary, "--format", "packed", "-o", packed).returncode, 0)
+        r = ttq("eval", packed, "--precision", "bf16", "--subset", "256")
+        self.assert_one_error_line(r, 2, r"--precision bf16: .*p\.pt is packed.*use --precision fp32")
+        r = ttq("eval", packed, "--precision", "auto", "--subset", "256", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("--precision auto: fp32 (", r.stderr)
+        self.assertEqual(json.loads(r.stdout)["precision"], "fp32")
+
 
 if __name__ == "__main__":
     unittest.main()
