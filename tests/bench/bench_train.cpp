@@ -1,6 +1,6 @@
 // Benchmark of the training step (scripts/bench_train.sh): the TTQ step against the FP step of the
 // same model in the same binary, alternated to cancel drift, printed as a ratio.
-// Usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH [fp32|bf16]
+// Usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH [fp32|bf16 [auto|contiguous|channels-last]]
 #include <ATen/Parallel.h>
 
 #include <chrono>
@@ -17,13 +17,14 @@ namespace {
 // Milliseconds per step over `steps` steps after 5 warm-up steps (data loading and the final
 // evaluation are outside the timed span).
 double ms_per_step(const std::string& model, const DataSplits& data, bool fp, int64_t steps, int64_t batch,
-                   Precision precision) {
+                   Precision precision, MemoryFormat memory_format) {
   TrainOptions o;
   o.epochs = 1000;
   o.max_steps = steps + 5;
   o.batch_size = batch;
   o.fp = fp;
   o.precision = precision;
+  o.memory_format = memory_format;
   o.quant.init = ScaleInit::Mean;
   o.preprocess = data.defaults;
   Trainer trainer(load_torchscript(model).module, o, data);
@@ -41,9 +42,10 @@ double ms_per_step(const std::string& model, const DataSplits& data, bool fp, in
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto precision = argc == 6 ? parse_choice<Precision>(argv[5]) : Precision::Fp32;
-  if ((argc != 5 && argc != 6) || !precision || *precision == Precision::Auto) {
-    fmt::print(stderr, "usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH [fp32|bf16]\n");
+  const auto precision = argc >= 6 ? parse_choice<Precision>(argv[5]) : Precision::Fp32;
+  const auto memory_format = argc >= 7 ? parse_choice<MemoryFormat>(argv[6]) : MemoryFormat::Auto;
+  if (argc < 5 || argc > 7 || !precision || *precision == Precision::Auto || !memory_format) {
+    fmt::print(stderr, "usage: ttq_bench_train MODEL.pt STEPS THREADS BATCH [fp32|bf16 [auto|contiguous|channels-last]]\n");
     return 2;
   }
   const std::string model = argv[1];
@@ -54,10 +56,10 @@ int main(int argc, char** argv) {
   data.test = data.test.first(256);
   double fp = 1e30, ttq = 1e30;
   for (int round = 0; round < 2; ++round) {
-    fp = std::min(fp, ms_per_step(model, data, true, steps, batch, *precision));
-    ttq = std::min(ttq, ms_per_step(model, data, false, steps, batch, *precision));
+    fp = std::min(fp, ms_per_step(model, data, true, steps, batch, *precision, *memory_format));
+    ttq = std::min(ttq, ms_per_step(model, data, false, steps, batch, *precision, *memory_format));
   }
-  fmt::print("{} ({}): batch {}, {} thread(s): FP step {:.2f} ms, TTQ step {:.2f} ms, TTQ/FP = {:.3f}\n", model,
-             choice_name(*precision), batch, argv[3], fp, ttq, ttq / fp);
+  fmt::print("{} ({}, {}): batch {}, {} thread(s): FP step {:.2f} ms, TTQ step {:.2f} ms, TTQ/FP = {:.3f}\n", model,
+             choice_name(*precision), argc >= 7 ? argv[6] : "auto", batch, argv[3], fp, ttq, ttq / fp);
   fmt::print("ttq_ms_per_step={:.3f}\n", ttq);
 }

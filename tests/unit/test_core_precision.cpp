@@ -148,13 +148,24 @@ TEST_CASE("a bf16 step trains float32 weights and scales as the float32 step doe
   CHECK(apart < 0.3 * moved);
 }
 
-TEST_CASE("memory format auto is channels-last for convolutional models in bf16 - same training, stored contiguous") {
+TEST_CASE("memory format auto is channels-last for deep convolutional models in bf16 - same training, stored contiguous") {
+  // torchvision's ResNet-18: 20 convolutions; the small CNN: 2.
+  DataSplits rgb;
+  rgb.train = Dataset(torch::rand({16, 3, 32, 32}), torch::randint(0, 10, {16}, torch::kInt64));
+  rgb.test = rgb.train;
+  rgb.num_classes = 10;
+  const auto resnet = [&](Precision precision) {
+    return Trainer(load_torchscript(std::string(TTQ_FIXTURES) + "/resnet18.pt").module, sgd_steps(8, precision), rgb)
+        .options()
+        .memory_format;
+  };
+  CHECK(resnet(Precision::Bf16) == MemoryFormat::ChannelsLast);
+  CHECK(resnet(Precision::Fp32) == MemoryFormat::Contiguous);
   const DataSplits images = random_images();
-  Trainer bf(small_cnn(), sgd_steps(8, Precision::Bf16), images);
-  CHECK(bf.options().memory_format == MemoryFormat::ChannelsLast);
-  CHECK(bf.module().attr("conv1").toModule().attr("weight").toTensor().is_contiguous(at::MemoryFormat::ChannelsLast));
-  CHECK(Trainer(small_cnn(), sgd_steps(8, Precision::Fp32), images).options().memory_format ==
+  CHECK(Trainer(small_cnn(), sgd_steps(8, Precision::Bf16), images).options().memory_format ==
         MemoryFormat::Contiguous);
+  Trainer bf(small_cnn(), sgd_steps(8, Precision::Bf16, MemoryFormat::ChannelsLast), images);
+  CHECK(bf.module().attr("conv1").toModule().attr("weight").toTensor().is_contiguous(at::MemoryFormat::ChannelsLast));
   TrainOptions linear = sgd_steps(8, Precision::Bf16);
   linear.quant.selection.quantize_first = linear.quant.selection.quantize_last = true;
   const DataSplits vectors = load_dataset(std::string("tensors:") + TTQ_FIXTURES + "/tensors.pt");
