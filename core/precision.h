@@ -22,13 +22,13 @@ constexpr const auto& choices(Precision) { return kPrecisions; }
 // convolutions of a deep network run faster (ResNet-20 training step: 1.3x).
 enum class MemoryFormat { Auto, Contiguous, ChannelsLast };
 inline constexpr Choice<MemoryFormat> kMemoryFormats[] = {
-    {"auto", MemoryFormat::Auto, "channels-last for a model of 16 or more convolutions in bf16, else contiguous"},
+    {"auto", MemoryFormat::Auto, "channels-last for 16 or more convolutions in bf16 on LibTorch 1.13, else contiguous"},
     {"contiguous", MemoryFormat::Contiguous, "PyTorch's default (NCHW) order"},
     {"channels-last", MemoryFormat::ChannelsLast, "NHWC images and convolution weights"}};
 constexpr const auto& choices(MemoryFormat) { return kMemoryFormats; }
 
 // Auto decided: channels-last where `precision` is Bf16 and the module has at least 16 4-D
-// parameters (2-D convolutions' weights): a deep convolutional network.
+// parameters (2-D convolutions' weights): a deep convolutional network; on LibTorch 1.13 only.
 bool uses_channels_last(MemoryFormat asked, Precision precision, const torch::jit::Module& module);
 // The module's 4-D parameters in channels-last order (set_data: optimizers and slots keep them),
 // or back in contiguous order.
