@@ -148,12 +148,16 @@ void Trainer::decide_recipe() {
   if (options_.optimizer == Optimizer::Auto) {
     options_.optimizer = Optimizer::Adam;
     recipe_optimizer_ = "--optimizer auto: adam (ahead of sgd on every model family measured, BatchNorm ones included)";
-    recipe_ = recipe_optimizer_;
   }
   if (options_.lr == 0) {
     options_.lr = auto_lr(options_.optimizer);
     lr_to_probe_ = true;
   }
+}
+
+std::string Trainer::recipe() const {
+  if (recipe_optimizer_.empty() || recipe_lr_.empty()) return recipe_optimizer_ + recipe_lr_;
+  return recipe_optimizer_ + "; " + recipe_lr_;
 }
 
 void Trainer::build_optimizer() {
@@ -179,8 +183,7 @@ void Trainer::build_optimizer() {
   for (const auto& g : groups) {
     if (g.params.empty()) continue;
     lr_mults_.push_back(g.lr_mult);
-    base_lrs_.push_back(options_.lr * g.lr_mult);
-    const double lr = base_lrs_.back();
+    const double lr = base_lr(lr_mults_.size() - 1);
     if (options_.optimizer == Optimizer::Sgd)
       param_groups.emplace_back(g.params, std::make_unique<optim::SGDOptions>(
                                               optim::SGDOptions(lr).momentum(options_.momentum).weight_decay(g.wd)));
@@ -269,7 +272,7 @@ void Trainer::apply_weights() {
 
 void Trainer::set_lr(double factor) {
   for (size_t g = 0; g < optimizer_->param_groups().size(); ++g)
-    optimizer_->param_groups()[g].options().set_lr(base_lrs_[g] * factor);
+    optimizer_->param_groups()[g].options().set_lr(base_lr(g) * factor);
 }
 
 std::vector<LayerRecord> Trainer::snapshot() const {
@@ -361,7 +364,7 @@ Trainer::EpochEnd Trainer::run_epoch(int epoch, const TrainHooks& hooks, const s
     position_.step_in_epoch = s + 1;
     ++position_.global_step;
     timed_samples += step.samples;
-    const StepProgress progress{epoch + 1, s + 1, steps, position_.global_step, loss_value, base_lrs_[0] * lr_mult,
+    const StepProgress progress{epoch + 1, s + 1, steps, position_.global_step, loss_value, base_lr(0) * lr_mult,
                                 static_cast<double>(timed_samples) / std::max(1e-9, seconds_since(t0)), step,
                                 batches.loading().summary(seconds_since(t0))};
     if (hooks.on_step) hooks.on_step(progress);
@@ -387,7 +390,7 @@ Trainer::EpochEnd Trainer::finish_epoch(int epoch, bool partial, double seconds,
   r.epoch = epoch + 1;
   r.partial = partial;
   r.step = position_.global_step;
-  r.lr = base_lrs_[0] * lr_scale() *
+  r.lr = base_lr(0) * lr_scale() *
          lr_factor(options_, epoch, std::max<int64_t>(0, position_.global_step - 1), steps_per_epoch());
   r.train = averaged(position_.train);
   r.val = evaluate();

@@ -242,7 +242,7 @@ class Trainer {
   int64_t steps_per_epoch() const;
   const TrainOptions& options() const { return options_; }  // with every auto decided
   // What --optimizer auto and --lr auto decided, and why ("" when both were given).
-  const std::string& recipe() const { return recipe_; }
+  std::string recipe() const;
   const DataSplits& data() const { return data_; }
   // Where each ternary layer stands now: Wp, Wn, and Δ and codes of its latent weights.
   std::vector<LayerRecord> snapshot() const;
@@ -296,15 +296,16 @@ class Trainer {
   std::vector<TrainLayer> layers_;
   std::vector<std::pair<std::string, torch::Tensor>> other_params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  std::vector<double> base_lrs_, lr_mults_;  // per optimizer group: options_.lr × its multiplier
+  std::vector<double> lr_mults_;  // per optimizer group: its rate is options_.lr × this (base_lr)
+  double base_lr(size_t group) const { return options_.lr * lr_mults_[group]; }
   TrainPosition position_;
   std::shared_ptr<Communicator> comm_;
   int rank_ = 0, world_ = 1;
   std::vector<torch::Tensor> params_;   // every trained tensor, in the optimizer's order (same on all ranks)
   std::vector<torch::Tensor> buffers_;  // broadcast from rank 0 before each step
   std::set<std::string> warned_negative_;
-  std::string recipe_, recipe_optimizer_, recipe_lr_, lr_reason_;  // recipe(): the optimizer's part; the rate's
-  bool lr_to_probe_ = false;                            // --lr auto, not yet probed
+  std::string recipe_optimizer_, recipe_lr_, lr_reason_;  // recipe()'s two parts; use_lr's `why`
+  bool lr_to_probe_ = false;                              // --lr auto, not yet probed
   std::vector<torch::Tensor> best_tensors_;
   std::set<std::string> warned_divergence_;
   bool ended_on_best_ = false;

@@ -102,13 +102,12 @@ LrProbe Trainer::probe_lr(const std::function<void(const LrProbeStep&)>& on_step
 }
 
 void Trainer::use_lr(double lr, const std::string& why) {
-  for (size_t g = 0; g < base_lrs_.size(); ++g) base_lrs_[g] = lr * lr_mults_[g];
-  options_.lr = lr;
+  options_.lr = lr;  // every group's rate follows (base_lr)
   lr_to_probe_ = false;
   lr_reason_ = why;
   recipe_lr_ = fmt::format("--lr auto: {:.3g} ({})", lr, why);
-  recipe_ = recipe_optimizer_.empty() ? recipe_lr_ : recipe_optimizer_ + "; " + recipe_lr_;
 }
+
 
 // The rate to train at, from the smoothed losses of the steps the probe ran (the last may have
 // blown up): kProbeBackOff below the lowest, and never below the first rate (a loss that only rose

@@ -72,8 +72,9 @@ std::string flag_of(const std::string& key) {
 }
 
 void check_identity(const std::string& path, nlohmann::json saved, const nlohmann::json& current) {
-  if (!saved.contains("precision")) saved["precision"] = Precision::Fp32;  // checkpoints before --precision,
-  if (!saved.contains("memory_format")) saved["memory_format"] = MemoryFormat::Auto;  // which auto kept contiguous
+  // Checkpoints made before --precision trained in float32, contiguous: what fp32 and auto give.
+  if (!saved.contains("precision")) saved["precision"] = Precision::Fp32;
+  if (!saved.contains("memory_format")) saved["memory_format"] = MemoryFormat::Auto;
   for (const auto& [key, value] : current.items()) {
     const auto it = saved.find(key);
     if (it == saved.end() || *it != value)

@@ -65,7 +65,8 @@ void to_json(json& j, const RunOptions& r) {
        {"optimizer", t.optimizer}, {"lr", t.lr},                 {"momentum", t.momentum},
        {"weight_decay", t.weight_decay}, {"scale_decay", t.scale_decay}, {"scale_lr_mult", t.scale_lr_mult},
        {"schedule", t.schedule},   {"milestones", t.milestones}, {"gamma", t.gamma},
-       {"seed", t.seed},           {"fp", t.fp},                 {"keep", t.keep},   {"on_divergence", t.on_divergence}, {"precision", t.precision}, {"memory_format", t.memory_format}, {"threads", r.threads},
+       {"seed", t.seed},           {"fp", t.fp},                 {"keep", t.keep},   {"on_divergence", t.on_divergence},
+       {"precision", t.precision}, {"memory_format", t.memory_format},                   {"threads", r.threads},
        {"subset", r.subset},       {"world_size", r.world_size}};
   j.update(json(t.quant));
   j.update(json(t.objective));
