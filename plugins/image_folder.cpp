@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <malloc.h>
 #include <unistd.h>
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -17,6 +16,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/util.h"
 #include "plugins/dataset.h"
 #include "plugins/images.h"
 
@@ -251,9 +251,9 @@ DataSplits load_imagefolder(const std::string& path, const LoadOptions& load_opt
   transform.skip_bad = options.skip_bad_images;
   if (options.cache_images) transform.cache_budget = physical_memory() / 4;
   // Every batch allocates and frees tens of MiB (images, their float conversion); glibc would map
-  // and unmap each, and a fifth of the loader's time went to page faults. Keep them in the heap.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  // and unmap each, and a fifth of the loader's time went to page faults. Keep them in the heap
+  // (ttq's main does so too; a program that only links the loader gets the same).
+  keep_freed_memory_for_reuse();
 
   const fs::path root(path);
   const fs::path val_dir = fs::is_directory(root / "val") ? root / "val" : root / "test";

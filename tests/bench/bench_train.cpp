@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "core/train.h"
+#include "core/util.h"
 #include "formats/torchscript.h"
 #include "plugins/dataset.h"
 
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
   const std::string model = argv[1];
   const int64_t steps = std::stoll(argv[2]), batch = std::stoll(argv[4]);
   at::set_num_threads(std::stoi(argv[3]));
+  keep_freed_memory_for_reuse();  // as ttq's main does, so the figures are the CLI's
   spdlog::set_level(spdlog::level::err);  // the trainer's warnings would mix into the figures on stdout
   DataSplits data = load_dataset(default_dataset_spec());
   data.test = data.test.first(256);
