@@ -35,9 +35,36 @@ struct BenchArgs {
   std::vector<int64_t> input_shape{3, 224, 224};
   DataFlags data;  // --data: its first samples are the input instead
   int runs = 20, warmup = 3;
+  Precision precision = Precision::Fp32;
+  MemoryFormat memory_format = MemoryFormat::Auto;
   bool json = false;
   bool memory_probe = false;  // internal: print this process's memory figures for MODEL as JSON
 };
+
+// A model as it is timed: --precision decided for it, and its convolution weights and its inputs in
+// the memory order --memory-format takes for it.
+struct BenchModel {
+  torch::jit::Module module;
+  Precision precision = Precision::Fp32;
+  std::vector<torch::Tensor> inputs;
+};
+
+BenchModel prepare_model(const BenchArgs& a, const std::string& path, const std::vector<torch::Tensor>& inputs) {
+  const OpenedModel opened = open_model(path, PackedAs::Stored);
+  BenchModel m{opened.module, model_precision(a.precision, opened.packed(), path), inputs};
+  m.module.eval();
+  const bool channels_last = uses_channels_last(a.memory_format, m.precision, m.module);
+  set_memory_format(m.module, channels_last);
+  if (channels_last)
+    for (auto& t : m.inputs)
+      if (t.dim() == 4) t = t.contiguous(torch::MemoryFormat::ChannelsLast);
+  return m;
+}
+
+void run_prepared(BenchModel& m) {
+  const AutocastScope autocast(m.precision);
+  run_model(m.module, m.inputs);
+}
 
 // Resident and peak resident memory of this process, in KiB (/proc/self/status).
 std::pair<int64_t, int64_t> rss_kib() {
@@ -102,11 +129,10 @@ void run_memory_probe(const BenchArgs& a) {
   warm_up_torchscript();
   release_free_memory();
   const int64_t baseline = rss_kib().first;
-  torch::jit::Module m = open_model(a.model, PackedAs::Stored).module;
-  m.eval();
+  BenchModel m = prepare_model(a, a.model, inputs);
   const int64_t loaded = rss_kib().first;
   reset_peak();
-  run_model(m, inputs);
+  run_prepared(m);
   const auto [after, peak] = rss_kib();
   fmt::print("{}\n", nlohmann::json{{"baseline_kib", baseline}, {"loaded_kib", loaded},
                                     {"after_kib", after}, {"peak_kib", peak}}.dump());
@@ -121,9 +147,10 @@ void write_all(int fd, const std::vector<char>& bytes) {
 }
 
 // The memory figures of `model` running on `inputs`, from a fresh ttq process.
-Memory measure_memory(const std::string& model, const std::vector<torch::Tensor>& inputs) {
-  std::vector<std::string> args{"ttq", "bench", model, "--memory-probe", "--threads",
-                                std::to_string(at::get_num_threads())};
+Memory measure_memory(const BenchArgs& a, const std::string& model, const std::vector<torch::Tensor>& inputs) {
+  std::vector<std::string> args{"ttq", "-q", "bench", model, "--memory-probe", "--threads",
+                                std::to_string(at::get_num_threads()), "--precision", choice_name(a.precision),
+                                "--memory-format", choice_name(a.memory_format)};
   std::vector<char*> argv;
   for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
@@ -175,23 +202,20 @@ void run_bench(BenchArgs& a) {
   if (a.memory_probe) return run_memory_probe(a);
   std::vector<std::string> paths{a.model};
   if (!a.vs.empty()) paths.push_back(a.vs);
-  std::vector<torch::jit::Module> models;
-  for (const auto& p : paths) {
-    models.push_back(open_model(p, PackedAs::Stored).module);
-    models.back().eval();
-  }
   const auto inputs = bench_inputs(a);
+  std::vector<BenchModel> models;
+  for (const auto& p : paths) models.push_back(prepare_model(a, p, inputs));
   torch::NoGradGuard no_grad;
   using Clock = std::chrono::steady_clock;
   std::vector<std::vector<double>> ms(models.size());
   for (int run = -a.warmup; run < a.runs; ++run)
     for (size_t i = 0; i < models.size(); ++i) {  // alternated: both see the same machine
       const auto t0 = Clock::now();
-      run_model(models[i], inputs);
+      run_prepared(models[i]);
       if (run >= 0) ms[i].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
   std::vector<Memory> memory;
-  for (const auto& p : paths) memory.push_back(measure_memory(p, inputs));
+  for (const auto& p : paths) memory.push_back(measure_memory(a, p, inputs));
 
   nlohmann::json doc{{"batch", a.batch}, {"runs", a.runs}, {"threads", at::get_num_threads()}, {"kernels", kernels},
                      {"inputs", nlohmann::json::array()}, {"models", nlohmann::json::array()}};
@@ -213,10 +237,11 @@ void run_bench(BenchArgs& a) {
   }
   for (size_t i = 0; i < models.size(); ++i) {
     const double med = median(ms[i]);
-    doc["models"].push_back({{"model", paths[i]}, {"median_ms", med}, {"loaded_mib", memory[i].loaded},
+    doc["models"].push_back({{"model", paths[i]}, {"precision", choice_name(models[i].precision)}, {"median_ms", med}, {"loaded_mib", memory[i].loaded},
                              {"after_run_mib", memory[i].after}, {"peak_mib", memory[i].peak}});
     if (!a.json)
-      fmt::print("{:<40}  {:>9.3f} ms  {:>8.1f} MiB  {:>8.1f} MiB  {:>8.1f} MiB\n", paths[i], med, memory[i].loaded,
+      fmt::print("{:<40}  {:>9.3f} ms  {:>8.1f} MiB  {:>8.1f} MiB  {:>8.1f} MiB\n",
+                 paths[i] + (models[i].precision == Precision::Bf16 ? " (bf16)" : ""), med, memory[i].loaded,
                  memory[i].after, memory[i].peak);
   }
   if (models.size() == 2) {
@@ -252,6 +277,7 @@ Command register_bench(CLI::App& app) {
   sub->get_option("--data")->excludes(shape);
   sub->add_option("--runs", a->runs, "timed runs of each model")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--warmup", a->warmup, "untimed runs first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  add_precision_options(sub, a->precision, a->memory_format);
   sub->add_flag("--json", a->json, "print the figures as JSON on stdout");
   sub->add_flag("--memory-probe", a->memory_probe)->group("");  // internal: see measure_memory
   return {sub, [a] { run_bench(*a); }};

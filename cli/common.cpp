@@ -60,6 +60,15 @@ Precision decided_precision(Precision asked) {
   return r.precision;
 }
 
+Precision model_precision(Precision asked, bool packed, const std::string& path) {
+  if (!packed) return decided_precision(asked);
+  if (asked == Precision::Bf16)
+    throw usage_error(fmt::format("--precision bf16: {} is packed, and its ternary layers run ttq's kernels on float32 "
+                                  "or int8 activations; use --precision fp32 (export --activations int8 for speed)", path));
+  if (asked == Precision::Auto) spdlog::info("--precision auto: fp32 ({} is packed: ttq's kernels take float32)", path);
+  return Precision::Fp32;
+}
+
 void add_objective_options(CLI::App* app, ObjectiveOptions& o, bool training) {
   auto* group = app->add_option_group("distillation", "learning from a teacher model's outputs (see 'Distillation' in man "
                                                       "ttq-finetune)");

@@ -94,9 +94,12 @@ struct DataFlags {
 void add_objective_options(CLI::App* app, ObjectiveOptions& target, bool training);
 // The teacher a run compares with or distills from: --teacher FILE, else (--distill) `model`.
 std::optional<torch::jit::Module> load_teacher(const ObjectiveOptions& options, const std::string& model);
-// --precision and --memory-format (finetune, eval), and --precision's value with auto decided for this CPU (said on stderr).
+// --precision and --memory-format (finetune, eval, bench), and --precision's value with auto decided for this CPU (said on stderr).
 void add_precision_options(CLI::App* app, Precision& precision, MemoryFormat& memory_format);
 Precision decided_precision(Precision asked);
+// As decided_precision, for a model to evaluate: a packed model's ternary layers run ttq's kernels on
+// float32 (or int8) activations, so it takes fp32 (auto) or refuses bf16 (usage_error).
+Precision model_precision(Precision asked, bool packed, const std::string& path);
 // "top-1 91.20%, top-5 99.80%, loss 0.2466" (labeled data), then "agreement 99.10%, rel_mse 0.0123"
 // (against a teacher): the measured parts only.
 std::string describe_metrics(const Metrics& m);

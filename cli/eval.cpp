@@ -21,19 +21,10 @@ struct EvalArgs {
   ObjectiveOptions objective;
 };
 
-// A packed model's ternary layers run ttq's kernels on float32 (or int8) activations, not bf16.
-Precision packed_precision(Precision asked, const std::string& model) {
-  if (asked == Precision::Bf16)
-    throw usage_error(fmt::format("--precision bf16: {} is packed, and its ternary layers run ttq's kernels on float32 "
-                                  "or int8 activations; use --precision fp32 (export --activations int8 for speed)", model));
-  if (asked == Precision::Auto) spdlog::info("--precision auto: fp32 ({} is packed: ttq's kernels take float32)", model);
-  return Precision::Fp32;
-}
-
 void run_eval(EvalArgs& a) {
   const OpenedModel opened = open_model(a.model, PackedAs::Stored);  // packed models run packed
   torch::jit::Module module = opened.module;
-  const Precision precision = opened.packed() ? packed_precision(a.precision, a.model) : decided_precision(a.precision);
+  const Precision precision = model_precision(a.precision, opened.packed(), a.model);
   const DataSplits data = a.data.load();
   const bool labeled = data.test.labeled();
   if (!labeled && a.objective.teacher.empty())

@@ -1,4 +1,4 @@
-"""End-to-end tests of --precision (finetune, eval): bf16 through LibTorch's CPU autocast, and auto,
+"""End-to-end tests of --precision (finetune, eval, bench): bf16 through LibTorch's CPU autocast, and auto,
 which takes bf16 only on a CPU that computes it natively (an AVX2 machine simulated with
 TTQ_KERNEL=avx2, as the packed kernels are).
 
@@ -103,6 +103,30 @@ class Bf16Eval(Workdir):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("--precision auto: fp32 (", r.stderr)
         self.assertEqual(json.loads(r.stdout)["precision"], "fp32")
+
+
+class Bf16Bench(Workdir):
+    def bench(self, *args, env=None):
+        r = subprocess.run([TTQ, "bench", *args, "--input-shape", "1,28,28", "--batch-size", "8", "--runs", "2",
+                            "--warmup", "1", "--threads", "2", "--json"], capture_output=True, text=True, timeout=600,
+                           env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["models"]
+
+    def test_bench_decides_the_precision_of_each_model(self):
+        ternary, packed = self.out("t.pt"), self.out("p.pt")
+        self.assertEqual(ttq("quantize", fixture("small_cnn.pt"), "-o", ternary).returncode, 0)
+        self.assertEqual(ttq("export", ternary, "--format", "packed", "-o", packed).returncode, 0)
+        # auto: the float model in bf16 where the CPU has it, the packed one on its float32 kernels.
+        models = self.bench(ternary, "--vs", packed, "--precision", "auto")
+        self.assertEqual([m["precision"] for m in models], ["bf16" if cpu_has_native_bf16() else "fp32", "fp32"])
+        self.assertTrue(all(m["median_ms"] > 0 and m["peak_mib"] > 0 for m in models), models)
+        simulated_avx2 = {**os.environ, "TTQ_KERNEL": "avx2"}
+        self.assertEqual(self.bench(ternary, "--precision", "auto", env=simulated_avx2)[0]["precision"], "fp32")
+        self.assertEqual(self.bench(ternary, "--precision", "bf16")[0]["precision"], "bf16")
+        self.assertEqual(self.bench(ternary)[0]["precision"], "fp32")  # the default
+        r = ttq("bench", ternary, "--vs", packed, "--precision", "bf16", "--input-shape", "1,28,28")
+        self.assert_one_error_line(r, 2, r"--precision bf16: .*p\.pt is packed.*use --precision fp32")
 
 
 if __name__ == "__main__":
