@@ -16,7 +16,7 @@ out=out/bench_precision
 mkdir -p "$out"
 top1() {
   build/ttq eval "$1" --json --threads "$threads" "${@:2}" |
-    /usr/bin/python3 -c 'import json,sys; print(100 * json.load(sys.stdin)["top1"])'
+    /usr/bin/python3 -c 'import json,sys; print("%.2f" % (100 * json.load(sys.stdin)["top1"]))'
 }
 for precision in fp32 bf16; do
   start=$(date +%s%N)
