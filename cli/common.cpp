@@ -105,6 +105,7 @@ std::string describe_metrics(const Metrics& m) {
     std::string label = v.name;
     if (label == "loss") continue;
     if (label.rfind("top", 0) == 0) label.insert(3, "-");  // "top-1"
+    if (label == "nonfinite") label = "not finite";        // the share of samples left out
     parts.push_back(v.fraction ? fmt::format("{} {:.2f}%", label, 100 * v.value)
                                : fmt::format("{} {:.4g}", label, v.value));
   }

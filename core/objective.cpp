@@ -2,6 +2,9 @@
 
 #include <torch/nn/functional/loss.h>
 
+#include <cmath>
+#include <limits>
+
 #include "core/error.h"
 #include "core/util.h"
 
@@ -27,11 +30,16 @@ std::string kind_of(const c10::IValue& v) {
   return v.tagKind();
 }
 
-void check_outputs_finite(const std::vector<torch::Tensor>& outputs, const char* whose) {
+bool all_finite(const std::vector<torch::Tensor>& outputs) {
   for (const auto& t : outputs)
-    if (!torch::isfinite(t).all().item<bool>())
-      throw input_error(fmt::format("{} outputs are not finite (NaN or Inf): check the inputs (--mean/--std, the "
-                                    "data) and the model's weights", whose));
+    if (!torch::isfinite(t).all().item<bool>()) return false;
+  return true;
+}
+
+void check_outputs_finite(bool finite, const char* whose) {
+  if (!finite)
+    throw input_error(fmt::format("{} outputs are not finite (NaN or Inf): check the inputs (--mean/--std, the "
+                                  "data) and the model's weights", whose));
 }
 
 }  // namespace
@@ -51,16 +59,18 @@ ObjectiveOptions resolve(ObjectiveOptions o, bool labeled) {
 
 std::vector<double> Metrics::sums() const {
   return {loss, ce, distill, top1, top5, static_cast<double>(samples), static_cast<double>(labeled),
-          agree, positions, sq_err, t_sum, t_sq, t_count};
+          agree, positions, sq_err, t_sum, t_sq, t_count, nonfinite};
 }
 
+// Shorter vectors (checkpoints written before a sum was added) read the missing sums as 0.
 Metrics Metrics::from_sums(const std::vector<double>& v, int64_t outputs) {
-  std::vector<double> s(13, 0.0);
+  std::vector<double> s(14, 0.0);
   std::copy_n(v.begin(), std::min(v.size(), s.size()), s.begin());
   Metrics m;
   m.loss = s[0], m.ce = s[1], m.distill = s[2], m.top1 = s[3], m.top5 = s[4];
   m.samples = std::llround(s[5]), m.labeled = std::llround(s[6]);
   m.agree = s[7], m.positions = s[8], m.sq_err = s[9], m.t_sum = s[10], m.t_sq = s[11], m.t_count = s[12];
+  m.nonfinite = s[13];
   m.outputs = outputs;
   return m;
 }
@@ -93,6 +103,7 @@ std::vector<MetricValue> measured_metrics(const Metrics& m, bool terms) {
   }
   if (m.agreement) out.push_back({"agreement", *m.agreement, true, false});
   if (m.rel_mse) out.push_back({"rel_mse", *m.rel_mse, false, false});
+  if (m.nonfinite > 0) out.push_back({"nonfinite", m.nonfinite / (m.nonfinite + m.samples), true, true});
   return out;
 }
 
@@ -101,6 +112,7 @@ const char* validation_metric(const Metrics& m) {
 }
 
 double validation_score(const Metrics& m) {
+  if (m.nonfinite > 0) return -std::numeric_limits<double>::infinity();
   if (m.has_labels()) return m.top1;
   if (m.agreement) return *m.agreement;
   return m.rel_mse ? -*m.rel_mse : -m.loss;
@@ -116,6 +128,7 @@ bool is_fraction(const std::string& metric) {
 }
 
 std::string describe_score(const char* metric, double score) {
+  if (std::isinf(score)) return "val outputs not finite";
   return fmt::format("val {} {}", std::string(metric) == "top1" ? "top-1" : metric,
                      is_fraction(metric) ? fmt::format("{:.2f}%", 100 * score) : fmt::format("{:.4g}", -score));
 }
@@ -242,7 +255,7 @@ torch::Tensor Objective::operator()(const c10::IValue& output, const std::vector
       torch::NoGradGuard no_grad;
       target = output_tensors(run_model(*teacher_, inputs), options_.output);
     }
-    check_outputs_finite(target, "the teacher's");
+    check_outputs_finite(all_finite(target), "the teacher's");
     kd = distillation(student, target);
     torch::NoGradGuard no_grad;
     m.distill += kd.item<double>() * n;
@@ -281,12 +294,22 @@ Metrics evaluate_sums(torch::jit::Module& module, const Dataset& data, const Pre
     const auto inputs = prepare_inputs(data, idx, pre);
     const auto labels = data.labeled() ? data.labels.index_select(0, idx) : torch::Tensor();
     const c10::IValue output = run_model(module, inputs);
-    // While training, a diverging loss says more (the trainer names the step).
-    check_outputs_finite(output_tensors(output, objective.options().output), "the model's");
-    objective(output, inputs, labels, m);
+    if (all_finite(output_tensors(output, objective.options().output)))
+      objective(output, inputs, labels, m);
+    else
+      m.nonfinite += static_cast<double>(idx.size(0));
   }
   module.train(was_training);
   return m;
 }
+
+Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
+                        const Objective& objective, int64_t batch_size) {
+  const Metrics m = evaluate_sums(module, data, pre, objective, batch_size);
+  require_finite_outputs(m);
+  return averaged(m);
+}
+
+void require_finite_outputs(const Metrics& m) { check_outputs_finite(m.nonfinite == 0, "the model's"); }
 
 }  // namespace ttq

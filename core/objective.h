@@ -46,6 +46,9 @@ struct Metrics {
   // only), and the squared error with the sums of the teacher's values for its spread.
   double agree = 0, positions = 0, sq_err = 0, t_sum = 0, t_sq = 0, t_count = 0;
   int64_t outputs = 0;  // the number of classes, when labeled
+  // Evaluation: samples left out of every sum above because their batch's outputs were not finite
+  // (a one-shot model whose BatchNorm statistics no longer fit its weights can overflow).
+  double nonfinite = 0;
   // Set by averaged(): agreement = agree / positions; rel_mse = ‖y_s − y_t‖² / ‖y_t − mean(y_t)‖².
   std::optional<double> agreement, rel_mse;
 
@@ -73,7 +76,8 @@ struct MetricValue {
 std::vector<MetricValue> measured_metrics(const Metrics& m, bool terms);
 // The number a run's states are judged by on validation (--keep best), higher better: top-1 with
 // labels, else the agreement with the teacher (class scores), else minus the relative MSE, else
-// minus the loss. `validation_metric` names it ("top1", "agreement", "rel_mse", "loss").
+// minus the loss; minus infinity when some outputs were not finite. `validation_metric` names it
+// ("top1", "agreement", "rel_mse", "loss").
 double validation_score(const Metrics& averaged);
 const char* validation_metric(const Metrics& averaged);
 // Whether a metric's name, with or without its split's prefix, is a fraction (top1, val_agreement).
@@ -118,15 +122,16 @@ class Objective {
 c10::IValue run_model(torch::jit::Module& module, const std::vector<torch::Tensor>& inputs);
 
 // Sums over batches shard, shard + shards, ... of `data`, in eval mode without gradients: the
-// ranks of a data-parallel group each take their shard and add the sums up. Input errors, one
-// line, for inputs the model rejects and labels beyond its outputs.
+// ranks of a data-parallel group each take their shard and add the sums up. A batch whose outputs
+// are not finite is counted in `nonfinite` only (the trainer judges such a state; eval refuses it).
+// Input errors, one line, for inputs the model rejects and labels beyond its outputs.
 Metrics evaluate_sums(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
                       const Objective& objective, int64_t batch_size, int shard = 0, int shards = 1);
 
-// Means over the whole split.
-inline Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
-                               const Objective& objective, int64_t batch_size) {
-  return averaged(evaluate_sums(module, data, pre, objective, batch_size));
-}
+// An input error when some of the outputs `m` summed were not finite.
+void require_finite_outputs(const Metrics& m);
+// Means over the whole split; an input error when some outputs are not finite.
+Metrics evaluate_module(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
+                        const Objective& objective, int64_t batch_size);
 
 }  // namespace ttq

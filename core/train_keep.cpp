@@ -4,6 +4,7 @@
 #include <torch/optim/optimizer.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/train.h"
 
@@ -27,8 +28,14 @@ double Trainer::lr_scale() const { return std::pow(kRecoveryLrFactor, position_.
 
 void Trainer::measure_start(const TrainHooks& hooks) {
   const Metrics val = evaluate();
-  position_.start_score = validation_score(val);
-  position_.start_loss = val.loss;
+  position_.start_score = validation_score(val);  // minus infinity when not finite: any epoch beats it
+  position_.start_loss = val.nonfinite > 0 ? std::numeric_limits<double>::infinity() : val.loss;
+  if (options_.fp) require_finite_outputs(val);  // the model as given: its inputs are the likely cause
+  if (val.nonfinite > 0)
+    spdlog::warn("the one-shot model's outputs are not finite on {:.0f} of {:.0f} validation samples in eval mode "
+                 "(its BatchNorm statistics are the FP weights'; training mode uses each batch's own): training "
+                 "goes on, with no epoch judged against the start", val.nonfinite,
+                 val.nonfinite + static_cast<double>(val.samples));
   consider(0, val);
   if (hooks.on_start) hooks.on_start(val);
 }
@@ -74,6 +81,9 @@ std::optional<std::string> Trainer::watch_loss(double loss, int epoch) {
 }
 
 std::optional<std::string> Trainer::watch_validation(const Metrics& val, int epoch) const {
+  if (val.nonfinite > 0)
+    return fmt::format("epoch {} ended with outputs that are not finite on {:.0f} validation samples", epoch + 1,
+                       val.nonfinite);
   const char* metric = validation_metric(val);
   const double score = validation_score(val), start = position_.start_score;
   // Below the start by more than the validation samples' noise: two standard errors of a

@@ -363,6 +363,10 @@ class UnclearErrors(Workdir):
              r"conv2\.weight has 1 non-finite"),
             (["eval", fixture("one_layer.pt"), "--data", self.tensors("nan.pt", x=x * float("nan"), y=y)], 1,
              r"the model's outputs are not finite"),
+            # The model as given: its inputs are the likely cause (a one-shot start trains on).
+            (["finetune", *one_layer, "--fp", "--optimizer", "sgd", "--lr", "0.01", "--batch-size", "8", "--data",
+              "tensors:" + self.out("nan.pt")], 1,
+             r"the model's outputs are not finite"),
             (["nope"], 2, r"unknown command 'nope'; commands: quantize, finetune"),
             ([], 2, r"no command given; commands: quantize"),
             # LibTorch 1.13's unpickler lacks SETITEM, which torch.save uses for a dict of one entry;

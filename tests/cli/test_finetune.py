@@ -147,6 +147,23 @@ class Finetune(Workdir):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("after 2 steps", r.stdout)
 
+    def test_a_one_shot_start_that_overflows_in_eval_mode_trains_on(self):
+        # ResNet-56 with Wp = Wn = 1 (the paper's start): ±1 weights ~20x the FP ones, 54 layers,
+        # BatchNorm statistics of the FP weights: Inf in eval mode, finite with each batch's own.
+        model = self.out("resnet56.pt")
+        script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "make_resnet20.py")
+        subprocess.run(["/usr/bin/python3", script, model, "0", "56"], check=True)
+        out, log = self.out("t.pt"), self.out("t.jsonl")
+        r = ttq("finetune", model, "-o", out, "--init", "ones", "--optimizer", "sgd", "--lr", "0.01", "--subset", "512",
+                "--epochs", "1", "--batch-size", "64", "--threads", "2", "--no-progress", "--log", log, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"the one-shot model's outputs are not finite on 512 of 512 validation samples")
+        self.assertIn("start (one-shot ternary): val not finite 100.00%", r.stderr)
+        epoch = [e for e in read_log(log) if e["type"] == "epoch"][0]
+        self.assertNotIn("val_nonfinite", epoch)  # eight steps of batch statistics: finite again
+        self.assertGreater(json.loads(r.stdout)["run"]["val_top1"], 0)
+        self.assertTrue(torch.isfinite(torch.jit.load(out).eval()(torch.randn(2, 1, 28, 28))).all())
+
     def test_fp_baseline_writes_no_ternary_layers(self):
         out = self.out("fp.pt")
         r = ttq("finetune", fixture("small_cnn.pt"), "-o", out, "--fp", "--max-steps", "20", "--subset", "2048",
