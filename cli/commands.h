@@ -13,6 +13,7 @@ Command register_finetune(CLI::App& app);
 Command register_eval(CLI::App& app);
 Command register_stats(CLI::App& app);
 Command register_bench(CLI::App& app);
+Command register_sensitivity(CLI::App& app);
 
 // A bash completion script for every command and option registered on `app`.
 std::string bash_completion(const CLI::App& app);

@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
                                           ttq::cli::register_inspect(app),
                                           ttq::cli::register_export(app),
                                           ttq::cli::register_stats(app),
-                                          ttq::cli::register_bench(app)};
+                                          ttq::cli::register_bench(app),
+                                          ttq::cli::register_sensitivity(app)};
 
   try {
     app.parse(argc, argv);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace ttq::cli {
@@ -36,6 +37,19 @@ void Progress::update(const LrProbeStep& p) {
   const int filled = static_cast<int>(kWidth * p.step / std::max<int64_t>(1, p.steps));
   fmt::print(stderr, "\r\033[Kprobing lr [{}{}] {}/{}  lr {:.3g}  loss {:.4f}", std::string(filled, '='),
              std::string(kWidth - filled, ' '), p.step, p.steps, p.lr, p.loss);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void Progress::update(size_t done, size_t total, const std::string& what) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (drawn_ && now - last_ < std::chrono::milliseconds(250) && done != total) return;
+  last_ = now;
+  constexpr int kWidth = 24;
+  const int filled = static_cast<int>(kWidth * done / std::max<size_t>(1, total));
+  fmt::print(stderr, "\r\033[K[{}{}] {}/{}  {}", std::string(filled, '='), std::string(kWidth - filled, ' '), done,
+             total, what);
   std::fflush(stderr);
   drawn_ = true;
 }

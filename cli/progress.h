@@ -2,6 +2,7 @@
 // second), nothing otherwise; per-epoch summaries go through the log instead.
 #pragma once
 #include <chrono>
+#include <string>
 
 #include "core/train.h"
 
@@ -13,6 +14,7 @@ class Progress {
   ~Progress() { clear(); }
   void update(const StepProgress& p, int epochs, int64_t total_steps);
   void update(const LrProbeStep& p);  // --lr auto's probe
+  void update(size_t done, size_t total, const std::string& what);  // a count of evaluations
   void clear();  // before any other line is printed
 
  private:

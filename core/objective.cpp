@@ -30,12 +30,6 @@ std::string kind_of(const c10::IValue& v) {
   return v.tagKind();
 }
 
-bool all_finite(const std::vector<torch::Tensor>& outputs) {
-  for (const auto& t : outputs)
-    if (!torch::isfinite(t).all().item<bool>()) return false;
-  return true;
-}
-
 void check_outputs_finite(bool finite, const char* whose) {
   if (!finite)
     throw input_error(fmt::format("{} outputs are not finite (NaN or Inf): check the inputs (--mean/--std, the "
@@ -43,6 +37,28 @@ void check_outputs_finite(bool finite, const char* whose) {
 }
 
 }  // namespace
+
+bool all_finite(const std::vector<torch::Tensor>& outputs) {
+  for (const auto& t : outputs)
+    if (!torch::isfinite(t).all().item<bool>()) return false;
+  return true;
+}
+
+void compare_outputs(const std::vector<torch::Tensor>& student, const std::vector<torch::Tensor>& target, Metrics& m) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < student.size(); ++i) {
+    const auto s = student[i].detach().to(torch::kFloat64), t = target[i].to(torch::kFloat64);
+    m.sq_err += (s - t).pow(2).sum().item<double>();
+    m.t_sum += t.sum().item<double>();
+    m.t_sq += t.pow(2).sum().item<double>();
+    m.t_count += static_cast<double>(t.numel());
+  }
+  // Top-1 agreement where the one compared output holds class scores (the last dimension).
+  if (student.size() == 1 && student[0].dim() >= 2 && student[0].size(-1) >= 2) {
+    m.agree += student[0].argmax(-1).eq(target[0].argmax(-1)).sum().item<double>();
+    m.positions += static_cast<double>(student[0].numel() / student[0].size(-1));
+  }
+}
 
 ObjectiveOptions resolve(ObjectiveOptions o, bool labeled) {
   if (!(o.temperature > 0)) throw usage_error("--distill-temperature must be positive");
@@ -259,18 +275,7 @@ torch::Tensor Objective::operator()(const c10::IValue& output, const std::vector
     kd = distillation(student, target);
     torch::NoGradGuard no_grad;
     m.distill += kd.item<double>() * n;
-    for (size_t i = 0; compare && i < student.size(); ++i) {
-      const auto s = student[i].detach().to(torch::kFloat64), t = target[i].to(torch::kFloat64);
-      m.sq_err += (s - t).pow(2).sum().item<double>();
-      m.t_sum += t.sum().item<double>();
-      m.t_sq += t.pow(2).sum().item<double>();
-      m.t_count += static_cast<double>(t.numel());
-    }
-    // Top-1 agreement where the one compared output holds class scores (the last dimension).
-    if (compare && student.size() == 1 && student[0].dim() >= 2 && student[0].size(-1) >= 2) {
-      m.agree += student[0].argmax(-1).eq(target[0].argmax(-1)).sum().item<double>();
-      m.positions += static_cast<double>(student[0].numel() / student[0].size(-1));
-    }
+    if (compare) compare_outputs(student, target, m);
   }
   torch::Tensor loss;
   if (ce.defined() && kd.defined())

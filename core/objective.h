@@ -89,6 +89,12 @@ std::string describe_score(const char* metric, double score);
 // (in its order). `select` ("KEY" or "INDEX", --model-output) picks one; an input error when it
 // names nothing.
 std::vector<torch::Tensor> output_tensors(const c10::IValue& output, const std::string& select);
+// Whether every value of `outputs` is finite.
+bool all_finite(const std::vector<torch::Tensor>& outputs);
+// Adds to `m` the squared error of `student` against `target` (the same tensors, in order) and
+// the sums of the target's values for its spread, and the top-1 agreement when the one output
+// holds class scores in its last dimension.
+void compare_outputs(const std::vector<torch::Tensor>& student, const std::vector<torch::Tensor>& target, Metrics& m);
 // The one output tensor that holds class scores [batch, classes]; an input error saying what the
 // model returns instead.
 torch::Tensor classifier_scores(const std::vector<torch::Tensor>& outputs);

@@ -44,15 +44,18 @@ LayerPlan plan_layers(const torch::jit::Module& module, const QuantizeOptions& o
   return plan;
 }
 
+void ternarize_in_place(torch::Tensor weight, const LayerRecord& r) {
+  torch::NoGradGuard no_grad;
+  const auto wp = torch::full({}, r.wp, weight.options());
+  const auto wn = torch::full({}, r.wn, weight.options());
+  weight.copy_(ternarize(weight, wp, wn, r.delta));
+}
+
 std::vector<LayerRecord> quantize_module(torch::jit::Module& module, const QuantizeOptions& options) {
   LayerPlan plan = plan_layers(module, options, PlanPurpose::Quantize);
-  torch::NoGradGuard no_grad;
   for (size_t i = 0; i < plan.layers.size(); ++i) {
     const LayerRecord& r = plan.layers[i];
-    torch::Tensor weight = plan.weights[i];  // the parameter, shared with module
-    const auto wp = torch::full({}, r.wp, weight.options());
-    const auto wn = torch::full({}, r.wn, weight.options());
-    weight.copy_(ternarize(weight, wp, wn, r.delta));
+    ternarize_in_place(plan.weights[i], r);  // the parameter, shared with module
     spdlog::debug("{}: delta={:.6g} wp={:.6g} wn={:.6g} sparsity={:.3f}", r.name, r.delta, r.wp, r.wn,
                   r.counts.sparsity());
   }

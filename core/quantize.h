@@ -39,6 +39,9 @@ struct LayerPlan {
 // normalization (BatchNorm, LayerNorm, ...) takes every ternary layer's output, mean otherwise.
 LayerPlan plan_layers(const torch::jit::Module& module, const QuantizeOptions& options, PlanPurpose purpose);
 
+// Sets `weight` (a parameter, changed in place) to {-Wn, 0, +Wp} by its record's Δ and scales.
+void ternarize_in_place(torch::Tensor weight, const LayerRecord& record);
+
 // Ternarizes the selected layers of `module` in place (weights become {-Wn, 0, +Wp}) and returns
 // the record of each. Other tensors are left bit-for-bit unchanged.
 std::vector<LayerRecord> quantize_module(torch::jit::Module& module, const QuantizeOptions& options);

@@ -24,6 +24,8 @@ std::optional<LayerReport> read_ternary(const torch::Tensor& w, const LayerRecor
   return r;
 }
 
+}  // namespace
+
 Totals compute_totals(const torch::jit::Module& module, const std::vector<LayerReport>& layers) {
   Totals t;
   for (const auto& x : module_tensors(module)) {
@@ -41,8 +43,6 @@ Totals compute_totals(const torch::jit::Module& module, const std::vector<LayerR
   }
   return t;
 }
-
-}  // namespace
 
 std::string to_string(LayerKind kind) {
   switch (kind) {

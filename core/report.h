@@ -41,6 +41,10 @@ struct Totals {
   double ratio_entropy() const;
 };
 
+// The sizes of `module` with `layers` (its candidates) coded where coded(): the one count of
+// inspect's totals and sensitivity's points.
+Totals compute_totals(const torch::jit::Module& module, const std::vector<LayerReport>& layers);
+
 struct ModelReport {
   bool dry_run = false;  // no ternary layer found: the report shows what `quantize` would do
   std::vector<LayerReport> layers;  // every quantizable weight, in forward order

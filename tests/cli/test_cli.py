@@ -363,7 +363,8 @@ class BashCompletion(unittest.TestCase):
         return set(r.stdout.split())
 
     def test_commands_options_and_files(self):
-        self.assertEqual(self.complete("s"), {"stats"})
+        self.assertEqual(self.complete("s"), {"stats", "sensitivity"})
+        self.assertEqual(self.complete("se"), {"sensitivity"})
         self.assertEqual(self.complete("e"), {"eval", "export"})
         self.assertEqual(self.complete("stats", "--ex"), {"--expect"})
         self.assertEqual(self.complete("-v", "finetune", "--log"), {"--log", "--log-every"})
@@ -374,12 +375,13 @@ class BashCompletion(unittest.TestCase):
 
 class HelpAndManPages(unittest.TestCase):
     COMMANDS = {"quantize": "ttq-quantize.1", "inspect": "ttq-inspect.1", "export": "ttq-export.1",
-                "finetune": "ttq-finetune.1", "eval": "ttq-eval.1", "stats": "ttq-stats.1"}
+                "finetune": "ttq-finetune.1", "eval": "ttq-eval.1", "stats": "ttq-stats.1",
+                "bench": "ttq-bench.1", "sensitivity": "ttq-sensitivity.1"}
 
     def test_help_and_version(self):
         r = ttq("--help")
         self.assertEqual(r.returncode, 0)
-        for cmd in ("quantize", "finetune", "eval", "inspect", "export", "stats"):
+        for cmd in ("quantize", "finetune", "eval", "inspect", "export", "stats", "bench", "sensitivity"):
             self.assertRegex(r.stdout, rf"\n\s+{cmd}\s")
         r = ttq("--version")
         self.assertEqual(r.returncode, 0)
@@ -410,7 +412,7 @@ class HelpAndManPages(unittest.TestCase):
         self.assertIn(".SH EXIT STATUS", man)
         for code in ("0", "1", "2"):
             self.assertRegex(man, rf"\.B {code}\n|\.IP {code}\b|^{code}\b")
-        for cmd in ("quantize", "finetune", "eval", "inspect", "export", "stats"):
+        for cmd in ("quantize", "finetune", "eval", "inspect", "export", "stats", "bench", "sensitivity"):
             self.assertIn(cmd, man)
         self.assertEqual(self.long_options(ttq("--help").stdout),
                          self.long_options(man.split(".SH OPTIONS", 1)[1].split(".SH ", 1)[0]))

@@ -1,0 +1,239 @@
+#include "core/sensitivity.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <optional>
+
+#include "core/error.h"
+#include "core/objective.h"
+#include "core/report.h"
+
+namespace ttq {
+namespace {
+
+// The FP model's outputs on each batch, which the variants are compared with: held while they fit
+// in `limit` bytes, and beyond that computed again by a copy of the FP model.
+class Reference {
+ public:
+  explicit Reference(int64_t limit) : limit_(limit) {}
+  void hold(const std::vector<torch::Tensor>& outputs, const torch::jit::Module& fp) {
+    if (fp_) return;
+    for (const auto& t : outputs) bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+    if (bytes_ <= limit_)
+      batches_.push_back(outputs);
+    else
+      fp_ = fp.clone();
+  }
+  std::vector<torch::Tensor> outputs(size_t batch, const std::vector<torch::Tensor>& inputs,
+                                     const std::string& select) {
+    if (batch < batches_.size()) return batches_[batch];
+    return output_tensors(run_model(*fp_, inputs), select);
+  }
+
+ private:
+  std::vector<std::vector<torch::Tensor>> batches_;
+  std::optional<torch::jit::Module> fp_;
+  int64_t limit_, bytes_ = 0;
+};
+
+ObjectiveOptions output_only(const std::string& output) {
+  ObjectiveOptions o;
+  o.output = output;
+  return o;
+}
+
+class Evaluator {
+ public:
+  Evaluator(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, const SensitivityOptions& o)
+      : module_(module), data_(data), pre_(pre), batch_size_(o.batch_size),
+        objective_(output_only(o.output)), reference_(o.reference_bytes) {}
+
+  // The sums over all the data. The first call, on the FP model, sets the reference when `compare`.
+  Metrics sums(bool compare) {
+    torch::NoGradGuard no_grad;
+    module_.train(false);
+    Metrics m;
+    const bool first = !measured_;
+    measured_ = true;
+    size_t batch = 0;
+    for (int64_t start = 0; start < data_.size(); start += batch_size_, ++batch) {
+      const auto idx = torch::arange(start, std::min(start + batch_size_, data_.size()), torch::kInt64);
+      const auto inputs = prepare_inputs(data_, idx, pre_);
+      const c10::IValue output = run_model(module_, inputs);
+      const auto outputs = output_tensors(output, objective_.options().output);
+      if (first && compare) reference_.hold(outputs, module_);
+      if (!all_finite(outputs)) {
+        m.nonfinite += static_cast<double>(idx.size(0));
+        continue;
+      }
+      if (data_.labeled())
+        objective_(output, inputs, data_.labels.index_select(0, idx), m, false);
+      else
+        m.samples += idx.size(0);
+      if (compare) compare_outputs(outputs, reference_.outputs(batch, inputs, objective_.options().output), m);
+    }
+    return m;
+  }
+
+ private:
+  torch::jit::Module& module_;
+  const Dataset& data_;
+  const Preprocess& pre_;
+  int64_t batch_size_;
+  Objective objective_;
+  Reference reference_;
+  bool measured_ = false;
+};
+
+bool compares(SensitivityMetric metric) {
+  return metric == SensitivityMetric::Agreement || metric == SensitivityMetric::RelMse;
+}
+
+double value_of(const Metrics& m, SensitivityMetric metric) {
+  switch (metric) {
+    case SensitivityMetric::Top1: return m.top1;
+    case SensitivityMetric::Loss: return m.loss;
+    case SensitivityMetric::Agreement: return m.agreement.value_or(0);
+    case SensitivityMetric::RelMse: return m.rel_mse.value_or(0);
+    case SensitivityMetric::Auto: break;
+  }
+  return 0;
+}
+
+// The drop from `fp`, higher worse: points for fractions and the relative MSE, the loss's units.
+double drop_of(double value, double fp, SensitivityMetric metric) {
+  switch (metric) {
+    case SensitivityMetric::Top1:
+    case SensitivityMetric::Agreement: return (fp - value) * 100;
+    case SensitivityMetric::RelMse: return (value - fp) * 100;
+    default: return value - fp;
+  }
+}
+
+// The metric asked for, or auto's choice, checked against what the data and outputs give.
+SensitivityMetric decide_metric(SensitivityMetric asked, bool labeled, const Metrics& fp) {
+  const bool class_scores = fp.positions > 0;
+  if (asked == SensitivityMetric::Auto)
+    return labeled ? SensitivityMetric::Top1 : class_scores ? SensitivityMetric::Agreement : SensitivityMetric::RelMse;
+  if (!labeled && (asked == SensitivityMetric::Top1 || asked == SensitivityMetric::Loss))
+    throw usage_error(fmt::format("--metric {} needs labels and the data has none: use agreement or rel_mse",
+                                  choice_name(asked)));
+  if (asked == SensitivityMetric::Agreement && !class_scores)
+    throw usage_error("--metric agreement needs one output of class scores (its last dimension): use rel_mse");
+  return asked;
+}
+
+struct Layers {
+  std::vector<LayerRecord> plans;
+  std::vector<torch::Tensor> weights, originals;
+  std::vector<LayerReport> reports;  // for the sizes, all full precision
+};
+
+Layers plan_measured(const torch::jit::Module& module, const QuantizeOptions& options) {
+  QuantizeOptions every = options;
+  every.selection.quantize_first = every.selection.quantize_last = true;
+  LayerPlan plan = plan_layers(module, every, PlanPurpose::Quantize);
+  Layers l;
+  l.plans = plan.layers;
+  l.weights = plan.weights;
+  for (size_t i = 0; i < plan.layers.size(); ++i) {
+    l.originals.push_back(plan.weights[i].detach().clone());
+    LayerReport r;
+    r.layer = plan.layers[i];
+    r.numel = plan.weights[i].numel();
+    l.reports.push_back(r);
+  }
+  return l;
+}
+
+// Least drop per byte saved first; drops at or below zero are free and go by bytes saved.
+std::vector<size_t> frontier_order(const std::vector<LayerSensitivity>& layers) {
+  std::vector<size_t> order(layers.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  const auto cost = [&](size_t i) {
+    const auto& l = layers[i];
+    if (std::isinf(l.alone.drop) || l.bytes_saved <= 0) return std::numeric_limits<double>::infinity();
+    return std::max(l.alone.drop, 0.0) / static_cast<double>(l.bytes_saved);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (cost(a) != cost(b)) return cost(a) < cost(b);
+    return layers[a].bytes_saved > layers[b].bytes_saved;
+  });
+  return order;
+}
+
+}  // namespace
+
+SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
+                                      const SensitivityOptions& options, const SensitivityProgress& progress) {
+  const bool was_training = module.is_training();
+  Layers layers = plan_measured(module, options.quantize);
+  const LayerPlan rule = plan_layers(module, options.quantize, PlanPurpose::DryRun);
+  const size_t n = layers.plans.size();
+  const size_t total = 2 * n + 2;
+  size_t done = 0;
+  const auto step = [&](const std::string& what) {
+    if (progress) progress(++done, total, what);
+  };
+
+  Evaluator evaluator(module, data, pre, options);
+  SensitivityReport report;
+  report.model_bytes = compute_totals(module, layers.reports).model_bytes;
+  const bool labeled = data.labeled();
+  const bool compare_fp = options.metric == SensitivityMetric::Auto ? !labeled : compares(options.metric);
+  const Metrics fp_sums = evaluator.sums(compare_fp);
+  require_finite_outputs(fp_sums);
+  const Metrics fp = averaged(fp_sums);
+  report.metric = decide_metric(options.metric, labeled, fp);
+  report.samples = fp.samples;
+  report.fp_value = value_of(fp, report.metric);
+  step("full precision");
+
+  const auto measure = [&](const std::vector<size_t>& set, const std::string& what) {
+    for (size_t i = 0; i < n; ++i) layers.weights[i].detach().copy_(layers.originals[i]);
+    SetPoint point;
+    auto reports = layers.reports;
+    for (const size_t i : set) {
+      ternarize_in_place(layers.weights[i], layers.plans[i]);
+      reports[i].kind = LayerKind::Planned;
+    }
+    for (size_t i = 0; i < n; ++i)
+      if (reports[i].coded()) point.layers.push_back(layers.plans[i].name);
+    const Totals sizes = compute_totals(module, reports);
+    point.bytes_2bit = sizes.bytes_2bit, point.bytes_entropy = sizes.bytes_entropy;
+    const Metrics m = evaluator.sums(compares(report.metric));
+    Measured& r = point.measured;
+    r.nonfinite = m.nonfinite / (m.nonfinite + static_cast<double>(m.samples));
+    r.value = m.nonfinite > 0 ? std::nan("") : value_of(averaged(m), report.metric);
+    r.drop = m.nonfinite > 0 ? std::numeric_limits<double>::infinity() : drop_of(r.value, report.fp_value, report.metric);
+    step(what);
+    return point;
+  };
+
+  for (size_t i = 0; i < n; ++i) {
+    LayerSensitivity l;
+    l.layer = layers.plans[i];
+    l.numel = layers.reports[i].numel;
+    l.bytes_saved = l.numel * 4 - ternary_bound_bytes(l.layer.counts);
+    l.in_rule = find_layer(rule.layers, l.layer.name) != nullptr;
+    l.alone = measure({i}, l.layer.name).measured;
+    report.layers.push_back(std::move(l));
+  }
+  report.order = frontier_order(report.layers);
+  std::vector<size_t> set;
+  for (const size_t i : report.order) {
+    set.push_back(i);
+    report.frontier.push_back(measure(set, "+ " + layers.plans[i].name));
+  }
+  std::vector<size_t> rule_set;
+  for (size_t i = 0; i < n; ++i)
+    if (report.layers[i].in_rule) rule_set.push_back(i);
+  report.rule = measure(rule_set, "quantize's selection");
+  for (size_t i = 0; i < n; ++i) layers.weights[i].detach().copy_(layers.originals[i]);
+  module.train(was_training);
+  return report;
+}
+
+}  // namespace ttq

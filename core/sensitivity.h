@@ -1,0 +1,88 @@
+// Which layers to make ternary, measured (`ttq sensitivity`): each candidate layer ternarized
+// alone, one-shot, and the change of a metric on held-out samples against the FP model; then the
+// frontier, layers added in order of least damage per byte saved, each point evaluated.
+#pragma once
+#include <torch/script.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/choices.h"
+#include "core/data.h"
+#include "core/quantize.h"
+
+namespace ttq {
+
+enum class SensitivityMetric { Auto, Top1, Loss, Agreement, RelMse };
+inline constexpr Choice<SensitivityMetric> kSensitivityMetrics[] = {
+    {"auto", SensitivityMetric::Auto, "top1 with labels; without them agreement for class scores, else rel_mse"},
+    {"top1", SensitivityMetric::Top1, "top-1 accuracy on the labels (drop in points)"},
+    {"loss", SensitivityMetric::Loss, "cross-entropy on the labels (drop: the increase)"},
+    {"agreement", SensitivityMetric::Agreement, "top-1 agreement with the FP model's outputs (drop in points)"},
+    {"rel_mse", SensitivityMetric::RelMse, "relative MSE against the FP model's outputs (drop: 100 times it)"}};
+constexpr const auto& choices(SensitivityMetric) { return kSensitivityMetrics; }
+
+struct SensitivityOptions {
+  // The threshold and scales of the one-shot ternarization; the selection is the one quantize
+  // would make (the rule point), and every candidate its --include/--exclude leave is measured,
+  // the first and last layers too.
+  QuantizeOptions quantize;
+  SensitivityMetric metric = SensitivityMetric::Auto;
+  std::string output;  // --model-output
+  int64_t batch_size = 256;
+  // Without labels: the FP model's outputs are held up to this many bytes, and computed again by
+  // a copy of the FP model past it (a language model's logits over many samples would not fit).
+  int64_t reference_bytes = int64_t{1} << 30;
+};
+
+// One evaluation: the metric's value and its drop from the FP model, higher worse, in points for
+// fractions (top1, agreement; rel_mse as 100 times its value) and in the loss's units for loss.
+// Outputs that are not finite on some samples make the value NaN and the drop infinite.
+struct Measured {
+  double value = 0;
+  double drop = 0;
+  double nonfinite = 0;  // fraction of the samples whose outputs were not finite
+};
+
+struct LayerSensitivity {
+  LayerRecord layer;  // its one-shot plan, alone
+  int64_t numel = 0;
+  int64_t bytes_saved = 0;  // FP32 bytes less its bound at the codes' entropy
+  bool in_rule = false;     // quantize with the same flags ternarizes it
+  Measured alone;
+};
+
+// A set of ternary layers: its size (2-bit codes, and at the codes' entropy, as inspect counts)
+// and what it measured.
+struct SetPoint {
+  std::vector<std::string> layers;  // forward order
+  int64_t bytes_2bit = 0, bytes_entropy = 0;
+  Measured measured;
+};
+
+struct SensitivityReport {
+  SensitivityMetric metric = SensitivityMetric::Auto;  // decided
+  int64_t samples = 0;
+  double fp_value = 0;
+  int64_t model_bytes = 0;  // the FP model as stored
+  std::vector<LayerSensitivity> layers;  // forward order
+  // Point k ternarizes the first k+1 layers of `order` (indices into `layers`): least drop per
+  // byte saved first, so sizes fall along the frontier and its last point is every layer.
+  std::vector<size_t> order;
+  std::vector<SetPoint> frontier;
+  SetPoint rule;  // quantize's selection with the same flags
+};
+
+// Progress: `done` of `total` evaluations, the one just finished named.
+using SensitivityProgress = std::function<void(size_t done, size_t total, const std::string& what)>;
+
+// Measures on `data` (all of it, in batches; eval mode, no gradients). `module` is changed while
+// measuring and restored bit for bit. Usage errors for a metric the data cannot give (top1 or
+// loss without labels, agreement without class scores); input errors when the FP model's outputs
+// are not finite.
+SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
+                                      const SensitivityOptions& options, const SensitivityProgress& progress = {});
+
+}  // namespace ttq

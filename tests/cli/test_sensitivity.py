@@ -1,0 +1,176 @@
+"""ttq sensitivity end to end: per-layer one-shot drops recomputed independently in PyTorch on a
+trained CNN and real Fashion-MNIST images, the frontier, unlabeled outputs, the plot and errors."""
+import gzip
+import json
+import os
+import unittest
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import torch
+
+from ttq_testing import SharedWorkdir, fixture, ttq
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+SAMPLES = 600
+
+
+def fashion_test_tensors(n):
+    """The first n test images, normalized as ttq's fashion-mnist kind does, and their labels."""
+    images = gzip.open(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")).read()[16:16 + 784 * n]
+    labels = gzip.open(os.path.join(FMNIST, "t10k-labels-idx1-ubyte.gz")).read()[8:8 + n]
+    x = torch.from_numpy(np.frombuffer(images, np.uint8).reshape(n, 1, 28, 28).astype(np.float32))
+    x = (x / 255 - 0.2860) / 0.3530
+    return x, torch.from_numpy(np.frombuffer(labels, np.uint8).astype(np.int64))
+
+
+def ternarize(w, threshold):
+    """The max-scaled rule with mean scales (shared/docs/algorithm.md), written here independently."""
+    delta = threshold * w.abs().max()
+    wp, wn = w[w > delta].mean(), -w[w < -delta].mean()
+    return torch.where(w > delta, wp, torch.where(w < -delta, -wn, torch.zeros_like(w))), delta, wp, wn
+
+
+class Sensitivity(SharedWorkdir):
+    @classmethod
+    def setUpShared(cls):
+        cls.fp = cls.shared_path("fp.pt")
+        r = ttq("finetune", fixture("small_cnn.pt"), "-o", cls.fp, "--fp", "--optimizer", "adam", "--lr", "0.002",
+                "--epochs", "1", "--subset", "3000", "--threads", "2", "--no-progress")
+        assert r.returncode == 0, r.stderr
+        cls.x, cls.y = fashion_test_tensors(SAMPLES)
+        cls.data = cls.shared_path("fmnist.pt")
+        torch.save({"x": cls.x, "y": cls.y, "x_test": cls.x, "y_test": cls.y}, cls.data)
+        cls.plot = cls.shared_path("frontier.svg")
+        cls.result = ttq("sensitivity", cls.fp, "--data", "tensors:" + cls.data, "--batch-size", "128", "--json",
+                      "--plot", cls.plot, "--threads", "2")
+        cls.report = json.loads(cls.result.stdout) if cls.result.returncode == 0 else None
+
+    def setUp(self):
+        super().setUp()
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+
+    def top1(self, model):
+        with torch.no_grad():
+            return (model(self.x).argmax(1) == self.y).double().mean().item()
+
+    def test_each_drop_equals_pytorch_ternarizing_that_layer_alone(self):
+        model = torch.jit.load(self.fp)
+        fp_top1 = self.top1(model)
+        self.assertEqual(self.report["metric"], "top1")
+        self.assertEqual(self.report["samples"], SAMPLES)
+        self.assertAlmostEqual(self.report["fp_value"], fp_top1, places=12)
+        params = dict(model.named_parameters())
+        names = [l["name"] for l in self.report["layers"]]
+        self.assertEqual(len(names), 4)  # every candidate, the first and the last included
+        drops = []
+        for layer in self.report["layers"]:
+            w = params[layer["name"]]
+            original = w.detach().clone()
+            t, delta, wp, wn = ternarize(original, 0.05)
+            self.assertAlmostEqual(layer["delta"], delta.item(), places=6)
+            self.assertAlmostEqual(layer["wp"] / wp.item(), 1, places=5)
+            self.assertAlmostEqual(layer["wn"] / wn.item(), 1, places=5)
+            with torch.no_grad():
+                w.copy_(t)
+                top1 = self.top1(model)
+                w.copy_(original)
+            self.assertAlmostEqual(layer["value"], top1, places=12, msg=layer["name"])
+            self.assertAlmostEqual(layer["drop"], (fp_top1 - top1) * 100, places=9, msg=layer["name"])
+            self.assertEqual(layer["numel"], w.numel())
+            drops.append(layer["drop"])
+        self.assertGreater(max(drops), 0)  # one-shot ternarization costs something somewhere
+
+    def test_the_frontier_falls_in_size_and_each_point_is_its_set_evaluated(self):
+        layers, frontier = self.report["layers"], self.report["frontier"]
+        self.assertEqual(len(frontier), len(layers))
+        sizes = [p["bytes_entropy"] for p in frontier]
+        self.assertEqual(sizes, sorted(sizes, reverse=True))
+        self.assertLess(sizes[0], self.report["model_bytes"])
+        self.assertTrue(all(a["bytes_2bit"] > b["bytes_2bit"] for a, b in zip(frontier, frontier[1:])))
+        by_name = {l["name"]: l for l in layers}
+        costs = [max(by_name[p["added"]]["drop"], 0) / by_name[p["added"]]["bytes_saved"] for p in frontier]
+        self.assertEqual(costs, sorted(costs))  # least drop per byte saved first
+        self.assertEqual([p["layers"] for p in frontier], list(range(1, len(layers) + 1)))
+        # The second point, recomputed: its two layers ternary together.
+        model = torch.jit.load(self.fp)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for p in frontier[:2]:
+                w = params[p["added"]]
+                w.copy_(ternarize(w.detach().clone(), 0.05)[0])
+        self.assertAlmostEqual(frontier[1]["value"], self.top1(model), places=12)
+        # Quantize's selection: the first and last layers in forward order stay FP.
+        self.assertEqual([l["in_rule"] for l in layers], [False, True, True, False])
+        self.assertEqual(self.report["rule"]["names"], [l["name"] for l in layers if l["in_rule"]])
+        self.assertLess(self.report["rule"]["bytes_entropy"], self.report["model_bytes"])
+        # The same sizes as inspect gives the model quantize writes with the same flags.
+        r = ttq("quantize", self.fp, "-o", self.out("q.pt"), "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["totals"]["bytes_entropy"], self.report["rule"]["bytes_entropy"])
+
+    def test_the_plot_is_svg_with_the_notable_points_marked(self):
+        root = ET.parse(self.plot).getroot()
+        self.assertTrue(root.tag.endswith("svg"))
+        text = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+        for label in ("full precision", "quantize's selection", "every layer", "model size"):
+            self.assertIn(label, text)
+        self.assertEqual(sum(1 for e in root.iter() if e.tag.endswith("polyline")), 2)
+
+    def test_the_table_names_every_layer_and_the_frontier(self):
+        r = ttq("sensitivity", self.fp, "--data", "tensors:" + self.data, "--subset", "200", "--threads", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("on 200 samples", r.stdout)
+        for layer in self.report["layers"]:
+            self.assertIn(layer["name"], r.stdout)
+        self.assertRegex(r.stdout, r"\nfrontier \(layers added by least drop per byte saved\)")
+        self.assertRegex(r.stdout, r"quantize's selection: 2 ternary layers, .* at the codes' entropy \(\d+\.\d\dx\)")
+
+    def test_without_labels_rel_mse_against_the_fp_outputs(self):
+        data = fixture("regression_unlabeled.pt")
+        r = ttq("sensitivity", fixture("regression_mlp.pt"), "--data", "tensors:" + data, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(r.stdout)
+        self.assertEqual(report["metric"], "rel_mse")
+        self.assertEqual(report["fp_value"], 0)
+        model = torch.jit.load(fixture("regression_mlp.pt"))
+        x = torch.load(data)["x_test"]
+        with torch.no_grad():
+            y = model(x).double()
+        params = dict(model.named_parameters())
+        for layer in report["layers"]:
+            w = params[layer["name"]]
+            original = w.detach().clone()
+            with torch.no_grad():
+                w.copy_(ternarize(original, 0.05)[0])
+                rel = ((model(x).double() - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+                w.copy_(original)
+            self.assertAlmostEqual(layer["drop"] / (100 * rel.item()), 1, places=5, msg=layer["name"])
+
+    def test_a_dict_output_is_measured_by_agreement_with_the_fp_model(self):
+        r = ttq("sensitivity", fixture("dict_output.pt"), "--data", "tensors:" + fixture("tensors.pt"),
+                "--model-output", "logits", "--metric", "agreement", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(r.stdout)
+        self.assertEqual((report["metric"], report["fp_value"]), ("agreement", 1))
+        self.assertTrue(all(0 <= l["value"] <= 1 for l in report["layers"]))
+
+    def test_bad_requests_are_one_line_errors(self):
+        cases = [
+            (["sensitivity", fixture("regression_mlp.pt"), "--data", "tensors:" + fixture("regression_unlabeled.pt"),
+              "--metric", "top1"], 2, r"--metric top1 needs labels and the data has none"),
+            (["sensitivity", fixture("regression_mlp.pt"), "--data", "tensors:" + fixture("regression_unlabeled.pt"),
+              "--metric", "agreement"], 2, r"--metric agreement needs one output of class scores"),
+            (["sensitivity", self.fp, "--data", "tensors:" + self.data, "--exclude", "."], 2, r"nothing|no layer"),
+            (["sensitivity", self.fp, "--data", "tensors:" + self.data, "--plot", self.out("no/such/dir/p.svg")], 1,
+             r"p\.svg"),
+            (["sensitivity", fixture("no_quantizable.pt")], 1, r"nothing to quantize|no .*layer"),
+        ]
+        for args, code, pattern in cases:
+            with self.subTest(args=args[1:]):
+                self.assert_one_error_line(ttq("-q", *args), code, pattern)
+        self.assert_no_files()
+
+
+if __name__ == "__main__":
+    unittest.main()
