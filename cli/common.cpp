@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -320,16 +321,35 @@ void print_table(const ModelReport& report) {
              human_bytes(t.bytes_entropy), t.ratio_entropy());
 }
 
+void print_budget(const BudgetChoice& c) {
+  const auto ternary = c.ternary();
+  fmt::print("budget {}: {} of {} layers ternary, {:.2f}x at the codes' entropy; one-shot {} drop {} (full precision "
+             "{} on {} samples of {})\n", c.budget, ternary.size(), c.layers.size(), c.ratio, choice_name(c.metric),
+             show_drop(c.drop), show_value(c.fp_value, c.metric), c.samples, c.data);
+  for (const auto& l : c.layers)
+    if (!l.ternary) fmt::print("  kept full precision: {} (alone {}): {}\n", l.name, show_drop(l.drop), l.reason);
+}
+
 }  // namespace
 
+std::string show_value(double v, SensitivityMetric m) {
+  if (std::isnan(v)) return "not finite";
+  return is_fraction(m) ? fmt::format("{:.2f}%", 100 * v) : fmt::format("{:.4g}", v);
+}
+
+std::string show_drop(double d) { return std::isinf(d) ? "inf" : fmt::format("{:+.2f}", d); }
+
 void print_report(const ModelReport& report, const std::optional<ModelMetadata>& metadata, const std::string& source,
-                  bool json, const std::string& output) {
+                  bool json, const std::string& output, const std::optional<BudgetChoice>& budget) {
+  const std::optional<BudgetChoice>& chosen = budget ? budget : metadata ? metadata->budget : budget;
   if (json) {
     auto doc = report_json(report, metadata, source);
     if (!output.empty()) doc["output"] = output;
+    if (chosen) doc["budget"] = *chosen;
     fmt::print("{}\n", doc.dump(2));
   } else {
     print_table(report);
+    if (chosen) print_budget(*chosen);
   }
   std::fflush(stdout);
 }

@@ -16,6 +16,7 @@
 #include "core/precision.h"
 #include "core/quantize.h"
 #include "core/report.h"
+#include "core/sensitivity.h"
 #include "formats/metadata.h"
 #include "formats/ttqz.h"
 
@@ -89,6 +90,23 @@ struct DataFlags {
   Preprocess preprocess(const DataSplits& data) const { return apply_overrides(data.defaults, overrides); }
 };
 
+// --max-drop, --target-ratio, --metric and --budget-samples (quantize, inspect, finetune), bound to `budget`.
+void add_budget_options(CLI::App* app, Budget& budget);
+// The held-out samples of a budget: the first budget.samples of `split` (all with 0).
+Dataset budget_samples(const Dataset& split, const Budget& budget);
+// Measures the layers of `module` on `held_out` (as ttq sensitivity, with a progress line),
+// chooses by the budget, sets options.selection.only to the choice and returns it (said on stderr).
+BudgetChoice choose_layers(torch::jit::Module& module, const Dataset& held_out, const Preprocess& pre,
+                           const std::string& spec, QuantizeOptions& options, const Budget& budget,
+                           const std::string& model_output = "");
+// quantize and inspect: with a budget, choose_layers on the data's test split; without one,
+// nullopt, and a usage error when --data is given.
+std::optional<BudgetChoice> apply_budget(torch::jit::Module& module, const DataFlags& data, QuantizeOptions& options,
+                                         const Budget& budget);
+// "top1 86.95%", "rel_mse 0.0123": a sensitivity metric's value; "+1.25", "inf": its drop.
+std::string show_value(double value, SensitivityMetric metric);
+std::string show_drop(double drop);
+
 // --distill, --teacher, --distill-loss/-temperature/-alpha (finetune) and --model-output; eval
 // takes the teacher and the output only (`training` false).
 void add_objective_options(CLI::App* app, ObjectiveOptions& target, bool training);
@@ -120,8 +138,9 @@ void install_signal_handlers();
 
 // Prints the report on stdout: an aligned table with totals, or one JSON document. `output`
 // names the file just written, when there is one.
+// With `budget` (inspect's dry run under a budget), or the metadata's, also what the budget chose.
 void print_report(const ModelReport& report, const std::optional<ModelMetadata>& metadata, const std::string& source,
-                  bool json, const std::string& output = "");
+                  bool json, const std::string& output = "", const std::optional<BudgetChoice>& budget = std::nullopt);
 
 // Prints what a .ttqz archive holds and how close it is to the entropy bound. With `input`
 // (export), also the input file and the compression ratio.

@@ -5,6 +5,7 @@
 #include <torch/cuda.h>
 
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -50,6 +51,10 @@ struct FinetuneArgs {
   TrainOptions train;
   QuantizeFlags quant;
   DataFlags data;
+  Budget budget;
+  // With a budget: what it chose, on which validation samples (checked again after training).
+  std::optional<BudgetChoice> budget_choice;
+  Dataset budget_held_out;
 
   bool writer() const { return dist.rank == 0; }  // rank 0 alone writes files and prints
   // As asked (what --resume compares), or as the trainer decided its `auto` values (what is logged).
@@ -99,12 +104,19 @@ std::shared_ptr<Communicator> connect_ranks(FinetuneArgs& a) {
 }
 
 // The data, the model and its layers: the trainer checks that they fit together before training.
+// With a budget, the layers are chosen first, measured on the validation samples.
 std::unique_ptr<Trainer> load_trainer(FinetuneArgs& a, std::shared_ptr<Communicator> comm) {
   DataSplits data = a.data.load();
   a.train.preprocess = a.data.preprocess(data);
   auto teacher = load_teacher(a.train.objective, a.model);
-  return std::make_unique<Trainer>(open_model(a.model).module, a.train, std::move(data), std::move(comm),
-                                   std::move(teacher));
+  torch::jit::Module module = open_model(a.model).module;
+  if (a.budget.active()) {
+    if (a.train.fp) throw usage_error("--fp trains the model as given: a budget chooses ternary layers");
+    a.budget_held_out = budget_samples(data.test, a.budget);
+    a.budget_choice = choose_layers(module, a.budget_held_out, a.train.preprocess, a.data.spec(), a.train.quant,
+                                    a.budget, a.train.objective.output);
+  }
+  return std::make_unique<Trainer>(module, a.train, std::move(data), std::move(comm), std::move(teacher));
 }
 
 // Continues from the newest checkpoint: the run then repeats the uninterrupted one exactly.
@@ -233,6 +245,32 @@ std::optional<std::string> train(Trainer& trainer, const FinetuneArgs& a, RunLog
 }
 
 // The ternary model with its metadata and the run's summary, and the summary on stdout.
+// The budget checked again on the samples it was chosen on: a miss is a warning.
+void check_budget(Trainer& trainer, const FinetuneArgs& a, const std::vector<LayerRecord>& layers) {
+  const BudgetChoice& c = *a.budget_choice;
+  if (!std::isnan(a.budget.max_drop)) {
+    torch::jit::Module fp = open_model(a.model).module;
+    SensitivityOptions o;
+    o.metric = c.metric;
+    o.output = a.train.objective.output;
+    const Measured m = measure_against(fp, trainer.module(), a.budget_held_out, a.train.preprocess, o);
+    const std::string what = fmt::format("{}: after training, {} drops {} on the {} validation samples it was chosen on "
+                                         "(one-shot: {})", c.budget, choice_name(c.metric), show_drop(m.drop),
+                                         c.samples, show_drop(c.drop));
+    if (m.drop > a.budget.max_drop)
+      spdlog::warn("{}", what);
+    else
+      spdlog::info("{}", what);
+    return;
+  }
+  const double ratio = inspect_module(trainer.module(), layers, a.train.quant).totals.ratio_entropy();
+  if (ratio < a.budget.target_ratio)
+    spdlog::warn("{}: after training the model is {:.2f}x smaller at the codes' entropy (one-shot: {:.2f}x)", c.budget,
+                 ratio, c.ratio);
+  else
+    spdlog::info("{}: after training the model is {:.2f}x smaller at the codes' entropy", c.budget, ratio);
+}
+
 void write_outputs(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   const Metrics final_metrics = trainer.evaluate();  // every rank takes part
   if (!a.writer()) return;
@@ -240,6 +278,8 @@ void write_outputs(Trainer& trainer, const FinetuneArgs& a, RunLog* log) {
   meta.command = "finetune";
   meta.options = a.train.quant;
   meta.layers = trainer.finalize();
+  meta.budget = a.budget_choice;
+  if (a.budget_choice) check_budget(trainer, a, meta.layers);
   meta.run = RunSummary{a.data.spec(), a.run_options(trainer), trainer.kept_step(), final_metrics,
                         trainer.recipe(), trainer.kept_epoch(), trainer.position().recoveries};
   save_torchscript(trainer.module(), a.train.fp ? std::nullopt : std::optional<ModelMetadata>(meta), a.output);
@@ -369,6 +409,7 @@ Command register_finetune(CLI::App& app) {
       ->delimiter(',');
   sub->add_option("--gamma", t.gamma, "factor of the step schedule")->capture_default_str();
   a->quant.add_to(sub, &t.quant);
+  add_budget_options(sub, a->budget);
   sub->add_option("--seed", t.seed, "seed of initialization, sample order and augmentation")->capture_default_str();
   add_choice_option(sub, "--device", a->device, "where to train");
   add_precision_options(sub, a->precision, t.memory_format);

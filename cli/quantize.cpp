@@ -14,11 +14,14 @@ struct QuantizeArgs {
   std::string output;
   bool json = false;
   QuantizeFlags flags;
+  DataFlags data;  // a budget's held-out samples
+  Budget budget;
 };
 
 void run_quantize(QuantizeArgs& args) {
-  const QuantizeOptions& options = args.flags.resolve();
+  QuantizeOptions options = args.flags.resolve();
   refuse_same_file(args.model, args.output);
+  check_writable(args.output);  // before a budget's measuring
   OpenedModel loaded = open_model(args.model);
   if (loaded.metadata)
     spdlog::warn("{} was already written by ttq {}; quantizing its current weights again",
@@ -26,6 +29,7 @@ void run_quantize(QuantizeArgs& args) {
 
   ModelMetadata meta;
   meta.command = "quantize";
+  meta.budget = apply_budget(loaded.module, args.data, options, args.budget);
   meta.options = options;
   meta.layers = quantize_module(loaded.module, options);
   save_torchscript(loaded.module, meta, args.output);
@@ -43,6 +47,8 @@ Command register_quantize(CLI::App& app) {
       ->required()
       ->type_name("FILE");
   args->flags.add_to(sub);
+  add_budget_options(sub, args->budget);
+  args->data.add_to(sub, DataUse::Eval);
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_quantize(*args); }};
 }

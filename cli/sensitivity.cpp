@@ -28,13 +28,6 @@ struct SensitivityArgs {
   SensitivityOptions options;
 };
 
-bool is_fraction(SensitivityMetric m) { return m == SensitivityMetric::Top1 || m == SensitivityMetric::Agreement; }
-
-std::string show_value(double v, SensitivityMetric m) {
-  if (std::isnan(v)) return "not finite";
-  return is_fraction(m) ? fmt::format("{:.2f}%", 100 * v) : fmt::format("{:.4g}", v);
-}
-std::string show_drop(double d) { return std::isinf(d) ? "inf" : fmt::format("{:+.2f}", d); }
 double ratio(int64_t fp, int64_t bytes) { return bytes ? static_cast<double>(fp) / static_cast<double>(bytes) : 0; }
 
 nlohmann::json measured_json(const Measured& m) {
@@ -108,7 +101,7 @@ void print_table(const SensitivityReport& r, const SensitivityArgs& a) {
 
 // The frontier as size at the codes' entropy (and with 2-bit codes, dashed) against the metric,
 // the FP model, quantize's selection and the all-ternary point marked.
-std::string frontier_svg(const SensitivityReport& r, const std::string& title) {
+std::string frontier_svg(const SensitivityReport& r, const std::string& title, const std::string& subtitle) {
   const double unit = r.model_bytes >= (1 << 20) ? 1 << 20 : r.model_bytes >= 1024 ? 1024 : 1;
   const char* unit_name = unit > 1024 ? "MiB" : unit > 1 ? "KiB" : "B";
   const double scale = is_fraction(r.metric) ? 100 : 1;
@@ -120,10 +113,11 @@ std::string frontier_svg(const SensitivityReport& r, const std::string& title) {
   }
   std::vector<double> all_x = xs;
   all_x.insert(all_x.end(), x2.begin(), x2.end());
-  std::string svg = svg_open(700, 460);
+  std::string svg = svg_open(700, 475);
   svg += fmt::format(R"(<text x="24" y="28" font-size="16" font-weight="bold">{}</text>)" "\n", escape(title));
-  legend(svg, 52, {{"at the codes' entropy", "#1f77b4", false}, {"2-bit codes", "#9a9a9a", false}});
-  Panel panel(svg, 90, 90, axis_of({all_x}, 0.0), axis_of({ys}), 580, 300);
+  svg += fmt::format(R"(<text x="24" y="46" font-size="11" fill="#666">{}</text>)" "\n", escape(subtitle));
+  legend(svg, 68, {{"at the codes' entropy", "#1f77b4", false}, {"2-bit codes", "#9a9a9a", false}});
+  Panel panel(svg, 90, 105, axis_of({all_x}, 0.0), axis_of({ys}), 580, 300);
   panel.frame("frontier: layers made ternary by least drop per byte saved", fmt::format("model size ({})", unit_name),
               choice_name(r.metric) + (scale > 1 ? " (%)" : ""), scale);
   panel.line(x2, ys, "#9a9a9a", 1.5, "5 3");
@@ -132,9 +126,21 @@ std::string frontier_svg(const SensitivityReport& r, const std::string& title) {
   if (!std::isnan(r.rule.measured.value))
     panel.marker(r.rule.bytes_entropy / unit, r.rule.measured.value, "#d62728", "quantize's selection");
   if (!r.frontier.empty() && !std::isnan(r.frontier.back().measured.value))
-    panel.marker(r.frontier.back().bytes_entropy / unit, r.frontier.back().measured.value, "#ff7f0e", "every layer");
+    panel.marker(r.frontier.back().bytes_entropy / unit, r.frontier.back().measured.value, "#ff7f0e", "every layer",
+                 true);
   svg += "</svg>\n";
   return svg;
+}
+
+// The measurement behind a budget, with its progress line.
+SensitivityReport measure_with_progress(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
+                                        const SensitivityOptions& options) {
+  Progress progress(!quiet() && isatty(STDERR_FILENO));
+  auto report = measure_sensitivity(module, data, pre, options, [&](size_t done, size_t total, const std::string& what) {
+    progress.update(done, total, what);
+  });
+  progress.clear();
+  return report;
 }
 
 void run_sensitivity(SensitivityArgs& a) {
@@ -146,23 +152,68 @@ void run_sensitivity(SensitivityArgs& a) {
                  a.model, opened.metadata->command);
   const DataSplits data = a.data.load();
   const Preprocess pre = a.data.preprocess(data);
-  Progress progress(!quiet() && isatty(STDERR_FILENO));
-  const SensitivityReport report = measure_sensitivity(
-      opened.module, data.test, pre, a.options,
-      [&](size_t done, size_t total, const std::string& what) { progress.update(done, total, what); });
-  progress.clear();
+  const SensitivityReport report = measure_with_progress(opened.module, data.test, pre, a.options);
   if (a.json)
     fmt::print("{}\n", report_json(report, a).dump(2));
   else
     print_table(report, a);
   std::fflush(stdout);
   if (!a.plot.empty()) {
-    write_atomically(a.plot, [&](std::ostream& out) { out << frontier_svg(report, a.model + " on " + a.data.spec()); });
+    const std::string subtitle =
+        fmt::format("one-shot {} on {} samples of {}", choice_name(report.metric), report.samples, a.data.spec());
+    write_atomically(a.plot, [&](std::ostream& out) { out << frontier_svg(report, a.model, subtitle); });
     spdlog::info("wrote {}", a.plot);
   }
 }
 
 }  // namespace
+
+void add_budget_options(CLI::App* app, Budget& budget) {
+  auto* group = app->add_option_group("budget", "layers chosen by their measured one-shot drop (see 'Budgets' in man ttq-quantize)");
+  auto* drop = group->add_option("--max-drop", budget.max_drop, "ternarize the largest set of layers whose one-shot drop "
+                                 "of the metric on held-out samples (--data's test split) stays within PP points")
+                   ->type_name("PP");
+  group->add_option("--target-ratio", budget.target_ratio, "ternarize the least damaging set of layers that makes the "
+                    "model X times smaller than FP32 at the codes' entropy")
+      ->type_name("X")
+      ->check(CLI::Range(1.0, 1e9))
+      ->excludes(drop);
+  add_choice_option(group, "--metric", budget.metric, "what a budget's drop is measured by");
+  group->add_option("--budget-samples", budget.samples, "held-out samples a budget is measured on (0: the whole split)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+}
+
+Dataset budget_samples(const Dataset& split, const Budget& budget) {
+  return budget.samples > 0 ? split.first(budget.samples) : split;
+}
+
+BudgetChoice choose_layers(torch::jit::Module& module, const Dataset& held_out, const Preprocess& pre,
+                           const std::string& spec, QuantizeOptions& options, const Budget& budget,
+                           const std::string& model_output) {
+  SensitivityOptions measure;
+  measure.quantize = options;
+  measure.metric = budget.metric;
+  measure.output = model_output;
+  const SensitivityReport report = measure_with_progress(module, held_out, pre, measure);
+  BudgetChoice choice = choose_by_budget(report, budget);
+  choice.data = spec;
+  options.selection.only = choice.ternary();
+  spdlog::info("{}: {} of {} layers ternary, {:.2f}x at the codes' entropy, one-shot {} drop {:+.2f} on {} samples",
+               choice.budget, options.selection.only.size(), choice.layers.size(), choice.ratio,
+               choice_name(choice.metric), choice.drop, choice.samples);
+  return choice;
+}
+
+std::optional<BudgetChoice> apply_budget(torch::jit::Module& module, const DataFlags& flags, QuantizeOptions& options,
+                                         const Budget& budget) {
+  if (!budget.active()) {
+    if (!flags.data.empty()) throw usage_error("--data is read by a budget only: add --max-drop PP or --target-ratio X");
+    return std::nullopt;
+  }
+  const DataSplits data = flags.load();
+  return choose_layers(module, budget_samples(data.test, budget), flags.preprocess(data), flags.spec(), options, budget);
+}
 
 Command register_sensitivity(CLI::App& app) {
   auto a = std::make_shared<SensitivityArgs>();

@@ -122,13 +122,15 @@ class Panel {
     svg_ += fmt::format(R"(<polygon points="{}" fill="{}" fill-opacity="0.85" stroke="none"/>)" "\n", points, color);
   }
 
-  // A point drawn as a ring with a label beside it (the notable points of a curve).
-  void marker(double x, double y, const char* color, const std::string& label) {
+  // A point drawn as a ring with a label beside it (the notable points of a curve), above or below
+  // it so that two close points keep their labels apart.
+  void marker(double x, double y, const char* color, const std::string& label, bool below = false) {
     svg_ += fmt::format(R"(<circle cx="{:.1f}" cy="{:.1f}" r="5.5" fill="none" stroke="{}" stroke-width="2"/>)" "\n",
                         px(x), py(y), color);
     const bool right_half = px(x) > x_ + width_ / 2;
     svg_ += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="{}" font-size="11" fill="{}">{}</text>)" "\n",
-                        px(x) + (right_half ? -9 : 9), py(y) - 8, right_half ? "end" : "start", color, escape(label));
+                        px(x) + (right_half ? -9 : 9), py(y) + (below ? 18 : -8), right_half ? "end" : "start", color,
+                        escape(label));
   }
 
   void note(const std::string& text) {

@@ -2,6 +2,7 @@
 
 #include <torch/csrc/jit/passes/inliner.h>
 
+#include <algorithm>
 #include <regex>
 #include <unordered_map>
 #include <unordered_set>
@@ -200,6 +201,11 @@ size_t mark_selected(std::vector<Candidate>& candidates, const Selection& select
   size_t count = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
     auto& c = candidates[i];
+    if (!selection.only.empty()) {
+      c.selected = std::find(selection.only.begin(), selection.only.end(), c.name) != selection.only.end();
+      count += c.selected;
+      continue;
+    }
     const bool kept_fp = (i == 0 && !selection.quantize_first) ||
                          (i + 1 == candidates.size() && !selection.quantize_last);
     c.selected = !kept_fp && (include.empty() || matches_any(c.name, include)) &&

@@ -13,6 +13,9 @@ struct Selection {
   std::vector<std::string> exclude;
   bool quantize_first = false;       // by default the first and the last layer stay FP
   bool quantize_last = false;
+  // When not empty, exactly these weights (a budget's choice, --max-drop/--target-ratio: chosen
+  // among those the fields above leave, so they are not applied again).
+  std::vector<std::string> only;
 };
 
 // A quantizable weight: a floating-point parameter that `forward` uses as the weights of a

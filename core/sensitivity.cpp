@@ -46,14 +46,15 @@ ObjectiveOptions output_only(const std::string& output) {
 
 class Evaluator {
  public:
-  Evaluator(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, const SensitivityOptions& o)
-      : module_(module), data_(data), pre_(pre), batch_size_(o.batch_size),
-        objective_(output_only(o.output)), reference_(o.reference_bytes) {}
+  Evaluator(const Dataset& data, const Preprocess& pre, const SensitivityOptions& o)
+      : data_(data), pre_(pre), batch_size_(o.batch_size), objective_(output_only(o.output)),
+        reference_(o.reference_bytes) {}
 
   // The sums over all the data. The first call, on the FP model, sets the reference when `compare`.
-  Metrics sums(bool compare) {
+  Metrics sums(torch::jit::Module& module, bool compare) {
     torch::NoGradGuard no_grad;
-    module_.train(false);
+    const bool was_training = module.is_training();
+    module.train(false);
     Metrics m;
     const bool first = !measured_;
     measured_ = true;
@@ -61,9 +62,9 @@ class Evaluator {
     for (int64_t start = 0; start < data_.size(); start += batch_size_, ++batch) {
       const auto idx = torch::arange(start, std::min(start + batch_size_, data_.size()), torch::kInt64);
       const auto inputs = prepare_inputs(data_, idx, pre_);
-      const c10::IValue output = run_model(module_, inputs);
+      const c10::IValue output = run_model(module, inputs);
       const auto outputs = output_tensors(output, objective_.options().output);
-      if (first && compare) reference_.hold(outputs, module_);
+      if (first && compare) reference_.hold(outputs, module);
       if (!all_finite(outputs)) {
         m.nonfinite += static_cast<double>(idx.size(0));
         continue;
@@ -74,11 +75,11 @@ class Evaluator {
         m.samples += idx.size(0);
       if (compare) compare_outputs(outputs, reference_.outputs(batch, inputs, objective_.options().output), m);
     }
+    module.train(was_training);
     return m;
   }
 
  private:
-  torch::jit::Module& module_;
   const Dataset& data_;
   const Preprocess& pre_;
   int64_t batch_size_;
@@ -125,6 +126,14 @@ SensitivityMetric decide_metric(SensitivityMetric asked, bool labeled, const Met
   return asked;
 }
 
+Measured measured(const Metrics& m, SensitivityMetric metric, double fp_value) {
+  Measured r;
+  r.nonfinite = m.nonfinite / (m.nonfinite + static_cast<double>(m.samples));
+  r.value = m.nonfinite > 0 ? std::nan("") : value_of(averaged(m), metric);
+  r.drop = m.nonfinite > 0 ? std::numeric_limits<double>::infinity() : drop_of(r.value, fp_value, metric);
+  return r;
+}
+
 struct Layers {
   std::vector<LayerRecord> plans;
   std::vector<torch::Tensor> weights, originals;
@@ -168,7 +177,6 @@ std::vector<size_t> frontier_order(const std::vector<LayerSensitivity>& layers) 
 
 SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
                                       const SensitivityOptions& options, const SensitivityProgress& progress) {
-  const bool was_training = module.is_training();
   Layers layers = plan_measured(module, options.quantize);
   const LayerPlan rule = plan_layers(module, options.quantize, PlanPurpose::DryRun);
   const size_t n = layers.plans.size();
@@ -178,12 +186,12 @@ SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset&
     if (progress) progress(++done, total, what);
   };
 
-  Evaluator evaluator(module, data, pre, options);
+  Evaluator evaluator(data, pre, options);
   SensitivityReport report;
   report.model_bytes = compute_totals(module, layers.reports).model_bytes;
   const bool labeled = data.labeled();
   const bool compare_fp = options.metric == SensitivityMetric::Auto ? !labeled : compares(options.metric);
-  const Metrics fp_sums = evaluator.sums(compare_fp);
+  const Metrics fp_sums = evaluator.sums(module, compare_fp);
   require_finite_outputs(fp_sums);
   const Metrics fp = averaged(fp_sums);
   report.metric = decide_metric(options.metric, labeled, fp);
@@ -203,11 +211,7 @@ SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset&
       if (reports[i].coded()) point.layers.push_back(layers.plans[i].name);
     const Totals sizes = compute_totals(module, reports);
     point.bytes_2bit = sizes.bytes_2bit, point.bytes_entropy = sizes.bytes_entropy;
-    const Metrics m = evaluator.sums(compares(report.metric));
-    Measured& r = point.measured;
-    r.nonfinite = m.nonfinite / (m.nonfinite + static_cast<double>(m.samples));
-    r.value = m.nonfinite > 0 ? std::nan("") : value_of(averaged(m), report.metric);
-    r.drop = m.nonfinite > 0 ? std::numeric_limits<double>::infinity() : drop_of(r.value, report.fp_value, report.metric);
+    point.measured = measured(evaluator.sums(module, compares(report.metric)), report.metric, report.fp_value);
     step(what);
     return point;
   };
@@ -232,8 +236,82 @@ SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset&
     if (report.layers[i].in_rule) rule_set.push_back(i);
   report.rule = measure(rule_set, "quantize's selection");
   for (size_t i = 0; i < n; ++i) layers.weights[i].detach().copy_(layers.originals[i]);
-  module.train(was_training);
   return report;
+}
+
+Measured measure_against(torch::jit::Module& fp, torch::jit::Module& model, const Dataset& data, const Preprocess& pre,
+                         const SensitivityOptions& options) {
+  Evaluator evaluator(data, pre, options);
+  const bool compare = compares(options.metric);
+  const Metrics fp_sums = evaluator.sums(fp, compare);
+  require_finite_outputs(fp_sums);
+  const double fp_value = value_of(averaged(fp_sums), options.metric);
+  return measured(evaluator.sums(model, compare), options.metric, fp_value);
+}
+
+std::string Budget::describe() const {
+  return std::isnan(max_drop) ? fmt::format("--target-ratio {:g}", target_ratio) : fmt::format("--max-drop {:g}", max_drop);
+}
+
+std::vector<std::string> BudgetChoice::ternary() const {
+  std::vector<std::string> out;
+  for (const auto& l : layers)
+    if (l.ternary) out.push_back(l.name);
+  return out;
+}
+
+namespace {
+
+double ratio_of(const SensitivityReport& r, const SetPoint& p) {
+  return static_cast<double>(r.model_bytes) / static_cast<double>(p.bytes_entropy);
+}
+
+// How many of the frontier's layers the budget takes (its point is frontier[k - 1]).
+size_t frontier_count(const SensitivityReport& r, const Budget& b) {
+  size_t chosen = 0;
+  if (!std::isnan(b.max_drop)) {
+    for (size_t k = 1; k <= r.frontier.size(); ++k)
+      if (r.frontier[k - 1].measured.drop <= b.max_drop) chosen = k;
+    if (chosen == 0) {
+      const auto& first = r.layers[r.order.front()];
+      throw usage_error(fmt::format("{}: no layer keeps the one-shot drop within it; the least damaging per byte, {}, "
+                                    "drops {:.2f} alone", b.describe(), first.layer.name, first.alone.drop));
+    }
+    return chosen;
+  }
+  // The frontier adds the least damage per byte first: its first point that reaches the ratio.
+  for (size_t k = 1; k <= r.frontier.size(); ++k)
+    if (ratio_of(r, r.frontier[k - 1]) >= b.target_ratio) return k;
+  throw usage_error(fmt::format("{}: every layer ternary makes the model only {:.2f}x smaller at the codes' entropy",
+                                b.describe(), r.frontier.empty() ? 1.0 : ratio_of(r, r.frontier.back())));
+}
+
+}  // namespace
+
+BudgetChoice choose_by_budget(const SensitivityReport& r, const Budget& b) {
+  const size_t k = frontier_count(r, b);
+  const SetPoint& point = r.frontier[k - 1];
+  BudgetChoice c;
+  c.budget = b.describe();
+  c.metric = r.metric;
+  c.samples = r.samples;
+  c.fp_value = r.fp_value;
+  c.drop = point.measured.drop;
+  c.ratio = ratio_of(r, point);
+  for (const auto& l : r.layers) c.layers.push_back({l.layer.name, l.alone.drop, false, ""});
+  for (size_t at = 0; at < r.order.size(); ++at) {
+    BudgetLayer& l = c.layers[r.order[at]];
+    l.ternary = at < k;
+    if (l.ternary) continue;
+    if (!std::isnan(b.target_ratio))
+      l.reason = fmt::format("not needed: {:.2f}x is reached without it", c.ratio);
+    else if (std::isinf(l.drop))
+      l.reason = "its outputs are not finite alone";
+    else
+      l.reason = fmt::format("the frontier's point adding it drops {:.2f}, beyond {:g}", r.frontier[at].measured.drop,
+                             b.max_drop);
+  }
+  return c;
 }
 
 }  // namespace ttq

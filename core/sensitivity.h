@@ -4,7 +4,9 @@
 #pragma once
 #include <torch/script.h>
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <functional>
 #include <string>
 #include <vector>
@@ -23,6 +25,10 @@ inline constexpr Choice<SensitivityMetric> kSensitivityMetrics[] = {
     {"agreement", SensitivityMetric::Agreement, "top-1 agreement with the FP model's outputs (drop in points)"},
     {"rel_mse", SensitivityMetric::RelMse, "relative MSE against the FP model's outputs (drop: 100 times it)"}};
 constexpr const auto& choices(SensitivityMetric) { return kSensitivityMetrics; }
+// Whether the metric is a fraction (shown as a percent; its drop in points).
+inline bool is_fraction(SensitivityMetric m) {
+  return m == SensitivityMetric::Top1 || m == SensitivityMetric::Agreement;
+}
 
 struct SensitivityOptions {
   // The threshold and scales of the one-shot ternarization; the selection is the one quantize
@@ -84,5 +90,47 @@ using SensitivityProgress = std::function<void(size_t done, size_t total, const 
 // are not finite.
 SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
                                       const SensitivityOptions& options, const SensitivityProgress& progress = {});
+
+// The drop of `model` from `fp` on `data` by options.metric (decided, not auto), measured as
+// measure_sensitivity measures a set: finetune's check of its budget after training.
+Measured measure_against(torch::jit::Module& fp, torch::jit::Module& model, const Dataset& data, const Preprocess& pre,
+                         const SensitivityOptions& options);
+
+// --max-drop and --target-ratio (quantize, inspect, finetune): which layers to make ternary, chosen from the
+// frontier of a sensitivity report measured on held-out samples.
+struct Budget {
+  double max_drop = std::numeric_limits<double>::quiet_NaN();      // points of the metric (drop)
+  double target_ratio = std::numeric_limits<double>::quiet_NaN();  // times smaller than FP at the codes' entropy
+  SensitivityMetric metric = SensitivityMetric::Auto;
+  int64_t samples = 2000;  // held-out samples measured; 0: all of the split
+  bool active() const { return !std::isnan(max_drop) || !std::isnan(target_ratio); }
+  std::string describe() const;  // "--max-drop 1", "--target-ratio 8"
+};
+
+// A layer as the budget saw it: its drop alone and, when it stays full precision, why.
+struct BudgetLayer {
+  std::string name;
+  double drop = 0;
+  bool ternary = false;
+  std::string reason;  // empty when ternary
+};
+
+// What a budget chose, as the TTQ metadata stores it and inspect shows it.
+struct BudgetChoice {
+  std::string budget;  // Budget::describe()
+  SensitivityMetric metric = SensitivityMetric::Auto;  // decided
+  std::string data;    // the data spec of the samples measured
+  int64_t samples = 0;
+  double fp_value = 0;
+  double drop = 0;   // the chosen set's, one-shot on those samples
+  double ratio = 0;  // FP bytes over the chosen set's at the codes' entropy
+  std::vector<BudgetLayer> layers;  // every layer measured, forward order
+  std::vector<std::string> ternary() const;
+};
+
+// The frontier point the budget picks: --max-drop, the largest set whose drop stays within it;
+// --target-ratio, the first (least damage per byte saved) that reaches it. A usage error when no
+// point qualifies.
+BudgetChoice choose_by_budget(const SensitivityReport& report, const Budget& budget);
 
 }  // namespace ttq

@@ -56,4 +56,9 @@ void from_json(const nlohmann::json& j, EpochRecord& e);
 void to_json(nlohmann::json& j, const RunSummary& s);
 void from_json(const nlohmann::json& j, RunSummary& s);
 
+// {"budget", "metric", "data", "samples", "fp_value", "drop", "ratio", "layers": [{"name", "drop",
+// "ternary", "reason"}]}; a drop that was not finite is null.
+void to_json(nlohmann::json& j, const BudgetChoice& c);
+void from_json(const nlohmann::json& j, BudgetChoice& c);
+
 }  // namespace ttq

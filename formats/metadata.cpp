@@ -1,5 +1,7 @@
 #include "formats/metadata.h"
 
+#include <limits>
+
 #include "core/error.h"
 #include "formats/json.h"
 
@@ -50,13 +52,15 @@ void to_json(json& j, const QuantizeOptions& o) {
        {"exclude", o.selection.exclude},
        {"quantize_first", o.selection.quantize_first},
        {"quantize_last", o.selection.quantize_last}};
+  if (!o.selection.only.empty()) j["only"] = o.selection.only;
 }
 
 void from_json(const json& j, QuantizeOptions& o) {
   o.threshold = {j.at("mode").get<ThresholdMode>(), j.at("threshold").get<double>()};
   o.init = j.at("init").get<ScaleInit>();
   o.selection = {j.at("include").get<std::vector<std::string>>(), j.at("exclude").get<std::vector<std::string>>(),
-                 j.at("quantize_first").get<bool>(), j.at("quantize_last").get<bool>()};
+                 j.at("quantize_first").get<bool>(), j.at("quantize_last").get<bool>(),
+                 j.value("only", std::vector<std::string>{})};
 }
 
 void to_json(json& j, const RunOptions& r) {
@@ -177,6 +181,29 @@ void from_json(const json& j, RunSummary& s) {
   s.recoveries = j.value("recoveries", 0);
 }
 
+void to_json(json& j, const BudgetChoice& c) {
+  json layers = json::array();
+  for (const auto& l : c.layers)
+    layers.push_back({{"name", l.name}, {"drop", l.drop}, {"ternary", l.ternary}, {"reason", l.reason}});
+  j = {{"budget", c.budget}, {"metric", c.metric}, {"data", c.data},   {"samples", c.samples},
+       {"fp_value", c.fp_value}, {"drop", c.drop}, {"ratio", c.ratio}, {"layers", layers}};
+}
+
+void from_json(const json& j, BudgetChoice& c) {
+  const auto number = [](const json& v) { return v.is_null() ? std::numeric_limits<double>::infinity() : v.get<double>(); };
+  c.budget = j.at("budget").get<std::string>();
+  c.metric = j.at("metric").get<SensitivityMetric>();
+  c.data = j.at("data").get<std::string>();
+  c.samples = integer_at(j, "samples");
+  c.fp_value = j.at("fp_value").get<double>();
+  c.drop = number(j.at("drop"));
+  c.ratio = j.at("ratio").get<double>();
+  c.layers.clear();
+  for (const auto& l : j.at("layers"))
+    c.layers.push_back({l.at("name").get<std::string>(), number(l.at("drop")), l.at("ternary").get<bool>(),
+                        l.at("reason").get<std::string>()});
+}
+
 std::string metadata_to_json(const ModelMetadata& meta) {
   json doc = {
       {"format", "ttq-metadata"},
@@ -188,6 +215,7 @@ std::string metadata_to_json(const ModelMetadata& meta) {
       {"layers", meta.layers},
   };
   if (meta.run) doc["run"] = *meta.run;
+  if (meta.budget) doc["budget"] = *meta.budget;
   if (!meta.packed.empty()) {
     doc["packed"] = meta.packed;
     doc["activations"] = meta.activations;
@@ -206,6 +234,7 @@ ModelMetadata parse_fields(const json& doc) {
   meta.options = doc.at("options").get<QuantizeOptions>();
   meta.layers = doc.at("layers").get<std::vector<LayerRecord>>();
   if (doc.contains("run")) meta.run = doc["run"].get<RunSummary>();
+  if (doc.contains("budget")) meta.budget = doc["budget"].get<BudgetChoice>();
   meta.packed = doc.value("packed", std::vector<std::string>{});
   meta.activations = doc.value("activations", std::string{});
   return meta;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/quantize.h"
+#include "core/sensitivity.h"
 #include "core/train.h"
 #include "core/util.h"
 
@@ -46,6 +47,7 @@ struct ModelMetadata {
   QuantizeOptions options;
   std::vector<LayerRecord> layers;
   std::optional<RunSummary> run;  // finetune only
+  std::optional<BudgetChoice> budget;  // quantize --max-drop/--target-ratio: what was chosen and why
   std::vector<std::string> packed;  // packed models (export --format packed): the layers that run packed
   std::string activations;          // packed models: "float" or "int8" (export --activations)
 

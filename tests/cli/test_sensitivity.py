@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import torch
 
-from ttq_testing import SharedWorkdir, fixture, ttq
+from ttq_testing import SharedWorkdir, fixture, load_with_metadata, ttq
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 SAMPLES = 600
@@ -31,7 +31,9 @@ def ternarize(w, threshold):
     return torch.where(w > delta, wp, torch.where(w < -delta, -wn, torch.zeros_like(w))), delta, wp, wn
 
 
-class Sensitivity(SharedWorkdir):
+class TrainedCnn(SharedWorkdir):
+    """small_cnn trained for an epoch, real test images as tensors, and its sensitivity run."""
+
     @classmethod
     def setUpShared(cls):
         cls.fp = cls.shared_path("fp.pt")
@@ -53,6 +55,9 @@ class Sensitivity(SharedWorkdir):
     def top1(self, model):
         with torch.no_grad():
             return (model(self.x).argmax(1) == self.y).double().mean().item()
+
+
+class Sensitivity(TrainedCnn):
 
     def test_each_drop_equals_pytorch_ternarizing_that_layer_alone(self):
         model = torch.jit.load(self.fp)
@@ -170,6 +175,104 @@ class Sensitivity(SharedWorkdir):
             with self.subTest(args=args[1:]):
                 self.assert_one_error_line(ttq("-q", *args), code, pattern)
         self.assert_no_files()
+
+
+class Budgets(TrainedCnn):
+    """quantize and inspect with --max-drop and --target-ratio."""
+
+    def budget(self, command, *flags, output=None):
+        r = ttq(command, self.fp, *(["-o", output] if output else []), "--data", "tensors:" + self.data, "--json",
+                "--threads", "2", *flags)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
+
+    def test_max_drop_takes_the_largest_frontier_set_within_it_and_holds_it(self):
+        out = self.out("b.pt")
+        doc = self.budget("quantize", "--max-drop", "1", "--budget-samples", "0", output=out)
+        frontier = self.report["frontier"]
+        within = [p for p in frontier if p["drop"] is not None and p["drop"] <= 1]
+        self.assertTrue(within)
+        expected = [p["added"] for p in frontier[:within[-1]["layers"]]]
+        b = doc["budget"]
+        self.assertEqual(sorted(l["name"] for l in b["layers"] if l["ternary"]), sorted(expected))
+        self.assertLessEqual(b["drop"], 1)
+        self.assertEqual((b["budget"], b["metric"], b["samples"]), ("--max-drop 1", "top1", SAMPLES))
+        for l in b["layers"]:
+            self.assertEqual(l["reason"] == "", l["ternary"], l)
+        # The file holds exactly that choice, and on the samples it was chosen on it keeps the budget.
+        model, text = load_with_metadata(out)
+        meta = json.loads(text)
+        self.assertEqual(sorted(l["name"] for l in meta["layers"]), sorted(expected))
+        self.assertEqual(meta["budget"], b)
+        self.assertEqual(meta["options"]["only"], [l["name"] for l in b["layers"] if l["ternary"]])
+        drop = (self.report["fp_value"] - self.top1(model)) * 100
+        self.assertAlmostEqual(drop, b["drop"], places=9)
+        self.assertLessEqual(drop, 1)
+        # inspect shows what the budget chose and why the others stay full precision.
+        r = ttq("inspect", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"\nbudget --max-drop 1: %d of 4 layers ternary" % len(expected))
+        for l in b["layers"]:
+            if not l["ternary"]:
+                self.assertIn("kept full precision: %s (alone" % l["name"], r.stdout)
+
+    def test_target_ratio_takes_the_first_frontier_set_that_reaches_it(self):
+        target = 1.5
+        frontier = self.report["frontier"]
+        first = next(p for p in frontier if p["ratio_entropy"] >= target)
+        out = self.out("t.pt")
+        doc = self.budget("quantize", "--target-ratio", str(target), "--budget-samples", "0", output=out)
+        self.assertGreaterEqual(doc["totals"]["ratio_entropy"], target)
+        self.assertEqual(doc["totals"]["coded_layers"], first["layers"])
+        self.assertAlmostEqual(doc["budget"]["ratio"], doc["totals"]["ratio_entropy"], places=9)
+        # inspect's dry run makes the same choice without writing anything.
+        dry = self.budget("inspect", "--target-ratio", str(target), "--budget-samples", "0")
+        self.assertTrue(dry["dry_run"])
+        self.assertEqual(dry["budget"]["layers"], doc["budget"]["layers"])
+        self.assertEqual(dry["totals"]["bytes_entropy"], doc["totals"]["bytes_entropy"])
+
+    def test_budget_samples_bound_the_measurement(self):
+        doc = self.budget("inspect", "--max-drop", "100", "--budget-samples", "100")
+        self.assertEqual(doc["budget"]["samples"], 100)
+        self.assertTrue(all(l["ternary"] for l in doc["budget"]["layers"]))  # every set drops less than 100 points
+
+    def test_a_budget_that_cannot_be_met_is_a_usage_error(self):
+        data = ["--data", "tensors:" + self.data]
+        cases = [
+            (["quantize", self.fp, "-o", self.out("x.pt"), *data, "--target-ratio", "1000"], 2,
+             r"--target-ratio 1000: every layer ternary makes the model only \d+\.\d\dx smaller"),
+            (["quantize", self.fp, "-o", self.out("x.pt"), *data, "--max-drop", "-100"], 2,
+             r"--max-drop -100: no layer keeps the one-shot drop within it"),
+            (["quantize", self.fp, "-o", self.out("x.pt"), *data], 2, r"--data is read by a budget only"),
+            (["quantize", self.fp, "-o", self.out("x.pt"), "--max-drop", "1", "--target-ratio", "2"], 2, r"excludes"),
+            (["inspect", self.ternary(), *data, "--max-drop", "1"], 2, r"has ternary layers already"),
+        ]
+        for args, code, pattern in cases:
+            with self.subTest(args=args):
+                self.assert_one_error_line(ttq("-q", *args), code, pattern)
+        self.assertEqual(os.listdir(self.dir), ["q.pt"])  # the ternary model made for the last case only
+
+    def test_finetune_trains_the_layers_a_budget_chose_and_checks_it_after(self):
+        out = self.out("f.pt")
+        r = ttq("finetune", self.fp, "-o", out, "--data", "tensors:" + self.data, "--max-drop", "2",
+                "--budget-samples", "0", "--epochs", "1", "--threads", "2", "--no-progress")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"--max-drop 2: after training, top1 drops [-+]\d+\.\d\d on the %d validation "
+                                   r"samples it was chosen on \(one-shot: [-+]\d+\.\d\d\)" % SAMPLES)
+        meta = json.loads(load_with_metadata(out)[1])
+        chosen = [l["name"] for l in meta["budget"]["layers"] if l["ternary"]]
+        self.assertEqual(sorted(l["name"] for l in meta["layers"]), sorted(chosen))
+        self.assertEqual(meta["options"]["only"], chosen)
+        quantized = self.budget("quantize", "--max-drop", "2", "--budget-samples", "0", output=self.out("q2.pt"))
+        self.assertEqual(quantized["budget"]["layers"], meta["budget"]["layers"])  # the same measurement
+        r = ttq("-q", "finetune", self.fp, "-o", self.out("x.pt"), "--fp", "--max-drop", "2")
+        self.assert_one_error_line(r, 2, r"--fp trains the model as given: a budget chooses ternary layers")
+
+    def ternary(self):
+        path = self.out("q.pt")
+        r = ttq("quantize", self.fp, "-o", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return path
 
 
 if __name__ == "__main__":

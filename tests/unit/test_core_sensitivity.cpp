@@ -109,3 +109,40 @@ TEST_CASE("a metric the data cannot give is a usage error; a layer whose outputs
   CHECK(r.layers[0].alone.nonfinite == 1.0);
   CHECK(r.order.back() == 0);
 }
+
+TEST_CASE("--max-drop takes the largest frontier set within it, --target-ratio the first reaching it") {
+  SensitivityReport r;
+  r.model_bytes = 1000;
+  for (const char* name : {"a", "b", "c"}) {
+    LayerSensitivity l;
+    l.layer.name = name;
+    r.layers.push_back(l);
+  }
+  r.order = {2, 0, 1};
+  const auto point = [](int64_t bytes, double drop) {
+    SetPoint p;
+    p.bytes_entropy = bytes;
+    p.measured.drop = drop;
+    return p;
+  };
+  r.frontier = {point(500, 0.2), point(300, 1.5), point(100, 0.9)};  // noisy: the third is within 1 again
+  Budget b;
+  b.max_drop = 1;
+  BudgetChoice c = choose_by_budget(r, b);
+  CHECK(c.ternary() == std::vector<std::string>{"a", "b", "c"});
+  CHECK(c.ratio == 10);
+  b.max_drop = 0.5;
+  c = choose_by_budget(r, b);
+  CHECK(c.ternary() == std::vector<std::string>{"c"});
+  CHECK(c.layers[0].reason.find("drops 1.50, beyond 0.5") != std::string::npos);  // "a", the second added
+  b.max_drop = 0.1;
+  CHECK(test::kind_of([&] { choose_by_budget(r, b); }) == ErrorKind::Usage);
+
+  Budget ratio;
+  ratio.target_ratio = 3;
+  c = choose_by_budget(r, ratio);
+  CHECK(c.ternary() == std::vector<std::string>{"a", "c"});
+  CHECK(c.drop == 1.5);
+  ratio.target_ratio = 11;
+  CHECK(test::kind_of([&] { choose_by_budget(r, ratio); }) == ErrorKind::Usage);
+}
