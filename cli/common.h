@@ -94,11 +94,12 @@ struct DataFlags {
 void add_budget_options(CLI::App* app, Budget& budget);
 // The held-out samples of a budget: the first budget.samples of `split` (all with 0).
 Dataset budget_samples(const Dataset& split, const Budget& budget);
-// Measures the layers of `module` on `held_out` (as ttq sensitivity, with a progress line),
+// Measures the layers of `module` on `held_out` (as ttq sensitivity, with a progress line; each
+// of `ranks` a share),
 // chooses by the budget, sets options.selection.only to the choice and returns it (said on stderr).
 BudgetChoice choose_layers(torch::jit::Module& module, const Dataset& held_out, const Preprocess& pre,
                            const std::string& spec, QuantizeOptions& options, const Budget& budget,
-                           const std::string& model_output = "");
+                           const std::string& model_output = "", Communicator* ranks = nullptr);
 // quantize and inspect: with a budget, choose_layers on the data's test split; without one,
 // nullopt, and a usage error when --data is given.
 std::optional<BudgetChoice> apply_budget(torch::jit::Module& module, const DataFlags& data, QuantizeOptions& options,

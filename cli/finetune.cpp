@@ -114,7 +114,7 @@ std::unique_ptr<Trainer> load_trainer(FinetuneArgs& a, std::shared_ptr<Communica
     if (a.train.fp) throw usage_error("--fp trains the model as given: a budget chooses ternary layers");
     a.budget_held_out = budget_samples(data.test, a.budget);
     a.budget_choice = choose_layers(module, a.budget_held_out, a.train.preprocess, a.data.spec(), a.train.quant,
-                                    a.budget, a.train.objective.output);
+                                    a.budget, a.train.objective.output, comm.get());
   }
   return std::make_unique<Trainer>(module, a.train, std::move(data), std::move(comm), std::move(teacher));
 }

@@ -134,11 +134,10 @@ std::string frontier_svg(const SensitivityReport& r, const std::string& title, c
 
 // The measurement behind a budget, with its progress line.
 SensitivityReport measure_with_progress(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
-                                        const SensitivityOptions& options) {
+                                        const SensitivityOptions& options, Communicator* ranks = nullptr) {
   Progress progress(!quiet() && isatty(STDERR_FILENO));
-  auto report = measure_sensitivity(module, data, pre, options, [&](size_t done, size_t total, const std::string& what) {
-    progress.update(done, total, what);
-  });
+  const auto shown = [&](size_t done, size_t total, const std::string& what) { progress.update(done, total, what); };
+  auto report = measure_sensitivity(module, data, pre, options, shown, ranks);
   progress.clear();
   return report;
 }
@@ -190,12 +189,12 @@ Dataset budget_samples(const Dataset& split, const Budget& budget) {
 
 BudgetChoice choose_layers(torch::jit::Module& module, const Dataset& held_out, const Preprocess& pre,
                            const std::string& spec, QuantizeOptions& options, const Budget& budget,
-                           const std::string& model_output) {
+                           const std::string& model_output, Communicator* ranks) {
   SensitivityOptions measure;
   measure.quantize = options;
   measure.metric = budget.metric;
   measure.output = model_output;
-  const SensitivityReport report = measure_with_progress(module, held_out, pre, measure);
+  const SensitivityReport report = measure_with_progress(module, held_out, pre, measure, ranks);
   BudgetChoice choice = choose_by_budget(report, budget);
   choice.data = spec;
   options.selection.only = choice.ternary();

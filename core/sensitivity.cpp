@@ -6,6 +6,7 @@
 #include <numeric>
 #include <optional>
 
+#include "core/distributed.h"
 #include "core/error.h"
 #include "core/objective.h"
 #include "core/report.h"
@@ -173,70 +174,123 @@ std::vector<size_t> frontier_order(const std::vector<LayerSensitivity>& layers) 
   return order;
 }
 
+// One run of measure_sensitivity. With ranks, evaluation e (after the FP model's, which every
+// rank needs) is rank e % world's, and sums over ranks give every rank all the numbers.
+class Measurement {
+ public:
+  Measurement(torch::jit::Module& module, const Dataset& data, const Preprocess& pre, const SensitivityOptions& o,
+              const SensitivityProgress& progress, Communicator* ranks)
+      : module_(module), data_(data), options_(o), progress_(progress), evaluator_(data, pre, o),
+        layers_(plan_measured(module, o.quantize)), rank_(ranks ? ranks->rank() : 0),
+        world_(ranks ? ranks->world_size() : 1), ranks_(ranks) {
+    const size_t evaluations = 2 * layers_.plans.size() + 1;
+    for (size_t e = 0; e < evaluations; ++e) total_ += owns(e);
+  }
+
+  SensitivityReport run() {
+    SensitivityReport r = measure_fp();
+    const LayerPlan rule = plan_layers(module_, options_.quantize, PlanPurpose::DryRun);
+    const size_t n = layers_.plans.size();
+    for (size_t i = 0; i < n; ++i) {
+      LayerSensitivity l;
+      l.layer = layers_.plans[i];
+      l.numel = layers_.reports[i].numel;
+      l.bytes_saved = l.numel * 4 - ternary_bound_bytes(l.layer.counts);
+      l.in_rule = find_layer(rule.layers, l.layer.name) != nullptr;
+      l.alone = measure(r, {i}, l.layer.name).measured;
+      r.layers.push_back(std::move(l));
+    }
+    std::vector<Measured*> shared;
+    for (auto& l : r.layers) shared.push_back(&l.alone);
+    share(shared);  // the order needs every layer's drop
+    r.order = frontier_order(r.layers);
+    std::vector<size_t> set;
+    for (const size_t i : r.order) {
+      set.push_back(i);
+      r.frontier.push_back(measure(r, set, "+ " + layers_.plans[i].name));
+    }
+    std::vector<size_t> rule_set;
+    for (size_t i = 0; i < n; ++i)
+      if (r.layers[i].in_rule) rule_set.push_back(i);
+    r.rule = measure(r, rule_set, "quantize's selection");
+    restore();
+    shared.clear();
+    for (auto& p : r.frontier) shared.push_back(&p.measured);
+    shared.push_back(&r.rule.measured);
+    share(shared);
+    return r;
+  }
+
+ private:
+  bool owns(size_t evaluation) const { return static_cast<int>(evaluation % world_) == rank_; }
+  void step(const std::string& what) {
+    if (progress_) progress_(++done_, total_, what);
+  }
+  void restore() {
+    for (size_t i = 0; i < layers_.weights.size(); ++i) layers_.weights[i].detach().copy_(layers_.originals[i]);
+  }
+
+  SensitivityReport measure_fp() {
+    SensitivityReport r;
+    r.model_bytes = compute_totals(module_, layers_.reports).model_bytes;
+    const bool labeled = data_.labeled();
+    const bool compare = options_.metric == SensitivityMetric::Auto ? !labeled : compares(options_.metric);
+    const Metrics sums = evaluator_.sums(module_, compare);
+    require_finite_outputs(sums);
+    const Metrics fp = averaged(sums);
+    r.metric = decide_metric(options_.metric, labeled, fp);
+    r.samples = fp.samples;
+    r.fp_value = value_of(fp, r.metric);
+    ++total_;
+    step("full precision");
+    return r;
+  }
+
+  // The set's sizes on every rank; its evaluation on the rank that owns it (zeros elsewhere).
+  SetPoint measure(const SensitivityReport& r, const std::vector<size_t>& set, const std::string& what) {
+    SetPoint point;
+    auto reports = layers_.reports;
+    for (const size_t i : set) reports[i].kind = LayerKind::Planned;
+    for (size_t i = 0; i < reports.size(); ++i)
+      if (reports[i].coded()) point.layers.push_back(layers_.plans[i].name);
+    const Totals sizes = compute_totals(module_, reports);
+    point.bytes_2bit = sizes.bytes_2bit, point.bytes_entropy = sizes.bytes_entropy;
+    if (!owns(evaluation_++)) return point;
+    restore();
+    for (const size_t i : set) ternarize_in_place(layers_.weights[i], layers_.plans[i]);
+    point.measured = measured(evaluator_.sums(module_, compares(r.metric)), r.metric, r.fp_value);
+    step(what);
+    return point;
+  }
+
+  // The sum over ranks of values only their owner set: NaN and infinity survive adding zeros.
+  void share(const std::vector<Measured*>& values) {
+    if (!ranks_ || world_ == 1) return;
+    auto t = torch::zeros({static_cast<int64_t>(values.size()), 3}, torch::kFloat64);
+    auto a = t.accessor<double, 2>();
+    for (size_t i = 0; i < values.size(); ++i)
+      a[i][0] = values[i]->value, a[i][1] = values[i]->drop, a[i][2] = values[i]->nonfinite;
+    ranks_->sum({t});
+    for (size_t i = 0; i < values.size(); ++i) *values[i] = {a[i][0], a[i][1], a[i][2]};
+  }
+
+  torch::jit::Module& module_;
+  const Dataset& data_;
+  const SensitivityOptions& options_;
+  const SensitivityProgress& progress_;
+  Evaluator evaluator_;
+  Layers layers_;
+  int rank_, world_;
+  Communicator* ranks_;
+  size_t evaluation_ = 0, done_ = 0, total_ = 0;
+};
+
 }  // namespace
 
 SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
-                                      const SensitivityOptions& options, const SensitivityProgress& progress) {
-  Layers layers = plan_measured(module, options.quantize);
-  const LayerPlan rule = plan_layers(module, options.quantize, PlanPurpose::DryRun);
-  const size_t n = layers.plans.size();
-  const size_t total = 2 * n + 2;
-  size_t done = 0;
-  const auto step = [&](const std::string& what) {
-    if (progress) progress(++done, total, what);
-  };
-
-  Evaluator evaluator(data, pre, options);
-  SensitivityReport report;
-  report.model_bytes = compute_totals(module, layers.reports).model_bytes;
-  const bool labeled = data.labeled();
-  const bool compare_fp = options.metric == SensitivityMetric::Auto ? !labeled : compares(options.metric);
-  const Metrics fp_sums = evaluator.sums(module, compare_fp);
-  require_finite_outputs(fp_sums);
-  const Metrics fp = averaged(fp_sums);
-  report.metric = decide_metric(options.metric, labeled, fp);
-  report.samples = fp.samples;
-  report.fp_value = value_of(fp, report.metric);
-  step("full precision");
-
-  const auto measure = [&](const std::vector<size_t>& set, const std::string& what) {
-    for (size_t i = 0; i < n; ++i) layers.weights[i].detach().copy_(layers.originals[i]);
-    SetPoint point;
-    auto reports = layers.reports;
-    for (const size_t i : set) {
-      ternarize_in_place(layers.weights[i], layers.plans[i]);
-      reports[i].kind = LayerKind::Planned;
-    }
-    for (size_t i = 0; i < n; ++i)
-      if (reports[i].coded()) point.layers.push_back(layers.plans[i].name);
-    const Totals sizes = compute_totals(module, reports);
-    point.bytes_2bit = sizes.bytes_2bit, point.bytes_entropy = sizes.bytes_entropy;
-    point.measured = measured(evaluator.sums(module, compares(report.metric)), report.metric, report.fp_value);
-    step(what);
-    return point;
-  };
-
-  for (size_t i = 0; i < n; ++i) {
-    LayerSensitivity l;
-    l.layer = layers.plans[i];
-    l.numel = layers.reports[i].numel;
-    l.bytes_saved = l.numel * 4 - ternary_bound_bytes(l.layer.counts);
-    l.in_rule = find_layer(rule.layers, l.layer.name) != nullptr;
-    l.alone = measure({i}, l.layer.name).measured;
-    report.layers.push_back(std::move(l));
-  }
-  report.order = frontier_order(report.layers);
-  std::vector<size_t> set;
-  for (const size_t i : report.order) {
-    set.push_back(i);
-    report.frontier.push_back(measure(set, "+ " + layers.plans[i].name));
-  }
-  std::vector<size_t> rule_set;
-  for (size_t i = 0; i < n; ++i)
-    if (report.layers[i].in_rule) rule_set.push_back(i);
-  report.rule = measure(rule_set, "quantize's selection");
-  for (size_t i = 0; i < n; ++i) layers.weights[i].detach().copy_(layers.originals[i]);
-  return report;
+                                      const SensitivityOptions& options, const SensitivityProgress& progress,
+                                      Communicator* ranks) {
+  return Measurement(module, data, pre, options, progress, ranks).run();
 }
 
 Measured measure_against(torch::jit::Module& fp, torch::jit::Module& model, const Dataset& data, const Preprocess& pre,

@@ -17,6 +17,8 @@
 
 namespace ttq {
 
+class Communicator;
+
 enum class SensitivityMetric { Auto, Top1, Loss, Agreement, RelMse };
 inline constexpr Choice<SensitivityMetric> kSensitivityMetrics[] = {
     {"auto", SensitivityMetric::Auto, "top1 with labels; without them agreement for class scores, else rel_mse"},
@@ -88,8 +90,10 @@ using SensitivityProgress = std::function<void(size_t done, size_t total, const 
 // measuring and restored bit for bit. Usage errors for a metric the data cannot give (top1 or
 // loss without labels, agreement without class scores); input errors when the FP model's outputs
 // are not finite.
+// With `ranks` (finetune's data-parallel group), each rank evaluates a share and all get the report.
 SensitivityReport measure_sensitivity(torch::jit::Module& module, const Dataset& data, const Preprocess& pre,
-                                      const SensitivityOptions& options, const SensitivityProgress& progress = {});
+                                      const SensitivityOptions& options, const SensitivityProgress& progress = {},
+                                      Communicator* ranks = nullptr);
 
 // The drop of `model` from `fp` on `data` by options.metric (decided, not auto), measured as
 // measure_sensitivity measures a set: finetune's check of its budget after training.

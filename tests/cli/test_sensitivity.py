@@ -268,6 +268,21 @@ class Budgets(TrainedCnn):
         r = ttq("-q", "finetune", self.fp, "-o", self.out("x.pt"), "--fp", "--max-drop", "2")
         self.assert_one_error_line(r, 2, r"--fp trains the model as given: a budget chooses ternary layers")
 
+    def test_two_ranks_share_the_measuring_and_choose_as_one_process(self):
+        from test_distributed import finish, free_port, start_ranks
+        args = ["finetune", self.fp, "--data", "tensors:" + self.data, "--target-ratio", "1.5", "--budget-samples", "0",
+                "--max-steps", "2", "--threads", "1", "--no-progress", "--world-size", "2",
+                "--master-port", str(free_port())]
+        results = finish(start_ranks([[*args, "-o", self.out("r.pt"), "--rank", str(r)] for r in range(2)]))
+        for code, _, err in results:
+            self.assertEqual(code, 0, err)
+        two = json.loads(load_with_metadata(self.out("r.pt"))[1])["budget"]
+        one = self.budget("inspect", "--target-ratio", "1.5", "--budget-samples", "0")["budget"]
+        self.assertEqual([(l["name"], l["ternary"]) for l in two["layers"]],
+                         [(l["name"], l["ternary"]) for l in one["layers"]])
+        for a, b in zip(two["layers"], one["layers"]):
+            self.assertAlmostEqual(a["drop"], b["drop"], places=9)
+
     def ternary(self):
         path = self.out("q.pt")
         r = ttq("quantize", self.fp, "-o", path)
