@@ -86,7 +86,7 @@ TEST_CASE("without labels the metric compares with the FP outputs, held or compu
   CHECK(rel.layers[0].alone.drop == Approx(100 * rel.layers[0].alone.value));
 }
 
-TEST_CASE("a metric the data cannot give is a usage error; a layer whose outputs overflow goes last") {
+TEST_CASE("a metric the data cannot give is a usage error, and a layer whose outputs overflow goes last") {
   auto m = two_layers();
   const Dataset unlabeled = predicted(m, false);
   SensitivityOptions top1 = options();
@@ -110,7 +110,7 @@ TEST_CASE("a metric the data cannot give is a usage error; a layer whose outputs
   CHECK(r.order.back() == 0);
 }
 
-TEST_CASE("--max-drop takes the largest frontier set within it, --target-ratio the first reaching it") {
+TEST_CASE("a budget of --max-drop takes the largest frontier set within it, --target-ratio the first reaching it") {
   SensitivityReport r;
   r.model_bytes = 1000;
   for (const char* name : {"a", "b", "c"}) {
