@@ -194,6 +194,7 @@ BudgetChoice choose_layers(torch::jit::Module& module, const Dataset& held_out, 
   measure.quantize = options;
   measure.metric = budget.metric;
   measure.output = model_output;
+  measure.max_drop = budget.max_drop;
   const SensitivityReport report = measure_with_progress(module, held_out, pre, measure, ranks);
   BudgetChoice choice = choose_by_budget(report, budget);
   choice.data = spec;

@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <stdexcept>
 
 #include "core/distributed.h"
 #include "core/error.h"
@@ -218,6 +219,7 @@ class Measurement {
     for (auto& p : r.frontier) shared.push_back(&p.measured);
     shared.push_back(&r.rule.measured);
     share(shared);
+    if (!std::isnan(options_.max_drop)) walk(r);
     return r;
   }
 
@@ -261,6 +263,17 @@ class Measurement {
     point.measured = measured(evaluator_.sums(module_, compares(r.metric)), r.metric, r.fp_value);
     step(what);
     return point;
+  }
+
+  // Each set the walk tries is shared at once: the next set depends on it.
+  void walk(SensitivityReport& r) {
+    r.walk = walk_budget(r, options_.max_drop, [&](const std::vector<size_t>& set) {
+      total_ += owns(evaluation_);
+      SetPoint p = measure(r, set, "budget: + " + layers_.plans[set.back()].name);
+      share({&p.measured});
+      return p;
+    });
+    restore();
   }
 
   // The sum over ranks of values only their owner set: NaN and infinity survive adding zeros.
@@ -314,56 +327,81 @@ std::vector<std::string> BudgetChoice::ternary() const {
   return out;
 }
 
+BudgetWalk walk_budget(const SensitivityReport& r, double max_drop, const EvaluateSet& evaluate) {
+  BudgetWalk w;
+  w.tried.assign(r.layers.size(), std::nan(""));
+  size_t prefix = 0;
+  for (size_t k = 1; k <= r.frontier.size(); ++k)
+    if (r.frontier[k - 1].measured.drop <= max_drop) prefix = k;
+  w.chosen.assign(r.order.begin(), r.order.begin() + static_cast<std::ptrdiff_t>(prefix));
+  if (prefix > 0) w.set = r.frontier[prefix - 1];
+  for (size_t at = prefix; at < r.order.size(); ++at) {
+    const size_t i = r.order[at];
+    if (!(r.layers[i].alone.drop <= max_drop)) continue;  // infinite and NaN drops too
+    auto with = w.chosen;
+    with.push_back(i);
+    SetPoint p = evaluate(with);
+    w.tried[i] = p.measured.drop;
+    if (p.measured.drop <= max_drop) w.chosen = std::move(with), w.set = std::move(p);
+  }
+  return w;
+}
+
 namespace {
 
 double ratio_of(const SensitivityReport& r, const SetPoint& p) {
   return static_cast<double>(r.model_bytes) / static_cast<double>(p.bytes_entropy);
 }
 
-// How many of the frontier's layers the budget takes (its point is frontier[k - 1]).
-size_t frontier_count(const SensitivityReport& r, const Budget& b) {
-  size_t chosen = 0;
-  if (!std::isnan(b.max_drop)) {
-    for (size_t k = 1; k <= r.frontier.size(); ++k)
-      if (r.frontier[k - 1].measured.drop <= b.max_drop) chosen = k;
-    if (chosen == 0) {
-      const auto& first = r.layers[r.order.front()];
-      throw usage_error(fmt::format("{}: no layer keeps the one-shot drop within it; the least damaging per byte, {}, "
-                                    "drops {:.2f} alone", b.describe(), first.layer.name, first.alone.drop));
-    }
-    return chosen;
-  }
-  // The frontier adds the least damage per byte first: its first point that reaches the ratio.
+// --target-ratio: the frontier adds the least damage per byte first, so its first point that
+// reaches the ratio; its layers are order's first k.
+size_t ratio_count(const SensitivityReport& r, const Budget& b) {
   for (size_t k = 1; k <= r.frontier.size(); ++k)
     if (ratio_of(r, r.frontier[k - 1]) >= b.target_ratio) return k;
   throw usage_error(fmt::format("{}: every layer ternary makes the model only {:.2f}x smaller at the codes' entropy",
                                 b.describe(), r.frontier.empty() ? 1.0 : ratio_of(r, r.frontier.back())));
 }
 
+// Why a layer the --max-drop walk left out stays full precision.
+std::string walk_reason(const LayerSensitivity& l, double tried, const Budget& b) {
+  if (std::isinf(l.alone.drop)) return "its outputs are not finite alone";
+  if (std::isnan(tried)) return fmt::format("beyond {:g} alone", b.max_drop);
+  return fmt::format("the set with it drops {:.2f}, beyond {:g}", tried, b.max_drop);
+}
+
 }  // namespace
 
 BudgetChoice choose_by_budget(const SensitivityReport& r, const Budget& b) {
-  const size_t k = frontier_count(r, b);
-  const SetPoint& point = r.frontier[k - 1];
+  std::vector<size_t> chosen;
+  const SetPoint* point = nullptr;
+  if (!std::isnan(b.max_drop)) {
+    if (!r.walk) throw std::logic_error("a --max-drop budget needs the report's walk (SensitivityOptions::max_drop)");
+    if (r.walk->chosen.empty()) {
+      const auto least = std::min_element(r.layers.begin(), r.layers.end(), [](const auto& x, const auto& y) {
+        return x.alone.drop < y.alone.drop;
+      });
+      throw usage_error(fmt::format("{}: no layer keeps the one-shot drop within it; the least damaging, {}, drops {:.2f} alone",
+                                    b.describe(), least->layer.name, least->alone.drop));
+    }
+    chosen = r.walk->chosen, point = &r.walk->set;
+  } else {
+    const size_t k = ratio_count(r, b);
+    chosen.assign(r.order.begin(), r.order.begin() + static_cast<std::ptrdiff_t>(k));
+    point = &r.frontier[k - 1];
+  }
   BudgetChoice c;
   c.budget = b.describe();
   c.metric = r.metric;
   c.samples = r.samples;
   c.fp_value = r.fp_value;
-  c.drop = point.measured.drop;
-  c.ratio = ratio_of(r, point);
+  c.drop = point->measured.drop;
+  c.ratio = ratio_of(r, *point);
   for (const auto& l : r.layers) c.layers.push_back({l.layer.name, l.alone.drop, false, ""});
-  for (size_t at = 0; at < r.order.size(); ++at) {
-    BudgetLayer& l = c.layers[r.order[at]];
-    l.ternary = at < k;
-    if (l.ternary) continue;
-    if (!std::isnan(b.target_ratio))
-      l.reason = fmt::format("not needed: {:.2f}x is reached without it", c.ratio);
-    else if (std::isinf(l.drop))
-      l.reason = "its outputs are not finite alone";
-    else
-      l.reason = fmt::format("the frontier's point adding it drops {:.2f}, beyond {:g}", r.frontier[at].measured.drop,
-                             b.max_drop);
+  for (const size_t i : chosen) c.layers[i].ternary = true;
+  for (size_t i = 0; i < r.layers.size(); ++i) {
+    if (c.layers[i].ternary) continue;
+    c.layers[i].reason = std::isnan(b.max_drop) ? fmt::format("not needed: {:.2f}x is reached without it", c.ratio)
+                                                : walk_reason(r.layers[i], r.walk->tried[i], b);
   }
   return c;
 }

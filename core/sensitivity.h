@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,8 @@ struct SensitivityOptions {
   // Without labels: the FP model's outputs are held up to this many bytes, and computed again by
   // a copy of the FP model past it (a language model's logits over many samples would not fit).
   int64_t reference_bytes = int64_t{1} << 30;
+  // --max-drop's budget: with it, the report has the budget's walk (BudgetWalk) too.
+  double max_drop = std::numeric_limits<double>::quiet_NaN();
 };
 
 // One evaluation: the metric's value and its drop from the FP model, higher worse, in points for
@@ -70,6 +73,16 @@ struct SetPoint {
   Measured measured;
 };
 
+// --max-drop's set: the frontier's largest set within the budget, then each further layer in the
+// frontier's order whose drop alone is within it, tried and kept while the set stays within it.
+// The frontier alone would stop at its first point past the budget, even when that point's layer
+// breaks it alone and smaller layers after it would not.
+struct BudgetWalk {
+  std::vector<size_t> chosen;  // indices into the report's layers
+  SetPoint set;                // the chosen set (no layers, drop 0, when none is within the budget)
+  std::vector<double> tried;   // per layer: the drop of the set it was tried in; NaN when not tried
+};
+
 struct SensitivityReport {
   SensitivityMetric metric = SensitivityMetric::Auto;  // decided
   int64_t samples = 0;
@@ -81,7 +94,12 @@ struct SensitivityReport {
   std::vector<size_t> order;
   std::vector<SetPoint> frontier;
   SetPoint rule;  // quantize's selection with the same flags
+  std::optional<BudgetWalk> walk;  // with options.max_drop
 };
+
+// The walk of a --max-drop budget over a report's frontier, each set tried measured by `evaluate`.
+using EvaluateSet = std::function<SetPoint(const std::vector<size_t>& layers)>;
+BudgetWalk walk_budget(const SensitivityReport& report, double max_drop, const EvaluateSet& evaluate);
 
 // Progress: `done` of `total` evaluations, the one just finished named.
 using SensitivityProgress = std::function<void(size_t done, size_t total, const std::string& what)>;
@@ -132,9 +150,9 @@ struct BudgetChoice {
   std::vector<std::string> ternary() const;
 };
 
-// The frontier point the budget picks: --max-drop, the largest set whose drop stays within it;
-// --target-ratio, the first (least damage per byte saved) that reaches it. A usage error when no
-// point qualifies.
+// The set the budget picks: --max-drop, the report's walk (measured with options.max_drop);
+// --target-ratio, the first frontier point (least damage per byte saved) that reaches it. A usage
+// error when no set qualifies.
 BudgetChoice choose_by_budget(const SensitivityReport& report, const Budget& budget);
 
 }  // namespace ttq

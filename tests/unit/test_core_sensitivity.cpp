@@ -110,39 +110,104 @@ TEST_CASE("a metric the data cannot give is a usage error, and a layer whose out
   CHECK(r.order.back() == 0);
 }
 
-TEST_CASE("a budget of --max-drop takes the largest frontier set within it, --target-ratio the first reaching it") {
-  SensitivityReport r;
-  r.model_bytes = 1000;
-  for (const char* name : {"a", "b", "c"}) {
-    LayerSensitivity l;
-    l.layer.name = name;
-    r.layers.push_back(l);
-  }
-  r.order = {2, 0, 1};
-  const auto point = [](int64_t bytes, double drop) {
-    SetPoint p;
-    p.bytes_entropy = bytes;
-    p.measured.drop = drop;
-    return p;
-  };
-  r.frontier = {point(500, 0.2), point(300, 1.5), point(100, 0.9)};  // noisy: the third is within 1 again
-  Budget b;
-  b.max_drop = 1;
-  BudgetChoice c = choose_by_budget(r, b);
-  CHECK(c.ternary() == std::vector<std::string>{"a", "b", "c"});
-  CHECK(c.ratio == 10);
-  b.max_drop = 0.5;
-  c = choose_by_budget(r, b);
-  CHECK(c.ternary() == std::vector<std::string>{"c"});
-  CHECK(c.layers[0].reason.find("drops 1.50, beyond 0.5") != std::string::npos);  // "a", the second added
-  b.max_drop = 0.1;
-  CHECK(test::kind_of([&] { choose_by_budget(r, b); }) == ErrorKind::Usage);
+namespace {
 
-  Budget ratio;
-  ratio.target_ratio = 3;
-  c = choose_by_budget(r, ratio);
+// Four layers whose drops add up when ternary together, in a report as measure_sensitivity makes
+// it: d saves the most per unit of drop but breaks a budget of 1 alone.
+struct Additive {
+  SensitivityReport r;
+  std::vector<double> drop = {0.2, 1.5, 0.3, 3.0};
+  std::vector<int64_t> saved = {100, 200, 100, 500};
+  int evaluations = 0;
+
+  Additive() {
+    r.model_bytes = 1000;
+    for (size_t i = 0; i < drop.size(); ++i) {
+      LayerSensitivity l;
+      l.layer.name = std::string(1, static_cast<char>('a' + i));
+      l.alone.drop = drop[i];
+      r.layers.push_back(l);
+    }
+    r.order = {3, 0, 1, 2};
+    std::vector<size_t> set;
+    for (const size_t i : r.order) {
+      set.push_back(i);
+      r.frontier.push_back(point(set));
+    }
+  }
+  SetPoint point(const std::vector<size_t>& set) const {
+    SetPoint p;
+    p.bytes_entropy = r.model_bytes;
+    for (const size_t i : set) p.bytes_entropy -= saved[i], p.measured.drop += drop[i];
+    return p;
+  }
+  BudgetChoice choose(double max_drop) {
+    Budget b;
+    b.max_drop = max_drop;
+    evaluations = 0;
+    r.walk = walk_budget(r, max_drop, [&](const std::vector<size_t>& set) {
+      ++evaluations;
+      return point(set);
+    });
+    return choose_by_budget(r, b);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a budget of --max-drop walks past a frontier point that breaks it, trying each layer within it alone") {
+  Additive t;
+  BudgetChoice c = t.choose(1);  // d alone is 3.0: the frontier's first point is past the budget
   CHECK(c.ternary() == std::vector<std::string>{"a", "c"});
-  CHECK(c.drop == 1.5);
-  ratio.target_ratio = 11;
-  CHECK(test::kind_of([&] { choose_by_budget(r, ratio); }) == ErrorKind::Usage);
+  CHECK(t.evaluations == 2);  // a, then a + c; b and d are beyond 1 alone
+  CHECK(c.drop == Approx(0.5));
+  CHECK(c.ratio == Approx(1000.0 / 800));
+  CHECK(c.layers[1].reason == "beyond 1 alone");
+  CHECK(c.layers[3].reason == "beyond 1 alone");
+
+  c = t.choose(0.4);  // a + c is 0.5: c is tried and left out
+  CHECK(c.ternary() == std::vector<std::string>{"a"});
+  CHECK(c.layers[2].reason == "the set with it drops 0.50, beyond 0.4");
+
+  c = t.choose(3.2);  // the frontier's d + a is within; b and c are tried after it and break it
+  CHECK(c.ternary() == std::vector<std::string>{"a", "d"});
+  CHECK(t.evaluations == 2);
+  CHECK(c.drop == Approx(3.2));
+  CHECK(c.layers[1].reason == "the set with it drops 4.70, beyond 3.2");
+
+  CHECK(test::kind_of([&] { t.choose(0.1); }) == ErrorKind::Usage);
+}
+
+TEST_CASE("a budget of --target-ratio takes the first frontier point reaching it") {
+  Additive t;
+  Budget ratio;
+  ratio.target_ratio = 2.2;  // d: 2x, d + a: 2.5x
+  const BudgetChoice c = choose_by_budget(t.r, ratio);
+  CHECK(c.ternary() == std::vector<std::string>{"a", "d"});
+  CHECK(c.drop == Approx(3.2));
+  CHECK(c.layers[2].reason == "not needed: 2.50x is reached without it");
+  ratio.target_ratio = 11;  // every layer: 10x
+  CHECK(test::kind_of([&] { choose_by_budget(t.r, ratio); }) == ErrorKind::Usage);
+}
+
+TEST_CASE("measured with --max-drop, the walk's set is evaluated as it is, and the weights are put back") {
+  auto m = two_layers();
+  const Dataset data = predicted(m, true);
+  const auto w1 = m.attr("w1").toTensor().clone(), w2 = m.attr("w2").toTensor().clone();
+  const SensitivityReport plain = measure_sensitivity(m, data, {}, options());
+  SensitivityOptions o = options();
+  o.max_drop = std::min(plain.layers[0].alone.drop, plain.layers[1].alone.drop);  // one layer fits alone
+  const SensitivityReport r = measure_sensitivity(m, data, {}, o);
+  CHECK(torch::equal(m.attr("w1").toTensor(), w1));
+  CHECK(torch::equal(m.attr("w2").toTensor(), w2));
+  REQUIRE(r.walk);
+  REQUIRE_FALSE(r.walk->chosen.empty());
+  CHECK(r.walk->set.measured.drop <= o.max_drop);
+  auto copy = two_layers();
+  for (const size_t i : r.walk->chosen) {
+    torch::Tensor w = copy.attr(r.layers[i].layer.name).toTensor();
+    ternarize_in_place(w, r.layers[i].layer);
+  }
+  CHECK(r.walk->set.measured.drop == Approx((1.0 - top1_of(copy, data)) * 100).margin(1e-9));
+  CHECK_FALSE(plain.walk);
 }
