@@ -1,4 +1,6 @@
 // ttq export IN -o OUT: .ttqz archives and deployable TorchScript (man/ttq-export.1).
+#include <ATen/Parallel.h>
+
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -11,6 +13,7 @@
 #include "formats/atomic_file.h"
 #include "formats/model_file.h"
 #include "formats/torchscript.h"
+#include "plugins/dataset.h"
 
 namespace ttq::cli {
 namespace {
@@ -32,8 +35,34 @@ struct ExportArgs {
   ExportOptions options;
   Activations activations = Activations::Float;
   CLI::Option* activations_option = nullptr;
+  std::string calibrate;  // --calibrate: a data spec
+  int64_t calibrate_samples = 512;
+  CLI::Option* calibrate_samples_option = nullptr;
   bool json = false;
 };
+
+// --calibrate: the first --calibrate-samples samples of the data's training split (its test split
+// when it has no other), with the kind's preprocessing, through the packed model; what was measured
+// goes to `meta`.
+std::vector<CalibratedLayer> calibrate(const ExportArgs& args, torch::jit::Module& module, ModelMetadata& meta) {
+  at::set_num_threads(cpu_cores());
+  const DataSplits splits = load_dataset(args.calibrate);
+  const Dataset& split = splits.train.size() > 0 ? splits.train : splits.test;
+  if (split.size() == 0) throw input_error(fmt::format("--calibrate {}: the data has no samples", args.calibrate));
+  const Dataset samples = split.first(std::min(args.calibrate_samples, split.size()));
+  meta.calibration = ModelMetadata::Calibration{args.calibrate, samples.size()};
+  return calibrate_packed(module, meta.packed, samples, splits.defaults, 64);
+}
+
+// "static int8 steps from 512 samples of SPEC: 17 of 19 layers; dynamic: a, b": what --calibrate did.
+std::string describe_calibration(const ModelMetadata::Calibration& c, const std::vector<CalibratedLayer>& layers) {
+  std::vector<std::string> dynamic;
+  for (const auto& l : layers)
+    if (l.input_step == 0) dynamic.push_back(l.name);
+  return fmt::format("static int8 steps from {} samples of {}: {} of {} layers{}", c.samples, c.data,
+                     layers.size() - dynamic.size(), layers.size(),
+                     dynamic.empty() ? "" : fmt::format("; quantized per call: {}", fmt::join(dynamic, ", ")));
+}
 
 void write_ttqz(const ExportArgs& args, const OpenedModel& model) {
   if (model.kind == ModelFileKind::Archive)
@@ -75,20 +104,28 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
                                   args.input, fmt::join(kept, ", ")));
   meta.packed = report.packed;
   meta.activations = choice_name(args.activations);
+  const auto steps = args.calibrate.empty() ? std::vector<CalibratedLayer>{} : calibrate(args, model.module, meta);
   save_torchscript(model.module, meta, args.output, program);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {
     nlohmann::json float_layers = nlohmann::json::array();
     for (const auto& f : report.kept_float) float_layers.push_back({{"name", f.name}, {"use", f.use}});
-    fmt::print("{}\n", nlohmann::json{{"input", args.input}, {"output", args.output}, {"format", "packed"},
-                                      {"output_bytes", bytes}, {"activations", meta.activations},
-                                      {"packed", report.packed}, {"float", float_layers}}
-                           .dump(2));
+    nlohmann::json doc{{"input", args.input}, {"output", args.output}, {"format", "packed"},
+                       {"output_bytes", bytes}, {"activations", meta.activations},
+                       {"packed", report.packed}, {"float", float_layers}};
+    if (meta.calibration) {
+      nlohmann::json layers = nlohmann::json::array();
+      for (const auto& l : steps) layers.push_back({{"name", l.name}, {"input_step", l.input_step}});
+      doc["calibration"] = {{"data", meta.calibration->data}, {"samples", meta.calibration->samples},
+                            {"layers", layers}};
+    }
+    fmt::print("{}\n", doc.dump(2));
     return;
   }
   fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{})\n",
              args.output, human_bytes(double(bytes)), report.packed.size(), meta.layers.size(), meta.activations,
              kept.empty() ? "" : fmt::format("; float: {}", fmt::join(kept, ", ")));
+  if (meta.calibration) fmt::print("{}\n", describe_calibration(*meta.calibration, steps));
 }
 
 void run_export(ExportArgs& args) {
@@ -96,6 +133,10 @@ void run_export(ExportArgs& args) {
   // Without --format the output is ttqz or ttq, never packed: refused before the model loads.
   if (args.activations_option->count() && (!args.format_option->count() || args.format != ExportFormat::Packed))
     throw usage_error("--activations applies to --format packed only");
+  if (!args.calibrate.empty() && (args.format != ExportFormat::Packed || args.activations != Activations::Int8))
+    throw usage_error("--calibrate applies to --format packed --activations int8 only");
+  if (args.calibrate_samples_option->count() && args.calibrate.empty())
+    throw usage_error("--calibrate-samples needs --calibrate");
   OpenedModel model = open_model(args.input);
   if (!args.format_option->count())
     args.format = model.kind == ModelFileKind::Archive ? ExportFormat::Ttq : ExportFormat::Ttqz;
@@ -125,6 +166,15 @@ Command register_export(CLI::App& app) {
   add_choice_option(sub, "--fp-dtype", args->options.fp_dtype, "storage of float32 full-precision tensors in the archive");
   args->activations_option =
       add_choice_option(sub, "--activations", args->activations, "packed models: what linear and convolution layers compute on");
+  sub->add_option("--calibrate", args->calibrate,
+                  "packed int8 models: static int8 steps measured on this dataset's samples (KIND:PATH, as --data "
+                  "takes) instead of each call's own")
+      ->type_name("SPEC");
+  args->calibrate_samples_option =
+      sub->add_option("--calibrate-samples", args->calibrate_samples, "--calibrate: the first N training samples")
+          ->check(CLI::PositiveNumber)
+          ->type_name("N")
+          ->capture_default_str();
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_export(*args); }};
 }

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/graph_passes.h"
 #include "core/layers.h"
+#include "core/objective.h"
 #include "core/ops/packed.h"
 
 namespace ttq {
@@ -84,6 +85,8 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
     if (op) {  // the ops take the weight's shape, whatever the order of its codes
       std::vector<Value*> inputs{user->input(0), codes, scales, graph.insertConstant(c10::IValue(read.shape))};
       for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
+      if (read.activations == Activations::Int8)
+        inputs.push_back(graph.insertGetAttr(read.owner, input_step_name(read.attribute)));
       return insert_op(graph, op, inputs);
     }
     Value* weight = insert_op(graph, "ttq::unpack",
@@ -201,8 +204,9 @@ PackPlan plan_packing(const torch::jit::Module& module, const std::vector<LayerR
   return plan;
 }
 
-// Codes and scales beside each packed weight, which is emptied; empty codes where a module of the
-// same class keeps the weight float (the rewritten method reads them for every instance).
+// Codes and scales beside each packed weight, which is emptied, and with int8 activations its input
+// step (0: dynamic until calibrated); empty codes where a module of the same class keeps the weight
+// float (the rewritten method reads them for every instance).
 void register_codes(torch::jit::Module& module, const std::vector<LayerRecord>& layers,
                     const std::vector<std::string>& packed, Activations activations) {
   torch::NoGradGuard no_grad;
@@ -221,6 +225,7 @@ void register_codes(torch::jit::Module& module, const std::vector<LayerRecord>& 
     }
     slot.owner.register_buffer(codes_name(slot.attribute), codes.codes);
     slot.owner.register_buffer(scales_name(slot.attribute), codes.scales);
+    if (activations == Activations::Int8) slot.owner.register_buffer(input_step_name(slot.attribute), torch::zeros({1}));
     slot.owner.setattr(slot.attribute, torch::empty({0}, weight.options()));
     added[slot.owner.type()].insert(slot.attribute);
     given.insert({slot.owner._ivalue().get(), slot.attribute});
@@ -233,6 +238,7 @@ void register_codes(torch::jit::Module& module, const std::vector<LayerRecord>& 
         torch::jit::Module other = m;
         other.register_buffer(codes_name(attr), torch::empty({0}, torch::kUInt8));
         other.register_buffer(scales_name(attr), torch::empty({0}, torch::kFloat));
+        if (activations == Activations::Int8) other.register_buffer(input_step_name(attr), torch::zeros({1}));
       }
   }
 }
@@ -264,6 +270,7 @@ void rewrite_methods(ModelGraphs& graphs, const PackPlan& plan, Activations acti
 
 std::string codes_name(const std::string& weight) { return weight + "_codes"; }
 std::string scales_name(const std::string& weight) { return weight + "_scales"; }
+std::string input_step_name(const std::string& weight) { return weight + "_input_step"; }
 
 PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord>& layers, Activations activations) {
   if (!module.find_method("forward")) throw input_error("the model has no forward method to rewrite");
@@ -302,6 +309,31 @@ torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecor
     const auto weight = ops::unpack(codes, scales, codes_shape(layer.shape, activations));
     return tap_major(layer.shape, activations) ? weight.permute(kFromTapMajor).contiguous() : weight;
   });
+}
+
+std::vector<CalibratedLayer> calibrate_packed(torch::jit::Module& module, const std::vector<std::string>& packed,
+                                              const Dataset& data, const Preprocess& pre, int64_t batch_size) {
+  struct Calibrating {  // off again however the run ends
+    Calibrating() { ops::set_calibrating(true); }
+    ~Calibrating() { ops::set_calibrating(false); }
+  };
+  {
+    torch::NoGradGuard no_grad;
+    const bool was_training = module.is_training();
+    module.eval();
+    Calibrating calibrating;
+    for (int64_t start = 0; start < data.size(); start += batch_size) {
+      const auto idx = torch::arange(start, std::min(start + batch_size, data.size()), torch::kInt64);
+      run_model(module, prepare_inputs(data, idx, pre));
+    }
+    module.train(was_training);
+  }
+  std::vector<CalibratedLayer> steps;
+  for (const auto& name : packed) {
+    const ParameterSlot slot = find_slot(module, name);
+    steps.push_back({name, slot.owner.attr(input_step_name(slot.attribute)).toTensor().item<float>()});
+  }
+  return steps;
 }
 
 void check_packed_layers(const torch::jit::Module& module, const std::vector<LayerRecord>& layers,

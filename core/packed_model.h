@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/choices.h"
+#include "core/data.h"
 #include "core/layers.h"
 #include "core/ternary.h"
 
@@ -33,6 +34,8 @@ struct PackReport {
 // The names of the buffers that replace a packed weight "conv1.weight" in its module.
 std::string codes_name(const std::string& weight);   // "conv1.weight_codes"
 std::string scales_name(const std::string& weight);  // "conv1.weight_scales"
+// With int8 activations: the layer's calibrated int8 step of its inputs, one float (0: dynamic).
+std::string input_step_name(const std::string& weight);  // "conv1.weight_input_step"
 
 // Rewrites `module` in place: its forward becomes the inlined forward graph with every
 // aten::linear and aten::conv2d whose weight is one of `layers` (the TTQ metadata's records,
@@ -52,6 +55,18 @@ bool tap_major(const std::vector<int64_t>& shape, Activations activations);
 // The float32 weight of a packed layer, bit-exact, from its codes and scales in `module` (a model
 // packed with `activations`).
 torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer, Activations activations);
+
+// Static int8 activations: runs `data` (in batches of `batch_size`, eval mode, no gradients) through
+// `module`, packed with int8 activations, while the operators calibrate (ops::set_calibrating), so
+// that each packed layer's input step becomes the largest step its inputs needed (max |x| / 127);
+// the layers those samples never reach, and convolutions the int8 kernels do not take, stay dynamic
+// (0). Returns each packed layer's step, in `packed`'s order.
+struct CalibratedLayer {
+  std::string name;
+  float input_step = 0;
+};
+std::vector<CalibratedLayer> calibrate_packed(torch::jit::Module& module, const std::vector<std::string>& packed,
+                                              const Dataset& data, const Preprocess& pre, int64_t batch_size);
 
 // Input error naming the first packed layer whose codes or scales do not fit its record.
 void check_packed_layers(const torch::jit::Module& module, const std::vector<LayerRecord>& layers,

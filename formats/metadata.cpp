@@ -219,6 +219,8 @@ std::string metadata_to_json(const ModelMetadata& meta) {
   if (!meta.packed.empty()) {
     doc["packed"] = meta.packed;
     doc["activations"] = meta.activations;
+    if (meta.calibration)
+      doc["calibration"] = {{"data", meta.calibration->data}, {"samples", meta.calibration->samples}};
   }
   return doc.dump(2);
 }
@@ -237,6 +239,9 @@ ModelMetadata parse_fields(const json& doc) {
   if (doc.contains("budget")) meta.budget = doc["budget"].get<BudgetChoice>();
   meta.packed = doc.value("packed", std::vector<std::string>{});
   meta.activations = doc.value("activations", std::string{});
+  if (doc.contains("calibration"))
+    meta.calibration = ModelMetadata::Calibration{doc["calibration"].at("data").get<std::string>(),
+                                                  doc["calibration"].at("samples").get<int64_t>()};
   return meta;
 }
 

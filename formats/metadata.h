@@ -50,6 +50,12 @@ struct ModelMetadata {
   std::optional<BudgetChoice> budget;  // quantize --max-drop/--target-ratio: what was chosen and why
   std::vector<std::string> packed;  // packed models (export --format packed): the layers that run packed
   std::string activations;          // packed models: "float" or "int8" (export --activations)
+  // Packed int8 models with static steps (export --calibrate): the samples they were calibrated on.
+  struct Calibration {
+    std::string data;  // the data spec
+    int64_t samples = 0;
+  };
+  std::optional<Calibration> calibration;
 
   const LayerRecord* find(const std::string& name) const { return find_layer(layers, name); }
 };

@@ -111,6 +111,7 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
   }
   restored.metadata = packed.metadata;
   restored.metadata->packed.clear();
+  restored.metadata->calibration.reset();
   restored.metadata->activations.clear();
   const auto& packed_names = packed.metadata->packed;
   const auto activations = parse_choice<Activations>(packed.metadata->activations);

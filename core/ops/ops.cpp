@@ -5,6 +5,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -124,19 +127,42 @@ at::Tensor int8_steps(const at::Tensor& x, c10::IntArrayRef dims) {
   return (largest / 127.0f).clamp_min(std::numeric_limits<float>::min()).contiguous();
 }
 
+// ttq export --calibrate: set by set_calibrating (packed.h).
+std::atomic<bool> calibrating{false};
+
+// The int8 step of each of the `count` slices of x over `dims`: the layer's calibrated step for all
+// (input_step > 0: static), else each slice's own (dynamic, int8_steps). While calibrating, the
+// dynamic steps are taken and input_step is raised to the largest of them.
+at::Tensor input_steps(const at::Tensor& x, c10::IntArrayRef dims, int64_t count,
+                       const c10::optional<at::Tensor>& input_step, const char* op) {
+  if (!input_step || !input_step->defined()) return int8_steps(x, dims);
+  TORCH_CHECK(input_step->scalar_type() == at::kFloat && input_step->numel() == 1 && input_step->is_cpu(), "ttq::",
+              op, ": input_step must hold one float32 value on the CPU");
+  float* stored = input_step->data_ptr<float>();
+  TORCH_CHECK(std::isfinite(*stored) && *stored >= 0, "ttq::", op, ": input_step must be finite and not negative (got ",
+              *stored, ")");
+  if (calibrating) {
+    const auto steps = int8_steps(x, dims);
+    *stored = std::max(*stored, steps.max().item<float>());
+    return steps;
+  }
+  return *stored > 0 ? at::full({count}, *stored, at::kFloat) : int8_steps(x, dims);
+}
+
 // Input rows quantized to int8 with one scale each (dynamic, symmetric: the row's largest magnitude
-// maps to 127), as PyTorch's dynamic quantization and bitnet.cpp's W1.58A8 kernels do, and the
-// layer's two scales put on one int8 grid (int8_weights); every batch size runs the int8 kernels,
-// which block rows and inputs.
+// maps to 127), as PyTorch's dynamic quantization and bitnet.cpp's W1.58A8 kernels do, or with the
+// calibrated input_step (static), and the layer's two scales put on one int8 grid (int8_weights);
+// every batch size runs the int8 kernels, which block rows and inputs.
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
-                       c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias) {
+                       c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& input_step) {
   const auto x = linear_rows(input, codes, scales, shape, "linear_int8");
   at::NoGradGuard no_grad;
   const int64_t rows = shape[0], k = shape[1];
   const int64_t n = x.size(0), groups = packed_groups(k), stride = (groups * kGroup + 63) / 64 * 64;
   const KernelPath path = selected_path();
   const bool offset = int8_offset(path);
-  const auto q_scale = int8_steps(x, 1);
+  const auto q_scale = input_steps(x, 1, n, input_step, "linear_int8");
   const float* row_step = q_scale.data_ptr<float>();
   uint8_t* q = input_scratch(n * stride);
   const float* xd = x.data_ptr<float>();
@@ -181,22 +207,27 @@ bool runs_int8(c10::IntArrayRef shape, int64_t groups) {
   return groups == 1 && (shape[1] % 64 == 0 || shape[2] * shape[3] == 1);
 }
 
-// conv2d on int8 inputs: each sample quantized with one scale (max |x| / 127) into a zero-padded
-// NHWC image, then every output pixel is a row of the int8 kernels whose steps walk the taps
+// conv2d on int8 inputs: each sample quantized with one scale (max |x| / 127, or the calibrated
+// input_step) into a zero-padded NHWC image, then every output pixel is a row of the int8 kernels whose steps walk the taps
 // (implicit GEMM: no im2col copy). The codes are tap-major, [out, kh, kw, in] (packed_model.h), so
 // that a tap's channels are contiguous in both. Threads split the output channels, as the batch
-// norm that usually follows splits them. Other layers (groups, odd channel counts) run the float
+// norm that usually follows splits them. The output is channels-last when the input is, as
+// aten::conv2d's: then a pixel's channels are written together, and the pooling and normalization
+// after it run their channels-last kernels. Other layers (groups, odd channel counts) run the float
 // path.
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
-                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                       const c10::optional<at::Tensor>& input_step) {
   TORCH_CHECK(shape.size() == 4, "ttq::conv2d_int8: the weight shape must be [out, in/groups, kh, kw]");
   const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3], k = cin * kh * kw;
   check_packed(codes, scales, {rows, kh, kw, cin});
   check_input(input, "conv2d_int8");
   at::NoGradGuard no_grad;
   if (!runs_int8(shape, groups)) {
-    const auto w = decoded(codes, scales, k, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2});
+    // The weight in the input's memory format: aten::conv2d gives a channels-last output when either is.
+    const auto w = decoded(codes, scales, k, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2})
+                       .contiguous(input.suggest_memory_format());
     return at::conv2d(input, w, bias, stride, padding, dilation, groups);
   }
   TORCH_CHECK(input.dim() == 4 && input.size(1) == cin, "ttq::conv2d_int8: the input must be [batch, ", cin,
@@ -212,7 +243,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const KernelPath path = selected_path();
   const bool offset = int8_offset(path);
 
-  const auto step_of = int8_steps(input, {1, 2, 3});
+  const auto step_of = input_steps(input, {1, 2, 3}, batch, input_step, "conv2d_int8");
   const float* sample_step = step_of.data_ptr<float>();
   // Zero-padded NHWC images, and 64 bytes more that a last 1x1 step may read.
   const int64_t q_bytes = batch * image + 64;
@@ -245,10 +276,16 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
     step[s] = (tap / kw * dilation[0] * padded_w + tap % kw * dilation[1]) * cin + channel;
   }
   const Int8Inputs in{qd, row.data(), step.data(), row_step.data()};
-  auto out = at::empty({batch, rows, out_h, out_w}, at::kFloat);
+  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  auto out = at::empty({batch, rows, out_h, out_w},
+                       at::TensorOptions(at::kFloat).memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                                 : at::MemoryFormat::Contiguous));
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    // Channels-last: input i = n · pixels + p, row r lands at i · rows + r.
+    if (channels_last)
+      return ternary_rows_int8(path, planes, groups32, w, in, 0, batch * pixels, r0, r1, out.data_ptr<float>(), rows, 1);
     for (int64_t n = 0; n < batch; ++n) {
       // Input i = n · pixels + p, row r lands at out[n][r][p]: n · rows · pixels + r · pixels + p.
       float* sample = out.data_ptr<float>() + n * rows * pixels;
@@ -272,19 +309,23 @@ at::Tensor unpack_op(const at::Tensor& codes, const at::Tensor& scales, c10::Int
 std::string kernel_op() { return path_name(selected_path()); }
 
 }  // namespace
+
+void set_calibrating(bool on) { calibrating = on; }
 }  // namespace ttq::ops
 
 TORCH_LIBRARY(ttq, m) {
   m.def("pack(Tensor weight, float wp, float wn) -> (Tensor codes, Tensor scales)", &ttq::ops::pack_op);
   m.def("unpack(Tensor codes, Tensor scales, int[] shape) -> Tensor", &ttq::ops::unpack_op);
   m.def("linear(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor", &ttq::ops::linear);
-  m.def("linear_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor",
+  // input_step: the calibrated int8 step of the input, one float; 0 or none: each call's own.
+  m.def("linear_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, "
+        "Tensor? input_step=None) -> Tensor",
         &ttq::ops::linear_int8);
   m.def("conv2d(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> Tensor",
         &ttq::ops::conv2d);
   m.def("conv2d_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, "
-        "int[] padding, int[] dilation, int groups) -> Tensor",
+        "int[] padding, int[] dilation, int groups, Tensor? input_step=None) -> Tensor",
         &ttq::ops::conv2d_int8);
   m.def("kernel() -> str", &ttq::ops::kernel_op);
 }

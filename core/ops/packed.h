@@ -41,4 +41,9 @@ void check_packed(const torch::Tensor& codes, const torch::Tensor& scales, const
 // when a model is loaded or unpacked.
 void check_packed_bits(const torch::Tensor& codes, const std::vector<int64_t>& shape);
 
+// Calibration of static int8 steps (ttq export --calibrate): while on, every ttq::linear_int8 and
+// ttq::conv2d_int8 given an input_step raises it to the largest step its inputs need (max |x| / 127)
+// and computes as without one. Process-wide: calibrate with one model at a time.
+void set_calibrating(bool on);
+
 }  // namespace ttq::ops

@@ -12,7 +12,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from ttq_testing import Workdir, fixture, ttq  # noqa: E402
+from ttq_testing import Workdir, fixture, load_with_metadata, ttq  # noqa: E402
 
 LIBRARY = os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_ops.so")
 torch.ops.load_library(LIBRARY)
@@ -163,6 +163,68 @@ class OnEveryPath(unittest.TestCase):
                 self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4),
                                 (path, cin, cout, k, groups, (got - want).abs().max()))
 
+    def test_int8_ops_with_a_calibrated_step_quantize_every_input_with_it(self):
+        # input_step > 0: every row (linear) or sample (conv2d) is rounded on that one grid, clamped to
+        # ±127 steps; 0 means each call's own step, as without it.
+        tiny = torch.finfo(torch.float32).tiny
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for n, (out_features, in_features, batch) in enumerate([(5, 7, 1), (33, 100, 3), (40, 96, 70), (9, 33, 15)]):
+                w = ternary((out_features, in_features), wp=0.3, wn=0.2, seed=n)
+                codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
+                x = torch.randn(batch, in_features)
+                step = x.abs().max().item() / 127 * 0.8  # the largest inputs lie past the grid: clamped
+                grid = 0.3 / 127
+                w8 = torch.where(w == 0.3, round(0.3 / grid), torch.where(w == -0.2, round(-0.2 / grid), 0)) * grid
+                want = F.linear(torch.clamp(torch.round(x / step), -127, 127) * step, w8)
+                got = torch.ops.ttq.linear_int8(x, codes, scales, [out_features, in_features], None,
+                                                torch.tensor([step]))
+                self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (path, n, (got - want).abs().max()))
+                dynamic = torch.ops.ttq.linear_int8(x, codes, scales, [out_features, in_features], None)
+                self.assertTrue(torch.equal(torch.ops.ttq.linear_int8(x, codes, scales, [out_features, in_features],
+                                                                      None, torch.zeros(1)), dynamic))
+            for cin, cout, k, stride, padding, batch, size in [(64, 16, 3, 1, 1, 2, 9), (128, 20, 3, 2, 1, 3, 8),
+                                                               (40, 24, 1, 2, 0, 1, 8)]:
+                shape = [cout, cin, k, k]
+                w = ternary(shape, wp=0.5, wn=0.7, seed=cin)
+                codes, scales = torch.ops.ttq.pack(w.permute(0, 2, 3, 1).contiguous(), 0.5, 0.7)
+                x = torch.randn(batch, cin, size, size)
+                step = max(x.abs().max().item() / 127 * 0.9, tiny)
+                grid = 0.7 / 127
+                w8 = torch.where(w == 0.5, round(0.5 / grid), torch.where(w == -0.7, round(-0.7 / grid), 0)) * grid
+                want = F.conv2d(torch.clamp(torch.round(x / step), -127, 127) * step, w8, None, stride, padding)
+                got = torch.ops.ttq.conv2d_int8(x, codes, scales, shape, None, [stride] * 2, [padding] * 2, [1, 1], 1,
+                                                torch.tensor([step]))
+                self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (path, cin, (got - want).abs().max()))
+
+    def test_conv2d_int8_keeps_a_channels_last_input_channels_last(self):
+        # The same values in the input's memory format, as aten::conv2d gives them.
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for cin, cout, k, stride, padding, batch, size in [(64, 64, 3, 1, 1, 2, 9), (128, 20, 3, 2, 1, 3, 8),
+                                                               (40, 24, 1, 1, 0, 2, 7), (3, 8, 3, 1, 1, 1, 9)]:
+                shape = [cout, cin, k, k]
+                w = ternary(shape, wp=0.5, wn=0.7, seed=cin)
+                codes, scales = torch.ops.ttq.pack(w.permute(0, 2, 3, 1).contiguous(), 0.5, 0.7)
+                x = torch.randn(batch, cin, size, size)
+                bias = torch.randn(cout)
+                args = (codes, scales, shape, bias, [stride] * 2, [padding] * 2, [1, 1], 1)
+                want = torch.ops.ttq.conv2d_int8(x, *args)
+                got = torch.ops.ttq.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *args)
+                self.assertTrue(want.is_contiguous())
+                self.assertTrue(got.is_contiguous(memory_format=torch.channels_last), (path, cin))
+                self.assertTrue(torch.allclose(got, want, rtol=1e-5, atol=1e-5), (path, cin, (got - want).abs().max()))
+
+    def test_a_bad_input_step_is_one_clear_error(self):
+        w = ternary((4, 64))
+        codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
+        for step, message in ((torch.tensor([-1.0]), "must be finite and not negative"),
+                              (torch.tensor([float("nan")]), "must be finite and not negative"),
+                              (torch.zeros(2), "must hold one float32 value"),
+                              (torch.zeros(1, dtype=torch.float64), "must hold one float32 value")):
+            with self.assertRaisesRegex(RuntimeError, "ttq::linear_int8: input_step " + message):
+                torch.ops.ttq.linear_int8(torch.randn(2, 64), codes, scales, [4, 64], None, step)
+
 
 class Packing(unittest.TestCase):
     def test_round_trip_is_bit_exact_with_any_scales(self):
@@ -303,6 +365,62 @@ class PackedModels(Workdir):
         self.assertEqual(sa.keys(), sb.keys())
         for k in sa:
             self.assertTrue(torch.equal(sa[k], sb[k]), k)
+
+    def test_calibrated_int8_steps_are_the_largest_inputs_each_layer_met(self):
+        # --calibrate runs the samples through the packed model: each layer's stored input step is the
+        # largest |input| it met over 127 (recomputed here in PyTorch for the first ternary layer), the
+        # model then quantizes every input with it, and the float32 model comes back bit-exact.
+        ternary, packed, _ = self.packed("resnet18.pt")
+        data = self.out("calibration.pt")
+        x = torch.randn(12, 3, 48, 48)
+        torch.save({"x": x, "x_test": x[:2]}, data)
+        int8 = self.out("int8.pt")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
+                "--calibrate-samples", "8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        calibration = json.loads(r.stdout)["calibration"]
+        self.assertEqual((calibration["data"], calibration["samples"]), ("tensors:" + data, 8))
+        steps = {l["name"]: l["input_step"] for l in calibration["layers"]}
+        self.assertEqual(len(steps), 19)
+        self.assertTrue(all(step > 0 for step in steps.values()))
+        model = torch.jit.load(int8)
+        state = model.state_dict()
+        for name, step in steps.items():
+            self.assertEqual(state[name + "_input_step"].item(), step)
+        self.assertEqual(json.loads(load_with_metadata(int8)[1])["calibration"], {"data": "tensors:" + data, "samples": 8})
+        fp = torch.jit.load(ternary)
+        with torch.no_grad():
+            first = fp.maxpool(fp.relu(fp.bn1(fp.conv1(x[:8]))))
+        self.assertAlmostEqual(steps["layer1.0.conv1.weight"], first.abs().max().item() / 127, delta=1e-6 * steps[
+            "layer1.0.conv1.weight"])
+        # Static steps: the outputs differ from the dynamic model's, and stay near the float path's.
+        dynamic = self.out("dynamic.pt")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", dynamic)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with torch.no_grad():
+            want, static, per_call = torch.jit.load(packed)(x), model(x), torch.jit.load(dynamic)(x)
+        self.assertFalse(torch.equal(static, per_call))
+        self.assertLess((static - want).abs().max(), 0.1 * want.abs().max())
+        back = self.out("back.pt")
+        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
+        self.assertEqual(sa.keys(), sb.keys())
+        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        self.assertNotIn("calibration", json.loads(load_with_metadata(back)[1]))
+
+    def test_calibration_errors_are_one_line_and_write_nothing(self):
+        ternary, _, _ = self.packed("resnet18.pt")
+        data = self.out("flat.pt")
+        torch.save({"x": torch.randn(4, 10), "x_test": torch.randn(2, 10)}, data)
+        out = self.out("int8.pt")
+        r = ttq("export", ternary, "--format", "packed", "--calibrate", "tensors:" + data, "-o", out)
+        self.assert_one_error_line(r, 2, r"--calibrate applies to --format packed --activations int8 only")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate-samples", "4", "-o", out)
+        self.assert_one_error_line(r, 2, r"--calibrate-samples needs --calibrate")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
+                "-o", out)
+        self.assert_one_error_line(r, 1, r"input")
+        self.assertFalse(os.path.exists(out))
 
     def test_back_to_the_float_model_bit_exact_and_read_by_every_command(self):
         ternary, packed, _ = self.packed("resnet18.pt")
