@@ -54,14 +54,17 @@ std::vector<CalibratedLayer> calibrate(const ExportArgs& args, torch::jit::Modul
   return calibrate_packed(module, meta.packed, samples, splits.defaults, 64);
 }
 
-// "static int8 steps from 512 samples of SPEC: 17 of 19 layers; dynamic: a, b": what --calibrate did.
+// "static int8 steps from 512 samples of SPEC: 17 of 19 layers; ...": what --calibrate did. A layer
+// without a step runs the exact float path (a convolution the int8 kernels do not take) or was not
+// reached; either way no step of its own is used.
 std::string describe_calibration(const ModelMetadata::Calibration& c, const std::vector<CalibratedLayer>& layers) {
   std::vector<std::string> dynamic;
   for (const auto& l : layers)
     if (l.input_step == 0) dynamic.push_back(l.name);
   return fmt::format("static int8 steps from {} samples of {}: {} of {} layers{}", c.samples, c.data,
                      layers.size() - dynamic.size(), layers.size(),
-                     dynamic.empty() ? "" : fmt::format("; quantized per call: {}", fmt::join(dynamic, ", ")));
+                     dynamic.empty() ? "" : fmt::format("; without (the float path, or not reached): {}",
+                                                        fmt::join(dynamic, ", ")));
 }
 
 void write_ttqz(const ExportArgs& args, const OpenedModel& model) {

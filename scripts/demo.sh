@@ -3,8 +3,8 @@
 # default data (Fashion-MNIST from Debian's dataset-fashion-mnist). A full-precision CNN is trained
 # with `ttq finetune --fp`; `ttq finetune` turns it ternary; `ttq stats` checks and plots that run;
 # `ttq export` packs the ternary model into a .ttqz archive and restores it, and writes it as a packed
-# model that keeps its weights 2-bit in memory; PyTorch evaluates the FP model, the restored ternary
-# one and the packed one on the test set. Logs on stderr; the summary on stdout and in
+# model that keeps its weights 2-bit in memory (and one on int8 activations with calibrated steps);
+# PyTorch evaluates the FP model, the restored ternary one and the packed ones on the test set. Logs on stderr; the summary on stdout and in
 # out/demo/summary.json. About three minutes after the build on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +33,10 @@ step "4. pack the ternary model into a .ttqz archive, restore it as TorchScript;
 $ttq export "$out/fashion_cnn.ttq.pt" -o "$out/fashion_cnn.ttqz" >&2
 $ttq export "$out/fashion_cnn.ttqz" -o "$out/fashion_cnn.restored.pt" >&2
 $ttq export "$out/fashion_cnn.ttq.pt" --format packed -o "$out/fashion_cnn.packed.pt" >&2
+$ttq export "$out/fashion_cnn.ttq.pt" --format packed --activations int8 -o "$out/fashion_cnn.int8.pt" \
+  --calibrate fashion-mnist:/usr/share/datasets/fashion-mnist >&2
 
 step "5. PyTorch evaluates the FP model, the restored ternary model and the packed one on all test images"
 /usr/bin/python3 scripts/demo_summary.py --fp "$out/fashion_cnn.fp.pt" --ternary "$out/fashion_cnn.restored.pt" \
   --ttqz "$out/fashion_cnn.ttqz" --one-shot "$out/fashion_cnn.oneshot.pt" --packed "$out/fashion_cnn.packed.pt" \
-  --ops build/plugins/libttq_ops.so --json "$out/summary.json"
+  --packed-int8 "$out/fashion_cnn.int8.pt" --ops build/plugins/libttq_ops.so --json "$out/summary.json"

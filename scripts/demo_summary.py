@@ -6,9 +6,12 @@ for accuracies, bytes for sizes).
 
 Fails (exit 1) when the claims do not hold: the FP model at least 88% top-1, the ternary model
 within 1 percentage point of it, the archive at least 10x smaller than the FP32 file, the packed
-model predicting as the restored one on at least 99.5% of the images.
+model predicting as the restored one on at least 99.5% of the images, and the packed model with
+calibrated int8 activations predicting as the packed float one on at least 99% of them and within
+0.3 percentage points of its top-1.
 Usage: demo_summary.py --fp FP.pt --ternary RESTORED.pt --ttqz MODEL.ttqz [--one-shot Q.pt]
-                       [--packed PACKED.pt --ops libttq_ops.so] [--json OUT.json] [--data DIR]
+                       [--packed PACKED.pt [--packed-int8 INT8.pt] --ops libttq_ops.so] [--json OUT.json]
+                       [--data DIR]
 """
 import argparse
 import gzip
@@ -45,6 +48,7 @@ def main():
     p.add_argument("--ttqz", required=True)
     p.add_argument("--one-shot")
     p.add_argument("--packed")
+    p.add_argument("--packed-int8")
     p.add_argument("--ops")
     p.add_argument("--json")
     p.add_argument("--data", default=DATA)
@@ -75,6 +79,11 @@ def main():
         summary["packed_top1"], packed_pred = top1(torch.jit.load(a.packed).eval(), x, y)
         summary["packed_bytes"] = os.path.getsize(a.packed)
         summary["packed_agreement"] = (packed_pred == ttq_pred).float().mean().item()
+    if a.packed and a.packed_int8:
+        summary["packed_int8_top1"], int8_pred = top1(torch.jit.load(a.packed_int8).eval(), x, y)
+        summary["packed_int8_bytes"] = os.path.getsize(a.packed_int8)
+        summary["packed_int8_agreement"] = (int8_pred == packed_pred).float().mean().item()
+        summary["packed_int8_difference_pp"] = 100 * (summary["packed_int8_top1"] - summary["packed_top1"])
 
     mib = lambda n: f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
     print(f"Fashion-MNIST, {len(y)} test images, evaluated by PyTorch {torch.__version__}:")
@@ -87,6 +96,10 @@ def main():
         print(f"  TTQ packed      top-1 {100 * summary['packed_top1']:6.2f}%  {mib(summary['packed_bytes']):>10}  "
               f"packed TorchScript (2-bit weights in memory) via libttq_ops.so, "
               f"{100 * summary['packed_agreement']:.1f}% same as restored")
+    if "packed_int8_top1" in summary:
+        print(f"  TTQ packed int8 top-1 {100 * summary['packed_int8_top1']:6.2f}%  "
+              f"{mib(summary['packed_int8_bytes']):>10}  packed, int8 activations with calibrated steps, "
+              f"{100 * summary['packed_int8_agreement']:.1f}% same as packed")
     print(f"  TTQ vs FP: {summary['size_ratio']:.1f}x smaller, top-1 {summary['top1_difference_pp']:+.2f} pp, "
           f"same prediction on {100 * summary['agreement']:.1f}% of the images")
     if a.json:
@@ -104,6 +117,13 @@ def main():
     if a.packed and summary["packed_agreement"] < 0.995:
         failures.append(f"the packed model predicts as the restored one on {100 * summary['packed_agreement']:.1f}% "
                         "of the images (under 99.5%)")
+    if "packed_int8_top1" in summary:
+        if summary["packed_int8_agreement"] < 0.99:
+            failures.append(f"the calibrated int8 model predicts as the packed one on "
+                            f"{100 * summary['packed_int8_agreement']:.1f}% of the images (under 99%)")
+        if summary["packed_int8_difference_pp"] < -0.3:
+            failures.append(f"the calibrated int8 model is {-summary['packed_int8_difference_pp']:.2f} pp below the "
+                            "packed one (over 0.3 pp)")
     for f in failures:
         print(f"demo_summary: {f}", file=sys.stderr)
     return 1 if failures else 0
