@@ -13,7 +13,10 @@
 #    faster, >= 10x less memory once loaded, the file >= 12x smaller); with the paper's first/last
 #    rule (the first convolution and the 1000-class fc, 2 MiB, stay float32), with every layer
 #    ternary (resnet18_all), and with the rule and a 10-class fc (resnet18_10, as the demos
-#    fine-tune it).
+#    fine-tune it); for resnet18 and resnet18_10 also int8 with static steps (export --calibrate,
+#    on 32 random images) against dynamic int8, float32 and PyTorch's own static int8 model
+#    (prepare_fx/convert_fx, calibrated on the same images, frozen), at batch 1 and 16, with
+#    channels-last images (issue 26's target: at least as fast as PyTorch's static int8).
 # The float32 side is the ternary model with float32 weights: the same arithmetic as the FP32 model.
 # Usage: scripts/bench_packed.sh [RUNS [THREADS [avx2]]]   (defaults 20, one per core)
 # With avx2, an AVX2-only machine as far as one can be simulated on a newer one: ttq's AVX2 kernels
@@ -33,10 +36,22 @@ from torch.ao.quantization import quantize_dynamic
 out = sys.argv[1]
 torch.manual_seed(0)
 torch.backends.quantized.engine = "onednn" if "fbgemm" not in torch.backends.quantized.supported_engines else "fbgemm"
+# Calibration images for both static int8 models: ttq's (export --calibrate) and PyTorch's own.
+calibration = torch.randn(32, 3, 224, 224)
+torch.save({"x": calibration, "x_test": calibration[:1]}, f"{out}/calibration.pt")
+def save_static(m, name):  # PyTorch's static int8 (FX graph mode), calibrated on the same images, frozen
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    prepared = prepare_fx(m, get_default_qconfig_mapping(torch.backends.quantized.engine), (calibration[:1],))
+    with torch.no_grad():
+        for batch in calibration.split(8):
+            prepared(batch)
+    torch.jit.save(torch.jit.freeze(torch.jit.script(convert_fx(prepared))), f"{out}/{name}.static.pt")
 def save(m, name, example):
     m = m.eval()
     torch.jit.save(torch.jit.script(m), f"{out}/{name}.pt")
     if name.startswith("resnet18"):  # dynamic quantization covers linear layers only
+        save_static(m, name)
         return
     # Traced in training mode: PyTorch 1.13's eval-mode TransformerEncoderLayer fails with dynamically
     # quantized linears (its fast-path check reads linear1.weight, a method there); with dropout 0
@@ -57,14 +72,16 @@ prepare() {  # NAME [QUANTIZE FLAGS...]: the ternary model and its packed forms
   build/ttq quantize "$out/$name.pt" -o "$out/$name.ttq.pt" -q "$@" >/dev/null
   build/ttq export "$out/$name.ttq.pt" --format packed -o "$out/$name.float.pt" >/dev/null
   build/ttq export "$out/$name.ttq.pt" --format packed --activations int8 -o "$out/$name.int8.pt" >/dev/null
+  build/ttq export "$out/$name.ttq.pt" --format packed --activations int8 -o "$out/$name.int8s.pt" \
+    --calibrate "tensors:$out/calibration.pt" >/dev/null
 }
-compare() {  # NAME SHAPE BATCH A B: model files $out/NAME.A.pt against $out/NAME.B.pt
-  local name=$1 shape=$2 batch=$3 a=$4 b=$5
+compare() {  # NAME SHAPE BATCH A B [FORMAT]: model files $out/NAME.A.pt against $out/NAME.B.pt, images in
+  local name=$1 shape=$2 batch=$3 a=$4 b=$5 format=${6:-contiguous}  # FORMAT (bench --memory-format)
   build/ttq bench "$out/$name.$a.pt" --vs "$out/$name.$b.pt" --input-shape "$shape" --batch-size "$batch" \
-    --runs "$runs" --threads "$threads" --json > "$out/$name.$a.$b.$batch.json"
-  /usr/bin/python3 - "$out" "$name" "$batch" "$a" "$b" <<'PY'
+    --runs "$runs" --threads "$threads" --memory-format "$format" --json > "$out/$name.$a.$b.$batch.json"
+  /usr/bin/python3 - "$out" "$name" "$batch" "$a" "$b" "$format" <<'PY'
 import json, os, sys, zipfile
-out, name, batch, a, b = sys.argv[1:]
+out, name, batch, a, b, format = sys.argv[1:]
 doc = json.load(open(f"{out}/{name}.{a}.{b}.{batch}.json"))
 ma, mb = doc["models"]
 size = os.path.getsize(f"{out}/{name}.{b}.pt") / os.path.getsize(f"{out}/{name}.{a}.pt")
@@ -72,7 +89,10 @@ def weight_mib(path):  # the tensors a TorchScript file holds (its data/ records
     with zipfile.ZipFile(path) as z:
         return sum(i.file_size for i in z.infolist() if "/data/" in i.filename) / 2**20
 wa, wb = weight_mib(f"{out}/{name}.{a}.pt"), weight_mib(f"{out}/{name}.{b}.pt")
-label = {"float": "packed", "int8": "packed-int8", "ttq": "float32", "dynamic": "dynamic-int8"}
+label = {"float": "packed", "int8": "packed-int8", "int8s": "packed-int8-calibrated", "ttq": "float32",
+         "dynamic": "dynamic-int8", "static": "pytorch-static-int8"}
+if format == "channels-last":
+    name += " NHWC"
 print(f"{name:<13} b{batch:<2} {label[a]:>11} vs {label[b]:<12}: {ma['median_ms']:8.3f} vs {mb['median_ms']:8.3f} ms "
       f"= {doc['speedup']:5.2f}x the speed; loaded {ma['loaded_mib']:6.1f} vs {mb['loaded_mib']:6.1f} MiB "
       f"({doc['memory_ratio']:4.1f}x less), after a run {ma['after_run_mib']:6.1f} vs {mb['after_run_mib']:6.1f} MiB, "
@@ -93,9 +113,18 @@ for name in mlp4096 encoder1024; do
   compare "$name" "$shape" 1 int8 ttq
   compare "$name" "$shape" 1 int8 dynamic
 done
+# ResNet-18's static int8 arms: ttq's steps calibrated on the same images as PyTorch's model, images
+# channels-last (NHWC) as both run best.
+static_arms() {  # NAME
+  compare "$1" 3,224,224 1 int8s int8 channels-last
+  compare "$1" 3,224,224 1 int8s ttq channels-last
+  compare "$1" 3,224,224 1 int8s static channels-last
+  compare "$1" 3,224,224 16 int8s static channels-last
+}
 prepare resnet18
 compare resnet18 3,224,224 1 float ttq
 compare resnet18 3,224,224 1 int8 ttq
+static_arms resnet18
 cp "$out/resnet18.pt" "$out/resnet18_all.pt"
 prepare resnet18_all --quantize-first --quantize-last
 compare resnet18_all 3,224,224 1 float ttq
@@ -103,3 +132,4 @@ compare resnet18_all 3,224,224 1 int8 ttq
 prepare resnet18_10
 compare resnet18_10 3,224,224 1 float ttq
 compare resnet18_10 3,224,224 1 int8 ttq
+static_arms resnet18_10
