@@ -115,7 +115,7 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     for (const auto& f : report.kept_float) float_layers.push_back({{"name", f.name}, {"use", f.use}});
     nlohmann::json doc{{"input", args.input}, {"output", args.output}, {"format", "packed"},
                        {"output_bytes", bytes}, {"activations", meta.activations},
-                       {"packed", report.packed}, {"float", float_layers}};
+                       {"packed", report.packed}, {"float", float_layers}, {"folded", report.folded}};
     if (meta.calibration) {
       nlohmann::json layers = nlohmann::json::array();
       for (const auto& l : steps) layers.push_back({{"name", l.name}, {"input_step", l.input_step}});
@@ -125,8 +125,9 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     fmt::print("{}\n", doc.dump(2));
     return;
   }
-  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{})\n",
+  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{}{})\n",
              args.output, human_bytes(double(bytes)), report.packed.size(), meta.layers.size(), meta.activations,
+             report.folded.empty() ? "" : fmt::format("; BatchNorm folded into {}", report.folded.size()),
              kept.empty() ? "" : fmt::format("; float: {}", fmt::join(kept, ", ")));
   if (meta.calibration) fmt::print("{}\n", describe_calibration(*meta.calibration, steps));
 }

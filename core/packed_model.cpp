@@ -87,6 +87,9 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
       for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
       if (read.activations == Activations::Int8)
         inputs.push_back(graph.insertGetAttr(read.owner, input_step_name(read.attribute)));
+      // A node gives every argument of its schema: conv2d_int8's out_affine is None until a
+      // BatchNorm folds into it (fold_batch_norms).
+      if (read.activations == Activations::Int8 && read.shape.size() == 4) inputs.push_back(graph.insertConstant(c10::IValue()));
       return insert_op(graph, op, inputs);
     }
     Value* weight = insert_op(graph, "ttq::unpack",
@@ -278,7 +281,9 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
   const PackPlan plan = plan_packing(module, layers, graphs);
   register_codes(module, layers, plan.report.packed, activations);
   rewrite_methods(graphs, plan, activations);
-  return plan.report;
+  PackReport report = plan.report;
+  if (activations == Activations::Int8) report.folded = fold_batch_norms(module);
+  return report;
 }
 
 namespace {

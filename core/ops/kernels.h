@@ -44,10 +44,21 @@ bool int8_offset(KernelPath path);
 // ±127, + 128 where `offset`: an int8 kernel's input bytes.
 void quantize_int8(const float* x, int64_t count, int64_t x_stride, float scale, bool offset, uint8_t* dst);
 
-// y[i * y_input + r * y_row] = scale[i] · w.step · Σ_k w[r, k] · q[i, k] for rows r0 <= r < r1 and
-// inputs i0 <= i < i1, w[r, k] the byte of the weight's sign (w.pos, 0, w.neg), the sum exact in int32.
+// Where ternary_rows_int8 stores row r of input i, y[i * input_stride + r * row_stride], and what
+// becomes of its value v first: with `scale`, max(scale[r] · v + shift[r], floor[r]) (a BatchNorm
+// folded into the layer and a fused ReLU: ttq::conv2d_int8's out_affine), else v as it is.
+struct Int8Output {
+  float* y;
+  int64_t input_stride, row_stride;
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  const float* floor = nullptr;
+};
+
+// v = scale[i] · w.step · Σ_k w[r, k] · q[i, k] for rows r0 <= r < r1 and inputs i0 <= i < i1 into
+// `out`, w[r, k] the byte of the weight's sign (w.pos, 0, w.neg), the sum exact in int32.
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
-                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row);
+                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,

@@ -318,7 +318,7 @@ void decoded_rows(const int8_t* bytes, int64_t row_bytes, int64_t steps, const i
 // dot)` computes `here` rows from r into dot[h * kMaxInputs + i].
 template <class Dots>
 void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights w, int64_t rb, int64_t re,
-                 int64_t ib, int64_t ie, float* y, int64_t y_input, int64_t y_row) {
+                 int64_t ib, int64_t ie, const Int8Output& out) {
   const uint8_t* x[kMaxInputs];
   const int count = static_cast<int>(ie - ib);
   for (int i = 0; i < count; ++i) x[i] = in.data + in.row[ib + i];
@@ -327,8 +327,11 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
     const int here = static_cast<int>(std::min<int64_t>(rows_at_once, re - r));
     dots(r, here, x, count, dot);
     for (int h = 0; h < here; ++h)
-      for (int i = 0; i < count; ++i)
-        y[(ib + i) * y_input + (r + h) * y_row] = in.scale[ib + i] * w.step * static_cast<float>(dot[h * kMaxInputs + i]);
+      for (int i = 0; i < count; ++i) {
+        float v = in.scale[ib + i] * w.step * static_cast<float>(dot[h * kMaxInputs + i]);
+        if (out.scale) v = std::max(out.scale[r + h] * v + out.shift[r + h], out.floor[r + h]);
+        out.y[(ib + i) * out.input_stride + (r + h) * out.row_stride] = v;
+      }
   }
 }
 
@@ -338,29 +341,29 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
 // convolution's weights.
 template <class Prepare, class Dots>
 void rows_int8(Prepare prepare, Dots dots, int rows_at_once, const Int8Inputs& in, Int8Weights w, int64_t i0,
-               int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+               int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   const int64_t row_block = 4 * (i1 - i0) > r1 - r0 ? r1 - r0 : kRowBlock;
   for (int64_t rb = r0; rb < r1; rb += row_block) {
     const int64_t re = std::min(rb + row_block, r1);
     prepare(rb, re);
     for (int64_t ib = i0; ib < i1; ib += kMaxInputs)
-      write_block(dots, rows_at_once, in, w, rb, re, ib, std::min(ib + kMaxInputs, i1), y, y_input, y_row);
+      write_block(dots, rows_at_once, in, w, rb, re, ib, std::min(ib + kMaxInputs, i1), out);
   }
 }
 
 // The kernels on the packed planes as they are.
 void rows_int8_packed(BlockDots dots, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
-                      int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+                      int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   rows_int8([](int64_t, int64_t) {},
             [&](int64_t r, int here, const uint8_t* const* x, int count, int32_t* dot) {
               dots(planes + r * groups * 2, groups, here, w, x, in.step, count, dot);
             },
-            kRowsAtOnce, in, w, i0, i1, r0, r1, y, y_input, y_row);
+            kRowsAtOnce, in, w, i0, i1, r0, r1, out);
 }
 
 // The rows decoded to bytes, by AVX-512 (inputs offset, each row's offset share kept) or AVX2.
 void rows_int8_decoded(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
-                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   thread_local std::vector<int8_t> bytes;
   thread_local std::vector<int32_t> offset;
   const bool avx512 = path == KernelPath::Avx512;
@@ -387,7 +390,7 @@ void rows_int8_decoded(KernelPath path, const uint32_t* planes, int64_t groups, 
       default: return decoded_rows<1>(b, row_bytes, steps, o, x, in.step, count, dot);
     }
   };
-  rows_int8(prepare, dots, avx512 ? kDecodedRowsAtOnce : kDecodedRowsAvx2, in, w, i0, i1, r0, r1, y, y_input, y_row);
+  rows_int8(prepare, dots, avx512 ? kDecodedRowsAtOnce : kDecodedRowsAvx2, in, w, i0, i1, r0, r1, out);
 }
 
 }  // namespace
@@ -411,17 +414,17 @@ __attribute__((target_clones("avx2", "default"))) void quantize_int8(const float
 }
 
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
-                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, float* y, int64_t y_input, int64_t y_row) {
+                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   if (path != KernelPath::Portable && i1 - i0 >= kMaxInputs)
-    return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
+    return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, out);
   switch (path) {
     case KernelPath::Avx512:
-      return rows_int8_packed(dots_avx512, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
+      return rows_int8_packed(dots_avx512, planes, groups, w, in, i0, i1, r0, r1, out);
     case KernelPath::Avx2:
-      return rows_int8_packed(each_row<row_avx2>, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
+      return rows_int8_packed(each_row<row_avx2>, planes, groups, w, in, i0, i1, r0, r1, out);
     case KernelPath::Portable: break;
   }
-  rows_int8_packed(each_row<row_portable>, planes, groups, w, in, i0, i1, r0, r1, y, y_input, y_row);
+  rows_int8_packed(each_row<row_portable>, planes, groups, w, in, i0, i1, r0, r1, out);
 }
 
 }  // namespace ttq::ops

@@ -181,7 +181,7 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    ternary_rows_int8(path, planes, groups, w, in, 0, n, r0, r1, out.data_ptr<float>(), rows, 1);
+    ternary_rows_int8(path, planes, groups, w, in, 0, n, r0, r1, {out.data_ptr<float>(), rows, 1});
   });
   return linear_output(out, bias, input);
 }
@@ -207,29 +207,74 @@ bool runs_int8(c10::IntArrayRef shape, int64_t groups) {
   return groups == 1 && (shape[1] % 64 == 0 || shape[2] * shape[3] == 1);
 }
 
+// out_affine, [3, out]: per output channel c, max(scale[c] · (conv + bias) + shift[c], floor[c]) (a
+// BatchNorm folded into the layer, and a ReLU fused: floor 0, else -inf; packed_model.h). Checked,
+// as a contiguous copy.
+at::Tensor checked_affine(const at::Tensor& affine, int64_t rows) {
+  TORCH_CHECK(affine.scalar_type() == at::kFloat && affine.is_cpu() && affine.dim() == 2 && affine.size(0) == 3 &&
+                  affine.size(1) == rows,
+              "ttq::conv2d_int8: out_affine must be a float32 CPU tensor [3, ", rows, "] (got ", affine.sizes(), ")");
+  return affine.contiguous();
+}
+
+// The float path's convolution, for layers the int8 kernels do not take.
+at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                        const c10::optional<at::Tensor>& out_affine) {
+  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
+  // The weight in the input's memory format: aten::conv2d gives a channels-last output when either is.
+  const auto w = decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2})
+                     .contiguous(input.suggest_memory_format());
+  auto out = at::conv2d(input, w, bias, stride, padding, dilation, groups);
+  if (!out_affine || !out_affine->defined()) return out;
+  const auto a = checked_affine(*out_affine, rows).view({3, 1, rows, 1, 1});
+  return at::maximum(out.mul_(a[0]).add_(a[1]), a[2]);
+}
+
+// Each sample of x ([batch, cin, height, width], any strides) quantized with its step into a
+// zero-padded NHWC image of `image` bytes in this thread's input scratch, and 64 bytes more that a
+// last 1x1 step may read; zero is 128 where the kernels take offset bytes.
+const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, const float* sample_step, bool offset,
+                                int64_t image) {
+  const int64_t batch = x.size(0), cin = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t padded_w = width + 2 * padding[1], q_bytes = batch * image + 64;
+  uint8_t* qd = input_scratch(q_bytes);
+  at::parallel_for(0, q_bytes, 1 << 16, [&](int64_t a, int64_t b) {
+    std::memset(qd + a, offset ? 128 : 0, static_cast<size_t>(b - a));
+  });
+  const float* xd = x.data_ptr<float>();
+  const auto xs = x.strides();
+  at::parallel_for(0, batch * height, 1, [&](int64_t a, int64_t b) {
+    for (int64_t nh = a; nh < b; ++nh) {
+      const int64_t n = nh / height, h = nh % height;
+      for (int64_t w = 0; w < width; ++w)
+        quantize_int8(xd + n * xs[0] + h * xs[2] + w * xs[3], cin, xs[1], sample_step[n], offset,
+                      qd + n * image + ((h + padding[0]) * padded_w + w + padding[1]) * cin);
+    }
+  });
+  return qd;
+}
+
 // conv2d on int8 inputs: each sample quantized with one scale (max |x| / 127, or the calibrated
-// input_step) into a zero-padded NHWC image, then every output pixel is a row of the int8 kernels whose steps walk the taps
-// (implicit GEMM: no im2col copy). The codes are tap-major, [out, kh, kw, in] (packed_model.h), so
-// that a tap's channels are contiguous in both. Threads split the output channels, as the batch
-// norm that usually follows splits them. The output is channels-last when the input is, as
-// aten::conv2d's: then a pixel's channels are written together, and the pooling and normalization
-// after it run their channels-last kernels. Other layers (groups, odd channel counts) run the float
-// path.
+// input_step) into a zero-padded NHWC image, then every output pixel is a row of the int8 kernels
+// whose steps walk the taps (implicit GEMM: no im2col copy). The codes are tap-major, [out, kh, kw,
+// in] (packed_model.h), so that a tap's channels are contiguous in both. Threads split the output
+// channels. The output is channels-last when the input is, as aten::conv2d's: then a pixel's
+// channels are written together, and the pooling and normalization after it run their
+// channels-last kernels. out_affine (checked_affine) is applied as each value is stored. Other
+// layers (groups, odd channel counts) run the float path.
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                       const c10::optional<at::Tensor>& input_step) {
+                       const c10::optional<at::Tensor>& input_step, const c10::optional<at::Tensor>& out_affine) {
   TORCH_CHECK(shape.size() == 4, "ttq::conv2d_int8: the weight shape must be [out, in/groups, kh, kw]");
-  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3], k = cin * kh * kw;
+  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
   check_packed(codes, scales, {rows, kh, kw, cin});
   check_input(input, "conv2d_int8");
   at::NoGradGuard no_grad;
-  if (!runs_int8(shape, groups)) {
-    // The weight in the input's memory format: aten::conv2d gives a channels-last output when either is.
-    const auto w = decoded(codes, scales, k, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2})
-                       .contiguous(input.suggest_memory_format());
-    return at::conv2d(input, w, bias, stride, padding, dilation, groups);
-  }
+  if (!runs_int8(shape, groups))
+    return conv2d_float(input, codes, scales, shape, bias, stride, padding, dilation, groups, out_affine);
   TORCH_CHECK(input.dim() == 4 && input.size(1) == cin, "ttq::conv2d_int8: the input must be [batch, ", cin,
               ", height, width] (got ", input.sizes(), ")");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
@@ -239,28 +284,12 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const int64_t out_h = (padded_h - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
   const int64_t out_w = (padded_w - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
   TORCH_CHECK(out_h > 0 && out_w > 0, "ttq::conv2d_int8: the input (", input.sizes(), ") is smaller than the kernel");
-  const int64_t image = padded_h * padded_w * cin, pixels = out_h * out_w, groups32 = packed_groups(k);
+  const int64_t image = padded_h * padded_w * cin, pixels = out_h * out_w, groups32 = packed_groups(cin * kh * kw);
   const KernelPath path = selected_path();
   const bool offset = int8_offset(path);
-
   const auto step_of = input_steps(input, {1, 2, 3}, batch, input_step, "conv2d_int8");
   const float* sample_step = step_of.data_ptr<float>();
-  // Zero-padded NHWC images, and 64 bytes more that a last 1x1 step may read.
-  const int64_t q_bytes = batch * image + 64;
-  uint8_t* qd = input_scratch(q_bytes);
-  at::parallel_for(0, q_bytes, 1 << 16, [&](int64_t a, int64_t b) {
-    std::memset(qd + a, offset ? 128 : 0, static_cast<size_t>(b - a));
-  });
-  const float* x = input.data_ptr<float>();
-  const auto xs = input.strides();
-  at::parallel_for(0, batch * height, 1, [&](int64_t a, int64_t b) {
-    for (int64_t nh = a; nh < b; ++nh) {
-      const int64_t n = nh / height, h = nh % height;
-      for (int64_t w = 0; w < width; ++w)
-        quantize_int8(x + n * xs[0] + h * xs[2] + w * xs[3], cin, xs[1], sample_step[n], offset,
-                      qd + n * image + ((h + padding[0]) * padded_w + w + padding[1]) * cin);
-    }
-  });
+  const uint8_t* qd = quantized_images(input, padding, sample_step, offset, image);
 
   // Input row i: output pixel (n, oh, ow) at its first tap; step s: the tap and channel of weight
   // 64 s of a row (tap-major), as an offset from there.
@@ -280,20 +309,29 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   auto out = at::empty({batch, rows, out_h, out_w},
                        at::TensorOptions(at::kFloat).memory_format(channels_last ? at::MemoryFormat::ChannelsLast
                                                                                  : at::MemoryFormat::Contiguous));
+  const bool has_bias = bias && bias->defined();
+  at::Tensor affine;  // with the bias folded into the shift: the kernels store the final values
+  if (out_affine && out_affine->defined()) {
+    affine = checked_affine(*out_affine, rows).clone();
+    if (has_bias) affine[1].add_(affine[0] * *bias);
+  }
+  const float* a = affine.defined() ? affine.data_ptr<float>() : nullptr;
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    // Channels-last: input i = n · pixels + p, row r lands at i · rows + r.
+    // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
+    // n · rows · pixels + r · pixels + p, one sample at a time.
+    auto output = [&](float* y, int64_t input_stride, int64_t row_stride) {
+      return Int8Output{y, input_stride, row_stride, a, a ? a + rows : nullptr, a ? a + 2 * rows : nullptr};
+    };
     if (channels_last)
-      return ternary_rows_int8(path, planes, groups32, w, in, 0, batch * pixels, r0, r1, out.data_ptr<float>(), rows, 1);
-    for (int64_t n = 0; n < batch; ++n) {
-      // Input i = n · pixels + p, row r lands at out[n][r][p]: n · rows · pixels + r · pixels + p.
-      float* sample = out.data_ptr<float>() + n * rows * pixels;
-      ternary_rows_int8(path, planes, groups32, w, in, n * pixels, (n + 1) * pixels, r0, r1, sample - n * pixels, 1,
-                        pixels);
-    }
+      return ternary_rows_int8(path, planes, groups32, w, in, 0, batch * pixels, r0, r1,
+                               output(out.data_ptr<float>(), rows, 1));
+    for (int64_t n = 0; n < batch; ++n)
+      ternary_rows_int8(path, planes, groups32, w, in, n * pixels, (n + 1) * pixels, r0, r1,
+                        output(out.data_ptr<float>() + n * rows * pixels - n * pixels, 1, pixels));
   });
-  if (bias && bias->defined()) out.add_(bias->view({1, rows, 1, 1}));
+  if (has_bias && !a) out.add_(bias->view({1, rows, 1, 1}));
   return out;
 }
 
@@ -318,6 +356,7 @@ TORCH_LIBRARY(ttq, m) {
   m.def("unpack(Tensor codes, Tensor scales, int[] shape) -> Tensor", &ttq::ops::unpack_op);
   m.def("linear(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor", &ttq::ops::linear);
   // input_step: the calibrated int8 step of the input, one float; 0 or none: each call's own.
+  // out_affine: [3, out] scale, shift and floor of each output channel (a folded BatchNorm and ReLU).
   m.def("linear_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, "
         "Tensor? input_step=None) -> Tensor",
         &ttq::ops::linear_int8);
@@ -325,7 +364,7 @@ TORCH_LIBRARY(ttq, m) {
         "int[] dilation, int groups) -> Tensor",
         &ttq::ops::conv2d);
   m.def("conv2d_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, "
-        "int[] padding, int[] dilation, int groups, Tensor? input_step=None) -> Tensor",
+        "int[] padding, int[] dilation, int groups, Tensor? input_step=None, Tensor? out_affine=None) -> Tensor",
         &ttq::ops::conv2d_int8);
   m.def("kernel() -> str", &ttq::ops::kernel_op);
 }

@@ -215,6 +215,34 @@ class OnEveryPath(unittest.TestCase):
                 self.assertTrue(got.is_contiguous(memory_format=torch.channels_last), (path, cin))
                 self.assertTrue(torch.allclose(got, want, rtol=1e-5, atol=1e-5), (path, cin, (got - want).abs().max()))
 
+    def test_conv2d_int8_applies_out_affine_to_each_channel(self):
+        # out_affine [3, out]: max(scale · (conv + bias) + shift, floor) per channel, as stored; the
+        # float path (3 in-channels) applies it too.
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for cin, cout, k, stride, padding, batch, size, last in [(64, 16, 3, 1, 1, 2, 9, False),
+                                                                     (128, 20, 3, 2, 1, 3, 8, True),
+                                                                     (40, 24, 1, 1, 0, 9, 3, False),
+                                                                     (3, 8, 3, 1, 1, 1, 9, True)]:
+                shape = [cout, cin, k, k]
+                w = ternary(shape, wp=0.5, wn=0.7, seed=cin)
+                codes, scales = torch.ops.ttq.pack(w.permute(0, 2, 3, 1).contiguous(), 0.5, 0.7)
+                x = torch.randn(batch, cin, size, size)
+                if last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                bias = torch.randn(cout)
+                affine = torch.stack([torch.rand(cout) + 0.5, torch.randn(cout),
+                                      torch.where(torch.arange(cout) % 2 == 0, 0.0, -float("inf"))])
+                args = (codes, scales, shape, bias, [stride] * 2, [padding] * 2, [1, 1], 1)
+                plain = torch.ops.ttq.conv2d_int8(x, *args)
+                got = torch.ops.ttq.conv2d_int8(x, *args, None, affine)
+                c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+                want = torch.maximum(plain * c(affine[0]) + c(affine[1]), c(affine[2]))
+                self.assertTrue(torch.allclose(got, want, rtol=1e-5, atol=1e-5), (path, cin, (got - want).abs().max()))
+                self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: out_affine must be a float32 CPU tensor \[3, 8\]"):
+            torch.ops.ttq.conv2d_int8(x, *args, None, torch.zeros(2, 8))
+
     def test_a_bad_input_step_is_one_clear_error(self):
         w = ternary((4, 64))
         codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
@@ -407,6 +435,50 @@ class PackedModels(Workdir):
         self.assertEqual(sa.keys(), sb.keys())
         self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
         self.assertNotIn("calibration", json.loads(load_with_metadata(back)[1]))
+
+    def test_batch_norm_and_relu_fold_into_the_int8_convolution(self):
+        # conv → BatchNorm (trained statistics) → ReLU: the packed int8 model runs the convolution
+        # alone, with the BatchNorm as its per-channel affine and the ReLU as its floor; a BatchNorm
+        # in training mode, or one that does not take a ternary convolution's output, stays.
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(64, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU())
+        with torch.no_grad():
+            bn = net[1]
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+        model, ternary, int8 = self.out("m.pt"), self.out("t.pt"), self.out("int8.pt")
+        torch.jit.save(torch.jit.script(net.eval()), model)
+        self.assertEqual(ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last").returncode, 0)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["folded"], ["0.weight"])
+        packed = torch.jit.load(int8)
+        graph = str(packed.inlined_graph)
+        self.assertNotIn("batch_norm", graph)
+        self.assertNotIn("relu", graph)
+        # The reference: the int8 convolution (quantize's own weights, per-sample steps) then the
+        # BatchNorm and ReLU of PyTorch.
+        w = torch.jit.load(ternary).state_dict()["0.weight"]
+        wp, wn = w.max().item(), -w.min().item()
+        grid = max(wp, wn) / 127
+        w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+        x = torch.randn(3, 64, 10, 10)
+        step = x.abs().amax((1, 2, 3), keepdim=True) / 127
+        with torch.no_grad():
+            want = net[2](net[1](F.conv2d(torch.round(x / step) * step, w8, net[0].bias, padding=1)))
+            got = packed(x)
+        self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max())
+        back = self.out("back.pt")
+        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
+        self.assertEqual(sa.keys(), sb.keys())
+        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        # Training mode keeps the BatchNorm as it is.
+        torch.jit.save(torch.jit.script(net.train()), model)
+        self.assertEqual(ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last").returncode, 0)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(json.loads(r.stdout)["folded"], [])
+        self.assertIn("batch_norm", str(torch.jit.load(int8).inlined_graph))
 
     def test_calibration_errors_are_one_line_and_write_nothing(self):
         ternary, _, _ = self.packed("resnet18.pt")

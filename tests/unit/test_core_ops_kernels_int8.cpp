@@ -83,7 +83,7 @@ TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linea
       std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
       // y[i, r] at i · rows + r: a linear layer's output.
       ternary_rows_int8(path, reinterpret_cast<const uint32_t*>(p.codes.data_ptr<uint8_t>()), groups, w, in.view(), 0, n,
-                        0, rows, y.data(), rows, 1);
+                        0, rows, {y.data(), rows, 1});
       const auto* s = signs.data_ptr<int64_t>();
       int64_t mismatches = 0;
       for (int64_t i = 0; i < n; ++i)

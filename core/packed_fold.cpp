@@ -1,0 +1,187 @@
+// BatchNorm folding for packed int8 models (packed_model.h, fold_batch_norms): a parent's
+// `bn(conv(x))`, and a ReLU right after it, become the convolution's out_affine, applied as the int8
+// kernels store each output, so that no float pass over the activations is left between them.
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "core/graph_passes.h"
+#include "core/packed_model.h"
+
+namespace ttq {
+namespace {
+
+using torch::jit::Graph, torch::jit::Node, torch::jit::Value;
+
+const c10::Symbol kConvInt8 = c10::Symbol::fromQualString("ttq::conv2d_int8");
+constexpr size_t kOutAffine = 10;  // its argument out_affine
+
+bool type_named(const c10::TypePtr& type, const std::string& suffix) {
+  const auto cls = type->cast<c10::ClassType>();
+  if (!cls || !cls->name()) return false;
+  const std::string name = cls->name()->qualifiedName();
+  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// `self.NAME.forward(...)` in a method of `self` (its first input): NAME, else "".
+std::string child_call(const Node* node, const Graph& graph) {
+  if (node->kind() != c10::prim::CallMethod || node->s(c10::attr::name) != "forward") return "";
+  const Node* get = node->input(0)->node();
+  if (get->kind() != c10::prim::GetAttr || get->input() != graph.inputs()[0]) return "";
+  return get->s(c10::attr::name);
+}
+
+// The ttq::conv2d_int8 nodes of a graph, in blocks too.
+void conv_nodes(torch::jit::Block* block, std::vector<Node*>& found) {
+  for (Node* node : block->nodes()) {
+    if (node->kind() == kConvInt8) found.push_back(node);
+    for (auto* inner : node->blocks()) conv_nodes(inner, found);
+  }
+}
+
+std::shared_ptr<Graph> forward_graph(const c10::ClassTypePtr& type) {
+  torch::jit::Function* forward = type->findMethod("forward");
+  return forward && forward->isGraphFunction() ? torch::jit::toGraphFunction(*forward).graph() : nullptr;
+}
+
+// A convolution whose forward returns one ttq::conv2d_int8 of its own input: the op is its output.
+bool packed_int8_conv(const c10::ClassTypePtr& type) {
+  const auto graph = forward_graph(type);
+  if (!graph || graph->outputs().size() != 1) return false;
+  std::vector<Node*> convs;
+  conv_nodes(graph->block(), convs);
+  return convs.size() == 1 && graph->outputs()[0] == convs[0]->output() &&
+         convs[0]->input(kOutAffine)->type()->kind() == c10::TypeKind::NoneType;
+}
+
+// One `bn(conv(x))` (and `relu(...)` of it) in a parent's forward.
+struct Fold {
+  Node* bn_call;
+  Node* relu;  // or nullptr
+  std::string conv, bn;
+};
+
+// How often each child is called in the parent's methods: a child called twice cannot take a fold
+// that only one of its calls is followed by.
+std::map<std::string, int> child_calls(const c10::ClassTypePtr& parent) {
+  std::map<std::string, int> calls;
+  for (auto* method : parent->methods()) {
+    if (!method->isGraphFunction()) continue;
+    const auto graph = torch::jit::toGraphFunction(*method).graph();
+    for (Node* node : graph->nodes())
+      if (node->kind() == c10::prim::CallMethod && node->input(0)->node()->kind() == c10::prim::GetAttr)
+        ++calls[node->input(0)->node()->s(c10::attr::name)];
+  }
+  return calls;
+}
+
+// The ReLU that alone takes `value`: `self.relu(value)` of an nn.ReLU, or aten::relu(_).
+Node* sole_relu(Value* value, const Graph& graph) {
+  if (value->uses().size() != 1) return nullptr;
+  Node* user = value->uses()[0].user;
+  if (user->kind() == c10::aten::relu || user->kind() == c10::aten::relu_) return user;
+  if (!child_call(user, graph).empty() && type_named(user->input(0)->type(), ".ReLU")) return user;
+  return nullptr;
+}
+
+// Whether every instance's BatchNorm can fold: evaluation mode, running statistics kept.
+bool foldable_bn(const torch::jit::Module& bn) {
+  if (bn.is_training() || !bn.type()->hasConstant("eps")) return false;
+  for (const char* stat : {"running_mean", "running_var"})
+    if (!bn.hasattr(stat) || !bn.attr(stat).isTensor()) return false;
+  return true;
+}
+
+std::vector<Fold> folds_in(const c10::ClassTypePtr& parent, const std::vector<torch::jit::Module>& instances) {
+  std::vector<Fold> folds;
+  const auto graph = forward_graph(parent);
+  if (!graph) return folds;
+  const auto calls = child_calls(parent);
+  for (Node* node : graph->nodes()) {
+    const std::string bn = child_call(node, *graph);
+    if (bn.empty() || node->inputs().size() != 2 || !type_named(node->input(0)->type(), ".BatchNorm2d")) continue;
+    Value* conv_out = node->input(1);
+    const std::string conv = child_call(conv_out->node(), *graph);
+    if (conv.empty() || conv_out->uses().size() != 1 || calls.at(conv) != 1 || calls.at(bn) != 1) continue;
+    if (!packed_int8_conv(conv_out->node()->input(0)->type()->expect<c10::ClassType>())) continue;
+    bool every = true;
+    for (const auto& m : instances) {
+      const auto c = m.attr(conv).toModule();
+      every = every && foldable_bn(m.attr(bn).toModule()) && c.hasattr(codes_name("weight")) &&
+              c.attr(codes_name("weight")).toTensor().numel() > 0;
+    }
+    if (every) folds.push_back({node, sole_relu(node->output(), *graph), conv, bn});
+  }
+  return folds;
+}
+
+// [scale; shift; floor] of `bn` (and a ReLU): bn(y) = scale · y + shift per channel.
+torch::Tensor affine_of(const torch::jit::Module& bn, bool relu) {
+  const auto mean = bn.attr("running_mean").toTensor().to(torch::kDouble);
+  const auto var = bn.attr("running_var").toTensor().to(torch::kDouble);
+  const double eps = bn.type()->getConstant("eps").toDouble();
+  auto scale = (var + eps).rsqrt();
+  if (bn.attr("weight").isTensor()) scale = scale * bn.attr("weight").toTensor().to(torch::kDouble);
+  auto shift = -mean * scale;
+  if (bn.attr("bias").isTensor()) shift = shift + bn.attr("bias").toTensor().to(torch::kDouble);
+  const auto floor = torch::full_like(scale, relu ? 0.0 : -std::numeric_limits<double>::infinity());
+  return torch::stack({scale, shift, floor}).to(torch::kFloat);
+}
+
+}  // namespace
+
+std::string out_affine_name(const std::string& weight) { return weight + "_out_affine"; }
+
+std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
+  torch::NoGradGuard no_grad;
+  std::vector<c10::ClassTypePtr> parents;
+  std::map<c10::ClassTypePtr, std::vector<std::pair<std::string, torch::jit::Module>>> instances;
+  for (const auto& m : module.named_modules()) {
+    auto& list = instances[m.value.type()];
+    if (list.empty()) parents.push_back(m.value.type());
+    list.emplace_back(m.name, m.value);
+  }
+  std::vector<std::string> folded;  // the convolutions' weights, by path
+  std::set<c10::ClassTypePtr> conv_types;
+  for (const auto& parent : parents) {
+    std::vector<torch::jit::Module> of_parent;
+    for (const auto& [path, m] : instances[parent]) of_parent.push_back(m);
+    const auto folds = folds_in(parent, of_parent);
+    for (const auto& fold : folds) {
+      for (const auto& [path, m] : instances[parent]) {
+        auto conv = m.attr(fold.conv).toModule();
+        conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule(), fold.relu != nullptr));
+        conv_types.insert(conv.type());
+        folded.push_back(join_path(join_path(path, fold.conv), "weight"));
+      }
+      Value* conv_out = fold.bn_call->input(1);
+      Node* last = fold.relu ? fold.relu : fold.bn_call;
+      last->output()->replaceAllUsesWith(conv_out);
+      if (fold.relu) fold.relu->destroy();
+      fold.bn_call->destroy();
+    }
+    if (!folds.empty()) torch::jit::EliminateDeadCode(forward_graph(parent));
+  }
+  // Each convolution class that takes a fold reads its out_affine: instances without one get the
+  // identity (scale 1, shift 0, no floor).
+  for (const auto& type : conv_types) {
+    for (const auto& [path, m] : instances[type]) {
+      if (m.hasattr(out_affine_name("weight"))) continue;
+      auto identity = torch::zeros({3, m.attr(codes_name("weight")).toTensor().size(0)});
+      identity[0].fill_(1);
+      identity[2].fill_(-std::numeric_limits<float>::infinity());
+      torch::jit::Module(m).register_buffer(out_affine_name("weight"), identity);
+    }
+    const auto graph = forward_graph(type);
+    std::vector<Node*> convs;
+    conv_nodes(graph->block(), convs);
+    torch::jit::WithInsertPoint guard(convs[0]);
+    convs[0]->replaceInput(kOutAffine, graph->insertGetAttr(graph->inputs()[0], out_affine_name("weight")));
+  }
+  return folded;
+}
+
+}  // namespace ttq
