@@ -146,6 +146,7 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
   }
   std::vector<std::string> folded;  // the convolutions' weights, by path
   std::set<c10::ClassTypePtr> conv_types;
+  std::set<const void*> given;  // the convolution objects given an out_affine (hasattr asks the class)
   for (const auto& parent : parents) {
     std::vector<torch::jit::Module> of_parent;
     for (const auto& [path, m] : instances[parent]) of_parent.push_back(m);
@@ -155,6 +156,7 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
         auto conv = m.attr(fold.conv).toModule();
         conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule(), fold.relu != nullptr));
         conv_types.insert(conv.type());
+        given.insert(conv._ivalue().get());
         folded.push_back(join_path(join_path(path, fold.conv), "weight"));
       }
       Value* conv_out = fold.bn_call->input(1);
@@ -169,7 +171,7 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
   // identity (scale 1, shift 0, no floor).
   for (const auto& type : conv_types) {
     for (const auto& [path, m] : instances[type]) {
-      if (m.hasattr(out_affine_name("weight"))) continue;
+      if (given.count(m._ivalue().get())) continue;
       auto identity = torch::zeros({3, m.attr(codes_name("weight")).toTensor().size(0)});
       identity[0].fill_(1);
       identity[2].fill_(-std::numeric_limits<float>::infinity());

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <malloc.h>
+#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
 #include <torch/version.h>
 
 #include <filesystem>
@@ -12,6 +13,19 @@
 #include "core/error.h"
 
 namespace ttq {
+namespace {
+
+// LibTorch 2.x fuses TorchScript's elementwise operations on the CPU with NNC, compiled by LLVM;
+// Debian 13's LibTorch 2.6 never returns from compiling some of those kernels (a scripted
+// `torch.relu(x @ w1) @ w2` hangs on its second call, in Debian's PyTorch too). ttq's models gain
+// little from that fusion, so every process that links ttq runs without it (LibTorch 1.13 on the
+// CPU has none).
+[[maybe_unused]] const bool kNoTensorExprFusion = [] {
+  torch::jit::setTensorExprFuserEnabled(false);
+  return true;
+}();
+
+}  // namespace
 
 std::regex compile_regex(const std::string& pattern) {
   try {

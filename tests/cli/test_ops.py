@@ -480,6 +480,48 @@ class PackedModels(Workdir):
         self.assertEqual(json.loads(r.stdout)["folded"], [])
         self.assertIn("batch_norm", str(torch.jit.load(int8).inlined_graph))
 
+    def test_a_convolution_class_folded_in_one_place_and_not_another(self):
+        # a and b share one TorchScript class; only a is followed by a BatchNorm (and torch.relu), so
+        # b runs the class's rewritten forward with the identity affine.
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.bn, self.b = torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.BatchNorm2d(64), \
+                    torch.nn.Conv2d(64, 64, 3, padding=1)
+
+            def forward(self, x):
+                return self.b(torch.relu(self.bn(self.a(x))))
+
+        torch.manual_seed(1)
+        net = Net().eval()
+        with torch.no_grad():
+            net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2)
+        model, ternary, int8 = self.out("m.pt"), self.out("t.pt"), self.out("int8.pt")
+        torch.jit.save(torch.jit.script(net), model)
+        r = ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["folded"], ["a.weight"])
+        packed, fp = torch.jit.load(int8), torch.jit.load(ternary)
+        self.assertEqual(packed.a._c._type(), packed.b._c._type())
+        identity = packed.state_dict()["b.weight_out_affine"]
+        self.assertTrue(torch.equal(identity[:2], torch.stack([torch.ones(64), torch.zeros(64)])))
+
+        def int8_conv(conv, x):  # the int8 convolution as ttq::conv2d_int8 computes it
+            w = conv.weight
+            wp, wn = w.max().item(), -w.min().item()
+            grid = max(wp, wn) / 127
+            w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+            step = x.abs().amax((1, 2, 3), keepdim=True) / 127
+            return F.conv2d(torch.round(x / step) * step, w8, conv.bias, padding=1)
+
+        x = torch.randn(2, 64, 8, 8)
+        with torch.no_grad():
+            want = int8_conv(fp.b, torch.relu(fp.bn(int8_conv(fp.a, x))))
+            got = packed(x)
+        self.assertLess((got - want).abs().max(), 1e-3 * want.abs().max())
+
     def test_calibration_errors_are_one_line_and_write_nothing(self):
         ternary, _, _ = self.packed("resnet18.pt")
         data = self.out("flat.pt")
