@@ -9,8 +9,6 @@ import json
 import sys
 import unittest
 
-import torch
-
 from ttq_testing import SharedWorkdir, load_with_metadata, top1, train_then_finetune_with_defaults
 
 class Family:
@@ -52,9 +50,6 @@ class DepthwiseSeparableCnn(Family, SharedWorkdir):
     name, optimizer = "depthwise_cnn", "adam"
 
 
-# On LibTorch 2.6 (Debian 13) training this scripted nn.TransformerEncoder took over 600 s for the
-# two FP epochs, against about 40 s on 1.13: the family runs on Debian 12 until that is understood.
-@unittest.skipUnless(torch.__version__.startswith("1."), "TorchScript TransformerEncoder training is too slow here")
 class VitWithClassToken(Family, SharedWorkdir):
     name, optimizer = "tiny_vit", "adam"
 
