@@ -72,8 +72,6 @@ prepare() {  # NAME [QUANTIZE FLAGS...]: the ternary model and its packed forms
   build/ttq quantize "$out/$name.pt" -o "$out/$name.ttq.pt" -q "$@" >/dev/null
   build/ttq export "$out/$name.ttq.pt" --format packed -o "$out/$name.float.pt" >/dev/null
   build/ttq export "$out/$name.ttq.pt" --format packed --activations int8 -o "$out/$name.int8.pt" >/dev/null
-  build/ttq export "$out/$name.ttq.pt" --format packed --activations int8 -o "$out/$name.int8s.pt" \
-    --calibrate "tensors:$out/calibration.pt" >/dev/null
 }
 compare() {  # NAME SHAPE BATCH A B [FORMAT]: model files $out/NAME.A.pt against $out/NAME.B.pt, images in
   local name=$1 shape=$2 batch=$3 a=$4 b=$5 format=${6:-contiguous}  # FORMAT (bench --memory-format)
@@ -87,7 +85,7 @@ ma, mb = doc["models"]
 size = os.path.getsize(f"{out}/{name}.{b}.pt") / os.path.getsize(f"{out}/{name}.{a}.pt")
 def weight_mib(path):  # the tensors a TorchScript file holds (its data/ records): the weights in memory
     with zipfile.ZipFile(path) as z:
-        return sum(i.file_size for i in z.infolist() if "/data/" in i.filename) / 2**20
+        return sum(i.file_size for i in z.infolist() if "/data/" in i.filename or "/constants/" in i.filename) / 2**20
 wa, wb = weight_mib(f"{out}/{name}.{a}.pt"), weight_mib(f"{out}/{name}.{b}.pt")
 label = {"float": "packed", "int8": "packed-int8", "int8s": "packed-int8-calibrated", "ttq": "float32",
          "dynamic": "dynamic-int8", "static": "pytorch-static-int8"}
@@ -116,6 +114,8 @@ done
 # ResNet-18's static int8 arms: ttq's steps calibrated on the same images as PyTorch's model, images
 # channels-last (NHWC) as both run best.
 static_arms() {  # NAME
+  build/ttq export "$out/$1.ttq.pt" --format packed --activations int8 -o "$out/$1.int8s.pt" \
+    --calibrate "tensors:$out/calibration.pt" >/dev/null
   compare "$1" 3,224,224 1 int8s int8 channels-last
   compare "$1" 3,224,224 1 int8s ttq channels-last
   compare "$1" 3,224,224 1 int8s static channels-last

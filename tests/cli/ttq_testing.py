@@ -22,6 +22,17 @@ def fixture(name):
     return os.path.join(FIX, name)
 
 
+def quantize_and_pack(test, model, *quantize_flags):
+    """The fixture `model` quantized (quantize_flags) and packed with float activations in `test`'s
+    folder: (ternary path, packed path, export's JSON summary)."""
+    ternary, packed = test.out("t.pt"), test.out("p.pt")
+    r = ttq("quantize", fixture(model), "-o", ternary, "-q", *quantize_flags)
+    test.assertEqual(r.returncode, 0, r.stderr)
+    r = ttq("export", ternary, "--format", "packed", "-o", packed, "--json")
+    test.assertEqual(r.returncode, 0, r.stderr)
+    return ternary, packed, json.loads(r.stdout)
+
+
 def read_log(path):
     """The records of a JSONL run log (finetune --log)."""
     with open(path) as f:

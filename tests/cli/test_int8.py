@@ -1,0 +1,167 @@
+"""Packed models on int8 activations end to end: static steps calibrated on data (export
+--calibrate) and BatchNorms folded into the convolutions before them, checked against PyTorch
+recomputing the same arithmetic; the operators themselves are tested in test_ops.py.
+
+Environment (set by CTest): TTQ_BUILD_DIR, the build folder holding plugins/libttq_ops.so.
+"""
+import json
+import os
+import unittest
+
+import torch
+import torch.nn.functional as F
+
+from ttq_testing import Workdir, load_with_metadata, quantize_and_pack, ttq
+
+torch.ops.load_library(os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_ops.so"))
+
+
+class Int8Models(Workdir):
+    def packed(self, model, *quantize_flags):
+        return quantize_and_pack(self, model, *quantize_flags)
+
+    def test_calibrated_int8_steps_are_the_largest_inputs_each_layer_met(self):
+        # --calibrate runs the samples through the packed model: each layer's stored input step is the
+        # largest |input| it met over 127 (recomputed here in PyTorch for the first ternary layer), the
+        # model then quantizes every input with it, and the float32 model comes back bit-exact.
+        ternary, packed, _ = self.packed("resnet18.pt")
+        data = self.out("calibration.pt")
+        x = torch.randn(12, 3, 48, 48)
+        torch.save({"x": x, "x_test": x[:2]}, data)
+        int8 = self.out("int8.pt")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
+                "--calibrate-samples", "8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        calibration = json.loads(r.stdout)["calibration"]
+        self.assertEqual((calibration["data"], calibration["samples"]), ("tensors:" + data, 8))
+        steps = {l["name"]: l["input_step"] for l in calibration["layers"]}
+        self.assertEqual(len(steps), 19)
+        self.assertTrue(all(step > 0 for step in steps.values()))
+        model = torch.jit.load(int8)
+        state = model.state_dict()
+        for name, step in steps.items():
+            self.assertEqual(state[name + "_input_step"].item(), step)
+        self.assertEqual(json.loads(load_with_metadata(int8)[1])["calibration"], {"data": "tensors:" + data, "samples": 8})
+        fp = torch.jit.load(ternary)
+        with torch.no_grad():
+            first = fp.maxpool(fp.relu(fp.bn1(fp.conv1(x[:8]))))
+        self.assertAlmostEqual(steps["layer1.0.conv1.weight"], first.abs().max().item() / 127, delta=1e-6 * steps[
+            "layer1.0.conv1.weight"])
+        # Static steps: the outputs differ from the dynamic model's, and stay near the float path's.
+        dynamic = self.out("dynamic.pt")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", dynamic)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with torch.no_grad():
+            want, static, per_call = torch.jit.load(packed)(x), model(x), torch.jit.load(dynamic)(x)
+        self.assertFalse(torch.equal(static, per_call))
+        self.assertLess((static - want).abs().max(), 0.1 * want.abs().max())
+        back = self.out("back.pt")
+        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
+        self.assertEqual(sa.keys(), sb.keys())
+        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        self.assertNotIn("calibration", json.loads(load_with_metadata(back)[1]))
+
+    def test_batch_norm_and_relu_fold_into_the_int8_convolution(self):
+        # conv → BatchNorm (trained statistics) → ReLU: the packed int8 model runs the convolution
+        # alone, with the BatchNorm as its per-channel affine and the ReLU as its floor; a BatchNorm
+        # in training mode, or one that does not take a ternary convolution's output, stays.
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(64, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU())
+        with torch.no_grad():
+            bn = net[1]
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+        model, ternary, int8 = self.out("m.pt"), self.out("t.pt"), self.out("int8.pt")
+        torch.jit.save(torch.jit.script(net.eval()), model)
+        self.assertEqual(ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last").returncode, 0)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["folded"], ["0.weight"])
+        packed = torch.jit.load(int8)
+        graph = str(packed.inlined_graph)
+        self.assertNotIn("batch_norm", graph)
+        self.assertNotIn("relu", graph)
+        # The reference: the int8 convolution (quantize's own weights, per-sample steps) then the
+        # BatchNorm and ReLU of PyTorch.
+        w = torch.jit.load(ternary).state_dict()["0.weight"]
+        wp, wn = w.max().item(), -w.min().item()
+        grid = max(wp, wn) / 127
+        w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+        x = torch.randn(3, 64, 10, 10)
+        step = x.abs().amax((1, 2, 3), keepdim=True) / 127
+        with torch.no_grad():
+            want = net[2](net[1](F.conv2d(torch.round(x / step) * step, w8, net[0].bias, padding=1)))
+            got = packed(x)
+        self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max())
+        back = self.out("back.pt")
+        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
+        self.assertEqual(sa.keys(), sb.keys())
+        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        # Training mode keeps the BatchNorm as it is.
+        torch.jit.save(torch.jit.script(net.train()), model)
+        self.assertEqual(ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last").returncode, 0)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(json.loads(r.stdout)["folded"], [])
+        self.assertIn("batch_norm", str(torch.jit.load(int8).inlined_graph))
+
+    def test_a_convolution_class_folded_in_one_place_and_not_another(self):
+        # a and b share one TorchScript class; only a is followed by a BatchNorm (and torch.relu), so
+        # b runs the class's rewritten forward with the identity affine.
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.bn, self.b = torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.BatchNorm2d(64), \
+                    torch.nn.Conv2d(64, 64, 3, padding=1)
+
+            def forward(self, x):
+                return self.b(torch.relu(self.bn(self.a(x))))
+
+        torch.manual_seed(1)
+        net = Net().eval()
+        with torch.no_grad():
+            net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2)
+        model, ternary, int8 = self.out("m.pt"), self.out("t.pt"), self.out("int8.pt")
+        torch.jit.save(torch.jit.script(net), model)
+        r = ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["folded"], ["a.weight"])
+        packed, fp = torch.jit.load(int8), torch.jit.load(ternary)
+        self.assertEqual(packed.a._c._type(), packed.b._c._type())
+        identity = packed.state_dict()["b.weight_out_affine"]
+        self.assertTrue(torch.equal(identity[:2], torch.stack([torch.ones(64), torch.zeros(64)])))
+
+        def int8_conv(conv, x):  # the int8 convolution as ttq::conv2d_int8 computes it
+            w = conv.weight
+            wp, wn = w.max().item(), -w.min().item()
+            grid = max(wp, wn) / 127
+            w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+            step = x.abs().amax((1, 2, 3), keepdim=True) / 127
+            return F.conv2d(torch.round(x / step) * step, w8, conv.bias, padding=1)
+
+        x = torch.randn(2, 64, 8, 8)
+        with torch.no_grad():
+            want = int8_conv(fp.b, torch.relu(fp.bn(int8_conv(fp.a, x))))
+            got = packed(x)
+        self.assertLess((got - want).abs().max(), 1e-3 * want.abs().max())
+
+    def test_calibration_errors_are_one_line_and_write_nothing(self):
+        ternary, _, _ = self.packed("resnet18.pt")
+        data = self.out("flat.pt")
+        torch.save({"x": torch.randn(4, 10), "x_test": torch.randn(2, 10)}, data)
+        out = self.out("int8.pt")
+        r = ttq("export", ternary, "--format", "packed", "--calibrate", "tensors:" + data, "-o", out)
+        self.assert_one_error_line(r, 2, r"--calibrate applies to --format packed --activations int8 only")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate-samples", "4", "-o", out)
+        self.assert_one_error_line(r, 2, r"--calibrate-samples needs --calibrate")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
+                "-o", out)
+        self.assert_one_error_line(r, 1, r"input")
+        self.assertFalse(os.path.exists(out))
+
+
+if __name__ == "__main__":
+    unittest.main()
