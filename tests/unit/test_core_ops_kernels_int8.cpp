@@ -66,10 +66,11 @@ TEST_CASE("quantize_int8 rounds halves to even, clamps to ±127, and offsets whe
 
 TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linear and strided layouts") {
   // (rows, k, n, stride): k off the 64-byte steps, n below, at and above a block of 8 inputs, rows
-  // that leave remainders of the kernels' row blocks; a stride wider than the row (convolution taps).
+  // that leave remainders of the kernels' row blocks; a stride wider than the row (convolution taps);
+  // decoded rows beyond the cache's share, met in blocks (96 rows of 2,112 bytes: 62, then 34).
   const std::vector<std::array<int64_t, 4>> cases{{1, 1, 1, 64},     {5, 7, 3, 64},     {33, 100, 8, 128},
                                                   {17, 64, 9, 64},   {64, 256, 20, 256}, {3, 130, 16, 320},
-                                                  {96, 1000, 2, 1024}, {7, 65, 40, 192}};
+                                                  {96, 1000, 2, 1024}, {7, 65, 40, 192}, {96, 2100, 30, 2112}};
   for (const auto path : runnable_paths()) {
     for (const auto& [rows, k, n, stride] : cases) {
       CAPTURE(path_name(path), rows, k, n, stride);
