@@ -58,13 +58,13 @@ std::vector<CalibratedLayer> calibrate(const ExportArgs& args, torch::jit::Modul
 // without a step runs the exact float path (a convolution the int8 kernels do not take) or was not
 // reached; either way no step of its own is used.
 std::string describe_calibration(const ModelMetadata::Calibration& c, const std::vector<CalibratedLayer>& layers) {
-  std::vector<std::string> dynamic;
+  std::vector<std::string> without;
   for (const auto& l : layers)
-    if (l.input_step == 0) dynamic.push_back(l.name);
+    if (l.input_step == 0) without.push_back(l.name);
   return fmt::format("static int8 steps from {} samples of {}: {} of {} layers{}", c.samples, c.data,
-                     layers.size() - dynamic.size(), layers.size(),
-                     dynamic.empty() ? "" : fmt::format("; without (the float path, or not reached): {}",
-                                                        fmt::join(dynamic, ", ")));
+                     layers.size() - without.size(), layers.size(),
+                     without.empty() ? "" : fmt::format("; without (the float path, or not reached): {}",
+                                                        fmt::join(without, ", ")));
 }
 
 void write_ttqz(const ExportArgs& args, const OpenedModel& model) {
