@@ -4,6 +4,7 @@
 
 #include <map>
 #include <set>
+#include <string_view>
 #include <utility>
 
 #include "core/error.h"
@@ -89,7 +90,7 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
         inputs.push_back(graph.insertGetAttr(read.owner, input_step_name(read.attribute)));
       // A node gives every argument of its schema: conv2d_int8's out_affine is None until a
       // BatchNorm folds into it (fold_batch_norms).
-      if (read.activations == Activations::Int8 && read.shape.size() == 4) inputs.push_back(graph.insertConstant(c10::IValue()));
+      if (std::string_view(op) == "ttq::conv2d_int8") inputs.push_back(graph.insertConstant(c10::IValue()));
       return insert_op(graph, op, inputs);
     }
     Value* weight = insert_op(graph, "ttq::unpack",
