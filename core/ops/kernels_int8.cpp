@@ -247,73 +247,6 @@ void dots_avx512(const uint32_t* p, int64_t groups, int count, Int8Weights w, co
   rows_avx512<1>(p, groups, w, x, step, n, dot);
 }
 
-// With many inputs a row's bytes are better made once and loaded for each block of inputs than
-// remade from the bit planes every time: a thread decodes its block of rows into a scratch (at
-// most its share of one layer, a byte a weight), with each row's offset share 128 · Σ w.
-__attribute__((target("avx512f,avx512bw,popcnt"))) void decode_avx512(const uint32_t* p, int64_t groups,
-                                                                     Int8Weights w, int64_t count,
-                                                                     int64_t row_bytes, int8_t* bytes,
-                                                                     int32_t* offset) {
-  const __m512i vp = _mm512_set1_epi8(w.pos), vn = _mm512_set1_epi8(w.neg);
-  for (int64_t r = 0; r < count; ++r, p += groups * 2) {
-    int64_t count_pos = 0, count_neg = 0;
-    for (int64_t g = 0; g < groups; g += 2) {
-      const uint64_t pos = p[2 * g] | (g + 1 < groups ? static_cast<uint64_t>(p[2 * g + 2]) << 32 : 0);
-      const uint64_t neg = p[2 * g + 1] | (g + 1 < groups ? static_cast<uint64_t>(p[2 * g + 3]) << 32 : 0);
-      count_pos += __builtin_popcountll(pos), count_neg += __builtin_popcountll(neg);
-      _mm512_storeu_si512(bytes + r * row_bytes + 32 * g, weight_bytes_avx512(pos, neg, vp, vn));
-    }
-    offset[r] = static_cast<int32_t>(128 * (w.pos * count_pos + w.neg * count_neg));
-  }
-}
-
-// R decoded rows (row_bytes apart) against N inputs; 3 rows and 8 inputs keep 24 accumulators,
-// three rows' bytes and one input in the 32 registers.
-template <int R, int N>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_decoded(const int8_t* bytes, int64_t row_bytes,
-                                                                         int64_t steps, const int32_t* offset,
-                                                                         const uint8_t* const* x,
-                                                                         const int64_t* step, int32_t* dot) {
-  __m512i acc[R][N];
-#pragma GCC unroll 3
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int i = 0; i < N; ++i) acc[r][i] = _mm512_setzero_si512();
-  for (int64_t j = 0; j < steps; ++j) {
-    __m512i wb[R];
-#pragma GCC unroll 3
-    for (int r = 0; r < R; ++r) wb[r] = _mm512_loadu_si512(bytes + r * row_bytes + 64 * j);
-#pragma GCC unroll 8
-    for (int i = 0; i < N; ++i) {
-      const __m512i q = _mm512_loadu_si512(x[i] + step[j]);
-#pragma GCC unroll 3
-      for (int r = 0; r < R; ++r)
-        asm("vpdpbusd %[w], %[q], %[acc]" : [acc] "+v"(acc[r][i]) : [q] "v"(q), [w] "v"(wb[r]));
-    }
-  }
-#pragma GCC unroll 3
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int i = 0; i < N; ++i) dot[r * kMaxInputs + i] = _mm512_reduce_add_epi32(acc[r][i]) - offset[r];
-}
-
-constexpr int kDecodedRowsAtOnce = 3;
-
-template <int R>
-void decoded_rows(const int8_t* bytes, int64_t row_bytes, int64_t steps, const int32_t* offset,
-                  const uint8_t* const* x, const int64_t* step, int n, int32_t* dot) {
-  switch (n) {
-    case 8: return block_decoded<R, 8>(bytes, row_bytes, steps, offset, x, step, dot);
-    case 7: return block_decoded<R, 7>(bytes, row_bytes, steps, offset, x, step, dot);
-    case 6: return block_decoded<R, 6>(bytes, row_bytes, steps, offset, x, step, dot);
-    case 5: return block_decoded<R, 5>(bytes, row_bytes, steps, offset, x, step, dot);
-    case 4: return block_decoded<R, 4>(bytes, row_bytes, steps, offset, x, step, dot);
-    case 3: return block_decoded<R, 3>(bytes, row_bytes, steps, offset, x, step, dot);
-    case 2: return block_decoded<R, 2>(bytes, row_bytes, steps, offset, x, step, dot);
-    case 1: return block_decoded<R, 1>(bytes, row_bytes, steps, offset, x, step, dot);
-  }
-}
-
 // Rows [rb, re) against inputs [ib, ib + count) for the driver below: `dots(r, here, x, count,
 // dot)` computes `here` rows from r into dot[h * kMaxInputs + i].
 template <class Dots>
@@ -322,7 +255,7 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
   const uint8_t* x[kMaxInputs];
   const int count = static_cast<int>(ie - ib);
   for (int i = 0; i < count; ++i) x[i] = in.data + in.row[ib + i];
-  int32_t dot[std::max(kRowsAtOnce, kDecodedRowsAtOnce) * kMaxInputs];
+  int32_t dot[std::max(kRowsAtOnce, kDecodedRowsAvx2) * kMaxInputs];
   for (int64_t r = rb; r < re; r += rows_at_once) {
     const int here = static_cast<int>(std::min<int64_t>(rows_at_once, re - r));
     dots(r, here, x, count, dot);
@@ -338,10 +271,7 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
 // The loop over blocks: `prepare(rb, re)` readies a block of rows (`row_bytes` each) before blocks
 // of inputs meet it. The smaller of the two, the rows (a quarter byte a weight packed, a byte
 // decoded) or the inputs (a byte), stays in cache while the other streams past it: a linear
-// layer's inputs, a convolution's weights. Rows that stay are at most kCachedRowBytes: a
-// thread's share of ResNet-18's 512x3x3 layers (1.2 MB decoded) met each block of 8 inputs from
-// beyond L2; blocks of 128 KiB made ResNet-18 about 10% faster at batch 1 (bench_packed.sh).
-constexpr int64_t kCachedRowBytes = 128 << 10;
+// layer's inputs, a convolution's weights (kCachedRowBytes).
 template <class Prepare, class Dots>
 void rows_int8(Prepare prepare, Dots dots, int rows_at_once, int64_t row_bytes, const Int8Inputs& in, Int8Weights w,
                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
@@ -365,36 +295,23 @@ void rows_int8_packed(BlockDots dots, const uint32_t* planes, int64_t groups, In
             kRowsAtOnce, groups * 8, in, w, i0, i1, r0, r1, out);
 }
 
-// The rows decoded to bytes, by AVX-512 (inputs offset, each row's offset share kept) or AVX2.
-void rows_int8_decoded(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
-                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
+// AVX2's rows decoded to bytes (AVX-512 has its own kernel for many inputs, ternary_rows_int8_blocked).
+void rows_int8_decoded_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in, int64_t i0,
+                            int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   thread_local std::vector<int8_t> bytes;
-  thread_local std::vector<int32_t> offset;
-  const bool avx512 = path == KernelPath::Avx512;
-  const int64_t steps = (groups + 1) / 2, row_bytes = 64 * steps;
+  const int64_t row_bytes = 64 * ((groups + 1) / 2);
   int64_t first = 0;
   auto prepare = [&](int64_t rb, int64_t re) {
     bytes.resize(static_cast<size_t>((re - rb) * row_bytes));
-    offset.resize(static_cast<size_t>(re - rb));
-    if (avx512)
-      decode_avx512(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data(), offset.data());
-    else
-      decode_avx2(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data());
+    decode_avx2(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data());
     first = rb;
   };
   auto dots = [&](int64_t r, int here, const uint8_t* const* x, int count, int32_t* dot) {
     const int8_t* b = bytes.data() + (r - first) * row_bytes;
-    const int32_t* o = offset.data() + (r - first);
-    if (!avx512)
-      return here == 2 ? decoded_rows_avx2<2>(b, row_bytes, groups, x, in.step, count, dot)
-                       : decoded_rows_avx2<1>(b, row_bytes, groups, x, in.step, count, dot);
-    switch (here) {
-      case 3: return decoded_rows<3>(b, row_bytes, steps, o, x, in.step, count, dot);
-      case 2: return decoded_rows<2>(b, row_bytes, steps, o, x, in.step, count, dot);
-      default: return decoded_rows<1>(b, row_bytes, steps, o, x, in.step, count, dot);
-    }
+    return here == 2 ? decoded_rows_avx2<2>(b, row_bytes, groups, x, in.step, count, dot)
+                     : decoded_rows_avx2<1>(b, row_bytes, groups, x, in.step, count, dot);
   };
-  rows_int8(prepare, dots, avx512 ? kDecodedRowsAtOnce : kDecodedRowsAvx2, row_bytes, in, w, i0, i1, r0, r1, out);
+  rows_int8(prepare, dots, kDecodedRowsAvx2, row_bytes, in, w, i0, i1, r0, r1, out);
 }
 
 }  // namespace
@@ -407,20 +324,31 @@ Int8Weights int8_weights(float wp, float wn) {
 
 bool int8_offset(KernelPath path) { return path == KernelPath::Avx512; }
 
-// Built for AVX2 too, where std::nearbyint is one instruction (vroundss) rather than a call.
-__attribute__((target_clones("avx2", "default"))) void quantize_int8(const float* x, int64_t count, int64_t x_stride,
-                                                                     float scale, bool offset, uint8_t* dst) {
+namespace {
+inline uint8_t quantized(float x, float scale, int add) {
+  return static_cast<uint8_t>(static_cast<int>(std::clamp(std::nearbyint(x / scale), -127.0f, 127.0f)) + add);
+}
+}  // namespace
+
+// Built for AVX2 and AVX-512 too, where std::nearbyint is one instruction (vroundss) rather than a
+// call; a channels-last pixel's channels (x_stride 1) vectorize with plain loads.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void quantize_int8(const float* x, int64_t count,
+                                                                                int64_t x_stride, float scale,
+                                                                                bool offset, uint8_t* dst) {
   const int add = offset ? 128 : 0;
-  for (int64_t j = 0; j < count; ++j) {
-    const float q = std::clamp(std::nearbyint(x[j * x_stride] / scale), -127.0f, 127.0f);
-    dst[j] = static_cast<uint8_t>(static_cast<int>(q) + add);
+  if (x_stride == 1) {
+    for (int64_t j = 0; j < count; ++j) dst[j] = quantized(x[j], scale, add);
+    return;
   }
+  for (int64_t j = 0; j < count; ++j) dst[j] = quantized(x[j * x_stride], scale, add);
 }
 
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                        int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
-  if (path != KernelPath::Portable && i1 - i0 >= kMaxInputs)
-    return rows_int8_decoded(path, planes, groups, w, in, i0, i1, r0, r1, out);
+  if (path == KernelPath::Avx512 && i1 - i0 >= kMaxInputs)
+    return ternary_rows_int8_blocked(planes, groups, w, in, i0, i1, r0, r1, out);
+  if (path == KernelPath::Avx2 && i1 - i0 >= kMaxInputs)
+    return rows_int8_decoded_avx2(planes, groups, w, in, i0, i1, r0, r1, out);
   switch (path) {
     case KernelPath::Avx512:
       return rows_int8_packed(dots_avx512, planes, groups, w, in, i0, i1, r0, r1, out);

@@ -65,12 +65,12 @@ TEST_CASE("quantize_int8 rounds halves to even, clamps to ±127, and offsets whe
 }
 
 TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linear and strided layouts") {
-  // (rows, k, n, stride): k off the 64-byte steps, n below, at and above a block of 8 inputs, rows
-  // that leave remainders of the kernels' row blocks; a stride wider than the row (convolution taps);
-  // decoded rows beyond the cache's share, met in blocks (96 rows of 2,112 bytes: 62, then 34).
-  const std::vector<std::array<int64_t, 4>> cases{{1, 1, 1, 64},     {5, 7, 3, 64},     {33, 100, 8, 128},
-                                                  {17, 64, 9, 64},   {64, 256, 20, 256}, {3, 130, 16, 320},
-                                                  {96, 1000, 2, 1024}, {7, 65, 40, 192}, {96, 2100, 30, 2112}};
+  // (rows, k, n, stride): k off the 64-byte steps, n below, at and above the blocks of inputs (8, 12),
+  // rows that leave remainders of the kernels' row blocks (16, 32); a stride wider than the row
+  // (convolution taps); decoded rows beyond the cache's share, met in blocks (96 rows of 2,112 bytes).
+  const std::vector<std::array<int64_t, 4>> cases{
+      {1, 1, 1, 64},     {5, 7, 3, 64},       {33, 100, 8, 128}, {17, 64, 9, 64},     {64, 256, 20, 256},
+      {3, 130, 16, 320}, {96, 1000, 2, 1024}, {7, 65, 40, 192},  {96, 2100, 30, 2112}, {70, 576, 25, 640}};
   for (const auto path : runnable_paths()) {
     for (const auto& [rows, k, n, stride] : cases) {
       CAPTURE(path_name(path), rows, k, n, stride);
@@ -81,10 +81,20 @@ TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linea
       const int64_t groups = packed_groups(k);
       const Int8Weights w = int8_weights(wp, wn);
       const Inputs in = int8_inputs(path, n, k, groups, stride, 5);
-      std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
-      // y[i, r] at i · rows + r: a linear layer's output.
-      ternary_rows_int8(path, reinterpret_cast<const uint32_t*>(p.codes.data_ptr<uint8_t>()), groups, w, in.view(), 0, n,
-                        0, rows, {y.data(), rows, 1});
+      const auto* planes = reinterpret_cast<const uint32_t*>(p.codes.data_ptr<uint8_t>());
+      // y[i, r] at i · rows + r (a linear layer's output, channels-last), from two calls splitting
+      // the rows as two threads do; z[r, i] at r · n + i (NCHW), with an affine and a floor.
+      std::vector<float> y(static_cast<size_t>(n * rows), -1.0f), z(y), scale, shift, floor;
+      for (int64_t r = 0; r < rows; ++r) {
+        scale.push_back(0.5f + 0.01f * static_cast<float>(r));
+        shift.push_back(0.1f * static_cast<float>(r % 7) - 0.3f);
+        floor.push_back(r % 2 ? 0.0f : -1e30f);
+      }
+      const int64_t split = rows / 3;
+      ternary_rows_int8(path, planes, groups, w, in.view(), 0, n, 0, split, {y.data(), rows, 1});
+      ternary_rows_int8(path, planes, groups, w, in.view(), 0, n, split, rows, {y.data(), rows, 1});
+      ternary_rows_int8(path, planes, groups, w, in.view(), 0, n, 0, rows,
+                        {z.data(), 1, n, scale.data(), shift.data(), floor.data()});
       const auto* s = signs.data_ptr<int64_t>();
       int64_t mismatches = 0;
       for (int64_t i = 0; i < n; ++i)
@@ -94,7 +104,10 @@ TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linea
             const int64_t sign = s[r * k + j];
             dot += (sign > 0 ? w.pos : sign < 0 ? w.neg : 0) * int32_t(in.q[i * k + j]);
           }
-          mismatches += y[i * rows + r] != in.scale[i] * w.step * static_cast<float>(dot);
+          const float v = in.scale[i] * w.step * static_cast<float>(dot);
+          const float product = scale[r] * v;  // apart, as the kernels compute it: no fused multiply-add
+          mismatches += y[i * rows + r] != v;
+          mismatches += z[r * n + i] != std::max(product + shift[r], floor[r]);
         }
       CHECK(mismatches == 0);
     }

@@ -1,0 +1,210 @@
+// The AVX-512 VNNI int8 kernel for many inputs (a convolution's pixels, a batch of rows), laid out as
+// oneDNN's int8 convolutions are: a register holds 16 rows (output channels) of one input, and each
+// vpdpbusd adds four of the input's bytes, broadcast, times those 16 rows' four weights. No register
+// is ever summed across its lanes (a dot product a register costs one reduction per output, as many
+// instructions as the products themselves at a 3x3 layer's 576 weights), and a pixel's channels are
+// stored together. The rows' ternary codes are decoded for the call, a block of rows at a time, into
+// the thread's scratch: 16 rows by 4 weights, 64 bytes, for each 4 weights of the row.
+// GCC 12 warns about its own AVX-512 headers (_mm512_undefined_epi32 in the shuffles).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/ops/kernels.h"
+
+namespace ttq::ops {
+namespace {
+
+constexpr int kLanes = 16;        // rows a register holds
+constexpr int kBlockRows = 2;     // registers of rows a block meets: 32 rows
+constexpr int kBlockInputs = 12;  // inputs a block meets: 24 accumulators, 2 rows' weights, a broadcast
+
+#define TTQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni,popcnt")))
+
+// Sixteen registers of 16 dwords transposed: out[q] lane c = in[c] lane q. Unpacks within 128-bit
+// lanes make u[4 g + m] hold, in lane L, rows 4g..4g+3 of dword 4L + m; two rounds of 128-bit
+// shuffles gather each dword's four lanes.
+TTQ_AVX512 void transpose16(__m512i* r) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512i even_lo = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88), odd_lo = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xdd);
+    const __m512i even_hi = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x88);
+    const __m512i odd_hi = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xdd);
+    r[m] = _mm512_shuffle_i32x4(even_lo, even_hi, 0x88);
+    r[8 + m] = _mm512_shuffle_i32x4(even_lo, even_hi, 0xdd);
+    r[4 + m] = _mm512_shuffle_i32x4(odd_lo, odd_hi, 0x88);
+    r[12 + m] = _mm512_shuffle_i32x4(odd_lo, odd_hi, 0xdd);
+  }
+}
+
+// `count` rows from p decoded to bytes (w.pos, 0, w.neg) into blocks of 16 rows: weight 4 q + t of
+// the block's row c at blocked[(b · 16 · steps + q) · 64 + 4 c + t] for block b; rows past `count`
+// are zero. offset[r]: the share of row r in the inputs' offset, 128 · Σ w (inputs are q + 128).
+TTQ_AVX512 void decode_blocked(const uint32_t* p, int64_t groups, Int8Weights w, int64_t count, int8_t* blocked,
+                               int32_t* offset) {
+  const __m512i vp = _mm512_set1_epi8(w.pos), vn = _mm512_set1_epi8(w.neg);
+  const int64_t steps = (groups + 1) / 2;
+  for (int64_t b = 0; b * kLanes < count; ++b) {
+    int64_t count_pos[kLanes] = {}, count_neg[kLanes] = {};
+    for (int64_t j = 0; j < steps; ++j) {
+      __m512i r[kLanes];
+      for (int c = 0; c < kLanes; ++c) {
+        const int64_t row = b * kLanes + c;
+        if (row >= count) {
+          r[c] = _mm512_setzero_si512();
+          continue;
+        }
+        const uint32_t* g = p + row * groups * 2 + 4 * j;
+        const bool pair = 2 * j + 1 < groups;
+        const uint64_t pos = g[0] | (pair ? static_cast<uint64_t>(g[2]) << 32 : 0);
+        const uint64_t neg = g[1] | (pair ? static_cast<uint64_t>(g[3]) << 32 : 0);
+        count_pos[c] += __builtin_popcountll(pos), count_neg[c] += __builtin_popcountll(neg);
+        r[c] = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn);
+      }
+      transpose16(r);
+      int8_t* dst = blocked + (b * steps + j) * kLanes * 64;
+      for (int q = 0; q < kLanes; ++q) _mm512_storeu_si512(dst + 64 * q, r[q]);
+    }
+    for (int c = 0; c < kLanes; ++c)
+      offset[b * kLanes + c] = static_cast<int32_t>(128 * (w.pos * count_pos[c] + w.neg * count_neg[c]));
+  }
+}
+
+// R blocks of 16 decoded rows (block_bytes apart) against N inputs (x[i], steps of 64 bytes at
+// step[j]) into dot[(r · N + i) · 16 + c]: input i's bytes 4q..4q+3 broadcast, times each row's.
+template <int R, int N>
+TTQ_AVX512 void block_products(const int8_t* rows, int64_t block_bytes, int64_t steps, const uint8_t* const* x,
+                               const int64_t* step, int32_t* dot) {
+  __m512i acc[R][N];
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 12
+    for (int i = 0; i < N; ++i) acc[r][i] = _mm512_setzero_si512();
+  for (int64_t j = 0; j < steps; ++j) {
+    const uint8_t* at[N];
+#pragma GCC unroll 12
+    for (int i = 0; i < N; ++i) at[i] = x[i] + step[j];
+    const int8_t* wj = rows + j * kLanes * 64;
+#pragma GCC unroll 4
+    for (int q = 0; q < kLanes; ++q) {
+      __m512i wq[R];
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) wq[r] = _mm512_loadu_si512(wj + r * block_bytes + 64 * q);
+#pragma GCC unroll 12
+      for (int i = 0; i < N; ++i) {
+        int32_t four;
+        std::memcpy(&four, at[i] + 4 * q, 4);
+        const __m512i b = _mm512_set1_epi32(four);
+        // acc += b (unsigned) · wq (signed), in place (see kernels_int8.cpp: GCC 12 copies around
+        // the intrinsic).
+#pragma GCC unroll 2
+        for (int r = 0; r < R; ++r) asm("vpdpbusd %[w], %[b], %[acc]" : [acc] "+v"(acc[r][i]) : [b] "v"(b), [w] "v"(wq[r]));
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 12
+    for (int i = 0; i < N; ++i) _mm512_storeu_si512(dot + (r * N + i) * kLanes, acc[r][i]);
+}
+
+template <int R>
+void products(int n, const int8_t* rows, int64_t block_bytes, int64_t steps, const uint8_t* const* x,
+              const int64_t* step, int32_t* dot) {
+  switch (n) {
+    case 12: return block_products<R, 12>(rows, block_bytes, steps, x, step, dot);
+    case 11: return block_products<R, 11>(rows, block_bytes, steps, x, step, dot);
+    case 10: return block_products<R, 10>(rows, block_bytes, steps, x, step, dot);
+    case 9: return block_products<R, 9>(rows, block_bytes, steps, x, step, dot);
+    case 8: return block_products<R, 8>(rows, block_bytes, steps, x, step, dot);
+    case 7: return block_products<R, 7>(rows, block_bytes, steps, x, step, dot);
+    case 6: return block_products<R, 6>(rows, block_bytes, steps, x, step, dot);
+    case 5: return block_products<R, 5>(rows, block_bytes, steps, x, step, dot);
+    case 4: return block_products<R, 4>(rows, block_bytes, steps, x, step, dot);
+    case 3: return block_products<R, 3>(rows, block_bytes, steps, x, step, dot);
+    case 2: return block_products<R, 2>(rows, block_bytes, steps, x, step, dot);
+    case 1: return block_products<R, 1>(rows, block_bytes, steps, x, step, dot);
+  }
+}
+
+// Rows [r, r + here) of inputs [ib, ib + n) from dot (block_products' layout, `blocks` blocks) into
+// `out`, as kernels.h's Int8Output says: scale[i] · w.step · (dot − offset), then the affine. The
+// same float operations, in the same order, as the other kernels' stores.
+TTQ_AVX512 void store_blocked(const int32_t* dot, int blocks, int n, const int32_t* offset, const Int8Inputs& in,
+                              Int8Weights w, int64_t r, int64_t here, int64_t ib, const Int8Output& out) {
+  alignas(64) float lanes[kLanes];
+  for (int b = 0; b < blocks; ++b) {
+    const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+    const __m512i off = _mm512_maskz_loadu_epi32(mask, offset + b * kLanes);
+    __m512 scale{}, shift{}, floor{};
+    if (out.scale) {
+      scale = _mm512_maskz_loadu_ps(mask, out.scale + r0);
+      shift = _mm512_maskz_loadu_ps(mask, out.shift + r0);
+      floor = _mm512_maskz_loadu_ps(mask, out.floor + r0);
+    }
+    for (int i = 0; i < n; ++i) {
+      const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(dot + (b * n + i) * kLanes), off);
+      __m512 v = _mm512_mul_ps(_mm512_set1_ps(in.scale[ib + i] * w.step), _mm512_cvtepi32_ps(d));
+      if (out.scale) v = _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(scale, v), shift), floor);
+      float* y = out.y + (ib + i) * out.input_stride + r0 * out.row_stride;
+      if (out.row_stride == 1) {
+        _mm512_mask_storeu_ps(y, mask, v);
+        continue;
+      }
+      _mm512_store_ps(lanes, v);
+      for (int64_t c = 0; c < valid; ++c) y[c * out.row_stride] = lanes[c];
+    }
+  }
+}
+
+}  // namespace
+
+void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                               int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
+  thread_local std::vector<int8_t> blocked;
+  thread_local std::vector<int32_t> offset;
+  const int64_t steps = (groups + 1) / 2, block_bytes = steps * kLanes * 64, row_bytes = steps * 64;
+  // As the other kernels (kernels.h, kCachedRowBytes): the smaller of rows and inputs stays in cache.
+  constexpr int64_t kRows = kBlockRows * kLanes;
+  const int64_t cached = std::max<int64_t>(kRows, kCachedRowBytes / row_bytes / kRows * kRows);
+  const int64_t row_block = 4 * (i1 - i0) > r1 - r0 ? std::min(r1 - r0, cached) : kRows;
+  int32_t dot[kBlockRows * kBlockInputs * kLanes];
+  const uint8_t* x[kBlockInputs];
+  for (int64_t rb = r0; rb < r1; rb += row_block) {
+    const int64_t re = std::min(rb + row_block, r1), padded = (re - rb + kLanes - 1) / kLanes * kLanes;
+    blocked.resize(static_cast<size_t>(padded * row_bytes));
+    offset.resize(static_cast<size_t>(padded));
+    decode_blocked(planes + rb * groups * 2, groups, w, re - rb, blocked.data(), offset.data());
+    for (int64_t ib = i0; ib < i1; ib += kBlockInputs) {
+      const int n = static_cast<int>(std::min<int64_t>(kBlockInputs, i1 - ib));
+      for (int i = 0; i < n; ++i) x[i] = in.data + in.row[ib + i];
+      for (int64_t r = rb; r < re; r += kRows) {
+        const int64_t here = std::min(kRows, re - r);
+        const int blocks = static_cast<int>((here + kLanes - 1) / kLanes);
+        const int8_t* rows = blocked.data() + (r - rb) / kLanes * block_bytes;
+        if (blocks == 2)
+          products<2>(n, rows, block_bytes, steps, x, in.step, dot);
+        else
+          products<1>(n, rows, block_bytes, steps, x, in.step, dot);
+        store_blocked(dot, blocks, n, offset.data() + (r - rb), in, w, r, here, ib, out);
+      }
+    }
+  }
+}
+
+}  // namespace ttq::ops
