@@ -190,8 +190,11 @@ void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weigh
     blocked.resize(static_cast<size_t>(padded * row_bytes));
     offset.resize(static_cast<size_t>(padded));
     decode_blocked(planes + rb * groups * 2, groups, w, re - rb, blocked.data(), offset.data());
-    for (int64_t ib = i0; ib < i1; ib += kBlockInputs) {
-      const int n = static_cast<int>(std::min<int64_t>(kBlockInputs, i1 - ib));
+    // Inputs in blocks of equal size, at most kBlockInputs: a block of few inputs loads the rows'
+    // weights for little arithmetic (49 pixels: 10, 10, 10, 10, 9 rather than 12, 12, 12, 12, 1).
+    const int64_t blocks = (i1 - i0 + kBlockInputs - 1) / kBlockInputs, block = (i1 - i0 + blocks - 1) / blocks;
+    for (int64_t ib = i0; ib < i1; ib += block) {
+      const int n = static_cast<int>(std::min(block, i1 - ib));
       for (int i = 0; i < n; ++i) x[i] = in.data + in.row[ib + i];
       for (int64_t r = rb; r < re; r += kRows) {
         const int64_t here = std::min(kRows, re - r);
