@@ -37,12 +37,15 @@ struct Int8Inputs {
   const int64_t* row;    // n
   const int64_t* step;   // (groups + 1) / 2
   const float* scale;    // n: the value of one step of each row's int8 grid
+  int64_t k;             // values an input holds (K), of which a kernel may skip the bytes past
 };
 bool int8_offset(KernelPath path);
 
 // dst[j] = round(x[j * x_stride] / scale) for j < count, halves to even as torch.round, clamped to
-// ±127, + 128 where `offset`: an int8 kernel's input bytes.
-void quantize_int8(const float* x, int64_t count, int64_t x_stride, float scale, bool offset, uint8_t* dst);
+// ±127, + 128 where `offset`: an int8 kernel's input bytes. The same bytes on every path; the
+// AVX-512 one has its own loop for contiguous values.
+void quantize_int8(KernelPath path, const float* x, int64_t count, int64_t x_stride, float scale, bool offset,
+                   uint8_t* dst);
 
 // Where ternary_rows_int8 stores row r of input i, y[i * input_stride + r * row_stride], and what
 // becomes of its value v first: with `scale`, max(scale[r] · v + shift[r], floor[r]) (a BatchNorm
@@ -65,7 +68,9 @@ void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, 
 // layers (1.2 MB decoded) met each block of inputs from beyond L2; blocks of 128 KiB made ResNet-18
 // about 10% faster at batch 1 (bench_packed.sh).
 constexpr int64_t kCachedRowBytes = 128 << 10;
-// ternary_rows_int8 of the AVX-512 path for many inputs (kernels_int8_blocked.cpp).
+// quantize_int8 of the AVX-512 path for contiguous values, and ternary_rows_int8's for many inputs
+// (kernels_int8_blocked.cpp).
+void quantize_int8_avx512(const float* x, int64_t count, float scale, bool offset, uint8_t* dst);
 void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 

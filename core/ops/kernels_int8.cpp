@@ -330,17 +330,18 @@ inline uint8_t quantized(float x, float scale, int add) {
 }
 }  // namespace
 
-// Built for AVX2 and AVX-512 too, where std::nearbyint is one instruction (vroundss) rather than a
-// call; a channels-last pixel's channels (x_stride 1) vectorize with plain loads.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void quantize_int8(const float* x, int64_t count,
-                                                                                int64_t x_stride, float scale,
-                                                                                bool offset, uint8_t* dst) {
+// Built for AVX2 too, where std::nearbyint is one instruction (vroundss) rather than a call.
+__attribute__((target_clones("avx2", "default"))) void quantize_int8_generic(const float* x, int64_t count,
+                                                                             int64_t x_stride, float scale,
+                                                                             bool offset, uint8_t* dst) {
   const int add = offset ? 128 : 0;
-  if (x_stride == 1) {
-    for (int64_t j = 0; j < count; ++j) dst[j] = quantized(x[j], scale, add);
-    return;
-  }
   for (int64_t j = 0; j < count; ++j) dst[j] = quantized(x[j * x_stride], scale, add);
+}
+
+void quantize_int8(KernelPath path, const float* x, int64_t count, int64_t x_stride, float scale, bool offset,
+                   uint8_t* dst) {
+  if (path == KernelPath::Avx512 && x_stride == 1) return quantize_int8_avx512(x, count, scale, offset, dst);
+  quantize_int8_generic(x, count, x_stride, scale, offset, dst);
 }
 
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,

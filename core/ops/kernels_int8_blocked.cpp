@@ -86,21 +86,24 @@ TTQ_AVX512 void decode_blocked(const uint32_t* p, int64_t groups, Int8Weights w,
 
 // R blocks of 16 decoded rows (block_bytes apart) against N inputs (x[i], steps of 64 bytes at
 // step[j]) into dot[(r · N + i) · 16 + c]: input i's bytes 4q..4q+3 broadcast, times each row's.
+// Only the `fours` groups of four weights that hold the row's K are multiplied: a 1x1 layer of 24
+// channels is 6 of a step's 16.
 template <int R, int N>
-TTQ_AVX512 void block_products(const int8_t* rows, int64_t block_bytes, int64_t steps, const uint8_t* const* x,
+TTQ_AVX512 void block_products(const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
                                const int64_t* step, int32_t* dot) {
   __m512i acc[R][N];
 #pragma GCC unroll 2
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 12
     for (int i = 0; i < N; ++i) acc[r][i] = _mm512_setzero_si512();
-  for (int64_t j = 0; j < steps; ++j) {
+  for (int64_t j = 0; j * kLanes < fours; ++j) {
     const uint8_t* at[N];
 #pragma GCC unroll 12
     for (int i = 0; i < N; ++i) at[i] = x[i] + step[j];
     const int8_t* wj = rows + j * kLanes * 64;
+    const int64_t here = std::min<int64_t>(kLanes, fours - j * kLanes);
 #pragma GCC unroll 4
-    for (int q = 0; q < kLanes; ++q) {
+    for (int q = 0; q < here; ++q) {
       __m512i wq[R];
 #pragma GCC unroll 2
       for (int r = 0; r < R; ++r) wq[r] = _mm512_loadu_si512(wj + r * block_bytes + 64 * q);
@@ -123,21 +126,21 @@ TTQ_AVX512 void block_products(const int8_t* rows, int64_t block_bytes, int64_t 
 }
 
 template <int R>
-void products(int n, const int8_t* rows, int64_t block_bytes, int64_t steps, const uint8_t* const* x,
+void products(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
               const int64_t* step, int32_t* dot) {
   switch (n) {
-    case 12: return block_products<R, 12>(rows, block_bytes, steps, x, step, dot);
-    case 11: return block_products<R, 11>(rows, block_bytes, steps, x, step, dot);
-    case 10: return block_products<R, 10>(rows, block_bytes, steps, x, step, dot);
-    case 9: return block_products<R, 9>(rows, block_bytes, steps, x, step, dot);
-    case 8: return block_products<R, 8>(rows, block_bytes, steps, x, step, dot);
-    case 7: return block_products<R, 7>(rows, block_bytes, steps, x, step, dot);
-    case 6: return block_products<R, 6>(rows, block_bytes, steps, x, step, dot);
-    case 5: return block_products<R, 5>(rows, block_bytes, steps, x, step, dot);
-    case 4: return block_products<R, 4>(rows, block_bytes, steps, x, step, dot);
-    case 3: return block_products<R, 3>(rows, block_bytes, steps, x, step, dot);
-    case 2: return block_products<R, 2>(rows, block_bytes, steps, x, step, dot);
-    case 1: return block_products<R, 1>(rows, block_bytes, steps, x, step, dot);
+    case 12: return block_products<R, 12>(rows, block_bytes, fours, x, step, dot);
+    case 11: return block_products<R, 11>(rows, block_bytes, fours, x, step, dot);
+    case 10: return block_products<R, 10>(rows, block_bytes, fours, x, step, dot);
+    case 9: return block_products<R, 9>(rows, block_bytes, fours, x, step, dot);
+    case 8: return block_products<R, 8>(rows, block_bytes, fours, x, step, dot);
+    case 7: return block_products<R, 7>(rows, block_bytes, fours, x, step, dot);
+    case 6: return block_products<R, 6>(rows, block_bytes, fours, x, step, dot);
+    case 5: return block_products<R, 5>(rows, block_bytes, fours, x, step, dot);
+    case 4: return block_products<R, 4>(rows, block_bytes, fours, x, step, dot);
+    case 3: return block_products<R, 3>(rows, block_bytes, fours, x, step, dot);
+    case 2: return block_products<R, 2>(rows, block_bytes, fours, x, step, dot);
+    case 1: return block_products<R, 1>(rows, block_bytes, fours, x, step, dot);
   }
 }
 
@@ -174,11 +177,26 @@ TTQ_AVX512 void store_blocked(const int32_t* dot, int blocks, int n, const int32
 
 }  // namespace
 
+// 16 values a step: divided (as the other paths, not multiplied by a reciprocal: the same bytes),
+// rounded to nearest even, clamped, offset and narrowed.
+TTQ_AVX512 void quantize_int8_avx512(const float* x, int64_t count, float scale, bool offset, uint8_t* dst) {
+  const __m512 divisor = _mm512_set1_ps(scale), low = _mm512_set1_ps(-127.0f), high = _mm512_set1_ps(127.0f);
+  const __m512i add = _mm512_set1_epi32(offset ? 128 : 0);
+  for (int64_t j = 0; j < count; j += kLanes) {
+    const __mmask16 mask = count - j >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (count - j)) - 1);
+    const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mask, x + j), divisor),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, low), high)), add);
+    _mm512_mask_cvtepi32_storeu_epi8(dst + j, mask, v);
+  }
+}
+
 void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   thread_local std::vector<int8_t> blocked;
   thread_local std::vector<int32_t> offset;
   const int64_t steps = (groups + 1) / 2, block_bytes = steps * kLanes * 64, row_bytes = steps * 64;
+  const int64_t fours = (in.k + 3) / 4;
   // As the other kernels (kernels.h, kCachedRowBytes): the smaller of rows and inputs stays in cache.
   constexpr int64_t kRows = kBlockRows * kLanes;
   const int64_t cached = std::max<int64_t>(kRows, kCachedRowBytes / row_bytes / kRows * kRows);
@@ -201,9 +219,9 @@ void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weigh
         const int blocks = static_cast<int>((here + kLanes - 1) / kLanes);
         const int8_t* rows = blocked.data() + (r - rb) / kLanes * block_bytes;
         if (blocks == 2)
-          products<2>(n, rows, block_bytes, steps, x, in.step, dot);
+          products<2>(n, rows, block_bytes, fours, x, in.step, dot);
         else
-          products<1>(n, rows, block_bytes, steps, x, in.step, dot);
+          products<1>(n, rows, block_bytes, fours, x, in.step, dot);
         store_blocked(dot, blocks, n, offset.data() + (r - rb), in, w, r, here, ib, out);
       }
     }

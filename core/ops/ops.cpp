@@ -169,14 +169,14 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const auto xs = x.strides();
   at::parallel_for(0, n, 1, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) {
-      quantize_int8(xd + i * xs[0], k, xs[1], row_step[i], offset, q + i * stride);
+      quantize_int8(path, xd + i * xs[0], k, xs[1], row_step[i], offset, q + i * stride);
       std::memset(q + i * stride + k, offset ? 128 : 0, static_cast<size_t>(stride - k));  // zero past k
     }
   });
   std::vector<int64_t> row(n), step((groups + 1) / 2);
   for (int64_t i = 0; i < n; ++i) row[i] = i * stride;
   for (size_t s = 0; s < step.size(); ++s) step[s] = 64 * static_cast<int64_t>(s);
-  const Int8Inputs in{q, row.data(), step.data(), row_step};
+  const Int8Inputs in{q, row.data(), step.data(), row_step, k};
   auto out = at::empty({n, rows}, at::kFloat);
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
@@ -235,22 +235,30 @@ at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const 
 // Each sample of x ([batch, cin, height, width], any strides) quantized with its step into a
 // zero-padded NHWC image of `image` bytes in this thread's input scratch, and 64 bytes more that a
 // last 1x1 step may read; zero is 128 where the kernels take offset bytes.
-const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, const float* sample_step, bool offset,
+const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, const float* sample_step, KernelPath path,
                                 int64_t image) {
   const int64_t batch = x.size(0), cin = x.size(1), height = x.size(2), width = x.size(3);
   const int64_t padded_w = width + 2 * padding[1], q_bytes = batch * image + 64;
   uint8_t* qd = input_scratch(q_bytes);
-  at::parallel_for(0, q_bytes, 1 << 16, [&](int64_t a, int64_t b) {
+  const bool offset = int8_offset(path);
+  const bool padded = padding[0] > 0 || padding[1] > 0;  // else every byte but the last 64 is written below
+  at::parallel_for(padded ? 0 : q_bytes - 64, q_bytes, 1 << 16, [&](int64_t a, int64_t b) {
     std::memset(qd + a, offset ? 128 : 0, static_cast<size_t>(b - a));
   });
   const float* xd = x.data_ptr<float>();
   const auto xs = x.strides();
+  // A channels-last image row is width · cin values in a row, as its place in the padded image.
+  const bool rows_whole = xs[1] == 1 && xs[3] == cin;
   at::parallel_for(0, batch * height, 1, [&](int64_t a, int64_t b) {
     for (int64_t nh = a; nh < b; ++nh) {
       const int64_t n = nh / height, h = nh % height;
-      for (int64_t w = 0; w < width; ++w)
-        quantize_int8(xd + n * xs[0] + h * xs[2] + w * xs[3], cin, xs[1], sample_step[n], offset,
-                      qd + n * image + ((h + padding[0]) * padded_w + w + padding[1]) * cin);
+      const float* src = xd + n * xs[0] + h * xs[2];
+      uint8_t* dst = qd + n * image + ((h + padding[0]) * padded_w + padding[1]) * cin;
+      if (rows_whole) {
+        quantize_int8(path, src, width * cin, 1, sample_step[n], offset, dst);
+        continue;
+      }
+      for (int64_t w = 0; w < width; ++w) quantize_int8(path, src + w * xs[3], cin, xs[1], sample_step[n], offset, dst + w * cin);
     }
   });
   return qd;
@@ -286,10 +294,9 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   TORCH_CHECK(out_h > 0 && out_w > 0, "ttq::conv2d_int8: the input (", input.sizes(), ") is smaller than the kernel");
   const int64_t image = padded_h * padded_w * cin, pixels = out_h * out_w, groups32 = packed_groups(cin * kh * kw);
   const KernelPath path = selected_path();
-  const bool offset = int8_offset(path);
   const auto step_of = input_steps(input, {1, 2, 3}, batch, input_step, "conv2d_int8");
   const float* sample_step = step_of.data_ptr<float>();
-  const uint8_t* qd = quantized_images(input, padding, sample_step, offset, image);
+  const uint8_t* qd = quantized_images(input, padding, sample_step, path, image);
 
   // Input row i: output pixel (n, oh, ow) at its first tap; step s: the tap and channel of weight
   // 64 s of a row (tap-major), as an offset from there.
@@ -304,7 +311,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
     const int64_t at = 64 * static_cast<int64_t>(s), tap = at / cin, channel = at % cin;
     step[s] = (tap / kw * dilation[0] * padded_w + tap % kw * dilation[1]) * cin + channel;
   }
-  const Int8Inputs in{qd, row.data(), step.data(), row_step.data()};
+  const Int8Inputs in{qd, row.data(), step.data(), row_step.data(), cin * kh * kw};
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   auto out = at::empty({batch, rows, out_h, out_w},
                        at::TensorOptions(at::kFloat).memory_format(channels_last ? at::MemoryFormat::ChannelsLast
@@ -318,19 +325,25 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const float* a = affine.defined() ? affine.data_ptr<float>() : nullptr;
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
-    // n · rows · pixels + r · pixels + p, one sample at a time.
-    auto output = [&](float* y, int64_t input_stride, int64_t row_stride) {
-      return Int8Output{y, input_stride, row_stride, a, a ? a + rows : nullptr, a ? a + 2 * rows : nullptr};
+  // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
+  // n · rows · pixels + r · pixels + p, one sample at a time.
+  float* y = out.data_ptr<float>();
+  auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
+    auto output = [&](float* at, int64_t input_stride, int64_t row_stride) {
+      return Int8Output{at, input_stride, row_stride, a, a ? a + rows : nullptr, a ? a + 2 * rows : nullptr};
     };
-    if (channels_last)
-      return ternary_rows_int8(path, planes, groups32, w, in, 0, batch * pixels, r0, r1,
-                               output(out.data_ptr<float>(), rows, 1));
-    for (int64_t n = 0; n < batch; ++n)
-      ternary_rows_int8(path, planes, groups32, w, in, n * pixels, (n + 1) * pixels, r0, r1,
-                        output(out.data_ptr<float>() + n * rows * pixels - n * pixels, 1, pixels));
-  });
+    if (channels_last) return ternary_rows_int8(path, planes, groups32, w, in, i0, i1, r0, r1, output(y, rows, 1));
+    for (int64_t n = i0 / pixels; n * pixels < i1; ++n)
+      ternary_rows_int8(path, planes, groups32, w, in, std::max(i0, n * pixels), std::min(i1, (n + 1) * pixels), r0,
+                        r1, output(y + n * rows * pixels - n * pixels, 1, pixels));
+  };
+  // Threads split the larger side: the output channels, or the pixels where they outnumber them
+  // (MobileNetV2's layers of 16 to 32 channels at 112x112; each thread then decodes every row).
+  const int64_t inputs = batch * pixels;
+  if (inputs > rows)
+    at::parallel_for(0, inputs, 48, [&](int64_t i0, int64_t i1) { run(i0, i1, 0, rows); });
+  else
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { run(0, inputs, r0, r1); });
   if (has_bias && !a) out.add_(bias->view({1, rows, 1, 1}));
   return out;
 }

@@ -22,13 +22,15 @@ struct Inputs {
   std::vector<uint8_t> bytes;
   std::vector<int64_t> row, step;
   std::vector<float> scale;
-  Int8Inputs view() const { return {bytes.data(), row.data(), step.data(), scale.data()}; }
+  int64_t k = 0;
+  Int8Inputs view() const { return {bytes.data(), row.data(), step.data(), scale.data(), k}; }
 };
 
 Inputs int8_inputs(KernelPath path, int64_t n, int64_t k, int64_t groups, int64_t stride, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   const auto values = torch::randint(-127, 128, {n, k}, gen).to(torch::kInt8).contiguous();
   Inputs in;
+  in.k = k;
   in.q.assign(values.data_ptr<int8_t>(), values.data_ptr<int8_t>() + n * k);
   const int64_t steps = (groups + 1) / 2;
   in.bytes.assign(static_cast<size_t>(n * stride + 64), 0x5a);  // bytes past K: anything readable
@@ -55,13 +57,27 @@ TEST_CASE("int8 weights: the larger scale exact, the other within half a step") 
   CHECK(int8_weights(0, 0).step == 1.0f);
 }
 
-TEST_CASE("quantize_int8 rounds halves to even, clamps to ±127, and offsets where asked") {
+TEST_CASE("quantize_int8 of every path rounds halves to even, clamps to ±127, and offsets where asked") {
   const std::vector<float> x{0.5f, 1.5f, 2.5f, -0.5f, -1.5f, 300.0f, -300.0f, 0.49f, 10.0f};
-  std::vector<uint8_t> q(5), off(5);
-  quantize_int8(x.data(), 5, 2, 1.0f, false, q.data());  // every second value
-  CHECK(std::vector<int>(q.begin(), q.end()) == std::vector<int>{0, 2, uint8_t(-2), uint8_t(-127), 10});
-  quantize_int8(x.data(), 5, 2, 1.0f, true, off.data());
-  CHECK(std::vector<int>(off.begin(), off.end()) == std::vector<int>{128, 130, 126, 1, 138});
+  for (const auto path : runnable_paths()) {
+    CAPTURE(path_name(path));
+    std::vector<uint8_t> q(5), off(5);
+    quantize_int8(path, x.data(), 5, 2, 1.0f, false, q.data());  // every second value
+    CHECK(std::vector<int>(q.begin(), q.end()) == std::vector<int>{0, 2, uint8_t(-2), uint8_t(-127), 10});
+    quantize_int8(path, x.data(), 5, 2, 1.0f, true, off.data());
+    CHECK(std::vector<int>(off.begin(), off.end()) == std::vector<int>{128, 130, 126, 1, 138});
+    // Contiguous values (AVX-512's own loop), 16 at a time and a remainder, against one at a time;
+    // the byte past them untouched.
+    const auto values = (torch::randn({37}, at::detail::createCPUGenerator(3)) * 40).contiguous();
+    const float* v = values.data_ptr<float>();
+    for (const bool offset : {false, true}) {
+      std::vector<uint8_t> all(38, 7), one(37);
+      quantize_int8(path, v, 37, 1, 0.3f, offset, all.data());
+      for (int64_t j = 0; j < 37; ++j) quantize_int8(KernelPath::Portable, v + j, 1, 1, 0.3f, offset, &one[j]);
+      CHECK(std::vector<uint8_t>(all.begin(), all.end() - 1) == one);
+      CHECK(all.back() == 7);
+    }
+  }
 }
 
 TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linear and strided layouts") {
