@@ -217,19 +217,30 @@ at::Tensor checked_affine(const at::Tensor& affine, int64_t rows) {
   return affine.contiguous();
 }
 
-// The float path's convolution, for layers the int8 kernels do not take.
+// The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped). An
+// out_affine's scale and shift go into the weight and bias, which the call decodes anyway, and its
+// floor is one pass where it is not -inf everywhere (a ReLU: floor 0 everywhere, relu_), rather than
+// three passes over the output.
 at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                         c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                         const c10::optional<at::Tensor>& out_affine) {
   const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
   // The weight in the input's memory format: aten::conv2d gives a channels-last output when either is.
-  const auto w = decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2})
-                     .contiguous(input.suggest_memory_format());
-  auto out = at::conv2d(input, w, bias, stride, padding, dilation, groups);
-  if (!out_affine || !out_affine->defined()) return out;
-  const auto a = checked_affine(*out_affine, rows).view({3, 1, rows, 1, 1});
-  return at::maximum(out.mul_(a[0]).add_(a[1]), a[2]);
+  // Made with that format's strides (contiguous() keeps a depthwise [out, 1, kh, kw] permuted view's
+  // channels-last strides, as its one in-channel makes them contiguous too).
+  auto w = at::empty({rows, cin, kh, kw}, at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
+  w.copy_(decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2}));
+  if (!out_affine || !out_affine->defined()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+  const auto a = checked_affine(*out_affine, rows);
+  const auto scale = a[0], shift = a[1], floor = a[2];
+  w.mul_(scale.view({rows, 1, 1, 1}));
+  const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
+  auto out = at::conv2d(input, w, folded_bias, stride, padding, dilation, groups);
+  const float largest_floor = floor.max().item<float>();
+  if (largest_floor == -std::numeric_limits<float>::infinity()) return out;
+  if (largest_floor == 0 && floor.min().item<float>() == 0) return out.relu_();
+  return at::maximum(out, floor.view({1, rows, 1, 1}));
 }
 
 // Each sample of x ([batch, cin, height, width], any strides) quantized with its step into a
