@@ -1,6 +1,7 @@
 // BatchNorm folding for packed int8 models (packed_model.h, fold_batch_norms): a parent's
-// `bn(conv(x))`, and a ReLU right after it, become the convolution's out_affine, applied as the int8
-// kernels store each output, so that no float pass over the activations is left between them.
+// `bn(conv(x))`, and a ReLU or ReLU6 right after it, become the convolution's out_affine, applied
+// as the int8 kernels store each output, so that no float pass over the activations is left
+// between them.
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
 #include <cmath>
@@ -57,10 +58,16 @@ bool packed_int8_conv(const c10::ClassTypePtr& type) {
          convs[0]->input(kOutAffine)->type()->kind() == c10::TypeKind::NoneType;
 }
 
-// One `bn(conv(x))` (and `relu(...)` of it) in a parent's forward.
+// A ReLU or ReLU6 after a folded BatchNorm: the bounds it clamps to, and its node.
+struct Clamp {
+  Node* node = nullptr;
+  double floor = -std::numeric_limits<double>::infinity(), ceiling = std::numeric_limits<double>::infinity();
+};
+
+// One `bn(conv(x))` (and a ReLU or ReLU6 of it) in a parent's forward.
 struct Fold {
   Node* bn_call;
-  Node* relu;  // or nullptr
+  Clamp clamp;  // node nullptr: none
   std::string conv, bn;
 };
 
@@ -78,13 +85,22 @@ std::map<std::string, int> child_calls(const c10::ClassTypePtr& parent) {
   return calls;
 }
 
-// The ReLU that alone takes `value`: `self.relu(value)` of an nn.ReLU, or aten::relu(_).
-Node* sole_relu(Value* value, const Graph& graph) {
-  if (value->uses().size() != 1) return nullptr;
+// The ReLU or ReLU6 that alone takes `value`: `self.relu(value)` of an nn.ReLU or nn.ReLU6,
+// aten::relu(_), aten::relu6 or aten::hardtanh(_) with constant bounds (nn.ReLU6 inlined).
+Clamp sole_clamp(Value* value, const Graph& graph) {
+  if (value->uses().size() != 1) return {};
   Node* user = value->uses()[0].user;
-  if (user->kind() == c10::aten::relu || user->kind() == c10::aten::relu_) return user;
-  if (!child_call(user, graph).empty() && type_named(user->input(0)->type(), ".ReLU")) return user;
-  return nullptr;
+  const bool child = !child_call(user, graph).empty();
+  if (user->kind() == c10::aten::relu || user->kind() == c10::aten::relu_ ||
+      (child && type_named(user->input(0)->type(), ".ReLU")))
+    return {user, 0.0};
+  if (user->kind() == c10::Symbol::fromQualString("aten::relu6") || (child && type_named(user->input(0)->type(), ".ReLU6")))
+    return {user, 0.0, 6.0};
+  if (user->kind() == c10::aten::hardtanh || user->kind() == c10::aten::hardtanh_) {
+    const auto low = torch::jit::toIValue(user->input(1)), high = torch::jit::toIValue(user->input(2));
+    if (low && high && low->isDouble() && high->isDouble()) return {user, low->toDouble(), high->toDouble()};
+  }
+  return {};
 }
 
 // Whether every instance's BatchNorm can fold: evaluation mode, running statistics kept.
@@ -113,13 +129,14 @@ std::vector<Fold> folds_in(const c10::ClassTypePtr& parent, const std::vector<to
       every = every && foldable_bn(m.attr(bn).toModule()) && c.hasattr(codes_name("weight")) &&
               c.attr(codes_name("weight")).toTensor().numel() > 0;
     }
-    if (every) folds.push_back({node, sole_relu(node->output(), *graph), conv, bn});
+    if (every) folds.push_back({node, sole_clamp(node->output(), *graph), conv, bn});
   }
   return folds;
 }
 
-// [scale; shift; floor] of `bn` (and a ReLU): bn(y) = scale · y + shift per channel.
-torch::Tensor affine_of(const torch::jit::Module& bn, bool relu) {
+// [scale; shift; floor] of `bn` and the clamp after it (bn(y) = scale · y + shift per channel), and
+// a fourth row, the ceiling, where the clamp has one (a ReLU6).
+torch::Tensor affine_of(const torch::jit::Module& bn, const Clamp& clamp) {
   const auto mean = bn.attr("running_mean").toTensor().to(torch::kDouble);
   const auto var = bn.attr("running_var").toTensor().to(torch::kDouble);
   const double eps = bn.type()->getConstant("eps").toDouble();
@@ -127,8 +144,9 @@ torch::Tensor affine_of(const torch::jit::Module& bn, bool relu) {
   if (bn.attr("weight").isTensor()) scale = scale * bn.attr("weight").toTensor().to(torch::kDouble);
   auto shift = -mean * scale;
   if (bn.attr("bias").isTensor()) shift = shift + bn.attr("bias").toTensor().to(torch::kDouble);
-  const auto floor = torch::full_like(scale, relu ? 0.0 : -std::numeric_limits<double>::infinity());
-  return torch::stack({scale, shift, floor}).to(torch::kFloat);
+  std::vector<torch::Tensor> rows{scale, shift, torch::full_like(scale, clamp.floor)};
+  if (std::isfinite(clamp.ceiling)) rows.push_back(torch::full_like(scale, clamp.ceiling));
+  return torch::stack(rows).to(torch::kFloat);
 }
 
 }  // namespace
@@ -154,15 +172,15 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
     for (const auto& fold : folds) {
       for (const auto& [path, m] : instances[parent]) {
         auto conv = m.attr(fold.conv).toModule();
-        conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule(), fold.relu != nullptr));
+        conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule(), fold.clamp));
         conv_types.insert(conv.type());
         given.insert(conv._ivalue().get());
         folded.push_back(join_path(join_path(path, fold.conv), "weight"));
       }
       Value* conv_out = fold.bn_call->input(1);
-      Node* last = fold.relu ? fold.relu : fold.bn_call;
+      Node* last = fold.clamp.node ? fold.clamp.node : fold.bn_call;
       last->output()->replaceAllUsesWith(conv_out);
-      if (fold.relu) fold.relu->destroy();
+      if (fold.clamp.node) fold.clamp.node->destroy();
       fold.bn_call->destroy();
     }
     if (!folds.empty()) torch::jit::EliminateDeadCode(forward_graph(parent));

@@ -16,7 +16,10 @@
 #    fine-tune it); for resnet18 and resnet18_10 also int8 with static steps (export --calibrate,
 #    on 32 random images) against dynamic int8, float32 and PyTorch's own static int8 model
 #    (prepare_fx/convert_fx, calibrated on the same images, frozen), at batch 1 and 16, with
-#    channels-last images (issue 26's target: at least as fast as PyTorch's static int8).
+#    channels-last images (target: at least as fast as PyTorch's static int8), and against the
+#    float32 model run eagerly with bf16 autocast;
+#  - torchvision's MobileNetV2 (the rule keeps its first convolution and classifier float32): the
+#    same static int8 arms.
 # The float32 side is the ternary model with float32 weights: the same arithmetic as the FP32 model.
 # Usage: scripts/bench_packed.sh [RUNS [THREADS [avx2]]]   (defaults 20, one per core)
 # With avx2, an AVX2-only machine as far as one can be simulated on a newer one: ttq's AVX2 kernels
@@ -50,7 +53,7 @@ def save_static(m, name):  # PyTorch's static int8 (FX graph mode), calibrated o
 def save(m, name, example):
     m = m.eval()
     torch.jit.save(torch.jit.script(m), f"{out}/{name}.pt")
-    if name.startswith("resnet18"):  # dynamic quantization covers linear layers only
+    if name.startswith(("resnet18", "mobilenet")):  # dynamic quantization covers linear layers only
         save_static(m, name)
         return
     # Traced in training mode: PyTorch 1.13's eval-mode TransformerEncoderLayer fails with dynamically
@@ -66,6 +69,17 @@ layer = nn.TransformerEncoderLayer(1024, 16, 4096, dropout=0.0, batch_first=True
 save(nn.Sequential(nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)), "encoder1024", torch.randn(1, 32, 1024))
 save(torchvision.models.resnet18(), "resnet18", None)
 save(torchvision.models.resnet18(num_classes=10), "resnet18_10", None)
+# MobileNetV2 with BatchNorm statistics of the calibration images, as a trained model has: with its
+# initial ones activations vanish after a few blocks, and PyTorch's static int8 model (onednn) then
+# fails at batch 16 ("could not create a primitive descriptor for a reorder primitive").
+mobilenet = torchvision.models.mobilenet_v2().train()
+for module in mobilenet.modules():
+    if isinstance(module, nn.BatchNorm2d):
+        module.momentum = None  # a cumulative average
+with torch.no_grad():
+    for batch in calibration.split(8):
+        mobilenet(batch)
+save(mobilenet, "mobilenet_v2", None)
 PY
 prepare() {  # NAME [QUANTIZE FLAGS...]: the ternary model and its packed forms
   local name=$1; shift
@@ -120,6 +134,46 @@ static_arms() {  # NAME
   compare "$1" 3,224,224 1 int8s ttq channels-last
   compare "$1" 3,224,224 1 int8s static channels-last
   compare "$1" 3,224,224 16 int8s static channels-last
+  bf16_arm "$1" 1
+  bf16_arm "$1" 16
+}
+# The float32 model as a Python user runs it at their best without int8: eager, bf16 autocast,
+# channels-last (bf16 only where the CPU has it natively, else float32), against ttq's calibrated
+# int8 model, alternated in one process with ttq's malloc settings.
+bf16_arm() {  # NAME BATCH
+  GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456 \
+  /usr/bin/python3 - "$out" "$1" "$2" "$runs" "$threads" <<'PY'
+import sys, time, torch, torchvision
+out, name, batch, runs, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+torch.ops.load_library("build/plugins/libttq_ops.so")
+scripted = torch.jit.load(f"{out}/{name}.pt")
+build = {"resnet18": torchvision.models.resnet18, "resnet18_10": lambda: torchvision.models.resnet18(num_classes=10),
+         "mobilenet_v2": torchvision.models.mobilenet_v2}[name]
+eager = build().eval()
+eager.load_state_dict(scripted.state_dict())
+eager = eager.to(memory_format=torch.channels_last)
+bf16 = torch.cpu._is_avx512_bf16_supported() if hasattr(torch.cpu, "_is_avx512_bf16_supported") else \
+    "avx512_bf16" in open("/proc/cpuinfo").read()
+ttq = torch.jit.load(f"{out}/{name}.int8s.pt")
+x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+def eager_run():
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        eager(x)
+times = {"ttq": [], "eager": []}
+with torch.no_grad():
+    for _ in range(3):
+        ttq(x), eager_run()
+    for _ in range(runs):
+        for arm, run in (("ttq", lambda: ttq(x)), ("eager", eager_run)):
+            start = time.perf_counter()
+            run()
+            times[arm].append(1000 * (time.perf_counter() - start))
+median = {arm: sorted(t)[len(t) // 2] for arm, t in times.items()}
+label = "eager bf16 autocast" if bf16 else "eager float32 (no native bf16)"
+print(f"{name + ' NHWC':<13} b{batch:<2} packed-int8-calibrated vs {label}: {median['ttq']:8.3f} vs "
+      f"{median['eager']:8.3f} ms = {median['eager'] / median['ttq']:5.2f}x the speed")
+PY
 }
 prepare resnet18
 compare resnet18 3,224,224 1 float ttq
@@ -133,3 +187,6 @@ prepare resnet18_10
 compare resnet18_10 3,224,224 1 float ttq
 compare resnet18_10 3,224,224 1 int8 ttq
 static_arms resnet18_10
+prepare mobilenet_v2
+compare mobilenet_v2 3,224,224 1 float ttq
+static_arms mobilenet_v2

@@ -48,14 +48,16 @@ void quantize_int8(KernelPath path, const float* x, int64_t count, int64_t x_str
                    uint8_t* dst);
 
 // Where ternary_rows_int8 stores row r of input i, y[i * input_stride + r * row_stride], and what
-// becomes of its value v first: with `scale`, max(scale[r] · v + shift[r], floor[r]) (a BatchNorm
-// folded into the layer and a fused ReLU: ttq::conv2d_int8's out_affine), else v as it is.
+// becomes of its value v first: with `scale`, min(max(scale[r] · v + shift[r], floor[r]),
+// ceiling[r]) (a BatchNorm folded into the layer and a fused ReLU or ReLU6: ttq::conv2d_int8's
+// out_affine), else v as it is.
 struct Int8Output {
   float* y;
   int64_t input_stride, row_stride;
   const float* scale = nullptr;
   const float* shift = nullptr;
   const float* floor = nullptr;
+  const float* ceiling = nullptr;
 };
 
 // v = scale[i] · w.step · Σ_k w[r, k] · q[i, k] for rows r0 <= r < r1 and inputs i0 <= i < i1 into

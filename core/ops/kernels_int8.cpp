@@ -262,7 +262,8 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
     for (int h = 0; h < here; ++h)
       for (int i = 0; i < count; ++i) {
         float v = in.scale[ib + i] * w.step * static_cast<float>(dot[h * kMaxInputs + i]);
-        if (out.scale) v = std::max(out.scale[r + h] * v + out.shift[r + h], out.floor[r + h]);
+        if (out.scale)
+          v = std::min(std::max(out.scale[r + h] * v + out.shift[r + h], out.floor[r + h]), out.ceiling[r + h]);
         out.y[(ib + i) * out.input_stride + (r + h) * out.row_stride] = v;
       }
   }

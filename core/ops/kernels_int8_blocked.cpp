@@ -154,16 +154,17 @@ TTQ_AVX512 void store_blocked(const int32_t* dot, int blocks, int n, const int32
     const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
     const __m512i off = _mm512_maskz_loadu_epi32(mask, offset + b * kLanes);
-    __m512 scale{}, shift{}, floor{};
+    __m512 scale{}, shift{}, floor{}, ceiling{};
     if (out.scale) {
       scale = _mm512_maskz_loadu_ps(mask, out.scale + r0);
       shift = _mm512_maskz_loadu_ps(mask, out.shift + r0);
       floor = _mm512_maskz_loadu_ps(mask, out.floor + r0);
+      ceiling = _mm512_maskz_loadu_ps(mask, out.ceiling + r0);
     }
     for (int i = 0; i < n; ++i) {
       const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(dot + (b * n + i) * kLanes), off);
       __m512 v = _mm512_mul_ps(_mm512_set1_ps(in.scale[ib + i] * w.step), _mm512_cvtepi32_ps(d));
-      if (out.scale) v = _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(scale, v), shift), floor);
+      if (out.scale) v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(scale, v), shift), floor), ceiling);
       float* y = out.y + (ib + i) * out.input_stride + r0 * out.row_stride;
       if (out.row_stride == 1) {
         _mm512_mask_storeu_ps(y, mask, v);

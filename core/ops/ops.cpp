@@ -207,14 +207,17 @@ bool runs_int8(c10::IntArrayRef shape, int64_t groups) {
   return groups == 1 && (shape[1] % 64 == 0 || shape[2] * shape[3] == 1);
 }
 
-// out_affine, [3, out]: per output channel c, max(scale[c] · (conv + bias) + shift[c], floor[c]) (a
-// BatchNorm folded into the layer, and a ReLU fused: floor 0, else -inf; packed_model.h). Checked,
-// as a contiguous copy.
+// out_affine, [3, out] or [4, out]: per output channel c, min(max(scale[c] · (conv + bias) +
+// shift[c], floor[c]), ceiling[c]) (a BatchNorm folded into the layer, and a ReLU fused: floor 0,
+// else -inf; a ReLU6: ceiling 6, else +inf or no fourth row; packed_model.h). Checked, as a
+// contiguous [4, out] copy.
 at::Tensor checked_affine(const at::Tensor& affine, int64_t rows) {
-  TORCH_CHECK(affine.scalar_type() == at::kFloat && affine.is_cpu() && affine.dim() == 2 && affine.size(0) == 3 &&
-                  affine.size(1) == rows,
-              "ttq::conv2d_int8: out_affine must be a float32 CPU tensor [3, ", rows, "] (got ", affine.sizes(), ")");
-  return affine.contiguous();
+  TORCH_CHECK(affine.scalar_type() == at::kFloat && affine.is_cpu() && affine.dim() == 2 &&
+                  (affine.size(0) == 3 || affine.size(0) == 4) && affine.size(1) == rows,
+              "ttq::conv2d_int8: out_affine must be a float32 CPU tensor [3, ", rows, "] or [4, ", rows, "] (got ",
+              affine.sizes(), ")");
+  if (affine.size(0) == 4) return affine.contiguous().clone();
+  return at::cat({affine, at::full({1, rows}, std::numeric_limits<float>::infinity())});
 }
 
 // The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped). An
@@ -233,14 +236,19 @@ at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const 
   w.copy_(decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2}));
   if (!out_affine || !out_affine->defined()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
   const auto a = checked_affine(*out_affine, rows);
-  const auto scale = a[0], shift = a[1], floor = a[2];
+  const auto scale = a[0], shift = a[1], floor = a[2], ceiling = a[3];
   w.mul_(scale.view({rows, 1, 1, 1}));
   const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
   auto out = at::conv2d(input, w, folded_bias, stride, padding, dilation, groups);
-  const float largest_floor = floor.max().item<float>();
-  if (largest_floor == -std::numeric_limits<float>::infinity()) return out;
-  if (largest_floor == 0 && floor.min().item<float>() == 0) return out.relu_();
-  return at::maximum(out, floor.view({1, rows, 1, 1}));
+  // One bound for every channel (a ReLU, a ReLU6) is one clamp_, or none where it is infinite.
+  const float lowest = floor.min().item<float>(), highest = ceiling.max().item<float>();
+  if (lowest == floor.max().item<float>() && highest == ceiling.min().item<float>()) {
+    const float inf = std::numeric_limits<float>::infinity();
+    if (lowest == -inf && highest == inf) return out;
+    return out.clamp_(lowest == -inf ? c10::optional<at::Scalar>() : lowest,
+                      highest == inf ? c10::optional<at::Scalar>() : highest);
+  }
+  return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
 }
 
 // Each sample of x ([batch, cin, height, width], any strides) quantized with its step into a
@@ -330,7 +338,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const bool has_bias = bias && bias->defined();
   at::Tensor affine;  // with the bias folded into the shift: the kernels store the final values
   if (out_affine && out_affine->defined()) {
-    affine = checked_affine(*out_affine, rows).clone();
+    affine = checked_affine(*out_affine, rows);
     if (has_bias) affine[1].add_(affine[0] * *bias);
   }
   const float* a = affine.defined() ? affine.data_ptr<float>() : nullptr;
@@ -341,7 +349,8 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   float* y = out.data_ptr<float>();
   auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
     auto output = [&](float* at, int64_t input_stride, int64_t row_stride) {
-      return Int8Output{at, input_stride, row_stride, a, a ? a + rows : nullptr, a ? a + 2 * rows : nullptr};
+      if (!a) return Int8Output{at, input_stride, row_stride};
+      return Int8Output{at, input_stride, row_stride, a, a + rows, a + 2 * rows, a + 3 * rows};
     };
     if (channels_last) return ternary_rows_int8(path, planes, groups32, w, in, i0, i1, r0, r1, output(y, rows, 1));
     for (int64_t n = i0 / pixels; n * pixels < i1; ++n)

@@ -62,12 +62,11 @@ class Int8Models(Workdir):
         self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
         self.assertNotIn("calibration", json.loads(load_with_metadata(back)[1]))
 
-    def test_batch_norm_and_relu_fold_into_the_int8_convolution(self):
-        # conv → BatchNorm (trained statistics) → ReLU: the packed int8 model runs the convolution
-        # alone, with the BatchNorm as its per-channel affine and the ReLU as its floor; a BatchNorm
-        # in training mode, or one that does not take a ternary convolution's output, stays.
+    def fold_one(self, activation):
+        # conv (64 → 32, 3x3) → BatchNorm with trained statistics → activation, every layer ternary,
+        # exported packed int8: the network, the ternary model's path and the packed one's.
         torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Conv2d(64, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU())
+        net = torch.nn.Sequential(torch.nn.Conv2d(64, 32, 3, padding=1), torch.nn.BatchNorm2d(32), activation)
         with torch.no_grad():
             bn = net[1]
             bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
@@ -78,28 +77,42 @@ class Int8Models(Workdir):
         r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["folded"], ["0.weight"])
-        packed = torch.jit.load(int8)
-        graph = str(packed.inlined_graph)
-        self.assertNotIn("batch_norm", graph)
-        self.assertNotIn("relu", graph)
-        # The reference: the int8 convolution (quantize's own weights, per-sample steps) then the
-        # BatchNorm and ReLU of PyTorch.
-        w = torch.jit.load(ternary).state_dict()["0.weight"]
-        wp, wn = w.max().item(), -w.min().item()
-        grid = max(wp, wn) / 127
-        w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
-        x = torch.randn(3, 64, 10, 10)
-        step = x.abs().amax((1, 2, 3), keepdim=True) / 127
-        with torch.no_grad():
-            want = net[2](net[1](F.conv2d(torch.round(x / step) * step, w8, net[0].bias, padding=1)))
-            got = packed(x)
-        self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max())
+        return net, ternary, int8
+
+    def test_batch_norm_and_relu_fold_into_the_int8_convolution(self):
+        # conv → BatchNorm (trained statistics) → ReLU or ReLU6: the packed int8 model runs the
+        # convolution alone, with the BatchNorm as its per-channel affine and the ReLU as its floor
+        # (a ReLU6: and its ceiling); a BatchNorm in training mode, or one that does not take a
+        # ternary convolution's output, stays.
+        for activation, rows, gone in ((torch.nn.ReLU(), 3, "relu"), (torch.nn.ReLU6(), 4, "hardtanh")):
+            with self.subTest(activation=str(activation)):
+                net, ternary, int8 = self.fold_one(activation)
+                packed = torch.jit.load(int8)
+                graph = str(packed.inlined_graph)
+                self.assertNotIn("batch_norm", graph)
+                self.assertNotIn(gone, graph)
+                self.assertEqual(list(packed.state_dict()["0.weight_out_affine"].shape), [rows, 32])
+                # The reference: the int8 convolution (quantize's own weights, per-sample steps) then
+                # the BatchNorm and activation of PyTorch.
+                w = torch.jit.load(ternary).state_dict()["0.weight"]
+                wp, wn = w.max().item(), -w.min().item()
+                grid = max(wp, wn) / 127
+                w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+                x = torch.randn(3, 64, 10, 10) * 4
+                step = x.abs().amax((1, 2, 3), keepdim=True) / 127
+                with torch.no_grad():
+                    want = net[2](net[1](F.conv2d(torch.round(x / step) * step, w8, net[0].bias, padding=1)))
+                    got = packed(x)
+                self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max())
+                if rows == 4:
+                    self.assertGreater((want == 6).sum().item(), 0)  # the ceiling was met
         back = self.out("back.pt")
         self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
         sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
         self.assertEqual(sa.keys(), sb.keys())
         self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
         # Training mode keeps the BatchNorm as it is.
+        model = self.out("m.pt")
         torch.jit.save(torch.jit.script(net.train()), model)
         self.assertEqual(ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last").returncode, 0)
         r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")

@@ -216,18 +216,25 @@ class OnEveryPath(unittest.TestCase):
                 self.assertTrue(torch.allclose(got, want, rtol=1e-5, atol=1e-5), (path, cin, (got - want).abs().max()))
 
     def test_conv2d_int8_applies_out_affine_to_each_channel(self):
-        # out_affine [3, out]: max(scale · (conv + bias) + shift, floor) per channel, as stored; the
-        # float path (3 in-channels; depthwise) applies it too, folded into its weight and bias, with
+        # out_affine [3 or 4, out]: min(max(scale · (conv + bias) + shift, floor), ceiling) per
+        # channel, as stored; the float path (3 in-channels; depthwise) applies it too, folded into its weight and bias, with
         # floors 0 and -inf mixed, 0 everywhere (a ReLU) or -inf everywhere (none).
-        floors = {"mixed": lambda n: torch.where(torch.arange(n) % 2 == 0, 0.0, -float("inf")),
-                  "relu": torch.zeros, "none": lambda n: torch.full((n,), -float("inf"))}
+        # A fourth row, the ceiling: 6 everywhere (a ReLU6), or 0.5 and +inf mixed.
+        inf = float("inf")
+        floors = {"mixed": lambda n: [torch.where(torch.arange(n) % 2 == 0, 0.0, -inf)],
+                  "relu": lambda n: [torch.zeros(n)], "none": lambda n: [torch.full((n,), -inf)],
+                  "relu6": lambda n: [torch.zeros(n), torch.full((n,), 6.0)],
+                  "ceilings": lambda n: [torch.where(torch.arange(n) % 2 == 0, 0.0, -inf),
+                                         torch.where(torch.arange(n) % 3 == 0, 0.5, inf)]}
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
             for cin, cout, k, stride, padding, groups, batch, size, last, floor in [
                     (64, 16, 3, 1, 1, 1, 2, 9, False, "mixed"), (128, 20, 3, 2, 1, 1, 3, 8, True, "mixed"),
                     (40, 24, 1, 1, 0, 1, 9, 3, False, "mixed"), (3, 8, 3, 1, 1, 1, 1, 9, True, "mixed"),
                     (3, 8, 3, 1, 1, 1, 2, 7, False, "relu"), (3, 8, 3, 2, 1, 1, 2, 7, True, "none"),
-                    (16, 16, 3, 1, 1, 16, 2, 10, True, "relu"), (16, 16, 3, 2, 1, 16, 1, 9, False, "mixed")]:
+                    (16, 16, 3, 1, 1, 16, 2, 10, True, "relu"), (16, 16, 3, 2, 1, 16, 1, 9, False, "mixed"),
+                    (64, 16, 3, 1, 1, 1, 2, 9, True, "relu6"), (40, 24, 1, 1, 0, 1, 9, 3, False, "ceilings"),
+                    (16, 16, 3, 1, 1, 16, 2, 10, True, "relu6"), (3, 8, 3, 1, 1, 1, 1, 9, False, "ceilings")]:
                 shape = [cout, cin // groups, k, k]
                 w = ternary(shape, wp=0.5, wn=0.7, seed=cin)
                 codes, scales = torch.ops.ttq.pack(w.permute(0, 2, 3, 1).contiguous(), 0.5, 0.7)
@@ -235,16 +242,18 @@ class OnEveryPath(unittest.TestCase):
                 if last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 bias = torch.randn(cout)
-                affine = torch.stack([torch.rand(cout) + 0.5, torch.randn(cout), floors[floor](cout)])
+                affine = torch.stack([torch.rand(cout) + 0.5, torch.randn(cout), *floors[floor](cout)])
                 args = (codes, scales, shape, bias, [stride] * 2, [padding] * 2, [1, 1], groups)
                 plain = torch.ops.ttq.conv2d_int8(x, *args)
                 got = torch.ops.ttq.conv2d_int8(x, *args, None, affine)
                 c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
                 want = torch.maximum(plain * c(affine[0]) + c(affine[1]), c(affine[2]))
+                if len(affine) == 4:
+                    want = torch.minimum(want, c(affine[3]))
                 self.assertTrue(torch.allclose(got, want, rtol=1e-5, atol=1e-5),
                                 (path, cin, groups, floor, (got - want).abs().max()))
                 self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last, (cin, groups, floor, got.stride()))
-        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: out_affine must be a float32 CPU tensor \[3, 16\]"):
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: out_affine must be a float32 CPU tensor \[3, 8\] or \[4, 8\]"):
             torch.ops.ttq.conv2d_int8(x, *args, None, torch.zeros(2, 8))
 
     def test_a_bad_input_step_is_one_clear_error(self):

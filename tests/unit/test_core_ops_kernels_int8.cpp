@@ -99,18 +99,19 @@ TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linea
       const Inputs in = int8_inputs(path, n, k, groups, stride, 5);
       const auto* planes = reinterpret_cast<const uint32_t*>(p.codes.data_ptr<uint8_t>());
       // y[i, r] at i · rows + r (a linear layer's output, channels-last), from two calls splitting
-      // the rows as two threads do; z[r, i] at r · n + i (NCHW), with an affine and a floor.
-      std::vector<float> y(static_cast<size_t>(n * rows), -1.0f), z(y), scale, shift, floor;
+      // the rows as two threads do; z[r, i] at r · n + i (NCHW), with an affine, a floor and a ceiling.
+      std::vector<float> y(static_cast<size_t>(n * rows), -1.0f), z(y), scale, shift, floor, ceiling;
       for (int64_t r = 0; r < rows; ++r) {
         scale.push_back(0.5f + 0.01f * static_cast<float>(r));
         shift.push_back(0.1f * static_cast<float>(r % 7) - 0.3f);
         floor.push_back(r % 2 ? 0.0f : -1e30f);
+        ceiling.push_back(r % 3 ? 0.5f : 1e30f);
       }
       const int64_t split = rows / 3;
       ternary_rows_int8(path, planes, groups, w, in.view(), 0, n, 0, split, {y.data(), rows, 1});
       ternary_rows_int8(path, planes, groups, w, in.view(), 0, n, split, rows, {y.data(), rows, 1});
       ternary_rows_int8(path, planes, groups, w, in.view(), 0, n, 0, rows,
-                        {z.data(), 1, n, scale.data(), shift.data(), floor.data()});
+                        {z.data(), 1, n, scale.data(), shift.data(), floor.data(), ceiling.data()});
       const auto* s = signs.data_ptr<int64_t>();
       int64_t mismatches = 0;
       for (int64_t i = 0; i < n; ++i)
@@ -123,7 +124,7 @@ TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linea
           const float v = in.scale[i] * w.step * static_cast<float>(dot);
           const float product = scale[r] * v;  // apart, as the kernels compute it: no fused multiply-add
           mismatches += y[i * rows + r] != v;
-          mismatches += z[r * n + i] != std::max(product + shift[r], floor[r]);
+          mismatches += z[r * n + i] != std::min(std::max(product + shift[r], floor[r]), ceiling[r]);
         }
       CHECK(mismatches == 0);
     }
