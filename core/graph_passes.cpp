@@ -210,6 +210,12 @@ bool fold_refinements(Block* block, const TernaryValues& ternary) {
 
 }  // namespace
 
+Value* insert_op(Graph& graph, const char* op, const std::vector<Value*>& inputs) {
+  Node* call = graph.insertNode(graph.create(c10::Symbol::fromQualString(op), inputs, 1));
+  call->output()->setType(c10::TensorType::get());
+  return call->output();
+}
+
 std::string join_path(const std::string& prefix, const std::string& name) {
   return prefix.empty() ? name : prefix + "." + name;
 }

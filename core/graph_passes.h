@@ -29,6 +29,10 @@ struct Read {
 // "prefix.name", or "name" when the prefix is the root's "".
 std::string join_path(const std::string& prefix, const std::string& name);
 
+// Inserts `op(inputs)` (a qualified name, "ttq::conv2d_int8") at the graph's insertion point; its
+// one output is a tensor.
+torch::jit::Value* insert_op(torch::jit::Graph& graph, const char* op, const std::vector<torch::jit::Value*>& inputs);
+
 // Every read of a tensor attribute in `graph` (a method: input 0 is `self`), nested blocks included.
 std::vector<Read> reads_in(torch::jit::Graph& graph);
 

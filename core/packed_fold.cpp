@@ -64,11 +64,14 @@ struct Clamp {
   double floor = -std::numeric_limits<double>::infinity(), ceiling = std::numeric_limits<double>::infinity();
 };
 
-// One `bn(conv(x))` (and a ReLU or ReLU6 of it) in a parent's forward.
+// One `bn(conv(x))` (and a ReLU or ReLU6 of it) in a parent's method; `float_conv`: the
+// convolution stays float (float_conv below).
 struct Fold {
+  std::shared_ptr<Graph> graph;  // the method's
   Node* bn_call;
   Clamp clamp;  // node nullptr: none
   std::string conv, bn;
+  bool float_conv = false;
 };
 
 // How often each child is called in the parent's methods: a child called twice cannot take a fold
@@ -103,6 +106,19 @@ Clamp sole_clamp(Value* value, const Graph& graph) {
   return {};
 }
 
+// An nn.Conv2d the packing kept float (a first layer): float weight, zero padding given as numbers.
+bool float_conv(const torch::jit::Module& conv) {
+  const auto type = conv.type();
+  if (!type_named(type, ".Conv2d") || conv.hasattr(codes_name("weight")) || !conv.hasattr("weight") ||
+      !conv.attr("weight").isTensor())
+    return false;
+  const auto w = conv.attr("weight").toTensor();
+  for (const char* constant : {"stride", "padding", "dilation", "groups", "padding_mode"})
+    if (!type->hasConstant(constant)) return false;
+  return w.dim() == 4 && w.numel() > 0 && w.scalar_type() == torch::kFloat &&
+         type->getConstant("padding_mode").toStringRef() == "zeros" && type->getConstant("padding").isTuple();
+}
+
 // Whether every instance's BatchNorm can fold: evaluation mode, running statistics kept.
 bool foldable_bn(const torch::jit::Module& bn) {
   if (bn.is_training() || !bn.type()->hasConstant("eps")) return false;
@@ -111,26 +127,33 @@ bool foldable_bn(const torch::jit::Module& bn) {
   return true;
 }
 
-std::vector<Fold> folds_in(const c10::ClassTypePtr& parent, const std::vector<torch::jit::Module>& instances) {
-  std::vector<Fold> folds;
-  const auto graph = forward_graph(parent);
-  if (!graph) return folds;
-  const auto calls = child_calls(parent);
+// The folds in one method's graph of `parent` (`calls`: child_calls).
+void folds_in(const std::shared_ptr<Graph>& graph, const std::vector<torch::jit::Module>& instances,
+              const std::map<std::string, int>& calls, std::vector<Fold>& folds) {
   for (Node* node : graph->nodes()) {
     const std::string bn = child_call(node, *graph);
     if (bn.empty() || node->inputs().size() != 2 || !type_named(node->input(0)->type(), ".BatchNorm2d")) continue;
     Value* conv_out = node->input(1);
     const std::string conv = child_call(conv_out->node(), *graph);
     if (conv.empty() || conv_out->uses().size() != 1 || calls.at(conv) != 1 || calls.at(bn) != 1) continue;
-    if (!packed_int8_conv(conv_out->node()->input(0)->type()->expect<c10::ClassType>())) continue;
+    const bool packed = packed_int8_conv(conv_out->node()->input(0)->type()->expect<c10::ClassType>());
     bool every = true;
     for (const auto& m : instances) {
       const auto c = m.attr(conv).toModule();
-      every = every && foldable_bn(m.attr(bn).toModule()) && c.hasattr(codes_name("weight")) &&
-              c.attr(codes_name("weight")).toTensor().numel() > 0;
+      every = every && foldable_bn(m.attr(bn).toModule()) &&
+              (packed ? c.hasattr(codes_name("weight")) && c.attr(codes_name("weight")).toTensor().numel() > 0
+                      : float_conv(c));
     }
-    if (every) folds.push_back({node, sole_clamp(node->output(), *graph), conv, bn});
+    if (every) folds.push_back({graph, node, sole_clamp(node->output(), *graph), conv, bn, !packed});
   }
+}
+
+// The folds in every method of `parent` (torchvision's ResNet runs its stem in _forward_impl).
+std::vector<Fold> folds_in(const c10::ClassTypePtr& parent, const std::vector<torch::jit::Module>& instances) {
+  std::vector<Fold> folds;
+  const auto calls = child_calls(parent);
+  for (auto* method : parent->methods())
+    if (method->isGraphFunction()) folds_in(torch::jit::toGraphFunction(*method).graph(), instances, calls, folds);
   return folds;
 }
 
@@ -149,6 +172,39 @@ torch::Tensor affine_of(const torch::jit::Module& bn, const Clamp& clamp) {
   return torch::stack(rows).to(torch::kFloat);
 }
 
+// `conv(x)` of a float convolution becomes ttq::conv2d_affine(x, conv.weight, conv.bias, ...,
+// conv.weight_out_affine) in the parent's graph: the convolution's own forward stays as it is.
+void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
+  torch::jit::WithInsertPoint guard(conv_call);
+  Value* self = conv_call->input(0);
+  const auto type = conv.type();
+  auto numbers = [&](const char* constant) {
+    std::vector<int64_t> values;
+    for (const auto& v : type->getConstant(constant).toTupleRef().elements()) values.push_back(v.toInt());
+    return graph.insertConstant(c10::IValue(values));
+  };
+  Value* out = insert_op(graph, "ttq::conv2d_affine",
+                         {conv_call->input(1), graph.insertGetAttr(self, "weight"), graph.insertGetAttr(self, "bias"),
+                          numbers("stride"), numbers("padding"), numbers("dilation"),
+                          graph.insertConstant(type->getConstant("groups")),
+                          graph.insertGetAttr(self, out_affine_name("weight"))});
+  conv_call->output()->replaceAllUsesWith(out);
+  conv_call->destroy();
+}
+
+// The identity out_affine for the modules of `instances` not `given` one: scale 1, shift 0, no floor.
+void give_identity(const std::vector<std::pair<std::string, torch::jit::Module>>& instances,
+                   const std::set<const void*>& given) {
+  for (const auto& [path, m] : instances) {
+    if (given.count(m._ivalue().get())) continue;
+    const bool packed = m.hasattr(codes_name("weight"));
+    auto identity = torch::zeros({3, m.attr(packed ? codes_name("weight") : "weight").toTensor().size(0)});
+    identity[0].fill_(1);
+    identity[2].fill_(-std::numeric_limits<float>::infinity());
+    torch::jit::Module(m).register_buffer(out_affine_name("weight"), identity);
+  }
+}
+
 }  // namespace
 
 std::string out_affine_name(const std::string& weight) { return weight + "_out_affine"; }
@@ -163,7 +219,7 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
     list.emplace_back(m.name, m.value);
   }
   std::vector<std::string> folded;  // the convolutions' weights, by path
-  std::set<c10::ClassTypePtr> conv_types;
+  std::set<c10::ClassTypePtr> conv_types, float_conv_types;
   std::set<const void*> given;  // the convolution objects given an out_affine (hasattr asks the class)
   for (const auto& parent : parents) {
     std::vector<torch::jit::Module> of_parent;
@@ -173,7 +229,7 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
       for (const auto& [path, m] : instances[parent]) {
         auto conv = m.attr(fold.conv).toModule();
         conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule(), fold.clamp));
-        conv_types.insert(conv.type());
+        (fold.float_conv ? float_conv_types : conv_types).insert(conv.type());
         given.insert(conv._ivalue().get());
         folded.push_back(join_path(join_path(path, fold.conv), "weight"));
       }
@@ -182,19 +238,16 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
       last->output()->replaceAllUsesWith(conv_out);
       if (fold.clamp.node) fold.clamp.node->destroy();
       fold.bn_call->destroy();
+      if (fold.float_conv)
+        call_conv2d_affine(*fold.graph, conv_out->node(), instances[parent][0].second.attr(fold.conv).toModule());
     }
-    if (!folds.empty()) torch::jit::EliminateDeadCode(forward_graph(parent));
+    for (const auto& fold : folds) torch::jit::EliminateDeadCode(fold.graph);
   }
-  // Each convolution class that takes a fold reads its out_affine: instances without one get the
-  // identity (scale 1, shift 0, no floor).
+  // Each convolution class that takes a fold has an out_affine: instances without one get the
+  // identity (scale 1, shift 0, no floor). A packed class's forward reads it.
+  for (const auto& type : float_conv_types) give_identity(instances[type], given);
   for (const auto& type : conv_types) {
-    for (const auto& [path, m] : instances[type]) {
-      if (given.count(m._ivalue().get())) continue;
-      auto identity = torch::zeros({3, m.attr(codes_name("weight")).toTensor().size(0)});
-      identity[0].fill_(1);
-      identity[2].fill_(-std::numeric_limits<float>::infinity());
-      torch::jit::Module(m).register_buffer(out_affine_name("weight"), identity);
-    }
+    give_identity(instances[type], given);
     const auto graph = forward_graph(type);
     std::vector<Node*> convs;
     conv_nodes(graph->block(), convs);

@@ -55,13 +55,6 @@ struct TypeInfo {
   std::vector<MethodGraph> methods;
 };
 
-// Inserts `op(inputs)` at the current insertion point; its one output is a tensor.
-Value* insert_op(Graph& graph, const char* op, const std::vector<Value*>& inputs) {
-  Node* call = graph.insertNode(graph.create(c10::Symbol::fromQualString(op), inputs, 1));
-  call->output()->setType(c10::TensorType::get());
-  return call->output();
-}
-
 // Where a packed weight is read.
 struct PackedRead {
   Value* owner;          // the module value holding the weight

@@ -58,15 +58,17 @@ bool tap_major(const std::vector<int64_t>& shape, Activations activations);
 torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer, Activations activations);
 
 // With int8 activations: a convolution's [3, out] scale, shift and floor of each output channel,
-// max(scale · y + shift, floor), applied as the kernels store y (ttq::conv2d_int8's out_affine).
+// max(scale · y + shift, floor), applied as the kernels store y (ttq::conv2d_int8's out_affine);
+// [4, out] with a ceiling, min(max(...), ceiling) (a ReLU6).
 std::string out_affine_name(const std::string& weight);  // "conv1.weight_out_affine"
 
-// Int8 models (pack_module calls it): in each class's forward, `self.bn(self.conv(x))` where conv is
-// an nn.Conv2d running ttq::conv2d_int8 and bn an nn.BatchNorm2d in evaluation mode with running
+// Int8 models (pack_module calls it): in each method of a class, `self.bn(self.conv(x))` where conv
+// is an nn.Conv2d running ttq::conv2d_int8 and bn an nn.BatchNorm2d in evaluation mode with running
 // statistics, in every instance of the class, becomes the convolution alone with the BatchNorm as
 // its out_affine (bn(y) = y · γ/√(var+ε) + β − mean · γ/√(var+ε), exact up to rounding), and a ReLU
-// that alone takes the BatchNorm's output its floor of 0. The BatchNorm modules stay (unused), so
-// the float model comes back bit-exact. Returns the folded convolutions' weights.
+// (ReLU6) that alone takes the BatchNorm's output its floor of 0 (and ceiling of 6). A convolution
+// kept float takes the fold as a call of ttq::conv2d_affine on its weight. The BatchNorm modules stay
+// (unused), so the float model comes back bit-exact. Returns the folded convolutions' weights.
 std::vector<std::string> fold_batch_norms(torch::jit::Module& module);
 
 // Static int8 activations: runs `data` (in batches of `batch_size`, eval mode, no gradients) through

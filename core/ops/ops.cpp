@@ -211,19 +211,40 @@ bool runs_int8(c10::IntArrayRef shape, int64_t groups) {
 // shift[c], floor[c]), ceiling[c]) (a BatchNorm folded into the layer, and a ReLU fused: floor 0,
 // else -inf; a ReLU6: ceiling 6, else +inf or no fourth row; packed_model.h). Checked, as a
 // contiguous [4, out] copy.
-at::Tensor checked_affine(const at::Tensor& affine, int64_t rows) {
+at::Tensor checked_affine(const at::Tensor& affine, int64_t rows, const char* op) {
   TORCH_CHECK(affine.scalar_type() == at::kFloat && affine.is_cpu() && affine.dim() == 2 &&
                   (affine.size(0) == 3 || affine.size(0) == 4) && affine.size(1) == rows,
-              "ttq::conv2d_int8: out_affine must be a float32 CPU tensor [3, ", rows, "] or [4, ", rows, "] (got ",
+              "ttq::", op, ": out_affine must be a float32 CPU tensor [3, ", rows, "] or [4, ", rows, "] (got ",
               affine.sizes(), ")");
   if (affine.size(0) == 4) return affine.contiguous().clone();
   return at::cat({affine, at::full({1, rows}, std::numeric_limits<float>::infinity())});
 }
 
-// The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped). An
-// out_affine's scale and shift go into the weight and bias, which the call decodes anyway, and its
-// floor is one pass where it is not -inf everywhere (a ReLU: floor 0 everywhere, relu_), rather than
-// three passes over the output.
+// aten::conv2d with an out_affine folded in: `w`, the call's own float weight, scaled per output
+// channel and the shift put into the bias, then the floor and ceiling as one clamp_ where every
+// channel has the same (a ReLU, a ReLU6), or none where they are infinite: one pass over the
+// output, or none, rather than three.
+at::Tensor conv2d_folded(const at::Tensor& input, at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                         const at::Tensor& out_affine, const char* op) {
+  const int64_t rows = w.size(0);
+  const auto a = checked_affine(out_affine, rows, op);
+  const auto scale = a[0], shift = a[1], floor = a[2], ceiling = a[3];
+  w.mul_(scale.view({rows, 1, 1, 1}));
+  const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
+  auto out = at::conv2d(input, w, folded_bias, stride, padding, dilation, groups);
+  const float lowest = floor.min().item<float>(), highest = ceiling.max().item<float>();
+  if (lowest == floor.max().item<float>() && highest == ceiling.min().item<float>()) {
+    const float inf = std::numeric_limits<float>::infinity();
+    if (lowest == -inf && highest == inf) return out;
+    return out.clamp_(lowest == -inf ? c10::optional<at::Scalar>() : lowest,
+                      highest == inf ? c10::optional<at::Scalar>() : highest);
+  }
+  return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
+}
+
+// The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped); an
+// out_affine goes into the weight the call decodes anyway.
 at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                         c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
@@ -235,20 +256,22 @@ at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const 
   auto w = at::empty({rows, cin, kh, kw}, at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
   w.copy_(decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2}));
   if (!out_affine || !out_affine->defined()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
-  const auto a = checked_affine(*out_affine, rows);
-  const auto scale = a[0], shift = a[1], floor = a[2], ceiling = a[3];
-  w.mul_(scale.view({rows, 1, 1, 1}));
-  const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
-  auto out = at::conv2d(input, w, folded_bias, stride, padding, dilation, groups);
-  // One bound for every channel (a ReLU, a ReLU6) is one clamp_, or none where it is infinite.
-  const float lowest = floor.min().item<float>(), highest = ceiling.max().item<float>();
-  if (lowest == floor.max().item<float>() && highest == ceiling.min().item<float>()) {
-    const float inf = std::numeric_limits<float>::infinity();
-    if (lowest == -inf && highest == inf) return out;
-    return out.clamp_(lowest == -inf ? c10::optional<at::Scalar>() : lowest,
-                      highest == inf ? c10::optional<at::Scalar>() : highest);
-  }
-  return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
+  return conv2d_folded(input, w, bias, stride, padding, dilation, groups, *out_affine, "conv2d_int8");
+}
+
+// A float convolution (one the packing keeps float, as ResNet's first) with the BatchNorm and ReLU
+// after it folded in (fold_batch_norms): its weight is copied for the call and scaled.
+at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                         const at::Tensor& out_affine) {
+  check_input(input, "conv2d_affine");
+  TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat && weight.is_cpu(),
+              "ttq::conv2d_affine: the weight must be a float32 CPU tensor [out, in/groups, kh, kw] (got ",
+              weight.sizes(), ")");
+  at::NoGradGuard no_grad;
+  auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
+  w.copy_(weight);
+  return conv2d_folded(input, w, bias, stride, padding, dilation, groups, out_affine, "conv2d_affine");
 }
 
 // Each sample of x ([batch, cin, height, width], any strides) quantized with its step into a
@@ -338,7 +361,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const bool has_bias = bias && bias->defined();
   at::Tensor affine;  // with the bias folded into the shift: the kernels store the final values
   if (out_affine && out_affine->defined()) {
-    affine = checked_affine(*out_affine, rows);
+    affine = checked_affine(*out_affine, rows, "conv2d_int8");
     if (has_bias) affine[1].add_(affine[0] * *bias);
   }
   const float* a = affine.defined() ? affine.data_ptr<float>() : nullptr;
@@ -389,7 +412,8 @@ TORCH_LIBRARY(ttq, m) {
   m.def("unpack(Tensor codes, Tensor scales, int[] shape) -> Tensor", &ttq::ops::unpack_op);
   m.def("linear(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor", &ttq::ops::linear);
   // input_step: the calibrated int8 step of the input, one float; 0 or none: each call's own.
-  // out_affine: [3, out] scale, shift and floor of each output channel (a folded BatchNorm and ReLU).
+  // out_affine: [3, out] scale, shift and floor of each output channel (a folded BatchNorm and ReLU),
+  // and [4, out] with a ceiling (a ReLU6).
   m.def("linear_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, "
         "Tensor? input_step=None) -> Tensor",
         &ttq::ops::linear_int8);
@@ -399,5 +423,9 @@ TORCH_LIBRARY(ttq, m) {
   m.def("conv2d_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, "
         "int[] padding, int[] dilation, int groups, Tensor? input_step=None, Tensor? out_affine=None) -> Tensor",
         &ttq::ops::conv2d_int8);
+  // A float convolution with out_affine ([3, out] or [4, out], as conv2d_int8's) folded in.
+  m.def("conv2d_affine(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+        "int groups, Tensor out_affine) -> Tensor",
+        &ttq::ops::conv2d_affine);
   m.def("kernel() -> str", &ttq::ops::kernel_op);
 }

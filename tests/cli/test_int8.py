@@ -119,6 +119,48 @@ class Int8Models(Workdir):
         self.assertEqual(json.loads(r.stdout)["folded"], [])
         self.assertIn("batch_norm", str(torch.jit.load(int8).inlined_graph))
 
+    def test_batch_norm_folds_into_a_float_first_convolution(self):
+        # The first convolution stays float (the paper's rule) and its BatchNorm and ReLU fold into
+        # it as well: ttq::conv2d_affine runs it with the BatchNorm in its weight and bias, and the
+        # model computes what PyTorch's float stem followed by the int8 layer does.
+        torch.manual_seed(2)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, stride=2, padding=1), torch.nn.BatchNorm2d(64),
+                                  torch.nn.ReLU(), torch.nn.Conv2d(64, 32, 3, padding=1, bias=False),
+                                  torch.nn.BatchNorm2d(32), torch.nn.ReLU6(), torch.nn.Flatten(),
+                                  torch.nn.Linear(32 * 5 * 5, 10))
+        with torch.no_grad():
+            for bn in (net[1], net[4]):
+                bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+                bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+        model, ternary, int8 = self.out("m.pt"), self.out("t.pt"), self.out("int8.pt")
+        torch.jit.save(torch.jit.script(net.eval()), model)
+        self.assertEqual(ttq("quantize", model, "-o", ternary, "-q").returncode, 0)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["folded"], ["0.weight", "3.weight"])
+        packed = torch.jit.load(int8)
+        graph = str(packed.inlined_graph)
+        self.assertIn("ttq::conv2d_affine", graph)
+        self.assertNotIn("batch_norm", graph)
+        fp = torch.jit.load(ternary)
+        x = torch.randn(4, 3, 10, 10)
+        with torch.no_grad():
+            stem = net[2](net[1](net[0](x)))
+            w = fp.state_dict()["3.weight"]
+            wp, wn = w.max().item(), -w.min().item()
+            grid = max(wp, wn) / 127
+            w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
+            step = stem.abs().amax((1, 2, 3), keepdim=True) / 127
+            want = net[7](net[6](net[5](net[4](F.conv2d(torch.round(stem / step) * step, w8, padding=1)))))
+            got = packed(x)
+        self.assertTrue(torch.allclose(got, want, rtol=1e-3, atol=1e-3), (got - want).abs().max())
+        # The float model comes back bit-exact, the stem's weights included.
+        back = self.out("back.pt")
+        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+        sa, sb = fp.state_dict(), torch.jit.load(back).state_dict()
+        self.assertEqual(sa.keys(), sb.keys())
+        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+
     def test_a_convolution_class_folded_in_one_place_and_not_another(self):
         # a and b share one TorchScript class; only a is followed by a BatchNorm (and torch.relu), so
         # b runs the class's rewritten forward with the identity affine.

@@ -217,8 +217,9 @@ class OnEveryPath(unittest.TestCase):
 
     def test_conv2d_int8_applies_out_affine_to_each_channel(self):
         # out_affine [3 or 4, out]: min(max(scale · (conv + bias) + shift, floor), ceiling) per
-        # channel, as stored; the float path (3 in-channels; depthwise) applies it too, folded into its weight and bias, with
-        # floors 0 and -inf mixed, 0 everywhere (a ReLU) or -inf everywhere (none).
+        # channel, as stored; the float path (3 in-channels; depthwise) applies it too, folded into
+        # its weight and bias, with floors 0 and -inf mixed, 0 everywhere (a ReLU) or -inf
+        # everywhere (none).
         # A fourth row, the ceiling: 6 everywhere (a ReLU6), or 0.5 and +inf mixed.
         inf = float("inf")
         floors = {"mixed": lambda n: [torch.where(torch.arange(n) % 2 == 0, 0.0, -inf)],
@@ -255,6 +256,29 @@ class OnEveryPath(unittest.TestCase):
                 self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last, (cin, groups, floor, got.stride()))
         with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: out_affine must be a float32 CPU tensor \[3, 8\] or \[4, 8\]"):
             torch.ops.ttq.conv2d_int8(x, *args, None, torch.zeros(2, 8))
+
+    def test_conv2d_affine_is_a_float_convolution_with_its_batch_norm_folded(self):
+        # A float layer (one the packing keeps, as ResNet's first) with [3 or 4, out] folded in, in
+        # the input's memory format; its weight stays as it was.
+        for last, rows in ((False, 3), (True, 4), (True, 3)):
+            w, bias = torch.randn(16, 3, 7, 7), torch.randn(16)
+            kept = w.clone()
+            x = torch.randn(2, 3, 20, 20)
+            if last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            affine = torch.stack([torch.rand(16) + 0.5, torch.randn(16), torch.zeros(16), torch.full((16,), 0.7)][:rows])
+            got = torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine)
+            c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+            want = torch.clamp_min(F.conv2d(x, w, bias, 2, 3) * c(affine[0]) + c(affine[1]), 0)
+            if rows == 4:
+                want = torch.minimum(want, c(affine[3]))
+            self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (last, rows, (got - want).abs().max()))
+            self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
+            self.assertTrue(torch.equal(w, kept))
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: out_affine must be a float32 CPU tensor"):
+            torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, torch.zeros(3, 15))
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: the weight must be a float32 CPU tensor"):
+            torch.ops.ttq.conv2d_affine(x, w[0], bias, [2, 2], [3, 3], [1, 1], 1, affine)
 
     def test_a_bad_input_step_is_one_clear_error(self):
         w = ternary((4, 64))
