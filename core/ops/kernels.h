@@ -75,6 +75,9 @@ constexpr int64_t kCachedRowBytes = 128 << 10;
 void quantize_int8_avx512(const float* x, int64_t count, float scale, bool offset, uint8_t* dst);
 void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+// ternary_rows_int8's AVX2 path for many inputs (kernels_int8_blocked_avx2.cpp).
+void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                                    int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,

@@ -10,7 +10,7 @@
 #include <cmath>
 #include <vector>
 
-#include "core/ops/kernels.h"
+#include "core/ops/kernels_int8_blocked.h"
 
 namespace ttq::ops {
 namespace {
@@ -58,20 +58,6 @@ __attribute__((target("avx2"))) int32_t sum8_epi32(__m256i v) {
   return _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1))));
 }
 
-// The 32 bits of a plane as 32 byte lanes, 0xff where the bit is set.
-__attribute__((target("avx2"))) __m256i bytes32(uint32_t bits) {
-  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
-                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-  const __m256i select = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
-  const __m256i b = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread), select);
-  return _mm256_cmpeq_epi8(b, select);
-}
-
-// A group's 32 weights as bytes (w.pos, 0, w.neg) from its two planes.
-__attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes_avx2(const uint32_t* planes, __m256i vp, __m256i vn) {
-  return _mm256_or_si256(_mm256_and_si256(bytes32(planes[0]), vp), _mm256_and_si256(bytes32(planes[1]), vn));
-}
-
 // AVX2 (as llama.cpp's q8 dots): maddubs multiplies |w| (unsigned) by q carrying w's sign and sums
 // pairs (at most 2 · 127 · 127, no saturation); madd sums those into int32 lanes.
 __attribute__((target("avx2"), always_inline)) inline __m256i dot32_avx2(__m256i magnitude, __m256i wb, __m256i q, __m256i ones16) {
@@ -105,55 +91,6 @@ void row_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* c
     case 3: return block_avx2<3>(p, groups, w, x, step, dot);
     case 2: return block_avx2<2>(p, groups, w, x, step, dot);
     case 1: return block_avx2<1>(p, groups, w, x, step, dot);
-  }
-}
-
-// AVX2 with many inputs: a row's bytes are decoded once (see decode_avx512 below), so that a
-// block of R rows and N inputs costs, per 32 weights, |w| once a row and for each input its sign
-// trick, maddubs and madd (no bit planes expanded per block of inputs).
-__attribute__((target("avx2"))) void decode_avx2(const uint32_t* p, int64_t groups, Int8Weights w, int64_t count,
-                                                 int64_t row_bytes, int8_t* bytes) {
-  const __m256i vp = _mm256_set1_epi8(w.pos), vn = _mm256_set1_epi8(w.neg);
-  for (int64_t r = 0; r < count; ++r, p += groups * 2)
-    for (int64_t g = 0; g < groups; ++g)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + r * row_bytes + 32 * g), weight_bytes_avx2(p + 2 * g, vp, vn));
-}
-
-template <int R, int N>
-__attribute__((target("avx2"))) void block_decoded_avx2(const int8_t* bytes, int64_t row_bytes, int64_t groups,
-                                                        const uint8_t* const* x, const int64_t* step, int32_t* dot) {
-  const __m256i ones16 = _mm256_set1_epi16(1);
-  __m256i acc[R][N];
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < N; ++i) acc[r][i] = _mm256_setzero_si256();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256i wb[R], magnitude[R];
-    for (int r = 0; r < R; ++r) {
-      wb[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + r * row_bytes + 32 * g));
-      magnitude[r] = _mm256_sign_epi8(wb[r], wb[r]);
-    }
-    const int64_t at = group_at(step, g);
-    for (int i = 0; i < N; ++i) {
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + at));
-      for (int r = 0; r < R; ++r) acc[r][i] = _mm256_add_epi32(acc[r][i], dot32_avx2(magnitude[r], wb[r], q, ones16));
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < N; ++i) dot[r * kMaxInputs + i] = sum8_epi32(acc[r][i]);
-}
-
-// Two rows and four inputs a block: 8 accumulators, the rows' bytes and magnitudes and one input
-// in the 16 registers.
-constexpr int kDecodedRowsAvx2 = 2;
-
-template <int R>
-void decoded_rows_avx2(const int8_t* bytes, int64_t row_bytes, int64_t groups, const uint8_t* const* x,
-                       const int64_t* step, int n, int32_t* dot) {
-  for (; n >= 4; n -= 4, x += 4, dot += 4) block_decoded_avx2<R, 4>(bytes, row_bytes, groups, x, step, dot);
-  switch (n) {
-    case 3: return block_decoded_avx2<R, 3>(bytes, row_bytes, groups, x, step, dot);
-    case 2: return block_decoded_avx2<R, 2>(bytes, row_bytes, groups, x, step, dot);
-    case 1: return block_decoded_avx2<R, 1>(bytes, row_bytes, groups, x, step, dot);
   }
 }
 
@@ -255,7 +192,7 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
   const uint8_t* x[kMaxInputs];
   const int count = static_cast<int>(ie - ib);
   for (int i = 0; i < count; ++i) x[i] = in.data + in.row[ib + i];
-  int32_t dot[std::max(kRowsAtOnce, kDecodedRowsAvx2) * kMaxInputs];
+  int32_t dot[kRowsAtOnce * kMaxInputs];
   for (int64_t r = rb; r < re; r += rows_at_once) {
     const int here = static_cast<int>(std::min<int64_t>(rows_at_once, re - r));
     dots(r, here, x, count, dot);
@@ -296,25 +233,6 @@ void rows_int8_packed(BlockDots dots, const uint32_t* planes, int64_t groups, In
             kRowsAtOnce, groups * 8, in, w, i0, i1, r0, r1, out);
 }
 
-// AVX2's rows decoded to bytes (AVX-512 has its own kernel for many inputs, ternary_rows_int8_blocked).
-void rows_int8_decoded_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in, int64_t i0,
-                            int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
-  thread_local std::vector<int8_t> bytes;
-  const int64_t row_bytes = 64 * ((groups + 1) / 2);
-  int64_t first = 0;
-  auto prepare = [&](int64_t rb, int64_t re) {
-    bytes.resize(static_cast<size_t>((re - rb) * row_bytes));
-    decode_avx2(planes + rb * groups * 2, groups, w, re - rb, row_bytes, bytes.data());
-    first = rb;
-  };
-  auto dots = [&](int64_t r, int here, const uint8_t* const* x, int count, int32_t* dot) {
-    const int8_t* b = bytes.data() + (r - first) * row_bytes;
-    return here == 2 ? decoded_rows_avx2<2>(b, row_bytes, groups, x, in.step, count, dot)
-                     : decoded_rows_avx2<1>(b, row_bytes, groups, x, in.step, count, dot);
-  };
-  rows_int8(prepare, dots, kDecodedRowsAvx2, row_bytes, in, w, i0, i1, r0, r1, out);
-}
-
 }  // namespace
 
 Int8Weights int8_weights(float wp, float wn) {
@@ -350,7 +268,7 @@ void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, 
   if (path == KernelPath::Avx512 && i1 - i0 >= kMaxInputs)
     return ternary_rows_int8_blocked(planes, groups, w, in, i0, i1, r0, r1, out);
   if (path == KernelPath::Avx2 && i1 - i0 >= kMaxInputs)
-    return rows_int8_decoded_avx2(planes, groups, w, in, i0, i1, r0, r1, out);
+    return ternary_rows_int8_blocked_avx2(planes, groups, w, in, i0, i1, r0, r1, out);
   switch (path) {
     case KernelPath::Avx512:
       return rows_int8_packed(dots_avx512, planes, groups, w, in, i0, i1, r0, r1, out);

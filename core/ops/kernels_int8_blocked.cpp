@@ -14,14 +14,14 @@
 #include <cstring>
 #include <vector>
 
-#include "core/ops/kernels.h"
+#include "core/ops/kernels_int8_blocked.h"
 
 namespace ttq::ops {
 namespace {
 
-constexpr int kLanes = 16;        // rows a register holds
-constexpr int kBlockRows = 2;     // registers of rows a block meets: 32 rows
-constexpr int kBlockInputs = 12;  // inputs a block meets: 24 accumulators, 2 rows' weights, a broadcast
+constexpr int kLanes = 16;  // rows a register holds
+constexpr int kRows = 2;    // registers of rows a block meets: 32 rows
+constexpr int kInputs = 12;  // inputs a block meets: 24 accumulators, 2 rows' weights, a broadcast
 
 #define TTQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni,popcnt")))
 
@@ -126,7 +126,7 @@ TTQ_AVX512 void block_products(const int8_t* rows, int64_t block_bytes, int64_t 
 }
 
 template <int R>
-void products(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
+void products_of(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
               const int64_t* step, int32_t* dot) {
   switch (n) {
     case 12: return block_products<R, 12>(rows, block_bytes, fours, x, step, dot);
@@ -176,6 +176,21 @@ TTQ_AVX512 void store_blocked(const int32_t* dot, int blocks, int n, const int32
   }
 }
 
+// The AVX-512 kernels for rows_blocked.
+struct Avx512 {
+  static constexpr int kLanes = 16, kBlockRows = kRows, kBlockInputs = kInputs;
+  static void decode(const uint32_t* p, int64_t groups, Int8Weights w, int64_t count, int8_t* blocked,
+                     int32_t* offset) {
+    decode_blocked(p, groups, w, count, blocked, offset);
+  }
+  static void products(int registers, int n, const int8_t* rows, int64_t block_bytes, int64_t fours,
+                       const uint8_t* const* x, const int64_t* step, int32_t* dot) {
+    if (registers == 2) return products_of<2>(n, rows, block_bytes, fours, x, step, dot);
+    products_of<1>(n, rows, block_bytes, fours, x, step, dot);
+  }
+  static constexpr auto store = store_blocked;
+};
+
 }  // namespace
 
 // 16 values a step: divided (as the other paths, not multiplied by a reciprocal: the same bytes),
@@ -194,39 +209,7 @@ TTQ_AVX512 void quantize_int8_avx512(const float* x, int64_t count, float scale,
 
 void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
-  thread_local std::vector<int8_t> blocked;
-  thread_local std::vector<int32_t> offset;
-  const int64_t steps = (groups + 1) / 2, block_bytes = steps * kLanes * 64, row_bytes = steps * 64;
-  const int64_t fours = (in.k + 3) / 4;
-  // As the other kernels (kernels.h, kCachedRowBytes): the smaller of rows and inputs stays in cache.
-  constexpr int64_t kRows = kBlockRows * kLanes;
-  const int64_t cached = std::max<int64_t>(kRows, kCachedRowBytes / row_bytes / kRows * kRows);
-  const int64_t row_block = 4 * (i1 - i0) > r1 - r0 ? std::min(r1 - r0, cached) : kRows;
-  int32_t dot[kBlockRows * kBlockInputs * kLanes];
-  const uint8_t* x[kBlockInputs];
-  for (int64_t rb = r0; rb < r1; rb += row_block) {
-    const int64_t re = std::min(rb + row_block, r1), padded = (re - rb + kLanes - 1) / kLanes * kLanes;
-    blocked.resize(static_cast<size_t>(padded * row_bytes));
-    offset.resize(static_cast<size_t>(padded));
-    decode_blocked(planes + rb * groups * 2, groups, w, re - rb, blocked.data(), offset.data());
-    // Inputs in blocks of equal size, at most kBlockInputs: a block of few inputs loads the rows'
-    // weights for little arithmetic (49 pixels: 10, 10, 10, 10, 9 rather than 12, 12, 12, 12, 1).
-    const int64_t blocks = (i1 - i0 + kBlockInputs - 1) / kBlockInputs, block = (i1 - i0 + blocks - 1) / blocks;
-    for (int64_t ib = i0; ib < i1; ib += block) {
-      const int n = static_cast<int>(std::min(block, i1 - ib));
-      for (int i = 0; i < n; ++i) x[i] = in.data + in.row[ib + i];
-      for (int64_t r = rb; r < re; r += kRows) {
-        const int64_t here = std::min(kRows, re - r);
-        const int blocks = static_cast<int>((here + kLanes - 1) / kLanes);
-        const int8_t* rows = blocked.data() + (r - rb) / kLanes * block_bytes;
-        if (blocks == 2)
-          products<2>(n, rows, block_bytes, fours, x, in.step, dot);
-        else
-          products<1>(n, rows, block_bytes, fours, x, in.step, dot);
-        store_blocked(dot, blocks, n, offset.data() + (r - rb), in, w, r, here, ib, out);
-      }
-    }
-  }
+  rows_blocked<Avx512>(planes, groups, w, in, i0, i1, r0, r1, out);
 }
 
 }  // namespace ttq::ops

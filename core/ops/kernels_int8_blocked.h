@@ -1,0 +1,74 @@
+// Between the int8 kernels' files (kernels.h is the interface): the driver of the kernels for many
+// inputs that keep, in each register, one input's sums for a register's lanes of rows (output
+// channels), as oneDNN's int8 convolutions do (kernels_int8_blocked.cpp for AVX-512,
+// kernels_int8_blocked_avx2.cpp for AVX2), and AVX2's weight bytes from the bit planes.
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "core/ops/kernels.h"
+
+namespace ttq::ops {
+
+// The 32 bits of a plane as 32 byte lanes, 0xff where the bit is set.
+__attribute__((target("avx2"), always_inline)) inline __m256i bytes32(uint32_t bits) {
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i select = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i b = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread), select);
+  return _mm256_cmpeq_epi8(b, select);
+}
+
+// A group's 32 weights as bytes (w.pos, 0, w.neg) from its two planes.
+__attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes_avx2(const uint32_t* planes, __m256i vp,
+                                                                                 __m256i vn) {
+  return _mm256_or_si256(_mm256_and_si256(bytes32(planes[0]), vp), _mm256_and_si256(bytes32(planes[1]), vn));
+}
+
+// ternary_rows_int8 for many inputs, by `Isa`, which gives
+//   kLanes (rows a register holds), kBlockRows (registers of rows a block meets), kBlockInputs;
+//   decode(planes, groups, w, count, blocked, offset): `count` rows into blocks of kLanes rows, four
+//     bytes of each row a four (kLanes · 4 bytes), and each row's share of the inputs' offset;
+//   products(blocks, n, rows, block_bytes, fours, x, step, dot): `blocks` blocks of rows against n
+//     inputs, dot[(b · n + i) · kLanes + c];
+//   store(dot, blocks, n, offset, in, w, r, here, ib, out): rows [r, r + here) of inputs from ib.
+// Rows stay decoded in cache while blocks of inputs stream past them where the inputs outweigh
+// them (at most kCachedRowBytes), else kBlockRows registers' rows at a time.
+template <class Isa>
+void rows_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in, int64_t i0, int64_t i1,
+                  int64_t r0, int64_t r1, const Int8Output& out) {
+  thread_local std::vector<int8_t> blocked;
+  thread_local std::vector<int32_t> offset;
+  constexpr int64_t kLanes = Isa::kLanes, kRows = Isa::kBlockRows * Isa::kLanes;
+  const int64_t row_bytes = (groups + 1) / 2 * 64, block_bytes = kLanes * row_bytes, fours = (in.k + 3) / 4;
+  const int64_t cached = std::max<int64_t>(kRows, kCachedRowBytes / row_bytes / kRows * kRows);
+  const int64_t row_block = 4 * (i1 - i0) > r1 - r0 ? std::min(r1 - r0, cached) : kRows;
+  int32_t dot[Isa::kBlockRows * Isa::kBlockInputs * kLanes];
+  const uint8_t* x[Isa::kBlockInputs];
+  for (int64_t rb = r0; rb < r1; rb += row_block) {
+    const int64_t re = std::min(rb + row_block, r1), padded = (re - rb + kLanes - 1) / kLanes * kLanes;
+    blocked.resize(static_cast<size_t>(padded * row_bytes));
+    offset.resize(static_cast<size_t>(padded));
+    Isa::decode(planes + rb * groups * 2, groups, w, re - rb, blocked.data(), offset.data());
+    // Inputs in blocks of equal size, at most kBlockInputs: a block of few inputs loads the rows'
+    // weights for little arithmetic (49 pixels by 12: 10, 10, 10, 10, 9 rather than 12, 12, 12, 12, 1).
+    const int64_t blocks = (i1 - i0 + Isa::kBlockInputs - 1) / Isa::kBlockInputs;
+    const int64_t block = (i1 - i0 + blocks - 1) / blocks;
+    for (int64_t ib = i0; ib < i1; ib += block) {
+      const int n = static_cast<int>(std::min(block, i1 - ib));
+      for (int i = 0; i < n; ++i) x[i] = in.data + in.row[ib + i];
+      for (int64_t r = rb; r < re; r += kRows) {
+        const int64_t here = std::min(kRows, re - r);
+        const int registers = static_cast<int>((here + kLanes - 1) / kLanes);
+        Isa::products(registers, n, blocked.data() + (r - rb) / kLanes * block_bytes, block_bytes, fours, x, in.step,
+                      dot);
+        Isa::store(dot, registers, n, offset.data() + (r - rb), in, w, r, here, ib, out);
+      }
+    }
+  }
+}
+
+}  // namespace ttq::ops

@@ -1,0 +1,159 @@
+// The AVX2 int8 kernel for many inputs, laid out as the AVX-512 one (kernels_int8_blocked.cpp): a
+// register holds 8 rows (output channels) of one input, and four of the input's bytes, broadcast,
+// meet those 8 rows' four weights. AVX2 has no vpdpbusd: maddubs multiplies |w| (unsigned) by q
+// carrying w's sign and sums pairs (at most 2 · 127 · 127, no saturation), madd sums those into
+// int32 lanes (as llama.cpp's q8 dots). The inputs are signed (no offset, int8_offset).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/ops/kernels_int8_blocked.h"
+
+namespace ttq::ops {
+namespace {
+
+#define TTQ_AVX2 __attribute__((target("avx2,fma")))
+
+constexpr int kLanes = 8;   // rows a register holds
+constexpr int kRows = 2;    // registers of rows a block meets: 16 rows
+constexpr int kInputs = 4;  // inputs a block meets: 8 accumulators, 2 rows' weights and magnitudes
+
+// Eight registers of 8 dwords transposed: out[q] lane c = in[c] lane q.
+TTQ_AVX2 void transpose8(__m256i* r) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 2; ++g) {  // u[4 g + m], 128-bit lane L: rows 4g..4g+3 of dword 4L + m
+    u[4 * g] = _mm256_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = _mm256_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = _mm256_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm256_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    r[m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x20);
+    r[4 + m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x31);
+  }
+}
+
+// `count` rows from p decoded into blocks of 8 rows, 32 bytes a four: weight 4 q + t of the block's
+// row c at blocked[(b · 16 · steps + q) · 32 + 4 c + t]; rows past `count` and groups past the
+// last are zero. Signed inputs: no offset share.
+TTQ_AVX2 void decode(const uint32_t* p, int64_t groups, Int8Weights w, int64_t count, int8_t* blocked,
+                     int32_t* offset) {
+  const __m256i vp = _mm256_set1_epi8(w.pos), vn = _mm256_set1_epi8(w.neg);
+  const int64_t steps = (groups + 1) / 2;
+  for (int64_t b = 0; b * kLanes < count; ++b) {
+    for (int64_t g = 0; g < 2 * steps; ++g) {
+      __m256i r[kLanes];
+      for (int c = 0; c < kLanes; ++c) {
+        const int64_t row = b * kLanes + c;
+        r[c] = row < count && g < groups ? weight_bytes_avx2(p + row * groups * 2 + 2 * g, vp, vn)
+                                         : _mm256_setzero_si256();
+      }
+      transpose8(r);
+      int8_t* dst = blocked + (b * steps * 16 + 8 * g) * 32;
+      for (int q = 0; q < kLanes; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 32 * q), r[q]);
+    }
+    for (int c = 0; c < kLanes; ++c) offset[b * kLanes + c] = 0;
+  }
+}
+
+// R blocks of 8 decoded rows (block_bytes apart) against N inputs into dot[(r · N + i) · 8 + c], the
+// `fours` fours K holds.
+template <int R, int N>
+TTQ_AVX2 void block_products(const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
+                             const int64_t* step, int32_t* dot) {
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i acc[R][N];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < N; ++i) acc[r][i] = _mm256_setzero_si256();
+  for (int64_t j = 0; j * 16 < fours; ++j) {
+    const uint8_t* at[N];
+    for (int i = 0; i < N; ++i) at[i] = x[i] + step[j];
+    const int8_t* wj = rows + j * 16 * 32;
+    const int64_t here = std::min<int64_t>(16, fours - j * 16);
+    for (int q = 0; q < here; ++q) {
+      __m256i wq[R], magnitude[R];
+      for (int r = 0; r < R; ++r) {
+        wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj + r * block_bytes + 32 * q));
+        magnitude[r] = _mm256_sign_epi8(wq[r], wq[r]);
+      }
+      for (int i = 0; i < N; ++i) {
+        int32_t four;
+        std::memcpy(&four, at[i] + 4 * q, 4);
+        const __m256i b = _mm256_set1_epi32(four);
+        for (int r = 0; r < R; ++r)
+          acc[r][i] = _mm256_add_epi32(
+              acc[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[r], _mm256_sign_epi8(b, wq[r])), ones16));
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < N; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dot + (r * N + i) * kLanes), acc[r][i]);
+}
+
+template <int R>
+void products_of(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
+                 const int64_t* step, int32_t* dot) {
+  switch (n) {
+    case 4: return block_products<R, 4>(rows, block_bytes, fours, x, step, dot);
+    case 3: return block_products<R, 3>(rows, block_bytes, fours, x, step, dot);
+    case 2: return block_products<R, 2>(rows, block_bytes, fours, x, step, dot);
+    case 1: return block_products<R, 1>(rows, block_bytes, fours, x, step, dot);
+  }
+}
+
+// As the AVX-512 store (kernels_int8_blocked.cpp), 8 rows a register: the same float operations in
+// the same order as the portable kernels' stores.
+TTQ_AVX2 void store(const int32_t* dot, int blocks, int n, const int32_t*, const Int8Inputs& in, Int8Weights w,
+                    int64_t r, int64_t here, int64_t ib, const Int8Output& out) {
+  alignas(32) float lanes[kLanes];
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int b = 0; b < blocks; ++b) {
+    const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), lane);
+    __m256 scale{}, shift{}, floor{}, ceiling{};
+    if (out.scale) {
+      scale = _mm256_maskload_ps(out.scale + r0, mask);
+      shift = _mm256_maskload_ps(out.shift + r0, mask);
+      floor = _mm256_maskload_ps(out.floor + r0, mask);
+      ceiling = _mm256_maskload_ps(out.ceiling + r0, mask);
+    }
+    for (int i = 0; i < n; ++i) {
+      const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dot + (b * n + i) * kLanes));
+      __m256 v = _mm256_mul_ps(_mm256_set1_ps(in.scale[ib + i] * w.step), _mm256_cvtepi32_ps(d));
+      if (out.scale) v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(_mm256_mul_ps(scale, v), shift), floor), ceiling);
+      float* y = out.y + (ib + i) * out.input_stride + r0 * out.row_stride;
+      if (out.row_stride == 1) {
+        _mm256_maskstore_ps(y, mask, v);
+        continue;
+      }
+      _mm256_store_ps(lanes, v);
+      for (int64_t c = 0; c < valid; ++c) y[c * out.row_stride] = lanes[c];
+    }
+  }
+}
+
+// The AVX2 kernels for rows_blocked.
+struct Avx2 {
+  static constexpr int kLanes = ::ttq::ops::kLanes, kBlockRows = kRows, kBlockInputs = kInputs;
+  static constexpr auto decode = ::ttq::ops::decode;
+  static void products(int registers, int n, const int8_t* rows, int64_t block_bytes, int64_t fours,
+                       const uint8_t* const* x, const int64_t* step, int32_t* dot) {
+    if (registers == 2) return products_of<2>(n, rows, block_bytes, fours, x, step, dot);
+    products_of<1>(n, rows, block_bytes, fours, x, step, dot);
+  }
+  static constexpr auto store = ::ttq::ops::store;
+};
+
+}  // namespace
+
+void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                                    int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
+  rows_blocked<Avx2>(planes, groups, w, in, i0, i1, r0, r1, out);
+}
+
+}  // namespace ttq::ops
