@@ -180,7 +180,8 @@ void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module&
   const auto type = conv.type();
   auto numbers = [&](const char* constant) {
     std::vector<int64_t> values;
-    for (const auto& v : type->getConstant(constant).toTupleRef().elements()) values.push_back(v.toInt());
+    const c10::IValue tuple = type->getConstant(constant);
+    for (const auto& v : tuple.toTupleRef().elements()) values.push_back(v.toInt());
     return graph.insertConstant(c10::IValue(values));
   };
   Value* out = insert_op(graph, "ttq::conv2d_affine",
