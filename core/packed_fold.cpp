@@ -97,7 +97,8 @@ Clamp sole_clamp(Value* value, const Graph& graph) {
   if (user->kind() == c10::aten::relu || user->kind() == c10::aten::relu_ ||
       (child && type_named(user->input(0)->type(), ".ReLU")))
     return {user, 0.0};
-  if (user->kind() == c10::Symbol::fromQualString("aten::relu6") || (child && type_named(user->input(0)->type(), ".ReLU6")))
+  static const auto relu6 = c10::Symbol::fromQualString("aten::relu6");
+  if (user->kind() == relu6 || (child && type_named(user->input(0)->type(), ".ReLU6")))
     return {user, 0.0, 6.0};
   if (user->kind() == c10::aten::hardtanh || user->kind() == c10::aten::hardtanh_) {
     const auto low = torch::jit::toIValue(user->input(1)), high = torch::jit::toIValue(user->input(2));

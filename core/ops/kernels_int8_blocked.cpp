@@ -41,7 +41,8 @@ TTQ_AVX512 void transpose16(__m512i* r) {
     u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
   }
   for (int m = 0; m < 4; ++m) {
-    const __m512i even_lo = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88), odd_lo = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xdd);
+    const __m512i even_lo = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88);
+    const __m512i odd_lo = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xdd);
     const __m512i even_hi = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x88);
     const __m512i odd_hi = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xdd);
     r[m] = _mm512_shuffle_i32x4(even_lo, even_hi, 0x88);
@@ -115,7 +116,8 @@ TTQ_AVX512 void block_products(const int8_t* rows, int64_t block_bytes, int64_t 
         // acc += b (unsigned) · wq (signed), in place (see kernels_int8.cpp: GCC 12 copies around
         // the intrinsic).
 #pragma GCC unroll 2
-        for (int r = 0; r < R; ++r) asm("vpdpbusd %[w], %[b], %[acc]" : [acc] "+v"(acc[r][i]) : [b] "v"(b), [w] "v"(wq[r]));
+        for (int r = 0; r < R; ++r)
+          asm("vpdpbusd %[w], %[b], %[acc]" : [acc] "+v"(acc[r][i]) : [b] "v"(b), [w] "v"(wq[r]));
       }
     }
   }

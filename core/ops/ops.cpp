@@ -300,7 +300,8 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
         quantize_int8(path, src, width * cin, 1, sample_step[n], offset, dst);
         continue;
       }
-      for (int64_t w = 0; w < width; ++w) quantize_int8(path, src + w * xs[3], cin, xs[1], sample_step[n], offset, dst + w * cin);
+      for (int64_t w = 0; w < width; ++w)
+        quantize_int8(path, src + w * xs[3], cin, xs[1], sample_step[n], offset, dst + w * cin);
     }
   });
   return qd;
