@@ -65,20 +65,6 @@ struct Int8Output {
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                        int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 
-// Between the int8 kernels' files. Rows that stay in cache while inputs stream past them (when the
-// inputs outweigh them) are at most this many bytes decoded: a thread's share of ResNet-18's 512x3x3
-// layers (1.2 MB decoded) met each block of inputs from beyond L2; blocks of 128 KiB made ResNet-18
-// about 10% faster at batch 1 (bench_packed.sh).
-constexpr int64_t kCachedRowBytes = 128 << 10;
-// quantize_int8 of the AVX-512 path for contiguous values, and ternary_rows_int8's for many inputs
-// (kernels_int8_blocked.cpp).
-void quantize_int8_avx512(const float* x, int64_t count, float scale, bool offset, uint8_t* dst);
-void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
-                               int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
-// ternary_rows_int8's AVX2 path for many inputs (kernels_int8_blocked_avx2.cpp).
-void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
-                                    int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
-
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,
                     int64_t r0, int64_t r1, float* dst);

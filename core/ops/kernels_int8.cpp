@@ -94,12 +94,6 @@ void row_avx2(const uint32_t* p, int64_t groups, Int8Weights w, const uint8_t* c
   }
 }
 
-// 64 weights as bytes (w.pos, 0, w.neg) from their two 64-bit planes.
-__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i weight_bytes_avx512(uint64_t pos, uint64_t neg,
-                                                                                               __m512i vp, __m512i vn) {
-  return _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn);
-}
-
 // AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the inputs arrive offset to
 // unsigned (q + 128, int8_offset) and the offset's share, 128 · Σ w, comes off at the end.
 // Two groups (64 weights) a step; R rows and N inputs a block, each input loaded once for the R rows

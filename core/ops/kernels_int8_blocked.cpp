@@ -74,7 +74,7 @@ TTQ_AVX512 void decode_blocked(const uint32_t* p, int64_t groups, Int8Weights w,
         const uint64_t pos = g[0] | (pair ? static_cast<uint64_t>(g[2]) << 32 : 0);
         const uint64_t neg = g[1] | (pair ? static_cast<uint64_t>(g[3]) << 32 : 0);
         count_pos[c] += __builtin_popcountll(pos), count_neg[c] += __builtin_popcountll(neg);
-        r[c] = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn);
+        r[c] = weight_bytes_avx512(pos, neg, vp, vn);
       }
       transpose16(r);
       int8_t* dst = blocked + (b * steps + j) * kLanes * 64;

@@ -1,7 +1,8 @@
 // Between the int8 kernels' files (kernels.h is the interface): the driver of the kernels for many
 // inputs that keep, in each register, one input's sums for a register's lanes of rows (output
 // channels), as oneDNN's int8 convolutions do (kernels_int8_blocked.cpp for AVX-512,
-// kernels_int8_blocked_avx2.cpp for AVX2), and AVX2's weight bytes from the bit planes.
+// kernels_int8_blocked_avx2.cpp for AVX2), and the weight bytes from the bit planes that
+// kernels_int8.cpp's kernels for few inputs make too.
 #pragma once
 #include <immintrin.h>
 
@@ -12,6 +13,28 @@
 #include "core/ops/kernels.h"
 
 namespace ttq::ops {
+
+// Rows that stay in cache while inputs stream past them (when the inputs outweigh them) are at most
+// this many bytes decoded: a thread's share of ResNet-18's 512x3x3 layers (1.2 MB decoded) met each
+// block of inputs from beyond L2; blocks of 128 KiB made ResNet-18 about 10% faster at batch 1
+// (bench_packed.sh).
+constexpr int64_t kCachedRowBytes = 128 << 10;
+
+// quantize_int8 of the AVX-512 path for contiguous values, and ternary_rows_int8's for many inputs
+// (kernels_int8_blocked.cpp); ternary_rows_int8's AVX2 path for many inputs
+// (kernels_int8_blocked_avx2.cpp).
+void quantize_int8_avx512(const float* x, int64_t count, float scale, bool offset, uint8_t* dst);
+void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                               int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
+                                    int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+
+// 64 weights as bytes (w.pos, 0, w.neg) from their two 64-bit planes.
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i weight_bytes_avx512(uint64_t pos,
+                                                                                               uint64_t neg,
+                                                                                               __m512i vp, __m512i vn) {
+  return _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(pos, vp), neg, vn);
+}
 
 // The 32 bits of a plane as 32 byte lanes, 0xff where the bit is set.
 __attribute__((target("avx2"), always_inline)) inline __m256i bytes32(uint32_t bits) {
