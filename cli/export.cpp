@@ -108,6 +108,7 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
   meta.packed = report.packed;
   meta.activations = choice_name(args.activations);
   const auto steps = args.calibrate.empty() ? std::vector<CalibratedLayer>{} : calibrate(args, model.module, meta);
+  const auto chained = args.calibrate.empty() ? std::vector<std::string>{} : chain_int8_layers(model.module);
   save_torchscript(model.module, meta, args.output, program);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {
@@ -115,7 +116,8 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     for (const auto& f : report.kept_float) float_layers.push_back({{"name", f.name}, {"use", f.use}});
     nlohmann::json doc{{"input", args.input}, {"output", args.output}, {"format", "packed"},
                        {"output_bytes", bytes}, {"activations", meta.activations},
-                       {"packed", report.packed}, {"float", float_layers}, {"folded", report.folded}};
+                       {"packed", report.packed}, {"float", float_layers}, {"folded", report.folded},
+                       {"chained", chained}};
     if (meta.calibration) {
       nlohmann::json layers = nlohmann::json::array();
       for (const auto& l : steps) layers.push_back({{"name", l.name}, {"input_step", l.input_step}});
@@ -125,9 +127,10 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     fmt::print("{}\n", doc.dump(2));
     return;
   }
-  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{}{})\n",
+  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{}{}{})\n",
              args.output, human_bytes(double(bytes)), report.packed.size(), meta.layers.size(), meta.activations,
              report.folded.empty() ? "" : fmt::format("; BatchNorm folded into {}", report.folded.size()),
+             chained.empty() ? "" : fmt::format("; {} layers hand the next their int8 input", chained.size()),
              kept.empty() ? "" : fmt::format("; float: {}", fmt::join(kept, ", ")));
   if (meta.calibration) fmt::print("{}\n", describe_calibration(*meta.calibration, steps));
 }

@@ -1,7 +1,8 @@
-// BatchNorm folding for packed int8 models (packed_model.h, fold_batch_norms): a parent's
-// `bn(conv(x))`, and a ReLU or ReLU6 right after it, become the convolution's out_affine, applied
-// as the int8 kernels store each output, so that no float pass over the activations is left
-// between them.
+// Graph passes for packed int8 models (packed_model.h). fold_batch_norms: a parent's `bn(conv(x))`,
+// and a ReLU or ReLU6 right after it, become the convolution's out_affine, applied as the int8
+// kernels store each output, so that no float pass over the activations is left between them.
+// chain_int8_layers: where one int8 convolution alone feeds the next, it stores the next one's
+// input bytes, and no float32 activation is left between them.
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <set>
 
 #include "core/graph_passes.h"
+#include "core/ops/packed.h"
 #include "core/packed_model.h"
 
 namespace ttq {
@@ -18,7 +20,8 @@ namespace {
 using torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 
 const c10::Symbol kConvInt8 = c10::Symbol::fromQualString("ttq::conv2d_int8");
-constexpr size_t kOutAffine = 10;  // its argument out_affine
+// Its arguments shape, groups, out_affine and output_step.
+constexpr size_t kShape = 3, kGroups = 8, kOutAffine = 10, kOutputStep = 11;
 
 bool type_named(const c10::TypePtr& type, const std::string& suffix) {
   const auto cls = type->cast<c10::ClassType>();
@@ -56,6 +59,20 @@ bool packed_int8_conv(const c10::ClassTypePtr& type) {
   conv_nodes(graph->block(), convs);
   return convs.size() == 1 && graph->outputs()[0] == convs[0]->output() &&
          convs[0]->input(kOutAffine)->type()->kind() == c10::TypeKind::NoneType;
+}
+
+// The ttq::conv2d_int8 of a class whose forward returns it, where that layer runs the int8 kernels
+// (ops::conv_runs_int8), else nullptr.
+Node* int8_kernel_conv(const c10::ClassTypePtr& type) {
+  const auto graph = forward_graph(type);
+  if (!graph || graph->outputs().size() != 1) return nullptr;
+  std::vector<Node*> convs;
+  conv_nodes(graph->block(), convs);
+  if (convs.size() != 1 || graph->outputs()[0] != convs[0]->output()) return nullptr;
+  const auto shape = torch::jit::toIValue(convs[0]->input(kShape));
+  const auto groups = torch::jit::toIValue(convs[0]->input(kGroups));
+  if (!shape || !groups || !shape->isIntList() || !groups->isInt()) return nullptr;
+  return ops::conv_runs_int8(shape->toIntVector(), groups->toInt()) ? convs[0] : nullptr;
 }
 
 // A ReLU or ReLU6 after a folded BatchNorm: the bounds it clamps to, and its node.
@@ -174,7 +191,8 @@ torch::Tensor affine_of(const torch::jit::Module& bn, const Clamp& clamp) {
 }
 
 // `conv(x)` of a float convolution becomes ttq::conv2d_affine(x, conv.weight, conv.bias, ...,
-// conv.weight_out_affine) in the parent's graph: the convolution's own forward stays as it is.
+// conv.weight_out_affine, conv.weight_input_step) in the parent's graph (int8 inputs and 8-bit
+// weights, calibrated as the packed layers are): the convolution's own forward stays as it is.
 void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
   torch::jit::WithInsertPoint guard(conv_call);
   Value* self = conv_call->input(0);
@@ -189,12 +207,14 @@ void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module&
                          {conv_call->input(1), graph.insertGetAttr(self, "weight"), graph.insertGetAttr(self, "bias"),
                           numbers("stride"), numbers("padding"), numbers("dilation"),
                           graph.insertConstant(type->getConstant("groups")),
-                          graph.insertGetAttr(self, out_affine_name("weight"))});
+                          graph.insertGetAttr(self, out_affine_name("weight")),
+                          graph.insertGetAttr(self, input_step_name("weight"))});
   conv_call->output()->replaceAllUsesWith(out);
   conv_call->destroy();
 }
 
-// The identity out_affine for the modules of `instances` not `given` one: scale 1, shift 0, no floor.
+// The identity out_affine for the modules of `instances` not `given` one: scale 1, shift 0, no floor;
+// and a float convolution's input step (0: dynamic until calibrated).
 void give_identity(const std::vector<std::pair<std::string, torch::jit::Module>>& instances,
                    const std::set<const void*>& given) {
   for (const auto& [path, m] : instances) {
@@ -204,22 +224,91 @@ void give_identity(const std::vector<std::pair<std::string, torch::jit::Module>>
     identity[0].fill_(1);
     identity[2].fill_(-std::numeric_limits<float>::infinity());
     torch::jit::Module(m).register_buffer(out_affine_name("weight"), identity);
+    if (!packed) torch::jit::Module(m).register_buffer(input_step_name("weight"), torch::zeros({1}));
   }
+}
+
+// The module's class types, in the order they are first met, and each one's instances (path, module).
+using Instances = std::map<c10::ClassTypePtr, std::vector<std::pair<std::string, torch::jit::Module>>>;
+std::pair<std::vector<c10::ClassTypePtr>, Instances> module_types(const torch::jit::Module& module) {
+  std::vector<c10::ClassTypePtr> types;
+  Instances instances;
+  for (const auto& m : module.named_modules()) {
+    auto& list = instances[m.value.type()];
+    if (list.empty()) types.push_back(m.value.type());
+    list.emplace_back(m.name, m.value);
+  }
+  return {types, instances};
+}
+
+// `self.next(self.conv(x))` in a method of a parent: both children run the int8 kernels
+// (int8_kernel_conv), the parent calls each once, and conv's output goes nowhere else.
+struct Chain {
+  std::string conv, next;
+};
+std::vector<Chain> chains_in(const c10::ClassTypePtr& parent) {
+  std::vector<Chain> chains;
+  const auto calls = child_calls(parent);
+  for (auto* method : parent->methods()) {
+    if (!method->isGraphFunction()) continue;
+    const auto graph = torch::jit::toGraphFunction(*method).graph();
+    for (Node* node : graph->nodes()) {
+      const std::string conv = child_call(node, *graph);
+      if (conv.empty() || node->output()->uses().size() != 1) continue;
+      Node* user = node->output()->uses()[0].user;
+      const std::string next = child_call(user, *graph);
+      if (next.empty() || user->inputs().size() != 2 || calls.at(conv) != 1 || calls.at(next) != 1) continue;
+      if (int8_kernel_conv(node->input(0)->type()->expect<c10::ClassType>()) &&
+          int8_kernel_conv(user->input(0)->type()->expect<c10::ClassType>()))
+        chains.push_back({conv, next});
+    }
+  }
+  return chains;
+}
+
+// A packed convolution's calibrated input step; 0 where it has none (dynamic, or kept float).
+float calibrated_step(const torch::jit::Module& conv) {
+  if (!conv.hasattr(codes_name("weight")) || conv.attr(codes_name("weight")).toTensor().numel() == 0) return 0;
+  return conv.attr(input_step_name("weight")).toTensor().item<float>();
 }
 
 }  // namespace
 
 std::string out_affine_name(const std::string& weight) { return weight + "_out_affine"; }
+std::string output_step_name(const std::string& weight) { return weight + "_output_step"; }
+
+std::vector<std::string> chain_int8_layers(torch::jit::Module& module) {
+  torch::NoGradGuard no_grad;
+  auto [parents, instances] = module_types(module);
+  std::vector<std::string> chained;  // the convolutions' weights, by path
+  std::set<c10::ClassTypePtr> conv_types;
+  std::set<const void*> given;  // the convolution objects given an output step
+  for (const auto& parent : parents)
+    for (const auto& chain : chains_in(parent))
+      for (const auto& [path, m] : instances[parent]) {
+        auto conv = m.attr(chain.conv).toModule();
+        const float step = calibrated_step(m.attr(chain.next).toModule());
+        if (step == 0 || calibrated_step(conv) == 0) continue;
+        conv.register_buffer(output_step_name("weight"), torch::full({1}, step));
+        conv_types.insert(conv.type());
+        given.insert(conv._ivalue().get());
+        chained.push_back(join_path(join_path(path, chain.conv), "weight"));
+      }
+  // Each class with a chained instance reads its output step: the others' is 0 (float32 output).
+  for (const auto& type : conv_types) {
+    for (const auto& [path, m] : instances[type])
+      if (!given.count(m._ivalue().get())) torch::jit::Module(m).register_buffer(output_step_name("weight"), torch::zeros({1}));
+    Node* conv = int8_kernel_conv(type);
+    torch::jit::WithInsertPoint guard(conv);
+    Graph& graph = *conv->owningGraph();
+    conv->replaceInput(kOutputStep, graph.insertGetAttr(graph.inputs()[0], output_step_name("weight")));
+  }
+  return chained;
+}
 
 std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
   torch::NoGradGuard no_grad;
-  std::vector<c10::ClassTypePtr> parents;
-  std::map<c10::ClassTypePtr, std::vector<std::pair<std::string, torch::jit::Module>>> instances;
-  for (const auto& m : module.named_modules()) {
-    auto& list = instances[m.value.type()];
-    if (list.empty()) parents.push_back(m.value.type());
-    list.emplace_back(m.name, m.value);
-  }
+  auto [parents, instances] = module_types(module);
   std::vector<std::string> folded;  // the convolutions' weights, by path
   std::set<c10::ClassTypePtr> conv_types, float_conv_types;
   std::set<const void*> given;  // the convolution objects given an out_affine (hasattr asks the class)
@@ -231,6 +320,7 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
       for (const auto& [path, m] : instances[parent]) {
         auto conv = m.attr(fold.conv).toModule();
         conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule(), fold.clamp));
+        if (fold.float_conv) conv.register_buffer(input_step_name("weight"), torch::zeros({1}));
         (fold.float_conv ? float_conv_types : conv_types).insert(conv.type());
         given.insert(conv._ivalue().get());
         folded.push_back(join_path(join_path(path, fold.conv), "weight"));

@@ -71,6 +71,15 @@ std::string out_affine_name(const std::string& weight);  // "conv1.weight_out_af
 // (unused), so the float model comes back bit-exact. Returns the folded convolutions' weights.
 std::vector<std::string> fold_batch_norms(torch::jit::Module& module);
 
+// Calibrated int8 models (ttq export --calibrate, after calibrate_packed): in each method of a class,
+// `self.next(self.conv(x))` where both are convolutions on the int8 kernels with calibrated steps,
+// called once, and conv's output goes nowhere else, in every instance where both are packed: conv
+// stores its output as next's int8 input (uint8, on next's step: the bytes next would make of it)
+// instead of float32, through its output_step. The outputs are the same, bit for bit. Returns the
+// chained convolutions' weights.
+std::string output_step_name(const std::string& weight);  // "conv1.weight_output_step"
+std::vector<std::string> chain_int8_layers(torch::jit::Module& module);
+
 // Static int8 activations: runs `data` (in batches of `batch_size`, eval mode, no gradients) through
 // `module`, packed with int8 activations, while the operators calibrate (ops::set_calibrating), so
 // that each packed layer's input step becomes the largest step its inputs needed (max |x| / 127);

@@ -3,6 +3,7 @@
 // benchmarks). avx512 means AVX-512 F, BW and VNNI (vpdpbusd); a CPU with less takes avx2.
 #pragma once
 #include <cstdint>
+#include <vector>
 #include <string>
 
 namespace ttq::ops {
@@ -32,12 +33,15 @@ Int8Weights int8_weights(float wp, float wn);
 // 64 s; a convolution reads a pixel's channels tap by tap from an NHWC image). Bytes past K are
 // read and multiplied by zero weights: any value will do, but they must be readable. The bytes are
 // q, or q + 128 (unsigned) where int8_offset(path) says so: what that kernel multiplies.
+// dense_rows_int8 reads four bytes at a time instead, from data + row[i] + four[q] for weights 4q to
+// 4q + 3 (a convolution of 3 in-channels: a kernel row's 21 bytes, a pad, the next kernel row).
 struct Int8Inputs {
   const uint8_t* data;
   const int64_t* row;    // n
-  const int64_t* step;   // (groups + 1) / 2
+  const int64_t* step;   // (groups + 1) / 2 (ternary_rows_int8)
   const float* scale;    // n: the value of one step of each row's int8 grid
   int64_t k;             // values an input holds (K), of which a kernel may skip the bytes past
+  const int64_t* four = nullptr;  // (k + 3) / 4 (dense_rows_int8)
 };
 bool int8_offset(KernelPath path);
 
@@ -51,6 +55,9 @@ void quantize_int8(KernelPath path, const float* x, int64_t count, int64_t x_str
 // becomes of its value v first: with `scale`, min(max(scale[r] · v + shift[r], floor[r]),
 // ceiling[r]) (a BatchNorm folded into the layer and a fused ReLU or ReLU6: ttq::conv2d_int8's
 // out_affine), else v as it is.
+// With `bytes` (y unused), the next layer's int8 input instead, at the same places: round(v /
+// byte_step) clamped to ±127, + 128 (whatever the path: a uint8 tensor between two layers), the
+// bytes quantize_int8 makes of the float.
 struct Int8Output {
   float* y;
   int64_t input_stride, row_stride;
@@ -58,12 +65,30 @@ struct Int8Output {
   const float* shift = nullptr;
   const float* floor = nullptr;
   const float* ceiling = nullptr;
+  uint8_t* bytes = nullptr;
+  float byte_step = 0;
 };
 
 // v = scale[i] · w.step · Σ_k w[r, k] · q[i, k] for rows r0 <= r < r1 and inputs i0 <= i < i1 into
 // `out`, w[r, k] the byte of the weight's sign (w.pos, 0, w.neg), the sum exact in int32.
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                        int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+
+// Int8 weights of a layer the packing keeps float, quantized per output channel for the call (its
+// step goes into Int8Output's scale), in the blocked kernels' layout: blocks of `lanes` rows (16 for
+// AVX-512, else 8), `lanes` · 4 bytes for each four of K (the four bytes of each row), and each row's
+// share of the inputs' offset (128 · Σ w, where int8_offset).
+struct DenseInt8Rows {
+  std::vector<int8_t> blocked;
+  std::vector<int32_t> offset;
+  int64_t fours = 0, lanes = 0;
+};
+// w: [rows, k] bytes, each in [-127, 127].
+DenseInt8Rows dense_int8_rows(KernelPath path, const int8_t* w, int64_t rows, int64_t k);
+// As ternary_rows_int8, for dense rows with step 1 (in.four gives the inputs' bytes); r0 a multiple
+// of rows.lanes.
+void dense_rows_int8(KernelPath path, const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1,
+                     int64_t r0, int64_t r1, const Int8Output& out);
 
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,

@@ -178,6 +178,22 @@ void dots_avx512(const uint32_t* p, int64_t groups, int count, Int8Weights w, co
   rows_avx512<1>(p, groups, w, x, step, n, dot);
 }
 
+// x on the int8 grid of `scale`, + add (quantize_int8's bytes).
+inline uint8_t quantized(float x, float scale, int add) {
+  return static_cast<uint8_t>(static_cast<int>(std::clamp(std::nearbyint(x / scale), -127.0f, 127.0f)) + add);
+}
+
+// Row r of input i, its int32 sum `dot`, into `out` as Int8Output says: the same float operations,
+// in the same order, as the blocked kernels' stores.
+inline void store_value(int32_t dot, const Int8Inputs& in, Int8Weights w, int64_t i, int64_t r, const Int8Output& out) {
+  float v = in.scale[i] * w.step * static_cast<float>(dot);
+  if (out.scale) v = std::min(std::max(out.scale[r] * v + out.shift[r], out.floor[r]), out.ceiling[r]);
+  if (out.bytes)
+    out.bytes[i * out.input_stride + r * out.row_stride] = quantized(v, out.byte_step, 128);
+  else
+    out.y[i * out.input_stride + r * out.row_stride] = v;
+}
+
 // Rows [rb, re) against inputs [ib, ib + count) for the driver below: `dots(r, here, x, count,
 // dot)` computes `here` rows from r into dot[h * kMaxInputs + i].
 template <class Dots>
@@ -191,12 +207,7 @@ void write_block(Dots& dots, int rows_at_once, const Int8Inputs& in, Int8Weights
     const int here = static_cast<int>(std::min<int64_t>(rows_at_once, re - r));
     dots(r, here, x, count, dot);
     for (int h = 0; h < here; ++h)
-      for (int i = 0; i < count; ++i) {
-        float v = in.scale[ib + i] * w.step * static_cast<float>(dot[h * kMaxInputs + i]);
-        if (out.scale)
-          v = std::min(std::max(out.scale[r + h] * v + out.shift[r + h], out.floor[r + h]), out.ceiling[r + h]);
-        out.y[(ib + i) * out.input_stride + (r + h) * out.row_stride] = v;
-      }
+      for (int i = 0; i < count; ++i) store_value(dot[h * kMaxInputs + i], in, w, ib + i, r + h, out);
   }
 }
 
@@ -237,11 +248,6 @@ Int8Weights int8_weights(float wp, float wn) {
 
 bool int8_offset(KernelPath path) { return path == KernelPath::Avx512; }
 
-namespace {
-inline uint8_t quantized(float x, float scale, int add) {
-  return static_cast<uint8_t>(static_cast<int>(std::clamp(std::nearbyint(x / scale), -127.0f, 127.0f)) + add);
-}
-}  // namespace
 
 // Built for AVX2 too, where std::nearbyint is one instruction (vroundss) rather than a call.
 __attribute__((target_clones("avx2", "default"))) void quantize_int8_generic(const float* x, int64_t count,
@@ -255,6 +261,50 @@ void quantize_int8(KernelPath path, const float* x, int64_t count, int64_t x_str
                    uint8_t* dst) {
   if (path == KernelPath::Avx512 && x_stride == 1) return quantize_int8_avx512(x, count, scale, offset, dst);
   quantize_int8_generic(x, count, x_stride, scale, offset, dst);
+}
+
+DenseInt8Rows dense_int8_rows(KernelPath path, const int8_t* w, int64_t rows, int64_t k) {
+  DenseInt8Rows d;
+  d.lanes = path == KernelPath::Avx512 ? 16 : 8;
+  d.fours = (k + 3) / 4;
+  const int64_t blocks = (rows + d.lanes - 1) / d.lanes;
+  d.blocked.assign(static_cast<size_t>(blocks * d.lanes * 4 * d.fours), 0);
+  d.offset.assign(static_cast<size_t>(blocks * d.lanes), 0);
+  const int add = int8_offset(path) ? 128 : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int8_t* block = d.blocked.data() + r / d.lanes * d.lanes * 4 * d.fours + 4 * (r % d.lanes);
+    for (int64_t j = 0; j < k; ++j) {
+      block[j / 4 * d.lanes * 4 + j % 4] = w[r * k + j];
+      d.offset[r] += add * w[r * k + j];
+    }
+  }
+  return d;
+}
+
+namespace {
+// dense_rows_int8 without SIMD: signed inputs, the rows' blocked bytes read one at a time.
+void dense_rows_portable(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
+                         int64_t r1, const Int8Output& out) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const auto* x = reinterpret_cast<const int8_t*>(in.data + in.row[i]);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int8_t* block = rows.blocked.data() + r / rows.lanes * rows.lanes * 4 * rows.fours + 4 * (r % rows.lanes);
+      int32_t dot = 0;
+      for (int64_t q = 0; q < rows.fours; ++q)
+        for (int t = 0; t < 4; ++t) dot += block[q * rows.lanes * 4 + t] * x[in.four[q] + t];
+      store_value(dot, in, Int8Weights{0, 0, 1.0f}, i, r, out);
+    }
+  }
+}
+}  // namespace
+
+void dense_rows_int8(KernelPath path, const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1,
+                     int64_t r0, int64_t r1, const Int8Output& out) {
+  switch (path) {
+    case KernelPath::Avx512: return dense_rows_int8_avx512(rows, in, i0, i1, r0, r1, out);
+    case KernelPath::Avx2: return dense_rows_int8_avx2(rows, in, i0, i1, r0, r1, out);
+    case KernelPath::Portable: return dense_rows_portable(rows, in, i0, i1, r0, r1, out);
+  }
 }
 
 void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,

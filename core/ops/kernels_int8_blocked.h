@@ -28,6 +28,11 @@ void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weigh
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                     int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+// dense_rows_int8 on those two paths.
+void dense_rows_int8_avx512(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
+                            int64_t r1, const Int8Output& out);
+void dense_rows_int8_avx2(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
+                          int64_t r1, const Int8Output& out);
 
 // 64 weights as bytes (w.pos, 0, w.neg) from their two 64-bit planes.
 __attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i weight_bytes_avx512(uint64_t pos,
@@ -51,47 +56,90 @@ __attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes_avx2(
   return _mm256_or_si256(_mm256_and_si256(bytes32(planes[0]), vp), _mm256_and_si256(bytes32(planes[1]), vn));
 }
 
-// ternary_rows_int8 for many inputs, by `Isa`, which gives
+// The driver of the blocked kernels, by `Isa`, which gives
 //   kLanes (rows a register holds), kBlockRows (registers of rows a block meets), kBlockInputs;
-//   decode(planes, groups, w, count, blocked, offset): `count` rows into blocks of kLanes rows, four
-//     bytes of each row a four (kLanes · 4 bytes), and each row's share of the inputs' offset;
-//   products(blocks, n, rows, block_bytes, fours, x, step, dot): `blocks` blocks of rows against n
-//     inputs, dot[(b · n + i) · kLanes + c];
+//   decode(planes, groups, w, count, blocked, offset): `count` packed rows into blocks of kLanes
+//     rows, four bytes of each row a four (kLanes · 4 bytes), and each row's share of the inputs'
+//     offset;
+//   products(blocks, n, rows, block_bytes, fours, x, four, dot): `blocks` blocks of rows against n
+//     inputs, dot[(b · n + i) · kLanes + c], four bytes of input i at x[i] + four[q] for four q;
 //   store(dot, blocks, n, offset, in, w, r, here, ib, out): rows [r, r + here) of inputs from ib.
-// Rows stay decoded in cache while blocks of inputs stream past them where the inputs outweigh
-// them (at most kCachedRowBytes), else kBlockRows registers' rows at a time.
+// Rows [rb, re) of blocked weights (`block_bytes` a block of kLanes rows, from row rb) against
+// inputs [i0, i1), in blocks of equal size, at most kBlockInputs: a block of few inputs loads the
+// rows' weights for little arithmetic (49 pixels by 12: 10, 10, 10, 10, 9 rather than 12, 12, 12,
+// 12, 1).
+template <class Isa>
+void multiply_blocked(const int8_t* blocked, const int32_t* offset, int64_t block_bytes, const int64_t* four,
+                      int64_t fours, Int8Weights w, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t rb,
+                      int64_t re, const Int8Output& out) {
+  constexpr int64_t kLanes = Isa::kLanes, kRows = Isa::kBlockRows * Isa::kLanes;
+  int32_t dot[Isa::kBlockRows * Isa::kBlockInputs * kLanes];
+  const uint8_t* x[Isa::kBlockInputs];
+  const int64_t blocks = (i1 - i0 + Isa::kBlockInputs - 1) / Isa::kBlockInputs;
+  const int64_t block = (i1 - i0 + blocks - 1) / blocks;
+  for (int64_t ib = i0; ib < i1; ib += block) {
+    const int n = static_cast<int>(std::min(block, i1 - ib));
+    for (int i = 0; i < n; ++i) x[i] = in.data + in.row[ib + i];
+    for (int64_t r = rb; r < re; r += kRows) {
+      const int64_t here = std::min(kRows, re - r);
+      const int registers = static_cast<int>((here + kLanes - 1) / kLanes);
+      Isa::products(registers, n, blocked + (r - rb) / kLanes * block_bytes, block_bytes, fours, x, four, dot);
+      Isa::store(dot, registers, n, offset + (r - rb), in, w, r, here, ib, out);
+    }
+  }
+}
+
+// Rows [r0, r1) in blocks that stay in cache while the inputs stream past them where the inputs
+// outweigh them (at most kCachedRowBytes), else kBlockRows registers' rows at a time:
+// `ready(rb, re)` makes a block's rows (blocked, offset) ready for multiply_blocked.
+template <class Isa, class Ready>
+void rows_in_blocks(Ready ready, int64_t row_bytes, int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
+  constexpr int64_t kRows = Isa::kBlockRows * Isa::kLanes;
+  const int64_t cached = std::max<int64_t>(kRows, kCachedRowBytes / row_bytes / kRows * kRows);
+  const int64_t row_block = 4 * (i1 - i0) > r1 - r0 ? std::min(r1 - r0, cached) : kRows;
+  for (int64_t rb = r0; rb < r1; rb += row_block) ready(rb, std::min(rb + row_block, r1));
+}
+
+// Where each four of a row's weights lies in an input: a step's 16 fours, 64 bytes from step[s].
+inline const int64_t* fours_of_steps(const int64_t* step, int64_t fours) {
+  thread_local std::vector<int64_t> four;
+  four.resize(static_cast<size_t>(fours));
+  for (int64_t q = 0; q < fours; ++q) four[q] = step[q / 16] + 4 * (q % 16);
+  return four.data();
+}
+
+// ternary_rows_int8 for many inputs: the packed rows decoded, a block at a time, into the thread's
+// scratch.
 template <class Isa>
 void rows_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in, int64_t i0, int64_t i1,
                   int64_t r0, int64_t r1, const Int8Output& out) {
   thread_local std::vector<int8_t> blocked;
   thread_local std::vector<int32_t> offset;
-  constexpr int64_t kLanes = Isa::kLanes, kRows = Isa::kBlockRows * Isa::kLanes;
+  constexpr int64_t kLanes = Isa::kLanes;
   const int64_t row_bytes = (groups + 1) / 2 * 64, block_bytes = kLanes * row_bytes, fours = (in.k + 3) / 4;
-  const int64_t cached = std::max<int64_t>(kRows, kCachedRowBytes / row_bytes / kRows * kRows);
-  const int64_t row_block = 4 * (i1 - i0) > r1 - r0 ? std::min(r1 - r0, cached) : kRows;
-  int32_t dot[Isa::kBlockRows * Isa::kBlockInputs * kLanes];
-  const uint8_t* x[Isa::kBlockInputs];
-  for (int64_t rb = r0; rb < r1; rb += row_block) {
-    const int64_t re = std::min(rb + row_block, r1), padded = (re - rb + kLanes - 1) / kLanes * kLanes;
-    blocked.resize(static_cast<size_t>(padded * row_bytes));
-    offset.resize(static_cast<size_t>(padded));
-    Isa::decode(planes + rb * groups * 2, groups, w, re - rb, blocked.data(), offset.data());
-    // Inputs in blocks of equal size, at most kBlockInputs: a block of few inputs loads the rows'
-    // weights for little arithmetic (49 pixels by 12: 10, 10, 10, 10, 9 rather than 12, 12, 12, 12, 1).
-    const int64_t blocks = (i1 - i0 + Isa::kBlockInputs - 1) / Isa::kBlockInputs;
-    const int64_t block = (i1 - i0 + blocks - 1) / blocks;
-    for (int64_t ib = i0; ib < i1; ib += block) {
-      const int n = static_cast<int>(std::min(block, i1 - ib));
-      for (int i = 0; i < n; ++i) x[i] = in.data + in.row[ib + i];
-      for (int64_t r = rb; r < re; r += kRows) {
-        const int64_t here = std::min(kRows, re - r);
-        const int registers = static_cast<int>((here + kLanes - 1) / kLanes);
-        Isa::products(registers, n, blocked.data() + (r - rb) / kLanes * block_bytes, block_bytes, fours, x, in.step,
-                      dot);
-        Isa::store(dot, registers, n, offset.data() + (r - rb), in, w, r, here, ib, out);
-      }
-    }
-  }
+  const int64_t* four = fours_of_steps(in.step, fours);
+  rows_in_blocks<Isa>(
+      [&](int64_t rb, int64_t re) {
+        const int64_t padded = (re - rb + kLanes - 1) / kLanes * kLanes;
+        blocked.resize(static_cast<size_t>(padded * row_bytes));
+        offset.resize(static_cast<size_t>(padded));
+        Isa::decode(planes + rb * groups * 2, groups, w, re - rb, blocked.data(), offset.data());
+        multiply_blocked<Isa>(blocked.data(), offset.data(), block_bytes, four, fours, w, in, i0, i1, rb, re, out);
+      },
+      row_bytes, i0, i1, r0, r1);
+}
+
+// dense_rows_int8 for the blocked kernels: rows from r0, a multiple of Isa::kLanes.
+template <class Isa>
+void dense_rows_blocked(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
+                        int64_t r1, const Int8Output& out) {
+  const int64_t block_bytes = Isa::kLanes * 4 * rows.fours;
+  rows_in_blocks<Isa>(
+      [&](int64_t rb, int64_t re) {
+        multiply_blocked<Isa>(rows.blocked.data() + rb / Isa::kLanes * block_bytes, rows.offset.data() + rb,
+                              block_bytes, in.four, rows.fours, Int8Weights{0, 0, 1.0f}, in, i0, i1, rb, re, out);
+      },
+      4 * rows.fours, i0, i1, r0, r1);
 }
 
 }  // namespace ttq::ops

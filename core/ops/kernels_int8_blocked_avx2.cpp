@@ -62,33 +62,28 @@ TTQ_AVX2 void decode(const uint32_t* p, int64_t groups, Int8Weights w, int64_t c
 }
 
 // R blocks of 8 decoded rows (block_bytes apart) against N inputs into dot[(r · N + i) · 8 + c], the
-// `fours` fours K holds.
+// `fours` fours K holds, input i's four bytes q at x[i] + four[q].
 template <int R, int N>
 TTQ_AVX2 void block_products(const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
-                             const int64_t* step, int32_t* dot) {
+                             const int64_t* four, int32_t* dot) {
   const __m256i ones16 = _mm256_set1_epi16(1);
   __m256i acc[R][N];
   for (int r = 0; r < R; ++r)
     for (int i = 0; i < N; ++i) acc[r][i] = _mm256_setzero_si256();
-  for (int64_t j = 0; j * 16 < fours; ++j) {
-    const uint8_t* at[N];
-    for (int i = 0; i < N; ++i) at[i] = x[i] + step[j];
-    const int8_t* wj = rows + j * 16 * 32;
-    const int64_t here = std::min<int64_t>(16, fours - j * 16);
-    for (int q = 0; q < here; ++q) {
-      __m256i wq[R], magnitude[R];
-      for (int r = 0; r < R; ++r) {
-        wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj + r * block_bytes + 32 * q));
-        magnitude[r] = _mm256_sign_epi8(wq[r], wq[r]);
-      }
-      for (int i = 0; i < N; ++i) {
-        int32_t four;
-        std::memcpy(&four, at[i] + 4 * q, 4);
-        const __m256i b = _mm256_set1_epi32(four);
-        for (int r = 0; r < R; ++r)
-          acc[r][i] = _mm256_add_epi32(
-              acc[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[r], _mm256_sign_epi8(b, wq[r])), ones16));
-      }
+  for (int64_t q = 0; q < fours; ++q) {
+    __m256i wq[R], magnitude[R];
+    for (int r = 0; r < R; ++r) {
+      wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * block_bytes + 32 * q));
+      magnitude[r] = _mm256_sign_epi8(wq[r], wq[r]);
+    }
+    const int64_t at = four[q];
+    for (int i = 0; i < N; ++i) {
+      int32_t bytes;
+      std::memcpy(&bytes, x[i] + at, 4);
+      const __m256i b = _mm256_set1_epi32(bytes);
+      for (int r = 0; r < R; ++r)
+        acc[r][i] = _mm256_add_epi32(
+            acc[r][i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[r], _mm256_sign_epi8(b, wq[r])), ones16));
     }
   }
   for (int r = 0; r < R; ++r)
@@ -97,13 +92,25 @@ TTQ_AVX2 void block_products(const int8_t* rows, int64_t block_bytes, int64_t fo
 
 template <int R>
 void products_of(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, const uint8_t* const* x,
-                 const int64_t* step, int32_t* dot) {
+                 const int64_t* four, int32_t* dot) {
   switch (n) {
-    case 4: return block_products<R, 4>(rows, block_bytes, fours, x, step, dot);
-    case 3: return block_products<R, 3>(rows, block_bytes, fours, x, step, dot);
-    case 2: return block_products<R, 2>(rows, block_bytes, fours, x, step, dot);
-    case 1: return block_products<R, 1>(rows, block_bytes, fours, x, step, dot);
+    case 4: return block_products<R, 4>(rows, block_bytes, fours, x, four, dot);
+    case 3: return block_products<R, 3>(rows, block_bytes, fours, x, four, dot);
+    case 2: return block_products<R, 2>(rows, block_bytes, fours, x, four, dot);
+    case 1: return block_products<R, 1>(rows, block_bytes, fours, x, four, dot);
   }
+}
+
+// v quantized as quantize_int8 does (offset: the bytes between two layers) into the valid lanes'
+// places, `stride` apart.
+TTQ_AVX2 void store_bytes(__m256 v, float step, int64_t valid, uint8_t* dst, int64_t stride) {
+  const __m256 q = _mm256_round_ps(_mm256_div_ps(v, _mm256_set1_ps(step)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256i bytes = _mm256_add_epi32(
+      _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f))),
+      _mm256_set1_epi32(128));
+  alignas(32) int32_t lanes[kLanes];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bytes);
+  for (int64_t c = 0; c < valid; ++c) dst[c * stride] = static_cast<uint8_t>(lanes[c]);
 }
 
 // As the AVX-512 store (kernels_int8_blocked.cpp), 8 rows a register: the same float operations in
@@ -126,7 +133,12 @@ TTQ_AVX2 void store(const int32_t* dot, int blocks, int n, const int32_t*, const
       const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dot + (b * n + i) * kLanes));
       __m256 v = _mm256_mul_ps(_mm256_set1_ps(in.scale[ib + i] * w.step), _mm256_cvtepi32_ps(d));
       if (out.scale) v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(_mm256_mul_ps(scale, v), shift), floor), ceiling);
-      float* y = out.y + (ib + i) * out.input_stride + r0 * out.row_stride;
+      const int64_t at = (ib + i) * out.input_stride + r0 * out.row_stride;
+      if (out.bytes) {
+        store_bytes(v, out.byte_step, valid, out.bytes + at, out.row_stride);
+        continue;
+      }
+      float* y = out.y + at;
       if (out.row_stride == 1) {
         _mm256_maskstore_ps(y, mask, v);
         continue;
@@ -142,9 +154,9 @@ struct Avx2 {
   static constexpr int kLanes = ::ttq::ops::kLanes, kBlockRows = kRows, kBlockInputs = kInputs;
   static constexpr auto decode = ::ttq::ops::decode;
   static void products(int registers, int n, const int8_t* rows, int64_t block_bytes, int64_t fours,
-                       const uint8_t* const* x, const int64_t* step, int32_t* dot) {
-    if (registers == 2) return products_of<2>(n, rows, block_bytes, fours, x, step, dot);
-    products_of<1>(n, rows, block_bytes, fours, x, step, dot);
+                       const uint8_t* const* x, const int64_t* four, int32_t* dot) {
+    if (registers == 2) return products_of<2>(n, rows, block_bytes, fours, x, four, dot);
+    products_of<1>(n, rows, block_bytes, fours, x, four, dot);
   }
   static constexpr auto store = ::ttq::ops::store;
 };
@@ -154,6 +166,11 @@ struct Avx2 {
 void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                     int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   rows_blocked<Avx2>(planes, groups, w, in, i0, i1, r0, r1, out);
+}
+
+void dense_rows_int8_avx2(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
+                          int64_t r1, const Int8Output& out) {
+  dense_rows_blocked<Avx2>(rows, in, i0, i1, r0, r1, out);
 }
 
 }  // namespace ttq::ops

@@ -41,6 +41,10 @@ void check_packed(const torch::Tensor& codes, const torch::Tensor& scales, const
 // when a model is loaded or unpacked.
 void check_packed_bits(const torch::Tensor& codes, const std::vector<int64_t>& shape);
 
+// Whether ttq::conv2d_int8 runs a layer of this weight shape [out, in/groups, kh, kw] on the int8
+// kernels (one group; in-channels a multiple of 64, or a 1x1 kernel), else its float path.
+bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups);
+
 // Calibration of static int8 steps (ttq export --calibrate): while on, every ttq::linear_int8 and
 // ttq::conv2d_int8 given an input_step raises it to the largest step its inputs need (max |x| / 127)
 // and computes as without one. Process-wide: calibrate with one model at a time.

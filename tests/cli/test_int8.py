@@ -16,14 +16,26 @@ from ttq_testing import Workdir, load_with_metadata, quantize_and_pack, ttq
 torch.ops.load_library(os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_ops.so"))
 
 
+def int8_conv(x, conv, step=None):
+    """A float convolution as an int8 model runs it (ttq::conv2d_affine with an input step): x on the
+    int8 grid of `step` (each sample's own, max |x| / 127, where None), the weight rounded to 8 bits
+    per output channel."""
+    step = x.abs().amax((1, 2, 3), keepdim=True) / 127 if step is None else step
+    w_step = conv.weight.abs().amax((1, 2, 3), keepdim=True) / 127
+    w8 = torch.round(conv.weight / w_step) * w_step
+    return F.conv2d(torch.round(x / step).clamp(-127, 127) * step, w8, conv.bias, conv.stride, conv.padding,
+                    conv.dilation)
+
+
 class Int8Models(Workdir):
     def packed(self, model, *quantize_flags):
         return quantize_and_pack(self, model, *quantize_flags)
 
     def test_calibrated_int8_steps_are_the_largest_inputs_each_layer_met(self):
         # --calibrate runs the samples through the packed model: each layer's stored input step is the
-        # largest |input| it met over 127 (recomputed here in PyTorch for the first ternary layer), the
-        # model then quantizes every input with it, and the float32 model comes back bit-exact.
+        # largest |input| it met over 127 (recomputed here in PyTorch for the first ternary layer, after
+        # the stem the int8 model runs in 8 bits with each sample's step while it calibrates), the model
+        # then quantizes every input with it, and the float32 model comes back bit-exact.
         ternary, packed, _ = self.packed("resnet18.pt")
         data = self.out("calibration.pt")
         x = torch.randn(12, 3, 48, 48)
@@ -42,9 +54,19 @@ class Int8Models(Workdir):
         for name, step in steps.items():
             self.assertEqual(state[name + "_input_step"].item(), step)
         self.assertEqual(json.loads(load_with_metadata(int8)[1])["calibration"], {"data": "tensors:" + data, "samples": 8})
+        # Each block's first convolution hands the second its int8 input (uint8, on the second's
+        # step) rather than float32: the outputs are the same, bit for bit.
+        self.assertEqual(sorted(json.loads(r.stdout)["chained"]),
+                         [f"layer{stage}.{block}.conv1.weight" for stage in range(1, 5) for block in range(2)])
+        unchained = torch.jit.load(int8)
+        for name, buffer in unchained.named_buffers():
+            if name.endswith("_output_step"):
+                buffer.zero_()
+        with torch.no_grad():
+            self.assertTrue(torch.equal(model(x), unchained(x)))
         fp = torch.jit.load(ternary)
         with torch.no_grad():
-            first = fp.maxpool(fp.relu(fp.bn1(fp.conv1(x[:8]))))
+            first = fp.maxpool(fp.relu(fp.bn1(int8_conv(x[:8], fp.conv1))))
         self.assertAlmostEqual(steps["layer1.0.conv1.weight"], first.abs().max().item() / 127, delta=1e-6 * steps[
             "layer1.0.conv1.weight"])
         # Static steps: the outputs differ from the dynamic model's, and stay near the float path's.
@@ -119,10 +141,11 @@ class Int8Models(Workdir):
         self.assertEqual(json.loads(r.stdout)["folded"], [])
         self.assertIn("batch_norm", str(torch.jit.load(int8).inlined_graph))
 
-    def test_batch_norm_folds_into_a_float_first_convolution(self):
-        # The first convolution stays float (the paper's rule) and its BatchNorm and ReLU fold into
-        # it as well: ttq::conv2d_affine runs it with the BatchNorm in its weight and bias, and the
-        # model computes what PyTorch's float stem followed by the int8 layer does.
+    def test_batch_norm_folds_into_a_float_first_convolution_run_in_8_bits(self):
+        # The first convolution stays float in the file (the paper's rule) and its BatchNorm and ReLU
+        # fold into it as well: ttq::conv2d_affine runs it on int8 inputs with its weight rounded to 8
+        # bits per channel and the BatchNorm as its affine, and the model computes what PyTorch does
+        # with that stem followed by the int8 layer.
         torch.manual_seed(2)
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, stride=2, padding=1), torch.nn.BatchNorm2d(64),
                                   torch.nn.ReLU(), torch.nn.Conv2d(64, 32, 3, padding=1, bias=False),
@@ -145,7 +168,7 @@ class Int8Models(Workdir):
         fp = torch.jit.load(ternary)
         x = torch.randn(4, 3, 10, 10)
         with torch.no_grad():
-            stem = net[2](net[1](net[0](x)))
+            stem = net[2](net[1](int8_conv(x, net[0])))
             w = fp.state_dict()["3.weight"]
             wp, wn = w.max().item(), -w.min().item()
             grid = max(wp, wn) / 127

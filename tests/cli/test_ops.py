@@ -280,6 +280,77 @@ class OnEveryPath(unittest.TestCase):
         with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: the weight must be a float32 CPU tensor"):
             torch.ops.ttq.conv2d_affine(x, w[0], bias, [2, 2], [3, 3], [1, 1], 1, affine)
 
+    def test_conv2d_affine_with_an_input_step_runs_int8_with_8_bit_weights(self):
+        # A float layer of an int8 model (ResNet's first): its inputs on the int8 grid of the step
+        # (calibrated, or each sample's own where it is 0), its weight rounded to 8 bits per output
+        # channel (max |w| / 127); the integer sums are exact, so the result is the float
+        # convolution of those values with the affine after it, the same floats on every path.
+        # (in, out, kernel, stride, padding, dilation, batch, size, channels-last, step)
+        cases = [(3, 64, 7, 2, 3, 1, 2, 20, True, 0.0), (3, 64, 7, 2, 3, 1, 1, 17, False, 0.045),
+                 (3, 8, 3, 1, 2, 2, 1, 9, True, 0.0),  # dilated: a tap a segment
+                 (16, 40, 3, 1, 0, 1, 1, 3, True, 0.04),  # one pixel: threads split the 40 channels
+                 (24, 16, 1, 1, 0, 1, 3, 6, False, 0.0), (5, 20, (3, 1), (2, 1), (1, 0), 1, 2, 8, True, 0.05)]
+        first = {}
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for n, (cin, cout, k, stride, padding, dilation, batch, size, last, step) in enumerate(cases):
+                g = torch.Generator().manual_seed(n)
+                ks = (k, k) if isinstance(k, int) else k
+                w, bias = torch.randn(cout, cin, *ks, generator=g), torch.randn(cout, generator=g)
+                w[1] = 0  # an all-zero channel has no scale to divide by
+                x = torch.randn(batch, cin, size, size, generator=g)
+                x = x.contiguous(memory_format=torch.channels_last) if last else x
+                affine = torch.stack([torch.rand(cout, generator=g) + 0.5, torch.randn(cout, generator=g),
+                                      torch.zeros(cout), torch.full((cout,), 1.5)])
+                pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+                got = torch.ops.ttq.conv2d_affine(x, w, bias, pair(stride), pair(padding), pair(dilation), 1, affine,
+                                                  torch.tensor([step]))
+                x_step = torch.tensor(step) if step else x.abs().amax((1, 2, 3), keepdim=True) / 127
+                w_step = (w.abs().amax((1, 2, 3), keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+                x8 = torch.round(x / x_step).clamp(-127, 127) * x_step
+                w8 = torch.round(w / w_step).clamp(-127, 127) * w_step
+                c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+                affined = lambda y: torch.clamp(y * c(affine[0]) + c(affine[1]), 0, 1.5)  # noqa: E731
+                want = affined(F.conv2d(x8, w8, bias, stride, padding, dilation))
+                conv = F.conv2d(x, w, bias, stride, padding, dilation)
+                self.assertEqual(got.shape, want.shape)
+                self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (path, n, (got - want).abs().max()))
+                # Within a few percent of the float layer's range: 8 bits of inputs and weights.
+                self.assertLess((got - affined(conv)).abs().max(), 0.05 * (conv * c(affine[0])).abs().max(), (path, n))
+                self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
+                self.assertTrue(torch.equal(got, first.setdefault(n, got)), (path, n))
+
+    def test_conv2d_int8_hands_the_next_layer_its_int8_input(self):
+        # With an output_step, the output is the next layer's input as its own quantization would
+        # make it (uint8, q + 128 on every path), and that layer, given the bytes, computes exactly
+        # what it computes from the float output.
+        first = {}
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for last in (False, True):
+                g = torch.Generator().manual_seed(5)
+                w1, w2 = ternary((64, 3, 3, 64), seed=1), ternary((24, 1, 1, 64), seed=2)
+                codes1, scales1 = torch.ops.ttq.pack(w1, 0.3, 0.2)
+                codes2, scales2 = torch.ops.ttq.pack(w2, 0.3, 0.2)
+                x = torch.randn(2, 64, 9, 7, generator=g)
+                x = x.contiguous(memory_format=torch.channels_last) if last else x
+                affine = torch.stack([torch.rand(64, generator=g) + 0.5, torch.randn(64, generator=g), torch.zeros(64)])
+                bias, step, next_step = torch.randn(64, generator=g), torch.tensor([0.05]), torch.tensor([0.02])
+                first_layer = lambda out: torch.ops.ttq.conv2d_int8(  # noqa: E731
+                    x, codes1, scales1, [64, 64, 3, 3], bias, [1, 1], [1, 1], [1, 1], 1, step, affine, out)
+                y, q = first_layer(None), first_layer(next_step)
+                self.assertEqual(q.dtype, torch.uint8)
+                want = (torch.round(y / next_step).clamp(-127, 127) + 128).to(torch.uint8)
+                self.assertTrue(torch.equal(q, want), (path, last))
+                self.assertEqual(q.is_contiguous(memory_format=torch.channels_last), last)
+                second = lambda t: torch.ops.ttq.conv2d_int8(  # noqa: E731
+                    t, codes2, scales2, [24, 64, 1, 1], None, [1, 1], [0, 0], [1, 1], 1, next_step)
+                self.assertTrue(torch.equal(second(q), second(y)), (path, last))
+                self.assertTrue(torch.equal(q, first.setdefault(last, q)), (path, last))
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: a uint8 input \(the int8 output of the layer "
+                                                  r"before\) needs the layer's calibrated input_step"):
+            torch.ops.ttq.conv2d_int8(q, codes2, scales2, [24, 64, 1, 1], None, [1, 1], [0, 0], [1, 1], 1)
+
     def test_a_bad_input_step_is_one_clear_error(self):
         w = ternary((4, 64))
         codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)

@@ -1,0 +1,356 @@
+// The convolution operators of libttq_ops.so: a ternary convolution on its decoded float weight
+// (conv2d) or on int8 inputs (conv2d_int8), and a float convolution the packing keeps with a
+// BatchNorm folded into it (conv2d_affine), on int8 inputs with 8-bit weights in an int8 model.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "core/ops/kernels.h"
+#include "core/ops/ops_internal.h"
+#include "core/ops/packed.h"
+
+namespace ttq::ops {
+namespace {
+
+// out_affine, [3, out] or [4, out]: per output channel c, min(max(scale[c] · (conv + bias) +
+// shift[c], floor[c]), ceiling[c]) (a BatchNorm folded into the layer, and a ReLU fused: floor 0,
+// else -inf; a ReLU6: ceiling 6, else +inf or no fourth row; packed_model.h). Checked, as a
+// contiguous [4, out] copy.
+at::Tensor checked_affine(const at::Tensor& affine, int64_t rows, const char* op) {
+  TORCH_CHECK(affine.scalar_type() == at::kFloat && affine.is_cpu() && affine.dim() == 2 &&
+                  (affine.size(0) == 3 || affine.size(0) == 4) && affine.size(1) == rows,
+              "ttq::", op, ": out_affine must be a float32 CPU tensor [3, ", rows, "] or [4, ", rows, "] (got ",
+              affine.sizes(), ")");
+  if (affine.size(0) == 4) return affine.contiguous().clone();
+  return at::cat({affine, at::full({1, rows}, std::numeric_limits<float>::infinity())});
+}
+
+// aten::conv2d with an out_affine folded in: `w`, the call's own float weight, scaled per output
+// channel and the shift put into the bias, then the floor and ceiling as one clamp_ where every
+// channel has the same (a ReLU, a ReLU6), or none where they are infinite: one pass over the
+// output, or none, rather than three.
+at::Tensor conv2d_folded(const at::Tensor& input, at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                         const at::Tensor& out_affine, const char* op) {
+  const int64_t rows = w.size(0);
+  const auto a = checked_affine(out_affine, rows, op);
+  const auto scale = a[0], shift = a[1], floor = a[2], ceiling = a[3];
+  w.mul_(scale.view({rows, 1, 1, 1}));
+  const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
+  auto out = at::conv2d(input, w, folded_bias, stride, padding, dilation, groups);
+  const float lowest = floor.min().item<float>(), highest = ceiling.max().item<float>();
+  if (lowest == floor.max().item<float>() && highest == ceiling.min().item<float>()) {
+    const float inf = std::numeric_limits<float>::infinity();
+    if (lowest == -inf && highest == inf) return out;
+    return out.clamp_(lowest == -inf ? c10::optional<at::Scalar>() : lowest,
+                      highest == inf ? c10::optional<at::Scalar>() : highest);
+  }
+  return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
+}
+
+// The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped); an
+// out_affine goes into the weight the call decodes anyway.
+at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                        const c10::optional<at::Tensor>& out_affine) {
+  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
+  // The weight in the input's memory format: aten::conv2d gives a channels-last output when either is.
+  // Made with that format's strides (contiguous() keeps a depthwise [out, 1, kh, kw] permuted view's
+  // channels-last strides, as its one in-channel makes them contiguous too).
+  auto w = at::empty({rows, cin, kh, kw}, at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
+  w.copy_(decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2}));
+  if (!out_affine || !out_affine->defined()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+  return conv2d_folded(input, w, bias, stride, padding, dilation, groups, *out_affine, "conv2d_int8");
+}
+
+// Each sample of x ([batch, cin, height, width], any strides) quantized with its step into a
+// zero-padded NHWC image of `image` bytes in this thread's input scratch, and 64 bytes more that a
+// last 1x1 step may read; zero is 128 where the kernels take offset bytes. A uint8 x is the layer
+// before's output on this layer's step (q + 128): its bytes are copied, made signed where the
+// kernels take no offset.
+const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, const float* sample_step, KernelPath path,
+                                int64_t image) {
+  const int64_t batch = x.size(0), cin = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t row_bytes = (width + 2 * padding[1]) * cin, side = padding[1] * cin;
+  uint8_t* qd = input_scratch(batch * image + 64);
+  const bool offset = int8_offset(path);
+  const int zero = offset ? 128 : 0;
+  // Only the padding is zeroed: each sample's rows above and below, each row's sides (below), and
+  // the 64 bytes past the last.
+  at::parallel_for(0, batch, 1, [&](int64_t a, int64_t b) {
+    for (int64_t n = a; n < b; ++n) {
+      std::memset(qd + n * image, zero, static_cast<size_t>(padding[0] * row_bytes));
+      std::memset(qd + n * image + (padding[0] + height) * row_bytes, zero, static_cast<size_t>(padding[0] * row_bytes));
+    }
+  });
+  std::memset(qd + batch * image, zero, 64);
+  const bool bytes = x.scalar_type() == at::kByte;
+  const float* xd = bytes ? nullptr : x.data_ptr<float>();
+  const auto xs = x.strides();
+  // A channels-last image row is width · cin values in a row, as its place in the padded image.
+  const bool rows_whole = xs[1] == 1 && xs[3] == cin;
+  at::parallel_for(0, batch * height, 1, [&](int64_t a, int64_t b) {
+    for (int64_t nh = a; nh < b; ++nh) {
+      const int64_t n = nh / height, h = nh % height;
+      uint8_t* dst = qd + n * image + (h + padding[0]) * row_bytes + side;
+      std::memset(dst - side, zero, static_cast<size_t>(side));
+      std::memset(dst + width * cin, zero, static_cast<size_t>(side));
+      if (bytes) {
+        const uint8_t* src = x.data_ptr<uint8_t>() + n * xs[0] + h * xs[2];
+        if (rows_whole)
+          std::memcpy(dst, src, static_cast<size_t>(width * cin));
+        else
+          for (int64_t w = 0; w < width; ++w)
+            for (int64_t c = 0; c < cin; ++c) dst[w * cin + c] = src[w * xs[3] + c * xs[1]];
+        if (!offset)  // q + 128 -> q
+          for (int64_t j = 0; j < width * cin; ++j) dst[j] ^= 0x80;
+        continue;
+      }
+      const float* src = xd + n * xs[0] + h * xs[2];
+      if (rows_whole) {
+        quantize_int8(path, src, width * cin, 1, sample_step[n], offset, dst);
+        continue;
+      }
+      for (int64_t w = 0; w < width; ++w)
+        quantize_int8(path, src + w * xs[3], cin, xs[1], sample_step[n], offset, dst + w * cin);
+    }
+  });
+  return qd;
+}
+
+// An int8 convolution's geometry: each sample a zero-padded NHWC image of `image` bytes, each
+// output pixel a row of the int8 kernels.
+struct Int8Conv {
+  int64_t batch, cin, padded_w, out_h, out_w, image;
+};
+
+Int8Conv int8_conv(const at::Tensor& input, int64_t cin, int64_t kh, int64_t kw, c10::IntArrayRef stride,
+                   c10::IntArrayRef padding, c10::IntArrayRef dilation, const char* op) {
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == cin, "ttq::", op, ": the input must be [batch, ", cin,
+              ", height, width] (got ", input.sizes(), ")");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "ttq::", op,
+              ": stride, padding and dilation must have two values each");
+  const int64_t padded_h = input.size(2) + 2 * padding[0], padded_w = input.size(3) + 2 * padding[1];
+  const int64_t out_h = (padded_h - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
+  const int64_t out_w = (padded_w - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0, "ttq::", op, ": the input (", input.sizes(), ") is smaller than the kernel");
+  return {input.size(0), cin, padded_w, out_h, out_w, padded_h * padded_w * cin};
+}
+
+// The int8 convolution of `input` (g) into `rows` output channels: each sample quantized with one
+// scale (max |x| / 127, or the calibrated input_step) into a zero-padded NHWC image, then every
+// output pixel is a row of the int8 kernels, `rows_int8(in, i0, i1, r0, r1, out)` (ternary_rows_int8
+// or dense_rows_int8 with their weights), whose steps (`step`, or `four`) walk the taps from the
+// pixel's first (implicit GEMM: no im2col copy). The output is channels-last when the input is, as
+// aten::conv2d's: then a pixel's channels are written together, and the pooling and normalization
+// after it run their channels-last kernels.
+template <class RowsInt8>
+at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t rows, c10::IntArrayRef stride,
+                            c10::IntArrayRef padding, const c10::optional<at::Tensor>& input_step,
+                            const int64_t* step, const int64_t* four, int64_t k, const float* affine,
+                            float output_step, RowsInt8 rows_int8, const char* op) {
+  const auto step_of = input_steps(input, {1, 2, 3}, g.batch, input_step, op);
+  const float* sample_step = step_of.data_ptr<float>();
+  const uint8_t* qd = quantized_images(input, padding, sample_step, selected_path(), g.image);
+  const int64_t pixels = g.out_h * g.out_w, inputs = g.batch * pixels;
+  std::vector<int64_t> row(inputs);
+  std::vector<float> row_step(inputs);
+  for (int64_t n = 0, i = 0; n < g.batch; ++n)
+    for (int64_t oh = 0; oh < g.out_h; ++oh)
+      for (int64_t ow = 0; ow < g.out_w; ++ow, ++i) {
+        row[i] = n * g.image + (oh * stride[0] * g.padded_w + ow * stride[1]) * g.cin;
+        row_step[i] = sample_step[n];
+      }
+  const Int8Inputs in{qd, row.data(), step, row_step.data(), k, four};
+  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const bool bytes = output_step > 0;
+  auto out = at::empty({g.batch, rows, g.out_h, g.out_w},
+                       at::TensorOptions(bytes ? at::kByte : at::kFloat)
+                           .memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
+  // n · rows · pixels + r · pixels + p, one sample at a time.
+  auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
+    auto output = [&](int64_t at, int64_t input_stride, int64_t row_stride) {
+      Int8Output o{nullptr, input_stride, row_stride};
+      if (affine) o.scale = affine, o.shift = affine + rows, o.floor = affine + 2 * rows, o.ceiling = affine + 3 * rows;
+      if (bytes) o.bytes = out.data_ptr<uint8_t>() + at, o.byte_step = output_step;
+      else o.y = out.data_ptr<float>() + at;
+      return o;
+    };
+    if (channels_last) return rows_int8(in, i0, i1, r0, r1, output(0, rows, 1));
+    for (int64_t n = i0 / pixels; n * pixels < i1; ++n)
+      rows_int8(in, std::max(i0, n * pixels), std::min(i1, (n + 1) * pixels), r0, r1,
+                output(n * rows * pixels - n * pixels, 1, pixels));
+  };
+  // Threads split the larger side: the pixels where they outnumber the output channels (MobileNetV2's
+  // layers of 16 to 32 channels at 112x112; each thread then decodes every row), else the channels,
+  // 16 at a time (a multiple of the blocked kernels' rows a register).
+  if (inputs > rows)
+    at::parallel_for(0, inputs, 48, [&](int64_t i0, int64_t i1) { run(i0, i1, 0, rows); });
+  else
+    at::parallel_for(0, (rows + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+      run(0, inputs, 16 * b0, std::min(16 * b1, rows));
+    });
+  return out;
+}
+
+// A float weight [rows, cin, kh, kw] rounded to 8 bits per row (output channel), max |w| / 127 its
+// step: weight (r, c, y, x) is byte (y · kw + x) · cin + c of row r's taps, which lie in segments of
+// `segment` bytes (a kernel row, or a tap), each padded to `fours` fours.
+struct DenseWeight {
+  std::vector<int8_t> bytes;  // [rows, k]
+  std::vector<float> step;    // [rows]
+  int64_t k;
+};
+DenseWeight dense_weight(const at::Tensor& weight, int64_t segment, int64_t fours) {
+  const int64_t rows = weight.size(0), cin = weight.size(1), taps = weight.size(2) * weight.size(3);
+  const int64_t k = cin * taps / segment * 4 * fours;
+  DenseWeight d{std::vector<int8_t>(static_cast<size_t>(rows * k), 0), std::vector<float>(rows), k};
+  const auto contiguous = weight.contiguous();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* w = contiguous.data_ptr<float>() + r * cin * taps;
+    float largest = 0;
+    for (int64_t j = 0; j < cin * taps; ++j) largest = std::max(largest, std::abs(w[j]));
+    const float step = d.step[r] = std::max(largest / 127.0f, std::numeric_limits<float>::min());
+    for (int64_t c = 0; c < cin; ++c)
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t at = t * cin + c;
+        d.bytes[r * k + at / segment * 4 * fours + at % segment] =
+            static_cast<int8_t>(std::clamp(std::nearbyint(w[c * taps + t] / step), -127.0f, 127.0f));
+      }
+  }
+  return d;
+}
+
+// conv2d_affine on int8 inputs: the float weight rounded for the call (dense_weight), its steps
+// joining the affine's scale. Each kernel row's taps are one segment of the image (each tap where
+// dilated), read four bytes at a time: a first layer of 3 channels is 7 segments of 21 weights and
+// 3 zeros, not 64-byte steps.
+at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                             c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                             const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step) {
+  const int64_t rows = weight.size(0), cin = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_affine");
+  const bool rows_whole = dilation[1] == 1;  // a kernel row's taps lie side by side in the image
+  const int64_t segments = rows_whole ? kh : kh * kw, segment = rows_whole ? kw * cin : cin;
+  const int64_t fours = (segment + 3) / 4;
+  const DenseWeight w = dense_weight(weight, segment, fours);
+  const KernelPath path = selected_path();
+  const DenseInt8Rows dense = dense_int8_rows(path, w.bytes.data(), rows, w.k);
+  std::vector<int64_t> four(static_cast<size_t>(segments * fours));
+  for (int64_t s = 0; s < segments; ++s) {
+    const int64_t tap_h = rows_whole ? s : s / kw, tap_w = rows_whole ? 0 : s % kw;
+    for (int64_t f = 0; f < fours; ++f)
+      four[s * fours + f] = (tap_h * dilation[0] * g.padded_w + tap_w * dilation[1]) * cin + 4 * f;
+  }
+  auto affine = checked_affine(out_affine, rows, "conv2d_affine");
+  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
+  float* a = affine.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) a[r] *= w.step[r];
+  return int8_conv_output(
+      input, g, rows, stride, padding, input_step, nullptr, four.data(), w.k, a, 0.0f,
+      [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
+        dense_rows_int8(path, dense, in, i0, i1, r0, r1, o);
+      },
+      "conv2d_affine");
+}
+
+}  // namespace
+
+// The int8 convolution reads a pixel's channels for one tap at a time, 64 bytes a step: a layer
+// runs int8 when it has one group and its in-channels are a multiple of 64, or its kernel is 1x1
+// (then the step runs past a pixel's channels onto zero weights).
+bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups) {
+  return groups == 1 && (shape[1] % 64 == 0 || shape[2] * shape[3] == 1);
+}
+
+// The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
+// arithmetic, which LibTorch's own kernels do best.
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
+                  const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                  c10::IntArrayRef dilation, int64_t groups) {
+  TORCH_CHECK(shape.size() == 4, "ttq::conv2d: the weight shape must be [out, in/groups, kh, kw]");
+  check_packed(codes, scales, to_vector(shape));
+  check_input(input, "conv2d");
+  at::NoGradGuard no_grad;
+  const int64_t rows = shape[0], k = shape[1] * shape[2] * shape[3];
+  const auto w = decoded(codes, scales, k, rows).view(shape);
+  return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+}
+
+// conv2d on int8 inputs (int8_conv_output), the ternary rows on their packed planes. The codes are
+// tap-major, [out, kh, kw, in] (packed_model.h), so that a tap's channels are contiguous in both:
+// step s of a row, its weights 64 s to 64 s + 63, lies at one tap and channel of the pixel's image.
+// out_affine (checked_affine) and the bias are applied as each value is stored, and with an
+// output_step the value is stored as the next layer's int8 input. Other layers (groups, odd channel
+// counts) run the float path.
+at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                       c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                       const c10::optional<at::Tensor>& input_step, const c10::optional<at::Tensor>& out_affine,
+                       const c10::optional<at::Tensor>& output_step) {
+  TORCH_CHECK(shape.size() == 4, "ttq::conv2d_int8: the weight shape must be [out, in/groups, kh, kw]");
+  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
+  check_packed(codes, scales, {rows, kh, kw, cin});
+  check_input(input, "conv2d_int8", true);
+  at::NoGradGuard no_grad;
+  const float next_step =
+      output_step && output_step->defined() ? *step_value(*output_step, "output_step", "conv2d_int8") : 0;
+  if (!conv_runs_int8(shape.vec(), groups)) {
+    TORCH_CHECK(input.scalar_type() == at::kFloat && next_step == 0, "ttq::conv2d_int8: a layer of ", groups,
+                " groups and ", cin, " in-channels a group runs in float: no uint8 input or output_step");
+    return conv2d_float(input, codes, scales, shape, bias, stride, padding, dilation, groups, out_affine);
+  }
+  const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_int8");
+  const int64_t groups32 = packed_groups(cin * kh * kw);
+  std::vector<int64_t> step((groups32 + 1) / 2);
+  for (size_t s = 0; s < step.size(); ++s) {
+    const int64_t at = 64 * static_cast<int64_t>(s), tap = at / cin, channel = at % cin;
+    step[s] = (tap / kw * dilation[0] * g.padded_w + tap % kw * dilation[1]) * cin + channel;
+  }
+  // The bias in the affine's shift (an identity affine where there is none): the kernels store the
+  // final values.
+  at::Tensor affine;
+  if (out_affine && out_affine->defined())
+    affine = checked_affine(*out_affine, rows, "conv2d_int8");
+  else if (bias && bias->defined())
+    affine = at::stack({at::ones({rows}), at::zeros({rows}), at::full({rows}, -INFINITY), at::full({rows}, INFINITY)});
+  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
+  const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
+  const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
+  const KernelPath path = selected_path();
+  return int8_conv_output(
+      input, g, rows, stride, padding, input_step, step.data(), nullptr, cin * kh * kw,
+      affine.defined() ? affine.data_ptr<float>() : nullptr, next_step,
+      [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
+        ternary_rows_int8(path, planes, groups32, w, in, i0, i1, r0, r1, o);
+      },
+      "conv2d_int8");
+}
+
+// A float convolution (one the packing keeps float, as ResNet's first) with the BatchNorm and ReLU
+// after it folded in (fold_batch_norms): its weight is copied for the call and scaled. With an
+// input_step (a model with int8 activations) it runs on int8 inputs with 8-bit weights where it
+// has one group (conv2d_dense_int8).
+at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                         const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step) {
+  check_input(input, "conv2d_affine");
+  TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat && weight.is_cpu(),
+              "ttq::conv2d_affine: the weight must be a float32 CPU tensor [out, in/groups, kh, kw] (got ",
+              weight.sizes(), ")");
+  at::NoGradGuard no_grad;
+  if (input_step && input_step->defined() && groups == 1)
+    return conv2d_dense_int8(input, weight, bias, stride, padding, dilation, out_affine, input_step);
+  auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
+  w.copy_(weight);
+  return conv2d_folded(input, w, bias, stride, padding, dilation, groups, out_affine, "conv2d_affine");
+}
+
+}  // namespace ttq::ops

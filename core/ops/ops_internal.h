@@ -1,0 +1,43 @@
+// Between the operators' files: ops.cpp (the linear operators, the scratch buffers, int8 steps, the
+// registration) and conv.cpp (the convolutions).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace ttq::ops {
+
+std::vector<int64_t> to_vector(c10::IntArrayRef a);
+// c10::Error unless the input is a float32 CPU tensor (or, `bytes_too`, a uint8 one).
+void check_input(const at::Tensor& input, const char* op, bool bytes_too = false);
+// The one float32 value of an int8 step tensor (input_step, output_step: finite, >= 0), else c10::Error.
+float* step_value(const at::Tensor& step, const char* name, const char* op);
+// The layer's scale i (0: wp, 1: wn).
+float scale(const at::Tensor& scales, int i);
+// The [rows, k] weight as float32 in this thread's scratch, decoded by all threads.
+at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows);
+// This thread's scratch for an int8 operator's quantized inputs, at least `bytes` long: one buffer
+// reused by every call. Valid until the thread's next int8 call.
+uint8_t* input_scratch(int64_t bytes);
+// The int8 step of each of the `count` slices of x over `dims`: the layer's calibrated step for all
+// (input_step > 0: static), else each slice's own (dynamic). While calibrating, the dynamic steps
+// are taken and input_step is raised to the largest of them. A uint8 x (the bytes of the layer
+// before, made with this layer's step) needs a calibrated input_step.
+at::Tensor input_steps(const at::Tensor& x, c10::IntArrayRef dims, int64_t count,
+                       const c10::optional<at::Tensor>& input_step, const char* op);
+
+// The convolution operators (conv.cpp), as ops.cpp registers them.
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
+                  const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                  c10::IntArrayRef dilation, int64_t groups);
+at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                       c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                       const c10::optional<at::Tensor>& input_step, const c10::optional<at::Tensor>& out_affine,
+                       const c10::optional<at::Tensor>& output_step);
+at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                         const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step);
+
+}  // namespace ttq::ops
