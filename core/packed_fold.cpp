@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "core/graph_passes.h"
@@ -241,8 +242,39 @@ std::pair<std::vector<c10::ClassTypePtr>, Instances> module_types(const torch::j
   return {types, instances};
 }
 
-// `self.next(self.conv(x))` in a method of a parent: both children run the int8 kernels
-// (int8_kernel_conv), the parent calls each once, and conv's output goes nowhere else.
+// "child.path", or "child" where path is "".
+std::string nested(const std::string& child, const std::string& path) {
+  return path.empty() ? child : join_path(child, path);
+}
+
+// The path from a module of class `type` to the int8 convolution its forward runs: "" where it is
+// one (int8_kernel_conv), "0" where its forward only returns its child 0's (torchvision's
+// Conv2dNormActivation once its BatchNorm and activation are folded), and so on; none where neither.
+std::optional<std::string> conv_within(const c10::ClassTypePtr& type) {
+  if (int8_kernel_conv(type)) return "";
+  const auto graph = forward_graph(type);
+  if (!graph || graph->inputs().size() != 2 || graph->outputs().size() != 1) return std::nullopt;
+  Node* call = graph->outputs()[0]->node();
+  const std::string child = child_call(call, *graph);
+  if (child.empty() || call->inputs().size() != 2 || call->input(1) != graph->inputs()[1]) return std::nullopt;
+  for (Node* node : graph->nodes())
+    if (node != call && node != call->input(0)->node() && node->kind() != c10::prim::Constant) return std::nullopt;
+  const auto inner = conv_within(call->input(0)->type()->expect<c10::ClassType>());
+  if (!inner) return std::nullopt;
+  return nested(child, *inner);
+}
+
+torch::jit::Module submodule(torch::jit::Module m, const std::string& path) {
+  for (size_t at = 0; at < path.size();) {
+    const size_t dot = std::min(path.find('.', at), path.size());
+    m = m.attr(path.substr(at, dot - at)).toModule();
+    at = dot + 1;
+  }
+  return m;
+}
+
+// `self.next(self.conv(x))` in a method of a parent: both children run an int8 convolution
+// (conv_within: the paths to them), the parent calls each once, and conv's output goes nowhere else.
 struct Chain {
   std::string conv, next;
 };
@@ -258,9 +290,9 @@ std::vector<Chain> chains_in(const c10::ClassTypePtr& parent) {
       Node* user = node->output()->uses()[0].user;
       const std::string next = child_call(user, *graph);
       if (next.empty() || user->inputs().size() != 2 || calls.at(conv) != 1 || calls.at(next) != 1) continue;
-      if (int8_kernel_conv(node->input(0)->type()->expect<c10::ClassType>()) &&
-          int8_kernel_conv(user->input(0)->type()->expect<c10::ClassType>()))
-        chains.push_back({conv, next});
+      const auto conv_path = conv_within(node->input(0)->type()->expect<c10::ClassType>());
+      const auto next_path = conv_within(user->input(0)->type()->expect<c10::ClassType>());
+      if (conv_path && next_path) chains.push_back({nested(conv, *conv_path), nested(next, *next_path)});
     }
   }
   return chains;
@@ -286,8 +318,8 @@ std::vector<std::string> chain_int8_layers(torch::jit::Module& module) {
   for (const auto& parent : parents)
     for (const auto& chain : chains_in(parent))
       for (const auto& [path, m] : instances[parent]) {
-        auto conv = m.attr(chain.conv).toModule();
-        const float step = calibrated_step(m.attr(chain.next).toModule());
+        auto conv = submodule(m, chain.conv);
+        const float step = calibrated_step(submodule(m, chain.next));
         if (step == 0 || calibrated_step(conv) == 0) continue;
         conv.register_buffer(output_step_name("weight"), torch::full({1}, step));
         conv_types.insert(conv.type());

@@ -265,9 +265,11 @@ at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, 
 
 // The int8 convolution reads a pixel's channels for one tap at a time, 64 bytes a step: a layer
 // runs int8 when it has one group and its in-channels are a multiple of 64, or its kernel is 1x1
-// (then the step runs past a pixel's channels onto zero weights).
+// (then the step runs past a pixel's channels onto zero weights); and a depthwise layer (a group
+// per channel, one output channel each) runs its own kernel.
 bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups) {
-  return groups == 1 && (shape[1] % 64 == 0 || shape[2] * shape[3] == 1);
+  if (groups > 1) return shape[1] == 1 && shape[0] == groups;
+  return shape[1] % 64 == 0 || shape[2] * shape[3] == 1;
 }
 
 // The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
@@ -288,8 +290,8 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
 // tap-major, [out, kh, kw, in] (packed_model.h), so that a tap's channels are contiguous in both:
 // step s of a row, its weights 64 s to 64 s + 63, lies at one tap and channel of the pixel's image.
 // out_affine (checked_affine) and the bias are applied as each value is stored, and with an
-// output_step the value is stored as the next layer's int8 input. Other layers (groups, odd channel
-// counts) run the float path.
+// output_step the value is stored as the next layer's int8 input. Depthwise layers run their own
+// kernel on the same images; other layers (groups, odd channel counts) run the float path.
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
@@ -307,12 +309,14 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
                 " groups and ", cin, " in-channels a group runs in float: no uint8 input or output_step");
     return conv2d_float(input, codes, scales, shape, bias, stride, padding, dilation, groups, out_affine);
   }
-  const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_int8");
+  const Int8Conv g = int8_conv(input, cin * groups, kh, kw, stride, padding, dilation, "conv2d_int8");
   const int64_t groups32 = packed_groups(cin * kh * kw);
-  std::vector<int64_t> step((groups32 + 1) / 2);
+  // Where a step (64 weights of a row), or a depthwise layer's tap, starts in a pixel's image.
+  std::vector<int64_t> step(groups > 1 ? kh * kw : (groups32 + 1) / 2);
   for (size_t s = 0; s < step.size(); ++s) {
-    const int64_t at = 64 * static_cast<int64_t>(s), tap = at / cin, channel = at % cin;
-    step[s] = (tap / kw * dilation[0] * g.padded_w + tap % kw * dilation[1]) * cin + channel;
+    const int64_t at = groups > 1 ? static_cast<int64_t>(s) : 64 * static_cast<int64_t>(s);
+    const int64_t tap = at / cin, channel = at % cin;
+    step[s] = (tap / kw * dilation[0] * g.padded_w + tap % kw * dilation[1]) * g.cin + channel;
   }
   // The bias in the affine's shift (an identity affine where there is none): the kernels store the
   // final values.
@@ -329,6 +333,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
       input, g, rows, stride, padding, input_step, step.data(), nullptr, cin * kh * kw,
       affine.defined() ? affine.data_ptr<float>() : nullptr, next_step,
       [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
+        if (groups > 1) return depthwise_rows_int8(path, planes, groups32, w, step.data(), kh * kw, in, i0, i1, r0, r1, o);
         ternary_rows_int8(path, planes, groups32, w, in, i0, i1, r0, r1, o);
       },
       "conv2d_int8");

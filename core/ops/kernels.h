@@ -90,6 +90,13 @@ DenseInt8Rows dense_int8_rows(KernelPath path, const int8_t* w, int64_t rows, in
 void dense_rows_int8(KernelPath path, const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1,
                      int64_t r0, int64_t r1, const Int8Output& out);
 
+// A depthwise convolution's rows (channels) r0 <= r < r1 for inputs (pixels) i0 <= i < i1:
+// Σ_t w[r, t] · q[i, t, r], the bytes of tap t at in.data + in.row[i] + tap[t] + r (an NHWC image),
+// w the packed [rows, taps] codes; stored as ternary_rows_int8 stores.
+void depthwise_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const int64_t* tap,
+                         int64_t taps, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1,
+                         const Int8Output& out);
+
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,
                     int64_t r0, int64_t r1, float* dst);

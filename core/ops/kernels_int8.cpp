@@ -178,22 +178,6 @@ void dots_avx512(const uint32_t* p, int64_t groups, int count, Int8Weights w, co
   rows_avx512<1>(p, groups, w, x, step, n, dot);
 }
 
-// x on the int8 grid of `scale`, + add (quantize_int8's bytes).
-inline uint8_t quantized(float x, float scale, int add) {
-  return static_cast<uint8_t>(static_cast<int>(std::clamp(std::nearbyint(x / scale), -127.0f, 127.0f)) + add);
-}
-
-// Row r of input i, its int32 sum `dot`, into `out` as Int8Output says: the same float operations,
-// in the same order, as the blocked kernels' stores.
-inline void store_value(int32_t dot, const Int8Inputs& in, Int8Weights w, int64_t i, int64_t r, const Int8Output& out) {
-  float v = in.scale[i] * w.step * static_cast<float>(dot);
-  if (out.scale) v = std::min(std::max(out.scale[r] * v + out.shift[r], out.floor[r]), out.ceiling[r]);
-  if (out.bytes)
-    out.bytes[i * out.input_stride + r * out.row_stride] = quantized(v, out.byte_step, 128);
-  else
-    out.y[i * out.input_stride + r * out.row_stride] = v;
-}
-
 // Rows [rb, re) against inputs [ib, ib + count) for the driver below: `dots(r, here, x, count,
 // dot)` computes `here` rows from r into dot[h * kMaxInputs + i].
 template <class Dots>

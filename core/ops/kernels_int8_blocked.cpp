@@ -25,7 +25,7 @@ constexpr int kLanes = 16;  // rows a register holds
 constexpr int kRows = 4;
 constexpr int kInputs = 6;
 
-#define TTQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,popcnt")))
+#define TTQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,popcnt")))
 
 // Sixteen registers of 16 dwords transposed: out[q] lane c = in[c] lane q. Unpacks within 128-bit
 // lanes make u[4 g + m] hold, in lane L, rows 4g..4g+3 of dword 4L + m; two rounds of 128-bit
@@ -155,39 +155,45 @@ TTQ_AVX512 void store_bytes(__m512 v, float step, __mmask16 mask, int64_t valid,
   for (int64_t c = 0; c < valid; ++c) dst[c * stride] = static_cast<uint8_t>(lanes[c]);
 }
 
+// A register's rows' out_affine (kernels.h's Int8Output), `mask` its valid lanes.
+struct Affine {
+  __m512 scale, shift, floor, ceiling;
+};
+TTQ_AVX512 Affine affine_of(const Int8Output& out, int64_t r0, __mmask16 mask) {
+  const __m512 none = _mm512_setzero_ps();
+  if (!out.scale) return {none, none, none, none};
+  return {_mm512_maskz_loadu_ps(mask, out.scale + r0), _mm512_maskz_loadu_ps(mask, out.shift + r0),
+          _mm512_maskz_loadu_ps(mask, out.floor + r0), _mm512_maskz_loadu_ps(mask, out.ceiling + r0)};
+}
+
+// A register of input i's rows from r0 (`valid` of them, `mask`), d their sums less the offset, into
+// `out` as kernels.h's Int8Output says: scale[i] · w.step · d, then the affine. The same float
+// operations, in the same order, as the other kernels' stores.
+TTQ_AVX512 void store_register(__m512 d, const Affine& a, float step, __mmask16 mask, int64_t valid, int64_t i,
+                               int64_t r0, const Int8Output& out) {
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(step), d);
+  if (out.scale) v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(a.scale, v), a.shift), a.floor), a.ceiling);
+  const int64_t at = i * out.input_stride + r0 * out.row_stride;
+  if (out.bytes) return store_bytes(v, out.byte_step, mask, valid, out.bytes + at, out.row_stride);
+  float* y = out.y + at;
+  if (out.row_stride == 1) return _mm512_mask_storeu_ps(y, mask, v);
+  alignas(64) float lanes[kLanes];
+  _mm512_store_ps(lanes, v);
+  for (int64_t c = 0; c < valid; ++c) y[c * out.row_stride] = lanes[c];
+}
+
 // Rows [r, r + here) of inputs [ib, ib + n) from dot (block_products' layout, `blocks` blocks) into
-// `out`, as kernels.h's Int8Output says: scale[i] · w.step · (dot − offset), then the affine. The
-// same float operations, in the same order, as the other kernels' stores.
+// `out` (store_register).
 TTQ_AVX512 void store_blocked(const int32_t* dot, int blocks, int n, const int32_t* offset, const Int8Inputs& in,
                               Int8Weights w, int64_t r, int64_t here, int64_t ib, const Int8Output& out) {
-  alignas(64) float lanes[kLanes];
   for (int b = 0; b < blocks; ++b) {
     const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
     const __m512i off = _mm512_maskz_loadu_epi32(mask, offset + b * kLanes);
-    __m512 scale{}, shift{}, floor{}, ceiling{};
-    if (out.scale) {
-      scale = _mm512_maskz_loadu_ps(mask, out.scale + r0);
-      shift = _mm512_maskz_loadu_ps(mask, out.shift + r0);
-      floor = _mm512_maskz_loadu_ps(mask, out.floor + r0);
-      ceiling = _mm512_maskz_loadu_ps(mask, out.ceiling + r0);
-    }
+    const Affine a = affine_of(out, r0, mask);
     for (int i = 0; i < n; ++i) {
       const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(dot + (b * n + i) * kLanes), off);
-      __m512 v = _mm512_mul_ps(_mm512_set1_ps(in.scale[ib + i] * w.step), _mm512_cvtepi32_ps(d));
-      if (out.scale) v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(scale, v), shift), floor), ceiling);
-      const int64_t at = (ib + i) * out.input_stride + r0 * out.row_stride;
-      if (out.bytes) {
-        store_bytes(v, out.byte_step, mask, valid, out.bytes + at, out.row_stride);
-        continue;
-      }
-      float* y = out.y + at;
-      if (out.row_stride == 1) {
-        _mm512_mask_storeu_ps(y, mask, v);
-        continue;
-      }
-      _mm512_store_ps(lanes, v);
-      for (int64_t c = 0; c < valid; ++c) y[c * out.row_stride] = lanes[c];
+      store_register(_mm512_cvtepi32_ps(d), a, in.scale[ib + i] * w.step, mask, valid, ib + i, r0, out);
     }
   }
 }
@@ -209,6 +215,38 @@ struct Avx512 {
   static constexpr auto store = store_blocked;
 };
 
+// A register of channels from c (`mask`) of a depthwise layer for inputs [i0, i1): each tap's bytes
+// widened to float32 and multiplied by its weights (exact integer sums, kernels_int8_depthwise.cpp),
+// less the inputs' offset, 128 · Σ w. kTaps > 0: that many taps, their weights kept in registers
+// (3x3: 9); else `taps`.
+template <int kTaps>
+TTQ_AVX512 void depthwise_register(const float* weights, int64_t rows, const int64_t* tap, int64_t taps,
+                                   const Int8Inputs& in, Int8Weights w, int64_t i0, int64_t i1, int64_t r0, int64_t c,
+                                   const Int8Output& out) {
+  const int64_t valid = std::min<int64_t>(kLanes, rows - c), n = kTaps > 0 ? kTaps : taps;
+  const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+  __m512 held[kTaps > 0 ? kTaps : 1];
+  __m512 offset = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    const __m512 wt = _mm512_maskz_loadu_ps(mask, weights + t * rows + c);
+    if constexpr (kTaps > 0) held[t] = wt;
+    offset = _mm512_add_ps(offset, wt);
+  }
+  offset = _mm512_mul_ps(offset, _mm512_set1_ps(128.0f));
+  const Affine a = affine_of(out, r0 + c, mask);
+  for (int64_t i = i0; i < i1; ++i) {
+    const uint8_t* x = in.data + in.row[i] + r0 + c;
+    __m512 acc = _mm512_setzero_ps();
+#pragma GCC unroll 9
+    for (int64_t t = 0; t < n; ++t) {
+      const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, x + tap[t])));
+      const __m512 wt = kTaps > 0 ? held[kTaps > 0 ? t : 0] : _mm512_maskz_loadu_ps(mask, weights + t * rows + c);
+      acc = _mm512_fmadd_ps(q, wt, acc);
+    }
+    store_register(_mm512_sub_ps(acc, offset), a, in.scale[i] * w.step, mask, valid, i, r0 + c, out);
+  }
+}
+
 }  // namespace
 
 // 16 values a step: divided (as the other paths, not multiplied by a reciprocal: the same bytes),
@@ -228,6 +266,17 @@ TTQ_AVX512 void quantize_int8_avx512(const float* x, int64_t count, float scale,
 void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
   rows_blocked<Avx512>(planes, groups, w, in, i0, i1, r0, r1, out);
+}
+
+// depthwise_rows_int8 on AVX-512: 16 channels a register, pixel by pixel.
+void depthwise_avx512(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
+                      int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
+  for (int64_t c = 0; c < r1 - r0; c += kLanes) {
+    if (taps == 9)
+      depthwise_register<9>(weights, r1 - r0, tap, taps, in, w, i0, i1, r0, c, out);
+    else
+      depthwise_register<0>(weights, r1 - r0, tap, taps, in, w, i0, i1, r0, c, out);
+  }
 }
 
 void dense_rows_int8_avx512(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,

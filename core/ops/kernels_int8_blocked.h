@@ -1,12 +1,13 @@
 // Between the int8 kernels' files (kernels.h is the interface): the driver of the kernels for many
 // inputs that keep, in each register, one input's sums for a register's lanes of rows (output
 // channels), as oneDNN's int8 convolutions do (kernels_int8_blocked.cpp for AVX-512,
-// kernels_int8_blocked_avx2.cpp for AVX2), and the weight bytes from the bit planes that
-// kernels_int8.cpp's kernels for few inputs make too.
+// kernels_int8_blocked_avx2.cpp for AVX2), the weight bytes from the bit planes that
+// kernels_int8.cpp's kernels for few inputs make too, and the scalar store of one value.
 #pragma once
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -28,6 +29,13 @@ void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weigh
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                     int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+// depthwise_rows_int8 on AVX-512, `weights` its tap-major [taps, r1 − r0] (kernels_int8_depthwise.cpp).
+void depthwise_avx512(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
+                      int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+// Rows [r, r + rows) of input i from dot[0, rows) (less offset[0, rows)) into `out`, as the AVX2
+// kernels store (for the depthwise kernel's AVX2 path).
+void store_rows_avx2(const int32_t* dot, const int32_t* offset, int64_t rows, const Int8Inputs& in, Int8Weights w,
+                     int64_t r, int64_t i, const Int8Output& out);
 // dense_rows_int8 on those two paths.
 void dense_rows_int8_avx512(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
                             int64_t r1, const Int8Output& out);
@@ -54,6 +62,22 @@ __attribute__((target("avx2"), always_inline)) inline __m256i bytes32(uint32_t b
 __attribute__((target("avx2"), always_inline)) inline __m256i weight_bytes_avx2(const uint32_t* planes, __m256i vp,
                                                                                  __m256i vn) {
   return _mm256_or_si256(_mm256_and_si256(bytes32(planes[0]), vp), _mm256_and_si256(bytes32(planes[1]), vn));
+}
+
+// x on the int8 grid of `scale`, + add (quantize_int8's bytes).
+inline uint8_t quantized(float x, float scale, int add) {
+  return static_cast<uint8_t>(static_cast<int>(std::clamp(std::nearbyint(x / scale), -127.0f, 127.0f)) + add);
+}
+
+// Row r of input i, its int32 sum `dot`, into `out` as Int8Output says: the same float operations,
+// in the same order, as the blocked kernels' stores (built without FMA contraction, as they are).
+inline void store_value(int32_t dot, const Int8Inputs& in, Int8Weights w, int64_t i, int64_t r, const Int8Output& out) {
+  float v = in.scale[i] * w.step * static_cast<float>(dot);
+  if (out.scale) v = std::min(std::max(out.scale[r] * v + out.shift[r], out.floor[r]), out.ceiling[r]);
+  if (out.bytes)
+    out.bytes[i * out.input_stride + r * out.row_stride] = quantized(v, out.byte_step, 128);
+  else
+    out.y[i * out.input_stride + r * out.row_stride] = v;
 }
 
 // The driver of the blocked kernels, by `Isa`, which gives

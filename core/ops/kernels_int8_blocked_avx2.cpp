@@ -168,6 +168,14 @@ void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8
   rows_blocked<Avx2>(planes, groups, w, in, i0, i1, r0, r1, out);
 }
 
+void store_rows_avx2(const int32_t* dot, const int32_t* offset, int64_t rows, const Int8Inputs& in, Int8Weights w,
+                     int64_t r, int64_t i, const Int8Output& out) {
+  for (int64_t b = 0; b < rows; b += 8 * kRows) {
+    const int64_t here = std::min<int64_t>(8 * kRows, rows - b);
+    store(dot + b, static_cast<int>((here + 7) / 8), 1, offset + b, in, w, r + b, here, i, out);
+  }
+}
+
 void dense_rows_int8_avx2(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
                           int64_t r1, const Int8Output& out) {
   dense_rows_blocked<Avx2>(rows, in, i0, i1, r0, r1, out);

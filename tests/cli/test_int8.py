@@ -84,6 +84,33 @@ class Int8Models(Workdir):
         self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
         self.assertNotIn("calibration", json.loads(load_with_metadata(back)[1]))
 
+    def test_mobilenet_v2_runs_int8_from_layer_to_layer_within_its_blocks(self):
+        # Torchvision's MobileNetV2 calibrated: each inverted residual's expansion hands its depthwise
+        # layer (int8 too) its input as bytes, and that one the projection, through the
+        # Conv2dNormActivation wrappers its BatchNorms and ReLU6s fold out of; the outputs are the
+        # same, bit for bit, as with float32 between them, and stay near the float path's.
+        ternary, packed, _ = self.packed("mobilenet_v2.pt")
+        data = self.out("calibration.pt")
+        x = torch.randn(8, 3, 64, 64)
+        torch.save({"x": x, "x_test": x[:2]}, data)
+        int8 = self.out("int8.pt")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
+                "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        chained = json.loads(r.stdout)["chained"]
+        self.assertEqual(len(chained), 33)  # 17 blocks, two links each but the first (no expansion)
+        self.assertIn("features.1.conv.0.0.weight", chained)  # depthwise -> projection
+        self.assertIn("features.2.conv.1.0.weight", chained)  # depthwise -> projection
+        self.assertIn("features.2.conv.0.0.weight", chained)  # expansion -> depthwise
+        model, unchained = torch.jit.load(int8), torch.jit.load(int8)
+        for name, buffer in unchained.named_buffers():
+            if name.endswith("_output_step"):
+                buffer.zero_()
+        with torch.no_grad():
+            got, want = model(x[:2]), torch.jit.load(packed)(x[:2])
+            self.assertTrue(torch.equal(got, unchained(x[:2])))
+        self.assertLess((got - want).abs().max(), 0.2 * want.abs().max())
+
     def fold_one(self, activation):
         # conv (64 → 32, 3x3) → BatchNorm with trained statistics → activation, every layer ternary,
         # exported packed int8: the network, the ternary model's path and the packed one's.

@@ -129,13 +129,17 @@ class OnEveryPath(unittest.TestCase):
     def test_conv2d_int8_matches_the_reference_on_its_quantized_inputs(self):
         # Each sample rounded to int8 with the scale max|x| / 127, the weight's two scales put on one
         # int8 grid; the integer sums are exact, so the result is the float convolution on those
-        # values. The codes are tap-major ([out, kh, kw, in]). Layers with groups or in-channels that
-        # are not a multiple of 64 (and a kernel larger than 1x1) run the exact float path.
+        # values. The codes are tap-major ([out, kh, kw, in]). Depthwise layers run int8 too; layers
+        # with other groups, or in-channels that are not a multiple of 64 (and a kernel larger than
+        # 1x1), run the exact float path.
         # (in, out, kernel, stride, padding, dilation, groups, batch, size)
         cases = [(64, 64, 3, 1, 1, 1, 1, 2, 9), (128, 32, 3, 2, 1, 1, 1, 1, 11), (64, 16, 1, 1, 0, 1, 1, 3, 7),
                  (40, 24, 1, 2, 0, 1, 1, 1, 8), (64, 8, 3, 1, 2, 2, 1, 1, 13), (128, 20, (3, 1), (2, 1), (1, 0), 1, 1, 2, 8),
                  (64, 5, 5, 1, 2, 1, 1, 1, 3),  # fewer output pixels than a block of inputs
-                 (3, 8, 3, 1, 1, 1, 1, 1, 9), (32, 16, 3, 1, 1, 1, 1, 1, 6), (64, 64, 3, 1, 1, 1, 64, 1, 6)]
+                 (3, 8, 3, 1, 1, 1, 1, 1, 9), (32, 16, 3, 1, 1, 1, 1, 1, 6), (64, 64, 3, 1, 1, 1, 64, 1, 6),
+                 (144, 144, 3, 2, 1, 1, 144, 2, 9), (24, 24, 5, 1, 2, 2, 24, 1, 10),  # depthwise
+                 (20, 20, 3, 1, 1, 1, 20, 1, 1),  # one pixel: threads split the channels
+                 (32, 16, 3, 1, 1, 1, 2, 1, 6)]  # grouped: float
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
             for n, (cin, cout, k, stride, padding, dilation, groups, batch, size) in enumerate(cases):
@@ -151,13 +155,14 @@ class OnEveryPath(unittest.TestCase):
                 got = torch.ops.ttq.conv2d_int8(x, codes, scales, shape, bias, pair(stride), pair(padding),
                                                 pair(dilation), groups)
                 exact = F.conv2d(x, w, bias, stride, padding, dilation, groups)
-                if groups > 1 or (cin % 64 and ks != (1, 1)):
+                depthwise = groups == cin == cout
+                if (groups > 1 and not depthwise) or (groups == 1 and cin % 64 and ks != (1, 1)):
                     want = exact
                 else:
                     step = (x.abs().amax((1, 2, 3), keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
                     grid = max(abs(wp), abs(wn)) / 127
                     w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
-                    want = F.conv2d(torch.round(x / step) * step, w8, bias, stride, padding, dilation)
+                    want = F.conv2d(torch.round(x / step) * step, w8, bias, stride, padding, dilation, groups)
                     self.assertLess((got - exact).abs().max(), 0.05 * exact.abs().max())
                 self.assertEqual(got.shape, want.shape)
                 self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4),
