@@ -92,6 +92,8 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
   std::memset(qd + batch * image, zero, 64);
   const bool bytes = x.scalar_type() == at::kByte;
   const float* xd = bytes ? nullptr : x.data_ptr<float>();
+  const uint8_t* xb = bytes ? x.data_ptr<uint8_t>() : nullptr;
+  const uint8_t flip = offset ? 0 : 0x80;  // q + 128 -> q where the kernels take signed bytes
   const auto xs = x.strides();
   // A channels-last image row is width · cin values in a row, as its place in the padded image.
   const bool rows_whole = xs[1] == 1 && xs[3] == cin;
@@ -102,14 +104,15 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
       std::memset(dst - side, zero, static_cast<size_t>(side));
       std::memset(dst + width * cin, zero, static_cast<size_t>(side));
       if (bytes) {
-        const uint8_t* src = x.data_ptr<uint8_t>() + n * xs[0] + h * xs[2];
+        const uint8_t* src = xb + n * xs[0] + h * xs[2];
+        // Locals: a byte store could alias the captured ones, which the loop would then reload.
+        const int64_t count = width * cin;
+        const uint8_t mask = flip;
         if (rows_whole)
-          std::memcpy(dst, src, static_cast<size_t>(width * cin));
+          for (int64_t j = 0; j < count; ++j) dst[j] = src[j] ^ mask;
         else
           for (int64_t w = 0; w < width; ++w)
-            for (int64_t c = 0; c < cin; ++c) dst[w * cin + c] = src[w * xs[3] + c * xs[1]];
-        if (!offset)  // q + 128 -> q
-          for (int64_t j = 0; j < width * cin; ++j) dst[j] ^= 0x80;
+            for (int64_t c = 0; c < cin; ++c) dst[w * cin + c] = src[w * xs[3] + c * xs[1]] ^ flip;
         continue;
       }
       const float* src = xd + n * xs[0] + h * xs[2];

@@ -108,9 +108,15 @@ TTQ_AVX2 void store_bytes(__m256 v, float step, int64_t valid, uint8_t* dst, int
   const __m256i bytes = _mm256_add_epi32(
       _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f))),
       _mm256_set1_epi32(128));
-  alignas(32) int32_t lanes[kLanes];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bytes);
-  for (int64_t c = 0; c < valid; ++c) dst[c * stride] = static_cast<uint8_t>(lanes[c]);
+  // Narrowed to 8 bytes (each in 1..255: no saturation).
+  const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1));
+  alignas(16) uint8_t lanes[16];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lanes), _mm_packus_epi16(words, words));
+  if (stride == 1 && valid == kLanes) {
+    std::memcpy(dst, lanes, kLanes);
+    return;
+  }
+  for (int64_t c = 0; c < valid; ++c) dst[c * stride] = lanes[c];
 }
 
 // As the AVX-512 store (kernels_int8_blocked.cpp), 8 rows a register: the same float operations in
