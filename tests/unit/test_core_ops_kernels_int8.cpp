@@ -4,6 +4,8 @@
 #include "catch.h"
 #include "helpers.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "core/ops/kernels.h"
@@ -125,6 +127,58 @@ TEST_CASE("ternary_rows_int8 of every path equals the exact int32 sums, in linea
           const float product = scale[r] * v;  // apart, as the kernels compute it: no fused multiply-add
           mismatches += y[i * rows + r] != v;
           mismatches += z[r * n + i] != std::min(std::max(product + shift[r], floor[r]), ceiling[r]);
+        }
+      CHECK(mismatches == 0);
+    }
+  }
+}
+
+TEST_CASE("dense_rows_int8 of every path equals the exact int32 sums through its table of fours, as floats and bytes") {
+  // (rows, k, n): a first layer's 147 weights (7 kernel rows of 21 and 3 zeros: 168), rows that leave
+  // remainders of 16 and 64, inputs below and above the blocks, and fours scattered in the input (a
+  // gap after each pair, as taps in an image).
+  const std::vector<std::array<int64_t, 3>> cases{{1, 3, 1}, {20, 21, 7}, {64, 168, 13}, {33, 100, 40}, {80, 4, 9}};
+  for (const auto path : runnable_paths()) {
+    for (const auto& [rows, k, n] : cases) {
+      CAPTURE(path_name(path), rows, k, n);
+      auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(rows + k + n));
+      const auto weights = torch::randint(-127, 128, {rows, k}, gen).to(torch::kInt8).contiguous();
+      const auto values = torch::randint(-127, 128, {n, k}, gen).to(torch::kInt8).contiguous();
+      const int8_t* wd = weights.data_ptr<int8_t>();
+      const int8_t* q = values.data_ptr<int8_t>();
+      const int64_t fours = (k + 3) / 4, stride = 4 * fours + 8 * (fours / 2) + 8;
+      std::vector<int64_t> four, row;
+      for (int64_t f = 0; f < fours; ++f) four.push_back(4 * f + 8 * (f / 2));
+      std::vector<uint8_t> bytes(static_cast<size_t>(n * stride + 64), 0x5a);  // past K: anything
+      std::vector<float> scale;
+      for (int64_t i = 0; i < n; ++i) {
+        row.push_back(i * stride);
+        scale.push_back(0.01f * static_cast<float>(i + 1));
+        for (int64_t j = 0; j < k; ++j)
+          bytes[static_cast<size_t>(i * stride + four[j / 4] + j % 4)] =
+              static_cast<uint8_t>(q[i * k + j] + (int8_offset(path) ? 128 : 0));
+      }
+      const Int8Inputs in{bytes.data(), row.data(), nullptr, scale.data(), k, four.data()};
+      const DenseInt8Rows dense = dense_int8_rows(path, wd, rows, k);
+      // y[i, r] from two calls splitting the rows at a multiple of a block's lanes; b[i, r] the
+      // next layer's bytes of y on a step of 0.05.
+      std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
+      std::vector<uint8_t> b(static_cast<size_t>(n * rows), 0);
+      const int64_t split = rows / 2 / 16 * 16;
+      dense_rows_int8(path, dense, in, 0, n, 0, split, {y.data(), rows, 1});
+      dense_rows_int8(path, dense, in, 0, n, split, rows, {y.data(), rows, 1});
+      Int8Output as_bytes{nullptr, rows, 1};
+      as_bytes.bytes = b.data(), as_bytes.byte_step = 0.05f;
+      dense_rows_int8(path, dense, in, 0, n, 0, rows, as_bytes);
+      int64_t mismatches = 0;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          int32_t dot = 0;
+          for (int64_t j = 0; j < k; ++j) dot += int32_t(wd[r * k + j]) * int32_t(q[i * k + j]);
+          const float v = scale[i] * 1.0f * static_cast<float>(dot);
+          const float rounded = std::clamp(std::nearbyint(v / 0.05f), -127.0f, 127.0f);
+          mismatches += y[i * rows + r] != v;
+          mismatches += b[i * rows + r] != static_cast<uint8_t>(static_cast<int>(rounded) + 128);
         }
       CHECK(mismatches == 0);
     }
