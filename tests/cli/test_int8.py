@@ -31,20 +31,35 @@ class Int8Models(Workdir):
     def packed(self, model, *quantize_flags):
         return quantize_and_pack(self, model, *quantize_flags)
 
+    def calibrated(self, model, x, *flags):
+        """`model` (a fixture) quantized, packed with float activations, and exported int8 calibrated on x:
+        the ternary file, the packed one, the int8 one and export's JSON report."""
+        ternary, packed, _ = self.packed(model)
+        data, int8 = self.out("calibration.pt"), self.out("int8.pt")
+        torch.save({"x": x, "x_test": x[:2]}, data)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
+                *flags, "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return ternary, packed, int8, json.loads(r.stdout)
+
+    @staticmethod
+    def unchained(int8):
+        """The int8 model with float32 between all its layers (every output step 0)."""
+        model = torch.jit.load(int8)
+        for name, buffer in model.named_buffers():
+            if name.endswith("_output_step"):
+                buffer.zero_()
+        return model
+
     def test_calibrated_int8_steps_are_the_largest_inputs_each_layer_met(self):
         # --calibrate runs the samples through the packed model: each layer's stored input step is the
         # largest |input| it met over 127 (recomputed here in PyTorch for the first ternary layer, after
         # the stem the int8 model runs in 8 bits with each sample's step while it calibrates), the model
         # then quantizes every input with it, and the float32 model comes back bit-exact.
-        ternary, packed, _ = self.packed("resnet18.pt")
-        data = self.out("calibration.pt")
         x = torch.randn(12, 3, 48, 48)
-        torch.save({"x": x, "x_test": x[:2]}, data)
-        int8 = self.out("int8.pt")
-        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
-                "--calibrate-samples", "8", "-o", int8, "--json")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        calibration = json.loads(r.stdout)["calibration"]
+        ternary, packed, int8, report = self.calibrated("resnet18.pt", x, "--calibrate-samples", "8")
+        data = self.out("calibration.pt")
+        calibration = report["calibration"]
         self.assertEqual((calibration["data"], calibration["samples"]), ("tensors:" + data, 8))
         steps = {l["name"]: l["input_step"] for l in calibration["layers"]}
         self.assertEqual(len(steps), 19)
@@ -56,14 +71,10 @@ class Int8Models(Workdir):
         self.assertEqual(json.loads(load_with_metadata(int8)[1])["calibration"], {"data": "tensors:" + data, "samples": 8})
         # Each block's first convolution hands the second its int8 input (uint8, on the second's
         # step) rather than float32: the outputs are the same, bit for bit.
-        self.assertEqual(sorted(json.loads(r.stdout)["chained"]),
+        self.assertEqual(sorted(report["chained"]),
                          [f"layer{stage}.{block}.conv1.weight" for stage in range(1, 5) for block in range(2)])
-        unchained = torch.jit.load(int8)
-        for name, buffer in unchained.named_buffers():
-            if name.endswith("_output_step"):
-                buffer.zero_()
         with torch.no_grad():
-            self.assertTrue(torch.equal(model(x), unchained(x)))
+            self.assertTrue(torch.equal(model(x), self.unchained(int8)(x)))
         fp = torch.jit.load(ternary)
         with torch.no_grad():
             first = fp.maxpool(fp.relu(fp.bn1(int8_conv(x[:8], fp.conv1))))
@@ -89,26 +100,16 @@ class Int8Models(Workdir):
         # layer (int8 too) its input as bytes, and that one the projection, through the
         # Conv2dNormActivation wrappers its BatchNorms and ReLU6s fold out of; the outputs are the
         # same, bit for bit, as with float32 between them, and stay near the float path's.
-        ternary, packed, _ = self.packed("mobilenet_v2.pt")
-        data = self.out("calibration.pt")
         x = torch.randn(8, 3, 64, 64)
-        torch.save({"x": x, "x_test": x[:2]}, data)
-        int8 = self.out("int8.pt")
-        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
-                "-o", int8, "--json")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        chained = json.loads(r.stdout)["chained"]
+        _, packed, int8, report = self.calibrated("mobilenet_v2.pt", x)
+        chained = report["chained"]
         self.assertEqual(len(chained), 33)  # 17 blocks, two links each but the first (no expansion)
         self.assertIn("features.1.conv.0.0.weight", chained)  # depthwise -> projection
         self.assertIn("features.2.conv.1.0.weight", chained)  # depthwise -> projection
         self.assertIn("features.2.conv.0.0.weight", chained)  # expansion -> depthwise
-        model, unchained = torch.jit.load(int8), torch.jit.load(int8)
-        for name, buffer in unchained.named_buffers():
-            if name.endswith("_output_step"):
-                buffer.zero_()
         with torch.no_grad():
-            got, want = model(x[:2]), torch.jit.load(packed)(x[:2])
-            self.assertTrue(torch.equal(got, unchained(x[:2])))
+            got, want = torch.jit.load(int8)(x[:2]), torch.jit.load(packed)(x[:2])
+            self.assertTrue(torch.equal(got, self.unchained(int8)(x[:2])))
         self.assertLess((got - want).abs().max(), 0.2 * want.abs().max())
 
     def fold_one(self, activation):
