@@ -21,8 +21,8 @@ namespace {
 using torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 
 const c10::Symbol kConvInt8 = c10::Symbol::fromQualString("ttq::conv2d_int8");
-// Its arguments shape, groups, out_affine and output_step.
-constexpr size_t kShape = 3, kGroups = 8, kOutAffine = 10, kOutputStep = 11;
+// Its arguments shape, groups, out_affine and output_step; ttq::conv2d_affine's max_pool.
+constexpr size_t kShape = 3, kGroups = 8, kOutAffine = 10, kOutputStep = 11, kMaxPool = 9;
 
 bool type_named(const c10::TypePtr& type, const std::string& suffix) {
   const auto cls = type->cast<c10::ClassType>();
@@ -191,9 +191,44 @@ torch::Tensor affine_of(const torch::jit::Module& bn, const Clamp& clamp) {
   return torch::stack(rows).to(torch::kFloat);
 }
 
+// The one value of an nn.MaxPool2d's constant `name` for both dimensions (an int, or a pair of
+// equal ones), else none.
+std::optional<int64_t> square(const c10::ClassTypePtr& pool, const char* name) {
+  if (!pool->hasConstant(name)) return std::nullopt;
+  const c10::IValue v = pool->getConstant(name);
+  if (v.isInt()) return v.toInt();
+  if (!v.isTuple() || v.toTupleRef().elements().size() != 2) return std::nullopt;
+  const auto& e = v.toTupleRef().elements();
+  if (!e[0].isInt() || !e[1].isInt() || e[0].toInt() != e[1].toInt()) return std::nullopt;
+  return e[0].toInt();
+}
+
+// A max-pool that alone takes a ttq::conv2d_affine's output (`self.maxpool(x)`: an nn.MaxPool2d of
+// square kernel, stride and padding, no dilation, floor mode, no indices; ResNet's after its stem)
+// becomes the operator's max_pool: it then writes the full-size output into a reused scratch.
+void pool_into_conv(Graph& graph, Node* conv) {
+  Value* out = conv->output();
+  if (out->uses().size() != 1) return;
+  Node* call = out->uses()[0].user;
+  if (child_call(call, graph).empty() || call->inputs().size() != 2 || !type_named(call->input(0)->type(), ".MaxPool2d"))
+    return;
+  const auto pool = call->input(0)->type()->expect<c10::ClassType>();
+  const auto kernel = square(pool, "kernel_size"), stride = square(pool, "stride"), padding = square(pool, "padding");
+  const auto dilation = square(pool, "dilation");
+  if (!kernel || !stride || !padding || dilation != 1 || !pool->hasConstant("ceil_mode") ||
+      pool->getConstant("ceil_mode").toBool() || !pool->hasConstant("return_indices") ||
+      pool->getConstant("return_indices").toBool())
+    return;
+  torch::jit::WithInsertPoint guard(conv);
+  conv->replaceInput(kMaxPool, graph.insertConstant(c10::IValue(std::vector<int64_t>{*kernel, *stride, *padding})));
+  call->output()->replaceAllUsesWith(out);
+  call->destroy();
+}
+
 // `conv(x)` of a float convolution becomes ttq::conv2d_affine(x, conv.weight, conv.bias, ...,
 // conv.weight_out_affine, conv.weight_input_step) in the parent's graph (int8 inputs and 8-bit
-// weights, calibrated as the packed layers are): the convolution's own forward stays as it is.
+// weights, calibrated as the packed layers are), with the max-pool after it (pool_into_conv): the
+// convolution's own forward stays as it is.
 void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
   torch::jit::WithInsertPoint guard(conv_call);
   Value* self = conv_call->input(0);
@@ -209,9 +244,11 @@ void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module&
                           numbers("stride"), numbers("padding"), numbers("dilation"),
                           graph.insertConstant(type->getConstant("groups")),
                           graph.insertGetAttr(self, out_affine_name("weight")),
-                          graph.insertGetAttr(self, input_step_name("weight"))});
+                          graph.insertGetAttr(self, input_step_name("weight")),
+                          graph.insertConstant(c10::IValue(std::vector<int64_t>{}))});
   conv_call->output()->replaceAllUsesWith(out);
   conv_call->destroy();
+  pool_into_conv(graph, out->node());
 }
 
 // The identity out_affine for the modules of `instances` not `given` one: scale 1, shift 0, no floor;

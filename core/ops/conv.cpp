@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -127,6 +128,20 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
   return qd;
 }
 
+// A float32 tensor of `sizes` ([n, c, h, w], channels-last or contiguous) in this thread's output
+// scratch, for an output that only the operator itself reads again (a stem before its max-pool):
+// one buffer the size of the largest it has held, as `scratch` (ops.cpp) for decoded weights.
+// ResNet-18's stem output at batch 16 is 51 MiB, which glibc maps afresh (and the kernel zeroes)
+// on every call when allocated.
+at::Tensor output_scratch(std::array<int64_t, 4> sizes, bool channels_last) {
+  thread_local at::Tensor buffer;
+  const int64_t numel = sizes[0] * sizes[1] * sizes[2] * sizes[3];
+  if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, at::kFloat);
+  const auto flat = buffer.narrow(0, 0, numel);
+  if (!channels_last) return flat.view(sizes);
+  return flat.view({sizes[0], sizes[2], sizes[3], sizes[1]}).permute({0, 3, 1, 2});
+}
+
 // An int8 convolution's geometry: each sample a zero-padded NHWC image of `image` bytes, each
 // output pixel a row of the int8 kernels.
 struct Int8Conv {
@@ -157,7 +172,7 @@ template <class RowsInt8>
 at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t rows, c10::IntArrayRef stride,
                             c10::IntArrayRef padding, const c10::optional<at::Tensor>& input_step,
                             const int64_t* step, const int64_t* four, int64_t k, const float* affine,
-                            float output_step, RowsInt8 rows_int8, const char* op) {
+                            float output_step, RowsInt8 rows_int8, const char* op, bool into_scratch = false) {
   const auto step_of = input_steps(input, {1, 2, 3}, g.batch, input_step, op);
   const float* sample_step = step_of.data_ptr<float>();
   const uint8_t* qd = quantized_images(input, padding, sample_step, selected_path(), g.image);
@@ -173,9 +188,11 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   const Int8Inputs in{qd, row.data(), step, row_step.data(), k, four};
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   const bool bytes = output_step > 0;
-  auto out = at::empty({g.batch, rows, g.out_h, g.out_w},
-                       at::TensorOptions(bytes ? at::kByte : at::kFloat)
-                           .memory_format(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  auto out = into_scratch ? output_scratch({g.batch, rows, g.out_h, g.out_w}, channels_last)
+                          : at::empty({g.batch, rows, g.out_h, g.out_w},
+                                      at::TensorOptions(bytes ? at::kByte : at::kFloat)
+                                          .memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                       : at::MemoryFormat::Contiguous));
   // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
   // n · rows · pixels + r · pixels + p, one sample at a time.
   auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
@@ -237,7 +254,8 @@ DenseWeight dense_weight(const at::Tensor& weight, int64_t segment, int64_t four
 // 3 zeros, not 64-byte steps.
 at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                              c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                             const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step) {
+                             const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
+                             bool into_scratch) {
   const int64_t rows = weight.size(0), cin = weight.size(1), kh = weight.size(2), kw = weight.size(3);
   const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_affine");
   const bool rows_whole = dilation[1] == 1;  // a kernel row's taps lie side by side in the image
@@ -261,7 +279,7 @@ at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, 
       [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
         dense_rows_int8(path, dense, in, i0, i1, r0, r1, o);
       },
-      "conv2d_affine");
+      "conv2d_affine", into_scratch);
 }
 
 }  // namespace
@@ -345,20 +363,32 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
 // A float convolution (one the packing keeps float, as ResNet's first) with the BatchNorm and ReLU
 // after it folded in (fold_batch_norms): its weight is copied for the call and scaled. With an
 // input_step (a model with int8 activations) it runs on int8 inputs with 8-bit weights where it
-// has one group (conv2d_dense_int8).
+// has one group (conv2d_dense_int8). With max_pool ([kernel, stride, padding]: the max-pool that
+// alone takes its output, ResNet's) it returns that pooling of its output, which it writes into
+// this thread's scratch (output_scratch).
 at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                         const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step) {
+                         const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
+                         c10::IntArrayRef max_pool) {
   check_input(input, "conv2d_affine");
   TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat && weight.is_cpu(),
               "ttq::conv2d_affine: the weight must be a float32 CPU tensor [out, in/groups, kh, kw] (got ",
               weight.sizes(), ")");
+  TORCH_CHECK(max_pool.empty() || max_pool.size() == 3,
+              "ttq::conv2d_affine: max_pool must be [kernel, stride, padding] or empty (got ", max_pool, ")");
   at::NoGradGuard no_grad;
-  if (input_step && input_step->defined() && groups == 1)
-    return conv2d_dense_int8(input, weight, bias, stride, padding, dilation, out_affine, input_step);
-  auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
-  w.copy_(weight);
-  return conv2d_folded(input, w, bias, stride, padding, dilation, groups, out_affine, "conv2d_affine");
+  const bool pooled = !max_pool.empty();
+  at::Tensor out;
+  if (input_step && input_step->defined() && groups == 1) {
+    out = conv2d_dense_int8(input, weight, bias, stride, padding, dilation, out_affine, input_step, pooled);
+  } else {
+    auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
+    w.copy_(weight);
+    out = conv2d_folded(input, w, bias, stride, padding, dilation, groups, out_affine, "conv2d_affine");
+  }
+  if (!pooled) return out;
+  return at::max_pool2d(out, {max_pool[0], max_pool[0]}, {max_pool[1], max_pool[1]}, {max_pool[2], max_pool[2]})
+      .contiguous(out.suggest_memory_format());
 }
 
 }  // namespace ttq::ops

@@ -241,9 +241,10 @@ TORCH_LIBRARY(ttq, m) {
         "Tensor? output_step=None) -> Tensor",
         &ttq::ops::conv2d_int8);
   // A float convolution with out_affine ([3, out] or [4, out], as conv2d_int8's) folded in.
-  // With input_step (a model with int8 activations) on int8 inputs and 8-bit weights, as conv2d_int8.
+  // With input_step (a model with int8 activations) on int8 inputs and 8-bit weights, as conv2d_int8;
+  // max_pool: [kernel, stride, padding] of a max-pool of its output (the one it returns).
   m.def("conv2d_affine(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
-        "int groups, Tensor out_affine, Tensor? input_step=None) -> Tensor",
+        "int groups, Tensor out_affine, Tensor? input_step=None, int[] max_pool=[]) -> Tensor",
         &ttq::ops::conv2d_affine);
   m.def("kernel() -> str", &ttq::ops::kernel_op);
 }

@@ -75,6 +75,9 @@ class Int8Models(Workdir):
                          [f"layer{stage}.{block}.conv1.weight" for stage in range(1, 5) for block in range(2)])
         with torch.no_grad():
             self.assertTrue(torch.equal(model(x), self.unchained(int8)(x)))
+        # The stem's max-pool is the stem operator's own (it pools a reused scratch).
+        self.assertIn("[3, 2, 1])", model._forward_impl.code)
+        self.assertNotIn("maxpool", model._forward_impl.code)
         fp = torch.jit.load(ternary)
         with torch.no_grad():
             first = fp.maxpool(fp.relu(fp.bn1(int8_conv(x[:8], fp.conv1))))

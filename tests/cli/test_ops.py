@@ -325,6 +325,27 @@ class OnEveryPath(unittest.TestCase):
                 self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
                 self.assertTrue(torch.equal(got, first.setdefault(n, got)), (path, n))
 
+    def test_conv2d_affine_returns_the_max_pool_of_its_output(self):
+        # max_pool [kernel, stride, padding]: exactly the max-pool of what it returns without, on the
+        # int8 path (which writes the full output into a reused scratch: sizes change between calls)
+        # and the float one, in both memory formats.
+        w, bias = torch.randn(16, 3, 7, 7), torch.randn(16)
+        affine = torch.stack([torch.rand(16) + 0.5, torch.randn(16), torch.zeros(16)])
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for step, last, size in ((torch.tensor([0.04]), True, 30), (torch.tensor([0.0]), False, 17),
+                                     (torch.tensor([0.04]), False, 41), (None, True, 20)):
+                x = torch.randn(2, 3, size, size)
+                x = x.contiguous(memory_format=torch.channels_last) if last else x
+                conv = lambda pool: torch.ops.ttq.conv2d_affine(  # noqa: E731
+                    x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, step, pool)
+                want = F.max_pool2d(conv([]), 3, 2, 1)
+                got = conv([3, 2, 1])
+                self.assertTrue(torch.equal(got, want), (path, size))
+                self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: max_pool must be \[kernel, stride, padding\]"):
+            torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, None, [3, 2])
+
     def test_conv2d_int8_hands_the_next_layer_its_int8_input(self):
         # With an output_step, the output is the next layer's input as its own quantization would
         # make it (uint8, q + 128 on every path), and that layer, given the bytes, computes exactly
