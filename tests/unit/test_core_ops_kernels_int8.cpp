@@ -184,3 +184,63 @@ TEST_CASE("dense_rows_int8 of every path equals the exact int32 sums through its
     }
   }
 }
+
+TEST_CASE("depthwise_rows_int8 of every path equals the exact int32 sums of each channel's taps, as floats and bytes") {
+  // (channels, taps, n): MobileNetV2's 3x3 (9 taps, held in registers on AVX-512) at channel counts
+  // off 16, a 5x5, and channel ranges split as threads split them.
+  const std::vector<std::array<int64_t, 3>> cases{{16, 9, 5}, {20, 9, 7}, {144, 9, 3}, {24, 25, 4}, {3, 9, 2}};
+  for (const auto path : runnable_paths()) {
+    for (const auto& [channels, taps, n] : cases) {
+      CAPTURE(path_name(path), channels, taps, n);
+      const float wp = 0.5f, wn = 0.7f;
+      const auto weight = ternary_weight({channels, taps}, wp, wn, static_cast<uint64_t>(channels + taps));
+      const auto signs = weight.sign().to(torch::kInt64).contiguous();
+      const Packed p = pack(weight, wp, wn);
+      const Int8Weights w = int8_weights(wp, wn);
+      const auto* planes = reinterpret_cast<const uint32_t*>(p.codes.data_ptr<uint8_t>());
+      // Input i's tap t: channels bytes at i · stride + tap[t] (taps of an image row, a gap between).
+      auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(n));
+      const auto values = torch::randint(-127, 128, {n, taps, channels}, gen).to(torch::kInt8).contiguous();
+      const int8_t* q = values.data_ptr<int8_t>();
+      const int64_t stride = taps * (channels + 8);
+      std::vector<int64_t> tap, row;
+      for (int64_t t = 0; t < taps; ++t) tap.push_back(t * (channels + 8));
+      std::vector<uint8_t> bytes(static_cast<size_t>(n * stride + 64), 0x5a);
+      std::vector<float> scale;
+      for (int64_t i = 0; i < n; ++i) {
+        row.push_back(i * stride);
+        scale.push_back(0.02f * static_cast<float>(i + 1));
+        for (int64_t t = 0; t < taps; ++t)
+          for (int64_t c = 0; c < channels; ++c)
+            bytes[static_cast<size_t>(i * stride + tap[t] + c)] =
+                static_cast<uint8_t>(q[(i * taps + t) * channels + c] + (int8_offset(path) ? 128 : 0));
+      }
+      const Int8Inputs in{bytes.data(), row.data(), nullptr, scale.data(), taps};
+      std::vector<float> y(static_cast<size_t>(n * channels), -1.0f);
+      std::vector<uint8_t> b(static_cast<size_t>(n * channels), 0);
+      const int64_t split = channels / 2 / 16 * 16;
+      depthwise_rows_int8(path, planes, packed_groups(taps), w, tap.data(), taps, in, 0, n, 0, split,
+                          {y.data(), channels, 1});
+      depthwise_rows_int8(path, planes, packed_groups(taps), w, tap.data(), taps, in, 0, n, split, channels,
+                          {y.data(), channels, 1});
+      Int8Output as_bytes{nullptr, channels, 1};
+      as_bytes.bytes = b.data(), as_bytes.byte_step = 0.05f;
+      depthwise_rows_int8(path, planes, packed_groups(taps), w, tap.data(), taps, in, 0, n, 0, channels, as_bytes);
+      const auto* s = signs.data_ptr<int64_t>();
+      int64_t mismatches = 0;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < channels; ++c) {
+          int32_t dot = 0;
+          for (int64_t t = 0; t < taps; ++t) {
+            const int64_t sign = s[c * taps + t];
+            dot += (sign > 0 ? w.pos : sign < 0 ? w.neg : 0) * int32_t(q[(i * taps + t) * channels + c]);
+          }
+          const float v = scale[i] * w.step * static_cast<float>(dot);
+          const float rounded = std::clamp(std::nearbyint(v / 0.05f), -127.0f, 127.0f);
+          mismatches += y[i * channels + c] != v;
+          mismatches += b[i * channels + c] != static_cast<uint8_t>(static_cast<int>(rounded) + 128);
+        }
+      CHECK(mismatches == 0);
+    }
+  }
+}
