@@ -27,6 +27,15 @@ std::atomic<bool> calibrating{false};
 // multiplied by BLAS, whose blocking then wins.
 constexpr int64_t kKernelRows = 8;
 
+// This thread's scratch for decoded weights, at least `numel` floats: one buffer the size of the
+// largest it has held, reused by every call (fresh allocations of that size would cost page faults
+// on every call). Valid until the thread's next use.
+at::Tensor scratch(int64_t numel) {
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, at::kFloat);
+  return buffer.narrow(0, 0, numel);
+}
+
 }  // namespace
 
 std::vector<int64_t> to_vector(c10::IntArrayRef a) { return a.vec(); }
@@ -39,24 +48,13 @@ void check_input(const at::Tensor& input, const char* op, bool bytes_too) {
 
 float scale(const at::Tensor& scales, int i) { return scales.data_ptr<float>()[i]; }
 
-// This thread's scratch for decoded weights, at least `numel` floats: one buffer the size of the
-// largest it has held, reused by every call (fresh allocations of that size would cost page faults
-// on every call). Valid until the thread's next use.
-at::Tensor scratch(int64_t numel) {
-  thread_local at::Tensor buffer;
-  if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, at::kFloat);
-  return buffer.narrow(0, 0, numel);
-}
-
-// This thread's scratch for an int8 operator's quantized inputs, at least `bytes` long: as
-// `scratch`, one buffer reused by every call. Valid until the thread's next int8 call.
+// As `scratch`, for bytes (ops_internal.h).
 uint8_t* input_scratch(int64_t bytes) {
   thread_local std::vector<uint8_t> buffer;
   if (buffer.size() < static_cast<size_t>(bytes)) buffer.resize(static_cast<size_t>(bytes));
   return buffer.data();
 }
 
-// The [rows, k] weight as float32 in this thread's scratch, decoded by all threads.
 at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows) {
   auto w = scratch(rows * k).view({rows, k});
   float* dst = w.data_ptr<float>();
@@ -147,9 +145,7 @@ float* step_value(const at::Tensor& step, const char* name, const char* op) {
   return value;
 }
 
-// The int8 step of each of the `count` slices of x over `dims`: the layer's calibrated step for all
-// (input_step > 0: static), else each slice's own (dynamic, int8_steps). While calibrating, the
-// dynamic steps are taken and input_step is raised to the largest of them.
+// ops_internal.h; each slice's own steps: int8_steps.
 at::Tensor input_steps(const at::Tensor& x, c10::IntArrayRef dims, int64_t count,
                        const c10::optional<at::Tensor>& input_step, const char* op) {
   const bool bytes = x.scalar_type() == at::kByte;  // the int8 output of the layer before, on this layer's step

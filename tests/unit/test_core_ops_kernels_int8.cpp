@@ -46,6 +46,19 @@ Inputs int8_inputs(KernelPath path, int64_t n, int64_t k, int64_t groups, int64_
   return in;
 }
 
+// The byte the next layer's quantization makes of v on a step of 0.05 (q + 128), as Int8Output's
+// bytes are to be.
+uint8_t next_byte(float v) {
+  return static_cast<uint8_t>(static_cast<int>(std::clamp(std::nearbyint(v / 0.05f), -127.0f, 127.0f)) + 128);
+}
+
+// An output of those bytes into b, `stride` rows an input.
+Int8Output to_bytes(std::vector<uint8_t>& b, int64_t stride) {
+  Int8Output out{nullptr, stride, 1};
+  out.bytes = b.data(), out.byte_step = 0.05f;
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("int8 weights: the larger scale exact, the other within half a step") {
@@ -167,18 +180,15 @@ TEST_CASE("dense_rows_int8 of every path equals the exact int32 sums through its
       const int64_t split = rows / 2 / 16 * 16;
       dense_rows_int8(path, dense, in, 0, n, 0, split, {y.data(), rows, 1});
       dense_rows_int8(path, dense, in, 0, n, split, rows, {y.data(), rows, 1});
-      Int8Output as_bytes{nullptr, rows, 1};
-      as_bytes.bytes = b.data(), as_bytes.byte_step = 0.05f;
-      dense_rows_int8(path, dense, in, 0, n, 0, rows, as_bytes);
+      dense_rows_int8(path, dense, in, 0, n, 0, rows, to_bytes(b, rows));
       int64_t mismatches = 0;
       for (int64_t i = 0; i < n; ++i)
         for (int64_t r = 0; r < rows; ++r) {
           int32_t dot = 0;
           for (int64_t j = 0; j < k; ++j) dot += int32_t(wd[r * k + j]) * int32_t(q[i * k + j]);
           const float v = scale[i] * 1.0f * static_cast<float>(dot);
-          const float rounded = std::clamp(std::nearbyint(v / 0.05f), -127.0f, 127.0f);
           mismatches += y[i * rows + r] != v;
-          mismatches += b[i * rows + r] != static_cast<uint8_t>(static_cast<int>(rounded) + 128);
+          mismatches += b[i * rows + r] != next_byte(v);
         }
       CHECK(mismatches == 0);
     }
@@ -223,9 +233,8 @@ TEST_CASE("depthwise_rows_int8 of every path equals the exact int32 sums of each
                           {y.data(), channels, 1});
       depthwise_rows_int8(path, planes, packed_groups(taps), w, tap.data(), taps, in, 0, n, split, channels,
                           {y.data(), channels, 1});
-      Int8Output as_bytes{nullptr, channels, 1};
-      as_bytes.bytes = b.data(), as_bytes.byte_step = 0.05f;
-      depthwise_rows_int8(path, planes, packed_groups(taps), w, tap.data(), taps, in, 0, n, 0, channels, as_bytes);
+      depthwise_rows_int8(path, planes, packed_groups(taps), w, tap.data(), taps, in, 0, n, 0, channels,
+                          to_bytes(b, channels));
       const auto* s = signs.data_ptr<int64_t>();
       int64_t mismatches = 0;
       for (int64_t i = 0; i < n; ++i)
@@ -236,9 +245,8 @@ TEST_CASE("depthwise_rows_int8 of every path equals the exact int32 sums of each
             dot += (sign > 0 ? w.pos : sign < 0 ? w.neg : 0) * int32_t(q[(i * taps + t) * channels + c]);
           }
           const float v = scale[i] * w.step * static_cast<float>(dot);
-          const float rounded = std::clamp(std::nearbyint(v / 0.05f), -127.0f, 127.0f);
           mismatches += y[i * channels + c] != v;
-          mismatches += b[i * channels + c] != static_cast<uint8_t>(static_cast<int>(rounded) + 128);
+          mismatches += b[i * channels + c] != next_byte(v);
         }
       CHECK(mismatches == 0);
     }
