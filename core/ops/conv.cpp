@@ -113,7 +113,7 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
           for (int64_t j = 0; j < count; ++j) dst[j] = src[j] ^ mask;
         else
           for (int64_t w = 0; w < width; ++w)
-            for (int64_t c = 0; c < cin; ++c) dst[w * cin + c] = src[w * xs[3] + c * xs[1]] ^ flip;
+            for (int64_t c = 0; c < cin; ++c) dst[w * cin + c] = src[w * xs[3] + c * xs[1]] ^ mask;
         continue;
       }
       const float* src = xd + n * xs[0] + h * xs[2];

@@ -276,7 +276,7 @@ void dense_rows_portable(const DenseInt8Rows& rows, const Int8Inputs& in, int64_
       int32_t dot = 0;
       for (int64_t q = 0; q < rows.fours; ++q)
         for (int t = 0; t < 4; ++t) dot += block[q * rows.lanes * 4 + t] * x[in.four[q] + t];
-      store_value(dot, in, Int8Weights{0, 0, 1.0f}, i, r, out);
+      store_value(dot, in, kDenseStep, i, r, out);
     }
   }
 }

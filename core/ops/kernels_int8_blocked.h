@@ -80,6 +80,9 @@ inline void store_value(int32_t dot, const Int8Inputs& in, Int8Weights w, int64_
     out.y[i * out.input_stride + r * out.row_stride] = v;
 }
 
+// What dense rows (DenseInt8Rows) store with: a step of 1, their own steps being in the output's scale.
+constexpr Int8Weights kDenseStep{0, 0, 1.0f};
+
 // The driver of the blocked kernels, by `Isa`, which gives
 //   kLanes (rows a register holds), kBlockRows (registers of rows a block meets), kBlockInputs;
 //   decode(planes, groups, w, count, blocked, offset): `count` packed rows into blocks of kLanes
@@ -161,7 +164,7 @@ void dense_rows_blocked(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t
   rows_in_blocks<Isa>(
       [&](int64_t rb, int64_t re) {
         multiply_blocked<Isa>(rows.blocked.data() + rb / Isa::kLanes * block_bytes, rows.offset.data() + rb,
-                              block_bytes, in.four, rows.fours, Int8Weights{0, 0, 1.0f}, in, i0, i1, rb, re, out);
+                              block_bytes, in.four, rows.fours, kDenseStep, in, i0, i1, rb, re, out);
       },
       4 * rows.fours, i0, i1, r0, r1);
 }
