@@ -5,7 +5,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -128,20 +127,6 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
   return qd;
 }
 
-// A float32 tensor of `sizes` ([n, c, h, w], channels-last or contiguous) in this thread's output
-// scratch, for an output that only the operator itself reads again (a stem before its max-pool):
-// one buffer the size of the largest it has held, as `scratch` (ops.cpp) for decoded weights.
-// ResNet-18's stem output at batch 16 is 51 MiB, which glibc maps afresh (and the kernel zeroes)
-// on every call when allocated.
-at::Tensor output_scratch(std::array<int64_t, 4> sizes, bool channels_last) {
-  thread_local at::Tensor buffer;
-  const int64_t numel = sizes[0] * sizes[1] * sizes[2] * sizes[3];
-  if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, at::kFloat);
-  const auto flat = buffer.narrow(0, 0, numel);
-  if (!channels_last) return flat.view(sizes);
-  return flat.view({sizes[0], sizes[2], sizes[3], sizes[1]}).permute({0, 3, 1, 2});
-}
-
 // An int8 convolution's geometry: each sample a zero-padded NHWC image of `image` bytes, each
 // output pixel a row of the int8 kernels.
 struct Int8Conv {
@@ -161,18 +146,99 @@ Int8Conv int8_conv(const at::Tensor& input, int64_t cin, int64_t kh, int64_t kw,
   return {input.size(0), cin, padded_w, out_h, out_w, padded_h * padded_w * cin};
 }
 
+// Values stored with `affine` (rows [scale; shift; floor; ceiling], or none), input i's row r at
+// i · input_stride + r · row_stride of the output y or bytes the caller sets.
+Int8Output affine_output(const float* affine, int64_t rows, int64_t input_stride, int64_t row_stride) {
+  Int8Output o{nullptr, input_stride, row_stride};
+  if (affine) o.scale = affine, o.shift = affine + rows, o.floor = affine + 2 * rows, o.ceiling = affine + 3 * rows;
+  return o;
+}
+
+// Rows [h0, h1) of this thread's band (channels-last, `width` pixels of `rows` floats a row),
+// max-pooled (`pool`: kernel, stride, padding) into rows [p0, p1) of the output `od` (a sample, its
+// strides `os` as [n, c, h, w]'s, `pool_w` wide), `best` a row of maxima; a window's values past the
+// edges are padding, left out. The int8 path's values are finite (int32 sums, scaled), so a plain
+// max gives aten::max_pool2d's. Built for AVX-512 and AVX2 too, which this file's baseline is not:
+// the channels are the vectorized loop.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void pool_band(
+    const float* __restrict band, int64_t h0, int64_t h1, int64_t width, int64_t rows, const int64_t* pool,
+    float* __restrict od, const int64_t* os, int64_t p0, int64_t p1, int64_t pool_w, float* __restrict best) {
+  const int64_t k = pool[0], s = pool[1], p = pool[2];
+  for (int64_t ph = p0; ph < p1; ++ph) {
+    const int64_t y0 = std::max(ph * s - p, h0), y1 = std::min(ph * s - p + k, h1);
+    for (int64_t pw = 0; pw < pool_w; ++pw) {
+      const int64_t x0 = std::max<int64_t>(pw * s - p, 0), x1 = std::min(pw * s - p + k, width);
+      for (int64_t r = 0; r < rows; ++r) best[r] = -std::numeric_limits<float>::infinity();
+      for (int64_t y = y0; y < y1; ++y)
+        for (int64_t x = x0; x < x1; ++x) {
+          const float* v = band + ((y - h0) * width + x) * rows;
+          for (int64_t r = 0; r < rows; ++r) best[r] = std::max(best[r], v[r]);
+        }
+      float* o = od + ph * os[2] + pw * os[3];
+      for (int64_t r = 0; r < rows; ++r) o[r * os[1]] = best[r];
+    }
+  }
+}
+
+// The max-pool `pool` ([kernel, stride, padding], square, floor mode) of an int8 convolution's output
+// (int8_conv_output's `in` and `rows_int8`), which is computed a band of rows at a time into this
+// thread's scratch and pooled while it is in cache: ResNet's stem output, 51 MiB at batch 16, is
+// never written out whole. Bands of at most 8 pooled rows, enough for every thread; where a thread
+// computes the next band of a sample, the rows both windows take are kept, not computed again.
+template <class RowsInt8>
+at::Tensor pooled_int8_output(const Int8Inputs& in, const Int8Conv& g, int64_t rows, const float* affine,
+                              c10::IntArrayRef pool, at::MemoryFormat format, RowsInt8 rows_int8, const char* op) {
+  const int64_t k = pool[0], s = pool[1], p = pool[2];
+  TORCH_CHECK(k > 0 && s > 0 && p >= 0 && 2 * p <= k, "ttq::", op,
+              ": max_pool needs kernel and stride > 0 and padding at most half the kernel (got ", pool, ")");
+  const int64_t pool_h = (g.out_h + 2 * p - k) / s + 1, pool_w = (g.out_w + 2 * p - k) / s + 1;
+  TORCH_CHECK(g.out_h + 2 * p >= k && g.out_w + 2 * p >= k, "ttq::", op, ": the output (", g.out_h, "x", g.out_w,
+              ") is smaller than the max-pool's kernel");
+  auto out = at::empty({g.batch, rows, pool_h, pool_w}, at::TensorOptions(at::kFloat).memory_format(format));
+  int64_t bands = std::min(pool_h, std::max((pool_h + 7) / 8, (4 * at::get_num_threads() + g.batch - 1) / g.batch));
+  const int64_t band = (pool_h + bands - 1) / bands, values = g.out_w * rows;
+  bands = (pool_h + band - 1) / band;
+  at::parallel_for(0, g.batch * bands, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> scratch;
+    std::vector<float> best(static_cast<size_t>(rows));
+    int64_t held_n = -1, held0 = 0, held1 = 0;  // scratch holds rows [held0, held1) of sample held_n
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / bands, p0 = t % bands * band, p1 = std::min(p0 + band, pool_h);
+      const int64_t h0 = std::max<int64_t>(p0 * s - p, 0), h1 = std::min((p1 - 1) * s - p + k, g.out_h);
+      scratch.resize(std::max(scratch.size(), static_cast<size_t>((h1 - h0) * values)));
+      int64_t from = h0;
+      if (held_n == n && h0 >= held0 && h0 < held1) {
+        std::memmove(scratch.data(), scratch.data() + (h0 - held0) * values, (held1 - h0) * values * sizeof(float));
+        from = held1;
+      }
+      if (from < h1) {
+        Int8Inputs rows_in = in;  // the band's inputs from 0
+        const int64_t first = (n * g.out_h + from) * g.out_w;
+        rows_in.row += first, rows_in.scale += first;
+        Int8Output o = affine_output(affine, rows, rows, 1);
+        o.y = scratch.data() + (from - h0) * values;
+        rows_int8(rows_in, 0, (h1 - from) * g.out_w, 0, rows, o);
+      }
+      held_n = n, held0 = h0, held1 = h1;
+      pool_band(scratch.data(), h0, h1, g.out_w, rows, pool.data(), out.data_ptr<float>() + n * out.stride(0),
+                out.strides().data(), p0, p1, pool_w, best.data());
+    }
+  });
+  return out;
+}
+
 // The int8 convolution of `input` (g) into `rows` output channels: each sample quantized with one
 // scale (max |x| / 127, or the calibrated input_step) into a zero-padded NHWC image, then every
 // output pixel is a row of the int8 kernels, `rows_int8(in, i0, i1, r0, r1, out)` (ternary_rows_int8
 // or dense_rows_int8 with their weights), whose steps (`step`, or `four`) walk the taps from the
 // pixel's first (implicit GEMM: no im2col copy). The output is channels-last when the input is, as
 // aten::conv2d's: then a pixel's channels are written together, and the pooling and normalization
-// after it run their channels-last kernels.
+// after it run their channels-last kernels. With a max_pool, its pooling (pooled_int8_output).
 template <class RowsInt8>
 at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t rows, c10::IntArrayRef stride,
                             c10::IntArrayRef padding, const c10::optional<at::Tensor>& input_step,
                             const int64_t* step, const int64_t* four, int64_t k, const float* affine,
-                            float output_step, RowsInt8 rows_int8, const char* op, bool into_scratch = false) {
+                            float output_step, RowsInt8 rows_int8, const char* op, c10::IntArrayRef max_pool = {}) {
   const auto step_of = input_steps(input, {1, 2, 3}, g.batch, input_step, op);
   const float* sample_step = step_of.data_ptr<float>();
   const uint8_t* qd = quantized_images(input, padding, sample_step, selected_path(), g.image);
@@ -187,18 +253,16 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
       }
   const Int8Inputs in{qd, row.data(), step, row_step.data(), k, four};
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (!max_pool.empty()) return pooled_int8_output(in, g, rows, affine, max_pool, format, rows_int8, op);
   const bool bytes = output_step > 0;
-  auto out = into_scratch ? output_scratch({g.batch, rows, g.out_h, g.out_w}, channels_last)
-                          : at::empty({g.batch, rows, g.out_h, g.out_w},
-                                      at::TensorOptions(bytes ? at::kByte : at::kFloat)
-                                          .memory_format(channels_last ? at::MemoryFormat::ChannelsLast
-                                                                       : at::MemoryFormat::Contiguous));
+  auto out = at::empty({g.batch, rows, g.out_h, g.out_w},
+                       at::TensorOptions(bytes ? at::kByte : at::kFloat).memory_format(format));
   // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
   // n · rows · pixels + r · pixels + p, one sample at a time.
   auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
     auto output = [&](int64_t at, int64_t input_stride, int64_t row_stride) {
-      Int8Output o{nullptr, input_stride, row_stride};
-      if (affine) o.scale = affine, o.shift = affine + rows, o.floor = affine + 2 * rows, o.ceiling = affine + 3 * rows;
+      Int8Output o = affine_output(affine, rows, input_stride, row_stride);
       if (bytes) o.bytes = out.data_ptr<uint8_t>() + at, o.byte_step = output_step;
       else o.y = out.data_ptr<float>() + at;
       return o;
@@ -255,7 +319,7 @@ DenseWeight dense_weight(const at::Tensor& weight, int64_t segment, int64_t four
 at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                              c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                              const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
-                             bool into_scratch) {
+                             c10::IntArrayRef max_pool) {
   const int64_t rows = weight.size(0), cin = weight.size(1), kh = weight.size(2), kw = weight.size(3);
   const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_affine");
   const bool rows_whole = dilation[1] == 1;  // a kernel row's taps lie side by side in the image
@@ -279,7 +343,7 @@ at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, 
       [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
         dense_rows_int8(path, dense, in, i0, i1, r0, r1, o);
       },
-      "conv2d_affine", into_scratch);
+      "conv2d_affine", max_pool);
 }
 
 }  // namespace
@@ -364,8 +428,8 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
 // after it folded in (fold_batch_norms): its weight is copied for the call and scaled. With an
 // input_step (a model with int8 activations) it runs on int8 inputs with 8-bit weights where it
 // has one group (conv2d_dense_int8). With max_pool ([kernel, stride, padding]: the max-pool that
-// alone takes its output, ResNet's) it returns that pooling of its output, which it writes into
-// this thread's scratch (output_scratch).
+// alone takes its output, ResNet's) it returns that pooling of its output, which the int8 path
+// pools band by band as it computes it (pooled_int8_output).
 at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                          const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
@@ -377,16 +441,12 @@ at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, cons
   TORCH_CHECK(max_pool.empty() || max_pool.size() == 3,
               "ttq::conv2d_affine: max_pool must be [kernel, stride, padding] or empty (got ", max_pool, ")");
   at::NoGradGuard no_grad;
-  const bool pooled = !max_pool.empty();
-  at::Tensor out;
-  if (input_step && input_step->defined() && groups == 1) {
-    out = conv2d_dense_int8(input, weight, bias, stride, padding, dilation, out_affine, input_step, pooled);
-  } else {
-    auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
-    w.copy_(weight);
-    out = conv2d_folded(input, w, bias, stride, padding, dilation, groups, out_affine, "conv2d_affine");
-  }
-  if (!pooled) return out;
+  if (input_step && input_step->defined() && groups == 1)
+    return conv2d_dense_int8(input, weight, bias, stride, padding, dilation, out_affine, input_step, max_pool);
+  auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
+  w.copy_(weight);
+  const auto out = conv2d_folded(input, w, bias, stride, padding, dilation, groups, out_affine, "conv2d_affine");
+  if (max_pool.empty()) return out;
   return at::max_pool2d(out, {max_pool[0], max_pool[0]}, {max_pool[1], max_pool[1]}, {max_pool[2], max_pool[2]})
       .contiguous(out.suggest_memory_format());
 }

@@ -327,22 +327,27 @@ class OnEveryPath(unittest.TestCase):
 
     def test_conv2d_affine_returns_the_max_pool_of_its_output(self):
         # max_pool [kernel, stride, padding]: exactly the max-pool of what it returns without, on the
-        # int8 path (which writes the full output into a reused scratch: sizes change between calls)
-        # and the float one, in both memory formats.
+        # int8 path (which pools bands of the output as it computes them, on any count of threads,
+        # keeping the rows two bands share) and the float one, in both memory formats.
         w, bias = torch.randn(16, 3, 7, 7), torch.randn(16)
         affine = torch.stack([torch.rand(16) + 0.5, torch.randn(16), torch.zeros(16)])
+        threads = torch.get_num_threads()
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
-            for step, last, size in ((torch.tensor([0.04]), True, 30), (torch.tensor([0.0]), False, 17),
-                                     (torch.tensor([0.04]), False, 41), (None, True, 20)):
-                x = torch.randn(2, 3, size, size)
+            for step, last, size, batch, pool, count in (
+                    (torch.tensor([0.04]), True, 30, 2, [3, 2, 1], 2), (torch.tensor([0.0]), False, 17, 1, [3, 2, 1], 3),
+                    (torch.tensor([0.04]), False, 41, 3, [2, 2, 0], 1), (torch.tensor([0.04]), True, 37, 1, [3, 1, 1], 5),
+                    (torch.tensor([0.04]), True, 75, 2, [5, 3, 2], 2), (None, True, 20, 2, [3, 2, 1], 2)):
+                torch.set_num_threads(count)
+                x = torch.randn(batch, 3, size, size)
                 x = x.contiguous(memory_format=torch.channels_last) if last else x
                 conv = lambda pool: torch.ops.ttq.conv2d_affine(  # noqa: E731
                     x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, step, pool)
-                want = F.max_pool2d(conv([]), 3, 2, 1)
-                got = conv([3, 2, 1])
-                self.assertTrue(torch.equal(got, want), (path, size))
+                want = F.max_pool2d(conv([]), pool[0], pool[1], pool[2])
+                got = conv(pool)
+                self.assertTrue(torch.equal(got, want), (path, size, pool))
                 self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
+        torch.set_num_threads(threads)
         with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: max_pool must be \[kernel, stride, padding\]"):
             torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, None, [3, 2])
 
