@@ -109,6 +109,7 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
   meta.activations = choice_name(args.activations);
   const auto steps = args.calibrate.empty() ? std::vector<CalibratedLayer>{} : calibrate(args, model.module, meta);
   const auto chained = args.calibrate.empty() ? std::vector<std::string>{} : chain_int8_layers(model.module);
+  const auto residual = args.activations == Activations::Int8 ? fuse_residual_adds(model.module) : std::vector<std::string>{};
   save_torchscript(model.module, meta, args.output, program);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {
@@ -117,7 +118,7 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     nlohmann::json doc{{"input", args.input}, {"output", args.output}, {"format", "packed"},
                        {"output_bytes", bytes}, {"activations", meta.activations},
                        {"packed", report.packed}, {"float", float_layers}, {"folded", report.folded},
-                       {"chained", chained}};
+                       {"chained", chained}, {"residual_fused", residual}};
     if (meta.calibration) {
       nlohmann::json layers = nlohmann::json::array();
       for (const auto& l : steps) layers.push_back({{"name", l.name}, {"input_step", l.input_step}});
@@ -127,10 +128,11 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     fmt::print("{}\n", doc.dump(2));
     return;
   }
-  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{}{}{})\n",
+  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{}{}{}{})\n",
              args.output, human_bytes(double(bytes)), report.packed.size(), meta.layers.size(), meta.activations,
              report.folded.empty() ? "" : fmt::format("; BatchNorm folded into {}", report.folded.size()),
              chained.empty() ? "" : fmt::format("; {} layers hand the next their int8 input", chained.size()),
+             residual.empty() ? "" : fmt::format("; {} residual adds fused into their convolution", residual.size()),
              kept.empty() ? "" : fmt::format("; float: {}", fmt::join(kept, ", ")));
   if (meta.calibration) fmt::print("{}\n", describe_calibration(*meta.calibration, steps));
 }

@@ -13,6 +13,7 @@
 
 #include "core/graph_passes.h"
 #include "core/ops/packed.h"
+#include "core/packed_graph.h"
 #include "core/packed_model.h"
 
 namespace ttq {
@@ -20,24 +21,8 @@ namespace {
 
 using torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 
-const c10::Symbol kConvInt8 = c10::Symbol::fromQualString("ttq::conv2d_int8");
-// Its arguments shape, groups, out_affine and output_step; ttq::conv2d_affine's max_pool.
-constexpr size_t kShape = 3, kGroups = 8, kOutAffine = 10, kOutputStep = 11, kMaxPool = 9;
-
-bool type_named(const c10::TypePtr& type, const std::string& suffix) {
-  const auto cls = type->cast<c10::ClassType>();
-  if (!cls || !cls->name()) return false;
-  const std::string name = cls->name()->qualifiedName();
-  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// `self.NAME.forward(...)` in a method of `self` (its first input): NAME, else "".
-std::string child_call(const Node* node, const Graph& graph) {
-  if (node->kind() != c10::prim::CallMethod || node->s(c10::attr::name) != "forward") return "";
-  const Node* get = node->input(0)->node();
-  if (get->kind() != c10::prim::GetAttr || get->input() != graph.inputs()[0]) return "";
-  return get->s(c10::attr::name);
-}
+// ttq::conv2d_affine's max_pool argument.
+constexpr size_t kMaxPool = 9;
 
 // The ttq::conv2d_int8 nodes of a graph, in blocks too.
 void conv_nodes(torch::jit::Block* block, std::vector<Node*>& found) {
@@ -45,11 +30,6 @@ void conv_nodes(torch::jit::Block* block, std::vector<Node*>& found) {
     if (node->kind() == kConvInt8) found.push_back(node);
     for (auto* inner : node->blocks()) conv_nodes(inner, found);
   }
-}
-
-std::shared_ptr<Graph> forward_graph(const c10::ClassTypePtr& type) {
-  torch::jit::Function* forward = type->findMethod("forward");
-  return forward && forward->isGraphFunction() ? torch::jit::toGraphFunction(*forward).graph() : nullptr;
 }
 
 // A convolution whose forward returns one ttq::conv2d_int8 of its own input: the op is its output.
@@ -76,12 +56,6 @@ Node* int8_kernel_conv(const c10::ClassTypePtr& type) {
   return ops::conv_runs_int8(shape->toIntVector(), groups->toInt()) ? convs[0] : nullptr;
 }
 
-// A ReLU or ReLU6 after a folded BatchNorm: the bounds it clamps to, and its node.
-struct Clamp {
-  Node* node = nullptr;
-  double floor = -std::numeric_limits<double>::infinity(), ceiling = std::numeric_limits<double>::infinity();
-};
-
 // One `bn(conv(x))` (and a ReLU or ReLU6 of it) in a parent's method; `float_conv`: the
 // convolution stays float (float_conv below).
 struct Fold {
@@ -104,25 +78,6 @@ std::map<std::string, int> child_calls(const c10::ClassTypePtr& parent) {
         ++calls[node->input(0)->node()->s(c10::attr::name)];
   }
   return calls;
-}
-
-// The ReLU or ReLU6 that alone takes `value`: `self.relu(value)` of an nn.ReLU or nn.ReLU6,
-// aten::relu(_), aten::relu6 or aten::hardtanh(_) with constant bounds (nn.ReLU6 inlined).
-Clamp sole_clamp(Value* value, const Graph& graph) {
-  if (value->uses().size() != 1) return {};
-  Node* user = value->uses()[0].user;
-  const bool child = !child_call(user, graph).empty();
-  if (user->kind() == c10::aten::relu || user->kind() == c10::aten::relu_ ||
-      (child && type_named(user->input(0)->type(), ".ReLU")))
-    return {user, 0.0};
-  static const auto relu6 = c10::Symbol::fromQualString("aten::relu6");
-  if (user->kind() == relu6 || (child && type_named(user->input(0)->type(), ".ReLU6")))
-    return {user, 0.0, 6.0};
-  if (user->kind() == c10::aten::hardtanh || user->kind() == c10::aten::hardtanh_) {
-    const auto low = torch::jit::toIValue(user->input(1)), high = torch::jit::toIValue(user->input(2));
-    if (low && high && low->isDouble() && high->isDouble()) return {user, low->toDouble(), high->toDouble()};
-  }
-  return {};
 }
 
 // An nn.Conv2d the packing kept float (a first layer): float weight, zero padding given as numbers.
@@ -266,19 +221,6 @@ void give_identity(const std::vector<std::pair<std::string, torch::jit::Module>>
   }
 }
 
-// The module's class types, in the order they are first met, and each one's instances (path, module).
-using Instances = std::map<c10::ClassTypePtr, std::vector<std::pair<std::string, torch::jit::Module>>>;
-std::pair<std::vector<c10::ClassTypePtr>, Instances> module_types(const torch::jit::Module& module) {
-  std::vector<c10::ClassTypePtr> types;
-  Instances instances;
-  for (const auto& m : module.named_modules()) {
-    auto& list = instances[m.value.type()];
-    if (list.empty()) types.push_back(m.value.type());
-    list.emplace_back(m.name, m.value);
-  }
-  return {types, instances};
-}
-
 // "child.path", or "child" where path is "".
 std::string nested(const std::string& child, const std::string& path) {
   return path.empty() ? child : join_path(child, path);
@@ -299,15 +241,6 @@ std::optional<std::string> conv_within(const c10::ClassTypePtr& type) {
   const auto inner = conv_within(call->input(0)->type()->expect<c10::ClassType>());
   if (!inner) return std::nullopt;
   return nested(child, *inner);
-}
-
-torch::jit::Module submodule(torch::jit::Module m, const std::string& path) {
-  for (size_t at = 0; at < path.size();) {
-    const size_t dot = std::min(path.find('.', at), path.size());
-    m = m.attr(path.substr(at, dot - at)).toModule();
-    at = dot + 1;
-  }
-  return m;
 }
 
 // `self.next(self.conv(x))` in a method of a parent: both children run an int8 convolution
@@ -343,8 +276,65 @@ float calibrated_step(const torch::jit::Module& conv) {
 
 }  // namespace
 
+bool type_named(const c10::TypePtr& type, const std::string& suffix) {
+  const auto cls = type->cast<c10::ClassType>();
+  if (!cls || !cls->name()) return false;
+  const std::string name = cls->name()->qualifiedName();
+  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string child_call(const Node* node, const Graph& graph) {
+  if (node->kind() != c10::prim::CallMethod || node->s(c10::attr::name) != "forward") return "";
+  const Node* get = node->input(0)->node();
+  if (get->kind() != c10::prim::GetAttr || get->input() != graph.inputs()[0]) return "";
+  return get->s(c10::attr::name);
+}
+
+std::shared_ptr<Graph> forward_graph(const c10::ClassTypePtr& type) {
+  torch::jit::Function* forward = type->findMethod("forward");
+  return forward && forward->isGraphFunction() ? torch::jit::toGraphFunction(*forward).graph() : nullptr;
+}
+
+Clamp sole_clamp(Value* value, const Graph& graph) {
+  if (value->uses().size() != 1) return {};
+  Node* user = value->uses()[0].user;
+  const bool child = !child_call(user, graph).empty();
+  if (user->kind() == c10::aten::relu || user->kind() == c10::aten::relu_ ||
+      (child && type_named(user->input(0)->type(), ".ReLU")))
+    return {user, 0.0};
+  static const auto relu6 = c10::Symbol::fromQualString("aten::relu6");
+  if (user->kind() == relu6 || (child && type_named(user->input(0)->type(), ".ReLU6")))
+    return {user, 0.0, 6.0};
+  if (user->kind() == c10::aten::hardtanh || user->kind() == c10::aten::hardtanh_) {
+    const auto low = torch::jit::toIValue(user->input(1)), high = torch::jit::toIValue(user->input(2));
+    if (low && high && low->isDouble() && high->isDouble()) return {user, low->toDouble(), high->toDouble()};
+  }
+  return {};
+}
+
+std::pair<std::vector<c10::ClassTypePtr>, Instances> module_types(const torch::jit::Module& module) {
+  std::vector<c10::ClassTypePtr> types;
+  Instances instances;
+  for (const auto& m : module.named_modules()) {
+    auto& list = instances[m.value.type()];
+    if (list.empty()) types.push_back(m.value.type());
+    list.emplace_back(m.name, m.value);
+  }
+  return {types, instances};
+}
+
+torch::jit::Module submodule(torch::jit::Module m, const std::string& path) {
+  for (size_t at = 0; at < path.size();) {
+    const size_t dot = std::min(path.find('.', at), path.size());
+    m = m.attr(path.substr(at, dot - at)).toModule();
+    at = dot + 1;
+  }
+  return m;
+}
+
 std::string out_affine_name(const std::string& weight) { return weight + "_out_affine"; }
 std::string output_step_name(const std::string& weight) { return weight + "_output_step"; }
+std::string residual_affine_name(const std::string& weight) { return weight + "_residual_affine"; }
 
 std::vector<std::string> chain_int8_layers(torch::jit::Module& module) {
   torch::NoGradGuard no_grad;

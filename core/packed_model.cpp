@@ -83,9 +83,9 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
         inputs.push_back(graph.insertGetAttr(read.owner, input_step_name(read.attribute)));
       // A node gives every argument of its schema: conv2d_int8's out_affine is None until a
       // BatchNorm folds into it (fold_batch_norms), its output_step until it is chained to the next
-      // layer (chain_int8_layers).
+      // layer (chain_int8_layers), its residual until an add fuses into it (fuse_residual_adds).
       if (std::string_view(op) == "ttq::conv2d_int8")
-        for (int none = 0; none < 2; ++none) inputs.push_back(graph.insertConstant(c10::IValue()));
+        for (int none = 0; none < 3; ++none) inputs.push_back(graph.insertConstant(c10::IValue()));
       return insert_op(graph, op, inputs);
     }
     Value* weight = insert_op(graph, "ttq::unpack",

@@ -80,6 +80,16 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module);
 std::string output_step_name(const std::string& weight);  // "conv1.weight_output_step"
 std::vector<std::string> chain_int8_layers(torch::jit::Module& module);
 
+// Int8 models (ttq export, after chain_int8_layers): in each method of a class, `y + r` (aten::add,
+// or add_ into y) where y is, alone, the output of a ttq::conv2d_int8 on the int8 kernels whose
+// out_affine leaves values unclamped (in every instance), directly or returned by method calls
+// (inlined into the method to reach it), and a ReLU or ReLU6 that alone takes the sum: the
+// convolution adds r as its residual as it stores each value and clamps after it, the clamp in an
+// out_affine of that call's own (<weight>_residual_affine). ResNet's blocks, MobileNetV2's inverted
+// residuals. The outputs are the same, bit for bit. Returns the fused convolutions' weights.
+std::string residual_affine_name(const std::string& weight);  // "conv2.weight_residual_affine"
+std::vector<std::string> fuse_residual_adds(torch::jit::Module& module);
+
 // Static int8 activations: runs `data` (in batches of `batch_size`, eval mode, no gradients) through
 // `module`, packed with int8 activations, while the operators calibrate (ops::set_calibrating), so
 // that each packed layer's input step becomes the largest step its inputs needed (max |x| / 127);

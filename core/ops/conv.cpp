@@ -30,10 +30,23 @@ at::Tensor checked_affine(const at::Tensor& affine, int64_t rows, const char* op
   return at::cat({affine, at::full({1, rows}, std::numeric_limits<float>::infinity())});
 }
 
+// out clamped to floor and ceiling ([rows] each) per channel, in place where it can: one clamp_
+// where every channel has the same (a ReLU, a ReLU6), or none where they are infinite: one pass
+// over the output, or none, rather than two.
+at::Tensor clamped(at::Tensor out, const at::Tensor& floor, const at::Tensor& ceiling) {
+  const float lowest = floor.min().item<float>(), highest = ceiling.max().item<float>();
+  if (lowest == floor.max().item<float>() && highest == ceiling.min().item<float>()) {
+    const float inf = std::numeric_limits<float>::infinity();
+    if (lowest == -inf && highest == inf) return out;
+    return out.clamp_(lowest == -inf ? c10::optional<at::Scalar>() : lowest,
+                      highest == inf ? c10::optional<at::Scalar>() : highest);
+  }
+  const int64_t rows = floor.size(0);
+  return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
+}
+
 // aten::conv2d with an out_affine folded in: `w`, the call's own float weight, scaled per output
-// channel and the shift put into the bias, then the floor and ceiling as one clamp_ where every
-// channel has the same (a ReLU, a ReLU6), or none where they are infinite: one pass over the
-// output, or none, rather than three.
+// channel and the shift put into the bias, then clamped.
 at::Tensor conv2d_folded(const at::Tensor& input, at::Tensor& w, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                          const at::Tensor& out_affine, const char* op) {
@@ -42,15 +55,7 @@ at::Tensor conv2d_folded(const at::Tensor& input, at::Tensor& w, const c10::opti
   const auto scale = a[0], shift = a[1], floor = a[2], ceiling = a[3];
   w.mul_(scale.view({rows, 1, 1, 1}));
   const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
-  auto out = at::conv2d(input, w, folded_bias, stride, padding, dilation, groups);
-  const float lowest = floor.min().item<float>(), highest = ceiling.max().item<float>();
-  if (lowest == floor.max().item<float>() && highest == ceiling.min().item<float>()) {
-    const float inf = std::numeric_limits<float>::infinity();
-    if (lowest == -inf && highest == inf) return out;
-    return out.clamp_(lowest == -inf ? c10::optional<at::Scalar>() : lowest,
-                      highest == inf ? c10::optional<at::Scalar>() : highest);
-  }
-  return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
+  return clamped(at::conv2d(input, w, folded_bias, stride, padding, dilation, groups), floor, ceiling);
 }
 
 // The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped); an
@@ -233,12 +238,14 @@ at::Tensor pooled_int8_output(const Int8Inputs& in, const Int8Conv& g, int64_t r
 // or dense_rows_int8 with their weights), whose steps (`step`, or `four`) walk the taps from the
 // pixel's first (implicit GEMM: no im2col copy). The output is channels-last when the input is, as
 // aten::conv2d's: then a pixel's channels are written together, and the pooling and normalization
-// after it run their channels-last kernels. With a max_pool, its pooling (pooled_int8_output).
+// after it run their channels-last kernels. With a max_pool, its pooling (pooled_int8_output); a
+// residual (float32, the output's sizes and layout) is added as each value is stored.
 template <class RowsInt8>
 at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t rows, c10::IntArrayRef stride,
                             c10::IntArrayRef padding, const c10::optional<at::Tensor>& input_step,
                             const int64_t* step, const int64_t* four, int64_t k, const float* affine,
-                            float output_step, RowsInt8 rows_int8, const char* op, c10::IntArrayRef max_pool = {}) {
+                            float output_step, RowsInt8 rows_int8, const char* op, c10::IntArrayRef max_pool = {},
+                            const float* residual = nullptr) {
   const auto step_of = input_steps(input, {1, 2, 3}, g.batch, input_step, op);
   const float* sample_step = step_of.data_ptr<float>();
   const uint8_t* qd = quantized_images(input, padding, sample_step, selected_path(), g.image);
@@ -263,6 +270,7 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
     auto output = [&](int64_t at, int64_t input_stride, int64_t row_stride) {
       Int8Output o = affine_output(affine, rows, input_stride, row_stride);
+      if (residual) o.residual = residual + at;
       if (bytes) o.bytes = out.data_ptr<uint8_t>() + at, o.byte_step = output_step;
       else o.y = out.data_ptr<float>() + at;
       return o;
@@ -374,14 +382,15 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
 // conv2d on int8 inputs (int8_conv_output), the ternary rows on their packed planes. The codes are
 // tap-major, [out, kh, kw, in] (packed_model.h), so that a tap's channels are contiguous in both:
 // step s of a row, its weights 64 s to 64 s + 63, lies at one tap and channel of the pixel's image.
-// out_affine (checked_affine) and the bias are applied as each value is stored, and with an
+// out_affine (checked_affine), the bias and a residual (a fused `y + residual`, before the affine's
+// floor and ceiling: a ResNet block's add and ReLU) are applied as each value is stored, and with an
 // output_step the value is stored as the next layer's int8 input. Depthwise layers run their own
 // kernel on the same images; other layers (groups, odd channel counts) run the float path.
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                        const c10::optional<at::Tensor>& input_step, const c10::optional<at::Tensor>& out_affine,
-                       const c10::optional<at::Tensor>& output_step) {
+                       const c10::optional<at::Tensor>& output_step, const c10::optional<at::Tensor>& residual) {
   TORCH_CHECK(shape.size() == 4, "ttq::conv2d_int8: the weight shape must be [out, in/groups, kh, kw]");
   const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
   check_packed(codes, scales, {rows, kh, kw, cin});
@@ -389,12 +398,34 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   at::NoGradGuard no_grad;
   const float next_step =
       output_step && output_step->defined() ? *step_value(*output_step, "output_step", "conv2d_int8") : 0;
-  if (!conv_runs_int8(shape.vec(), groups)) {
+  const bool added = residual && residual->defined();
+  TORCH_CHECK(!added || (residual->scalar_type() == at::kFloat && residual->is_cpu()),
+              "ttq::conv2d_int8: the residual must be a float32 CPU tensor");
+  // The bias in the affine's shift (an identity affine where there is none): the kernels store the
+  // final values.
+  at::Tensor affine;
+  if (out_affine && out_affine->defined())
+    affine = checked_affine(*out_affine, rows, "conv2d_int8");
+  else if ((bias && bias->defined()) || added)
+    affine = at::stack({at::ones({rows}), at::zeros({rows}), at::full({rows}, -INFINITY), at::full({rows}, INFINITY)});
+  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
+  const bool runs_int8 = conv_runs_int8(shape.vec(), groups);
+  const Int8Conv g = int8_conv(input, cin * groups, kh, kw, stride, padding, dilation, "conv2d_int8");
+  if (added && (!runs_int8 || residual->sizes() != at::IntArrayRef({g.batch, rows, g.out_h, g.out_w}))) {
+    // A residual the stores do not take (the float path; one that broadcasts, as aten::add allows):
+    // the convolution without its floor and ceiling, then the add and the clamp, as the graph had them.
+    TORCH_CHECK(next_step == 0, "ttq::conv2d_int8: a residual of sizes ", residual->sizes(), " and an output_step");
+    auto open = affine.clone();
+    open[2].fill_(-INFINITY), open[3].fill_(INFINITY);
+    const auto out = conv2d_int8(input, codes, scales, shape, c10::nullopt, stride, padding, dilation, groups,
+                                 input_step, open, c10::nullopt, c10::nullopt);
+    return clamped(at::add(out, *residual), affine[2], affine[3]);
+  }
+  if (!runs_int8) {
     TORCH_CHECK(input.scalar_type() == at::kFloat && next_step == 0, "ttq::conv2d_int8: a layer of ", groups,
                 " groups and ", cin, " in-channels a group runs in float: no uint8 input or output_step");
     return conv2d_float(input, codes, scales, shape, bias, stride, padding, dilation, groups, out_affine);
   }
-  const Int8Conv g = int8_conv(input, cin * groups, kh, kw, stride, padding, dilation, "conv2d_int8");
   const int64_t groups32 = packed_groups(cin * kh * kw);
   // Where a step (64 weights of a row), or a depthwise layer's tap, starts in a pixel's image.
   std::vector<int64_t> step(groups > 1 ? kh * kw : (groups32 + 1) / 2);
@@ -403,14 +434,8 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
     const int64_t tap = at / cin, channel = at % cin;
     step[s] = (tap / kw * dilation[0] * g.padded_w + tap % kw * dilation[1]) * g.cin + channel;
   }
-  // The bias in the affine's shift (an identity affine where there is none): the kernels store the
-  // final values.
-  at::Tensor affine;
-  if (out_affine && out_affine->defined())
-    affine = checked_affine(*out_affine, rows, "conv2d_int8");
-  else if (bias && bias->defined())
-    affine = at::stack({at::ones({rows}), at::zeros({rows}), at::full({rows}, -INFINITY), at::full({rows}, INFINITY)});
-  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
+  // The residual in the output's layout (int8_conv_output's: the input's).
+  const auto laid_out = added ? residual->contiguous(input.suggest_memory_format()) : at::Tensor();
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   const KernelPath path = selected_path();
@@ -421,7 +446,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
         if (groups > 1) return depthwise_rows_int8(path, planes, groups32, w, step.data(), kh * kw, in, i0, i1, r0, r1, o);
         ternary_rows_int8(path, planes, groups32, w, in, i0, i1, r0, r1, o);
       },
-      "conv2d_int8");
+      "conv2d_int8", {}, added ? laid_out.data_ptr<float>() : nullptr);
 }
 
 // A float convolution (one the packing keeps float, as ResNet's first) with the BatchNorm and ReLU

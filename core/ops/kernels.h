@@ -52,9 +52,9 @@ void quantize_int8(KernelPath path, const float* x, int64_t count, int64_t x_str
                    uint8_t* dst);
 
 // Where ternary_rows_int8 stores row r of input i, y[i * input_stride + r * row_stride], and what
-// becomes of its value v first: with `scale`, min(max(scale[r] · v + shift[r], floor[r]),
-// ceiling[r]) (a BatchNorm folded into the layer and a fused ReLU or ReLU6: ttq::conv2d_int8's
-// out_affine), else v as it is.
+// becomes of its value v first: with `scale`, min(max(scale[r] · v + shift[r] (+ residual[at], at
+// the same place, where given), floor[r]), ceiling[r]) (a BatchNorm folded into the layer, a residual
+// add and a ReLU or ReLU6 fused: ttq::conv2d_int8's out_affine and residual), else v as it is.
 // With `bytes` (y unused), the next layer's int8 input instead, at the same places: round(v /
 // byte_step) clamped to ±127, + 128 (whatever the path: a uint8 tensor between two layers), the
 // bytes quantize_int8 makes of the float.
@@ -65,6 +65,7 @@ struct Int8Output {
   const float* shift = nullptr;
   const float* floor = nullptr;
   const float* ceiling = nullptr;
+  const float* residual = nullptr;  // with scale only
   uint8_t* bytes = nullptr;
   float byte_step = 0;
 };

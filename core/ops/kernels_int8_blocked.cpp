@@ -166,14 +166,26 @@ TTQ_AVX512 Affine affine_of(const Int8Output& out, int64_t r0, __mmask16 mask) {
           _mm512_maskz_loadu_ps(mask, out.floor + r0), _mm512_maskz_loadu_ps(mask, out.ceiling + r0)};
 }
 
+// The valid lanes' residuals, `stride` apart from r.
+TTQ_AVX512 __m512 residual_register(const float* r, int64_t stride, __mmask16 mask, int64_t valid) {
+  if (stride == 1) return _mm512_maskz_loadu_ps(mask, r);
+  alignas(64) float lanes[kLanes] = {};
+  for (int64_t c = 0; c < valid; ++c) lanes[c] = r[c * stride];
+  return _mm512_load_ps(lanes);
+}
+
 // A register of input i's rows from r0 (`valid` of them, `mask`), d their sums less the offset, into
 // `out` as kernels.h's Int8Output says: scale[i] · w.step · d, then the affine. The same float
 // operations, in the same order, as the other kernels' stores.
 TTQ_AVX512 void store_register(__m512 d, const Affine& a, float step, __mmask16 mask, int64_t valid, int64_t i,
                                int64_t r0, const Int8Output& out) {
   __m512 v = _mm512_mul_ps(_mm512_set1_ps(step), d);
-  if (out.scale) v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(a.scale, v), a.shift), a.floor), a.ceiling);
   const int64_t at = i * out.input_stride + r0 * out.row_stride;
+  if (out.scale) {
+    v = _mm512_add_ps(_mm512_mul_ps(a.scale, v), a.shift);
+    if (out.residual) v = _mm512_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
+    v = _mm512_min_ps(_mm512_max_ps(v, a.floor), a.ceiling);
+  }
   if (out.bytes) return store_bytes(v, out.byte_step, mask, valid, out.bytes + at, out.row_stride);
   float* y = out.y + at;
   if (out.row_stride == 1) return _mm512_mask_storeu_ps(y, mask, v);

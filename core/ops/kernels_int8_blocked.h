@@ -73,11 +73,16 @@ inline uint8_t quantized(float x, float scale, int add) {
 // in the same order, as the blocked kernels' stores (built without FMA contraction, as they are).
 inline void store_value(int32_t dot, const Int8Inputs& in, Int8Weights w, int64_t i, int64_t r, const Int8Output& out) {
   float v = in.scale[i] * w.step * static_cast<float>(dot);
-  if (out.scale) v = std::min(std::max(out.scale[r] * v + out.shift[r], out.floor[r]), out.ceiling[r]);
+  const int64_t at = i * out.input_stride + r * out.row_stride;
+  if (out.scale) {
+    v = out.scale[r] * v + out.shift[r];
+    if (out.residual) v += out.residual[at];
+    v = std::min(std::max(v, out.floor[r]), out.ceiling[r]);
+  }
   if (out.bytes)
-    out.bytes[i * out.input_stride + r * out.row_stride] = quantized(v, out.byte_step, 128);
+    out.bytes[at] = quantized(v, out.byte_step, 128);
   else
-    out.y[i * out.input_stride + r * out.row_stride] = v;
+    out.y[at] = v;
 }
 
 // What dense rows (DenseInt8Rows) store with: a step of 1, their own steps being in the output's scale.

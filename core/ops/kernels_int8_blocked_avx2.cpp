@@ -119,6 +119,14 @@ TTQ_AVX2 void store_bytes(__m256 v, float step, int64_t valid, uint8_t* dst, int
   for (int64_t c = 0; c < valid; ++c) dst[c * stride] = lanes[c];
 }
 
+// The valid lanes' residuals (`mask`), `stride` apart from r.
+TTQ_AVX2 __m256 residual_register(const float* r, int64_t stride, __m256i mask, int64_t valid) {
+  if (stride == 1) return _mm256_maskload_ps(r, mask);
+  alignas(32) float lanes[kLanes] = {};
+  for (int64_t c = 0; c < valid; ++c) lanes[c] = r[c * stride];
+  return _mm256_load_ps(lanes);
+}
+
 // As the AVX-512 store (kernels_int8_blocked.cpp), 8 rows a register: the same float operations in
 // the same order as the portable kernels' stores.
 TTQ_AVX2 void store(const int32_t* dot, int blocks, int n, const int32_t*, const Int8Inputs& in, Int8Weights w,
@@ -138,8 +146,12 @@ TTQ_AVX2 void store(const int32_t* dot, int blocks, int n, const int32_t*, const
     for (int i = 0; i < n; ++i) {
       const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dot + (b * n + i) * kLanes));
       __m256 v = _mm256_mul_ps(_mm256_set1_ps(in.scale[ib + i] * w.step), _mm256_cvtepi32_ps(d));
-      if (out.scale) v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(_mm256_mul_ps(scale, v), shift), floor), ceiling);
       const int64_t at = (ib + i) * out.input_stride + r0 * out.row_stride;
+      if (out.scale) {
+        v = _mm256_add_ps(_mm256_mul_ps(scale, v), shift);
+        if (out.residual) v = _mm256_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
+        v = _mm256_min_ps(_mm256_max_ps(v, floor), ceiling);
+      }
       if (out.bytes) {
         store_bytes(v, out.byte_step, valid, out.bytes + at, out.row_stride);
         continue;

@@ -75,6 +75,21 @@ class Int8Models(Workdir):
                          [f"layer{stage}.{block}.conv1.weight" for stage in range(1, 5) for block in range(2)])
         with torch.no_grad():
             self.assertTrue(torch.equal(model(x), self.unchained(int8)(x)))
+        # Each block's add and ReLU are its second convolution's, done as it stores each value (with
+        # the identity as its residual, computed before it where the block downsamples): the same
+        # outputs, bit for bit, as the block's own modules computing them apart.
+        self.assertEqual(sorted(report["residual_fused"]),
+                         [f"layer{stage}.{block}.conv2.weight" for stage in range(1, 5) for block in range(2)])
+        self.assertIn("conv2d_int8", getattr(model.layer2, "0").code)
+        mid = torch.randn(2, 64, 12, 12).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for stage in range(1, 5):
+                for block in range(2):
+                    b = getattr(getattr(model, f"layer{stage}"), str(block))
+                    identity = b.downsample(mid) if stage > 1 and block == 0 else mid
+                    apart = torch.relu(b.conv2(b.conv1(mid)) + identity)
+                    mid = b(mid)
+                    self.assertTrue(torch.equal(mid, apart), (stage, block))
         # The stem's max-pool is the stem operator's own (it pools a reused scratch).
         self.assertIn("[3, 2, 1])", model._forward_impl.code)
         self.assertNotIn("maxpool", model._forward_impl.code)
@@ -114,6 +129,19 @@ class Int8Models(Workdir):
             got, want = torch.jit.load(int8)(x[:2]), torch.jit.load(packed)(x[:2])
             self.assertTrue(torch.equal(got, self.unchained(int8)(x[:2])))
         self.assertLess((got - want).abs().max(), 0.2 * want.abs().max())
+        # The 10 blocks that add their input to their output (use_res_connect) have their projection
+        # add it as it stores each value, bit for bit as the block's layers and the add apart; the
+        # others run as they did.
+        residual = report["residual_fused"]
+        self.assertEqual(len(residual), 10)
+        self.assertIn("features.3.conv.2.weight", residual)
+        self.assertNotIn("features.2.conv.2.weight", residual)  # stride 2: no residual
+        model = torch.jit.load(int8)
+        for index, channels in ((2, 16), (3, 24), (4, 24), (5, 32)):
+            b = getattr(model.features, str(index))
+            mid = torch.randn(2, channels, 10, 10).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                self.assertTrue(torch.equal(b(mid), mid + b.conv(mid) if b.use_res_connect else b.conv(mid)), index)
 
     def fold_one(self, activation):
         # conv (64 → 32, 3x3) → BatchNorm with trained statistics → activation, every layer ternary,

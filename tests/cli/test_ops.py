@@ -382,6 +382,39 @@ class OnEveryPath(unittest.TestCase):
                                                   r"before\) needs the layer's calibrated input_step"):
             torch.ops.ttq.conv2d_int8(q, codes2, scales2, [24, 64, 1, 1], None, [1, 1], [0, 0], [1, 1], 1)
 
+    def test_conv2d_int8_adds_a_residual_before_its_floor_and_ceiling(self):
+        # residual: exactly clamp(conv + residual) as the graph computed it (the add, then the ReLU
+        # or ReLU6), whatever the path, layer shape (1x1, 3x3 strided, depthwise, a grouped layer on
+        # the float path), memory format, and a residual that broadcasts (added after the layer).
+        g = torch.Generator().manual_seed(9)
+        for shape, groups, stride, padding, res_batch in (([48, 64, 1, 1], 1, 1, 0, 2), ([64, 64, 3, 3], 1, 2, 1, 2),
+                                                         ([32, 1, 3, 3], 32, 1, 1, 2), ([16, 8, 3, 3], 2, 1, 1, 2),
+                                                         ([24, 64, 1, 1], 1, 1, 0, 1)):
+            rows, cin = shape[0], shape[1] * groups
+            codes, scales = torch.ops.ttq.pack(ternary([shape[0], shape[2], shape[3], shape[1]], seed=rows), 0.3, 0.2)
+            x, bias = torch.randn(2, cin, 9, 7, generator=g), torch.randn(rows, generator=g)
+            scale, shift = torch.rand(rows, generator=g) + 0.5, torch.randn(rows, generator=g)
+            inf = torch.full((rows,), float("inf"))
+            for path in cpu_paths():
+                os.environ["TTQ_KERNEL"] = path
+                for last in (False, True):
+                    xl = x.contiguous(memory_format=torch.channels_last) if last else x
+                    conv = lambda affine, residual=None: torch.ops.ttq.conv2d_int8(  # noqa: E731
+                        xl, codes, scales, shape, bias, [stride] * 2, [padding] * 2, [1, 1], groups,
+                        torch.tensor([0.05]), affine, None, residual)
+                    open_ = conv(torch.stack([scale, shift, -inf, inf]))
+                    residual = torch.randn(res_batch, *open_.shape[1:], generator=g)
+                    if last:
+                        residual = residual.contiguous(memory_format=torch.channels_last)
+                    for floor, ceiling in ((-inf, inf), (torch.zeros(rows), inf), (torch.zeros(rows), torch.full((rows,), 6.0))):
+                        got = conv(torch.stack([scale, shift, floor, ceiling]), residual)
+                        want = torch.minimum(torch.maximum(open_ + residual, floor.view(1, -1, 1, 1)),
+                                             ceiling.view(1, -1, 1, 1))
+                        self.assertTrue(torch.equal(got, want), (shape, path, last))
+                    self.assertTrue(torch.equal(conv(None, residual), conv(None) + residual), (shape, path))
+        with self.assertRaisesRegex(RuntimeError, "ttq::conv2d_int8: the residual must be a float32 CPU tensor"):
+            conv(None, residual.double())
+
     def test_a_bad_input_step_is_one_clear_error(self):
         w = ternary((4, 64))
         codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
