@@ -197,8 +197,10 @@ TEST_CASE("dense_rows_int8 of every path equals the exact int32 sums through its
 
 TEST_CASE("depthwise_rows_int8 of every path equals the exact int32 sums of each channel's taps, as floats and bytes") {
   // (channels, taps, n): MobileNetV2's 3x3 (9 taps, held in registers on AVX-512) at channel counts
-  // off 16, a 5x5, and channel ranges split as threads split them.
-  const std::vector<std::array<int64_t, 3>> cases{{16, 9, 5}, {20, 9, 7}, {144, 9, 3}, {24, 25, 4}, {3, 9, 2}};
+  // off 16, a 5x5, channel ranges split as threads split them, and inputs past two of AVX-512's
+  // tiles of 64 (an odd count: its pairs of inputs end on one).
+  const std::vector<std::array<int64_t, 3>> cases{{16, 9, 5},  {20, 9, 7}, {144, 9, 3},
+                                                  {24, 25, 4}, {3, 9, 2},  {48, 9, 151}};
   for (const auto path : runnable_paths()) {
     for (const auto& [channels, taps, n] : cases) {
       CAPTURE(path_name(path), channels, taps, n);
