@@ -118,6 +118,7 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     nlohmann::json doc{{"input", args.input}, {"output", args.output}, {"format", "packed"},
                        {"output_bytes", bytes}, {"activations", meta.activations},
                        {"packed", report.packed}, {"float", float_layers}, {"folded", report.folded},
+                       {"eight_bit", report.eight_bit},
                        {"chained", chained}, {"residual_fused", residual}};
     if (meta.calibration) {
       nlohmann::json layers = nlohmann::json::array();
@@ -128,9 +129,10 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
     fmt::print("{}\n", doc.dump(2));
     return;
   }
-  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{}{}{}{})\n",
+  fmt::print("wrote {} ({}, packed TorchScript: {} of {} ternary layers run packed, {} activations{}{}{}{}{})\n",
              args.output, human_bytes(double(bytes)), report.packed.size(), meta.layers.size(), meta.activations,
              report.folded.empty() ? "" : fmt::format("; BatchNorm folded into {}", report.folded.size()),
+             report.eight_bit.empty() ? "" : fmt::format("; {} float linear layers in 8 bits", report.eight_bit.size()),
              chained.empty() ? "" : fmt::format("; {} layers hand the next their int8 input", chained.size()),
              residual.empty() ? "" : fmt::format("; {} residual adds fused into their convolution", residual.size()),
              kept.empty() ? "" : fmt::format("; float: {}", fmt::join(kept, ", ")));

@@ -278,7 +278,10 @@ PackReport pack_module(torch::jit::Module& module, const std::vector<LayerRecord
   register_codes(module, layers, plan.report.packed, activations);
   rewrite_methods(graphs, plan, activations);
   PackReport report = plan.report;
-  if (activations == Activations::Int8) report.folded = fold_batch_norms(module);
+  if (activations == Activations::Int8) {
+    report.folded = fold_batch_norms(module);
+    report.eight_bit = eight_bit_linears(module);
+  }
   return report;
 }
 

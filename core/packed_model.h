@@ -30,6 +30,7 @@ struct PackReport {
   std::vector<std::string> packed;  // forward order
   std::vector<KeptFloat> kept_float;
   std::vector<std::string> folded;  // int8: the convolutions a BatchNorm was folded into
+  std::vector<std::string> eight_bit;  // int8: the float linear layers kept in 8 bits
 };
 
 // The names of the buffers that replace a packed weight "conv1.weight" in its module.
@@ -89,6 +90,18 @@ std::vector<std::string> chain_int8_layers(torch::jit::Module& module);
 // residuals. The outputs are the same, bit for bit. Returns the fused convolutions' weights.
 std::string residual_affine_name(const std::string& weight);  // "conv2.weight_residual_affine"
 std::vector<std::string> fuse_residual_adds(torch::jit::Module& module);
+
+// Int8 models (pack_module calls it, after fold_batch_norms): every float32 linear layer left (one
+// the packing keeps float, as a classifier by the paper's rule: an attribute that only
+// aten::linear reads, as its weight, a matrix of one shape in every instance of its class) is
+// rounded to 8 bits per output channel (max |w| / 127) and runs ttq::linear_8bit on
+// <weight>_int8 (rows 64-byte multiples apart), <weight>_step and its own <weight>_input_step,
+// calibrated as the packed layers' are; the float weight is emptied. The way back restores it as
+// its 8-bit values (q · step): the one part of an int8 model that does not come back bit-exact.
+// Returns the layers' weights.
+std::string eight_bit_name(const std::string& weight);   // "fc.weight_int8"
+std::string weight_step_name(const std::string& weight);  // "fc.weight_step"
+std::vector<std::string> eight_bit_linears(torch::jit::Module& module);
 
 // Static int8 activations: runs `data` (in batches of `batch_size`, eval mode, no gradients) through
 // `module`, packed with int8 activations, while the operators calibrate (ops::set_calibrating), so

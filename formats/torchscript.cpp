@@ -126,6 +126,9 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
     } else {
       const ParameterSlot slot = find_slot(packed.module, name);
       value = slot.owner.attr(slot.attribute).toTensor();
+      if (slot.owner.hasattr(eight_bit_name(slot.attribute)))  // a float linear layer kept in 8 bits: q · step
+        value = slot.owner.attr(eight_bit_name(slot.attribute)).toTensor().to(torch::kFloat) *
+                slot.owner.attr(weight_step_name(slot.attribute)).toTensor().unsqueeze(1);
     }
     value.set_requires_grad(empty.requires_grad() && value.is_floating_point());
     set_parameter(restored.module, name, value);

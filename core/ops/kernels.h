@@ -91,6 +91,12 @@ DenseInt8Rows dense_int8_rows(KernelPath path, const int8_t* w, int64_t rows, in
 void dense_rows_int8(KernelPath path, const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1,
                      int64_t r0, int64_t r1, const Int8Output& out);
 
+// As dense_rows_int8, for 8-bit rows stored row-major: `stride` bytes a row (a multiple of 64, zero
+// past the layer's K), input i's `stride` bytes at in.data + in.row[i]; for a linear layer an int8
+// model keeps in 8 bits (ttq::linear_8bit).
+void eight_bit_rows_int8(KernelPath path, const int8_t* w, int64_t stride, const Int8Inputs& in, int64_t i0,
+                         int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+
 // A depthwise convolution's rows (channels) r0 <= r < r1 for inputs (pixels) i0 <= i < i1:
 // Σ_t w[r, t] · q[i, t, r], the bytes of tap t at in.data + in.row[i] + tap[t] + r (an NHWC image),
 // w the packed [rows, taps] codes; stored as ternary_rows_int8 stores.

@@ -222,6 +222,66 @@ void rows_int8_packed(BlockDots dots, const uint32_t* planes, int64_t groups, In
             kRowsAtOnce, groups * 8, in, w, i0, i1, r0, r1, out);
 }
 
+// Rows of 8-bit weights stored row-major (eight_bit_rows_int8): `stride` bytes a row and an input,
+// a multiple of 64, the weights zero past K. Σ_j w[j] · q_i[j] for n inputs, as the ternary kernels
+// above: signed inputs and magnitudes carrying the sign on AVX2, offset inputs and the offset's
+// share (128 · Σ w, one vpdpbusd of 128s a step for all inputs) on AVX-512.
+void eight_bit_portable(const int8_t* w, int64_t stride, const uint8_t* const* x, int n, int32_t* dot) {
+  for (int i = 0; i < n; ++i) {
+    const auto* q = reinterpret_cast<const int8_t*>(x[i]);
+    int32_t sum = 0;
+    for (int64_t j = 0; j < stride; ++j) sum += w[j] * q[j];
+    dot[i] = sum;
+  }
+}
+
+template <int N>
+__attribute__((target("avx2"))) void eight_bit_block_avx2(const int8_t* w, int64_t stride, const uint8_t* const* x,
+                                                          int32_t* dot) {
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_si256();
+  for (int64_t j = 0; j < stride; j += 32) {
+    const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j));
+    const __m256i magnitude = _mm256_sign_epi8(wb, wb);
+    for (int i = 0; i < N; ++i) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + j));
+      acc[i] = _mm256_add_epi32(acc[i], dot32_avx2(magnitude, wb, q, ones16));
+    }
+  }
+  for (int i = 0; i < N; ++i) dot[i] = sum8_epi32(acc[i]);
+}
+
+template <int N>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void eight_bit_block_avx512(const int8_t* w, int64_t stride,
+                                                                                   const uint8_t* const* x,
+                                                                                   int32_t* dot) {
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i acc[N], shift = _mm512_setzero_si512();
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_si512();
+  for (int64_t j = 0; j < stride; j += 64) {
+    const __m512i wb = _mm512_loadu_si512(w + j);
+    shift = _mm512_dpbusd_epi32(shift, offset, wb);
+    for (int i = 0; i < N; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_loadu_si512(x[i] + j), wb);
+  }
+  const int32_t share = _mm512_reduce_add_epi32(shift);
+  for (int i = 0; i < N; ++i) dot[i] = _mm512_reduce_add_epi32(acc[i]) - share;
+}
+
+// One row against n <= kMaxInputs inputs, by path.
+void eight_bit_row(KernelPath path, const int8_t* w, int64_t stride, const uint8_t* const* x, int n, int32_t* dot) {
+  if (path == KernelPath::Portable) return eight_bit_portable(w, stride, x, n, dot);
+  for (; n > 0; n -= 4, x += 4, dot += 4) {  // four inputs a block
+    const bool avx512 = path == KernelPath::Avx512;
+    switch (std::min(n, 4)) {
+      case 4: avx512 ? eight_bit_block_avx512<4>(w, stride, x, dot) : eight_bit_block_avx2<4>(w, stride, x, dot); break;
+      case 3: avx512 ? eight_bit_block_avx512<3>(w, stride, x, dot) : eight_bit_block_avx2<3>(w, stride, x, dot); break;
+      case 2: avx512 ? eight_bit_block_avx512<2>(w, stride, x, dot) : eight_bit_block_avx2<2>(w, stride, x, dot); break;
+      default: avx512 ? eight_bit_block_avx512<1>(w, stride, x, dot) : eight_bit_block_avx2<1>(w, stride, x, dot);
+    }
+  }
+}
+
 }  // namespace
 
 Int8Weights int8_weights(float wp, float wn) {
@@ -305,6 +365,15 @@ void ternary_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, 
     case KernelPath::Portable: break;
   }
   rows_int8_packed(each_row<row_portable>, planes, groups, w, in, i0, i1, r0, r1, out);
+}
+
+void eight_bit_rows_int8(KernelPath path, const int8_t* w, int64_t stride, const Int8Inputs& in, int64_t i0,
+                         int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
+  rows_int8([](int64_t, int64_t) {},
+            [&](int64_t r, int here, const uint8_t* const* x, int count, int32_t* dot) {
+              for (int h = 0; h < here; ++h) eight_bit_row(path, w + (r + h) * stride, stride, x, count, dot + h * kMaxInputs);
+            },
+            kRowsAtOnce, stride, in, kDenseStep, i0, i1, r0, r1, out);
 }
 
 }  // namespace ttq::ops

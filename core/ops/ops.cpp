@@ -164,6 +164,23 @@ at::Tensor input_steps(const at::Tensor& x, c10::IntArrayRef dims, int64_t count
 
 namespace {
 
+// The rows of x [n, k] quantized with their steps into this thread's input scratch, `stride` bytes
+// a row, zero past k.
+uint8_t* quantized_rows(const at::Tensor& x, const float* row_step, int64_t stride, KernelPath path) {
+  const int64_t n = x.size(0), k = x.size(1);
+  const bool offset = int8_offset(path);
+  uint8_t* q = input_scratch(n * stride);
+  const float* xd = x.data_ptr<float>();
+  const auto xs = x.strides();
+  at::parallel_for(0, n, 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      quantize_int8(path, xd + i * xs[0], k, xs[1], row_step[i], offset, q + i * stride);
+      std::memset(q + i * stride + k, offset ? 128 : 0, static_cast<size_t>(stride - k));  // zero past k
+    }
+  });
+  return q;
+}
+
 // Input rows quantized to int8 with one scale each (dynamic, symmetric: the row's largest magnitude
 // maps to 127), as PyTorch's dynamic quantization and bitnet.cpp's W1.58A8 kernels do, or with the
 // calibrated input_step (static), and the layer's two scales put on one int8 grid (int8_weights);
@@ -176,18 +193,9 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const int64_t rows = shape[0], k = shape[1];
   const int64_t n = x.size(0), groups = packed_groups(k), stride = (groups * kGroup + 63) / 64 * 64;
   const KernelPath path = selected_path();
-  const bool offset = int8_offset(path);
   const auto q_scale = input_steps(x, 1, n, input_step, "linear_int8");
   const float* row_step = q_scale.data_ptr<float>();
-  uint8_t* q = input_scratch(n * stride);
-  const float* xd = x.data_ptr<float>();
-  const auto xs = x.strides();
-  at::parallel_for(0, n, 1, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) {
-      quantize_int8(path, xd + i * xs[0], k, xs[1], row_step[i], offset, q + i * stride);
-      std::memset(q + i * stride + k, offset ? 128 : 0, static_cast<size_t>(stride - k));  // zero past k
-    }
-  });
+  uint8_t* q = quantized_rows(x, row_step, stride, path);
   std::vector<int64_t> row(n), step((groups + 1) / 2);
   for (int64_t i = 0; i < n; ++i) row[i] = i * stride;
   for (size_t s = 0; s < step.size(); ++s) step[s] = 64 * static_cast<int64_t>(s);
@@ -199,6 +207,47 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& codes, const a
     ternary_rows_int8(path, planes, groups, w, in, 0, n, r0, r1, {out.data_ptr<float>(), rows, 1});
   });
   return linear_output(out, bias, input);
+}
+
+// A linear layer an int8 model keeps in 8 bits (packed_model.h): weight [out, in] int8, its float
+// weight rounded per output channel at export, each row `stride(0)` bytes apart (a multiple of 64,
+// zero past in: the kernels' steps); weight_step [out] the rows' steps. The input is quantized as
+// linear_int8's; the bias goes into the stores.
+at::Tensor linear_8bit(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_step,
+                       const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& input_step) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_cpu() && weight.dim() == 2,
+              "ttq::linear_8bit: the weight must be int8 [out, in] (got ", weight.sizes(), " ", weight.scalar_type(), ")");
+  const int64_t rows = weight.size(0), k = weight.size(1), stride = (k + 63) / 64 * 64;
+  TORCH_CHECK(weight.stride(0) == stride && weight.stride(1) == 1 &&
+                  static_cast<int64_t>(weight.storage().nbytes()) >= weight.storage_offset() + rows * stride,
+              "ttq::linear_8bit: the weight's rows must lie ", stride, " bytes apart (got strides ", weight.strides(), ")");
+  TORCH_CHECK(weight_step.scalar_type() == at::kFloat && weight_step.is_cpu() && weight_step.numel() == rows,
+              "ttq::linear_8bit: weight_step must be ", rows, " float32 values");
+  TORCH_CHECK(!bias || !bias->defined() || (bias->scalar_type() == at::kFloat && bias->numel() == rows),
+              "ttq::linear_8bit: the bias must be ", rows, " float32 values");
+  check_input(input, "linear_8bit");
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == k, "ttq::linear_8bit: the input has ", input.size(-1),
+              " features; the weight takes ", k);
+  const auto x = input.reshape({-1, k});
+  at::NoGradGuard no_grad;
+  const int64_t n = x.size(0);
+  const KernelPath path = selected_path();
+  const auto q_scale = input_steps(x, 1, n, input_step, "linear_8bit");
+  const uint8_t* q = quantized_rows(x, q_scale.data_ptr<float>(), stride, path);
+  std::vector<int64_t> row(n);
+  for (int64_t i = 0; i < n; ++i) row[i] = i * stride;
+  const Int8Inputs in{q, row.data(), nullptr, q_scale.data_ptr<float>(), stride};
+  const auto steps = weight_step.contiguous();
+  const auto shift = bias && bias->defined() ? bias->contiguous() : at::zeros({rows});
+  const auto floor = at::full({rows}, -INFINITY), ceiling = at::full({rows}, INFINITY);
+  auto out = at::empty({n, rows}, at::kFloat);
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    Int8Output o{out.data_ptr<float>(), rows, 1};
+    o.scale = steps.data_ptr<float>(), o.shift = shift.data_ptr<float>();
+    o.floor = floor.data_ptr<float>(), o.ceiling = ceiling.data_ptr<float>();
+    eight_bit_rows_int8(path, weight.data_ptr<int8_t>(), stride, in, 0, n, r0, r1, o);
+  });
+  return linear_output(out, c10::nullopt, input);
 }
 
 std::tuple<at::Tensor, at::Tensor> pack_op(const at::Tensor& weight, double wp, double wn) {
@@ -227,6 +276,11 @@ TORCH_LIBRARY(ttq, m) {
   m.def("linear_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, "
         "Tensor? input_step=None) -> Tensor",
         &ttq::ops::linear_int8);
+  // A float linear layer an int8 model keeps in 8 bits: weight int8 [out, in], rows 64-byte
+  // multiples apart, weight_step [out].
+  m.def("linear_8bit(Tensor input, Tensor weight, Tensor weight_step, Tensor? bias, Tensor? input_step=None) "
+        "-> Tensor",
+        &ttq::ops::linear_8bit);
   m.def("conv2d(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> Tensor",
         &ttq::ops::conv2d);

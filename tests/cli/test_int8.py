@@ -11,7 +11,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from ttq_testing import Workdir, load_with_metadata, quantize_and_pack, ttq
+from ttq_testing import Workdir, assert_back_from_int8, load_with_metadata, quantize_and_pack, ttq
 
 torch.ops.load_library(os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_ops.so"))
 
@@ -25,6 +25,15 @@ def int8_conv(x, conv, step=None):
     w8 = torch.round(conv.weight / w_step) * w_step
     return F.conv2d(torch.round(x / step).clamp(-127, 127) * step, w8, conv.bias, conv.stride, conv.padding,
                     conv.dilation)
+
+
+def int8_linear(x, linear):
+    """A float linear layer as an int8 model runs it (ttq::linear_8bit): each row of x on its own int8
+    grid, the weight rounded to 8 bits per output channel."""
+    step = x.abs().amax(1, keepdim=True) / 127
+    w_step = linear.weight.abs().amax(1, keepdim=True) / 127
+    return F.linear(torch.round(x / step).clamp(-127, 127) * step, torch.round(linear.weight / w_step) * w_step,
+                    linear.bias)
 
 
 class Int8Models(Workdir):
@@ -106,11 +115,12 @@ class Int8Models(Workdir):
             want, static, per_call = torch.jit.load(packed)(x), model(x), torch.jit.load(dynamic)(x)
         self.assertFalse(torch.equal(static, per_call))
         self.assertLess((static - want).abs().max(), 0.1 * want.abs().max())
-        back = self.out("back.pt")
-        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
-        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
-        self.assertEqual(sa.keys(), sb.keys())
-        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        # The classifier, float by the paper's rule, is kept in 8 bits (its input step calibrated
+        # too); the float model comes back bit-exact but for it, its 8-bit values.
+        self.assertEqual(report["eight_bit"], ["fc.weight"])
+        self.assertEqual(model.fc.weight.numel(), 0)
+        self.assertGreater(model.fc.weight_input_step.item(), 0)
+        back = assert_back_from_int8(self, int8, ternary, report["eight_bit"])
         self.assertNotIn("calibration", json.loads(load_with_metadata(back)[1]))
 
     def test_mobilenet_v2_runs_int8_from_layer_to_layer_within_its_blocks(self):
@@ -187,11 +197,7 @@ class Int8Models(Workdir):
                 self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max())
                 if rows == 4:
                     self.assertGreater((want == 6).sum().item(), 0)  # the ceiling was met
-        back = self.out("back.pt")
-        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
-        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
-        self.assertEqual(sa.keys(), sb.keys())
-        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        assert_back_from_int8(self, int8, ternary)
         # Training mode keeps the BatchNorm as it is.
         model = self.out("m.pt")
         torch.jit.save(torch.jit.script(net.train()), model)
@@ -233,15 +239,13 @@ class Int8Models(Workdir):
             grid = max(wp, wn) / 127
             w8 = torch.where(w == wp, round(wp / grid), torch.where(w == -wn, round(-wn / grid), 0)) * grid
             step = stem.abs().amax((1, 2, 3), keepdim=True) / 127
-            want = net[7](net[6](net[5](net[4](F.conv2d(torch.round(stem / step) * step, w8, padding=1)))))
+            want = int8_linear(net[6](net[5](net[4](F.conv2d(torch.round(stem / step) * step, w8, padding=1)))), net[7])
             got = packed(x)
         self.assertTrue(torch.allclose(got, want, rtol=1e-3, atol=1e-3), (got - want).abs().max())
-        # The float model comes back bit-exact, the stem's weights included.
-        back = self.out("back.pt")
-        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
-        sa, sb = fp.state_dict(), torch.jit.load(back).state_dict()
-        self.assertEqual(sa.keys(), sb.keys())
-        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        # The float model comes back bit-exact, the stem's weights included; the last layer, float by
+        # the rule, as its 8-bit values.
+        self.assertEqual(json.loads(r.stdout)["eight_bit"], ["7.weight"])
+        assert_back_from_int8(self, int8, ternary, ["7.weight"])
 
     def test_a_convolution_class_folded_in_one_place_and_not_another(self):
         # a and b share one TorchScript class; only a is followed by a BatchNorm (and torch.relu), so

@@ -12,7 +12,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from ttq_testing import Workdir, fixture, quantize_and_pack, ttq  # noqa: E402
+from ttq_testing import Workdir, assert_back_from_int8, fixture, quantize_and_pack, ttq  # noqa: E402
 
 LIBRARY = os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_ops.so")
 torch.ops.load_library(LIBRARY)
@@ -415,6 +415,31 @@ class OnEveryPath(unittest.TestCase):
         with self.assertRaisesRegex(RuntimeError, "ttq::conv2d_int8: the residual must be a float32 CPU tensor"):
             conv(None, residual.double())
 
+    def test_linear_8bit_computes_the_exact_int32_sums_on_every_path(self):
+        # A float layer an int8 model keeps in 8 bits: each input row on its own int8 grid (or the
+        # calibrated step), the exact int32 sums, then the two steps and the bias, as
+        # step_w · (step_x · Σ) + bias, bit for bit on every path; rows 64-byte multiples apart.
+        g = torch.Generator().manual_seed(4)
+        for rows, k, n in ((1000, 1280, 1), (10, 512, 16), (37, 70, 3), (5, 64, 9), (16, 1, 4), (3, 63, 5)):
+            w, bias, x = torch.randn(rows, k, generator=g), torch.randn(rows, generator=g), torch.randn(n, k, generator=g)
+            w_step = w.abs().amax(1) / 127
+            q = torch.round(w / w_step[:, None]).clamp(-127, 127)
+            padded = torch.zeros(rows, (k + 63) // 64 * 64, dtype=torch.int8)
+            padded[:, :k] = q.to(torch.int8)
+            weight = padded[:, :k]
+            for input_step in (None, torch.tensor([0.02])):
+                x_step = x.abs().amax(1, keepdim=True) / 127 if input_step is None else input_step
+                dot = (torch.round(x / x_step).clamp(-127, 127).double() @ q.double().T).float()
+                want = w_step * (x_step * dot) + bias
+                for path in cpu_paths():
+                    os.environ["TTQ_KERNEL"] = path
+                    got = torch.ops.ttq.linear_8bit(x.view(1, n, k), weight, w_step, bias, input_step)
+                    self.assertTrue(torch.equal(got, want.view(1, n, rows)), (rows, k, n, path))
+        with self.assertRaisesRegex(RuntimeError, r"ttq::linear_8bit: the weight's rows must lie 64 bytes apart"):
+            torch.ops.ttq.linear_8bit(x, weight.contiguous(), w_step, bias)
+        with self.assertRaisesRegex(RuntimeError, r"ttq::linear_8bit: the input has 5 features; the weight takes 63"):
+            torch.ops.ttq.linear_8bit(torch.randn(2, 5), weight, w_step, bias)
+
     def test_a_bad_input_step_is_one_clear_error(self):
         w = ternary((4, 64))
         codes, scales = torch.ops.ttq.pack(w, 0.3, 0.2)
@@ -535,31 +560,25 @@ class PackedModels(Workdir):
         self.assertLess((got - want).abs().max(), 0.05 * want.abs().max())
         self.assertGreaterEqual((got.argmax(1) == want.argmax(1)).float().mean(), 0.95)
         # Back to float32 weights, bit-exact, as from a float-activation packed model.
-        back = self.out("back.pt")
-        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
-        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
-        self.assertTrue(all(torch.equal(sa[k], sb[k]) for k in sa))
+        assert_back_from_int8(self, int8, ternary)
         r = ttq("export", ternary, "--activations", "int8", "-o", self.out("x.ttqz"))
         self.assert_one_error_line(r, 2, r"--activations applies to --format packed only")
 
     def test_int8_convolutions_in_resnet18_and_back_bit_exact(self):
         # ResNet-18's convolutions (in-channels 64 and more) run ttq::conv2d_int8 on tap-major codes;
-        # the outputs stay near the float path's, and the float32 model comes back bit-exact.
+        # the outputs stay near the float path's, and the float32 model comes back bit-exact, but for
+        # the classifier (float by the paper's rule, kept in 8 bits).
         ternary, packed, _ = self.packed("resnet18.pt")
         int8 = self.out("int8.pt")
-        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(str(torch.jit.load(int8).inlined_graph).count("ttq::conv2d_int8("), 19)
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
             want, got = torch.jit.load(packed)(x), torch.jit.load(int8)(x)
         self.assertLess((got - want).abs().max(), 0.1 * want.abs().max())
-        back = self.out("back.pt")
-        self.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
-        sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
-        self.assertEqual(sa.keys(), sb.keys())
-        for k in sa:
-            self.assertTrue(torch.equal(sa[k], sb[k]), k)
+        self.assertEqual(json.loads(r.stdout)["eight_bit"], ["fc.weight"])
+        assert_back_from_int8(self, int8, ternary, ["fc.weight"])
 
     def test_back_to_the_float_model_bit_exact_and_read_by_every_command(self):
         ternary, packed, _ = self.packed("resnet18.pt")

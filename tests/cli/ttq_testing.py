@@ -33,6 +33,23 @@ def quantize_and_pack(test, model, *quantize_flags):
     return ternary, packed, json.loads(r.stdout)
 
 
+def assert_back_from_int8(test, int8, ternary, eight_bit=()):
+    """`ttq export INT8 --format ttq` gives the float model of `ternary` back: every tensor bit for
+    bit, but the linear layers the int8 model keeps in 8 bits (`eight_bit`: export's JSON), each
+    weight within half its row's step (max |w| / 127) of the original. Returns the path."""
+    back = test.out("back.pt")
+    test.assertEqual(ttq("export", int8, "--format", "ttq", "-o", back).returncode, 0)
+    sa, sb = torch.jit.load(ternary).state_dict(), torch.jit.load(back).state_dict()
+    test.assertEqual(sa.keys(), sb.keys())
+    for k in sa:
+        if k in eight_bit:
+            half_step = sa[k].abs().amax(1, keepdim=True) / 254
+            test.assertTrue(((sa[k] - sb[k]).abs() <= half_step * (1 + 1e-5)).all(), k)
+        else:
+            test.assertTrue(torch.equal(sa[k], sb[k]), k)
+    return back
+
+
 def read_log(path):
     """The records of a JSONL run log (finetune --log)."""
     with open(path) as f:
