@@ -2,6 +2,7 @@
 // keeps float: a classifier, by the paper's rule) rounded to 8 bits per output channel and run by
 // ttq::linear_8bit, so that no float32 weight is left to read or to hold.
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "core/graph_passes.h"
@@ -21,20 +22,46 @@ std::string linear_weight(const Node* node, const Graph& graph) {
   return read->s(c10::attr::name);
 }
 
-// The attributes of `type` that only aten::linear reads, as its weight, in every method.
-std::set<std::string> linear_only(const c10::ClassTypePtr& type) {
-  std::set<std::string> linear, other;
+// For each tensor of the module (by path from the root), whether every read of it in every method
+// of every class is its own module's aten::linear weight (a parent may read a child's weight
+// itself, as nn.MultiheadAttention reads out_proj.weight).
+std::map<std::string, bool> linear_only(const std::vector<c10::ClassTypePtr>& types, Instances& instances) {
+  std::map<std::string, bool> only;
+  for (const auto& type : types)
+    for (auto* method : type->methods()) {
+      if (!method->isGraphFunction()) continue;
+      const auto graph = torch::jit::toGraphFunction(*method).graph();
+      for (const Read& read : reads_in(*graph)) {
+        bool linear = read.path.find('.') == std::string::npos;
+        for (const auto& use : read.node->output()->uses())
+          linear = linear && use.offset == 1 && linear_weight(use.user, *graph) == read.path;
+        for (const auto& [path, m] : instances[type]) {
+          const auto [it, fresh] = only.try_emplace(join_path(path, read.path), linear);
+          if (!fresh) it->second = it->second && linear;
+        }
+      }
+    }
+  return only;
+}
+
+// The attributes of `type` whose every read, in every instance, is its aten::linear's (linear_only).
+std::set<std::string> linear_weights(const c10::ClassTypePtr& type, Instances& instances,
+                                     const std::map<std::string, bool>& only) {
+  std::set<std::string> names;
   for (auto* method : type->methods()) {
     if (!method->isGraphFunction()) continue;
     const auto graph = torch::jit::toGraphFunction(*method).graph();
-    for (const Read& read : reads_in(*graph)) {
-      bool only = read.path.find('.') == std::string::npos;
-      for (const auto& use : read.node->output()->uses())
-        only = only && use.offset == 1 && linear_weight(use.user, *graph) == read.path;
-      (only ? linear : other).insert(read.path);
-    }
+    for (const Read& read : reads_in(*graph)) names.insert(read.path);
   }
-  for (const auto& name : other) linear.erase(name);
+  std::set<std::string> linear;
+  for (const auto& name : names) {
+    bool all = !instances[type].empty();
+    for (const auto& [path, m] : instances[type]) {
+      const auto it = only.find(join_path(path, name));
+      all = all && it != only.end() && it->second;
+    }
+    if (all) linear.insert(name);
+  }
   return linear;
 }
 
@@ -79,10 +106,11 @@ std::string weight_step_name(const std::string& weight) { return weight + "_step
 std::vector<std::string> eight_bit_linears(torch::jit::Module& module) {
   torch::NoGradGuard no_grad;
   auto [types, instances] = module_types(module);
+  const auto only = linear_only(types, instances);
   std::vector<std::string> done;
   for (const auto& type : types) {
     std::set<std::string> names;
-    for (const auto& name : linear_only(type))
+    for (const auto& name : linear_weights(type, instances, only))
       if (float_matrices(instances[type], name)) names.insert(name);
     if (names.empty()) continue;
     // The buffers first: a graph reads only attributes its class has.

@@ -36,6 +36,19 @@ def int8_linear(x, linear):
                     linear.bias)
 
 
+class ReadsAChildsWeight(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        # head and out of two classes: a class's rewrite serves all its modules, and so a class stays
+        # float where one of its modules' weights is read elsewhere.
+        self.body, self.out = torch.nn.Linear(64, 64), torch.nn.Linear(64, 10)
+        self.head = torch.nn.Linear(64, 10, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.out(h) + F.linear(h, self.head.weight)
+
+
 class Int8Models(Workdir):
     def packed(self, model, *quantize_flags):
         return quantize_and_pack(self, model, *quantize_flags)
@@ -288,6 +301,26 @@ class Int8Models(Workdir):
             want = int8_conv(fp.b, torch.relu(fp.bn(int8_conv(fp.a, x))))
             got = packed(x)
         self.assertLess((got - want).abs().max(), 1e-3 * want.abs().max())
+
+    def test_a_float_linear_layer_in_8_bits_unless_another_module_reads_its_weight(self):
+        # `out` runs as any linear layer and goes to 8 bits; `head`'s weight the parent reads itself
+        # (as nn.MultiheadAttention reads out_proj.weight), so it stays float32 where it is read.
+        torch.manual_seed(0)
+        model, ternary, int8 = self.out("m.pt"), self.out("t.pt"), self.out("int8.pt")
+        torch.jit.save(torch.jit.script(ReadsAChildsWeight().eval()), model)
+        r = ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last", "--include", "body")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(r.stdout)
+        self.assertEqual((report["packed"], report["eight_bit"]), (["body.weight"], ["out.weight"]))
+        packed, fp = torch.jit.load(int8), torch.jit.load(ternary)
+        self.assertEqual(packed.head.weight.shape, (10, 64))
+        x = torch.randn(5, 64)
+        with torch.no_grad():
+            want, got = fp(x), packed(x)
+        self.assertLess((got - want).abs().max(), 0.05 * want.abs().max())
+        assert_back_from_int8(self, int8, ternary, report["eight_bit"])
 
     def test_calibration_errors_are_one_line_and_write_nothing(self):
         ternary, _, _ = self.packed("resnet18.pt")
