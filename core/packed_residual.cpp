@@ -72,8 +72,8 @@ std::optional<std::string> module_path(const Value* read, const Graph& graph) {
   return path;
 }
 
-// aten::add(y, r, 1) or aten::add_(y, r, 1) of two tensors: the operands, `y` first where the add
-// may take either (the functional one: the float sum is the same both ways).
+// Whether `node` is aten::add(a, b, 1) or aten::add_(a, b, 1) of two tensors (the fusion takes the
+// convolution's output as either operand of the functional one: the float sum is the same both ways).
 bool tensor_add(const Node* node) {
   if ((node->kind() != c10::aten::add && node->kind() != c10::aten::add_) || node->inputs().size() != 3) return false;
   const auto alpha = torch::jit::toIValue(node->input(2));

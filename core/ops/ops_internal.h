@@ -1,10 +1,13 @@
 // Between the operators' files: ops.cpp (the linear operators, the scratch buffers, int8 steps, the
-// registration) and conv.cpp (the convolutions).
+// registration), conv.cpp (the convolutions) and conv_pool.cpp (a convolution's max-pool in bands).
 #pragma once
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
+
+#include "core/ops/kernels.h"
 
 namespace ttq::ops {
 
@@ -26,6 +29,22 @@ uint8_t* input_scratch(int64_t bytes);
 // before, made with this layer's step) needs a calibrated input_step.
 at::Tensor input_steps(const at::Tensor& x, c10::IntArrayRef dims, int64_t count,
                        const c10::optional<at::Tensor>& input_step, const char* op);
+
+// Values stored with `affine` (rows [scale; shift; floor; ceiling], or none), input i's row r at
+// i · input_stride + r · row_stride of the output y or bytes the caller sets (conv.cpp).
+Int8Output affine_output(const float* affine, int64_t rows, int64_t input_stride, int64_t row_stride);
+
+// An int8 convolution's output sizes, and its rows of the int8 kernels (ternary_rows_int8 or
+// dense_rows_int8 with their weights): rows_int8(in, i0, i1, r0, r1, out).
+struct OutputGeometry {
+  int64_t batch, out_h, out_w;
+};
+using RowsInt8 = std::function<void(const Int8Inputs&, int64_t, int64_t, int64_t, int64_t, const Int8Output&)>;
+
+// The max-pool `pool` ([kernel, stride, padding], square, floor mode) of an int8 convolution's
+// output, computed a band of rows at a time (conv_pool.cpp).
+at::Tensor pooled_int8_output(const Int8Inputs& in, OutputGeometry g, int64_t rows, const float* affine,
+                              c10::IntArrayRef pool, at::MemoryFormat format, const RowsInt8& rows_int8, const char* op);
 
 // The convolution operators (conv.cpp), as ops.cpp registers them.
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
