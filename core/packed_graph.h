@@ -1,6 +1,6 @@
 // What the int8 graph passes share (packed_fold.cpp: fold_batch_norms, chain_int8_layers;
-// packed_residual.cpp: fuse_residual_adds): the arguments of ttq::conv2d_int8 nodes, and the
-// patterns they look for in a parent's methods.
+// packed_residual.cpp: fuse_residual_adds; packed_linear.cpp: eight_bit_linears): the arguments of
+// ttq::conv2d_int8 nodes, and the patterns they look for in a parent's methods.
 #pragma once
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/script.h>

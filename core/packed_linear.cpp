@@ -6,6 +6,7 @@
 #include <set>
 
 #include "core/graph_passes.h"
+#include "core/ops/packed.h"
 #include "core/packed_graph.h"
 #include "core/packed_model.h"
 
@@ -79,16 +80,6 @@ bool float_matrices(const std::vector<std::pair<std::string, torch::jit::Module>
   return !instances.empty();
 }
 
-// w rounded to 8 bits per row (max |w| / 127 its step, ttq::conv2d_affine's rule), each row 64-byte
-// multiples apart with zeros past its end: [rows, k] int8, a view, and [rows] steps.
-std::pair<torch::Tensor, torch::Tensor> eight_bits(const torch::Tensor& w) {
-  const int64_t rows = w.size(0), k = w.size(1), stride = (k + 63) / 64 * 64;
-  const auto step = (w.abs().amax(1) / 127).clamp_min(std::numeric_limits<float>::min());
-  auto padded = torch::zeros({rows, stride}, torch::kChar);
-  padded.narrow(1, 0, k).copy_(torch::round(w / step.unsqueeze(1)).clamp(-127, 127));
-  return {padded.narrow(1, 0, k), step.contiguous()};
-}
-
 // The aten::linear nodes of `block` (and the blocks within) whose weight is one of `names`.
 void linears_in(torch::jit::Block* block, const Graph& graph, const std::set<std::string>& names,
                 std::vector<Node*>& found) {
@@ -118,7 +109,7 @@ std::vector<std::string> eight_bit_linears(torch::jit::Module& module) {
       for (const auto& name : names) {
         torch::jit::Module owner = m;
         const auto w = owner.attr(name).toTensor();
-        const auto [bytes, step] = eight_bits(w);
+        const auto [bytes, step] = ops::eight_bit_rows(w, 64);  // rows 64-byte multiples apart: the kernels' steps
         owner.register_buffer(eight_bit_name(name), bytes);
         owner.register_buffer(weight_step_name(name), step);
         owner.register_buffer(input_step_name(name), torch::zeros({1}));

@@ -212,9 +212,9 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   return out;
 }
 
-// A float weight [rows, cin, kh, kw] rounded to 8 bits per row (output channel), max |w| / 127 its
-// step: weight (r, c, y, x) is byte (y · kw + x) · cin + c of row r's taps, which lie in segments of
-// `segment` bytes (a kernel row, or a tap), each padded to `fours` fours.
+// A float weight [rows, cin, kh, kw] rounded to 8 bits per row (eight_bit_rows): weight (r, c, y, x)
+// is byte (y · kw + x) · cin + c of row r's taps, which lie in segments of `segment` bytes (a kernel
+// row, or a tap), each padded to `fours` fours.
 struct DenseWeight {
   std::vector<int8_t> bytes;  // [rows, k]
   std::vector<float> step;    // [rows]
@@ -223,20 +223,16 @@ struct DenseWeight {
 DenseWeight dense_weight(const at::Tensor& weight, int64_t segment, int64_t fours) {
   const int64_t rows = weight.size(0), cin = weight.size(1), taps = weight.size(2) * weight.size(3);
   const int64_t k = cin * taps / segment * 4 * fours;
-  DenseWeight d{std::vector<int8_t>(static_cast<size_t>(rows * k), 0), std::vector<float>(rows), k};
-  const auto contiguous = weight.contiguous();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* w = contiguous.data_ptr<float>() + r * cin * taps;
-    float largest = 0;
-    for (int64_t j = 0; j < cin * taps; ++j) largest = std::max(largest, std::abs(w[j]));
-    const float step = d.step[r] = std::max(largest / 127.0f, std::numeric_limits<float>::min());
+  const auto [rounded, steps] = eight_bit_rows(weight);  // [rows, cin · taps], contiguous
+  const int8_t* q = rounded.data_ptr<int8_t>();
+  DenseWeight d{std::vector<int8_t>(static_cast<size_t>(rows * k), 0),
+                std::vector<float>(steps.data_ptr<float>(), steps.data_ptr<float>() + rows), k};
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cin; ++c)
       for (int64_t t = 0; t < taps; ++t) {
         const int64_t at = t * cin + c;
-        d.bytes[r * k + at / segment * 4 * fours + at % segment] =
-            static_cast<int8_t>(std::clamp(std::nearbyint(w[c * taps + t] / step), -127.0f, 127.0f));
+        d.bytes[r * k + at / segment * 4 * fours + at % segment] = q[(r * cin + c) * taps + t];
       }
-  }
   return d;
 }
 
@@ -343,10 +339,10 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
     // A residual the stores do not take (the float path; one that broadcasts, as aten::add allows):
     // the convolution without its floor and ceiling, then the add and the clamp, as the graph had them.
     TORCH_CHECK(next_step == 0, "ttq::conv2d_int8: a residual of sizes ", residual->sizes(), " and an output_step");
-    auto open = affine.clone();
-    open[2].fill_(-INFINITY), open[3].fill_(INFINITY);
+    auto no_clamp = affine.clone();
+    no_clamp[2].fill_(-INFINITY), no_clamp[3].fill_(INFINITY);
     const auto out = conv2d_int8(input, codes, scales, shape, c10::nullopt, stride, padding, dilation, groups,
-                                 input_step, open, c10::nullopt, c10::nullopt);
+                                 input_step, no_clamp, c10::nullopt, c10::nullopt);
     return clamped(at::add(out, *residual), affine[2], affine[3]);
   }
   if (!runs_int8) {

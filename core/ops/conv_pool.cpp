@@ -39,13 +39,13 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void pool_band(
   }
 }
 
+}  // namespace
+
 // The max-pool `pool` ([kernel, stride, padding], square, floor mode) of an int8 convolution's output
 // (int8_conv_output's `in` and `rows_int8`), which is computed a band of rows at a time into this
 // thread's scratch and pooled while it is in cache: ResNet's stem output, 51 MiB at batch 16, is
 // never written out whole. Bands of at most 8 pooled rows, enough for every thread; where a thread
 // computes the next band of a sample, the rows both windows take are kept, not computed again.
-}  // namespace
-
 at::Tensor pooled_int8_output(const Int8Inputs& in, OutputGeometry g, int64_t rows, const float* affine,
                               c10::IntArrayRef pool, at::MemoryFormat format, const RowsInt8& rows_int8, const char* op) {
   const int64_t k = pool[0], s = pool[1], p = pool[2];

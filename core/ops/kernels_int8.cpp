@@ -268,16 +268,21 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void eight_bit_block_avx5
   for (int i = 0; i < N; ++i) dot[i] = _mm512_reduce_add_epi32(acc[i]) - share;
 }
 
-// One row against n <= kMaxInputs inputs, by path.
+template <int N>
+void eight_bit_block(KernelPath path, const int8_t* w, int64_t stride, const uint8_t* const* x, int32_t* dot) {
+  if (path == KernelPath::Avx512) return eight_bit_block_avx512<N>(w, stride, x, dot);
+  eight_bit_block_avx2<N>(w, stride, x, dot);
+}
+
+// One row against n <= kMaxInputs inputs, by path, four inputs a block.
 void eight_bit_row(KernelPath path, const int8_t* w, int64_t stride, const uint8_t* const* x, int n, int32_t* dot) {
   if (path == KernelPath::Portable) return eight_bit_portable(w, stride, x, n, dot);
-  for (; n > 0; n -= 4, x += 4, dot += 4) {  // four inputs a block
-    const bool avx512 = path == KernelPath::Avx512;
+  for (; n > 0; n -= 4, x += 4, dot += 4) {
     switch (std::min(n, 4)) {
-      case 4: avx512 ? eight_bit_block_avx512<4>(w, stride, x, dot) : eight_bit_block_avx2<4>(w, stride, x, dot); break;
-      case 3: avx512 ? eight_bit_block_avx512<3>(w, stride, x, dot) : eight_bit_block_avx2<3>(w, stride, x, dot); break;
-      case 2: avx512 ? eight_bit_block_avx512<2>(w, stride, x, dot) : eight_bit_block_avx2<2>(w, stride, x, dot); break;
-      default: avx512 ? eight_bit_block_avx512<1>(w, stride, x, dot) : eight_bit_block_avx2<1>(w, stride, x, dot);
+      case 4: eight_bit_block<4>(path, w, stride, x, dot); break;
+      case 3: eight_bit_block<3>(path, w, stride, x, dot); break;
+      case 2: eight_bit_block<2>(path, w, stride, x, dot); break;
+      default: eight_bit_block<1>(path, w, stride, x, dot);
     }
   }
 }

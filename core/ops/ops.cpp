@@ -237,14 +237,14 @@ at::Tensor linear_8bit(const at::Tensor& input, const at::Tensor& weight, const 
   std::vector<int64_t> row(n);
   for (int64_t i = 0; i < n; ++i) row[i] = i * stride;
   const Int8Inputs in{q, row.data(), nullptr, q_scale.data_ptr<float>(), stride};
-  const auto steps = weight_step.contiguous();
-  const auto shift = bias && bias->defined() ? bias->contiguous() : at::zeros({rows});
-  const auto floor = at::full({rows}, -INFINITY), ceiling = at::full({rows}, INFINITY);
+  // [scale; shift; floor; ceiling]: the rows' steps, the bias, no clamp.
+  const auto shift = bias && bias->defined() ? bias->reshape({rows}) : at::zeros({rows});
+  const auto affine =
+      at::stack({weight_step.reshape({rows}), shift, at::full({rows}, -INFINITY), at::full({rows}, INFINITY)});
   auto out = at::empty({n, rows}, at::kFloat);
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    Int8Output o{out.data_ptr<float>(), rows, 1};
-    o.scale = steps.data_ptr<float>(), o.shift = shift.data_ptr<float>();
-    o.floor = floor.data_ptr<float>(), o.ceiling = ceiling.data_ptr<float>();
+    Int8Output o = affine_output(affine.data_ptr<float>(), rows, rows, 1);
+    o.y = out.data_ptr<float>();
     eight_bit_rows_int8(path, weight.data_ptr<int8_t>(), stride, in, 0, n, r0, r1, o);
   });
   return linear_output(out, c10::nullopt, input);

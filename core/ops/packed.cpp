@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <limits>
+
 #include "core/ops/kernels.h"
 
 namespace ttq::ops {
@@ -79,6 +81,15 @@ torch::Tensor unpack(const torch::Tensor& codes, const torch::Tensor& scales, co
   auto out = torch::empty({rows, k}, torch::kFloat);
   decode_rows(codes, k, scales[0].item<float>(), scales[1].item<float>(), 0, rows, out.data_ptr<float>());
   return out.view(shape);
+}
+
+std::pair<torch::Tensor, torch::Tensor> eight_bit_rows(const torch::Tensor& weight, int64_t align) {
+  const auto w = weight.reshape({weight.size(0), -1}).to(torch::kFloat);
+  const int64_t rows = w.size(0), k = w.size(1), stride = (k + align - 1) / align * align;
+  const auto step = (w.abs().amax(1) / 127).clamp_min(std::numeric_limits<float>::min()).contiguous();
+  auto padded = torch::zeros({rows, stride}, torch::kChar);
+  padded.narrow(1, 0, k).copy_(torch::round(w / step.unsqueeze(1)).clamp(-127, 127));
+  return {padded.narrow(1, 0, k), step};
 }
 
 }  // namespace ttq::ops

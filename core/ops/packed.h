@@ -13,6 +13,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace ttq::ops {
@@ -40,6 +41,13 @@ void check_packed(const torch::Tensor& codes, const torch::Tensor& scales, const
 // c10::Error unless the bit planes are disjoint and the bits past K are zero: one pass over the codes,
 // when a model is loaded or unpacked.
 void check_packed_bits(const torch::Tensor& codes, const std::vector<int64_t>& shape);
+
+// A float weight [rows, ...] rounded to 8 bits per row (output channel), the one rule of the layers
+// an int8 model keeps float (ttq::conv2d_affine's per call, ttq::linear_8bit's at export): step
+// max |w| / 127 (the smallest normal float for a row of zeros), bytes round(w / step), halves to
+// even. Returns the bytes [rows, K], each row `align`-byte multiples apart with zeros past K (a
+// view), and the steps [rows].
+std::pair<torch::Tensor, torch::Tensor> eight_bit_rows(const torch::Tensor& weight, int64_t align = 1);
 
 // Whether ttq::conv2d_int8 runs a layer of this weight shape [out, in/groups, kh, kw] on the int8
 // kernels (one group; in-channels a multiple of 64, or a 1x1 kernel), else its float path.
