@@ -1,7 +1,8 @@
 // --precision: bf16 runs convolutions, linear layers and matrix products in bfloat16 through
 // LibTorch's CPU autocast (as torch.autocast("cpu", torch.bfloat16) in Python); latent weights,
 // Wp/Wn, their gradients, the optimizer state, normalization statistics, the loss and the
-// ternarization stay float32.
+// ternarization stay float32. A scripted model follows eager autocast's rules op by op, not
+// TorchScript's autocast pass (precision.cpp).
 #pragma once
 #include <torch/script.h>
 
@@ -15,7 +16,7 @@ enum class Precision { Auto, Fp32, Bf16 };
 inline constexpr Choice<Precision> kPrecisions[] = {
     {"auto", Precision::Auto, "bf16 where the CPU computes it natively (AVX-512 BF16 or AMX), else fp32"},
     {"fp32", Precision::Fp32, "float32 throughout"},
-    {"bf16", Precision::Bf16, "matrix products in bfloat16, the rest float32 (slow without native bf16)"}};
+    {"bf16", Precision::Bf16, "CPU autocast in bfloat16 as torch.autocast on an eager model: convolutions and matrix products in bfloat16 (slow without native bf16)"}};
 constexpr const auto& choices(Precision) { return kPrecisions; }
 
 // --memory-format: channels-last (NHWC) images and convolution weights, which oneDNN's bf16
