@@ -1,6 +1,7 @@
 #include "core/train.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/optim.h>
 
 #include <chrono>
@@ -309,6 +310,29 @@ Trainer::Batch Trainer::next_batch(const torch::Tensor& order, int epoch, int64_
           data_.train.labeled() ? data_.train.labels.index_select(0, idx) : torch::Tensor()};
 }
 
+namespace {
+
+// A training forward runs its graph op by op, each op recording its own backward as in eager
+// PyTorch. Left to itself, the graph executor profiles a method's first calls and, where those
+// needed gradients (a resumed run's first call is a training step; a fresh run's is the start's
+// evaluation), wraps the graph in differentiable subgraphs whose backward is TorchScript's symbolic
+// gradients: slower (ReLU's as a comparison and a product, BatchNorm's unfused), and wrong under
+// eager autocast (a linear layer's gradient formula takes the float32 weight where the forward
+// used its bf16 cast: a resumed bf16 run failed with "expected scalar type BFloat16"). The switch
+// is the executor's own, per thread, read at each call.
+class OpByOpGraphs {
+ public:
+  OpByOpGraphs() : was_(torch::jit::getGraphExecutorOptimize()) { torch::jit::setGraphExecutorOptimize(false); }
+  ~OpByOpGraphs() { torch::jit::setGraphExecutorOptimize(was_); }
+  OpByOpGraphs(const OpByOpGraphs&) = delete;
+  OpByOpGraphs& operator=(const OpByOpGraphs&) = delete;
+
+ private:
+  bool was_;
+};
+
+}  // namespace
+
 Metrics Trainer::train_step(const Batch& batch) {
   optimizer_->zero_grad();
   if (!buffers_.empty()) comm_->broadcast(buffers_);
@@ -317,6 +341,7 @@ Metrics Trainer::train_step(const Batch& batch) {
   torch::Tensor loss;
   {  // as torch.autocast is used: forward and loss inside, backward outside
     const AutocastScope autocast(options_.precision);
+    const OpByOpGraphs op_by_op;
     const auto output = module_.forward(std::vector<c10::IValue>(batch.inputs.begin(), batch.inputs.end()));
     loss = (*objective_)(output, batch.inputs, batch.labels, step, /*compare=*/false);
   }
