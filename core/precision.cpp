@@ -60,8 +60,8 @@ ResolvedPrecision resolve_precision(Precision asked) {
 // Measured (scripts/bench_train.sh's ttq_bench_train, a training step at batch 128 on two cores):
 // on LibTorch 1.13 in bf16, channels-last made ResNet-20 (19 convolutions) 1.3x faster and models
 // of 2 to 7 convolutions 5-25% slower (the reorders at the model's ends are not paid back); in
-// float32 it was 0-10% slower on all four. On LibTorch 2.6 it made the bf16 ResNet-20 step slower
-// (145 ms against 114 ms contiguous): there auto stays contiguous.
+// float32 it was 0-10% slower on all four. On LibTorch 2.6 it did not pay on the bf16 ResNet-20
+// step (129 ms against 128-135 ms contiguous, with eager autocast rules): there auto stays contiguous.
 constexpr int kChannelsLastMinConvolutions = 16;
 constexpr bool kChannelsLastPays = TORCH_VERSION_MAJOR < 2;
 
