@@ -14,9 +14,8 @@ import unittest
 
 import torch
 
-from ttq_testing import TTQ, Workdir, fixture, load_with_metadata, read_log, ttq
+from ttq_testing import FMNIST, TTQ, Workdir, fixture, load_with_metadata, read_log, ttq
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
 PLUGIN = os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_csv_plugin.so")
 # A recipe that trains the small CNN (no BatchNorm) quickly: L2-optimal scales and Adam.
 QUICK = ["--init", "mean", "--optimizer", "adam", "--lr", "0.002", "--no-progress"]

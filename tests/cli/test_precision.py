@@ -4,7 +4,6 @@ TTQ_KERNEL=avx2, as the packed kernels are).
 
 Environment (set by CTest): see ttq_testing.py.
 """
-import gzip
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from ttq_testing import TTQ, Workdir, fixture, load_with_metadata, ttq
+from ttq_testing import TTQ, Workdir, fashion_test_tensors, fixture, load_with_metadata, ttq
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from make_resnet20 import ResNet20  # noqa: E402  (residual adds, as the models bf16 pays on)
@@ -111,24 +110,15 @@ class Bf16Eval(Workdir):
         self.assertEqual(json.loads(r.stdout)["precision"], "fp32")
 
 
-def fashion_mnist_test_images(n):
-    """The first n test images of the system's Fashion-MNIST, normalized as ttq's default data is."""
-    folder = "/usr/share/datasets/fashion-mnist"
-    with gzip.open(os.path.join(folder, "t10k-images-idx3-ubyte.gz")) as f:
-        images = torch.frombuffer(bytearray(f.read()[16:]), dtype=torch.uint8)[: n * 784].view(n, 1, 28, 28)
-    with gzip.open(os.path.join(folder, "t10k-labels-idx1-ubyte.gz")) as f:
-        labels = torch.frombuffer(bytearray(f.read()[8:]), dtype=torch.uint8)[:n].long()
-    return (images.float() / 255 - 0.2860) / 0.3530, labels
-
-
 class Bf16Rules(Workdir):
     def test_a_scripted_model_in_bf16_computes_as_torch_autocast_on_the_eager_model(self):
         # TorchScript's own autocast pass casts a residual add's bf16 inputs to float32, where eager
         # autocast (a Python user's torch.autocast) adds in bf16; ttq must compute as the latter.
         torch.manual_seed(0)
+        self.addCleanup(torch.set_num_threads, torch.get_num_threads())
         torch.set_num_threads(1)
         model = ResNet20().eval()
-        x, y = fashion_mnist_test_images(512)
+        x, y = fashion_test_tensors(512)
         data = self.out("images.pt")
         torch.save({"x": x, "y": y, "x_test": x, "y_test": y}, data)
         scripted = self.out("resnet20.pt")

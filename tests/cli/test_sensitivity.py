@@ -1,28 +1,16 @@
 """ttq sensitivity end to end: per-layer one-shot drops recomputed independently in PyTorch on a
 trained CNN and real Fashion-MNIST images, the frontier, unlabeled outputs, the plot and errors."""
-import gzip
 import json
 import os
 import re
 import unittest
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import torch
 
-from ttq_testing import SharedWorkdir, fixture, load_with_metadata, ttq
+from ttq_testing import SharedWorkdir, fashion_test_tensors, fixture, load_with_metadata, ttq
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
 SAMPLES = 600
-
-
-def fashion_test_tensors(n):
-    """The first n test images, normalized as ttq's fashion-mnist kind does, and their labels."""
-    images = gzip.open(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")).read()[16:16 + 784 * n]
-    labels = gzip.open(os.path.join(FMNIST, "t10k-labels-idx1-ubyte.gz")).read()[8:8 + n]
-    x = torch.from_numpy(np.frombuffer(images, np.uint8).reshape(n, 1, 28, 28).astype(np.float32))
-    x = (x / 255 - 0.2860) / 0.3530
-    return x, torch.from_numpy(np.frombuffer(labels, np.uint8).astype(np.int64))
 
 
 def ternarize(w, threshold):

@@ -2,6 +2,7 @@
 
 Environment (set by CTest): TTQ_BIN (the binary), TTQ_FIXTURES (scripts/make_fixtures.py output).
 """
+import gzip
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import torch
 
 TTQ = os.environ["TTQ_BIN"]
 FIX = os.environ["TTQ_FIXTURES"]
+FMNIST = "/usr/share/datasets/fashion-mnist"  # ttq's default data (Debian's dataset-fashion-mnist)
 
 
 def ttq(*args):
@@ -20,6 +22,14 @@ def ttq(*args):
 
 def fixture(name):
     return os.path.join(FIX, name)
+
+
+def fashion_test_tensors(n):
+    """The first n Fashion-MNIST test images, normalized as ttq's fashion-mnist kind does, and labels."""
+    images = gzip.open(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")).read()[16:16 + 784 * n]
+    labels = gzip.open(os.path.join(FMNIST, "t10k-labels-idx1-ubyte.gz")).read()[8:8 + n]
+    x = torch.frombuffer(bytearray(images), dtype=torch.uint8).view(n, 1, 28, 28).float()
+    return (x / 255 - 0.2860) / 0.3530, torch.frombuffer(bytearray(labels), dtype=torch.uint8).long()
 
 
 def quantize_and_pack(test, model, *quantize_flags):
