@@ -177,7 +177,7 @@ TTQ_AVX512 __m512 residual_register(const float* r, int64_t stride, __mmask16 ma
 // A register of input i's rows from r0 (`valid` of them, `mask`), d their sums less the offset, into
 // `out` as kernels.h's Int8Output says: scale[i] · w.step · d, then the affine. The same float
 // operations, in the same order, as the other kernels' stores.
-TTQ_AVX512 void store_register(__m512 d, const Affine& a, float step, __mmask16 mask, int64_t valid, int64_t i,
+TTQ_AVX512 __attribute__((always_inline)) inline void store_register(__m512 d, const Affine& a, float step, __mmask16 mask, int64_t valid, int64_t i,
                                int64_t r0, const Int8Output& out) {
   __m512 v = _mm512_mul_ps(_mm512_set1_ps(step), d);
   const int64_t at = i * out.input_stride + r0 * out.row_stride;
@@ -300,11 +300,9 @@ void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weigh
 }
 
 // depthwise_rows_int8 on AVX-512: 16 channels a register, pixel by pixel, the pixels in tiles of
-// kDepthwiseTile: every 16 channels meet a tile while its image rows are in cache (a thread's
-// half of a batch-16 image, 16 channels at a time, would read it from memory once for each 16).
+// kDepthwiseTile.
 void depthwise_avx512(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
-  constexpr int64_t kDepthwiseTile = 64;
   for (int64_t ib = i0; ib < i1; ib += kDepthwiseTile) {
     const int64_t ie = std::min(ib + kDepthwiseTile, i1);
     for (int64_t c = 0; c < r1 - r0; c += kLanes) {

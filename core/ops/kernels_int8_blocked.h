@@ -29,13 +29,16 @@ void ternary_rows_int8_blocked(const uint32_t* planes, int64_t groups, Int8Weigh
                                int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8Weights w, const Int8Inputs& in,
                                     int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
-// depthwise_rows_int8 on AVX-512, `weights` its tap-major [taps, r1 − r0] (kernels_int8_depthwise.cpp).
+// depthwise_rows_int8 on AVX-512 and AVX2, `weights` its tap-major [taps, r1 − r0]
+// (kernels_int8_depthwise.cpp).
 void depthwise_avx512(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
-// Rows [r, r + rows) of input i from dot[0, rows) (less offset[0, rows)) into `out`, as the AVX2
-// kernels store (for the depthwise kernel's AVX2 path).
-void store_rows_avx2(const int32_t* dot, const int32_t* offset, int64_t rows, const Int8Inputs& in, Int8Weights w,
-                     int64_t r, int64_t i, const Int8Output& out);
+void depthwise_avx2(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
+                    int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
+// The pixels a depthwise kernel takes at a time (a tile): every register of channels meets a tile
+// while its image rows are in cache (a thread's half of a batch-16 image, a register's channels at
+// a time, would read it from memory once for each register).
+constexpr int64_t kDepthwiseTile = 64;
 // dense_rows_int8 on those two paths.
 void dense_rows_int8_avx512(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
                             int64_t r1, const Int8Output& out);

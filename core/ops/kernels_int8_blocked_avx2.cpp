@@ -127,43 +127,101 @@ TTQ_AVX2 __m256 residual_register(const float* r, int64_t stride, __m256i mask, 
   return _mm256_load_ps(lanes);
 }
 
-// As the AVX-512 store (kernels_int8_blocked.cpp), 8 rows a register: the same float operations in
-// the same order as the portable kernels' stores.
+// A register's rows' out_affine (kernels.h's Int8Output), `mask` its valid lanes.
+struct Affine {
+  __m256 scale, shift, floor, ceiling;
+};
+TTQ_AVX2 Affine affine_of(const Int8Output& out, int64_t r0, __m256i mask) {
+  const __m256 none = _mm256_setzero_ps();
+  if (!out.scale) return {none, none, none, none};
+  return {_mm256_maskload_ps(out.scale + r0, mask), _mm256_maskload_ps(out.shift + r0, mask),
+          _mm256_maskload_ps(out.floor + r0, mask), _mm256_maskload_ps(out.ceiling + r0, mask)};
+}
+
+// The lanes below `valid` set.
+TTQ_AVX2 __m256i lanes_below(int64_t valid) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// As the AVX-512 store_register (kernels_int8_blocked.cpp), 8 rows a register: the same float
+// operations in the same order as the portable kernels' stores.
+TTQ_AVX2 __attribute__((always_inline)) inline void store_register(__m256 d, const Affine& a, float step, __m256i mask,
+                                                                   int64_t valid, int64_t i, int64_t r0,
+                                                                   const Int8Output& out) {
+  __m256 v = _mm256_mul_ps(_mm256_set1_ps(step), d);
+  const int64_t at = i * out.input_stride + r0 * out.row_stride;
+  if (out.scale) {
+    v = _mm256_add_ps(_mm256_mul_ps(a.scale, v), a.shift);
+    if (out.residual) v = _mm256_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
+    v = _mm256_min_ps(_mm256_max_ps(v, a.floor), a.ceiling);
+  }
+  if (out.bytes) return store_bytes(v, out.byte_step, valid, out.bytes + at, out.row_stride);
+  float* y = out.y + at;
+  if (out.row_stride == 1) return _mm256_maskstore_ps(y, mask, v);
+  alignas(32) float lanes[kLanes];
+  _mm256_store_ps(lanes, v);
+  for (int64_t c = 0; c < valid; ++c) y[c * out.row_stride] = lanes[c];
+}
+
+// Rows [r, r + here) of inputs [ib, ib + n) from dot (block_products' layout, `blocks` blocks) into
+// `out` (store_register).
 TTQ_AVX2 void store(const int32_t* dot, int blocks, int n, const int32_t*, const Int8Inputs& in, Int8Weights w,
                     int64_t r, int64_t here, int64_t ib, const Int8Output& out) {
-  alignas(32) float lanes[kLanes];
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int b = 0; b < blocks; ++b) {
     const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), lane);
-    __m256 scale{}, shift{}, floor{}, ceiling{};
-    if (out.scale) {
-      scale = _mm256_maskload_ps(out.scale + r0, mask);
-      shift = _mm256_maskload_ps(out.shift + r0, mask);
-      floor = _mm256_maskload_ps(out.floor + r0, mask);
-      ceiling = _mm256_maskload_ps(out.ceiling + r0, mask);
-    }
+    const __m256i mask = lanes_below(valid);
+    const Affine a = affine_of(out, r0, mask);
     for (int i = 0; i < n; ++i) {
       const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dot + (b * n + i) * kLanes));
-      __m256 v = _mm256_mul_ps(_mm256_set1_ps(in.scale[ib + i] * w.step), _mm256_cvtepi32_ps(d));
-      const int64_t at = (ib + i) * out.input_stride + r0 * out.row_stride;
-      if (out.scale) {
-        v = _mm256_add_ps(_mm256_mul_ps(scale, v), shift);
-        if (out.residual) v = _mm256_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
-        v = _mm256_min_ps(_mm256_max_ps(v, floor), ceiling);
-      }
-      if (out.bytes) {
-        store_bytes(v, out.byte_step, valid, out.bytes + at, out.row_stride);
-        continue;
-      }
-      float* y = out.y + at;
-      if (out.row_stride == 1) {
-        _mm256_maskstore_ps(y, mask, v);
-        continue;
-      }
-      _mm256_store_ps(lanes, v);
-      for (int64_t c = 0; c < valid; ++c) y[c * out.row_stride] = lanes[c];
+      store_register(_mm256_cvtepi32_ps(d), a, in.scale[ib + i] * w.step, mask, valid, ib + i, r0, out);
     }
+  }
+}
+
+// `valid` (at most 8) signed bytes from x as float32 lanes, zero past them.
+TTQ_AVX2 __attribute__((always_inline)) inline __m256 byte_lanes(const uint8_t* x, int64_t valid) {
+  __m128i bytes;
+  if (valid == kLanes) {
+    bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(x));
+  } else {  // the last channels: no read past them
+    alignas(16) uint8_t lanes[16] = {};
+    std::memcpy(lanes, x, static_cast<size_t>(valid));
+    bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(lanes));
+  }
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+}
+
+// As the AVX-512 tap_sums (kernels_int8_blocked.cpp), 8 channels a register, signed inputs:
+// Σ_t q(x + tap[t]) · w_t in three partial sums.
+template <int kTaps>
+TTQ_AVX2 __attribute__((always_inline)) inline __m256 tap_sums(const uint8_t* x, const int64_t* tap, int64_t n,
+                                                                const __m256* held, const float* weights,
+                                                                int64_t rows, int64_t valid, __m256i mask) {
+  __m256 acc[3] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+#pragma GCC unroll 9
+  for (int64_t t = 0; t < n; ++t) {
+    const __m256 q = byte_lanes(x + tap[t], valid);
+    const __m256 wt = kTaps > 0 ? held[kTaps > 0 ? t : 0] : _mm256_maskload_ps(weights + t * rows, mask);
+    acc[t % 3] = _mm256_fmadd_ps(q, wt, acc[t % 3]);
+  }
+  return _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), acc[2]);
+}
+
+// As the AVX-512 depthwise_register, a register of 8 channels from c for inputs [i0, i1).
+template <int kTaps>
+TTQ_AVX2 void depthwise_register(const float* weights, int64_t rows, const int64_t* tap, int64_t taps,
+                                 const Int8Inputs& in, Int8Weights w, int64_t i0, int64_t i1, int64_t r0, int64_t c,
+                                 const Int8Output& out) {
+  const int64_t valid = std::min<int64_t>(kLanes, rows - c), n = kTaps > 0 ? kTaps : taps;
+  const __m256i mask = lanes_below(valid);
+  __m256 held[kTaps > 0 ? kTaps : 1];
+  if constexpr (kTaps > 0)
+    for (int64_t t = 0; t < n; ++t) held[t] = _mm256_maskload_ps(weights + t * rows + c, mask);
+  const Affine a = affine_of(out, r0 + c, mask);
+  const uint8_t* x = in.data + r0 + c;
+  for (int64_t i = i0; i < i1; ++i) {
+    const __m256 sums = tap_sums<kTaps>(x + in.row[i], tap, n, held, weights + c, rows, valid, mask);
+    store_register(sums, a, in.scale[i] * w.step, mask, valid, i, r0 + c, out);
   }
 }
 
@@ -186,11 +244,17 @@ void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8
   rows_blocked<Avx2>(planes, groups, w, in, i0, i1, r0, r1, out);
 }
 
-void store_rows_avx2(const int32_t* dot, const int32_t* offset, int64_t rows, const Int8Inputs& in, Int8Weights w,
-                     int64_t r, int64_t i, const Int8Output& out) {
-  for (int64_t b = 0; b < rows; b += 8 * kRows) {
-    const int64_t here = std::min<int64_t>(8 * kRows, rows - b);
-    store(dot + b, static_cast<int>((here + 7) / 8), 1, offset + b, in, w, r + b, here, i, out);
+// depthwise_rows_int8 on AVX2, as on AVX-512 (depthwise_avx512), 8 channels a register.
+void depthwise_avx2(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
+                    int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
+  for (int64_t ib = i0; ib < i1; ib += kDepthwiseTile) {
+    const int64_t ie = std::min(ib + kDepthwiseTile, i1);
+    for (int64_t c = 0; c < r1 - r0; c += kLanes) {
+      if (taps == 9)
+        depthwise_register<9>(weights, r1 - r0, tap, taps, in, w, ib, ie, r0, c, out);
+      else
+        depthwise_register<0>(weights, r1 - r0, tap, taps, in, w, ib, ie, r0, c, out);
+    }
   }
 }
 

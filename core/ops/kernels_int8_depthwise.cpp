@@ -49,17 +49,12 @@ void depthwise_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups
                          const Int8Output& out) {
   const std::vector<float> weights = tap_major_weights(planes, groups, w, taps, r0, r1);
   if (path == KernelPath::Avx512) return depthwise_avx512(weights.data(), tap, taps, in, w, i0, i1, r0, r1, out);
+  if (path == KernelPath::Avx2) return depthwise_avx2(weights.data(), tap, taps, in, w, i0, i1, r0, r1, out);
   const int64_t rows = r1 - r0;
   std::vector<float> acc(static_cast<size_t>(rows));
-  std::vector<int32_t> dot(static_cast<size_t>(rows)), no_offset(static_cast<size_t>(rows), 0);
   for (int64_t i = i0; i < i1; ++i) {
     pixel_sums(in.data + in.row[i] + r0, tap, taps, weights.data(), rows, int8_offset(path), acc.data());
-    for (int64_t r = 0; r < rows; ++r) dot[r] = static_cast<int32_t>(acc[r]);
-    if (path == KernelPath::Avx2) {
-      store_rows_avx2(dot.data(), no_offset.data(), rows, in, w, r0, i, out);
-      continue;
-    }
-    for (int64_t r = 0; r < rows; ++r) store_value(dot[r], in, w, i, r0 + r, out);
+    for (int64_t r = 0; r < rows; ++r) store_value(static_cast<int32_t>(acc[r]), in, w, i, r0 + r, out);
   }
 }
 
