@@ -328,9 +328,10 @@ class OnEveryPath(unittest.TestCase):
     def test_conv2d_affine_returns_the_max_pool_of_its_output(self):
         # max_pool [kernel, stride, padding]: exactly the max-pool of what it returns without, on the
         # int8 path (which pools bands of the output as it computes them, on any count of threads,
-        # keeping the rows two bands share) and the float one, in both memory formats.
-        w, bias = torch.randn(16, 3, 7, 7), torch.randn(16)
-        affine = torch.stack([torch.rand(16) + 0.5, torch.randn(16), torch.zeros(16)])
+        # keeping the rows two bands share, 16 channels at a time and the last 4 apart) and the float
+        # one, in both memory formats.
+        w, bias = torch.randn(20, 3, 7, 7), torch.randn(20)
+        affine = torch.stack([torch.rand(20) + 0.5, torch.randn(20), torch.zeros(20)])
         threads = torch.get_num_threads()
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
