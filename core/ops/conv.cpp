@@ -74,13 +74,30 @@ at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const 
   return conv2d_folded(input, w, bias, stride, padding, dilation, groups, *out_affine, "conv2d_int8");
 }
 
+// The bytes a chained layer stores (output_step) are followed by this many more, so that a 1x1 layer
+// after it can read them where they are (kernels may read 64 bytes past the last pixel's).
+constexpr int64_t kByteSlack = 64;
+
+// Whether the kernels can read x's bytes where they lie: the layer before's output (uint8) in the
+// order and signedness the kernels take (channels-last, whole, offset bytes), no padding to add, and
+// kByteSlack bytes after it. Then the copy into the scratch is left out (MobileNetV2's projections
+// read their depthwise layer's bytes so).
+bool bytes_in_place(const at::Tensor& x, c10::IntArrayRef padding, KernelPath path) {
+  const auto xs = x.strides();
+  const int64_t cin = x.size(1), height = x.size(2), width = x.size(3);
+  return x.scalar_type() == at::kByte && padding[0] == 0 && padding[1] == 0 && int8_offset(path) && xs[1] == 1 &&
+         xs[3] == cin && xs[2] == width * cin && xs[0] == height * width * cin &&
+         static_cast<int64_t>(x.storage().nbytes()) >= x.storage_offset() + x.numel() + kByteSlack;
+}
+
 // Each sample of x ([batch, cin, height, width], any strides) quantized with its step into a
 // zero-padded NHWC image of `image` bytes in this thread's input scratch, and 64 bytes more that a
 // last 1x1 step may read; zero is 128 where the kernels take offset bytes. A uint8 x is the layer
 // before's output on this layer's step (q + 128): its bytes are copied, made signed where the
-// kernels take no offset.
+// kernels take no offset, or read where they are (bytes_in_place).
 const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, const float* sample_step, KernelPath path,
                                 int64_t image) {
+  if (bytes_in_place(x, padding, path)) return x.data_ptr<uint8_t>();
   const int64_t batch = x.size(0), cin = x.size(1), height = x.size(2), width = x.size(3);
   const int64_t row_bytes = (width + 2 * padding[1]) * cin, side = padding[1] * cin;
   uint8_t* qd = input_scratch(batch * image + 64);
@@ -151,6 +168,15 @@ Int8Conv int8_conv(const at::Tensor& input, int64_t cin, int64_t kh, int64_t kw,
   return {input.size(0), cin, padded_w, out_h, out_w, padded_h * padded_w * cin};
 }
 
+// A chained layer's output bytes [batch, rows, out_h, out_w], channels-last or not, kByteSlack more
+// bytes after them (bytes_in_place).
+at::Tensor byte_output(const Int8Conv& g, int64_t rows, bool channels_last) {
+  const int64_t count = g.batch * rows * g.out_h * g.out_w;
+  const auto flat = at::empty({count + kByteSlack}, at::TensorOptions(at::kByte)).narrow(0, 0, count);
+  if (!channels_last) return flat.view({g.batch, rows, g.out_h, g.out_w});
+  return flat.view({g.batch, g.out_h, g.out_w, rows}).permute({0, 3, 1, 2});
+}
+
 // The int8 convolution of `input` (g) into `rows` output channels: each sample quantized with one
 // scale (max |x| / 127, or the calibrated input_step) into a zero-padded NHWC image, then every
 // output pixel is a row of the int8 kernels, `rows_int8(in, i0, i1, r0, r1, out)` (ternary_rows_int8
@@ -183,8 +209,8 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   if (!max_pool.empty())
     return pooled_int8_output(in, {g.batch, g.out_h, g.out_w}, rows, affine, max_pool, format, rows_int8, op);
   const bool bytes = output_step > 0;
-  auto out = at::empty({g.batch, rows, g.out_h, g.out_w},
-                       at::TensorOptions(bytes ? at::kByte : at::kFloat).memory_format(format));
+  auto out = bytes ? byte_output(g, rows, channels_last)
+                   : at::empty({g.batch, rows, g.out_h, g.out_w}, at::TensorOptions(at::kFloat).memory_format(format));
   // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
   // n · rows · pixels + r · pixels + p, one sample at a time.
   auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
