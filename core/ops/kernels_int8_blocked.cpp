@@ -177,8 +177,9 @@ TTQ_AVX512 __m512 residual_register(const float* r, int64_t stride, __mmask16 ma
 // A register of input i's rows from r0 (`valid` of them, `mask`), d their sums less the offset, into
 // `out` as kernels.h's Int8Output says: scale[i] · w.step · d, then the affine. The same float
 // operations, in the same order, as the other kernels' stores.
-TTQ_AVX512 __attribute__((always_inline)) inline void store_register(__m512 d, const Affine& a, float step, __mmask16 mask, int64_t valid, int64_t i,
-                               int64_t r0, const Int8Output& out) {
+TTQ_AVX512 __attribute__((always_inline)) inline void store_register(__m512 d, const Affine& a, float step,
+                                                                     __mmask16 mask, int64_t valid, int64_t i,
+                                                                     int64_t r0, const Int8Output& out) {
   __m512 v = _mm512_mul_ps(_mm512_set1_ps(step), d);
   const int64_t at = i * out.input_stride + r0 * out.row_stride;
   if (out.scale) {
@@ -227,54 +228,63 @@ struct Avx512 {
   static constexpr auto store = store_blocked;
 };
 
-// Σ_t q(x + tap[t]) · w_t for 16 channels from x (`mask`), `held` the taps' weights where kTaps > 0,
-// else read from `weights` (`rows` a tap): three partial sums, so that three products are in flight
-// rather than one chain of nine; the sums are exact integers (kernels_int8_depthwise.cpp), so their
-// order changes nothing.
+// start + Σ_t q(x + tap[t]) · w_t for 16 channels from x (`mask`; all 16 where `full`), in int32: each
+// tap's bytes widened to dwords (high words zero) meet its weights' dwords in vpdpwssd, whose product
+// of the high words is then 0, one instruction a tap after the load; three partial sums, so that
+// three products are in flight rather than one chain of nine. `held`: the taps' weights where
+// kTaps > 0, else read from `weights` (`rows` a tap).
 template <int kTaps>
-TTQ_AVX512 __attribute__((always_inline)) inline __m512 tap_sums(const uint8_t* x, const int64_t* tap, int64_t n,
-                                                                  const __m512* held, const float* weights,
-                                                                  int64_t rows, __mmask16 mask) {
-  __m512 acc[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+TTQ_AVX512 __attribute__((always_inline)) inline __m512i tap_sums(const uint8_t* x, const int64_t* tap, int64_t n,
+                                                                   const __m512i* held, const float* weights,
+                                                                   int64_t rows, __mmask16 mask, bool full,
+                                                                   __m512i start) {
+  __m512i acc[3] = {start, _mm512_setzero_si512(), _mm512_setzero_si512()};
 #pragma GCC unroll 9
   for (int64_t t = 0; t < n; ++t) {
-    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, x + tap[t])));
-    const __m512 wt = kTaps > 0 ? held[kTaps > 0 ? t : 0] : _mm512_maskz_loadu_ps(mask, weights + t * rows);
-    acc[t % 3] = _mm512_fmadd_ps(q, wt, acc[t % 3]);
+    const __m512i q = _mm512_cvtepu8_epi32(full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + tap[t]))
+                                                : _mm_maskz_loadu_epi8(mask, x + tap[t]));
+    const __m512i wt =
+        kTaps > 0 ? held[kTaps > 0 ? t : 0] : _mm512_cvtps_epi32(_mm512_maskz_loadu_ps(mask, weights + t * rows));
+    // acc += q · wt in place (see block_products: GCC 12 copies around the intrinsic).
+    asm("vpdpwssd %[w], %[q], %[acc]" : [acc] "+v"(acc[t % 3]) : [q] "v"(q), [w] "v"(wt));
   }
-  return _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), acc[2]);
+  return _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), acc[2]);
 }
 
 // A register of channels from c (`mask`) of a depthwise layer for inputs [i0, i1), two at a time:
-// each tap's bytes widened to float32 and multiplied by its weights (tap_sums), less the inputs'
-// offset, 128 · Σ w. kTaps > 0: that many taps, their weights kept in registers (3x3: 9); else
-// `taps`.
+// tap_sums from minus the inputs' offset, 128 · Σ w, as float32 (exact: kernels_int8_depthwise.cpp).
+// kTaps > 0: that many taps, their weights kept in registers (3x3: 9); else `taps`.
 template <int kTaps>
 TTQ_AVX512 void depthwise_register(const float* weights, int64_t rows, const int64_t* tap, int64_t taps,
                                    const Int8Inputs& in, Int8Weights w, int64_t i0, int64_t i1, int64_t r0, int64_t c,
                                    const Int8Output& out) {
   const int64_t valid = std::min<int64_t>(kLanes, rows - c), n = kTaps > 0 ? kTaps : taps;
   const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-  __m512 held[kTaps > 0 ? kTaps : 1];
-  __m512 offset = _mm512_setzero_ps();
+  const bool full = valid == kLanes;
+  __m512i held[kTaps > 0 ? kTaps : 1];
+  __m512i offset = _mm512_setzero_si512();
   for (int64_t t = 0; t < n; ++t) {
-    const __m512 wt = _mm512_maskz_loadu_ps(mask, weights + t * rows + c);
+    const __m512i wt = _mm512_cvtps_epi32(_mm512_maskz_loadu_ps(mask, weights + t * rows + c));
     if constexpr (kTaps > 0) held[t] = wt;
-    offset = _mm512_add_ps(offset, wt);
+    offset = _mm512_add_epi32(offset, wt);
   }
-  offset = _mm512_mul_ps(offset, _mm512_set1_ps(128.0f));
+  offset = _mm512_slli_epi32(offset, 7);
   const Affine a = affine_of(out, r0 + c, mask);
   const uint8_t* x = in.data + r0 + c;
+  const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), offset);
   int64_t i = i0;
   for (; i + 1 < i1; i += 2) {
-    const __m512 first = tap_sums<kTaps>(x + in.row[i], tap, n, held, weights + c, rows, mask);
-    const __m512 second = tap_sums<kTaps>(x + in.row[i + 1], tap, n, held, weights + c, rows, mask);
-    store_register(_mm512_sub_ps(first, offset), a, in.scale[i] * w.step, mask, valid, i, r0 + c, out);
-    store_register(_mm512_sub_ps(second, offset), a, in.scale[i + 1] * w.step, mask, valid, i + 1, r0 + c, out);
+    const __m512 first =
+        _mm512_cvtepi32_ps(tap_sums<kTaps>(x + in.row[i], tap, n, held, weights + c, rows, mask, full, start));
+    const __m512 second =
+        _mm512_cvtepi32_ps(tap_sums<kTaps>(x + in.row[i + 1], tap, n, held, weights + c, rows, mask, full, start));
+    store_register(first, a, in.scale[i] * w.step, mask, valid, i, r0 + c, out);
+    store_register(second, a, in.scale[i + 1] * w.step, mask, valid, i + 1, r0 + c, out);
   }
   if (i < i1) {
-    const __m512 last = tap_sums<kTaps>(x + in.row[i], tap, n, held, weights + c, rows, mask);
-    store_register(_mm512_sub_ps(last, offset), a, in.scale[i] * w.step, mask, valid, i, r0 + c, out);
+    const __m512 last =
+        _mm512_cvtepi32_ps(tap_sums<kTaps>(x + in.row[i], tap, n, held, weights + c, rows, mask, full, start));
+    store_register(last, a, in.scale[i] * w.step, mask, valid, i, r0 + c, out);
   }
 }
 
