@@ -35,10 +35,16 @@ void depthwise_avx512(const float* weights, const int64_t* tap, int64_t taps, co
                       int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 void depthwise_avx2(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
                     int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
-// The pixels a depthwise kernel takes at a time (a tile): every register of channels meets a tile
+// The depthwise kernels' order: inputs [i0, i1) in tiles of 64 pixels, and in each tile every
+// register of `lanes` channels of `rows`, `run(ib, ie, c)`: every register of channels meets a tile
 // while its image rows are in cache (a thread's half of a batch-16 image, a register's channels at
 // a time, would read it from memory once for each register).
-constexpr int64_t kDepthwiseTile = 64;
+template <class Run>
+void depthwise_tiles(int64_t lanes, int64_t i0, int64_t i1, int64_t rows, Run run) {
+  constexpr int64_t kTile = 64;
+  for (int64_t ib = i0; ib < i1; ib += kTile)
+    for (int64_t c = 0; c < rows; c += lanes) run(ib, std::min(ib + kTile, i1), c);
+}
 // dense_rows_int8 on those two paths.
 void dense_rows_int8_avx512(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
                             int64_t r1, const Int8Output& out);

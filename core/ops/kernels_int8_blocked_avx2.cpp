@@ -247,15 +247,10 @@ void ternary_rows_int8_blocked_avx2(const uint32_t* planes, int64_t groups, Int8
 // depthwise_rows_int8 on AVX2, as on AVX-512 (depthwise_avx512), 8 channels a register.
 void depthwise_avx2(const float* weights, const int64_t* tap, int64_t taps, const Int8Inputs& in, Int8Weights w,
                     int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
-  for (int64_t ib = i0; ib < i1; ib += kDepthwiseTile) {
-    const int64_t ie = std::min(ib + kDepthwiseTile, i1);
-    for (int64_t c = 0; c < r1 - r0; c += kLanes) {
-      if (taps == 9)
-        depthwise_register<9>(weights, r1 - r0, tap, taps, in, w, ib, ie, r0, c, out);
-      else
-        depthwise_register<0>(weights, r1 - r0, tap, taps, in, w, ib, ie, r0, c, out);
-    }
-  }
+  depthwise_tiles(kLanes, i0, i1, r1 - r0, [&](int64_t ib, int64_t ie, int64_t c) {
+    if (taps == 9) return depthwise_register<9>(weights, r1 - r0, tap, taps, in, w, ib, ie, r0, c, out);
+    depthwise_register<0>(weights, r1 - r0, tap, taps, in, w, ib, ie, r0, c, out);
+  });
 }
 
 void dense_rows_int8_avx2(const DenseInt8Rows& rows, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0,
