@@ -1,9 +1,10 @@
 // The int8 kernel of depthwise convolutions (MobileNet's 3x3 layers: a group per channel, each
 // output channel the taps of its own input channel). Nine products an output leave no matrix to
-// block: the work is reading the image, so a pixel's channels go side by side through the taps,
-// which the compiler vectorizes. The products are summed in float32: integers below 2^24 (at most
-// 127 · 127 · 1040 taps), so the sums are exact in any order and equal the int32 ones; the stores are
-// the other kernels'.
+// block: the work is reading the image, so a pixel's channels go side by side through the taps (a
+// register of them on AVX-512 and AVX2, kernels_int8_blocked*.cpp; here the portable loop, which
+// the compiler vectorizes). The portable and AVX2 kernels sum the products in float32: integers
+// below 2^24 (at most 127 · 127 · 1040 taps), so the sums are exact in any order and equal the int32
+// ones the AVX-512 kernel adds; the stores are the other kernels'.
 #include <algorithm>
 #include <vector>
 
