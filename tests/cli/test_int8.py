@@ -140,7 +140,8 @@ class Int8Models(Workdir):
         # Torchvision's MobileNetV2 calibrated: each inverted residual's expansion hands its depthwise
         # layer (int8 too) its input as bytes, and that one the projection, through the
         # Conv2dNormActivation wrappers its BatchNorms and ReLU6s fold out of; the outputs are the
-        # same, bit for bit, as with float32 between them, and stay near the float path's.
+        # same, bit for bit, as with float32 between them, and stay near the float path's. Images
+        # channels-last too: then each projection reads its depthwise layer's bytes where they lie.
         x = torch.randn(8, 3, 64, 64)
         _, packed, int8, report = self.calibrated("mobilenet_v2.pt", x)
         chained = report["chained"]
@@ -151,6 +152,8 @@ class Int8Models(Workdir):
         with torch.no_grad():
             got, want = torch.jit.load(int8)(x[:2]), torch.jit.load(packed)(x[:2])
             self.assertTrue(torch.equal(got, self.unchained(int8)(x[:2])))
+            last = x[:2].contiguous(memory_format=torch.channels_last)
+            self.assertTrue(torch.equal(torch.jit.load(int8)(last), self.unchained(int8)(last)))
         self.assertLess((got - want).abs().max(), 0.2 * want.abs().max())
         # The 10 blocks that add their input to their output (use_res_connect) have their projection
         # add it as it stores each value, bit for bit as the block's layers and the add apart; the
