@@ -191,8 +191,8 @@ TTQ_AVX2 __attribute__((always_inline)) inline __m256 byte_lanes(const uint8_t* 
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
 }
 
-// As the AVX-512 tap_sums (kernels_int8_blocked.cpp), 8 channels a register, signed inputs:
-// Σ_t q(x + tap[t]) · w_t in three partial sums.
+// Σ_t q(x + tap[t]) · w_t for 8 channels, signed inputs, in float32 (exact integers:
+// kernels_int8_depthwise.cpp), in three partial sums as the AVX-512 tap_sums (kernels_int8_blocked.cpp).
 template <int kTaps>
 TTQ_AVX2 __attribute__((always_inline)) inline __m256 tap_sums(const uint8_t* x, const int64_t* tap, int64_t n,
                                                                 const __m256* held, const float* weights,
