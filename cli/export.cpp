@@ -108,8 +108,8 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
   meta.packed = report.packed;
   meta.activations = choice_name(args.activations);
   const auto steps = args.calibrate.empty() ? std::vector<CalibratedLayer>{} : calibrate(args, model.module, meta);
-  const auto chained = args.calibrate.empty() ? std::vector<std::string>{} : chain_int8_layers(model.module);
   const auto residual = args.activations == Activations::Int8 ? fuse_residual_adds(model.module) : std::vector<std::string>{};
+  const auto chained = args.calibrate.empty() ? std::vector<std::string>{} : chain_int8_layers(model.module);
   save_torchscript(model.module, meta, args.output, program);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {

@@ -1,8 +1,6 @@
 // Graph passes for packed int8 models (packed_model.h). fold_batch_norms: a parent's `bn(conv(x))`,
 // and a ReLU or ReLU6 right after it, become the convolution's out_affine, applied as the int8
 // kernels store each output, so that no float pass over the activations is left between them.
-// chain_int8_layers: where one int8 convolution alone feeds the next, it stores the next one's
-// input bytes, and no float32 activation is left between them.
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
 #include <cmath>
@@ -24,14 +22,6 @@ using torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 // ttq::conv2d_affine's max_pool argument.
 constexpr size_t kMaxPool = 9;
 
-// The ttq::conv2d_int8 nodes of a graph, in blocks too.
-void conv_nodes(torch::jit::Block* block, std::vector<Node*>& found) {
-  for (Node* node : block->nodes()) {
-    if (node->kind() == kConvInt8) found.push_back(node);
-    for (auto* inner : node->blocks()) conv_nodes(inner, found);
-  }
-}
-
 // A convolution whose forward returns one ttq::conv2d_int8 of its own input: the op is its output.
 bool packed_int8_conv(const c10::ClassTypePtr& type) {
   const auto graph = forward_graph(type);
@@ -40,20 +30,6 @@ bool packed_int8_conv(const c10::ClassTypePtr& type) {
   conv_nodes(graph->block(), convs);
   return convs.size() == 1 && graph->outputs()[0] == convs[0]->output() &&
          convs[0]->input(kOutAffine)->type()->kind() == c10::TypeKind::NoneType;
-}
-
-// The ttq::conv2d_int8 of a class whose forward returns it, where that layer runs the int8 kernels
-// (ops::conv_runs_int8), else nullptr.
-Node* int8_kernel_conv(const c10::ClassTypePtr& type) {
-  const auto graph = forward_graph(type);
-  if (!graph || graph->outputs().size() != 1) return nullptr;
-  std::vector<Node*> convs;
-  conv_nodes(graph->block(), convs);
-  if (convs.size() != 1 || graph->outputs()[0] != convs[0]->output()) return nullptr;
-  const auto shape = torch::jit::toIValue(convs[0]->input(kShape));
-  const auto groups = torch::jit::toIValue(convs[0]->input(kGroups));
-  if (!shape || !groups || !shape->isIntList() || !groups->isInt()) return nullptr;
-  return ops::conv_runs_int8(shape->toIntVector(), groups->toInt()) ? convs[0] : nullptr;
 }
 
 // One `bn(conv(x))` (and a ReLU or ReLU6 of it) in a parent's method; `float_conv`: the
@@ -221,59 +197,6 @@ void give_identity(const std::vector<std::pair<std::string, torch::jit::Module>>
   }
 }
 
-// "child.path", or "child" where path is "".
-std::string nested(const std::string& child, const std::string& path) {
-  return path.empty() ? child : join_path(child, path);
-}
-
-// The path from a module of class `type` to the int8 convolution its forward runs: "" where it is
-// one (int8_kernel_conv), "0" where its forward only returns its child 0's (torchvision's
-// Conv2dNormActivation once its BatchNorm and activation are folded), and so on; none where neither.
-std::optional<std::string> conv_within(const c10::ClassTypePtr& type) {
-  if (int8_kernel_conv(type)) return "";
-  const auto graph = forward_graph(type);
-  if (!graph || graph->inputs().size() != 2 || graph->outputs().size() != 1) return std::nullopt;
-  Node* call = graph->outputs()[0]->node();
-  const std::string child = child_call(call, *graph);
-  if (child.empty() || call->inputs().size() != 2 || call->input(1) != graph->inputs()[1]) return std::nullopt;
-  for (Node* node : graph->nodes())
-    if (node != call && node != call->input(0)->node() && node->kind() != c10::prim::Constant) return std::nullopt;
-  const auto inner = conv_within(call->input(0)->type()->expect<c10::ClassType>());
-  if (!inner) return std::nullopt;
-  return nested(child, *inner);
-}
-
-// `self.next(self.conv(x))` in a method of a parent: both children run an int8 convolution
-// (conv_within: the paths to them), the parent calls each once, and conv's output goes nowhere else.
-struct Chain {
-  std::string conv, next;
-};
-std::vector<Chain> chains_in(const c10::ClassTypePtr& parent) {
-  std::vector<Chain> chains;
-  const auto calls = child_calls(parent);
-  for (auto* method : parent->methods()) {
-    if (!method->isGraphFunction()) continue;
-    const auto graph = torch::jit::toGraphFunction(*method).graph();
-    for (Node* node : graph->nodes()) {
-      const std::string conv = child_call(node, *graph);
-      if (conv.empty() || node->output()->uses().size() != 1) continue;
-      Node* user = node->output()->uses()[0].user;
-      const std::string next = child_call(user, *graph);
-      if (next.empty() || user->inputs().size() != 2 || calls.at(conv) != 1 || calls.at(next) != 1) continue;
-      const auto conv_path = conv_within(node->input(0)->type()->expect<c10::ClassType>());
-      const auto next_path = conv_within(user->input(0)->type()->expect<c10::ClassType>());
-      if (conv_path && next_path) chains.push_back({nested(conv, *conv_path), nested(next, *next_path)});
-    }
-  }
-  return chains;
-}
-
-// A packed convolution's calibrated input step; 0 where it has none (dynamic, or kept float).
-float calibrated_step(const torch::jit::Module& conv) {
-  if (!conv.hasattr(codes_name("weight")) || conv.attr(codes_name("weight")).toTensor().numel() == 0) return 0;
-  return conv.attr(input_step_name("weight")).toTensor().item<float>();
-}
-
 }  // namespace
 
 bool type_named(const c10::TypePtr& type, const std::string& suffix) {
@@ -332,38 +255,41 @@ torch::jit::Module submodule(torch::jit::Module m, const std::string& path) {
   return m;
 }
 
+void conv_nodes(torch::jit::Block* block, std::vector<Node*>& found) {
+  for (Node* node : block->nodes()) {
+    if (node->kind() == kConvInt8) found.push_back(node);
+    for (auto* inner : node->blocks()) conv_nodes(inner, found);
+  }
+}
+
+bool on_int8_kernels(const Node* conv) {
+  const auto shape = torch::jit::toIValue(conv->input(kShape));
+  const auto groups = torch::jit::toIValue(conv->input(kGroups));
+  return conv->kind() == kConvInt8 && shape && groups && shape->isIntList() && groups->isInt() &&
+         ops::conv_runs_int8(shape->toIntVector(), groups->toInt());
+}
+
+torch::jit::GraphFunction* called_method(const Node* call) {
+  const auto type = call->input(0)->type()->cast<c10::ClassType>();
+  torch::jit::Function* method = type ? type->findMethod(call->s(c10::attr::name)) : nullptr;
+  return method && method->isGraphFunction() ? &torch::jit::toGraphFunction(*method) : nullptr;
+}
+
+std::optional<std::string> module_path(const Value* read, const Graph& graph) {
+  const Node* node = read->node();
+  if (node->kind() != c10::prim::GetAttr) return std::nullopt;
+  std::string path;
+  for (const Value* m = node->input(); m != graph.inputs()[0]; m = m->node()->input()) {
+    if (m->node()->kind() != c10::prim::GetAttr) return std::nullopt;
+    path = path.empty() ? m->node()->s(c10::attr::name) : join_path(m->node()->s(c10::attr::name), path);
+  }
+  return path;
+}
+
 std::string out_affine_name(const std::string& weight) { return weight + "_out_affine"; }
 std::string output_step_name(const std::string& weight) { return weight + "_output_step"; }
 std::string residual_affine_name(const std::string& weight) { return weight + "_residual_affine"; }
-
-std::vector<std::string> chain_int8_layers(torch::jit::Module& module) {
-  torch::NoGradGuard no_grad;
-  auto [parents, instances] = module_types(module);
-  std::vector<std::string> chained;  // the convolutions' weights, by path
-  std::set<c10::ClassTypePtr> conv_types;
-  std::set<const void*> given;  // the convolution objects given an output step
-  for (const auto& parent : parents)
-    for (const auto& chain : chains_in(parent))
-      for (const auto& [path, m] : instances[parent]) {
-        auto conv = submodule(m, chain.conv);
-        const float step = calibrated_step(submodule(m, chain.next));
-        if (step == 0 || calibrated_step(conv) == 0) continue;
-        conv.register_buffer(output_step_name("weight"), torch::full({1}, step));
-        conv_types.insert(conv.type());
-        given.insert(conv._ivalue().get());
-        chained.push_back(join_path(join_path(path, chain.conv), "weight"));
-      }
-  // Each class with a chained instance reads its output step: the others' is 0 (float32 output).
-  for (const auto& type : conv_types) {
-    for (const auto& [path, m] : instances[type])
-      if (!given.count(m._ivalue().get())) torch::jit::Module(m).register_buffer(output_step_name("weight"), torch::zeros({1}));
-    Node* conv = int8_kernel_conv(type);
-    torch::jit::WithInsertPoint guard(conv);
-    Graph& graph = *conv->owningGraph();
-    conv->replaceInput(kOutputStep, graph.insertGetAttr(graph.inputs()[0], output_step_name("weight")));
-  }
-  return chained;
-}
+std::string residual_step_name(const std::string& weight) { return weight + "_residual_step"; }
 
 std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
   torch::NoGradGuard no_grad;

@@ -1,6 +1,6 @@
-// What the int8 graph passes share (packed_fold.cpp: fold_batch_norms, chain_int8_layers;
-// packed_residual.cpp: fuse_residual_adds; packed_linear.cpp: eight_bit_linears): the arguments of
-// ttq::conv2d_int8 nodes, and the patterns they look for in a parent's methods.
+// What the int8 graph passes share (packed_fold.cpp: fold_batch_norms; packed_residual.cpp:
+// fuse_residual_adds; packed_chain.cpp: chain_int8_layers; packed_linear.cpp: eight_bit_linears):
+// the arguments of ttq::conv2d_int8 nodes, and the patterns they look for in a parent's methods.
 #pragma once
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/script.h>
@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,8 +16,10 @@
 namespace ttq {
 
 inline const c10::Symbol kConvInt8 = c10::Symbol::fromQualString("ttq::conv2d_int8");
-// Its arguments shape, groups, out_affine, output_step and residual (ops.cpp's schema).
-constexpr size_t kShape = 3, kGroups = 8, kOutAffine = 10, kOutputStep = 11, kResidual = 12;
+// Its arguments codes, shape, groups, input_step, out_affine, output_step, residual and residual_step
+// (ops.cpp's schema).
+constexpr size_t kCodes = 1, kShape = 3, kGroups = 8, kInputStep = 9, kOutAffine = 10, kOutputStep = 11,
+                 kResidual = 12, kResidualStep = 13;
 
 // Whether `type` is a class whose qualified name ends in `suffix` (".BatchNorm2d").
 bool type_named(const c10::TypePtr& type, const std::string& suffix);
@@ -35,6 +38,20 @@ struct Clamp {
 // `self.relu(value)` of an nn.ReLU or nn.ReLU6, aten::relu(_), aten::relu6 or aten::hardtanh(_) with
 // constant bounds (nn.ReLU6 inlined), where it alone takes `value`.
 Clamp sole_clamp(torch::jit::Value* value, const torch::jit::Graph& graph);
+
+// The ttq::conv2d_int8 nodes of a block, in its nested blocks too, in order.
+void conv_nodes(torch::jit::Block* block, std::vector<torch::jit::Node*>& found);
+
+// Whether a ttq::conv2d_int8 node runs on the int8 kernels (ops::conv_runs_int8 of its constant
+// shape and groups).
+bool on_int8_kernels(const torch::jit::Node* conv);
+
+// The graph of the method a prim::CallMethod node calls, or nullptr.
+torch::jit::GraphFunction* called_method(const torch::jit::Node* call);
+
+// The path from the graph's `self` to the module whose attribute `read` (a prim::GetAttr's output)
+// reads ("conv2", "layer1.0.conv2"; "" for self's own), none where it is not read through attributes.
+std::optional<std::string> module_path(const torch::jit::Value* read, const torch::jit::Graph& graph);
 
 // The module's class types, in the order they are first met, and each one's instances (path, module).
 using Instances = std::map<c10::ClassTypePtr, std::vector<std::pair<std::string, torch::jit::Module>>>;

@@ -82,10 +82,10 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
       if (read.activations == Activations::Int8)
         inputs.push_back(graph.insertGetAttr(read.owner, input_step_name(read.attribute)));
       // A node gives every argument of its schema: conv2d_int8's out_affine is None until a
-      // BatchNorm folds into it (fold_batch_norms), its output_step until it is chained to the next
-      // layer (chain_int8_layers), its residual until an add fuses into it (fuse_residual_adds).
+      // BatchNorm folds into it (fold_batch_norms), its residual until an add fuses into it
+      // (fuse_residual_adds), its output_step and residual_step until chain_int8_layers.
       if (std::string_view(op) == "ttq::conv2d_int8")
-        for (int none = 0; none < 3; ++none) inputs.push_back(graph.insertConstant(c10::IValue()));
+        for (int none = 0; none < 4; ++none) inputs.push_back(graph.insertConstant(c10::IValue()));
       return insert_op(graph, op, inputs);
     }
     Value* weight = insert_op(graph, "ttq::unpack",

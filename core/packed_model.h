@@ -72,17 +72,8 @@ std::string out_affine_name(const std::string& weight);  // "conv1.weight_out_af
 // (unused), so the float model comes back bit-exact. Returns the folded convolutions' weights.
 std::vector<std::string> fold_batch_norms(torch::jit::Module& module);
 
-// Calibrated int8 models (ttq export --calibrate, after calibrate_packed): in each method of a class,
-// `self.next(self.conv(x))` where both are convolutions on the int8 kernels with calibrated steps,
-// called once, and conv's output goes nowhere else, in every instance where both are packed: conv
-// stores its output as next's int8 input (uint8, on next's step: the bytes next would make of it)
-// instead of float32, through its output_step. The outputs are the same, bit for bit. Returns the
-// chained convolutions' weights.
-std::string output_step_name(const std::string& weight);  // "conv1.weight_output_step"
-std::vector<std::string> chain_int8_layers(torch::jit::Module& module);
-
-// Int8 models (ttq export, after chain_int8_layers): in each method of a class, `y + r` (aten::add,
-// or add_ into y) where y is, alone, the output of a ttq::conv2d_int8 on the int8 kernels whose
+// Int8 models (ttq export, after pack_module and calibration): in each method of a class, `y + r`
+// (aten::add, or add_ into y) where y is, alone, the output of a ttq::conv2d_int8 on the int8 kernels whose
 // out_affine leaves values unclamped (in every instance), directly or returned by method calls
 // (inlined into the method to reach it), and a ReLU or ReLU6 that alone takes the sum: the
 // convolution adds r as its residual as it stores each value and clamps after it, the clamp in an
@@ -90,6 +81,22 @@ std::vector<std::string> chain_int8_layers(torch::jit::Module& module);
 // residuals. The outputs are the same, bit for bit. Returns the fused convolutions' weights.
 std::string residual_affine_name(const std::string& weight);  // "conv2.weight_residual_affine"
 std::vector<std::string> fuse_residual_adds(torch::jit::Module& module);
+
+// Calibrated int8 models (ttq export --calibrate, after fuse_residual_adds): every int8 convolution
+// on the int8 kernels reads an output_step and a residual_step of its module (0: float32 output, a
+// float32 residual), and each is decided on the whole program of each method of the model (every
+// method call inlined, branches on a module's bool attribute taken as it has it): a packed
+// convolution with a calibrated step whose output only int8 convolutions take, as their input (all
+// on the same calibrated step) or as their residual, stores it as that input (uint8, q + 128 on the
+// step: the bytes they would make of it) rather than float32, wherever its module is called; those
+// taking it as a residual get that step as their residual_step. A layer's output reaches the next
+// within a block, from block to block (through Sequential) and into the next block's residual add.
+// The outputs are the same bit for bit where the bytes are an input; a residual carries the step's
+// rounding, as PyTorch's quantized add does. Returns the chained convolutions' weights, in the order
+// forward runs them.
+std::string output_step_name(const std::string& weight);    // "conv1.weight_output_step"
+std::string residual_step_name(const std::string& weight);  // "conv2.weight_residual_step"
+std::vector<std::string> chain_int8_layers(torch::jit::Module& module);
 
 // Int8 models (pack_module calls it, after fold_batch_norms): every float32 linear layer left (one
 // the packing keeps float, as a classifier by the paper's rule: an attribute that only

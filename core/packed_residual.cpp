@@ -21,20 +21,9 @@ using torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 // A ttq::conv2d_int8 node that can take a residual: on the int8 kernels, an out_affine read from its
 // module (a folded BatchNorm, or the identity one), no residual yet.
 bool takes_residual(const Node* conv) {
-  if (conv->kind() != kConvInt8 || conv->inputs().size() != kResidual + 1 ||
-      conv->input(kResidual)->type()->kind() != c10::TypeKind::NoneType ||
-      conv->input(kOutAffine)->node()->kind() != c10::prim::GetAttr)
-    return false;
-  const auto shape = torch::jit::toIValue(conv->input(kShape));
-  const auto groups = torch::jit::toIValue(conv->input(kGroups));
-  return shape && groups && shape->isIntList() && groups->isInt() &&
-         ops::conv_runs_int8(shape->toIntVector(), groups->toInt());
-}
-
-torch::jit::GraphFunction* called_method(const Node* call) {
-  const auto type = call->input(0)->type()->cast<c10::ClassType>();
-  torch::jit::Function* method = type ? type->findMethod(call->s(c10::attr::name)) : nullptr;
-  return method && method->isGraphFunction() ? &torch::jit::toGraphFunction(*method) : nullptr;
+  return conv->kind() == kConvInt8 && conv->inputs().size() == kResidualStep + 1 &&
+         conv->input(kResidual)->type()->kind() == c10::TypeKind::NoneType &&
+         conv->input(kOutAffine)->node()->kind() == c10::prim::GetAttr && on_int8_kernels(conv);
 }
 
 // Whether `value` is, alone, what takes it sees of a ttq::conv2d_int8 that takes_residual: that
@@ -58,18 +47,6 @@ Node* inline_to_conv(Value* value) {
     value = torch::jit::inlineCallTo(value->node(), method, method->graph().get()).at(0);
   }
   return value->node();
-}
-
-// The path from the graph's `self` to the module whose attribute `read` reads ("conv2", "conv.2").
-std::optional<std::string> module_path(const Value* read, const Graph& graph) {
-  const Node* node = read->node();
-  if (node->kind() != c10::prim::GetAttr) return std::nullopt;
-  std::string path;
-  for (const Value* m = node->input(); m != graph.inputs()[0]; m = m->node()->input()) {
-    if (m->node()->kind() != c10::prim::GetAttr) return std::nullopt;
-    path = path.empty() ? m->node()->s(c10::attr::name) : join_path(m->node()->s(c10::attr::name), path);
-  }
-  return path;
 }
 
 // Whether `node` is aten::add(a, b, 1) or aten::add_(a, b, 1) of two tensors (the fusion takes the

@@ -177,6 +177,16 @@ at::Tensor byte_output(const Int8Conv& g, int64_t rows, bool channels_last) {
   return flat.view({g.batch, g.out_h, g.out_w, rows}).permute({0, 3, 1, 2});
 }
 
+// A residual the stores add (Int8Output's): floats, or bytes with their step.
+struct Int8Residual {
+  const float* floats = nullptr;
+  const uint8_t* bytes = nullptr;
+  float step = 0;
+};
+
+// The floats uint8 residual bytes (q + 128 on `step`) stand for: q · step, as the stores compute them.
+at::Tensor floats_of(const at::Tensor& bytes, float step) { return bytes.to(at::kFloat).sub_(128).mul_(step); }
+
 // The int8 convolution of `input` (g) into `rows` output channels: each sample quantized with one
 // scale (max |x| / 127, or the calibrated input_step) into a zero-padded NHWC image, then every
 // output pixel is a row of the int8 kernels, `rows_int8(in, i0, i1, r0, r1, out)` (ternary_rows_int8
@@ -190,7 +200,7 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
                             c10::IntArrayRef padding, const c10::optional<at::Tensor>& input_step,
                             const int64_t* step, const int64_t* four, int64_t k, const float* affine,
                             float output_step, RowsInt8 rows_int8, const char* op, c10::IntArrayRef max_pool = {},
-                            const float* residual = nullptr) {
+                            Int8Residual residual = {}) {
   const auto step_of = input_steps(input, {1, 2, 3}, g.batch, input_step, op);
   const float* sample_step = step_of.data_ptr<float>();
   const uint8_t* qd = quantized_images(input, padding, sample_step, selected_path(), g.image);
@@ -216,7 +226,8 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
     auto output = [&](int64_t at, int64_t input_stride, int64_t row_stride) {
       Int8Output o = affine_output(affine, rows, input_stride, row_stride);
-      if (residual) o.residual = residual + at;
+      if (residual.floats) o.residual = residual.floats + at;
+      if (residual.bytes) o.residual_bytes = residual.bytes + at, o.residual_step = residual.step;
       if (bytes) o.bytes = out.data_ptr<uint8_t>() + at, o.byte_step = output_step;
       else o.y = out.data_ptr<float>() + at;
       return o;
@@ -333,14 +344,16 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
 // tap-major, [out, kh, kw, in] (packed_model.h), so that a tap's channels are contiguous in both:
 // step s of a row, its weights 64 s to 64 s + 63, lies at one tap and channel of the pixel's image.
 // out_affine (checked_affine), the bias and a residual (a fused `y + residual`, before the affine's
-// floor and ceiling: a ResNet block's add and ReLU) are applied as each value is stored, and with an
-// output_step the value is stored as the next layer's int8 input. Depthwise layers run their own
+// floor and ceiling: a ResNet block's add and ReLU; float32, or the bytes a layer before stored, on
+// residual_step) are applied as each value is stored, and with an output_step the value is stored as
+// the next layer's int8 input. Depthwise layers run their own
 // kernel on the same images; other layers (groups, odd channel counts) run the float path.
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                        const c10::optional<at::Tensor>& input_step, const c10::optional<at::Tensor>& out_affine,
-                       const c10::optional<at::Tensor>& output_step, const c10::optional<at::Tensor>& residual) {
+                       const c10::optional<at::Tensor>& output_step, const c10::optional<at::Tensor>& residual,
+                       const c10::optional<at::Tensor>& residual_step) {
   TORCH_CHECK(shape.size() == 4, "ttq::conv2d_int8: the weight shape must be [out, in/groups, kh, kw]");
   const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
   check_packed(codes, scales, {rows, kh, kw, cin});
@@ -349,8 +362,13 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const float next_step =
       output_step && output_step->defined() ? *step_value(*output_step, "output_step", "conv2d_int8") : 0;
   const bool added = residual && residual->defined();
-  TORCH_CHECK(!added || (residual->scalar_type() == at::kFloat && residual->is_cpu()),
-              "ttq::conv2d_int8: the residual must be a float32 CPU tensor");
+  const bool byte_residual = added && residual->scalar_type() == at::kByte;
+  TORCH_CHECK(!added || ((byte_residual || residual->scalar_type() == at::kFloat) && residual->is_cpu()),
+              "ttq::conv2d_int8: the residual must be a float32 CPU tensor, or uint8 with its residual_step");
+  const float byte_step = byte_residual && residual_step && residual_step->defined()
+                              ? *step_value(*residual_step, "residual_step", "conv2d_int8") : 0;
+  TORCH_CHECK(!byte_residual || byte_step > 0, "ttq::conv2d_int8: a uint8 residual (the int8 output of a layer "
+              "before) needs its residual_step");
   // The bias in the affine's shift (an identity affine where there is none): the kernels store the
   // final values.
   at::Tensor affine;
@@ -368,8 +386,8 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
     auto no_clamp = affine.clone();
     no_clamp[2].fill_(-INFINITY), no_clamp[3].fill_(INFINITY);
     const auto out = conv2d_int8(input, codes, scales, shape, c10::nullopt, stride, padding, dilation, groups,
-                                 input_step, no_clamp, c10::nullopt, c10::nullopt);
-    return clamped(at::add(out, *residual), affine[2], affine[3]);
+                                 input_step, no_clamp, c10::nullopt, c10::nullopt, c10::nullopt);
+    return clamped(at::add(out, byte_residual ? floats_of(*residual, byte_step) : *residual), affine[2], affine[3]);
   }
   if (!runs_int8) {
     TORCH_CHECK(input.scalar_type() == at::kFloat && next_step == 0, "ttq::conv2d_int8: a layer of ", groups,
@@ -386,6 +404,9 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   }
   // The residual in the output's layout (int8_conv_output's: the input's).
   const auto laid_out = added ? residual->contiguous(input.suggest_memory_format()) : at::Tensor();
+  Int8Residual added_residual;
+  if (byte_residual) added_residual = {nullptr, laid_out.data_ptr<uint8_t>(), byte_step};
+  else if (added) added_residual.floats = laid_out.data_ptr<float>();
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   const KernelPath path = selected_path();
@@ -396,7 +417,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
         if (groups > 1) return depthwise_rows_int8(path, planes, groups32, w, step.data(), kh * kw, in, i0, i1, r0, r1, o);
         ternary_rows_int8(path, planes, groups32, w, in, i0, i1, r0, r1, o);
       },
-      "conv2d_int8", {}, added ? laid_out.data_ptr<float>() : nullptr);
+      "conv2d_int8", {}, added_residual);
 }
 
 // A float convolution (one the packing keeps float, as ResNet's first) with the BatchNorm and ReLU

@@ -54,7 +54,9 @@ void quantize_int8(KernelPath path, const float* x, int64_t count, int64_t x_str
 // Where ternary_rows_int8 stores row r of input i, y[i * input_stride + r * row_stride], and what
 // becomes of its value v first: with `scale`, min(max(scale[r] · v + shift[r] (+ residual[at], at
 // the same place, where given), floor[r]), ceiling[r]) (a BatchNorm folded into the layer, a residual
-// add and a ReLU or ReLU6 fused: ttq::conv2d_int8's out_affine and residual), else v as it is.
+// add and a ReLU or ReLU6 fused: ttq::conv2d_int8's out_affine and residual), else v as it is. A
+// residual given as bytes (the block before's output, q + 128 on residual_step) adds
+// float(q) · residual_step, the float the bytes stand for.
 // With `bytes` (y unused), the next layer's int8 input instead, at the same places: round(v /
 // byte_step) clamped to ±127, + 128 (whatever the path: a uint8 tensor between two layers), the
 // bytes quantize_int8 makes of the float.
@@ -66,6 +68,8 @@ struct Int8Output {
   const float* floor = nullptr;
   const float* ceiling = nullptr;
   const float* residual = nullptr;  // with scale only
+  const uint8_t* residual_bytes = nullptr;  // with scale only, where residual is not given
+  float residual_step = 0;
   uint8_t* bytes = nullptr;
   float byte_step = 0;
 };

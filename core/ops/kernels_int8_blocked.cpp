@@ -174,6 +174,20 @@ TTQ_AVX512 __m512 residual_register(const float* r, int64_t stride, __mmask16 ma
   return _mm512_load_ps(lanes);
 }
 
+// The valid lanes' residual bytes, `stride` apart from r, as the floats they stand for (q · step).
+TTQ_AVX512 __m512 byte_residual_register(const uint8_t* r, int64_t stride, float step, __mmask16 mask, int64_t valid) {
+  __m128i bytes;
+  if (stride == 1) {
+    bytes = _mm_maskz_loadu_epi8(mask, r);
+  } else {
+    alignas(16) uint8_t lanes[kLanes] = {};
+    for (int64_t c = 0; c < valid; ++c) lanes[c] = r[c * stride];
+    bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(lanes));
+  }
+  const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(bytes), _mm512_set1_epi32(128));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(step));
+}
+
 // A register of input i's rows from r0 (`valid` of them, `mask`), d their sums less the offset, into
 // `out` as kernels.h's Int8Output says: scale[i] · w.step · d, then the affine. The same float
 // operations, in the same order, as the other kernels' stores.
@@ -185,6 +199,8 @@ TTQ_AVX512 __attribute__((always_inline)) inline void store_register(__m512 d, c
   if (out.scale) {
     v = _mm512_add_ps(_mm512_mul_ps(a.scale, v), a.shift);
     if (out.residual) v = _mm512_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
+    if (out.residual_bytes)
+      v = _mm512_add_ps(v, byte_residual_register(out.residual_bytes + at, out.row_stride, out.residual_step, mask, valid));
     v = _mm512_min_ps(_mm512_max_ps(v, a.floor), a.ceiling);
   }
   if (out.bytes) return store_bytes(v, out.byte_step, mask, valid, out.bytes + at, out.row_stride);

@@ -86,6 +86,7 @@ inline void store_value(int32_t dot, const Int8Inputs& in, Int8Weights w, int64_
   if (out.scale) {
     v = out.scale[r] * v + out.shift[r];
     if (out.residual) v += out.residual[at];
+    if (out.residual_bytes) v += static_cast<float>(out.residual_bytes[at] - 128) * out.residual_step;
     v = std::min(std::max(v, out.floor[r]), out.ceiling[r]);
   }
   if (out.bytes)

@@ -127,6 +127,20 @@ TTQ_AVX2 __m256 residual_register(const float* r, int64_t stride, __m256i mask, 
   return _mm256_load_ps(lanes);
 }
 
+// The valid lanes' residual bytes, `stride` apart from r, as the floats they stand for (q · step).
+TTQ_AVX2 __m256 byte_residual_register(const uint8_t* r, int64_t stride, float step, int64_t valid) {
+  __m128i bytes;
+  if (stride == 1 && valid == kLanes) {
+    bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(r));
+  } else {
+    alignas(16) uint8_t lanes[16] = {};
+    for (int64_t c = 0; c < valid; ++c) lanes[c] = r[c * stride];
+    bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(lanes));
+  }
+  const __m256i q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_set1_epi32(128));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(step));
+}
+
 // A register's rows' out_affine (kernels.h's Int8Output), `mask` its valid lanes.
 struct Affine {
   __m256 scale, shift, floor, ceiling;
@@ -153,6 +167,8 @@ TTQ_AVX2 __attribute__((always_inline)) inline void store_register(__m256 d, con
   if (out.scale) {
     v = _mm256_add_ps(_mm256_mul_ps(a.scale, v), a.shift);
     if (out.residual) v = _mm256_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
+    if (out.residual_bytes)
+      v = _mm256_add_ps(v, byte_residual_register(out.residual_bytes + at, out.row_stride, out.residual_step, valid));
     v = _mm256_min_ps(_mm256_max_ps(v, a.floor), a.ceiling);
   }
   if (out.bytes) return store_bytes(v, out.byte_step, valid, out.bytes + at, out.row_stride);

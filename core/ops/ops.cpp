@@ -286,10 +286,11 @@ TORCH_LIBRARY(ttq, m) {
         &ttq::ops::conv2d);
   // output_step > 0: the output as the next layer's int8 input, uint8 (q + 128) on its input_step,
   // which takes it as it is (ttq export --calibrate, between two int8 convolutions). residual:
-  // added to the output before out_affine's floor and ceiling (a residual block's add and ReLU).
+  // added to the output before out_affine's floor and ceiling (a residual block's add and ReLU):
+  // float32, or uint8 (q + 128) as a layer before stored it, on residual_step (its output_step).
   m.def("conv2d_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, "
         "int[] padding, int[] dilation, int groups, Tensor? input_step=None, Tensor? out_affine=None, "
-        "Tensor? output_step=None, Tensor? residual=None) -> Tensor",
+        "Tensor? output_step=None, Tensor? residual=None, Tensor? residual_step=None) -> Tensor",
         &ttq::ops::conv2d_int8);
   // A float convolution with out_affine ([3, out] or [4, out], as conv2d_int8's) folded in.
   // With input_step (a model with int8 activations) on int8 inputs and 8-bit weights, as conv2d_int8;

@@ -73,6 +73,21 @@ class Int8Models(Workdir):
                 buffer.zero_()
         return model
 
+    def assert_blocks_store_their_twins_bytes(self, blocks, mid):
+        """Runs `blocks` ([(block, its float twin, the step its input is on, the step it stores at)],
+        the twin's layers with float32 between them) in turn from the float `mid`: each block, given
+        the bytes the one before stored (its twin the floats they stand for, q · step), stores exactly
+        the bytes its twin's output makes on its step (its floats where it stores none)."""
+        with torch.no_grad():
+            for index, (block, twin, in_step, out_step) in enumerate(blocks):
+                got = block(mid)
+                want = twin(mid if mid.dtype == torch.float32 else (mid.float() - 128) * in_step)
+                if out_step > 0:
+                    want = (torch.round(want / out_step).clamp(-127, 127) + 128).to(torch.uint8)
+                self.assertEqual(got.dtype, want.dtype, index)
+                self.assertTrue(torch.equal(got, want), index)
+                mid = got
+
     def test_calibrated_int8_steps_are_the_largest_inputs_each_layer_met(self):
         # --calibrate runs the samples through the packed model: each layer's stored input step is the
         # largest |input| it met over 127 (recomputed here in PyTorch for the first ternary layer, after
@@ -92,26 +107,33 @@ class Int8Models(Workdir):
             self.assertEqual(state[name + "_input_step"].item(), step)
         self.assertEqual(json.loads(load_with_metadata(int8)[1])["calibration"], {"data": "tensors:" + data, "samples": 8})
         # Each block's first convolution hands the second its int8 input (uint8, on the second's
-        # step) rather than float32: the outputs are the same, bit for bit.
-        self.assertEqual(sorted(report["chained"]),
-                         [f"layer{stage}.{block}.conv1.weight" for stage in range(1, 5) for block in range(2)])
-        with torch.no_grad():
-            self.assertTrue(torch.equal(model(x), self.unchained(int8)(x)))
+        # step) rather than float32, and each block but the last hands the next its input (on the
+        # step of its first convolution and its downsample) and residual: bytes from block to block.
+        convs = [f"layer{stage}.{block}.conv{c}.weight" for stage in range(1, 5) for block in range(2) for c in (1, 2)]
+        self.assertEqual(report["chained"], convs[:-1])
         # Each block's add and ReLU are its second convolution's, done as it stores each value (with
         # the identity as its residual, computed before it where the block downsamples): the same
         # outputs, bit for bit, as the block's own modules computing them apart.
         self.assertEqual(sorted(report["residual_fused"]),
                          [f"layer{stage}.{block}.conv2.weight" for stage in range(1, 5) for block in range(2)])
         self.assertIn("conv2d_int8", getattr(model.layer2, "0").code)
+        twin = self.unchained(int8)
         mid = torch.randn(2, 64, 12, 12).contiguous(memory_format=torch.channels_last)
+        blocks = []
         with torch.no_grad():
             for stage in range(1, 5):
                 for block in range(2):
-                    b = getattr(getattr(model, f"layer{stage}"), str(block))
-                    identity = b.downsample(mid) if stage > 1 and block == 0 else mid
-                    apart = torch.relu(b.conv2(b.conv1(mid)) + identity)
-                    mid = b(mid)
+                    b, f = (getattr(getattr(m, f"layer{stage}"), str(block)) for m in (model, twin))
+                    identity = f.downsample(mid) if stage > 1 and block == 0 else mid
+                    apart = torch.relu(f.conv2(f.conv1(mid)) + identity)
+                    mid = f(mid)
                     self.assertTrue(torch.equal(mid, apart), (stage, block))
+                    blocks.append((b, f, b.conv1.weight_input_step, b.conv2.weight_output_step))
+        # Between blocks the bytes are the next block's input as its own quantization makes it, and
+        # its residual carries their rounding (as PyTorch's quantized add does): each block stores
+        # exactly what its float twin's output makes on its step, given the floats of its input's bytes.
+        self.assertEqual([float(out_step > 0) for *_, out_step in blocks], [1.0] * 7 + [0.0])
+        self.assert_blocks_store_their_twins_bytes(blocks, torch.randn(2, 64, 12, 12))
         # The stem's max-pool is the stem operator's own (it pools a reused scratch).
         self.assertIn("[3, 2, 1])", model._forward_impl.code)
         self.assertNotIn("maxpool", model._forward_impl.code)
@@ -136,25 +158,26 @@ class Int8Models(Workdir):
         back = assert_back_from_int8(self, int8, ternary, report["eight_bit"])
         self.assertNotIn("calibration", json.loads(load_with_metadata(back)[1]))
 
-    def test_mobilenet_v2_runs_int8_from_layer_to_layer_within_its_blocks(self):
+    def test_mobilenet_v2_runs_int8_from_layer_to_layer_and_block_to_block(self):
         # Torchvision's MobileNetV2 calibrated: each inverted residual's expansion hands its depthwise
         # layer (int8 too) its input as bytes, and that one the projection, through the
-        # Conv2dNormActivation wrappers its BatchNorms and ReLU6s fold out of; the outputs are the
-        # same, bit for bit, as with float32 between them, and stay near the float path's. Images
-        # channels-last too: then each projection reads its depthwise layer's bytes where they lie.
+        # Conv2dNormActivation wrappers its BatchNorms and ReLU6s fold out of; each projection hands
+        # the next block its input (and residual, where it adds one) as bytes too. Within a block the
+        # outputs are the same, bit for bit, as with float32 between its layers, and the model's stay
+        # near the float path's. Images channels-last too: then each projection reads its depthwise
+        # layer's bytes where they lie, and each expansion its block's input.
         x = torch.randn(8, 3, 64, 64)
         _, packed, int8, report = self.calibrated("mobilenet_v2.pt", x)
         chained = report["chained"]
-        self.assertEqual(len(chained), 33)  # 17 blocks, two links each but the first (no expansion)
+        self.assertEqual(len(chained), 50)  # 17 blocks: two links within each but the first, one to the next
         self.assertIn("features.1.conv.0.0.weight", chained)  # depthwise -> projection
         self.assertIn("features.2.conv.1.0.weight", chained)  # depthwise -> projection
         self.assertIn("features.2.conv.0.0.weight", chained)  # expansion -> depthwise
+        self.assertIn("features.2.conv.2.weight", chained)  # projection -> the next block
+        self.assertIn("features.17.conv.2.weight", chained)  # projection -> the last 1x1 convolution
         with torch.no_grad():
             got, want = torch.jit.load(int8)(x[:2]), torch.jit.load(packed)(x[:2])
-            self.assertTrue(torch.equal(got, self.unchained(int8)(x[:2])))
-            last = x[:2].contiguous(memory_format=torch.channels_last)
-            self.assertTrue(torch.equal(torch.jit.load(int8)(last), self.unchained(int8)(last)))
-        self.assertLess((got - want).abs().max(), 0.2 * want.abs().max())
+            self.assertLess((got - want).abs().max(), 0.2 * want.abs().max())
         # The 10 blocks that add their input to their output (use_res_connect) have their projection
         # add it as it stores each value, bit for bit as the block's layers and the add apart; the
         # others run as they did.
@@ -162,13 +185,21 @@ class Int8Models(Workdir):
         self.assertEqual(len(residual), 10)
         self.assertIn("features.3.conv.2.weight", residual)
         self.assertNotIn("features.2.conv.2.weight", residual)  # stride 2: no residual
-        model = torch.jit.load(int8)
+        model, twin = torch.jit.load(int8), self.unchained(int8)
+        blocks = []
         for index, channels in ((2, 16), (3, 24), (4, 24), (5, 32)):
-            b = getattr(model.features, str(index))
+            b, f = (getattr(m.features, str(index)) for m in (model, twin))
             mid = torch.randn(2, channels, 10, 10).contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
-                self.assertTrue(torch.equal(b(mid), mid + b.conv(mid) if b.use_res_connect else b.conv(mid)), index)
-
+                self.assertTrue(torch.equal(f(mid), mid + f.conv(mid) if f.use_res_connect else f.conv(mid)), index)
+            expansion, projection = getattr(getattr(b.conv, "0"), "0"), getattr(b.conv, "2")
+            blocks.append((b, f, expansion.weight_input_step, projection.weight_output_step))
+        # From block to block: each stores exactly the bytes its float twin's output makes, given
+        # the floats its input's bytes stand for (NCHW and channels-last).
+        for last in (False, True):
+            mid = torch.randn(2, 16, 10, 10)
+            self.assert_blocks_store_their_twins_bytes(
+                blocks, mid.contiguous(memory_format=torch.channels_last) if last else mid)
     def fold_one(self, activation):
         # conv (64 → 32, 3x3) → BatchNorm with trained statistics → activation, every layer ternary,
         # exported packed int8: the network, the ternary model's path and the packed one's.

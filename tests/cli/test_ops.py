@@ -386,7 +386,9 @@ class OnEveryPath(unittest.TestCase):
     def test_conv2d_int8_adds_a_residual_before_its_floor_and_ceiling(self):
         # residual: exactly clamp(conv + residual) as the graph computed it (the add, then the ReLU
         # or ReLU6), whatever the path, layer shape (1x1, 3x3 strided, depthwise, a grouped layer on
-        # the float path), memory format, and a residual that broadcasts (added after the layer).
+        # the float path), memory format, and a residual that broadcasts (added after the layer). A
+        # residual of bytes (a block's output stored as the next block's input, q + 128 on its step)
+        # adds exactly the floats it stands for, q · step.
         g = torch.Generator().manual_seed(9)
         for shape, groups, stride, padding, res_batch in (([48, 64, 1, 1], 1, 1, 0, 2), ([64, 64, 3, 3], 1, 2, 1, 2),
                                                          ([32, 1, 3, 3], 32, 1, 1, 2), ([16, 8, 3, 3], 2, 1, 1, 2),
@@ -400,21 +402,30 @@ class OnEveryPath(unittest.TestCase):
                 os.environ["TTQ_KERNEL"] = path
                 for last in (False, True):
                     xl = x.contiguous(memory_format=torch.channels_last) if last else x
-                    conv = lambda affine, residual=None: torch.ops.ttq.conv2d_int8(  # noqa: E731
+                    conv = lambda affine, residual=None, step=None: torch.ops.ttq.conv2d_int8(  # noqa: E731
                         xl, codes, scales, shape, bias, [stride] * 2, [padding] * 2, [1, 1], groups,
-                        torch.tensor([0.05]), affine, None, residual)
+                        torch.tensor([0.05]), affine, None, residual, step)
                     open_ = conv(torch.stack([scale, shift, -inf, inf]))
                     residual = torch.randn(res_batch, *open_.shape[1:], generator=g)
+                    q = torch.randint(0, 256, residual.shape, dtype=torch.uint8, generator=g)
                     if last:
                         residual = residual.contiguous(memory_format=torch.channels_last)
+                        q = q.contiguous(memory_format=torch.channels_last)
+                    q_step = torch.tensor([0.03])
                     for floor, ceiling in ((-inf, inf), (torch.zeros(rows), inf), (torch.zeros(rows), torch.full((rows,), 6.0))):
-                        got = conv(torch.stack([scale, shift, floor, ceiling]), residual)
+                        affine = torch.stack([scale, shift, floor, ceiling])
+                        got = conv(affine, residual)
                         want = torch.minimum(torch.maximum(open_ + residual, floor.view(1, -1, 1, 1)),
                                              ceiling.view(1, -1, 1, 1))
                         self.assertTrue(torch.equal(got, want), (shape, path, last))
+                        got = conv(affine, q, q_step)
+                        self.assertTrue(torch.equal(got, conv(affine, (q.float() - 128) * q_step)), (shape, path, last))
                     self.assertTrue(torch.equal(conv(None, residual), conv(None) + residual), (shape, path))
         with self.assertRaisesRegex(RuntimeError, "ttq::conv2d_int8: the residual must be a float32 CPU tensor"):
             conv(None, residual.double())
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: a uint8 residual \(the int8 output of a layer "
+                                                  r"before\) needs its residual_step"):
+            conv(None, q)
 
     def test_linear_8bit_computes_the_exact_int32_sums_on_every_path(self):
         # A float layer an int8 model keeps in 8 bits: each input row on its own int8 grid (or the
