@@ -2,6 +2,8 @@
 // choice is made on each method's whole program, every call inlined, so that bytes pass through
 // module boundaries (a block's output is the next block's input and residual) as well as within a
 // parent; the class graphs only learn to read each module's steps, whose values are the choice.
+#include <torch/csrc/jit/passes/constant_propagation.h>
+
 #include <map>
 #include <optional>
 #include <set>
@@ -59,27 +61,44 @@ Node* first_call(torch::jit::Block* block) {
   return nullptr;
 }
 
-// Each If on a bool attribute of a module (MobileNetV2's use_res_connect) replaced by the branch
-// that `module` takes.
-void take_attribute_branches(Graph& graph, torch::jit::Block* block, const torch::jit::Module& module) {
+// Each read of a module's bool, int or float attribute (MobileNetV2's use_res_connect, a block's
+// stride) replaced by its value in `module`, where the program never sets that attribute; constant
+// propagation then takes the branches they decide.
+void fold_attribute_reads(Graph& graph, torch::jit::Block* block, const torch::jit::Module& module,
+                          const std::set<std::pair<std::string, std::string>>& set) {
   for (auto it = block->nodes().begin(); it != block->nodes().end();) {
     Node* node = *it++;
-    for (auto* inner : node->blocks()) take_attribute_branches(graph, inner, module);
-    if (node->kind() != c10::prim::If) continue;
-    const Node* cond = node->input(0)->node();
-    const auto path = module_path(node->input(0), graph);
-    if (!path) continue;
-    const auto value = submodule(module, *path).attr(cond->s(c10::attr::name));
-    if (!value.isBool()) continue;
-    torch::jit::Block* taken = node->blocks()[value.toBool() ? 0 : 1];
-    for (auto inner = taken->nodes().begin(); inner != taken->nodes().end();) (*inner++)->moveBefore(node);
-    for (size_t i = 0; i < node->outputs().size(); ++i) node->output(i)->replaceAllUsesWith(taken->outputs()[i]);
+    for (auto* inner : node->blocks()) fold_attribute_reads(graph, inner, module, set);
+    const auto path = node->kind() == c10::prim::GetAttr ? module_path(node->output(), graph) : std::nullopt;
+    if (!path || set.count({*path, node->s(c10::attr::name)}) || set.count({"*", node->s(c10::attr::name)})) continue;
+    const auto value = submodule(module, *path).attr(node->s(c10::attr::name));
+    if (!value.isBool() && !value.isInt() && !value.isDouble()) continue;
+    torch::jit::WithInsertPoint guard(node);
+    node->output()->replaceAllUsesWith(graph.insertConstant(value));
     node->destroy();
   }
 }
 
+// The path of a module value from the graph's `self` ("" for self), none where it is not reached
+// through attributes.
+std::optional<std::string> path_of_module(const Value* m, const Graph& graph) {
+  if (m == graph.inputs()[0]) return "";
+  const auto parent = module_path(m, graph);
+  return parent ? std::optional<std::string>(join_path(*parent, m->node()->s(c10::attr::name))) : std::nullopt;
+}
+
+// The attributes a program sets (prim::SetAttr), by module path and name ("*" for a module reached
+// otherwise than through attributes).
+void attributes_set(const Graph& graph, const torch::jit::Block* block, std::set<std::pair<std::string, std::string>>& set) {
+  for (const Node* node : block->nodes()) {
+    for (const auto* inner : node->blocks()) attributes_set(graph, inner, set);
+    if (node->kind() == c10::prim::SetAttr)
+      set.insert({path_of_module(node->inputs()[0], graph).value_or("*"), node->s(c10::attr::name)});
+  }
+}
+
 // What one method of `module` runs: its graph with every method call inlined (each callee's graph as
-// it is now) and its branches on bool attributes taken. Calls are not recursive in TorchScript, so
+// it is now), its modules' numbers and flags as they are, and the branches they decide taken. Calls are not recursive in TorchScript, so
 // the inlining ends; a program still growing after many rounds is reported, never a hang.
 std::shared_ptr<Graph> whole_program(const torch::jit::Module& module, torch::jit::Function& method) {
   auto graph = torch::jit::toGraphFunction(method).graph()->copy();
@@ -91,7 +110,10 @@ std::shared_ptr<Graph> whole_program(const torch::jit::Module& module, torch::ji
     auto* callee = called_method(call);
     torch::jit::inlineCallTo(call, callee, callee->graph().get());
   }
-  take_attribute_branches(*graph, graph->block(), module);
+  std::set<std::pair<std::string, std::string>> set;
+  attributes_set(*graph, graph->block(), set);
+  fold_attribute_reads(*graph, graph->block(), module, set);
+  torch::jit::ConstantPropagation(graph);
   return graph;
 }
 

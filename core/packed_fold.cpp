@@ -218,15 +218,25 @@ std::shared_ptr<Graph> forward_graph(const c10::ClassTypePtr& type) {
   return forward && forward->isGraphFunction() ? torch::jit::toGraphFunction(*forward).graph() : nullptr;
 }
 
+// The qualified name of the function a prim::CallFunction node calls ("" for any other node).
+std::string called_function(const Node* node) {
+  if (node->kind() != c10::prim::CallFunction) return "";
+  const auto type = node->input(0)->type()->cast<c10::FunctionType>();
+  return type ? type->function()->qualname().qualifiedName() : "";
+}
+
 Clamp sole_clamp(Value* value, const Graph& graph) {
   if (value->uses().size() != 1) return {};
   Node* user = value->uses()[0].user;
   const bool child = !child_call(user, graph).empty();
+  // F.relu(x) and F.relu6(x) are calls of TorchScript functions, x their first argument.
+  const std::string function = value->uses()[0].offset == 1 ? called_function(user) : "";
   if (user->kind() == c10::aten::relu || user->kind() == c10::aten::relu_ ||
-      (child && type_named(user->input(0)->type(), ".ReLU")))
+      (child && type_named(user->input(0)->type(), ".ReLU")) || function == "__torch__.torch.nn.functional.relu")
     return {user, 0.0};
   static const auto relu6 = c10::Symbol::fromQualString("aten::relu6");
-  if (user->kind() == relu6 || (child && type_named(user->input(0)->type(), ".ReLU6")))
+  if (user->kind() == relu6 || (child && type_named(user->input(0)->type(), ".ReLU6")) ||
+      function == "__torch__.torch.nn.functional.relu6")
     return {user, 0.0, 6.0};
   if (user->kind() == c10::aten::hardtanh || user->kind() == c10::aten::hardtanh_) {
     const auto low = torch::jit::toIValue(user->input(1)), high = torch::jit::toIValue(user->input(2));

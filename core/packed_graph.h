@@ -35,8 +35,8 @@ struct Clamp {
   torch::jit::Node* node = nullptr;
   double floor = -std::numeric_limits<double>::infinity(), ceiling = std::numeric_limits<double>::infinity();
 };
-// `self.relu(value)` of an nn.ReLU or nn.ReLU6, aten::relu(_), aten::relu6 or aten::hardtanh(_) with
-// constant bounds (nn.ReLU6 inlined), where it alone takes `value`.
+// `self.relu(value)` of an nn.ReLU or nn.ReLU6, F.relu or F.relu6, aten::relu(_), aten::relu6 or
+// aten::hardtanh(_) with constant bounds (nn.ReLU6 inlined), where it alone takes `value`.
 Clamp sole_clamp(torch::jit::Value* value, const torch::jit::Graph& graph);
 
 // The ttq::conv2d_int8 nodes of a block, in its nested blocks too, in order.

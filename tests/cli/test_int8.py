@@ -49,6 +49,21 @@ class ReadsAChildsWeight(torch.nn.Module):
         return self.out(h) + F.linear(h, self.head.weight)
 
 
+class FunctionalRelu(torch.nn.Module):
+    """conv → BatchNorm → F.relu: the activation a call of a function, as many models write it."""
+    def __init__(self, conv, bn):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class FunctionalRelu6(FunctionalRelu):
+    def forward(self, x):
+        return F.relu6(self.bn(self.conv(x)))
+
+
 class Int8Models(Workdir):
     def packed(self, model, *quantize_flags):
         return quantize_and_pack(self, model, *quantize_flags)
@@ -252,6 +267,25 @@ class Int8Models(Workdir):
         r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8, "--json")
         self.assertEqual(json.loads(r.stdout)["folded"], [])
         self.assertIn("batch_norm", str(torch.jit.load(int8).inlined_graph))
+
+    def test_a_functional_relu_folds_as_the_module_does(self):
+        # F.relu and F.relu6 after a BatchNorm (calls of TorchScript functions) fold into the
+        # convolution as nn.ReLU and nn.ReLU6 do: no activation left, the same outputs bit for bit.
+        for activation, functional in ((torch.nn.ReLU(), FunctionalRelu), (torch.nn.ReLU6(), FunctionalRelu6)):
+            with self.subTest(activation=str(activation)):
+                net, _, int8 = self.fold_one(activation)
+                model, ternary, int8_functional = self.out("f.pt"), self.out("ft.pt"), self.out("fint8.pt")
+                torch.jit.save(torch.jit.script(functional(net[0], net[1]).eval()), model)
+                r = ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "-o", int8_functional, "--json")
+                self.assertEqual(json.loads(r.stdout)["folded"], ["conv.weight"], r.stderr)
+                packed = torch.jit.load(int8_functional)
+                self.assertNotIn("relu", str(packed.inlined_graph))
+                self.assertNotIn("hardtanh", str(packed.inlined_graph))
+                x = torch.randn(3, 64, 10, 10) * 4
+                with torch.no_grad():
+                    self.assertTrue(torch.equal(packed(x), torch.jit.load(int8)(x)))
 
     def test_batch_norm_folds_into_a_float_first_convolution_run_in_8_bits(self):
         # The first convolution stays float in the file (the paper's rule) and its BatchNorm and ReLU
