@@ -124,8 +124,10 @@ void DataFlags::add_to(CLI::App* app, DataUse data_use) {
                                                    "a random input: KIND:PATH"
                                                  : fmt::format("dataset KIND:PATH (default: fashion-mnist:{})",
                                                                kDefaultDataDir);
-  app->add_option("--data", data, fmt::format("{}; kinds:{} and those of --plugin", what, kinds))->type_name("SPEC");
-  if (use != DataUse::Bench) {
+  const size_t before = app->get_options().size();
+  if (use != DataUse::Calibrate)
+    app->add_option("--data", data, fmt::format("{}; kinds:{} and those of --plugin", what, kinds))->type_name("SPEC");
+  if (use != DataUse::Bench && use != DataUse::Calibrate) {
     app->add_option("--val", val, "validate on this dataset's test split instead")->type_name("SPEC");
     app->add_option("--subset", subset, "use only the first N samples of each split (quick runs)")
         ->type_name("N")
@@ -162,6 +164,8 @@ void DataFlags::add_to(CLI::App* app, DataUse data_use) {
       ->capture_default_str();
   app->add_option("--mean", overrides.mean, "per-channel normalization mean (default: the dataset's)")->type_name("M");
   app->add_option("--std", overrides.std, "per-channel normalization std (default: the dataset's)")->type_name("S");
+  const auto options = app->get_options();
+  added.assign(options.begin() + static_cast<std::ptrdiff_t>(before), options.end());
   if (!training) return;
   auto* flip = app->add_flag_callback("--flip", [this] { overrides.flip = true; },
                                       "random horizontal flips while training (default: the dataset's)");
@@ -177,6 +181,13 @@ void DataFlags::add_to(CLI::App* app, DataUse data_use) {
                                 "random crops with this zero padding while training, 0 for none (default: the dataset's)")
       ->type_name("P")
       ->check(CLI::NonNegativeNumber);
+}
+
+std::vector<std::string> DataFlags::given() const {
+  std::vector<std::string> names;
+  for (const auto* option : added)
+    if (option->count()) names.push_back(option->get_name());
+  return names;
 }
 
 void DataFlags::set_threads() const { at::set_num_threads(threads > 0 ? threads : cpu_cores()); }

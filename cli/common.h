@@ -65,8 +65,10 @@ struct QuantizeFlags {
 
 // Which command takes the data flags: finetune trains on them (augmentation flags; data decoded per
 // batch is prefetched while a step computes), eval measures on them, bench runs a model on the first
-// samples of their test split (no --val or --subset; random input without --data).
-enum class DataUse { Bench, Eval, Finetune };
+// samples of their test split (no --val or --subset; random input without --data), export calibrates
+// on the first samples of their training split (no --data: the command binds its --calibrate to
+// `data`; no --val or --subset; every other flag a usage error without it).
+enum class DataUse { Bench, Eval, Finetune, Calibrate };
 
 // --data, --val, --plugin, --subset, --threads, the image-folder flags and the preprocessing flags.
 struct DataFlags {
@@ -78,8 +80,12 @@ struct DataFlags {
   LoadOptions load_options;
   std::optional<int> workers;  // --workers; not given: load() chooses by the cores
   DataUse use = DataUse::Eval;
+  std::vector<CLI::Option*> added;
 
   void add_to(CLI::App* app, DataUse use);
+  // The flags add_to added that were given ("--image-size"), for a command that takes them only with
+  // another (export's --calibrate).
+  std::vector<std::string> given() const;
   // LibTorch's threads: --threads, else one per core (LibTorch's own default can be a single thread,
   // seen with Debian's build).
   void set_threads() const;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "core/error.h"
 #include "core/packed_model.h"
 #include "core/util.h"
@@ -35,23 +36,23 @@ struct ExportArgs {
   ExportOptions options;
   Activations activations = Activations::Float;
   CLI::Option* activations_option = nullptr;
-  std::string calibrate;  // --calibrate: a data spec
+  DataFlags calibration;  // --calibrate (its data) and the data flags
   int64_t calibrate_samples = 512;
   CLI::Option* calibrate_samples_option = nullptr;
   bool json = false;
 };
 
 // --calibrate: the first --calibrate-samples samples of the data's training split (its test split
-// when it has no other), with the kind's preprocessing, through the packed model; what was measured
-// goes to `meta`.
+// when it has no other), with the kind's preprocessing and the data flags' (an image folder's crop
+// size, the normalization), through the packed model; what was measured goes to `meta`.
 std::vector<CalibratedLayer> calibrate(const ExportArgs& args, torch::jit::Module& module, ModelMetadata& meta) {
-  at::set_num_threads(cpu_cores());
-  const DataSplits splits = load_dataset(args.calibrate);
+  const std::string& spec = args.calibration.data;
+  const DataSplits splits = args.calibration.load();
   const Dataset& split = splits.train.size() > 0 ? splits.train : splits.test;
-  if (split.size() == 0) throw input_error(fmt::format("--calibrate {}: the data has no samples", args.calibrate));
+  if (split.size() == 0) throw input_error(fmt::format("--calibrate {}: the data has no samples", spec));
   const Dataset samples = split.first(std::min(args.calibrate_samples, split.size()));
-  meta.calibration = ModelMetadata::Calibration{args.calibrate, samples.size()};
-  return calibrate_packed(module, meta.packed, samples, splits.defaults, 64);
+  meta.calibration = ModelMetadata::Calibration{spec, samples.size()};
+  return calibrate_packed(module, meta.packed, samples, args.calibration.preprocess(splits), 64);
 }
 
 // "static int8 steps from 512 samples of SPEC: 17 of 19 layers; ...": what --calibrate did. A layer
@@ -107,9 +108,10 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
                                   args.input, fmt::join(kept, ", ")));
   meta.packed = report.packed;
   meta.activations = choice_name(args.activations);
-  const auto steps = args.calibrate.empty() ? std::vector<CalibratedLayer>{} : calibrate(args, model.module, meta);
+  const bool calibrated = !args.calibration.data.empty();
+  const auto steps = calibrated ? calibrate(args, model.module, meta) : std::vector<CalibratedLayer>{};
   const auto residual = args.activations == Activations::Int8 ? fuse_residual_adds(model.module) : std::vector<std::string>{};
-  const auto chained = args.calibrate.empty() ? std::vector<std::string>{} : chain_int8_layers(model.module);
+  const auto chained = calibrated ? chain_int8_layers(model.module) : std::vector<std::string>{};
   save_torchscript(model.module, meta, args.output, program);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {
@@ -144,10 +146,12 @@ void run_export(ExportArgs& args) {
   // Without --format the output is ttqz or ttq, never packed: refused before the model loads.
   if (args.activations_option->count() && (!args.format_option->count() || args.format != ExportFormat::Packed))
     throw usage_error("--activations applies to --format packed only");
-  if (!args.calibrate.empty() && (args.format != ExportFormat::Packed || args.activations != Activations::Int8))
+  const bool calibrated = !args.calibration.data.empty();
+  if (calibrated && (args.format != ExportFormat::Packed || args.activations != Activations::Int8))
     throw usage_error("--calibrate applies to --format packed --activations int8 only");
-  if (args.calibrate_samples_option->count() && args.calibrate.empty())
-    throw usage_error("--calibrate-samples needs --calibrate");
+  if (args.calibrate_samples_option->count() && !calibrated) throw usage_error("--calibrate-samples needs --calibrate");
+  const auto data_flags = args.calibration.given();
+  if (!data_flags.empty() && !calibrated) throw usage_error(fmt::format("{} needs --calibrate", data_flags[0]));
   OpenedModel model = open_model(args.input);
   if (!args.format_option->count())
     args.format = model.kind == ModelFileKind::Archive ? ExportFormat::Ttq : ExportFormat::Ttqz;
@@ -177,7 +181,7 @@ Command register_export(CLI::App& app) {
   add_choice_option(sub, "--fp-dtype", args->options.fp_dtype, "storage of float32 full-precision tensors in the archive");
   args->activations_option =
       add_choice_option(sub, "--activations", args->activations, "packed models: what linear and convolution layers compute on");
-  sub->add_option("--calibrate", args->calibrate,
+  sub->add_option("--calibrate", args->calibration.data,
                   "packed int8 models: static int8 steps measured on this dataset's samples (KIND:PATH, as --data "
                   "takes) instead of each call's own")
       ->type_name("SPEC");
@@ -186,6 +190,7 @@ Command register_export(CLI::App& app) {
           ->check(CLI::PositiveNumber)
           ->type_name("N")
           ->capture_default_str();
+  args->calibration.add_to(sub, DataUse::Calibrate);
   sub->add_flag("--json", args->json, "print the summary as JSON on stdout");
   return {sub, [args] { run_export(*args); }};
 }

@@ -11,7 +11,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from ttq_testing import Workdir, assert_back_from_int8, load_with_metadata, quantize_and_pack, ttq
+from ttq_testing import FMNIST, Workdir, assert_back_from_int8, load_with_metadata, quantize_and_pack, ttq
 
 torch.ops.load_library(os.path.join(os.environ["TTQ_BUILD_DIR"], "plugins", "libttq_ops.so"))
 
@@ -390,6 +390,20 @@ class Int8Models(Workdir):
         self.assertLess((got - want).abs().max(), 0.05 * want.abs().max())
         assert_back_from_int8(self, int8, ternary, report["eight_bit"])
 
+    def test_calibration_takes_the_data_flags(self):
+        # The data flags apply to the calibration samples as to eval's: Fashion-MNIST normalized with
+        # twice its std halves the float stem's calibrated input step (max |x| / 127), exactly.
+        ternary, _, _ = self.packed("bn_cnn.pt")
+        steps = []
+        for std in ([], ["--std", str(2 * 0.3530)]):
+            int8 = self.out("int8.pt")
+            r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "fashion-mnist:" + FMNIST,
+                    "--calibrate-samples", "64", "--threads", "1", *std, "-o", int8)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            steps.append(torch.jit.load(int8).conv1.weight_input_step.item())
+        self.assertGreater(steps[1], 0)
+        self.assertEqual(steps[0], 2 * steps[1])
+
     def test_calibration_errors_are_one_line_and_write_nothing(self):
         ternary, _, _ = self.packed("resnet18.pt")
         data = self.out("flat.pt")
@@ -399,6 +413,8 @@ class Int8Models(Workdir):
         self.assert_one_error_line(r, 2, r"--calibrate applies to --format packed --activations int8 only")
         r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate-samples", "4", "-o", out)
         self.assert_one_error_line(r, 2, r"--calibrate-samples needs --calibrate")
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--image-size", "64", "-o", out)
+        self.assert_one_error_line(r, 2, r"--image-size needs --calibrate")
         r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
                 "-o", out)
         self.assert_one_error_line(r, 1, r"input")
