@@ -98,8 +98,9 @@ void attributes_set(const Graph& graph, const torch::jit::Block* block, std::set
 }
 
 // What one method of `module` runs: its graph with every method call inlined (each callee's graph as
-// it is now), its modules' numbers and flags as they are, and the branches they decide taken. Calls are not recursive in TorchScript, so
-// the inlining ends; a program still growing after many rounds is reported, never a hang.
+// it is now), its modules' numbers and flags as they are, and the branches they decide taken. Calls
+// are not recursive in TorchScript, so the inlining ends; a program still calling after many rounds
+// is reported, never a hang.
 std::shared_ptr<Graph> whole_program(const torch::jit::Module& module, torch::jit::Function& method) {
   auto graph = torch::jit::toGraphFunction(method).graph()->copy();
   constexpr int kMaxCalls = 100000;
@@ -183,6 +184,14 @@ void choose_in(Graph& graph, const torch::jit::Module& module, ChainChoice& choi
   }
 }
 
+// Sets the step buffer `name_of(weight)` of the module holding `key` ("layer1.0.conv2.weight").
+void set_step(torch::jit::Module& module, const std::string& key, std::string (*name_of)(const std::string&), float step) {
+  const size_t dot = key.rfind('.');
+  const std::string path = dot == std::string::npos ? "" : key.substr(0, dot);
+  submodule(module, path).register_buffer(name_of(key.substr(dot == std::string::npos ? 0 : dot + 1)),
+                                          torch::full({1}, step));
+}
+
 }  // namespace
 
 std::vector<std::string> chain_int8_layers(torch::jit::Module& module) {
@@ -200,13 +209,8 @@ std::vector<std::string> chain_int8_layers(torch::jit::Module& module) {
   for (const auto& key : choice.order) {
     const auto step = choice.output_step.at(key);
     if (!step || *step == 0) continue;
-    const size_t dot = key.rfind('.');
-    const std::string path = dot == std::string::npos ? "" : key.substr(0, dot), weight = key.substr(dot + 1);
-    submodule(module, path).register_buffer(output_step_name(weight), torch::full({1}, *step));
-    for (const auto& taker : choice.feeds[key]) {
-      const size_t at = taker.rfind('.');
-      submodule(module, taker.substr(0, at)).register_buffer(residual_step_name(taker.substr(at + 1)), torch::full({1}, *step));
-    }
+    set_step(module, key, output_step_name, *step);
+    for (const auto& taker : choice.feeds[key]) set_step(module, taker, residual_step_name, *step);
     chained.push_back(key);
   }
   return chained;
