@@ -346,8 +346,8 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
 // out_affine (checked_affine), the bias and a residual (a fused `y + residual`, before the affine's
 // floor and ceiling: a ResNet block's add and ReLU; float32, or the bytes a layer before stored, on
 // residual_step) are applied as each value is stored, and with an output_step the value is stored as
-// the next layer's int8 input. Depthwise layers run their own
-// kernel on the same images; other layers (groups, odd channel counts) run the float path.
+// the next layer's int8 input. Depthwise layers run their own kernel on the same images; other layers
+// (groups, odd channel counts) run the float path.
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                        c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
