@@ -64,6 +64,17 @@ class FunctionalRelu6(FunctionalRelu):
         return F.relu6(self.bn(self.conv(x)))
 
 
+class CalledTwice(torch.nn.Module):
+    """One convolution called at two places: its output goes to another int8 convolution at the first
+    and to a float op at the second."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(64, 64, 1), torch.nn.Conv2d(64, 64, 1)
+
+    def forward(self, x):
+        return torch.relu(self.a(self.b(self.a(x))))
+
+
 class Int8Models(Workdir):
     def packed(self, model, *quantize_flags):
         return quantize_and_pack(self, model, *quantize_flags)
@@ -389,6 +400,25 @@ class Int8Models(Workdir):
             want, got = fp(x), packed(x)
         self.assertLess((got - want).abs().max(), 0.05 * want.abs().max())
         assert_back_from_int8(self, int8, ternary, report["eight_bit"])
+
+    def test_a_module_called_where_bytes_cannot_go_stays_float(self):
+        # The choice is per module, whatever the call: `a` feeds `b` at its first call and a ReLU at its
+        # second, so it stores float32 at both (bytes there would reach the ReLU as numbers); `b`,
+        # whose one call feeds `a`, hands it bytes. The outputs equal the float32-between model's.
+        torch.manual_seed(0)
+        model, ternary, int8, data = self.out("m.pt"), self.out("t.pt"), self.out("int8.pt"), self.out("d.pt")
+        torch.jit.save(torch.jit.script(CalledTwice().eval()), model)
+        self.assertEqual(ttq("quantize", model, "-o", ternary, "-q", "--quantize-first", "--quantize-last").returncode, 0)
+        x = torch.randn(4, 64, 6, 6)
+        torch.save({"x": x, "x_test": x[:2]}, data)
+        r = ttq("export", ternary, "--format", "packed", "--activations", "int8", "--calibrate", "tensors:" + data,
+                "-o", int8, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["chained"], ["b.weight"])
+        with torch.no_grad():
+            got = torch.jit.load(int8)(x)
+            self.assertEqual(got.dtype, torch.float32)
+            self.assertTrue(torch.equal(got, self.unchained(int8)(x)))
 
     def test_calibration_takes_the_data_flags(self):
         # The data flags apply to the calibration samples as to eval's: Fashion-MNIST normalized with
