@@ -197,6 +197,13 @@ void give_identity(const std::vector<std::pair<std::string, torch::jit::Module>>
   }
 }
 
+// The qualified name of the function a prim::CallFunction node calls ("" for any other node).
+std::string called_function(const Node* node) {
+  if (node->kind() != c10::prim::CallFunction) return "";
+  const auto type = node->input(0)->type()->cast<c10::FunctionType>();
+  return type ? type->function()->qualname().qualifiedName() : "";
+}
+
 }  // namespace
 
 bool type_named(const c10::TypePtr& type, const std::string& suffix) {
@@ -216,13 +223,6 @@ std::string child_call(const Node* node, const Graph& graph) {
 std::shared_ptr<Graph> forward_graph(const c10::ClassTypePtr& type) {
   torch::jit::Function* forward = type->findMethod("forward");
   return forward && forward->isGraphFunction() ? torch::jit::toGraphFunction(*forward).graph() : nullptr;
-}
-
-// The qualified name of the function a prim::CallFunction node calls ("" for any other node).
-std::string called_function(const Node* node) {
-  if (node->kind() != c10::prim::CallFunction) return "";
-  const auto type = node->input(0)->type()->cast<c10::FunctionType>();
-  return type ? type->function()->qualname().qualifiedName() : "";
 }
 
 Clamp sole_clamp(Value* value, const Graph& graph) {
