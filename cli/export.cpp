@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -99,6 +100,8 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
   if (!model.metadata || model.metadata->layers.empty())
     throw input_error(fmt::format("{} has no TTQ metadata: run 'ttq quantize' (or finetune) first", args.input));
   const std::string program = program_without_tensors(model.module);
+  std::set<std::string> own;  // the model's tensors, which the way back restores
+  for (const auto& t : module_tensors(model.module)) own.insert(t.name);
   ModelMetadata meta = *model.metadata;
   const PackReport report = pack_module(model.module, meta.layers, args.activations);
   std::vector<std::string> kept;
@@ -112,7 +115,8 @@ void write_packed(const ExportArgs& args, OpenedModel model) {
   const auto steps = calibrated ? calibrate(args, model.module, meta) : std::vector<CalibratedLayer>{};
   const auto residual = args.activations == Activations::Int8 ? fuse_residual_adds(model.module) : std::vector<std::string>{};
   const auto chained = calibrated ? chain_int8_layers(model.module) : std::vector<std::string>{};
-  save_torchscript(model.module, meta, args.output, program);
+  const auto unread = set_aside_unread(model.module, own);
+  save_torchscript(model.module, meta, args.output, program, unread);
   const auto bytes = std::filesystem::file_size(args.output);
   if (args.json) {
     nlohmann::json float_layers = nlohmann::json::array();

@@ -79,14 +79,6 @@ void fold_attribute_reads(Graph& graph, torch::jit::Block* block, const torch::j
   }
 }
 
-// The path of a module value from the graph's `self` ("" for self), none where it is not reached
-// through attributes.
-std::optional<std::string> path_of_module(const Value* m, const Graph& graph) {
-  if (m == graph.inputs()[0]) return "";
-  const auto parent = module_path(m, graph);
-  return parent ? std::optional<std::string>(join_path(*parent, m->node()->s(c10::attr::name))) : std::nullopt;
-}
-
 // The attributes a program sets (prim::SetAttr), by module path and name ("*" for a module reached
 // otherwise than through attributes).
 void attributes_set(const Graph& graph, const torch::jit::Block* block, std::set<std::pair<std::string, std::string>>& set) {
@@ -97,20 +89,10 @@ void attributes_set(const Graph& graph, const torch::jit::Block* block, std::set
   }
 }
 
-// What one method of `module` runs: its graph with every method call inlined (each callee's graph as
-// it is now), its modules' numbers and flags as they are, and the branches they decide taken. Calls
-// are not recursive in TorchScript, so the inlining ends; a program still calling after many rounds
-// is reported, never a hang.
+// What one method of `module` runs: its graph with every method call inlined (inlined_program), its
+// modules' numbers and flags as they are, and the branches they decide taken.
 std::shared_ptr<Graph> whole_program(const torch::jit::Module& module, torch::jit::Function& method) {
-  auto graph = torch::jit::toGraphFunction(method).graph()->copy();
-  constexpr int kMaxCalls = 100000;
-  for (int calls = 0; Node* call = first_call(graph->block()); ++calls) {
-    if (calls == kMaxCalls)
-      throw runtime_error(fmt::format("chaining int8 layers: {} still calls methods after {} inlined; please report "
-                                      "this model", method.name(), kMaxCalls));
-    auto* callee = called_method(call);
-    torch::jit::inlineCallTo(call, callee, callee->graph().get());
-  }
+  auto graph = inlined_program(method);
   std::set<std::pair<std::string, std::string>> set;
   attributes_set(*graph, graph->block(), set);
   fold_attribute_reads(*graph, graph->block(), module, set);
@@ -193,6 +175,19 @@ void set_step(torch::jit::Module& module, const std::string& key, std::string (*
 }
 
 }  // namespace
+
+std::shared_ptr<Graph> inlined_program(torch::jit::Function& method) {
+  auto graph = torch::jit::toGraphFunction(method).graph()->copy();
+  constexpr int kMaxCalls = 100000;
+  for (int calls = 0; Node* call = first_call(graph->block()); ++calls) {
+    if (calls == kMaxCalls)
+      throw runtime_error(fmt::format("packing: {} still calls methods after {} inlined; please report this model",
+                                      method.name(), kMaxCalls));
+    auto* callee = called_method(call);
+    torch::jit::inlineCallTo(call, callee, callee->graph().get());
+  }
+  return graph;
+}
 
 std::vector<std::string> chain_int8_layers(torch::jit::Module& module) {
   torch::NoGradGuard no_grad;

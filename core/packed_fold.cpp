@@ -107,9 +107,8 @@ std::vector<Fold> folds_in(const c10::ClassTypePtr& parent, const std::vector<to
   return folds;
 }
 
-// [scale; shift; floor] of `bn` and the clamp after it (bn(y) = scale · y + shift per channel), and
-// a fourth row, the ceiling, where the clamp has one (a ReLU6).
-torch::Tensor affine_of(const torch::jit::Module& bn, const Clamp& clamp) {
+// [scale; shift] of `bn` (bn(y) = scale · y + shift per channel).
+torch::Tensor affine_of(const torch::jit::Module& bn) {
   const auto mean = bn.attr("running_mean").toTensor().to(torch::kDouble);
   const auto var = bn.attr("running_var").toTensor().to(torch::kDouble);
   const double eps = bn.type()->getConstant("eps").toDouble();
@@ -117,9 +116,7 @@ torch::Tensor affine_of(const torch::jit::Module& bn, const Clamp& clamp) {
   if (bn.attr("weight").isTensor()) scale = scale * bn.attr("weight").toTensor().to(torch::kDouble);
   auto shift = -mean * scale;
   if (bn.attr("bias").isTensor()) shift = shift + bn.attr("bias").toTensor().to(torch::kDouble);
-  std::vector<torch::Tensor> rows{scale, shift, torch::full_like(scale, clamp.floor)};
-  if (std::isfinite(clamp.ceiling)) rows.push_back(torch::full_like(scale, clamp.ceiling));
-  return torch::stack(rows).to(torch::kFloat);
+  return torch::stack({scale, shift}).to(torch::kFloat);
 }
 
 // The one value of an nn.MaxPool2d's constant `name` for both dimensions (an int, or a pair of
@@ -156,10 +153,11 @@ void pool_into_conv(Graph& graph, Node* conv) {
   call->destroy();
 }
 
-// `conv(x)` of a float convolution becomes ttq::conv2d_affine(x, conv.weight, conv.bias, ...,
-// conv.weight_out_affine, conv.weight_input_step) in the parent's graph (int8 inputs and 8-bit
-// weights, calibrated as the packed layers are), with the max-pool after it (pool_into_conv): the
-// convolution's own forward stays as it is.
+// `conv(x)` of a float convolution becomes ttq::conv2d_affine(x, conv.weight_int8, conv.bias, ...,
+// conv.weight_out_affine, conv.weight_input_step, [], conv.weight_clamp, conv.weight_step) in the
+// parent's graph (int8 inputs and the weights in 8 bits, calibrated as the packed layers are; a
+// grouped one on its float weight), with the max-pool after it (pool_into_conv): the convolution's
+// own forward stays as it is.
 void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
   torch::jit::WithInsertPoint guard(conv_call);
   Value* self = conv_call->input(0);
@@ -170,30 +168,45 @@ void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module&
     for (const auto& v : tuple.toTupleRef().elements()) values.push_back(v.toInt());
     return graph.insertConstant(c10::IValue(values));
   };
+  const bool eight_bit = conv.hasattr(eight_bit_name("weight"));
   Value* out = insert_op(graph, "ttq::conv2d_affine",
-                         {conv_call->input(1), graph.insertGetAttr(self, "weight"), graph.insertGetAttr(self, "bias"),
-                          numbers("stride"), numbers("padding"), numbers("dilation"),
+                         {conv_call->input(1), graph.insertGetAttr(self, eight_bit ? eight_bit_name("weight") : "weight"),
+                          graph.insertGetAttr(self, "bias"), numbers("stride"), numbers("padding"), numbers("dilation"),
                           graph.insertConstant(type->getConstant("groups")),
                           graph.insertGetAttr(self, out_affine_name("weight")),
                           graph.insertGetAttr(self, input_step_name("weight")),
-                          graph.insertConstant(c10::IValue(std::vector<int64_t>{}))});
+                          graph.insertConstant(c10::IValue(std::vector<int64_t>{})),
+                          graph.insertGetAttr(self, clamp_name("weight")),
+                          eight_bit ? graph.insertGetAttr(self, weight_step_name("weight")) : graph.insertConstant(c10::IValue())});
   conv_call->output()->replaceAllUsesWith(out);
   conv_call->destroy();
   pool_into_conv(graph, out->node());
 }
 
-// The identity out_affine for the modules of `instances` not `given` one: scale 1, shift 0, no floor;
-// and a float convolution's input step (0: dynamic until calibrated).
+// A float convolution's buffers for conv2d_affine: its input step (0: dynamic until calibrated) and,
+// with one group (the int8 kernels'), its weight in 8 bits a row (weight_int8, weight_step), the
+// bytes conv2d_affine would round it to on every call.
+void register_float_conv(torch::jit::Module conv) {
+  conv.register_buffer(input_step_name("weight"), torch::zeros({1}));
+  if (conv.type()->getConstant("groups").toInt() != 1) return;
+  const auto w = conv.attr("weight").toTensor();
+  const auto [bytes, step] = ops::eight_bit_rows(w);
+  conv.register_buffer(eight_bit_name("weight"), bytes.reshape(w.sizes()).clone());
+  conv.register_buffer(weight_step_name("weight"), step);
+}
+
+// The identity out_affine and clamp for the modules of `instances` not `given` one: scale 1, shift 0,
+// no floor or ceiling; and a float convolution's buffers (register_float_conv).
 void give_identity(const std::vector<std::pair<std::string, torch::jit::Module>>& instances,
                    const std::set<const void*>& given) {
   for (const auto& [path, m] : instances) {
     if (given.count(m._ivalue().get())) continue;
     const bool packed = m.hasattr(codes_name("weight"));
-    auto identity = torch::zeros({3, m.attr(packed ? codes_name("weight") : "weight").toTensor().size(0)});
+    auto identity = torch::zeros({2, m.attr(packed ? codes_name("weight") : "weight").toTensor().size(0)});
     identity[0].fill_(1);
-    identity[2].fill_(-std::numeric_limits<float>::infinity());
     torch::jit::Module(m).register_buffer(out_affine_name("weight"), identity);
-    if (!packed) torch::jit::Module(m).register_buffer(input_step_name("weight"), torch::zeros({1}));
+    torch::jit::Module(m).register_buffer(clamp_name("weight"), clamp_tensor({}));
+    if (!packed) register_float_conv(m);
   }
 }
 
@@ -243,6 +256,10 @@ Clamp sole_clamp(Value* value, const Graph& graph) {
     if (low && high && low->isDouble() && high->isDouble()) return {user, low->toDouble(), high->toDouble()};
   }
   return {};
+}
+
+torch::Tensor clamp_tensor(const Clamp& clamp) {
+  return torch::tensor({static_cast<float>(clamp.floor), static_cast<float>(clamp.ceiling)});
 }
 
 std::pair<std::vector<c10::ClassTypePtr>, Instances> module_types(const torch::jit::Module& module) {
@@ -296,9 +313,15 @@ std::optional<std::string> module_path(const Value* read, const Graph& graph) {
   return path;
 }
 
+std::optional<std::string> path_of_module(const Value* m, const Graph& graph) {
+  if (m == graph.inputs()[0]) return "";
+  const auto parent = module_path(m, graph);
+  return parent ? std::optional<std::string>(join_path(*parent, m->node()->s(c10::attr::name))) : std::nullopt;
+}
+
 std::string out_affine_name(const std::string& weight) { return weight + "_out_affine"; }
+std::string clamp_name(const std::string& weight) { return weight + "_clamp"; }
 std::string output_step_name(const std::string& weight) { return weight + "_output_step"; }
-std::string residual_affine_name(const std::string& weight) { return weight + "_residual_affine"; }
 std::string residual_step_name(const std::string& weight) { return weight + "_residual_step"; }
 
 std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
@@ -314,8 +337,9 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
     for (const auto& fold : folds) {
       for (const auto& [path, m] : instances[parent]) {
         auto conv = m.attr(fold.conv).toModule();
-        conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule(), fold.clamp));
-        if (fold.float_conv) conv.register_buffer(input_step_name("weight"), torch::zeros({1}));
+        conv.register_buffer(out_affine_name("weight"), affine_of(m.attr(fold.bn).toModule()));
+        conv.register_buffer(clamp_name("weight"), clamp_tensor(fold.clamp));
+        if (fold.float_conv) register_float_conv(conv);
         (fold.float_conv ? float_conv_types : conv_types).insert(conv.type());
         given.insert(conv._ivalue().get());
         folded.push_back(join_path(join_path(path, fold.conv), "weight"));
@@ -330,8 +354,8 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
     }
     for (const auto& fold : folds) torch::jit::EliminateDeadCode(fold.graph);
   }
-  // Each convolution class that takes a fold has an out_affine: instances without one get the
-  // identity (scale 1, shift 0, no floor). A packed class's forward reads it.
+  // Each convolution class that takes a fold has an out_affine and a clamp: instances without them
+  // get the identity (scale 1, shift 0, no floor or ceiling). A packed class's forward reads them.
   for (const auto& type : float_conv_types) give_identity(instances[type], given);
   for (const auto& type : conv_types) {
     give_identity(instances[type], given);
@@ -340,6 +364,7 @@ std::vector<std::string> fold_batch_norms(torch::jit::Module& module) {
     conv_nodes(graph->block(), convs);
     torch::jit::WithInsertPoint guard(convs[0]);
     convs[0]->replaceInput(kOutAffine, graph->insertGetAttr(graph->inputs()[0], out_affine_name("weight")));
+    convs[0]->replaceInput(kClamp, graph->insertGetAttr(graph->inputs()[0], clamp_name("weight")));
   }
   return folded;
 }

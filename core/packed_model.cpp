@@ -12,6 +12,7 @@
 #include "core/layers.h"
 #include "core/objective.h"
 #include "core/ops/packed.h"
+#include "core/packed_graph.h"
 
 namespace ttq {
 namespace {
@@ -81,11 +82,11 @@ void replace_use(Graph& graph, const torch::jit::Use& use, const PackedRead& rea
       for (size_t i = 2; i < user->inputs().size(); ++i) inputs.push_back(user->input(i));
       if (read.activations == Activations::Int8)
         inputs.push_back(graph.insertGetAttr(read.owner, input_step_name(read.attribute)));
-      // A node gives every argument of its schema: conv2d_int8's out_affine is None until a
-      // BatchNorm folds into it (fold_batch_norms), its residual until an add fuses into it
+      // A node gives every argument of its schema: conv2d_int8's out_affine and clamp are None until
+      // a BatchNorm folds into it (fold_batch_norms), its residual until an add fuses into it
       // (fuse_residual_adds), its output_step and residual_step until chain_int8_layers.
       if (std::string_view(op) == "ttq::conv2d_int8")
-        for (int none = 0; none < 4; ++none) inputs.push_back(graph.insertConstant(c10::IValue()));
+        for (int none = 0; none < 5; ++none) inputs.push_back(graph.insertConstant(c10::IValue()));
       return insert_op(graph, op, inputs);
     }
     Value* weight = insert_op(graph, "ttq::unpack",
@@ -265,6 +266,33 @@ void rewrite_methods(ModelGraphs& graphs, const PackPlan& plan, Activations acti
   }
 }
 
+
+// The tensors (by name) that `graph`, a whole program (inlined_program), reads or sets through its
+// module attributes; none where a module is used otherwise (a call through an interface): then
+// every tensor may be read (and also where a call is left, to a method of an interface).
+std::optional<std::set<std::string>> tensors_read(const Graph& graph, const Block* block) {
+  std::set<std::string> read;
+  for (const Node* node : block->nodes()) {
+    for (const auto* inner : node->blocks()) {
+      auto inside = tensors_read(graph, inner);
+      if (!inside) return std::nullopt;
+      read.merge(*inside);
+    }
+    if (node->kind() == c10::prim::CallMethod) return std::nullopt;
+    for (const Value* input : node->inputs()) {
+      const auto type = input->type()->cast<c10::ClassType>();
+      if (input->type()->cast<c10::InterfaceType>() ||
+          (type && type->is_module() && node->kind() != c10::prim::GetAttr && node->kind() != c10::prim::SetAttr))
+        return std::nullopt;
+    }
+    if (node->kind() != c10::prim::GetAttr && node->kind() != c10::prim::SetAttr) continue;
+    const auto path = path_of_module(node->inputs()[0], graph);
+    if (!path) return std::nullopt;
+    read.insert(join_path(*path, node->s(c10::attr::name)));
+  }
+  return read;
+}
+
 }  // namespace
 
 std::string codes_name(const std::string& weight) { return weight + "_codes"; }
@@ -351,6 +379,25 @@ void check_packed_layers(const torch::jit::Module& module, const std::vector<Lay
       return 0;
     });
   }
+}
+
+std::map<std::string, torch::Tensor> set_aside_unread(torch::jit::Module& module,
+                                                      const std::set<std::string>& candidates) {
+  std::set<std::string> read;
+  for (const auto& m : module.modules())
+    if (!m.type()->getForwardHooks().empty() || !m.type()->getForwardPreHooks().empty()) return {};
+  for (auto* method : module.type()->methods()) {
+    if (!method->isGraphFunction()) return {};
+    const auto graph = inlined_program(*method);
+    auto reads = tensors_read(*graph, graph->block());
+    if (!reads) return {};
+    read.merge(*reads);
+  }
+  std::map<std::string, torch::Tensor> unread;
+  for (const auto& [name, tensor, _] : module_tensors(module))
+    if (tensor.numel() > 0 && candidates.count(name) && !read.count(name)) unread.emplace(name, tensor);
+  for (const auto& [name, tensor] : unread) set_parameter(module, name, torch::empty({0}, tensor.options()));
+  return unread;
 }
 
 }  // namespace ttq

@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/script.h>
 
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,28 +60,31 @@ bool tap_major(const std::vector<int64_t>& shape, Activations activations);
 // packed with `activations`).
 torch::Tensor unpacked_weight(const torch::jit::Module& module, const LayerRecord& layer, Activations activations);
 
-// With int8 activations: a convolution's [3, out] scale, shift and floor of each output channel,
-// max(scale · y + shift, floor), applied as the kernels store y (ttq::conv2d_int8's out_affine);
-// [4, out] with a ceiling, min(max(...), ceiling) (a ReLU6).
+// With int8 activations: a convolution's [2, out] scale and shift of each output channel, and its
+// clamp, [2]: min(max(scale · y + shift, floor), ceiling), applied as the kernels store y
+// (ttq::conv2d_int8's out_affine and clamp; floor -inf and ceiling +inf where there is none).
 std::string out_affine_name(const std::string& weight);  // "conv1.weight_out_affine"
+std::string clamp_name(const std::string& weight);       // "conv1.weight_clamp"
 
 // Int8 models (pack_module calls it): in each method of a class, `self.bn(self.conv(x))` where conv
 // is an nn.Conv2d running ttq::conv2d_int8 and bn an nn.BatchNorm2d in evaluation mode with running
 // statistics, in every instance of the class, becomes the convolution alone with the BatchNorm as
 // its out_affine (bn(y) = y · γ/√(var+ε) + β − mean · γ/√(var+ε), exact up to rounding), and a ReLU
-// (ReLU6) that alone takes the BatchNorm's output its floor of 0 (and ceiling of 6). A convolution
-// kept float takes the fold as a call of ttq::conv2d_affine on its weight. The BatchNorm modules stay
-// (unused), so the float model comes back bit-exact. Returns the folded convolutions' weights.
+// (ReLU6) that alone takes the BatchNorm's output its clamp's floor of 0 (and ceiling of 6). A
+// convolution kept float takes the fold as a call of ttq::conv2d_affine on its weight, rounded to 8
+// bits a row once (<weight>_int8, <weight>_step: the bytes the operator would round it to per call)
+// where it has one group. The BatchNorm modules and the float weight stay, unread by the program
+// (set_aside_unread moves them out of the running model), so that the float model comes back
+// bit-exact. Returns the folded convolutions' weights.
 std::vector<std::string> fold_batch_norms(torch::jit::Module& module);
 
 // Int8 models (ttq export, after pack_module and calibration): in each method of a class, `y + r`
 // (aten::add, or add_ into y) where y is, alone, the output of a ttq::conv2d_int8 on the int8 kernels whose
-// out_affine leaves values unclamped (in every instance), directly or returned by method calls
-// (inlined into the method to reach it), and a ReLU or ReLU6 that alone takes the sum: the
-// convolution adds r as its residual as it stores each value and clamps after it, the clamp in an
-// out_affine of that call's own (<weight>_residual_affine). ResNet's blocks, MobileNetV2's inverted
+// clamp leaves values unclamped (in every instance), directly or returned by method calls (inlined
+// into the method to reach it), and a ReLU or ReLU6 that alone takes the sum: the convolution adds r
+// as its residual as it stores each value and clamps after it, the clamp a constant of that call
+// (the ReLU is the graph's, the same in every instance). ResNet's blocks, MobileNetV2's inverted
 // residuals. The outputs are the same, bit for bit. Returns the fused convolutions' weights.
-std::string residual_affine_name(const std::string& weight);  // "conv2.weight_residual_affine"
 std::vector<std::string> fuse_residual_adds(torch::jit::Module& module);
 
 // Calibrated int8 models (ttq export --calibrate, after fuse_residual_adds): every int8 convolution
@@ -109,6 +114,16 @@ std::vector<std::string> chain_int8_layers(torch::jit::Module& module);
 std::string eight_bit_name(const std::string& weight);   // "fc.weight_int8"
 std::string weight_step_name(const std::string& weight);  // "fc.weight_step"
 std::vector<std::string> eight_bit_linears(torch::jit::Module& module);
+
+// Packed models, last before saving: the tensors among `candidates` (the model's own, before
+// packing: those the way back restores) that none of the methods of `module` reads or sets, every
+// call inlined (the BatchNorms folded into convolutions, the float weight of a convolution kept in 8
+// bits), emptied and returned by name: the way back (restore_packed) takes them from an extra file,
+// and the running model does not hold them. None where the program uses a module otherwise than
+// through its attributes (a call through an interface) or a module has hooks. A folded BatchNorm
+// called alone then has no statistics; the packed layers' own buffers always stay.
+std::map<std::string, torch::Tensor> set_aside_unread(torch::jit::Module& module,
+                                                      const std::set<std::string>& candidates);
 
 // Static int8 activations: runs `data` (in batches of `batch_size`, eval mode, no gradients) through
 // `module`, packed with int8 activations, while the operators calibrate (ops::set_calibrating), so

@@ -18,12 +18,12 @@ namespace {
 
 using torch::jit::Graph, torch::jit::Node, torch::jit::Value;
 
-// A ttq::conv2d_int8 node that can take a residual: on the int8 kernels, an out_affine read from its
-// module (a folded BatchNorm, or the identity one), no residual yet.
+// A ttq::conv2d_int8 node that can take a residual: on the int8 kernels, a clamp read from its
+// module (of a folded BatchNorm, or the identity one), no residual yet.
 bool takes_residual(const Node* conv) {
-  return conv->kind() == kConvInt8 && conv->inputs().size() == kResidualStep + 1 &&
+  return conv->kind() == kConvInt8 && conv->inputs().size() == kClamp + 1 &&
          conv->input(kResidual)->type()->kind() == c10::TypeKind::NoneType &&
-         conv->input(kOutAffine)->node()->kind() == c10::prim::GetAttr && on_int8_kernels(conv);
+         conv->input(kClamp)->node()->kind() == c10::prim::GetAttr && on_int8_kernels(conv);
 }
 
 // Whether `value` is, alone, what takes it sees of a ttq::conv2d_int8 that takes_residual: that
@@ -66,15 +66,12 @@ void tensor_adds(torch::jit::Block* block, std::vector<Node*>& found) {
   }
 }
 
-// Every instance's out_affine of the convolution at `path` leaves values unclamped (no ReLU folded
-// into it: the one after the add is).
+// Every instance's clamp of the convolution at `path` leaves values unclamped (no ReLU folded into
+// it: the one after the add is).
 bool unclamped(const std::vector<std::pair<std::string, torch::jit::Module>>& instances, const std::string& path,
-               const std::string& affine) {
-  for (const auto& [p, m] : instances) {
-    const auto a = submodule(m, path).attr(affine).toTensor();
-    if (!torch::all(a[2] == -INFINITY).item<bool>() || (a.size(0) == 4 && !torch::all(a[3] == INFINITY).item<bool>()))
-      return false;
-  }
+               const std::string& clamp) {
+  for (const auto& [p, m] : instances)
+    if (!torch::equal(submodule(m, path).attr(clamp).toTensor(), clamp_tensor({}))) return false;
   return true;
 }
 
@@ -91,16 +88,9 @@ bool runs_in(const Node* node, const Graph& graph, const torch::jit::Module& m) 
   return true;
 }
 
-// A convolution given a clamp by a fusion: its class, and the instances given it (the others get
-// their out_affine as it is: every instance of a class has the attributes its methods read).
-struct Clamped {
-  std::map<c10::ClassTypePtr, std::pair<std::string, std::set<const void*>>> given;  // weight, instances
-};
-
 // The fusable adds of one method of a parent (`instances`: its instances) fused; returns their
 // convolutions' weights, by path.
-std::vector<std::string> fuse_in(Graph& graph, const std::vector<std::pair<std::string, torch::jit::Module>>& instances,
-                                 Clamped& clamped) {
+std::vector<std::string> fuse_in(Graph& graph, const std::vector<std::pair<std::string, torch::jit::Module>>& instances) {
   std::vector<Node*> adds;
   tensor_adds(graph.block(), adds);
   std::vector<std::string> fused;
@@ -108,31 +98,20 @@ std::vector<std::string> fuse_in(Graph& graph, const std::vector<std::pair<std::
     const int operand = from_conv(add->input(0)) ? 0 : add->kind() == c10::aten::add && from_conv(add->input(1)) ? 1 : -1;
     if (operand < 0 || add->input(operand)->node()->owningBlock() != add->owningBlock()) continue;
     Node* conv = inline_to_conv(add->input(operand));
-    Node* read = conv->input(kOutAffine)->node();
+    Node* read = conv->input(kClamp)->node();
     const auto path = module_path(read->output(), graph);
-    const std::string affine = read->s(c10::attr::name), suffix = out_affine_name("");
-    if (!path || affine.size() <= suffix.size() || affine.compare(affine.size() - suffix.size(), suffix.size(), suffix) ||
-        !unclamped(instances, *path, affine))
+    const std::string clamp_read = read->s(c10::attr::name), suffix = clamp_name("");
+    if (!path || clamp_read.size() <= suffix.size() ||
+        clamp_read.compare(clamp_read.size() - suffix.size(), suffix.size(), suffix) ||
+        !unclamped(instances, *path, clamp_read))
       continue;
-    const std::string weight = affine.substr(0, affine.size() - suffix.size());
     // The identity may be computed after the convolution (ResNet's downsample): the op moves to the add.
     conv->moveBefore(add);
     conv->replaceInput(kResidual, add->input(1 - operand));
     const Clamp clamp = sole_clamp(add->output(), graph);
-    if (clamp.node) {  // the ReLU's floor and ceiling in an affine of this call's own
-      for (const auto& [p, m] : instances) {
-        auto module = submodule(m, *path);
-        auto a = module.attr(affine).toTensor().clone();
-        if (std::isfinite(clamp.ceiling) && a.size(0) == 3) a = torch::cat({a, torch::full({1, a.size(1)}, INFINITY)});
-        a[2].fill_(clamp.floor);
-        if (a.size(0) == 4) a[3].fill_(clamp.ceiling);
-        module.register_buffer(residual_affine_name(weight), a);
-        auto& given = clamped.given[module.type()];
-        given.first = weight;
-        given.second.insert(module._ivalue().get());
-      }
+    if (clamp.node) {  // the ReLU's floor and ceiling: this call's own, the same in every instance
       torch::jit::WithInsertPoint guard(conv);
-      conv->replaceInput(kOutAffine, graph.insertGetAttr(read->input(), residual_affine_name(weight)));
+      conv->replaceInput(kClamp, graph.insertConstant(clamp_tensor(clamp)));
     }
     for (const auto& [p, m] : instances)
       if (runs_in(add, graph, m)) fused.push_back(join_path(join_path(p, *path), "weight"));
@@ -150,19 +129,13 @@ std::vector<std::string> fuse_residual_adds(torch::jit::Module& module) {
   torch::NoGradGuard no_grad;
   auto [parents, instances] = module_types(module);
   std::vector<std::string> fused;
-  Clamped clamped;
   for (const auto& parent : parents)
     for (auto* method : parent->methods()) {
       if (!method->isGraphFunction()) continue;
       const auto graph = torch::jit::toGraphFunction(*method).graph();
-      for (auto& path : fuse_in(*graph, instances[parent], clamped)) fused.push_back(std::move(path));
+      for (auto& path : fuse_in(*graph, instances[parent])) fused.push_back(std::move(path));
       torch::jit::EliminateDeadCode(graph);
     }
-  for (const auto& [type, given] : clamped.given)
-    for (const auto& [path, m] : instances[type])
-      if (!given.second.count(m._ivalue().get()))
-        torch::jit::Module(m).register_buffer(residual_affine_name(given.first),
-                                              m.attr(out_affine_name(given.first)).toTensor());
   return fused;
 }
 

@@ -1,6 +1,7 @@
 #include "formats/torchscript.h"
 
 #include <caffe2/serialize/inline_container.h>
+#include <torch/serialize.h>
 #include <torch/version.h>
 
 #include <regex>
@@ -32,6 +33,23 @@ std::unique_ptr<caffe2::serialize::PyTorchStreamReader> open_torchscript_zip(con
     throw input_error(fmt::format("{}: not a TorchScript model (no constants.pkl in the archive)", path));
   }
   return reader;
+}
+
+// The tensors a packed model set aside (kUnreadFile), by name; none in a file without them.
+std::map<std::string, torch::Tensor> read_unread_tensors(const std::string& path) {
+  const auto reader = open_torchscript_zip(path);
+  const std::string record = std::string("extra/") + kUnreadFile;
+  std::map<std::string, torch::Tensor> tensors;
+  if (!reader->hasRecord(record)) return tensors;
+  try {
+    const auto [data, size] = reader->getRecord(record);
+    const auto* bytes = static_cast<const char*>(data.get());
+    for (const auto& entry : torch::pickle_load(std::vector<char>(bytes, bytes + size)).toGenericDict())
+      tensors.emplace(entry.key().toStringRef(), entry.value().toTensor());
+  } catch (const c10::Error& e) {
+    throw input_error(fmt::format("{}: cannot read {}: {}", path, kUnreadFile, short_message(e.what_without_backtrace())));
+  }
+  return tensors;
 }
 
 }  // namespace
@@ -78,10 +96,17 @@ std::optional<ModelMetadata> read_torchscript_metadata(const std::string& path) 
 }
 
 void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
-                      const std::string& path, const std::string& float_program) {
+                      const std::string& path, const std::string& float_program,
+                      const std::map<std::string, torch::Tensor>& unread) {
   torch::jit::ExtraFilesMap extra;
   if (metadata) extra[kMetadataFile] = metadata_to_json(*metadata);
   if (!float_program.empty()) extra[kProgramFile] = float_program;
+  if (!unread.empty()) {
+    c10::Dict<std::string, torch::Tensor> tensors;
+    for (const auto& [name, t] : unread) tensors.insert(name, t);
+    const std::vector<char> bytes = torch::pickle_save(tensors);
+    extra[kUnreadFile] = std::string(bytes.begin(), bytes.end());
+  }
   write_atomically(path, [&](std::ostream& out) { module.save(out, extra); });
 }
 
@@ -118,11 +143,14 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
   if (!activations)
     throw input_error(fmt::format("{}: packed with unknown activations \"{}\"", path, packed.metadata->activations));
   torch::NoGradGuard no_grad;
+  const auto unread = read_unread_tensors(path);
   for (const auto& [name, empty, _] : module_tensors(restored.module)) {
     const LayerRecord* layer = packed.metadata->find(name);
     torch::Tensor value;
     if (layer && std::find(packed_names.begin(), packed_names.end(), name) != packed_names.end()) {
       value = unpacked_weight(packed.module, *layer, *activations);
+    } else if (const auto it = unread.find(name); it != unread.end()) {
+      value = it->second;
     } else {
       const ParameterSlot slot = find_slot(packed.module, name);
       value = slot.owner.attr(slot.attribute).toTensor();

@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/script.h>
 
+#include <map>
 #include <optional>
 #include <string>
 
@@ -24,16 +25,18 @@ LoadedModel load_torchscript(const std::string& path);
 std::optional<ModelMetadata> read_torchscript_metadata(const std::string& path);
 
 // Saves atomically (temporary name, then rename); with metadata, it is stored as "ttq.json", and
-// `float_program` (packed models) as kProgramFile.
+// `float_program` and the `unread` tensors (packed models) as kProgramFile and kUnreadFile.
 void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
-                      const std::string& path, const std::string& float_program = "");
+                      const std::string& path, const std::string& float_program = "",
+                      const std::map<std::string, torch::Tensor>& unread = {});
 
 // The TorchScript program with every parameter and buffer emptied: a few KiB that, with the
 // tensors filled in again, is the module.
 std::string program_without_tensors(torch::jit::Module module);
 
 // The float32 ternary model of a packed one (export --format packed), bit-exact: its original
-// program with every tensor taken from the packed model, the packed layers unpacked.
+// program with every tensor taken from the packed model (or its kUnreadFile), the packed layers
+// unpacked.
 LoadedModel restore_packed(const LoadedModel& packed, const std::string& path);
 
 }  // namespace ttq

@@ -17,17 +17,34 @@
 namespace ttq::ops {
 namespace {
 
-// out_affine, [3, out] or [4, out]: per output channel c, min(max(scale[c] · (conv + bias) +
-// shift[c], floor[c]), ceiling[c]) (a BatchNorm folded into the layer, and a ReLU fused: floor 0,
-// else -inf; a ReLU6: ceiling 6, else +inf or no fourth row; packed_model.h). Checked, as a
-// contiguous [4, out] copy.
-at::Tensor checked_affine(const at::Tensor& affine, int64_t rows, const char* op) {
-  TORCH_CHECK(affine.scalar_type() == at::kFloat && affine.is_cpu() && affine.dim() == 2 &&
-                  (affine.size(0) == 3 || affine.size(0) == 4) && affine.size(1) == rows,
-              "ttq::", op, ": out_affine must be a float32 CPU tensor [3, ", rows, "] or [4, ", rows, "] (got ",
-              affine.sizes(), ")");
-  if (affine.size(0) == 4) return affine.contiguous().clone();
-  return at::cat({affine, at::full({1, rows}, std::numeric_limits<float>::infinity())});
+// Scale 1, shift 0, and the floor and ceiling for every one of `rows` channels ([4, rows]).
+at::Tensor identity_affine(int64_t rows, float floor = -INFINITY, float ceiling = INFINITY) {
+  return at::stack({at::ones({rows}), at::zeros({rows}), at::full({rows}, floor), at::full({rows}, ceiling)});
+}
+
+// out_affine, [2, out], and clamp, [2]: per output channel c, min(max(scale[c] · (conv + bias) +
+// shift[c], floor), ceiling) (a BatchNorm folded into the layer, and a ReLU fused: floor 0, a ReLU6:
+// ceiling 6, one pair for every channel; no clamp: -inf and +inf; packed_model.h). Files of ttq
+// wrote before the clamp give [3, out] or [4, out], a floor (and ceiling) per channel, and no clamp. Checked, as one
+// contiguous [4, out] tensor of the call's own; undefined where neither is given, the identity
+// affine where only the clamp is.
+at::Tensor checked_affine(const c10::optional<at::Tensor>& out_affine, const c10::optional<at::Tensor>& clamp,
+                          int64_t rows, const char* op) {
+  const bool clamps = clamp && clamp->defined();
+  TORCH_CHECK(!clamps || (clamp->scalar_type() == at::kFloat && clamp->is_cpu() && clamp->numel() == 2), "ttq::", op,
+              ": clamp must be a float32 CPU tensor of two values, floor and ceiling (got ", clamp->sizes(), ")");
+  const float inf = std::numeric_limits<float>::infinity();
+  const float floor = clamps ? clamp->view({2})[0].item<float>() : -inf, ceiling = clamps ? clamp->view({2})[1].item<float>() : inf;
+  if (!out_affine || !out_affine->defined()) return clamps ? identity_affine(rows, floor, ceiling) : at::Tensor();
+  const auto& a = *out_affine;
+  const int64_t given = a.dim() == 2 ? a.size(0) : 0;
+  TORCH_CHECK(a.scalar_type() == at::kFloat && a.is_cpu() && (given == 2 || given == 3 || given == 4) &&
+                  a.size(1) == rows && (given == 2 || !clamps),
+              "ttq::", op, ": out_affine must be a float32 CPU tensor [2, ", rows, "] (or, without a clamp, [3, ", rows,
+              "] or [4, ", rows, "]) (got ", a.sizes(), ")");
+  if (given == 4) return a.contiguous().clone();
+  if (given == 3) return at::cat({a, at::full({1, rows}, inf)});
+  return at::cat({a, at::full({1, rows}, floor), at::full({1, rows}, ceiling)});
 }
 
 // out clamped to floor and ceiling ([rows] each) per channel, in place where it can: one clamp_
@@ -45,33 +62,31 @@ at::Tensor clamped(at::Tensor out, const at::Tensor& floor, const at::Tensor& ce
   return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
 }
 
-// aten::conv2d with an out_affine folded in: `w`, the call's own float weight, scaled per output
-// channel and the shift put into the bias, then clamped.
+// aten::conv2d with an affine folded in (checked_affine's [4, out]): `w`, the call's own float
+// weight, scaled per output channel and the shift put into the bias, then clamped.
 at::Tensor conv2d_folded(const at::Tensor& input, at::Tensor& w, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                         const at::Tensor& out_affine, const char* op) {
+                         const at::Tensor& affine) {
   const int64_t rows = w.size(0);
-  const auto a = checked_affine(out_affine, rows, op);
-  const auto scale = a[0], shift = a[1], floor = a[2], ceiling = a[3];
+  const auto scale = affine[0], shift = affine[1], floor = affine[2], ceiling = affine[3];
   w.mul_(scale.view({rows, 1, 1, 1}));
   const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
   return clamped(at::conv2d(input, w, folded_bias, stride, padding, dilation, groups), floor, ceiling);
 }
 
 // The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped); an
-// out_affine goes into the weight the call decodes anyway.
+// affine (checked_affine's, or undefined) goes into the weight the call decodes anyway.
 at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                         c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
-                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                        const c10::optional<at::Tensor>& out_affine) {
+                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, const at::Tensor& affine) {
   const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
   // The weight in the input's memory format: aten::conv2d gives a channels-last output when either is.
   // Made with that format's strides (contiguous() keeps a depthwise [out, 1, kh, kw] permuted view's
   // channels-last strides, as its one in-channel makes them contiguous too).
   auto w = at::empty({rows, cin, kh, kw}, at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
   w.copy_(decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2}));
-  if (!out_affine || !out_affine->defined()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
-  return conv2d_folded(input, w, bias, stride, padding, dilation, groups, *out_affine, "conv2d_int8");
+  if (!affine.defined()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+  return conv2d_folded(input, w, bias, stride, padding, dilation, groups, affine);
 }
 
 // The bytes a chained layer stores (output_step) are followed by this many more, so that a 1x1 layer
@@ -249,44 +264,51 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   return out;
 }
 
-// A float weight [rows, cin, kh, kw] rounded to 8 bits per row (eight_bit_rows): weight (r, c, y, x)
-// is byte (y · kw + x) · cin + c of row r's taps, which lie in segments of `segment` bytes (a kernel
-// row, or a tap), each padded to `fours` fours.
+// A weight [rows, cin, kh, kw] in 8 bits a row (`q`, [rows, cin · kh · kw], on `steps`, [rows]:
+// eight_bit_rows): weight (r, c, y, x) is byte (y · kw + x) · cin + c of row r's taps, which lie in
+// segments of `segment` bytes (a kernel row, or a tap), each padded to `fours` fours.
 struct DenseWeight {
   std::vector<int8_t> bytes;  // [rows, k]
   std::vector<float> step;    // [rows]
   int64_t k;
 };
-DenseWeight dense_weight(const at::Tensor& weight, int64_t segment, int64_t fours) {
-  const int64_t rows = weight.size(0), cin = weight.size(1), taps = weight.size(2) * weight.size(3);
+DenseWeight dense_weight(const at::Tensor& q, const at::Tensor& steps, int64_t cin, int64_t segment, int64_t fours) {
+  const int64_t rows = q.size(0), taps = q.size(1) / cin;
   const int64_t k = cin * taps / segment * 4 * fours;
-  const auto [rounded, steps] = eight_bit_rows(weight);  // [rows, cin · taps], contiguous
-  const int8_t* q = rounded.data_ptr<int8_t>();
+  const int8_t* qd = q.data_ptr<int8_t>();
   DenseWeight d{std::vector<int8_t>(static_cast<size_t>(rows * k), 0),
                 std::vector<float>(steps.data_ptr<float>(), steps.data_ptr<float>() + rows), k};
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cin; ++c)
       for (int64_t t = 0; t < taps; ++t) {
         const int64_t at = t * cin + c;
-        d.bytes[r * k + at / segment * 4 * fours + at % segment] = q[(r * cin + c) * taps + t];
+        d.bytes[r * k + at / segment * 4 * fours + at % segment] = qd[(r * cin + c) * taps + t];
       }
   return d;
 }
 
-// conv2d_affine on int8 inputs: the float weight rounded for the call (dense_weight), its steps
-// joining the affine's scale. Each kernel row's taps are one segment of the image (each tap where
-// dilated), read four bytes at a time: a first layer of 3 channels is 7 segments of 21 weights and
-// 3 zeros, not 64-byte steps.
-at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                             c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                             const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
+// A convolution weight in 8 bits a row, [rows, cin · kh · kw] and its steps [rows]: a float32 weight
+// rounded for the call (eight_bit_rows), or an int8 one as stored (with its weight_step).
+std::pair<at::Tensor, at::Tensor> eight_bit_weight(const at::Tensor& weight, const c10::optional<at::Tensor>& weight_step) {
+  if (weight.scalar_type() == at::kFloat) return eight_bit_rows(weight);
+  return {weight.reshape({weight.size(0), -1}).contiguous(), weight_step->contiguous()};
+}
+
+// conv2d_affine on int8 inputs: the weight in 8 bits a row (eight_bit_weight), its steps joining
+// the affine's scale (checked_affine's). Each kernel row's taps are one segment of the image (each
+// tap where dilated), read four bytes at a time: a first layer of 3 channels is 7 segments of 21
+// weights and 3 zeros, not 64-byte steps.
+at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& weight_step,
+                             const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                             c10::IntArrayRef dilation, at::Tensor affine, const c10::optional<at::Tensor>& input_step,
                              c10::IntArrayRef max_pool) {
   const int64_t rows = weight.size(0), cin = weight.size(1), kh = weight.size(2), kw = weight.size(3);
   const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_affine");
   const bool rows_whole = dilation[1] == 1;  // a kernel row's taps lie side by side in the image
   const int64_t segments = rows_whole ? kh : kh * kw, segment = rows_whole ? kw * cin : cin;
   const int64_t fours = (segment + 3) / 4;
-  const DenseWeight w = dense_weight(weight, segment, fours);
+  const auto [q, steps] = eight_bit_weight(weight, weight_step);
+  const DenseWeight w = dense_weight(q, steps, cin, segment, fours);
   const KernelPath path = selected_path();
   const DenseInt8Rows dense = dense_int8_rows(path, w.bytes.data(), rows, w.k);
   std::vector<int64_t> four(static_cast<size_t>(segments * fours));
@@ -295,7 +317,6 @@ at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, 
     for (int64_t f = 0; f < fours; ++f)
       four[s * fours + f] = (tap_h * dilation[0] * g.padded_w + tap_w * dilation[1]) * cin + 4 * f;
   }
-  auto affine = checked_affine(out_affine, rows, "conv2d_affine");
   if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
   float* a = affine.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) a[r] *= w.step[r];
@@ -343,7 +364,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
 // conv2d on int8 inputs (int8_conv_output), the ternary rows on their packed planes. The codes are
 // tap-major, [out, kh, kw, in] (packed_model.h), so that a tap's channels are contiguous in both:
 // step s of a row, its weights 64 s to 64 s + 63, lies at one tap and channel of the pixel's image.
-// out_affine (checked_affine), the bias and a residual (a fused `y + residual`, before the affine's
+// out_affine and clamp (checked_affine), the bias and a residual (a fused `y + residual`, before the affine's
 // floor and ceiling: a ResNet block's add and ReLU; float32, or the bytes a layer before stored, on
 // residual_step) are applied as each value is stored, and with an output_step the value is stored as
 // the next layer's int8 input. Depthwise layers run their own kernel on the same images; other layers
@@ -353,7 +374,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                        const c10::optional<at::Tensor>& input_step, const c10::optional<at::Tensor>& out_affine,
                        const c10::optional<at::Tensor>& output_step, const c10::optional<at::Tensor>& residual,
-                       const c10::optional<at::Tensor>& residual_step) {
+                       const c10::optional<at::Tensor>& residual_step, const c10::optional<at::Tensor>& clamp) {
   TORCH_CHECK(shape.size() == 4, "ttq::conv2d_int8: the weight shape must be [out, in/groups, kh, kw]");
   const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
   check_packed(codes, scales, {rows, kh, kw, cin});
@@ -369,31 +390,29 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
                               ? *step_value(*residual_step, "residual_step", "conv2d_int8") : 0;
   TORCH_CHECK(!byte_residual || byte_step > 0, "ttq::conv2d_int8: a uint8 residual (the int8 output of a layer "
               "before) needs its residual_step");
-  // The bias in the affine's shift (an identity affine where there is none): the kernels store the
-  // final values.
-  at::Tensor affine;
-  if (out_affine && out_affine->defined())
-    affine = checked_affine(*out_affine, rows, "conv2d_int8");
-  else if ((bias && bias->defined()) || added)
-    affine = at::stack({at::ones({rows}), at::zeros({rows}), at::full({rows}, -INFINITY), at::full({rows}, INFINITY)});
-  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
+  at::Tensor affine = checked_affine(out_affine, clamp, rows, "conv2d_int8");  // [4, rows], or undefined
   const bool runs_int8 = conv_runs_int8(shape.vec(), groups);
   const Int8Conv g = int8_conv(input, cin * groups, kh, kw, stride, padding, dilation, "conv2d_int8");
   if (added && (!runs_int8 || residual->sizes() != at::IntArrayRef({g.batch, rows, g.out_h, g.out_w}))) {
     // A residual the stores do not take (the float path; one that broadcasts, as aten::add allows):
     // the convolution without its floor and ceiling, then the add and the clamp, as the graph had them.
     TORCH_CHECK(next_step == 0, "ttq::conv2d_int8: a residual of sizes ", residual->sizes(), " and an output_step");
-    auto no_clamp = affine.clone();
+    auto no_clamp = affine.defined() ? affine.clone() : identity_affine(rows);
     no_clamp[2].fill_(-INFINITY), no_clamp[3].fill_(INFINITY);
-    const auto out = conv2d_int8(input, codes, scales, shape, c10::nullopt, stride, padding, dilation, groups,
-                                 input_step, no_clamp, c10::nullopt, c10::nullopt, c10::nullopt);
-    return clamped(at::add(out, byte_residual ? floats_of(*residual, byte_step) : *residual), affine[2], affine[3]);
+    const auto out = conv2d_int8(input, codes, scales, shape, bias, stride, padding, dilation, groups, input_step,
+                                 no_clamp, c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt);
+    const auto sum = at::add(out, byte_residual ? floats_of(*residual, byte_step) : *residual);
+    return affine.defined() ? clamped(sum, affine[2], affine[3]) : sum;
   }
   if (!runs_int8) {
     TORCH_CHECK(input.scalar_type() == at::kFloat && next_step == 0, "ttq::conv2d_int8: a layer of ", groups,
                 " groups and ", cin, " in-channels a group runs in float: no uint8 input or output_step");
-    return conv2d_float(input, codes, scales, shape, bias, stride, padding, dilation, groups, out_affine);
+    return conv2d_float(input, codes, scales, shape, bias, stride, padding, dilation, groups, affine);
   }
+  // The bias in the affine's shift (an identity affine where there is none): the kernels store the
+  // final values.
+  if (!affine.defined() && ((bias && bias->defined()) || added)) affine = identity_affine(rows);
+  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
   const int64_t groups32 = packed_groups(cin * kh * kw);
   // Where a step (64 weights of a row), or a depthwise layer's tap, starts in a pixel's image.
   std::vector<int64_t> step(groups > 1 ? kh * kw : (groups32 + 1) / 2);
@@ -421,27 +440,36 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
 }
 
 // A float convolution (one the packing keeps float, as ResNet's first) with the BatchNorm and ReLU
-// after it folded in (fold_batch_norms): its weight is copied for the call and scaled. With an
-// input_step (a model with int8 activations) it runs on int8 inputs with 8-bit weights where it
-// has one group (conv2d_dense_int8). With max_pool ([kernel, stride, padding]: the max-pool that
-// alone takes its output, ResNet's) it returns that pooling of its output, which the int8 path
-// pools band by band as it computes it (pooled_int8_output).
+// after it folded in (fold_batch_norms, checked_affine): its weight is copied for the call and
+// scaled. With an input_step (a model with int8 activations) it runs on int8 inputs with 8-bit
+// weights where it has one group (conv2d_dense_int8): the weight rounded for the call, or stored in
+// 8 bits (int8, with its weight_step: export's). With max_pool ([kernel, stride, padding]: the
+// max-pool that alone takes its output, ResNet's) it returns that pooling of its output, which the
+// int8 path pools band by band as it computes it (pooled_int8_output).
 at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                          const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
-                         c10::IntArrayRef max_pool) {
+                         c10::IntArrayRef max_pool, const c10::optional<at::Tensor>& clamp,
+                         const c10::optional<at::Tensor>& weight_step) {
   check_input(input, "conv2d_affine");
-  TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat && weight.is_cpu(),
-              "ttq::conv2d_affine: the weight must be a float32 CPU tensor [out, in/groups, kh, kw] (got ",
-              weight.sizes(), ")");
+  const bool eight_bit = weight.scalar_type() == at::kChar;
+  TORCH_CHECK(weight.dim() == 4 && (weight.scalar_type() == at::kFloat || eight_bit) && weight.is_cpu(),
+              "ttq::conv2d_affine: the weight must be a float32 or int8 CPU tensor [out, in/groups, kh, kw] (got ",
+              weight.sizes(), " ", weight.scalar_type(), ")");
+  const int64_t rows = weight.size(0);
+  TORCH_CHECK(!eight_bit || (weight_step && weight_step->defined() && weight_step->scalar_type() == at::kFloat &&
+                             weight_step->dim() == 1 && weight_step->size(0) == rows),
+              "ttq::conv2d_affine: an int8 weight needs its weight_step, a float32 tensor [", rows, "]");
   TORCH_CHECK(max_pool.empty() || max_pool.size() == 3,
               "ttq::conv2d_affine: max_pool must be [kernel, stride, padding] or empty (got ", max_pool, ")");
   at::NoGradGuard no_grad;
+  const auto affine = checked_affine(out_affine, clamp, rows, "conv2d_affine");
   if (input_step && input_step->defined() && groups == 1)
-    return conv2d_dense_int8(input, weight, bias, stride, padding, dilation, out_affine, input_step, max_pool);
+    return conv2d_dense_int8(input, weight, weight_step, bias, stride, padding, dilation, affine, input_step, max_pool);
   auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
-  w.copy_(weight);
-  const auto out = conv2d_folded(input, w, bias, stride, padding, dilation, groups, out_affine, "conv2d_affine");
+  if (eight_bit) w.copy_(weight.to(at::kFloat) * weight_step->view({rows, 1, 1, 1}));
+  else w.copy_(weight);
+  const auto out = conv2d_folded(input, w, bias, stride, padding, dilation, groups, affine);
   if (max_pool.empty()) return out;
   return at::max_pool2d(out, {max_pool[0], max_pool[0]}, {max_pool[1], max_pool[1]}, {max_pool[2], max_pool[2]})
       .contiguous(out.suggest_memory_format());

@@ -271,8 +271,6 @@ TORCH_LIBRARY(ttq, m) {
   m.def("unpack(Tensor codes, Tensor scales, int[] shape) -> Tensor", &ttq::ops::unpack_op);
   m.def("linear(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias) -> Tensor", &ttq::ops::linear);
   // input_step: the calibrated int8 step of the input, one float; 0 or none: each call's own.
-  // out_affine: [3, out] scale, shift and floor of each output channel (a folded BatchNorm and ReLU),
-  // and [4, out] with a ceiling (a ReLU6).
   m.def("linear_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, "
         "Tensor? input_step=None) -> Tensor",
         &ttq::ops::linear_int8);
@@ -284,19 +282,24 @@ TORCH_LIBRARY(ttq, m) {
   m.def("conv2d(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> Tensor",
         &ttq::ops::conv2d);
+  // out_affine: [2, out] scale and shift of each output channel (a folded BatchNorm), and clamp: [2],
+  // the floor and ceiling of every channel (a ReLU: 0 and inf, a ReLU6: 0 and 6; a file ttq wrote
+  // before gives [3, out] or [4, out] floors and ceilings per channel instead).
   // output_step > 0: the output as the next layer's int8 input, uint8 (q + 128) on its input_step,
   // which takes it as it is (ttq export --calibrate, between two int8 convolutions). residual:
-  // added to the output before out_affine's floor and ceiling (a residual block's add and ReLU):
-  // float32, or uint8 (q + 128) as a layer before stored it, on residual_step (its output_step).
+  // added to the output before the floor and ceiling (a residual block's add and ReLU): float32, or
+  // uint8 (q + 128) as a layer before stored it, on residual_step (its output_step).
   m.def("conv2d_int8(Tensor input, Tensor codes, Tensor scales, int[] shape, Tensor? bias, int[] stride, "
         "int[] padding, int[] dilation, int groups, Tensor? input_step=None, Tensor? out_affine=None, "
-        "Tensor? output_step=None, Tensor? residual=None, Tensor? residual_step=None) -> Tensor",
+        "Tensor? output_step=None, Tensor? residual=None, Tensor? residual_step=None, Tensor? clamp=None) -> Tensor",
         &ttq::ops::conv2d_int8);
-  // A float convolution with out_affine ([3, out] or [4, out], as conv2d_int8's) folded in.
-  // With input_step (a model with int8 activations) on int8 inputs and 8-bit weights, as conv2d_int8;
-  // max_pool: [kernel, stride, padding] of a max-pool of its output (the one it returns).
+  // A float convolution with out_affine and clamp (as conv2d_int8's) folded in. With input_step (a
+  // model with int8 activations) on int8 inputs and 8-bit weights, as conv2d_int8: the weight
+  // float32, rounded per call, or int8 on weight_step [out] (as export stores it); max_pool: [kernel,
+  // stride, padding] of a max-pool of its output (the one it returns).
   m.def("conv2d_affine(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
-        "int groups, Tensor out_affine, Tensor? input_step=None, int[] max_pool=[]) -> Tensor",
+        "int groups, Tensor out_affine, Tensor? input_step=None, int[] max_pool=[], Tensor? clamp=None, "
+        "Tensor? weight_step=None) -> Tensor",
         &ttq::ops::conv2d_affine);
   m.def("kernel() -> str", &ttq::ops::kernel_op);
 }

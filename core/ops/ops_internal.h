@@ -55,10 +55,11 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                        const c10::optional<at::Tensor>& input_step, const c10::optional<at::Tensor>& out_affine,
                        const c10::optional<at::Tensor>& output_step, const c10::optional<at::Tensor>& residual,
-                       const c10::optional<at::Tensor>& residual_step);
+                       const c10::optional<at::Tensor>& residual_step, const c10::optional<at::Tensor>& clamp);
 at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                          const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
-                         c10::IntArrayRef max_pool);
+                         c10::IntArrayRef max_pool, const c10::optional<at::Tensor>& clamp,
+                         const c10::optional<at::Tensor>& weight_step);
 
 }  // namespace ttq::ops

@@ -4,9 +4,11 @@ recomputing the same arithmetic; the operators themselves are tested in test_ops
 
 Environment (set by CTest): TTQ_BUILD_DIR, the build folder holding plugins/libttq_ops.so.
 """
+import io
 import json
 import os
 import unittest
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +163,7 @@ class Int8Models(Workdir):
         self.assertEqual([float(out_step > 0) for *_, out_step in blocks], [1.0] * 7 + [0.0])
         self.assert_blocks_store_their_twins_bytes(blocks, torch.randn(2, 64, 12, 12))
         # The stem's max-pool is the stem operator's own (it pools a reused scratch).
-        self.assertIn("[3, 2, 1])", model._forward_impl.code)
+        self.assertIn("[3, 2, 1], weight_clamp", model._forward_impl.code)
         self.assertNotIn("maxpool", model._forward_impl.code)
         fp = torch.jit.load(ternary)
         with torch.no_grad():
@@ -248,14 +250,15 @@ class Int8Models(Workdir):
         # convolution alone, with the BatchNorm as its per-channel affine and the ReLU as its floor
         # (a ReLU6: and its ceiling); a BatchNorm in training mode, or one that does not take a
         # ternary convolution's output, stays.
-        for activation, rows, gone in ((torch.nn.ReLU(), 3, "relu"), (torch.nn.ReLU6(), 4, "hardtanh")):
+        for activation, clamp, gone in ((torch.nn.ReLU(), [0, float("inf")], "relu"), (torch.nn.ReLU6(), [0, 6], "hardtanh")):
             with self.subTest(activation=str(activation)):
                 net, ternary, int8 = self.fold_one(activation)
                 packed = torch.jit.load(int8)
                 graph = str(packed.inlined_graph)
                 self.assertNotIn("batch_norm", graph)
                 self.assertNotIn(gone, graph)
-                self.assertEqual(list(packed.state_dict()["0.weight_out_affine"].shape), [rows, 32])
+                self.assertEqual(list(packed.state_dict()["0.weight_out_affine"].shape), [2, 32])
+                self.assertEqual(packed.state_dict()["0.weight_clamp"].tolist(), clamp)
                 # The reference: the int8 convolution (quantize's own weights, per-sample steps) then
                 # the BatchNorm and activation of PyTorch.
                 w = torch.jit.load(ternary).state_dict()["0.weight"]
@@ -268,7 +271,7 @@ class Int8Models(Workdir):
                     want = net[2](net[1](F.conv2d(torch.round(x / step) * step, w8, net[0].bias, padding=1)))
                     got = packed(x)
                 self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max())
-                if rows == 4:
+                if clamp[1] == 6:
                     self.assertGreater((want == 6).sum().item(), 0)  # the ceiling was met
         assert_back_from_int8(self, int8, ternary)
         # Training mode keeps the BatchNorm as it is.
@@ -334,6 +337,19 @@ class Int8Models(Workdir):
             want = int8_linear(net[6](net[5](net[4](F.conv2d(torch.round(stem / step) * step, w8, padding=1)))), net[7])
             got = packed(x)
         self.assertTrue(torch.allclose(got, want, rtol=1e-3, atol=1e-3), (got - want).abs().max())
+        # The running model holds the stem in 8 bits (the bytes conv2d_affine would round it to) and
+        # neither its float weight nor the BatchNorms: an extra file of the archive keeps them for
+        # the way back, which PyTorch does not load.
+        state, w0 = packed.state_dict(), fp.state_dict()["0.weight"]
+        step = w0.abs().amax((1, 2, 3)) / 127
+        self.assertTrue(torch.equal(state["0.weight_step"], step))
+        self.assertTrue(torch.equal(state["0.weight_int8"], torch.round(w0 / step.view(-1, 1, 1, 1)).to(torch.int8)))
+        for name in ("0.weight", "1.weight", "1.running_mean", "1.running_var", "4.bias", "4.num_batches_tracked"):
+            self.assertEqual(state[name].numel(), 0, name)
+        with zipfile.ZipFile(int8) as z:
+            unread = torch.load(io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("extra/ttq.unread")))))
+        self.assertTrue(torch.equal(unread["0.weight"], w0))
+        self.assertTrue(torch.equal(unread["4.running_var"], fp.state_dict()["4.running_var"]))
         # The float model comes back bit-exact, the stem's weights included; the last layer, float by
         # the rule, as its 8-bit values.
         self.assertEqual(json.loads(r.stdout)["eight_bit"], ["7.weight"])
@@ -365,7 +381,8 @@ class Int8Models(Workdir):
         packed, fp = torch.jit.load(int8), torch.jit.load(ternary)
         self.assertEqual(packed.a._c._type(), packed.b._c._type())
         identity = packed.state_dict()["b.weight_out_affine"]
-        self.assertTrue(torch.equal(identity[:2], torch.stack([torch.ones(64), torch.zeros(64)])))
+        self.assertTrue(torch.equal(identity, torch.stack([torch.ones(64), torch.zeros(64)])))
+        self.assertEqual(packed.state_dict()["b.weight_clamp"].tolist(), [-float("inf"), float("inf")])
 
         def int8_conv(conv, x):  # the int8 convolution as ttq::conv2d_int8 computes it
             w = conv.weight

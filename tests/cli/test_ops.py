@@ -221,17 +221,18 @@ class OnEveryPath(unittest.TestCase):
                 self.assertTrue(torch.allclose(got, want, rtol=1e-5, atol=1e-5), (path, cin, (got - want).abs().max()))
 
     def test_conv2d_int8_applies_out_affine_to_each_channel(self):
-        # out_affine [3 or 4, out]: min(max(scale · (conv + bias) + shift, floor), ceiling) per
-        # channel, as stored; the float path (3 in-channels; depthwise) applies it too, folded into
-        # its weight and bias, with floors 0 and -inf mixed, 0 everywhere (a ReLU) or -inf
-        # everywhere (none).
-        # A fourth row, the ceiling: 6 everywhere (a ReLU6), or 0.5 and +inf mixed.
+        # out_affine [2, out] and clamp [floor, ceiling]: min(max(scale · (conv + bias) + shift,
+        # floor), ceiling) per channel, as stored; the float path (3 in-channels; depthwise) applies
+        # it too, folded into its weight and bias. Files written before the clamp give [3 or 4, out],
+        # a floor (and ceiling) per channel: floors 0 and -inf mixed, or a ceiling of 0.5 and +inf
+        # mixed; where every channel has the same, the clamp computes the same bits.
         inf = float("inf")
+        clamps = {"relu": (0.0, inf), "none": (-inf, inf), "relu6": (0.0, 6.0)}
         floors = {"mixed": lambda n: [torch.where(torch.arange(n) % 2 == 0, 0.0, -inf)],
-                  "relu": lambda n: [torch.zeros(n)], "none": lambda n: [torch.full((n,), -inf)],
-                  "relu6": lambda n: [torch.zeros(n), torch.full((n,), 6.0)],
                   "ceilings": lambda n: [torch.where(torch.arange(n) % 2 == 0, 0.0, -inf),
-                                         torch.where(torch.arange(n) % 3 == 0, 0.5, inf)]}
+                                         torch.where(torch.arange(n) % 3 == 0, 0.5, inf)],
+                  **{name: (lambda c: lambda n: [torch.full((n,), c[0]), torch.full((n,), c[1])])(c)
+                     for name, c in clamps.items()}}
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
             for cin, cout, k, stride, padding, groups, batch, size, last, floor in [
@@ -240,7 +241,8 @@ class OnEveryPath(unittest.TestCase):
                     (3, 8, 3, 1, 1, 1, 2, 7, False, "relu"), (3, 8, 3, 2, 1, 1, 2, 7, True, "none"),
                     (16, 16, 3, 1, 1, 16, 2, 10, True, "relu"), (16, 16, 3, 2, 1, 16, 1, 9, False, "mixed"),
                     (64, 16, 3, 1, 1, 1, 2, 9, True, "relu6"), (40, 24, 1, 1, 0, 1, 9, 3, False, "ceilings"),
-                    (16, 16, 3, 1, 1, 16, 2, 10, True, "relu6"), (3, 8, 3, 1, 1, 1, 1, 9, False, "ceilings")]:
+                    (16, 16, 3, 1, 1, 16, 2, 10, True, "relu6"), (3, 8, 3, 1, 1, 1, 1, 9, False, "ceilings"),
+                    (64, 16, 3, 1, 1, 1, 2, 9, False, "relu"), (128, 20, 3, 2, 1, 1, 3, 8, True, "none")]:
                 shape = [cout, cin // groups, k, k]
                 w = ternary(shape, wp=0.5, wn=0.7, seed=cin)
                 codes, scales = torch.ops.ttq.pack(w.permute(0, 2, 3, 1).contiguous(), 0.5, 0.7)
@@ -253,37 +255,61 @@ class OnEveryPath(unittest.TestCase):
                 plain = torch.ops.ttq.conv2d_int8(x, *args)
                 got = torch.ops.ttq.conv2d_int8(x, *args, None, affine)
                 c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
-                want = torch.maximum(plain * c(affine[0]) + c(affine[1]), c(affine[2]))
-                if len(affine) == 4:
-                    want = torch.minimum(want, c(affine[3]))
+                want = torch.minimum(torch.maximum(plain * c(affine[0]) + c(affine[1]), c(affine[2])), c(affine[3]))
                 self.assertTrue(torch.allclose(got, want, rtol=1e-5, atol=1e-5),
                                 (path, cin, groups, floor, (got - want).abs().max()))
                 self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last, (cin, groups, floor, got.stride()))
-        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: out_affine must be a float32 CPU tensor \[3, 8\] or \[4, 8\]"):
-            torch.ops.ttq.conv2d_int8(x, *args, None, torch.zeros(2, 8))
+                if floor in clamps:
+                    clamp = torch.tensor(clamps[floor])
+                    self.assertTrue(torch.equal(torch.ops.ttq.conv2d_int8(x, *args, None, affine[:2], clamp=clamp), got))
+                    if floor != "none":  # a clamp alone: the identity affine
+                        alone = torch.ops.ttq.conv2d_int8(x, *args, clamp=clamp)
+                        self.assertTrue(torch.equal(alone, plain.clamp(*clamps[floor])), (path, floor))
+                else:  # the first three rows: no ceiling
+                    three = torch.ops.ttq.conv2d_int8(x, *args, None, affine[:3])
+                    self.assertTrue(torch.equal(three, torch.maximum(got, three)))
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: out_affine must be a float32 CPU tensor \[2, 8\] "
+                                                  r"\(or, without a clamp, \[3, 8\] or \[4, 8\]\)"):
+            torch.ops.ttq.conv2d_int8(x, *args, None, torch.zeros(5, 8))
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: out_affine must be a float32 CPU tensor \[2, 8\]"):
+            torch.ops.ttq.conv2d_int8(x, *args, None, affine, clamp=torch.zeros(2))
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: clamp must be a float32 CPU tensor of two values"):
+            torch.ops.ttq.conv2d_int8(x, *args, None, affine[:2], clamp=torch.zeros(3))
 
     def test_conv2d_affine_is_a_float_convolution_with_its_batch_norm_folded(self):
-        # A float layer (one the packing keeps, as ResNet's first) with [3 or 4, out] folded in, in
-        # the input's memory format; its weight stays as it was.
-        for last, rows in ((False, 3), (True, 4), (True, 3)):
+        # A float layer (one the packing keeps, as ResNet's first) with [2, out] and a clamp folded
+        # in (files written before: [3 or 4, out]), in the input's memory format; its weight stays as
+        # it was. Given in 8 bits (int8 and its weight_step) it is that weight, q · step.
+        for last, rows in ((False, 3), (True, 4), (True, 3), (False, 2), (True, 2)):
             w, bias = torch.randn(16, 3, 7, 7), torch.randn(16)
             kept = w.clone()
             x = torch.randn(2, 3, 20, 20)
             if last:
                 x = x.contiguous(memory_format=torch.channels_last)
             affine = torch.stack([torch.rand(16) + 0.5, torch.randn(16), torch.zeros(16), torch.full((16,), 0.7)][:rows])
-            got = torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine)
+            clamp = torch.tensor([0.0, 0.7]) if rows == 2 else None
+            got = torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, clamp=clamp)
             c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
             want = torch.clamp_min(F.conv2d(x, w, bias, 2, 3) * c(affine[0]) + c(affine[1]), 0)
-            if rows == 4:
-                want = torch.minimum(want, c(affine[3]))
+            if rows != 3:
+                want = torch.clamp_max(want, 0.7)
             self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (last, rows, (got - want).abs().max()))
             self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
             self.assertTrue(torch.equal(w, kept))
+            step = w.abs().amax((1, 2, 3)) / 127
+            q = torch.round(w / step.view(-1, 1, 1, 1)).to(torch.int8)
+            eight_bit = torch.ops.ttq.conv2d_affine(x, q, bias, [2, 2], [3, 3], [1, 1], 1, affine, clamp=clamp,
+                                                    weight_step=step)
+            rounded = torch.ops.ttq.conv2d_affine(x, q.float() * step.view(-1, 1, 1, 1), bias, [2, 2], [3, 3], [1, 1], 1,
+                                                  affine, clamp=clamp)
+            self.assertTrue(torch.equal(eight_bit, rounded), (last, rows))
         with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: out_affine must be a float32 CPU tensor"):
             torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, torch.zeros(3, 15))
-        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: the weight must be a float32 CPU tensor"):
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: the weight must be a float32 or int8 CPU tensor"):
             torch.ops.ttq.conv2d_affine(x, w[0], bias, [2, 2], [3, 3], [1, 1], 1, affine)
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: an int8 weight needs its weight_step, a float32 "
+                                                  r"tensor \[16\]"):
+            torch.ops.ttq.conv2d_affine(x, q, bias, [2, 2], [3, 3], [1, 1], 1, affine, clamp=clamp)
 
     def test_conv2d_affine_with_an_input_step_runs_int8_with_8_bit_weights(self):
         # A float layer of an int8 model (ResNet's first): its inputs on the int8 grid of the step
@@ -324,6 +350,12 @@ class OnEveryPath(unittest.TestCase):
                 self.assertLess((got - affined(conv)).abs().max(), 0.05 * (conv * c(affine[0])).abs().max(), (path, n))
                 self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
                 self.assertTrue(torch.equal(got, first.setdefault(n, got)), (path, n))
+                # Its weight stored in 8 bits (as export stores it), the affine's floor and ceiling
+                # as its clamp: the same bits.
+                stored = torch.ops.ttq.conv2d_affine(
+                    x, torch.round(w / w_step).to(torch.int8), bias, pair(stride), pair(padding), pair(dilation), 1,
+                    affine[:2], torch.tensor([step]), clamp=torch.tensor([0.0, 1.5]), weight_step=w_step.view(-1))
+                self.assertTrue(torch.equal(stored, got), (path, n))
 
     def test_conv2d_affine_returns_the_max_pool_of_its_output(self):
         # max_pool [kernel, stride, padding]: exactly the max-pool of what it returns without, on the
