@@ -293,6 +293,23 @@ std::optional<std::set<std::string>> tensors_read(const Graph& graph, const Bloc
   return read;
 }
 
+
+// The storages of the tensors that a module's list, tuple, dict or object attributes hold (an LSTM's
+// _flat_weights): a program reads those tensors through them, not by their names.
+void contained_storages(const c10::IValue& value, std::set<const void*>& found) {
+  if (value.isTensor() && value.toTensor().has_storage()) {
+    found.insert(value.toTensor().storage().unsafeGetStorageImpl());
+  } else if (value.isList()) {
+    for (const auto& v : value.toListRef()) contained_storages(v, found);
+  } else if (value.isTuple()) {
+    for (const auto& v : value.toTupleRef().elements()) contained_storages(v, found);
+  } else if (value.isGenericDict()) {
+    for (const auto& entry : value.toGenericDict()) contained_storages(entry.key(), found), contained_storages(entry.value(), found);
+  } else if (value.isObject() && !value.toObjectRef().type()->is_module()) {
+    for (const auto& v : value.toObjectRef().slots()) contained_storages(v, found);
+  }
+}
+
 }  // namespace
 
 std::string codes_name(const std::string& weight) { return weight + "_codes"; }
@@ -393,9 +410,15 @@ std::map<std::string, torch::Tensor> set_aside_unread(torch::jit::Module& module
     if (!reads) return {};
     read.merge(*reads);
   }
+  std::set<const void*> contained;
+  for (const auto& m : module.modules())
+    for (const auto& slot : m._ivalue()->slots())
+      if (!slot.isTensor() && !slot.isModule()) contained_storages(slot, contained);
   std::map<std::string, torch::Tensor> unread;
   for (const auto& [name, tensor, _] : module_tensors(module))
-    if (tensor.numel() > 0 && candidates.count(name) && !read.count(name)) unread.emplace(name, tensor);
+    if (tensor.numel() > 0 && candidates.count(name) && !read.count(name) &&
+        !contained.count(tensor.storage().unsafeGetStorageImpl()))
+      unread.emplace(name, tensor);
   for (const auto& [name, tensor] : unread) set_parameter(module, name, torch::empty({0}, tensor.options()));
   return unread;
 }

@@ -120,7 +120,8 @@ std::vector<std::string> eight_bit_linears(torch::jit::Module& module);
 // call inlined (the BatchNorms folded into convolutions, the float weight of a convolution kept in 8
 // bits), emptied and returned by name: the way back (restore_packed) takes them from an extra file,
 // and the running model does not hold them. None where the program uses a module otherwise than
-// through its attributes (a call through an interface) or a module has hooks. A folded BatchNorm
+// through its attributes (a call through an interface) or a module has hooks; and never a tensor
+// that a list, tuple or dict attribute also holds (an LSTM's weights, read through _flat_weights). A folded BatchNorm
 // called alone then has no statistics; the packed layers' own buffers always stay.
 std::map<std::string, torch::Tensor> set_aside_unread(torch::jit::Module& module,
                                                       const std::set<std::string>& candidates);

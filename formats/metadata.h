@@ -19,7 +19,8 @@ inline constexpr const char* kMetadataFile = "ttq.json";
 // float32 model loads it and fills in the tensors (unpacking the packed ones), bit-exact.
 inline constexpr const char* kProgramFile = "ttq.program";
 // And the tensors their program never reads (packed_model.h's set_aside_unread: folded BatchNorms),
-// which only restoring needs: a torch.save() dict, name to tensor, that loading the model leaves on disk.
+// which only restoring needs: a torch.save() tuple of (name, tensor) pairs, that loading the model
+// leaves on disk.
 inline constexpr const char* kUnreadFile = "ttq.unread";
 
 // What a finetune run was asked to do: the trainer's options and the run's own settings. Written

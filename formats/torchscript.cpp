@@ -44,10 +44,11 @@ std::map<std::string, torch::Tensor> read_unread_tensors(const std::string& path
   try {
     const auto [data, size] = reader->getRecord(record);
     const auto* bytes = static_cast<const char*>(data.get());
-    for (const auto& entry : torch::pickle_load(std::vector<char>(bytes, bytes + size)).toGenericDict())
-      tensors.emplace(entry.key().toStringRef(), entry.value().toTensor());
-  } catch (const c10::Error& e) {
-    throw input_error(fmt::format("{}: cannot read {}: {}", path, kUnreadFile, short_message(e.what_without_backtrace())));
+    const c10::IValue pairs = torch::pickle_load(std::vector<char>(bytes, bytes + size));
+    for (const auto& pair : pairs.toTupleRef().elements())
+      tensors.emplace(pair.toTupleRef().elements().at(0).toStringRef(), pair.toTupleRef().elements().at(1).toTensor());
+  } catch (const std::exception& e) {  // a malformed pickle, or not a tuple of pairs
+    throw input_error(fmt::format("{}: cannot read {}: {}", path, kUnreadFile, short_message(e.what())));
   }
   return tensors;
 }
@@ -102,9 +103,11 @@ void save_torchscript(const torch::jit::Module& module, const std::optional<Mode
   if (metadata) extra[kMetadataFile] = metadata_to_json(*metadata);
   if (!float_program.empty()) extra[kProgramFile] = float_program;
   if (!unread.empty()) {
-    c10::Dict<std::string, torch::Tensor> tensors;
-    for (const auto& [name, t] : unread) tensors.insert(name, t);
-    const std::vector<char> bytes = torch::pickle_save(tensors);
+    // A tuple of (name, tensor) pairs: a dict would carry a type tag that PyTorch 2.6's torch.load
+    // refuses by default (weights_only).
+    std::vector<c10::IValue> pairs;
+    for (const auto& [name, t] : unread) pairs.emplace_back(c10::ivalue::Tuple::create({name, t}));
+    const std::vector<char> bytes = torch::pickle_save(c10::ivalue::Tuple::create(std::move(pairs)));
     extra[kUnreadFile] = std::string(bytes.begin(), bytes.end());
   }
   write_atomically(path, [&](std::ostream& out) { module.save(out, extra); });

@@ -347,13 +347,21 @@ class Int8Models(Workdir):
         for name in ("0.weight", "1.weight", "1.running_mean", "1.running_var", "4.bias", "4.num_batches_tracked"):
             self.assertEqual(state[name].numel(), 0, name)
         with zipfile.ZipFile(int8) as z:
-            unread = torch.load(io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("extra/ttq.unread")))))
+            unread = dict(torch.load(io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("extra/ttq.unread"))))))
         self.assertTrue(torch.equal(unread["0.weight"], w0))
         self.assertTrue(torch.equal(unread["4.running_var"], fp.state_dict()["4.running_var"]))
         # The float model comes back bit-exact, the stem's weights included; the last layer, float by
         # the rule, as its 8-bit values.
         self.assertEqual(json.loads(r.stdout)["eight_bit"], ["7.weight"])
         assert_back_from_int8(self, int8, ternary, ["7.weight"])
+        # A damaged extra file is one error line when the way back needs it, and writes nothing.
+        bad, back = self.out("bad.pt"), self.out("bad_back.pt")
+        with zipfile.ZipFile(int8) as src, zipfile.ZipFile(bad, "w") as dst:
+            for item in src.infolist():
+                dst.writestr(item, b"not a pickle" if item.filename.endswith("extra/ttq.unread") else src.read(item))
+        r = ttq("export", bad, "--format", "ttq", "-o", back)
+        self.assert_one_error_line(r, 1, r"bad\.pt: cannot read ttq\.unread: ")
+        self.assertFalse(os.path.exists(back))
 
     def test_a_convolution_class_folded_in_one_place_and_not_another(self):
         # a and b share one TorchScript class; only a is followed by a BatchNorm (and torch.relu), so
