@@ -16,8 +16,8 @@
 #    fine-tune it); for resnet18 and resnet18_10 also int8 with static steps (export --calibrate,
 #    on 32 random images) against dynamic int8, float32 and PyTorch's own static int8 model
 #    (prepare_fx/convert_fx, calibrated on the same images, frozen), at batch 1 and 16, with
-#    channels-last images (target: at least as fast as PyTorch's static int8), and against the
-#    float32 model run eagerly with bf16 autocast;
+#    channels-last images (targets: at least as fast as PyTorch's static int8, with at least 3.5x less
+#    weight memory: "tensors"), and against the float32 model run eagerly with bf16 autocast;
 #  - torchvision's MobileNetV2 (the rule keeps its first convolution and classifier float32): the
 #    same static int8 arms; and with its classifier ternary too (mobilenet_v2_q, --quantize-last)
 #    against the same static model, as the classifier is 37% of its weights.
