@@ -177,7 +177,8 @@ void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module&
                           graph.insertGetAttr(self, input_step_name("weight")),
                           graph.insertConstant(c10::IValue(std::vector<int64_t>{})),
                           graph.insertGetAttr(self, clamp_name("weight")),
-                          eight_bit ? graph.insertGetAttr(self, weight_step_name("weight")) : graph.insertConstant(c10::IValue())});
+                          eight_bit ? graph.insertGetAttr(self, weight_step_name("weight"))
+                                    : graph.insertConstant(c10::IValue())});
   conv_call->output()->replaceAllUsesWith(out);
   conv_call->destroy();
   pool_into_conv(graph, out->node());

@@ -304,7 +304,10 @@ void contained_storages(const c10::IValue& value, std::set<const void*>& found) 
   } else if (value.isTuple()) {
     for (const auto& v : value.toTupleRef().elements()) contained_storages(v, found);
   } else if (value.isGenericDict()) {
-    for (const auto& entry : value.toGenericDict()) contained_storages(entry.key(), found), contained_storages(entry.value(), found);
+    for (const auto& entry : value.toGenericDict()) {
+      contained_storages(entry.key(), found);
+      contained_storages(entry.value(), found);
+    }
   } else if (value.isObject() && !value.toObjectRef().type()->is_module()) {
     for (const auto& v : value.toObjectRef().slots()) contained_storages(v, found);
   }

@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/ops/conv_affine.h"
 #include "core/ops/kernels.h"
 #include "core/ops/ops_internal.h"
 #include "core/ops/packed.h"
@@ -17,75 +18,31 @@
 namespace ttq::ops {
 namespace {
 
-// Scale 1, shift 0, and the floor and ceiling for every one of `rows` channels ([4, rows]).
-at::Tensor identity_affine(int64_t rows, float floor = -INFINITY, float ceiling = INFINITY) {
-  return at::stack({at::ones({rows}), at::zeros({rows}), at::full({rows}, floor), at::full({rows}, ceiling)});
-}
-
-// out_affine, [2, out], and clamp, [2]: per output channel c, min(max(scale[c] · (conv + bias) +
-// shift[c], floor), ceiling) (a BatchNorm folded into the layer, and a ReLU fused: floor 0, a ReLU6:
-// ceiling 6, one pair for every channel; no clamp: -inf and +inf; packed_model.h). Files of ttq
-// wrote before the clamp give [3, out] or [4, out], a floor (and ceiling) per channel, and no clamp. Checked, as one
-// contiguous [4, out] tensor of the call's own; undefined where neither is given, the identity
-// affine where only the clamp is.
-at::Tensor checked_affine(const c10::optional<at::Tensor>& out_affine, const c10::optional<at::Tensor>& clamp,
-                          int64_t rows, const char* op) {
-  const bool clamps = clamp && clamp->defined();
-  TORCH_CHECK(!clamps || (clamp->scalar_type() == at::kFloat && clamp->is_cpu() && clamp->numel() == 2), "ttq::", op,
-              ": clamp must be a float32 CPU tensor of two values, floor and ceiling (got ", clamp->sizes(), ")");
-  const float inf = std::numeric_limits<float>::infinity();
-  const float floor = clamps ? clamp->view({2})[0].item<float>() : -inf, ceiling = clamps ? clamp->view({2})[1].item<float>() : inf;
-  if (!out_affine || !out_affine->defined()) return clamps ? identity_affine(rows, floor, ceiling) : at::Tensor();
-  const auto& a = *out_affine;
-  const int64_t given = a.dim() == 2 ? a.size(0) : 0;
-  TORCH_CHECK(a.scalar_type() == at::kFloat && a.is_cpu() && (given == 2 || given == 3 || given == 4) &&
-                  a.size(1) == rows && (given == 2 || !clamps),
-              "ttq::", op, ": out_affine must be a float32 CPU tensor [2, ", rows, "] (or, without a clamp, [3, ", rows,
-              "] or [4, ", rows, "]) (got ", a.sizes(), ")");
-  if (given == 4) return a.contiguous().clone();
-  if (given == 3) return at::cat({a, at::full({1, rows}, inf)});
-  return at::cat({a, at::full({1, rows}, floor), at::full({1, rows}, ceiling)});
-}
-
-// out clamped to floor and ceiling ([rows] each) per channel, in place where it can: one clamp_
-// where every channel has the same (a ReLU, a ReLU6), or none where they are infinite: one pass
-// over the output, or none, rather than two.
-at::Tensor clamped(at::Tensor out, const at::Tensor& floor, const at::Tensor& ceiling) {
-  const float lowest = floor.min().item<float>(), highest = ceiling.max().item<float>();
-  if (lowest == floor.max().item<float>() && highest == ceiling.min().item<float>()) {
-    const float inf = std::numeric_limits<float>::infinity();
-    if (lowest == -inf && highest == inf) return out;
-    return out.clamp_(lowest == -inf ? c10::optional<at::Scalar>() : lowest,
-                      highest == inf ? c10::optional<at::Scalar>() : highest);
-  }
-  const int64_t rows = floor.size(0);
-  return at::minimum(at::maximum(out, floor.view({1, rows, 1, 1})), ceiling.view({1, rows, 1, 1}));
-}
-
-// aten::conv2d with an affine folded in (checked_affine's [4, out]): `w`, the call's own float
-// weight, scaled per output channel and the shift put into the bias, then clamped.
+// aten::conv2d with an affine folded in (checked_affine's): `w`, the call's own float weight, scaled
+// per output channel and the shift put into the bias, then clamped.
 at::Tensor conv2d_folded(const at::Tensor& input, at::Tensor& w, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                         const at::Tensor& affine) {
+                         Affine& affine) {
   const int64_t rows = w.size(0);
-  const auto scale = affine[0], shift = affine[1], floor = affine[2], ceiling = affine[3];
+  const auto a = affine_tensor(affine);
+  const auto scale = a[0], shift = a[1], floor = a[2], ceiling = a[3];
   w.mul_(scale.view({rows, 1, 1, 1}));
   const auto folded_bias = bias && bias->defined() ? *bias * scale + shift : shift;
   return clamped(at::conv2d(input, w, folded_bias, stride, padding, dilation, groups), floor, ceiling);
 }
 
 // The float path's convolution, for layers the int8 kernels do not take (depthwise, grouped); an
-// affine (checked_affine's, or undefined) goes into the weight the call decodes anyway.
+// affine (checked_affine's, or empty) goes into the weight the call decodes anyway.
 at::Tensor conv2d_float(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
                         c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
-                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, const at::Tensor& affine) {
+                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, Affine& affine) {
   const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
   // The weight in the input's memory format: aten::conv2d gives a channels-last output when either is.
   // Made with that format's strides (contiguous() keeps a depthwise [out, 1, kh, kw] permuted view's
   // channels-last strides, as its one in-channel makes them contiguous too).
   auto w = at::empty({rows, cin, kh, kw}, at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
   w.copy_(decoded(codes, scales, cin * kh * kw, rows).view({rows, kh, kw, cin}).permute({0, 3, 1, 2}));
-  if (!affine.defined()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
+  if (affine.empty()) return at::conv2d(input, w, bias, stride, padding, dilation, groups);
   return conv2d_folded(input, w, bias, stride, padding, dilation, groups, affine);
 }
 
@@ -289,7 +246,8 @@ DenseWeight dense_weight(const at::Tensor& q, const at::Tensor& steps, int64_t c
 
 // A convolution weight in 8 bits a row, [rows, cin · kh · kw] and its steps [rows]: a float32 weight
 // rounded for the call (eight_bit_rows), or an int8 one as stored (with its weight_step).
-std::pair<at::Tensor, at::Tensor> eight_bit_weight(const at::Tensor& weight, const c10::optional<at::Tensor>& weight_step) {
+std::pair<at::Tensor, at::Tensor> eight_bit_weight(const at::Tensor& weight,
+                                                   const c10::optional<at::Tensor>& weight_step) {
   if (weight.scalar_type() == at::kFloat) return eight_bit_rows(weight);
   return {weight.reshape({weight.size(0), -1}).contiguous(), weight_step->contiguous()};
 }
@@ -298,10 +256,10 @@ std::pair<at::Tensor, at::Tensor> eight_bit_weight(const at::Tensor& weight, con
 // the affine's scale (checked_affine's). Each kernel row's taps are one segment of the image (each
 // tap where dilated), read four bytes at a time: a first layer of 3 channels is 7 segments of 21
 // weights and 3 zeros, not 64-byte steps.
-at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& weight_step,
-                             const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                             c10::IntArrayRef dilation, at::Tensor affine, const c10::optional<at::Tensor>& input_step,
-                             c10::IntArrayRef max_pool) {
+at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& weight_step, const c10::optional<at::Tensor>& bias,
+                             c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                             Affine affine, const c10::optional<at::Tensor>& input_step, c10::IntArrayRef max_pool) {
   const int64_t rows = weight.size(0), cin = weight.size(1), kh = weight.size(2), kw = weight.size(3);
   const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_affine");
   const bool rows_whole = dilation[1] == 1;  // a kernel row's taps lie side by side in the image
@@ -317,11 +275,10 @@ at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight, 
     for (int64_t f = 0; f < fours; ++f)
       four[s * fours + f] = (tap_h * dilation[0] * g.padded_w + tap_w * dilation[1]) * cin + 4 * f;
   }
-  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
-  float* a = affine.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) a[r] *= w.step[r];
+  add_bias(affine, bias);
+  for (int64_t r = 0; r < rows; ++r) affine[r] *= w.step[r];
   return int8_conv_output(
-      input, g, rows, stride, padding, input_step, nullptr, four.data(), w.k, a, 0.0f,
+      input, g, rows, stride, padding, input_step, nullptr, four.data(), w.k, affine.data(), 0.0f,
       [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
         dense_rows_int8(path, dense, in, i0, i1, r0, r1, o);
       },
@@ -390,19 +347,22 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
                               ? *step_value(*residual_step, "residual_step", "conv2d_int8") : 0;
   TORCH_CHECK(!byte_residual || byte_step > 0, "ttq::conv2d_int8: a uint8 residual (the int8 output of a layer "
               "before) needs its residual_step");
-  at::Tensor affine = checked_affine(out_affine, clamp, rows, "conv2d_int8");  // [4, rows], or undefined
+  Affine affine = checked_affine(out_affine, clamp, rows, "conv2d_int8");  // or empty
   const bool runs_int8 = conv_runs_int8(shape.vec(), groups);
   const Int8Conv g = int8_conv(input, cin * groups, kh, kw, stride, padding, dilation, "conv2d_int8");
   if (added && (!runs_int8 || residual->sizes() != at::IntArrayRef({g.batch, rows, g.out_h, g.out_w}))) {
     // A residual the stores do not take (the float path; one that broadcasts, as aten::add allows):
     // the convolution without its floor and ceiling, then the add and the clamp, as the graph had them.
     TORCH_CHECK(next_step == 0, "ttq::conv2d_int8: a residual of sizes ", residual->sizes(), " and an output_step");
-    auto no_clamp = affine.defined() ? affine.clone() : identity_affine(rows);
-    no_clamp[2].fill_(-INFINITY), no_clamp[3].fill_(INFINITY);
+    Affine no_clamp = affine.empty() ? identity_affine(rows) : affine;
+    std::fill(no_clamp.begin() + 2 * rows, no_clamp.begin() + 3 * rows, -INFINITY);
+    std::fill(no_clamp.begin() + 3 * rows, no_clamp.end(), INFINITY);
     const auto out = conv2d_int8(input, codes, scales, shape, bias, stride, padding, dilation, groups, input_step,
-                                 no_clamp, c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt);
+                                 affine_tensor(no_clamp), c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt);
     const auto sum = at::add(out, byte_residual ? floats_of(*residual, byte_step) : *residual);
-    return affine.defined() ? clamped(sum, affine[2], affine[3]) : sum;
+    if (affine.empty()) return sum;
+    const auto a = affine_tensor(affine);
+    return clamped(sum, a[2], a[3]);
   }
   if (!runs_int8) {
     TORCH_CHECK(input.scalar_type() == at::kFloat && next_step == 0, "ttq::conv2d_int8: a layer of ", groups,
@@ -411,8 +371,8 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   }
   // The bias in the affine's shift (an identity affine where there is none): the kernels store the
   // final values.
-  if (!affine.defined() && ((bias && bias->defined()) || added)) affine = identity_affine(rows);
-  if (bias && bias->defined()) affine[1].add_(affine[0] * *bias);
+  if (affine.empty() && ((bias && bias->defined()) || added)) affine = identity_affine(rows);
+  if (!affine.empty()) add_bias(affine, bias);
   const int64_t groups32 = packed_groups(cin * kh * kw);
   // Where a step (64 weights of a row), or a depthwise layer's tap, starts in a pixel's image.
   std::vector<int64_t> step(groups > 1 ? kh * kw : (groups32 + 1) / 2);
@@ -431,7 +391,7 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
   const KernelPath path = selected_path();
   return int8_conv_output(
       input, g, rows, stride, padding, input_step, step.data(), nullptr, cin * kh * kw,
-      affine.defined() ? affine.data_ptr<float>() : nullptr, next_step,
+      affine.empty() ? nullptr : affine.data(), next_step,
       [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
         if (groups > 1) return depthwise_rows_int8(path, planes, groups32, w, step.data(), kh * kw, in, i0, i1, r0, r1, o);
         ternary_rows_int8(path, planes, groups32, w, in, i0, i1, r0, r1, o);
@@ -463,7 +423,7 @@ at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, cons
   TORCH_CHECK(max_pool.empty() || max_pool.size() == 3,
               "ttq::conv2d_affine: max_pool must be [kernel, stride, padding] or empty (got ", max_pool, ")");
   at::NoGradGuard no_grad;
-  const auto affine = checked_affine(out_affine, clamp, rows, "conv2d_affine");
+  Affine affine = checked_affine(out_affine, clamp, rows, "conv2d_affine");
   if (input_step && input_step->defined() && groups == 1)
     return conv2d_dense_int8(input, weight, weight_step, bias, stride, padding, dilation, affine, input_step, max_pool);
   auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
