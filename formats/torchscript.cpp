@@ -157,9 +157,13 @@ LoadedModel restore_packed(const LoadedModel& packed, const std::string& path) {
     } else {
       const ParameterSlot slot = find_slot(packed.module, name);
       value = slot.owner.attr(slot.attribute).toTensor();
-      if (slot.owner.hasattr(eight_bit_name(slot.attribute)))  // a float linear layer kept in 8 bits: q · step
-        value = slot.owner.attr(eight_bit_name(slot.attribute)).toTensor().to(torch::kFloat) *
-                slot.owner.attr(weight_step_name(slot.attribute)).toTensor().unsqueeze(1);
+      if (value.numel() == 0 && slot.owner.hasattr(eight_bit_name(slot.attribute))) {
+        // A float layer kept in 8 bits, its float weight emptied (a linear layer's): q · step.
+        const auto q = slot.owner.attr(eight_bit_name(slot.attribute)).toTensor();
+        std::vector<int64_t> per_row(static_cast<size_t>(q.dim()), 1);
+        per_row[0] = q.size(0);
+        value = q.to(torch::kFloat) * slot.owner.attr(weight_step_name(slot.attribute)).toTensor().view(per_row);
+      }
     }
     value.set_requires_grad(empty.requires_grad() && value.is_floating_point());
     set_parameter(restored.module, name, value);
