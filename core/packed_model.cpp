@@ -266,10 +266,9 @@ void rewrite_methods(ModelGraphs& graphs, const PackPlan& plan, Activations acti
   }
 }
 
-
 // The tensors (by name) that `graph`, a whole program (inlined_program), reads or sets through its
-// module attributes; none where a module is used otherwise (a call through an interface): then
-// every tensor may be read (and also where a call is left, to a method of an interface).
+// module attributes; none where a call is left (to a method of an interface) or a module is used
+// otherwise: then every tensor may be read.
 std::optional<std::set<std::string>> tensors_read(const Graph& graph, const Block* block) {
   std::set<std::string> read;
   for (const Node* node : block->nodes()) {
@@ -292,7 +291,6 @@ std::optional<std::set<std::string>> tensors_read(const Graph& graph, const Bloc
   }
   return read;
 }
-
 
 // The storages of the tensors that a module's list, tuple, dict or object attributes hold (an LSTM's
 // _flat_weights): a program reads those tensors through them, not by their names.

@@ -35,16 +35,27 @@ std::unique_ptr<caffe2::serialize::PyTorchStreamReader> open_torchscript_zip(con
   return reader;
 }
 
-// The tensors a packed model set aside (kUnreadFile), by name; none in a file without them.
-std::map<std::string, torch::Tensor> read_unread_tensors(const std::string& path) {
+// The bytes of the extra file `name` inside a TorchScript archive, without loading the program;
+// none where it has no such file.
+std::optional<std::string> read_extra_file(const std::string& path, const char* name) {
   const auto reader = open_torchscript_zip(path);
-  const std::string record = std::string("extra/") + kUnreadFile;
-  std::map<std::string, torch::Tensor> tensors;
-  if (!reader->hasRecord(record)) return tensors;
+  const std::string record = std::string("extra/") + name;
+  if (!reader->hasRecord(record)) return std::nullopt;
   try {
     const auto [data, size] = reader->getRecord(record);
-    const auto* bytes = static_cast<const char*>(data.get());
-    const c10::IValue pairs = torch::pickle_load(std::vector<char>(bytes, bytes + size));
+    return std::string(static_cast<const char*>(data.get()), size);
+  } catch (const c10::Error& e) {
+    throw input_error(fmt::format("{}: cannot read {}: {}", path, name, short_message(e.what_without_backtrace())));
+  }
+}
+
+// The tensors a packed model set aside (kUnreadFile), by name; none in a file without them.
+std::map<std::string, torch::Tensor> read_unread_tensors(const std::string& path) {
+  std::map<std::string, torch::Tensor> tensors;
+  const auto bytes = read_extra_file(path, kUnreadFile);
+  if (!bytes) return tensors;
+  try {
+    const c10::IValue pairs = torch::pickle_load(std::vector<char>(bytes->begin(), bytes->end()));
     for (const auto& pair : pairs.toTupleRef().elements())
       tensors.emplace(pair.toTupleRef().elements().at(0).toStringRef(), pair.toTupleRef().elements().at(1).toTensor());
   } catch (const std::exception& e) {  // a malformed pickle, or not a tuple of pairs
@@ -85,15 +96,9 @@ LoadedModel load_torchscript(const std::string& path) {
 }
 
 std::optional<ModelMetadata> read_torchscript_metadata(const std::string& path) {
-  const auto reader = open_torchscript_zip(path);
-  const std::string record = std::string("extra/") + kMetadataFile;
-  if (!reader->hasRecord(record)) return std::nullopt;
-  try {
-    const auto [data, size] = reader->getRecord(record);
-    return metadata_from_json(std::string(static_cast<const char*>(data.get()), size), path);
-  } catch (const c10::Error& e) {
-    throw input_error(fmt::format("{}: cannot read {}: {}", path, kMetadataFile, short_message(e.what_without_backtrace())));
-  }
+  const auto json = read_extra_file(path, kMetadataFile);
+  if (!json) return std::nullopt;
+  return metadata_from_json(*json, path);
 }
 
 void save_torchscript(const torch::jit::Module& module, const std::optional<ModelMetadata>& metadata,
