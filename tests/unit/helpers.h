@@ -1,8 +1,10 @@
 // What several unit test files need: the real TorchScript fixtures (scripts/make_fixtures.py), a
 // scratch folder, and the kind and message of the ttq::Error a call throws.
 #pragma once
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "catch.h"
@@ -33,6 +35,22 @@ inline ErrorKind kind_of(const std::function<void()>& f) {
   FAIL("no ttq::Error thrown");
   return ErrorKind::Runtime;
 }
+
+// TTQ_KERNEL as a test sets it (or unsets it: nullptr), put back as it was at the scope's end.
+class KernelVariable {
+ public:
+  KernelVariable() {
+    if (const char* v = std::getenv("TTQ_KERNEL")) saved_ = v;
+  }
+  explicit KernelVariable(const char* value) : KernelVariable() { set(value); }
+  ~KernelVariable() { saved_ ? setenv("TTQ_KERNEL", saved_->c_str(), 1) : unsetenv("TTQ_KERNEL"); }
+  KernelVariable(const KernelVariable&) = delete;
+  KernelVariable& operator=(const KernelVariable&) = delete;
+  void set(const char* value) { value ? setenv("TTQ_KERNEL", value, 1) : unsetenv("TTQ_KERNEL"); }
+
+ private:
+  std::optional<std::string> saved_;
+};
 
 // Every kernel path this CPU can run, portable first.
 inline std::vector<ops::KernelPath> runnable_paths() {

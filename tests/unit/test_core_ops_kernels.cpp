@@ -30,11 +30,6 @@ Layer ternary_layer(int64_t rows, int64_t k, uint64_t seed) {
   return l;
 }
 
-// Sets TTQ_KERNEL for one scope.
-struct KernelEnv {
-  explicit KernelEnv(const char* value) { setenv("TTQ_KERNEL", value, 1); }
-  ~KernelEnv() { unsetenv("TTQ_KERNEL"); }
-};
 
 }  // namespace
 
@@ -75,15 +70,15 @@ TEST_CASE("the kernel is the fastest this CPU runs, or TTQ_KERNEL's - one it can
   const auto paths = runnable_paths();
   CHECK(selected_path() == paths.back());
   for (const auto p : paths) {
-    KernelEnv env(path_name(p));
+    ttq::test::KernelVariable env(path_name(p));
     CHECK(selected_path() == p);
   }
   {
-    KernelEnv env("sse9");
+    ttq::test::KernelVariable env("sse9");
     CHECK_THROWS_WITH(selected_path(), Catch::Contains("TTQ_KERNEL=sse9 is not one of portable, avx2, avx512"));
   }
   if (!cpu_supports(KernelPath::Avx512)) {
-    KernelEnv env("avx512");
+    ttq::test::KernelVariable env("avx512");
     CHECK_THROWS_WITH(selected_path(), Catch::Contains("this CPU cannot run it"));
   }
 }

@@ -13,6 +13,7 @@
 #include "core/precision.h"
 #include "core/train.h"
 #include "formats/torchscript.h"
+#include "helpers.h"
 #include "plugins/dataset.h"
 
 using namespace ttq;
@@ -33,19 +34,6 @@ bool cpuinfo_flag(const std::string& flag) {
   }
   return false;
 }
-
-// TTQ_KERNEL as a test sets it, put back as it was at the end.
-class KernelVariable {
- public:
-  KernelVariable() {
-    if (const char* v = std::getenv("TTQ_KERNEL")) saved_ = v;
-  }
-  ~KernelVariable() { saved_ ? setenv("TTQ_KERNEL", saved_->c_str(), 1) : unsetenv("TTQ_KERNEL"); }
-  void set(const char* value) { value ? setenv("TTQ_KERNEL", value, 1) : unsetenv("TTQ_KERNEL"); }
-
- private:
-  std::optional<std::string> saved_;
-};
 
 }  // namespace
 
@@ -74,7 +62,7 @@ TEST_CASE("bf16 runs the model's convolutions and linear layers in bfloat16 - fp
 }
 
 TEST_CASE("precision auto is bf16 where the CPU has AVX-512 BF16 or AMX, fp32 on a simulated AVX2 machine") {
-  KernelVariable kernel;
+  test::KernelVariable kernel;
   kernel.set(nullptr);
   const bool native = cpuinfo_flag("avx512_bf16") || cpuinfo_flag("amx_bf16");
   CHECK(cpu_has_native_bf16() == native);
