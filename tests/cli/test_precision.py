@@ -45,28 +45,40 @@ class Bf16Finetune(Workdir):
     def test_a_resumed_bf16_run_is_the_uninterrupted_one_bit_for_bit(self):
         # Channels-last too (auto takes it for deep networks only): the path a ResNet trains on.
         bf16 = [*TWO_EPOCHS, "--precision", "bf16", "--memory-format", "channels-last"]
-        whole, cut, ck = self.out("whole.pt"), self.out("cut.pt"), self.out("ck")
+        whole = self.out("whole.pt")
         r = ttq(*bf16, "-o", whole)
         self.assertEqual(r.returncode, 0, r.stderr)
         options = options_of(whole)
         self.assertEqual((options["precision"], options["memory_format"]), ("bf16", "channels-last"))
         for name, w in torch.jit.load(whole).state_dict().items():
             self.assertTrue(w.is_contiguous(), name)  # stored in PyTorch's default order
-        r = ttq(*bf16, "-o", cut, "--checkpoint-dir", ck, "--max-steps", "20")
+        self.assert_resumed_is_whole(bf16, whole, "small")
+        # With BatchNorm (ttq's own kernel in training, core/batch_norm.cpp): its running
+        # statistics too.
+        bn = [fixture("bn_cnn.pt") if a == fixture("small_cnn.pt") else a for a in bf16]
+        r = ttq(*bn, "-o", self.out("bn_whole.pt"))
         self.assertEqual(r.returncode, 0, r.stderr)
-        r = ttq(*bf16, "-o", cut, "--checkpoint-dir", ck, "--resume")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("resuming from", r.stderr)
-        self.assertEqual(differing_parameters(whole, cut), [])
+        self.assert_resumed_is_whole(bn, self.out("bn_whole.pt"), "bn")
         # In float32 the same run ends elsewhere: the products did run in bfloat16.
         r = ttq(*TWO_EPOCHS, "-o", self.out("fp32.pt"))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(options_of(self.out("fp32.pt"))["precision"], "fp32")
         self.assertNotEqual(differing_parameters(whole, self.out("fp32.pt")), [])
         # A bf16 run does not resume in float32: it would not be the same run.
-        r = ttq(*TWO_EPOCHS, "--precision", "fp32", "--memory-format", "channels-last", "-o", cut,
-                "--checkpoint-dir", ck, "--resume", "-q")
+        r = ttq(*TWO_EPOCHS, "--precision", "fp32", "--memory-format", "channels-last", "-o", self.out("small_cut.pt"),
+                "--checkpoint-dir", self.out("small_ck"), "--resume", "-q")
         self.assert_one_error_line(r, 2, r"made with --precision \"bf16\", this run has \"fp32\"")
+
+    def assert_resumed_is_whole(self, run, whole, name):
+        cut, ck = self.out(f"{name}_cut.pt"), self.out(f"{name}_ck")
+        r = ttq(*run, "-o", cut, "--checkpoint-dir", ck, "--max-steps", "20")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ttq(*run, "-o", cut, "--checkpoint-dir", ck, "--resume")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("resuming from", r.stderr)
+        self.assertEqual(differing_parameters(whole, cut), [])
+        buffers = [torch.jit.load(f).state_dict() for f in (whole, cut)]
+        self.assertTrue(all(torch.equal(buffers[0][k], buffers[1][k]) for k in buffers[0]))
 
     def test_auto_is_bf16_only_where_the_cpu_computes_it_natively(self):
         want = "bf16" if cpu_has_native_bf16() else "fp32"
