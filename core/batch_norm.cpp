@@ -1,12 +1,13 @@
 #include "core/batch_norm.h"
 
 #include <ATen/Parallel.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <ATen/ops/batch_norm_native.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -50,7 +51,11 @@ struct Coefficients {
   const float* d;
 };
 
-#define TTQ_INLINE __attribute__((always_inline)) inline
+// The passes run in AVX-512 only (the clone GCC made of this vector code for AVX2 ran slower than
+// LibTorch's own kernels: elsewhere those run, batch_norm_training_applies says); their helpers
+// are compiled for it too, and inlined.
+#define TTQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define TTQ_INLINE __attribute__((always_inline)) TTQ_AVX512 inline
 
 // 16 floats: one AVX-512 register, two AVX2 ones, four SSE ones (GCC's vector extensions, which
 // each clone below compiles for its instruction set). Values are loaded as a float `L`, one at a
@@ -117,16 +122,20 @@ TTQ_INLINE L output(L x, L dy, L mean, L a, L b, L d) {
 // Channels-last rows [r0, r1) of channels [c0, c0 + width(L)), down the rows: the sums stay in
 // registers, two sets of them (even and odd rows) so that an addition need not wait for the last.
 template <Pass P, typename L, typename T>
+TTQ_INLINE void add_row(const T* x, const T* dy, int64_t at, L mean, L& s1, L& s2) {
+  add_terms<P>(load<L>(x + at), P == kGradientSums ? load<L>(dy + at) : L{}, mean, s1, s2);
+}
+
+template <Pass P, typename L, typename T>
 TTQ_INLINE void sum_column(const T* x, const T* dy, int64_t r0, int64_t r1, int64_t channels, int64_t c0,
                            const float* mean, float* s1, float* s2) {
   L m = P == kSum ? L{} : load<L>(mean + c0), even1{}, even2{}, odd1{}, odd2{};
-  const auto add_row = [&](int64_t r, L& a1, L& a2) {
-    const int64_t at = r * channels + c0;
-    add_terms<P>(load<L>(x + at), P == kGradientSums ? load<L>(dy + at) : L{}, m, a1, a2);
-  };
   int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) add_row(r, even1, even2), add_row(r + 1, odd1, odd2);
-  if (r < r1) add_row(r, even1, even2);
+  for (; r + 2 <= r1; r += 2) {
+    add_row<P>(x, dy, r * channels + c0, m, even1, even2);
+    add_row<P>(x, dy, (r + 1) * channels + c0, m, odd1, odd2);
+  }
+  if (r < r1) add_row<P>(x, dy, r * channels + c0, m, even1, even2);
   store(s1 + c0, load<L>(s1 + c0) + even1 + odd1);
   store(s2 + c0, load<L>(s2 + c0) + even2 + odd2);
 }
@@ -167,37 +176,35 @@ TTQ_INLINE void write_at(const T* x, const T* dy, T* out, int64_t at, L mean, L 
   store(out + at, output<P, L>(load<L>(x + at), P == kInputGradient ? load<L>(dy + at) : L{}, mean, a, b, d));
 }
 
+template <Pass P, typename L>
+TTQ_INLINE L b_row(const Coefficients& k, int64_t c) {  // the b row is the input gradient's only
+  return P == kNormalize ? L{} : load<L>(k.b + c);
+}
+
 template <Pass P, typename T>
 TTQ_INLINE void write_block(const View& v, const T* x, const T* dy, T* out, int64_t block, const Coefficients& k) {
-  const auto b_at = [&](auto lane, int64_t c) {  // the b row is the input gradient's only
-    using L = decltype(lane);
-    return P == kNormalize ? L{} : load<L>(k.b + c);
-  };
   if (v.channels_last) {
     const int64_t r0 = block * kRowsPerBlock, r1 = std::min(v.rows, r0 + kRowsPerBlock), n = v.channels;
     int64_t c = 0;
     for (; c + 16 <= n; c += 16) {
-      const V mean = load<V>(k.mean + c), a = load<V>(k.a + c), b = b_at(V{}, c), d = load<V>(k.d + c);
+      const V mean = load<V>(k.mean + c), a = load<V>(k.a + c), b = b_row<P, V>(k, c), d = load<V>(k.d + c);
       for (int64_t r = r0; r < r1; ++r) write_at<P, V>(x, dy, out, r * n + c, mean, a, b, d);
     }
     for (; c < n; ++c)
       for (int64_t r = r0; r < r1; ++r)
-        write_at<P, float>(x, dy, out, r * n + c, k.mean[c], k.a[c], b_at(0.0f, c), k.d[c]);
+        write_at<P, float>(x, dy, out, r * n + c, k.mean[c], k.a[c], b_row<P, float>(k, c), k.d[c]);
     return;
   }
   for (int64_t c = 0; c < v.channels; ++c) {
     const int64_t at = (block * v.channels + c) * v.plane, end = at + v.plane;
-    const float mean = k.mean[c], a = k.a[c], b = b_at(0.0f, c), d = k.d[c];
+    const float mean = k.mean[c], a = k.a[c], b = b_row<P, float>(k, c), d = k.d[c];
     int64_t i = at;
     for (; i + 16 <= end; i += 16) write_at<P, V>(x, dy, out, i, V{} + mean, V{} + a, V{} + b, V{} + d);
     for (; i < end; ++i) write_at<P, float>(x, dy, out, i, mean, a, b, d);
   }
 }
 
-// The passes in AVX-512 (the clone GCC makes of the vector code for AVX2 ran slower than
-// LibTorch's own kernels: elsewhere those run, batch_norm_training_applies says).
-#define TTQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-
+// One block of a pass, for either dtype.
 template <Pass P>
 TTQ_AVX512 void sum_avx512(const View& v, const void* x, const void* dy, int64_t block, const float* mean, float* s1,
                            float* s2) {
@@ -251,41 +258,65 @@ float value_or(const at::Tensor& t, int64_t c, float otherwise) {
   return t.defined() ? t.data_ptr<float>()[c] : otherwise;
 }
 
+// A batch's per-channel mean and 1/sqrt(var + eps), and its biased variance; none where a float
+// sum overflowed (values past ~1e19, whose squares float cannot hold; LibTorch sums float32 inputs
+// in double).
+struct Statistics {
+  at::Tensor mean, invstd;  // float32 [C]
+  std::vector<double> variance;
+};
+
+std::optional<Statistics> batch_statistics(const at::Tensor& x, double eps) {
+  const View v = view_of(x, format_of(x) == at::MemoryFormat::ChannelsLast);
+  const double count = static_cast<double>(x.numel() / v.channels);
+  std::vector<float> mean;
+  for (const double sum : channel_sums<kSum>(v, x.data_ptr(), nullptr, {}))
+    mean.push_back(static_cast<float>(sum / count));
+  Statistics s{at::tensor(at::ArrayRef<float>(mean)), at::empty({v.channels}, at::kFloat), {}};
+  for (const double squares : channel_sums<kSquaredDeviation>(v, x.data_ptr(), nullptr, mean)) {
+    if (!std::isfinite(squares)) return std::nullopt;
+    s.variance.push_back(squares / count);
+  }
+  for (int64_t c = 0; c < v.channels; ++c) {
+    if (!std::isfinite(mean[c])) return std::nullopt;
+    s.invstd.data_ptr<float>()[c] = static_cast<float>(1.0 / std::sqrt(s.variance[c] + eps));
+  }
+  return s;
+}
+
+// PyTorch's update: momentum times the batch's (unbiased variance) plus (1 - momentum) times the old.
+void update_running(const Statistics& s, int64_t count, double momentum, const at::Tensor& running_mean,
+                    const at::Tensor& running_var) {
+  for (int64_t c = 0; c < s.mean.numel(); ++c) {
+    if (running_mean.defined()) {
+      float& rm = running_mean.data_ptr<float>()[c];
+      rm = static_cast<float>(momentum * s.mean.data_ptr<float>()[c] + (1.0 - momentum) * rm);
+    }
+    if (running_var.defined()) {
+      float& rv = running_var.data_ptr<float>()[c];
+      const double unbiased = s.variance[c] * static_cast<double>(count) / static_cast<double>(count - 1);
+      rv = static_cast<float>(momentum * unbiased + (1.0 - momentum) * rv);
+    }
+  }
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// The output and the gradients, given the batch's statistics (float32 [C] mean and invstd).
 class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& running_mean, const at::Tensor& running_var,
-                            double momentum, double eps) {
+                            const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& invstd) {
     const View v = view_of(x, format_of(x) == at::MemoryFormat::ChannelsLast);
-    const double count = static_cast<double>(x.numel() / v.channels);
-    std::vector<float> mean;
-    for (const double sum : channel_sums<kSum>(v, x.data_ptr(), nullptr, {}))
-      mean.push_back(static_cast<float>(sum / count));
-    const std::vector<double> squares = channel_sums<kSquaredDeviation>(v, x.data_ptr(), nullptr, mean);
-    std::vector<float> invstd(v.channels), a(v.channels), d(v.channels);
+    std::vector<float> a(v.channels), d(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) {
-      const double var = squares[c] / count;
-      invstd[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
-      a[c] = invstd[c] * value_or(weight, c, 1.0f);
+      a[c] = invstd.data_ptr<float>()[c] * value_or(weight, c, 1.0f);
       d[c] = value_or(bias, c, 0.0f);
-      if (running_mean.defined()) {
-        float& rm = running_mean.data_ptr<float>()[c];
-        rm = static_cast<float>(momentum * mean[c] + (1.0 - momentum) * rm);
-      }
-      if (running_var.defined()) {
-        float& rv = running_var.data_ptr<float>()[c];
-        rv = static_cast<float>(momentum * var * count / (count - 1.0) + (1.0 - momentum) * rv);
-      }
     }
     auto y = at::empty(x.sizes(), x.options().memory_format(format_of(x)));
-    write_all<kNormalize>(v, x.data_ptr(), nullptr, y.data_ptr(), {mean.data(), a.data(), nullptr, d.data()});
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    ctx->save_for_backward({x, weight});
-    ctx->saved_data["mean"] = at::tensor(at::ArrayRef<float>(mean), f32);
-    ctx->saved_data["invstd"] = at::tensor(at::ArrayRef<float>(invstd), f32);
+    write_all<kNormalize>(v, x.data_ptr(), nullptr, y.data_ptr(), {mean.data_ptr<float>(), a.data(), nullptr, d.data()});
+    ctx->save_for_backward({x, weight, mean, invstd});
     return y;
   }
 
@@ -296,9 +327,8 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     const auto dy = grads[0].to(x.scalar_type()).contiguous(format);
     const View v = view_of(x, format == at::MemoryFormat::ChannelsLast);
     const double count = static_cast<double>(x.numel() / v.channels);
-    const auto mean_t = ctx->saved_data["mean"].toTensor(), invstd_t = ctx->saved_data["invstd"].toTensor();
-    const std::vector<float> mean(mean_t.data_ptr<float>(), mean_t.data_ptr<float>() + v.channels);
-    const float* invstd = invstd_t.data_ptr<float>();
+    const std::vector<float> mean(saved[2].data_ptr<float>(), saved[2].data_ptr<float>() + v.channels);
+    const float* invstd = saved[3].data_ptr<float>();
     std::vector<double> dy_x;  // Σ dy·(x - mean)
     const std::vector<double> dy_sum = channel_sums<kGradientSums>(v, x.data_ptr(), dy.data_ptr(), mean, &dy_x);
     std::vector<float> a(v.channels), b(v.channels), d(v.channels);
@@ -314,7 +344,7 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     auto dx = at::empty(x.sizes(), x.options().memory_format(format));
     write_all<kInputGradient>(v, x.data_ptr(), dy.data_ptr(), dx.data_ptr(), {mean.data(), a.data(), b.data(), d.data()});
     return {dx, weight.defined() ? grad_weight : at::Tensor(), weight.defined() ? grad_bias : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -323,17 +353,19 @@ bool is_float_vector(const at::Tensor& t, int64_t channels) {
                           t.numel() == channels && t.is_contiguous());
 }
 
-at::Tensor autocast_batch_norm(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-                               const c10::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
-                               bool cudnn_enabled) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
-  const auto defined = [](const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); };
-  if (training && batch_norm_training_applies(x, defined(weight), defined(bias), defined(running_mean),
-                                              defined(running_var)))
-    return batch_norm_training(x, defined(weight), defined(bias), defined(running_mean), defined(running_var),
-                               momentum, eps);
-  return at::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled);
+at::Tensor defined_or_none(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+
+// aten::batch_norm's kernel at the AutogradCPU key: training where batch_norm_training applies, else
+// the composite LibTorch runs for every key (it records its own gradients).
+at::Tensor dispatched_batch_norm(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+                                 const c10::optional<at::Tensor>& running_var, bool training, double momentum,
+                                 double eps, bool cudnn_enabled) {
+  const at::Tensor w = defined_or_none(weight), b = defined_or_none(bias), rm = defined_or_none(running_mean),
+                   rv = defined_or_none(running_var);
+  if (training && batch_norm_training_applies(x, w, b, rm, rv))
+    return batch_norm_training(x, w, b, rm, rv, momentum, eps);
+  return at::native::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled);
 }
 
 }  // namespace
@@ -356,15 +388,22 @@ bool batch_norm_training_applies(const at::Tensor& x, const at::Tensor& weight, 
 at::Tensor batch_norm_training(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                const at::Tensor& running_mean, const at::Tensor& running_var, double momentum,
                                double eps) {
-  return BatchNormFunction::apply(x, weight, bias, running_mean, running_var, momentum, eps);
+  std::optional<Statistics> s;
+  {
+    const torch::NoGradGuard no_grad;
+    s = batch_statistics(x, eps);
+    if (s) update_running(*s, x.numel() / x.size(1), momentum, running_mean, running_var);
+  }
+  if (!s) return at::native::batch_norm(x, weight, bias, running_mean, running_var, true, momentum, eps, false);
+  return BatchNormFunction::apply(x, weight, bias, s->mean, s->invstd);
 }
 
 void use_batch_norm_kernels() {
   // Kept for the process's life: a static Library would unregister during exit, after LibTorch's
   // dispatcher may be gone.
   [[maybe_unused]] static const auto* registration = [] {
-    auto* library = new torch::Library(torch::Library::IMPL, "aten", c10::DispatchKey::AutocastCPU, __FILE__, __LINE__);
-    library->impl("batch_norm", TORCH_FN(autocast_batch_norm));
+    auto* library = new torch::Library(torch::Library::IMPL, "aten", c10::DispatchKey::AutogradCPU, __FILE__, __LINE__);
+    library->impl("batch_norm", TORCH_FN(dispatched_batch_norm));
     return library;
   }();
 }

@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "core/batch_norm.h"
 
 namespace ttq {
 namespace {
@@ -84,7 +83,6 @@ void set_memory_format(torch::jit::Module& module, bool channels_last) {
 
 AutocastScope::AutocastScope(Precision precision) : on_(precision == Precision::Bf16) {
   if (!on_) return;
-  use_batch_norm_kernels();  // BatchNorm in training through ttq's kernel (batch_norm.h)
   was_enabled_ = cpu_autocast_enabled();
   was_dtype_ = static_cast<int>(cpu_autocast_dtype());
   set_cpu_autocast(true, at::kBFloat16);

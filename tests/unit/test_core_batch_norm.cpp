@@ -1,9 +1,10 @@
 // core/batch_norm: ttq's BatchNorm in training against LibTorch's in double on many shapes (output,
 // running statistics, the three gradients), against finite differences, bfloat16 within one
-// rounding of LibTorch's, the same bits for any thread count, and the dispatch under autocast.
+// rounding of LibTorch's, the same bits for any thread count, overflow, and the dispatch.
 #include "catch.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/batch_norm_native.h>
 
 
 #include "core/batch_norm.h"
@@ -144,32 +145,47 @@ TEST_CASE("batch_norm_training gives the same bits for one thread and two") {
   at::set_num_threads(threads);
 }
 
-TEST_CASE("Under bf16 autocast, aten::batch_norm in training runs ttq's kernel, and LibTorch's elsewhere") {
+TEST_CASE("Once registered, aten::batch_norm in training runs ttq's kernel, in bf16 and float32, and LibTorch's elsewhere") {
+  use_batch_norm_kernels();
+  use_batch_norm_kernels();  // once per process: a second call registers nothing
   at::manual_seed(11);
-  // Large enough that the two kernels' float sums round some output differently.
-  const auto x = at::randn({32, 16, 14, 14}).to(at::kBFloat16).contiguous(at::MemoryFormat::ChannelsLast);
-  const auto w = at::randn({16}), b = at::randn({16});
-  const auto call = [&](bool training, bool autocast) {
-    auto rm = at::zeros({16}), rv = at::ones({16});
-    const AutocastScope scope(autocast ? Precision::Bf16 : Precision::Fp32);
-    return at::batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5, false);
-  };
-  const auto libtorch_training = call(true, false);
-  {
+  for (const bool bf16 : {true, false}) {
+    INFO((bf16 ? "bf16 under autocast" : "float32"));
+    // Large enough that the two kernels' float sums round some output differently.
+    auto x = at::randn({32, 16, 14, 14}).contiguous(at::MemoryFormat::ChannelsLast);
+    if (bf16) x = x.to(at::kBFloat16);
+    const auto w = at::randn({16}), b = at::randn({16});
+    const auto call = [&](bool training) {
+      auto rm = at::zeros({16}), rv = at::ones({16});
+      const AutocastScope scope(bf16 ? Precision::Bf16 : Precision::Fp32);
+      return at::batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5, false);
+    };
+    const auto libtorch = [&](bool training) {  // LibTorch's composite, as every key ran it before
+      auto rm = at::zeros({16}), rv = at::ones({16});
+      return at::native::batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5, false);
+    };
     auto rm = at::zeros({16}), rv = at::ones({16});
     const auto kernel = batch_norm_training(x, w, b, rm, rv, 0.1, 1e-5);
     if (avx512()) {
-      REQUIRE(at::equal(call(true, true), kernel));
-      // Asserted so that the equality above cannot hold by LibTorch computing the same bits.
-      REQUIRE_FALSE(at::equal(libtorch_training, kernel));
+      REQUIRE(at::equal(call(true), kernel));
+      REQUIRE_FALSE(at::equal(libtorch(true), kernel));  // so that the equality above is the kernel's
     }
-  }
-  REQUIRE(at::equal(call(false, true), call(false, false)));  // evaluation: LibTorch's
-  {
-    const test::KernelVariable avx2("avx2");  // an AVX2 machine simulated: LibTorch's kernel
+    REQUIRE(at::equal(call(false), libtorch(false)));  // evaluation
+    const test::KernelVariable avx2("avx2");            // an AVX2 machine simulated
     REQUIRE_FALSE(batch_norm_training_applies(x, w, b, at::zeros({16}), at::ones({16})));
-    REQUIRE(at::equal(call(true, true), libtorch_training));
+    REQUIRE(at::equal(call(true), libtorch(true)));
   }
+}
+
+TEST_CASE("A batch whose float sums overflow goes to LibTorch's kernel, which sums in double") {
+  if (!avx512()) return warn_not_run();
+  const auto x = at::randn({4, 3, 5, 5}) * 3e19;  // squares past float's range, not double's
+  const auto w = at::ones({3}), b = at::zeros({3});
+  auto rm = at::zeros({3}), rv = at::ones({3}), rm2 = at::zeros({3}), rv2 = at::ones({3});
+  const auto y = batch_norm_training(x, w, b, rm, rv, 0.1, 1e-5);
+  REQUIRE(at::isfinite(y).all().item<bool>());
+  REQUIRE(at::equal(y, at::native::batch_norm(x, w, b, rm2, rv2, true, 0.1, 1e-5, false)));
+  REQUIRE(at::equal(rv, rv2));
 }
 
 TEST_CASE("batch_norm_training_applies to 4-D float32 and bfloat16 tensors with float32 parameters only") {
