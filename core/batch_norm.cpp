@@ -57,9 +57,9 @@ struct Coefficients {
 #define TTQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define TTQ_INLINE __attribute__((always_inline)) TTQ_AVX512 inline
 
-// 16 floats: one AVX-512 register, two AVX2 ones, four SSE ones (GCC's vector extensions, which
-// each clone below compiles for its instruction set). Values are loaded as a float `L`, one at a
-// time, or as a V, 16 at a time.
+// 16 floats, one AVX-512 register (GCC's vector extensions: plain arithmetic, with the
+// instructions left to the compiler). A pass loads values as `L`: a float, one at a time (the
+// channels or positions past the last 16), or a V, 16 at a time.
 typedef float V __attribute__((vector_size(64)));
 typedef uint32_t VBits __attribute__((vector_size(64)));
 typedef int32_t VMask __attribute__((vector_size(64)));
