@@ -5,7 +5,9 @@
 #    in float32, and with --precision bf16 against Python's bf16 autocast with channels-last (the
 #    Python user at their best on this CPU);
 #  - ttq bf16 against ttq float32 (issue target: at least 2x on the ResNet-20);
-#  - 1 against 2 threads, which picks the default of --threads.
+#  - 1 against 2 threads, which picks the default of --threads;
+#  - ttq's BatchNorm kernels (core/batch_norm.cpp) against LibTorch's, which TTQ_KERNEL=avx2 puts
+#    back (the ResNet-20, 2 threads, both precisions).
 # Models: the CIFAR-style ResNet-20 (1x28x28) and the small CNN; data: Fashion-MNIST.
 # Usage: scripts/bench_train.sh [STEPS]   (default 30)
 set -euo pipefail
@@ -34,4 +36,10 @@ for model in resnet20 small_cnn; do
     awk -v a="$(echo "${c[fp32]}" | ms ttq_ms_per_step)" -v b="$(echo "${c[bf16]}" | ms ttq_ms_per_step)" -v m="$model" -v t="$threads" \
       'BEGIN { printf "%s, %s thread(s): ttq bf16 %.2fx the throughput of ttq fp32\n", m, t, a / b }'
   done
+done
+for precision in fp32 bf16; do
+  ours=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" | ms ttq_ms_per_step)
+  theirs=$(TTQ_KERNEL=avx2 build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" | ms ttq_ms_per_step)
+  awk -v a="$ours" -v b="$theirs" -v x="$precision" \
+    'BEGIN { printf "resnet20, 2 thread(s), %s: TTQ step %.2f ms with ttq'"'"'s BatchNorm kernels, %.2f ms with LibTorch'"'"'s (%.2fx)\n", x, a, b, b / a }'
 done
