@@ -28,14 +28,14 @@ struct View {
   int64_t channels = 0, rows = 0, plane = 0, blocks = 0;
 };
 
-View view_of(const at::Tensor& x, bool channels_last) {
+View view_of(const at::Tensor& x) {  // x contiguous in one of the two formats
   View v;
   v.bf16 = x.scalar_type() == at::kBFloat16;
-  v.channels_last = channels_last;
+  v.channels_last = !x.is_contiguous();
   v.channels = x.size(1);
   v.plane = x.size(2) * x.size(3);
   v.rows = x.size(0) * v.plane;
-  v.blocks = channels_last ? (v.rows + kRowsPerBlock - 1) / kRowsPerBlock : x.size(0);
+  v.blocks = v.channels_last ? (v.rows + kRowsPerBlock - 1) / kRowsPerBlock : x.size(0);
   return v;
 }
 
@@ -267,8 +267,8 @@ struct Statistics {
 };
 
 std::optional<Statistics> batch_statistics(const at::Tensor& x, double eps) {
-  const View v = view_of(x, format_of(x) == at::MemoryFormat::ChannelsLast);
-  const double count = static_cast<double>(x.numel() / v.channels);
+  const View v = view_of(x);
+  const double count = static_cast<double>(v.rows);  // values per channel
   std::vector<float> mean;
   for (const double sum : channel_sums<kSum>(v, x.data_ptr(), nullptr, {}))
     mean.push_back(static_cast<float>(sum / count));
@@ -308,7 +308,7 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& invstd) {
-    const View v = view_of(x, format_of(x) == at::MemoryFormat::ChannelsLast);
+    const View v = view_of(x);
     std::vector<float> a(v.channels), d(v.channels);
     for (int64_t c = 0; c < v.channels; ++c) {
       a[c] = invstd.data_ptr<float>()[c] * value_or(weight, c, 1.0f);
@@ -325,8 +325,8 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     const at::Tensor &x = saved[0], &weight = saved[1];
     const auto format = format_of(x);
     const auto dy = grads[0].to(x.scalar_type()).contiguous(format);
-    const View v = view_of(x, format == at::MemoryFormat::ChannelsLast);
-    const double count = static_cast<double>(x.numel() / v.channels);
+    const View v = view_of(x);
+    const double count = static_cast<double>(v.rows);
     const std::vector<float> mean(saved[2].data_ptr<float>(), saved[2].data_ptr<float>() + v.channels);
     const float* invstd = saved[3].data_ptr<float>();
     std::vector<double> dy_x;  // Σ dy·(x - mean)
@@ -378,9 +378,7 @@ bool batch_norm_training_applies(const at::Tensor& x, const at::Tensor& weight, 
   if (!x.is_contiguous() && !x.is_contiguous(at::MemoryFormat::ChannelsLast)) return false;
   const int64_t channels = x.size(1);
   if (channels == 0 || x.numel() / channels <= 1) return false;  // LibTorch's error message then
-  // A weight that needs a gradient while x does not is fine; a bias without a weight is not a
-  // BatchNorm layer's (affine gives both).
-  if (weight.defined() != bias.defined()) return false;
+  if (weight.defined() != bias.defined()) return false;  // not a BatchNorm layer's: affine gives both
   return is_float_vector(weight, channels) && is_float_vector(bias, channels) &&
          is_float_vector(running_mean, channels) && is_float_vector(running_var, channels);
 }
