@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/precision.h"
 
 namespace ttq {
 namespace {
@@ -149,7 +150,7 @@ std::vector<torch::Tensor> prepare_inputs(const Dataset& d, const torch::Tensor&
       torch::Tensor x = image_input(std::move(batch), pre);
       if (augment && x.dim() == 4 && x.is_floating_point() && (pre.flip || pre.crop_padding > 0))
         x = augmented(x, ids, pre, *augment);
-      if (pre.channels_last && x.dim() == 4 && x.is_floating_point()) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      if (pre.channels_last && x.is_floating_point()) x = in_channels_last(x);
       out.push_back(std::move(x));
     }
     return out;

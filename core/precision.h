@@ -31,9 +31,20 @@ constexpr const auto& choices(MemoryFormat) { return kMemoryFormats; }
 // Auto decided: channels-last where `precision` is Bf16 and the module has at least 16 4-D
 // parameters (2-D convolutions' weights): a deep convolutional network; on LibTorch 1.13 only.
 bool uses_channels_last(MemoryFormat asked, Precision precision, const torch::jit::Module& module);
+// `t` (4-D) in channels-last order with strides that say so. x.contiguous(ChannelsLast) keeps a
+// tensor whose strides already qualify, and one with a single channel (a grayscale image batch, a
+// first convolution's weight) qualifies in both orders while its strides still say contiguous:
+// LibTorch's convolutions choose their layout from the strides, so a grayscale network's first
+// layer ran contiguous and the next ops met two layouts (LibTorch then takes scalar loops).
+at::Tensor in_channels_last(const at::Tensor& t);
 // The module's 4-D parameters in channels-last order (set_data: optimizers and slots keep them),
 // or back in contiguous order.
 void set_memory_format(torch::jit::Module& module, bool channels_last);
+
+// Routes aten::threshold_backward (ReLU's gradient) in this process so that a gradient in another
+// memory format than the activation is reordered first (precision.cpp says why); same values.
+// Registered once, at the AutogradCPU key; PyTorch itself and libttq_ops.so never see it.
+void use_one_format_gradients();
 
 // AVX-512 BF16 or AMX-BF16; false where TTQ_KERNEL asks for avx2 or portable (an older CPU
 // simulated, as the packed kernels take it).

@@ -171,3 +171,67 @@ TEST_CASE("memory format auto is channels-last for deep convolutional models in 
   const auto nhwc = train(sgd_steps(8, Precision::Fp32, MemoryFormat::ChannelsLast)).second;
   CHECK((nhwc - contiguous).norm().item<double>() < 1e-3 * (contiguous - start).norm().item<double>());
 }
+
+namespace {
+
+bool is_channels_last(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+at::Tensor channels_last_input(at::ScalarType dtype) {
+  return torch::randn({4, 16, 6, 6}).to(dtype).contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(true);
+}
+
+}  // namespace
+
+TEST_CASE("one-format gradients: ReLU's and a slice's gradients keep the activation's layout and LibTorch's values") {
+  use_one_format_gradients();
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    CAPTURE(dtype);
+    // A contiguous gradient (as an average pool's) into a channels-last ReLU.
+    auto x = channels_last_input(dtype);
+    const auto y = torch::relu(x);
+    const auto g = torch::randn(y.sizes()).to(dtype);
+    y.backward(g);
+    CHECK(torch::equal(x.grad(), torch::where(y > 0, g, torch::zeros_like(g))));
+    CHECK(is_channels_last(x.grad()));
+    // x[:, :, ::2, 1::2] as TorchScript slices it: every dimension, the first two whole.
+    x = channels_last_input(dtype);
+    const auto s = x.slice(0, 0, 4).slice(1, 0, 16).slice(2, 0, 6, 2).slice(3, 1, 6, 2);
+    const auto gs = torch::randn(s.sizes()).to(dtype).contiguous(at::MemoryFormat::ChannelsLast);
+    s.backward(gs);
+    auto expected = torch::zeros(x.sizes(), x.options().requires_grad(false));
+    expected.slice(2, 0, 6, 2).slice(3, 1, 6, 2).copy_(gs);
+    CHECK(torch::equal(x.grad(), expected));
+    CHECK(is_channels_last(x.grad()));
+  }
+}
+
+TEST_CASE("one-format gradients: differentiating ReLU's and a slice's gradients still works (double backward)") {
+  use_one_format_gradients();
+  const auto x = channels_last_input(at::kFloat);
+  const auto v = torch::randn(x.sizes());
+  // d/dg of sum(v * relu'(x) g) is v where x > 0; of a slice's gradient, v's slice.
+  auto g = torch::randn(x.sizes()).requires_grad_(true);
+  const auto y = torch::relu(x);
+  auto gx = torch::autograd::grad({y}, {x}, {g}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  (gx * v).sum().backward();
+  CHECK(torch::allclose(g.grad(), torch::where(y > 0, v, torch::zeros_like(v))));
+  const auto s = x.slice(2, 1, 6, 2);
+  g = torch::randn(s.sizes()).requires_grad_(true);
+  gx = torch::autograd::grad({s}, {x}, {g}, true, true)[0];
+  (gx * v).sum().backward();
+  CHECK(torch::equal(g.grad(), v.slice(2, 1, 6, 2)));
+}
+
+TEST_CASE("in_channels_last gives one-channel tensors strides that say channels-last, and keeps the values") {
+  const auto gray = torch::randn({8, 1, 5, 5});
+  CHECK(gray.contiguous(at::MemoryFormat::ChannelsLast).suggest_memory_format() == at::MemoryFormat::Contiguous);
+  const auto nhwc = in_channels_last(gray);
+  CHECK(is_channels_last(nhwc));
+  CHECK(torch::equal(nhwc, gray));
+  const auto rgb = torch::randn({8, 3, 5, 5}).contiguous(at::MemoryFormat::ChannelsLast);
+  CHECK(in_channels_last(rgb).data_ptr() == rgb.data_ptr());  // already so: no copy
+  const auto vector = torch::randn({8, 3});
+  CHECK(in_channels_last(vector).data_ptr() == vector.data_ptr());
+}
