@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <string_view>
+#include <vector>
 
 namespace ttq {
 namespace {
@@ -67,9 +68,10 @@ at::Tensor threshold_backward_in_one_format(const at::Tensor& grad, const at::Te
 // takes all (TorchScript's x[:, :, ::2, ::2] slices the first two dimensions whole).
 at::Tensor slice_backward_in_grad_format(const at::Tensor& grad, c10::SymIntArrayRef input_sizes, int64_t dim,
                                          c10::SymInt start, c10::SymInt end, c10::SymInt step) {
-  const auto sizes = c10::asIntArrayRefSlow(input_sizes);
+  std::vector<int64_t> sizes;  // (asIntArrayRefSlow's arguments differ between LibTorch 1.13 and 2.x)
+  for (const auto& size : input_sizes) sizes.push_back(size.expect_int());
   const int64_t first = start.expect_int(), last = end.expect_int(), stride = step.expect_int();
-  if (grad.sizes() == sizes) return grad;  // the whole dimension, in order: grad is the input's gradient
+  if (grad.sizes() == at::IntArrayRef(sizes)) return grad;  // the whole dimension, in order: grad is the input's gradient
   const auto format = grad.dim() == 4 ? grad.suggest_memory_format() : at::MemoryFormat::Contiguous;
   auto input_grad = at::empty(sizes, grad.options().memory_format(format)).zero_();
   if (differentiating(grad)) return at::slice_scatter(input_grad, grad, dim, first, last, stride);

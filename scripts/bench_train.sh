@@ -7,7 +7,9 @@
 #  - ttq bf16 against ttq float32 (issue target: at least 2x on the ResNet-20);
 #  - 1 against 2 threads, which picks the default of --threads;
 #  - ttq's BatchNorm kernels (core/batch_norm.cpp) against LibTorch's, which TTQ_KERNEL=avx2 puts
-#    back (the ResNet-20, 2 threads, both precisions).
+#    back (the ResNet-20, 2 threads, both precisions);
+#  - channels-last against contiguous (the ResNet-20, 2 threads, both precisions), which decides
+#    --memory-format auto (core/precision.cpp).
 # Models: the CIFAR-style ResNet-20 (1x28x28) and the small CNN; data: Fashion-MNIST.
 # Usage: scripts/bench_train.sh [STEPS]   (default 30)
 set -euo pipefail
@@ -42,4 +44,10 @@ for precision in fp32 bf16; do
   theirs=$(TTQ_KERNEL=avx2 build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" | ms ttq_ms_per_step)
   awk -v a="$ours" -v b="$theirs" -v x="$precision" \
     'BEGIN { printf "resnet20, 2 thread(s), %s: TTQ step %.2f ms with ttq'"'"'s BatchNorm kernels, %.2f ms with LibTorch'"'"'s (%.2fx)\n", x, a, b, b / a }'
+done
+for precision in fp32 bf16; do
+  nhwc=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" channels-last | ms ttq_ms_per_step)
+  nchw=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" contiguous | ms ttq_ms_per_step)
+  awk -v a="$nhwc" -v b="$nchw" -v x="$precision" \
+    'BEGIN { printf "resnet20, 2 thread(s), %s: TTQ step %.2f ms channels-last, %.2f ms contiguous (%.2fx)\n", x, a, b, b / a }'
 done
