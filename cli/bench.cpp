@@ -53,11 +53,11 @@ BenchModel prepare_model(const BenchArgs& a, const std::string& path, const std:
   const OpenedModel opened = open_model(path, PackedAs::Stored);
   BenchModel m{opened.module, model_precision(a.precision, opened.packed(), path), inputs};
   m.module.eval();
-  const bool channels_last = uses_channels_last(a.memory_format, m.precision, m.module);
+  const bool channels_last = uses_channels_last(a.memory_format, m.module);
   set_memory_format(m.module, channels_last);
   if (channels_last)
     for (auto& t : m.inputs)
-      if (t.dim() == 4) t = t.contiguous(torch::MemoryFormat::ChannelsLast);
+      t = in_channels_last(t);
   return m;
 }
 

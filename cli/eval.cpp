@@ -32,7 +32,7 @@ void run_eval(EvalArgs& a) {
   a.objective.alpha = labeled ? 0 : 1;  // the loss shown is cross-entropy on labels
   const Objective objective(resolve(a.objective, labeled), load_teacher(a.objective, a.model));
   Preprocess pre = a.data.preprocess(data);
-  pre.channels_last = uses_channels_last(a.memory_format, precision, module);
+  pre.channels_last = uses_channels_last(a.memory_format, module);
   set_memory_format(module, pre.channels_last);
   const AutocastScope autocast(precision);
   const Metrics m = evaluate_module(module, data.test, pre, objective, a.batch_size);

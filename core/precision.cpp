@@ -109,20 +109,18 @@ ResolvedPrecision resolve_precision(Precision asked) {
   return {Precision::Fp32, "this CPU has no native bf16 (AVX-512 BF16 or AMX): emulated, bf16 would be slower"};
 }
 
-// Measured (scripts/bench_train.sh's ttq_bench_train, a training step at batch 128 on two cores):
-// on LibTorch 1.13 in bf16, channels-last made ResNet-20 (19 convolutions) 1.3x faster and models
-// of 2 to 7 convolutions 5-25% slower (the reorders at the model's ends are not paid back); in
-// float32 it was 0-10% slower on all four. On LibTorch 2.6 it did not pay on the bf16 ResNet-20
-// step (129 ms against 128-135 ms contiguous, with eager autocast rules): there auto stays contiguous.
-constexpr int kChannelsLastMinConvolutions = 16;
-constexpr bool kChannelsLastPays = TORCH_VERSION_MAJOR < 2;
-
-bool uses_channels_last(MemoryFormat asked, Precision precision, const torch::jit::Module& module) {
+// Measured (scripts/bench_train.sh's ttq_bench_train, a TTQ training step at batch 128 on two
+// cores, once ReLU's and slices' gradients kept one layout and one-channel inputs said
+// channels-last): channels-last faster on every convolutional model, in both precisions and on both
+// LibTorch lines. LibTorch 1.13: ResNet-20 1.15-1.20x in float32 and 1.17-1.23x in bf16; the zoo's
+// CNNs of 2 to 7 convolutions 1.12-1.36x in float32 and 1.30-2.07x in bf16. LibTorch 2.6:
+// ResNet-20 1.00-1.09x and 1.17-1.24x, the small CNNs 1.12-1.50x and 1.10-1.81x; `ttq eval` of
+// ResNet-20 0.99-1.25x on both. (Before those fixes it was slower on small models and in float32.)
+bool uses_channels_last(MemoryFormat asked, const torch::jit::Module& module) {
   if (asked != MemoryFormat::Auto) return asked == MemoryFormat::ChannelsLast;
-  if (precision != Precision::Bf16 || !kChannelsLastPays) return false;
-  int convolutions = 0;
-  for (const auto& p : module.parameters(true)) convolutions += p.dim() == 4;
-  return convolutions >= kChannelsLastMinConvolutions;
+  for (const auto& p : module.parameters(true))
+    if (p.dim() == 4) return true;  // a 2-D convolution's weight
+  return false;
 }
 
 at::Tensor in_channels_last(const at::Tensor& t) {

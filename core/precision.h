@@ -19,18 +19,18 @@ inline constexpr Choice<Precision> kPrecisions[] = {
     {"bf16", Precision::Bf16, "CPU autocast in bfloat16 as torch.autocast on an eager model: convolutions and matrix products in bfloat16 (slow without native bf16)"}};
 constexpr const auto& choices(Precision) { return kPrecisions; }
 
-// --memory-format: channels-last (NHWC) images and convolution weights, which oneDNN's bf16
-// convolutions of a deep network run faster (ResNet-20 training step: 1.3x).
+// --memory-format: channels-last (NHWC) images and convolution weights, in which oneDNN's
+// convolutions run faster (training steps 1.1-2x, precision.cpp).
 enum class MemoryFormat { Auto, Contiguous, ChannelsLast };
 inline constexpr Choice<MemoryFormat> kMemoryFormats[] = {
-    {"auto", MemoryFormat::Auto, "channels-last for 16 or more convolutions in bf16 on LibTorch 1.13, else contiguous"},
+    {"auto", MemoryFormat::Auto, "channels-last for a model with 2-D convolutions, else contiguous"},
     {"contiguous", MemoryFormat::Contiguous, "PyTorch's default (NCHW) order"},
     {"channels-last", MemoryFormat::ChannelsLast, "NHWC images and convolution weights"}};
 constexpr const auto& choices(MemoryFormat) { return kMemoryFormats; }
 
-// Auto decided: channels-last where `precision` is Bf16 and the module has at least 16 4-D
-// parameters (2-D convolutions' weights): a deep convolutional network; on LibTorch 1.13 only.
-bool uses_channels_last(MemoryFormat asked, Precision precision, const torch::jit::Module& module);
+// Auto decided: channels-last for a model with a 4-D parameter (a 2-D convolution's weight), in
+// either precision, where it was measured faster on every model (precision.cpp).
+bool uses_channels_last(MemoryFormat asked, const torch::jit::Module& module);
 // `t` (4-D) in channels-last order with strides that say so. x.contiguous(ChannelsLast) keeps a
 // tensor whose strides already qualify, and one with a single channel (a grayscale image batch, a
 // first convolution's weight) qualifies in both orders while its strides still say contiguous:

@@ -114,7 +114,7 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
 
 // Before the layers are planned: the latent weights are copies of the parameters, in their order.
 void Trainer::use_memory_format() {
-  const bool channels_last = uses_channels_last(options_.memory_format, options_.precision, module_);
+  const bool channels_last = uses_channels_last(options_.memory_format, module_);
   options_.memory_format = channels_last ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
   options_.preprocess.channels_last = channels_last;
   set_memory_format(module_, channels_last);
