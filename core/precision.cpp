@@ -115,7 +115,7 @@ ResolvedPrecision resolve_precision(Precision asked) {
 // LibTorch lines. LibTorch 1.13: ResNet-20 1.15-1.20x in float32 and 1.17-1.23x in bf16; the zoo's
 // CNNs of 2 to 7 convolutions 1.12-1.36x in float32 and 1.30-2.07x in bf16. LibTorch 2.6:
 // ResNet-20 1.00-1.09x and 1.17-1.24x, the small CNNs 1.12-1.50x and 1.10-1.81x; `ttq eval` of
-// ResNet-20 0.99-1.25x on both. (Before those fixes it was slower on small models and in float32.)
+// ResNet-20 1.00-1.25x on both. (Before those fixes it was slower on small models and in float32.)
 bool uses_channels_last(MemoryFormat asked, const torch::jit::Module& module) {
   if (asked != MemoryFormat::Auto) return asked == MemoryFormat::ChannelsLast;
   for (const auto& p : module.parameters(true))
