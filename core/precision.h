@@ -41,9 +41,10 @@ at::Tensor in_channels_last(const at::Tensor& t);
 // or back in contiguous order.
 void set_memory_format(torch::jit::Module& module, bool channels_last);
 
-// Routes aten::threshold_backward (ReLU's gradient) in this process so that a gradient in another
-// memory format than the activation is reordered first (precision.cpp says why); same values.
-// Registered once, at the AutogradCPU key; PyTorch itself and libttq_ops.so never see it.
+// Routes aten::threshold_backward (ReLU's gradient: reordered first to its activation's memory
+// format) and aten::slice_backward (allocated in the gradient's format) in this process, so that no
+// op of a channels-last step meets two formats (precision.cpp says why); same values. Registered
+// once, at the AutogradCPU key; PyTorch itself and libttq_ops.so never see it.
 void use_one_format_gradients();
 
 // AVX-512 BF16 or AMX-BF16; false where TTQ_KERNEL asks for avx2 or portable (an older CPU

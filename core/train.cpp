@@ -89,7 +89,7 @@ Trainer::Trainer(torch::jit::Module module, const TrainOptions& options, DataSpl
     : module_(std::move(module)), options_(options), data_(std::move(data)), comm_(std::move(comm)) {
   if (comm_) rank_ = comm_->rank(), world_ = comm_->world_size();
   use_batch_norm_kernels();  // BatchNorm in training through ttq's kernels (batch_norm.h)
-  use_one_format_gradients();  // channels-last ReLU gradients at full speed (precision.h)
+  use_one_format_gradients();  // ReLU's and slices' gradients in one layout (precision.h)
   if (options_.batch_size < 1) throw usage_error("--batch-size must be at least 1");
   if (options_.epochs < 1) throw usage_error("--epochs must be at least 1");
   if (options_.lr < 0) throw usage_error("--lr must be positive (or auto)");
