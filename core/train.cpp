@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <future>
 
 #include "core/batch_norm.h"
 #include "core/distributed.h"
@@ -14,52 +13,6 @@
 #include "core/layers.h"
 
 namespace ttq {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// The batches of an epoch, taken in step order. Data decoded per batch (an image folder: `streamed`)
-// is prepared one batch ahead, on the loader's own threads, while the step before it runs; the time
-// that takes and the time training waits for it are counted.
-template <class Batch>
-class Prefetcher {
- public:
-  Prefetcher(std::function<Batch(int64_t)> load, bool streamed, int64_t steps)
-      : load_(std::move(load)), streamed_(streamed), steps_(steps) {}
-
-  Batch take(int64_t step) {
-    if (!ahead_.valid()) ahead_ = fetch(step);
-    const auto wait_start = Clock::now();
-    Loaded loaded = ahead_.get();
-    if (streamed_) loading_.add(loaded.batch.inputs.front().size(0), loaded.seconds, seconds_since(wait_start));
-    if (step + 1 < steps_) ahead_ = fetch(step + 1);
-    return std::move(loaded.batch);
-  }
-  const DataLoading& loading() const { return loading_; }
-
- private:
-  struct Loaded {
-    Batch batch;
-    double seconds;
-  };
-  std::future<Loaded> fetch(int64_t step) {
-    return std::async(streamed_ ? std::launch::async : std::launch::deferred, [this, step] {
-      const auto start = Clock::now();
-      Batch batch = load_(step);
-      return Loaded{std::move(batch), seconds_since(start)};
-    });
-  }
-
-  std::function<Batch(int64_t)> load_;
-  bool streamed_;
-  int64_t steps_;
-  std::future<Loaded> ahead_;
-  DataLoading loading_;
-};
-
-}  // namespace
 
 double lr_factor(const TrainOptions& o, int epoch, int64_t global_step, int64_t steps_per_epoch) {
   switch (o.schedule) {

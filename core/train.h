@@ -16,6 +16,7 @@
 #include "core/data.h"
 #include "core/objective.h"
 #include "core/precision.h"
+#include "core/prefetcher.h"
 #include "core/quantize.h"
 
 namespace ttq {
@@ -97,28 +98,6 @@ struct TrainLayer {
   torch::Tensor wp, wn;  // scalars, trained
   ThresholdSpec threshold;
   ParameterSlot slot;    // where w_t goes in the module, resolved once
-};
-
-// How data decoded per batch kept up with training; all zero for data held in memory.
-struct LoaderStats {
-  double images_per_second = 0;  // of the loader, while it works
-  double waiting = 0;            // the fraction of the time training waited for data
-};
-
-// Sums behind LoaderStats, over the steps of an epoch.
-class DataLoading {
- public:
-  void add(int64_t images, double load_seconds, double wait_seconds) {
-    images_ += images, load_seconds_ += load_seconds, wait_seconds_ += wait_seconds;
-  }
-  LoaderStats summary(double elapsed_seconds) const {
-    if (images_ == 0) return {};
-    return {static_cast<double>(images_) / std::max(1e-9, load_seconds_), wait_seconds_ / std::max(1e-9, elapsed_seconds)};
-  }
-
- private:
-  int64_t images_ = 0;
-  double load_seconds_ = 0, wait_seconds_ = 0;
 };
 
 struct EpochRecord {

@@ -53,7 +53,7 @@ LrProbe Trainer::probe_lr(const std::function<void(const LrProbeStep&)>& on_step
     use_lr(options_.lr, probe.reason);
     return probe;
   }
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   std::vector<torch::Tensor> saved;
   for (const auto& [name, t] : state_tensors()) saved.push_back(t.detach().clone());
   at::Generator generator = at::detail::getDefaultCPUGenerator();
@@ -94,7 +94,7 @@ LrProbe Trainer::probe_lr(const std::function<void(const LrProbeStep&)>& on_step
     comm_->broadcast({chosen});
     probe.lr = chosen.item<double>();
   }
-  probe.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  probe.seconds = seconds_since(t0);
   probe.reason = fmt::format("a range test of {} steps from {:g} to {:g}, {:.1f} s", probe.lrs.size(), range.low,
                              range.high, probe.seconds);
   use_lr(probe.lr, probe.reason);

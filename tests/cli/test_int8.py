@@ -1,6 +1,6 @@
 """Packed models on int8 activations end to end: static steps calibrated on data (export
 --calibrate) and BatchNorms folded into the convolutions before them, checked against PyTorch
-recomputing the same arithmetic; the operators themselves are tested in test_ops.py.
+recomputing the same arithmetic; the operators themselves are tested in test_ops_int8.py.
 
 Environment (set by CTest): TTQ_BUILD_DIR, the build folder holding plugins/libttq_ops.so.
 """
