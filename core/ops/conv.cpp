@@ -305,8 +305,7 @@ bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups) {
 }
 
 // The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
-// arithmetic, which LibTorch's own kernels do best. It is decoded in the input's memory format: with
-// a channels-last input and a contiguous weight LibTorch copies the weight to channels-last first.
+// arithmetic, which LibTorch's own kernels do best.
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
                   const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
                   c10::IntArrayRef dilation, int64_t groups) {
@@ -315,9 +314,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
   check_input(input, "conv2d");
   at::NoGradGuard no_grad;
   const int64_t rows = shape[0], k = shape[1] * shape[2] * shape[3];
-  const auto w = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast
-                     ? decoded_channels_last(codes, scales, shape)
-                     : decoded(codes, scales, k, rows).view(shape);
+  const auto w = decoded(codes, scales, k, rows).view(shape);
   return at::conv2d(input, w, bias, stride, padding, dilation, groups);
 }
 

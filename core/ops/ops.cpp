@@ -64,29 +64,6 @@ at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k,
   return w;
 }
 
-at::Tensor decoded_channels_last(const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape) {
-  const int64_t rows = shape[0], cin = shape[1], taps = shape[2] * shape[3], k = cin * taps;
-  // One in-channel or one tap: the two orders are the same.
-  if (cin == 1 || taps == 1) return decoded(codes, scales, k, rows).view(shape);
-  auto w = scratch(rows * k);
-  float* dst = w.data_ptr<float>();
-  const int64_t block = std::max<int64_t>(1, 16384 / k);  // rows of 64 KiB at most, decoded in cache
-  at::parallel_for(0, rows, block, [&](int64_t a, int64_t b) {
-    std::vector<float> in_order(static_cast<size_t>(std::min(block, b - a) * k));
-    for (int64_t r0 = a; r0 < b; r0 += block) {
-      const int64_t r1 = std::min(b, r0 + block);
-      decode_rows(codes, k, scale(scales, 0), scale(scales, 1), r0, r1, in_order.data());
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* row = in_order.data() + (r - r0) * k;
-        float* out = dst + r * k;
-        for (int64_t t = 0; t < taps; ++t)  // stored in order; the row is read across, in cache
-          for (int64_t c = 0; c < cin; ++c) out[t * cin + c] = row[c * taps + t];
-      }
-    }
-  });
-  return w.view({rows, shape[2], shape[3], cin}).permute({0, 3, 1, 2});
-}
-
 namespace {
 
 // Rows r0 <= r < r0 + count as float32 in this thread's scratch, decoded by this thread.

@@ -20,9 +20,6 @@ float* step_value(const at::Tensor& step, const char* name, const char* op);
 float scale(const at::Tensor& scales, int i);
 // The [rows, k] weight as float32 in this thread's scratch, decoded by all threads.
 at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows);
-// A convolution's weight [out, in, kh, kw] as `decoded`, with channels-last strides: what LibTorch's
-// convolutions take with a channels-last input without copying the weight first.
-at::Tensor decoded_channels_last(const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape);
 // This thread's scratch for an int8 operator's quantized inputs, at least `bytes` long: one buffer
 // reused by every call. Valid until the thread's next int8 call.
 uint8_t* input_scratch(int64_t bytes);
