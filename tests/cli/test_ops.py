@@ -52,10 +52,12 @@ class OnEveryPath(KernelPathCase):
                 bias = torch.randn(cout)
                 x = torch.randn(batch, cin, size, size + 1)[..., 1:]  # not contiguous
                 pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
-                got = torch.ops.ttq.conv2d(x, codes, scales, shape, bias, pair(stride), pair(padding), pair(dilation),
-                                           groups)
-                want = F.conv2d(x, w, bias, stride, padding, dilation, groups)
-                self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (path, cin, cout, k, groups))
+                # A strided input and a channels-last one.
+                for x in (x, x.contiguous(memory_format=torch.channels_last)):
+                    got = torch.ops.ttq.conv2d(x, codes, scales, shape, bias, pair(stride), pair(padding),
+                                               pair(dilation), groups)
+                    want = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+                    self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (path, cin, cout, k, groups))
 
 
 
