@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The benchmark peer of `ttq finetune`: the same TTQ training step in PyTorch Python eager, same
 model architecture, data, batch size and thread count; prints milliseconds per step.
-Usage: bench_python_ttq.py resnet20|small_cnn STEPS THREADS BATCH [fp32|bf16]
+Usage: bench_python_ttq.py resnet20|small_cnn STEPS THREADS BATCH [fp32|bf16|fp32-convolutions|bf16-convolutions]
 bf16: the Python user at their best on this CPU: torch.autocast("cpu", torch.bfloat16) around the
 forward pass and the loss, and the model and its inputs in channels-last memory format.
+fp32-convolutions, bf16-convolutions: only the model's convolutions, forward and backward, in that
+precision and channels-last, at the shapes a step gives them (PyTorch's oneDNN kernels, which ttq's
+steps call too): the part of a step that no other op can take back.
 """
 import contextlib
 import gzip
@@ -35,14 +38,61 @@ class Ternarize(torch.autograd.Function):
         return g * scale, (g * pos).sum(), -(g * neg).sum(), None
 
 
+def convolutions_ms(model, batch, steps, dtype):
+    """Milliseconds a step's convolutions take alone in `dtype`, channels-last: each at the input shape
+    a forward pass gives it, forward and both gradients (the input's but for the first layer's, whose
+    input is the data), the median of `steps` runs per layer, summed."""
+    shapes = {}
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    def remember(m, args, out):
+        shapes[m] = args[0].shape
+
+    hooks = [m.register_forward_hook(remember) for m in convolutions]
+    with torch.no_grad():
+        model(torch.zeros(batch, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    # Channels-last strides also for one channel, which .contiguous(memory_format=) leaves contiguous
+    # (then oneDNN takes a path 25x slower for the first layer here); ttq's steps give them so.
+    def channels_last(t):
+        n, c, h, w = t.shape
+        return torch.empty_strided(t.shape, (h * w * c, 1, w * c, c), dtype=t.dtype).copy_(t)
+
+    total = 0.0
+    for i, m in enumerate(convolutions):
+        x = channels_last(torch.randn(shapes[m]).to(dtype)).requires_grad_(i > 0)
+        w = channels_last(m.weight.detach().to(dtype)).requires_grad_(True)
+        wanted = [x, w] if i > 0 else [w]
+        out = F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+        g = torch.randn_like(out)
+        times = []
+        for _ in range(steps + 2):
+            t0 = time.perf_counter()
+            out = F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+            torch.autograd.grad(out, wanted, g)
+            times.append(time.perf_counter() - t0)
+        total += sorted(times[2:])[steps // 2]
+    return 1000 * total
+
+
 def main():
-    if len(sys.argv) not in (5, 6) or sys.argv[5:] not in ([], ["fp32"], ["bf16"]):
+    arms = [[], ["fp32"], ["bf16"], ["fp32-convolutions"], ["bf16-convolutions"]]
+    if len(sys.argv) not in (5, 6) or sys.argv[5:] not in arms:
         sys.exit(__doc__)
     kind, steps, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    bf16 = sys.argv[5:] == ["bf16"]
+    arm = sys.argv[5] if len(sys.argv) == 6 else "fp32"
+    bf16 = arm == "bf16"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = ResNet20() if kind == "resnet20" else SmallCNN()
+    if arm.endswith("-convolutions"):
+        precision = arm.split("-")[0]
+        ms = convolutions_ms(model, batch, steps, torch.bfloat16 if precision == "bf16" else torch.float32)
+        print(f"python eager {kind} (its convolutions alone, {precision}, channels-last): batch {batch}, "
+              f"{threads} thread(s): {ms:.2f} ms")
+        print(f"python_ms_per_step={ms:.3f}")
+        return
     model.train()
     memory_format = torch.channels_last if bf16 else torch.contiguous_format
     model = model.to(memory_format=memory_format)
