@@ -10,6 +10,7 @@
 #    back (the ResNet-20, 2 threads, both precisions);
 #  - channels-last against contiguous (the ResNet-20, 2 threads, both precisions), which decides
 #    --memory-format auto (core/precision.cpp);
+#  - the Python step again with glibc's thresholds as ttq sets them (which a Python user can set);
 #  - the ResNet-20's convolutions alone (PyTorch's oneDNN kernels, which ttq's steps call, forward and
 #    backward, channels-last) in both precisions against ttq's steps: how far bf16 can go at all.
 # Models: the CIFAR-style ResNet-20 (1x28x28) and the small CNN; data: Fashion-MNIST.
@@ -53,10 +54,16 @@ for precision in fp32 bf16; do
   awk -v a="$nhwc" -v b="$nchw" -v x="$precision" \
     'BEGIN { printf "resnet20, 2 thread(s), %s: TTQ step %.2f ms channels-last, %.2f ms contiguous (%.2fx)\n", x, a, b, b / a }'
 done
-fp32=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 fp32 | ms ttq_ms_per_step)
 # glibc's thresholds as ttq's main sets them (keep_freed_memory_for_reuse): with the defaults, fresh
 # pages for each 6 MiB activation made a process's first layers 4-25x slower, now and then.
 as_ttq=(env MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456)
+for precision in fp32 bf16; do
+  ours=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" | ms ttq_ms_per_step)
+  eager=$("${as_ttq[@]}" /usr/bin/python3 scripts/bench_python_ttq.py resnet20 "$steps" 2 128 "$precision" | ms python_ms_per_step)
+  awk -v a="$ours" -v b="$eager" -v x="$precision" \
+    'BEGIN { printf "resnet20, 2 thread(s), %s: TTQ step %.2f ms, Python eager with ttq'"'"'s malloc thresholds %.2f ms (ttq %.2fx the throughput)\n", x, a, b, b / a }'
+done
+fp32=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 fp32 | ms ttq_ms_per_step)
 conv_fp32=$("${as_ttq[@]}" /usr/bin/python3 scripts/bench_python_ttq.py resnet20 "$steps" 2 128 fp32-convolutions | ms python_ms_per_step)
 bf16=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 bf16 | ms ttq_ms_per_step)
 conv_bf16=$("${as_ttq[@]}" /usr/bin/python3 scripts/bench_python_ttq.py resnet20 "$steps" 2 128 bf16-convolutions | ms python_ms_per_step)
