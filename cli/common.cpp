@@ -206,6 +206,7 @@ DataSplits DataFlags::load() const {
   const int cores = cpu_cores();
   const bool training = use == DataUse::Finetune;
   LoadOptions options = load_options;
+  options.test_split_only = use == DataUse::Eval || use == DataUse::Bench;
   // Decoding threads: evaluation decodes a batch, then computes on it, so every core can decode;
   // training decodes the next batch while a step computes, on the cores LibTorch's threads leave.
   options.image_folder.workers = workers.value_or(training ? std::max(1, cores - at::get_num_threads()) : cores);

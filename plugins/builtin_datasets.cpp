@@ -113,10 +113,10 @@ Dataset idx_split(const fs::path& dir, const std::string& prefix) {
   return d;
 }
 
-DataSplits load_idx(const std::string& path, double mean, double std) {
+DataSplits load_idx(const std::string& path, const LoadOptions& options, double mean, double std) {
   if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
   DataSplits s;
-  s.train = idx_split(path, "train");
+  if (!options.test_split_only) s.train = idx_split(path, "train");
   s.test = idx_split(path, "t10k");
   s.num_classes = 10;
   s.defaults = {{mean}, {std}, false, 0};
@@ -143,11 +143,12 @@ Dataset cifar_batches(const fs::path& dir, const std::vector<std::string>& files
   return d;
 }
 
-DataSplits load_cifar10(const std::string& path, const LoadOptions&) {
+DataSplits load_cifar10(const std::string& path, const LoadOptions& options) {
   if (!fs::is_directory(path)) throw input_error(fmt::format("{}: not a folder", path));
   DataSplits s;
-  s.train = cifar_batches(path, {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
-                                 "data_batch_5.bin"});
+  if (!options.test_split_only)
+    s.train = cifar_batches(path, {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+                                   "data_batch_5.bin"});
   s.test = cifar_batches(path, {"test_batch.bin"});
   s.num_classes = 10;
   s.defaults = {{0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}, true, 4};
@@ -229,9 +230,9 @@ void register_image_folder();  // plugins/image_folder.cpp
 
 void register_builtin_datasets() {
   register_dataset_kind({"fashion-mnist", "Fashion-MNIST IDX files (gzipped or not) in a folder",
-                         [](const std::string& p, const LoadOptions&) { return load_idx(p, 0.2860, 0.3530); }});
+                         [](const std::string& p, const LoadOptions& o) { return load_idx(p, o, 0.2860, 0.3530); }});
   register_dataset_kind({"mnist", "MNIST IDX files (gzipped or not) in a folder",
-                         [](const std::string& p, const LoadOptions&) { return load_idx(p, 0.1307, 0.3081); }});
+                         [](const std::string& p, const LoadOptions& o) { return load_idx(p, o, 0.1307, 0.3081); }});
   register_dataset_kind({"cifar10", "CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin) in a folder",
                          load_cifar10});
   register_dataset_kind({"tensors", "torch.save({'x','y'[,'x_test','y_test']}) file or TorchScript module",

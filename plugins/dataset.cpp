@@ -60,7 +60,9 @@ DataSplits load_dataset(const std::string& spec, const LoadOptions& options) {
     } catch (const std::exception& e) {  // plugins throw what they like; LibTorch adds backtraces
       throw input_error(fmt::format("{}: {}", spec, short_message(e.what())));
     }
-    if (splits.train.size() == 0) throw input_error(fmt::format("{}: the training split is empty", spec));
+    if (splits.train.size() == 0 && !options.test_split_only)
+      throw input_error(fmt::format("{}: the training split is empty", spec));
+    if (splits.train.size() == 0 && splits.test.size() == 0) throw input_error(fmt::format("{}: holds no samples", spec));
     return splits;
   }
   throw usage_error(fmt::format("unknown dataset kind '{}' (kinds: {})", kind, names));

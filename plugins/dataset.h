@@ -28,10 +28,13 @@ struct ImageFolderOptions {
 // Settings a loader may use, each kind's in its own group.
 struct LoadOptions {
   ImageFolderOptions image_folder;
+  // The caller reads the test split only (eval, bench, a budget's samples): a loader may leave the
+  // training split empty rather than decode it (Fashion-MNIST's is a quarter of eval's start-up).
+  bool test_split_only = false;
 };
 
-// A loader reads PATH (a folder or a file) and returns both splits; input errors for anything
-// missing or malformed.
+// A loader reads PATH (a folder or a file) and returns both splits (or the test split alone, with
+// test_split_only); input errors for anything missing or malformed.
 using DatasetLoader = std::function<DataSplits(const std::string& path, const LoadOptions& options)>;
 
 struct DatasetKind {

@@ -262,18 +262,19 @@ DataSplits load_imagefolder(const std::string& path, const LoadOptions& load_opt
   const auto classes = class_names(train_dir);
   if (classes.empty()) throw input_error(fmt::format("{}: no class folders", train_dir.string()));
   DataSplits s;
-  const auto train_files = index_folder(train_dir, classes);
   if (split) {
-    s.train = as_dataset(all_of(train_files), transform, train_dir);
+    // ImageNet's train/ is 1.28 million files to list: not for a caller that reads val/ alone.
+    if (!load_options.test_split_only)
+      s.train = as_dataset(all_of(index_folder(train_dir, classes)), transform, train_dir);
     s.test = as_dataset(all_of(index_folder(val_dir, classes)), transform, val_dir);
   } else if (options.val_fraction > 0) {
-    auto [train, val] = hold_out(train_files, options.val_fraction);
+    auto [train, val] = hold_out(index_folder(train_dir, classes), options.val_fraction);
     spdlog::info("{}: no train/ and val/ folders; {} of {} images held out for validation (--val-fraction {})", path,
                  val.files.size(), train.files.size() + val.files.size(), options.val_fraction);
     s.train = as_dataset(std::move(train), transform, train_dir);
     s.test = val.files.empty() ? s.train : as_dataset(std::move(val), transform, train_dir);
   } else {
-    s.train = as_dataset(all_of(train_files), transform, train_dir);
+    s.train = as_dataset(all_of(index_folder(train_dir, classes)), transform, train_dir);
     s.test = s.train;
   }
   s.num_classes = static_cast<int64_t>(classes.size());

@@ -192,6 +192,20 @@ class BadInput(Workdir):
         self.assert_one_error_line(r, 1, r"t10k-labels-idx1-ubyte\.gz: truncated or padded IDX data")
         self.assertFalse(os.path.exists(self.out("o.pt")))
 
+    def test_eval_reads_the_test_split_alone(self):
+        # eval (and bench, and a budget's samples) decode the test split only: a folder of its files
+        # serves them; finetune, which needs the training files, names the one missing.
+        d = self.out("test-only")
+        os.makedirs(d)
+        for name in os.listdir(FMNIST):
+            if name.startswith("t10k-"):
+                shutil.copy(os.path.join(FMNIST, name), d)
+        r = ttq("eval", fixture("small_cnn.pt"), "--data", "fashion-mnist:" + d, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["samples"], 10000)
+        r = self.finetune("--data", "fashion-mnist:" + d)
+        self.assert_one_error_line(r, 1, r"no train-(images-idx3|labels-idx1)-ubyte")
+
     def test_wrong_magic(self):
         d = self.copy_fmnist()
         path = os.path.join(d, "train-images-idx3-ubyte.gz")
