@@ -57,7 +57,7 @@ def convolutions_ms(model, batch, steps, dtype):
     # Channels-last strides also for one channel, which .contiguous(memory_format=) leaves contiguous
     # (then oneDNN takes a path 25x slower for the first layer here); ttq's steps give them so.
     def channels_last(t):
-        n, c, h, w = t.shape
+        _, c, h, w = t.shape
         return torch.empty_strided(t.shape, (h * w * c, 1, w * c, c), dtype=t.dtype).copy_(t)
 
     total = 0.0
