@@ -57,16 +57,15 @@ done
 # glibc's thresholds as ttq's main sets them (keep_freed_memory_for_reuse): with the defaults, fresh
 # pages for each 6 MiB activation made a process's first layers 4-25x slower, now and then.
 as_ttq=(env MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456)
+declare -A step convolutions
 for precision in fp32 bf16; do
-  ours=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" | ms ttq_ms_per_step)
+  step[$precision]=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 "$precision" | ms ttq_ms_per_step)
   eager=$("${as_ttq[@]}" /usr/bin/python3 scripts/bench_python_ttq.py resnet20 "$steps" 2 128 "$precision" | ms python_ms_per_step)
-  awk -v a="$ours" -v b="$eager" -v x="$precision" \
+  convolutions[$precision]=$("${as_ttq[@]}" /usr/bin/python3 scripts/bench_python_ttq.py resnet20 "$steps" 2 128 \
+    "$precision-convolutions" | ms python_ms_per_step)
+  awk -v a="${step[$precision]}" -v b="$eager" -v x="$precision" \
     'BEGIN { printf "resnet20, 2 thread(s), %s: TTQ step %.2f ms, Python eager with ttq'"'"'s malloc thresholds %.2f ms (ttq %.2fx the throughput)\n", x, a, b, b / a }'
 done
-fp32=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 fp32 | ms ttq_ms_per_step)
-conv_fp32=$("${as_ttq[@]}" /usr/bin/python3 scripts/bench_python_ttq.py resnet20 "$steps" 2 128 fp32-convolutions | ms python_ms_per_step)
-bf16=$(build/tests/ttq_bench_train "$out/resnet20.pt" "$steps" 2 128 bf16 | ms ttq_ms_per_step)
-conv_bf16=$("${as_ttq[@]}" /usr/bin/python3 scripts/bench_python_ttq.py resnet20 "$steps" 2 128 bf16-convolutions | ms python_ms_per_step)
-awk -v f="$fp32" -v b="$bf16" -v cf="$conv_fp32" -v cb="$conv_bf16" 'BEGIN {
+awk -v f="${step[fp32]}" -v b="${step[bf16]}" -v cf="${convolutions[fp32]}" -v cb="${convolutions[bf16]}" 'BEGIN {
   printf "resnet20, 2 thread(s): convolutions alone %.2f ms fp32, %.2f ms bf16 (%.2fx); of ttq'"'"'s steps (%.2f and %.2f ms) they are %.0f%% and %.0f%%\n", cf, cb, cf / cb, f, b, 100 * cf / f, 100 * cb / b
   printf "resnet20, 2 thread(s): ttq bf16 %.2fx ttq fp32; with every op but the convolutions free, bf16 would be at most %.2fx\n", f / b, f / cb }'
