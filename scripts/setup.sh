@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # about ten times slower (scripts/bench_train.sh).
 packages=(
   g++ make cmake ninja-build ccache pkg-config
-  libtorch-dev libopenblas0-openmp libgloo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev libxxhash-dev nlohmann-json3-dev catch2
+  libtorch-dev libdnnl-dev libopenblas0-openmp libgloo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev libxxhash-dev nlohmann-json3-dev catch2
   zlib1g-dev libstb-dev libjpeg62-turbo-dev time  # time: peak memory in the benchmarks
   python3 python3-torch python3-torchvision python3-pil librsvg2-bin  # fixtures; PyTorch reading our outputs
   dataset-fashion-mnist                       # the embedded default data

@@ -315,6 +315,10 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Te
   check_packed(codes, scales, to_vector(shape));
   check_input(input, "conv2d");
   at::NoGradGuard no_grad;
+  if (groups == 1) {
+    auto y = conv2d_onednn(input, codes, scales, shape, bias, stride, padding, dilation);
+    if (y.defined()) return y;
+  }
   const int64_t rows = shape[0], k = shape[1] * shape[2] * shape[3];
   const auto w = decoded(codes, scales, k, rows).view(shape);
   return at::conv2d(input, w, bias, stride, padding, dilation, groups);

@@ -142,6 +142,99 @@ __attribute__((target("avx512f"))) void decode_avx512(const uint32_t* planes, in
   }
 }
 
+// ternary_decode_scattered's rows r0 <= r < r1 one value at a time, anywhere its offsets say.
+void scatter_portable(const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn, int64_t r0, int64_t r1,
+                      const int64_t* row_at, const int64_t* k_at, float* dst) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* p = planes + r * groups * 2;
+    float* row = dst + row_at[r];
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t b = 0, count = std::min<int64_t>(32, k - g * 32); b < count; ++b)
+        row[k_at[g * 32 + b]] = static_cast<float>((p[2 * g] >> b) & 1u) * wp -
+                                static_cast<float>((p[2 * g + 1] >> b) & 1u) * wn;
+  }
+}
+
+// Whether rows r ... r + lanes - 1 lie side by side in the layout (a block of output channels
+// innermost), so that one vector store writes a value of each.
+bool side_by_side(const int64_t* row_at, int64_t r, int64_t lanes) {
+  for (int64_t l = 1; l < lanes; ++l)
+    if (row_at[r + l] != row_at[r] + l) return false;
+  return true;
+}
+
+// +wp, 0 or -wn in each lane, as `bit` is set in its row's pos or neg word.
+__attribute__((target("avx512f"))) inline __m512 ternary_lanes(__m512i pos, __m512i neg, __m512i bit, __m512 vp,
+                                                               __m512 vn) {
+  return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(_mm512_test_epi32_mask(pos, bit), vp), _mm512_test_epi32_mask(neg, bit),
+                            vn);
+}
+
+// `vectors` · 16 rows of ternary_decode_scattered from r, each 16 side by side: their planes' words
+// gathered, each value of the 16 made from one bit of each (more rows a pass share the bit and the
+// place; two were the fastest of one, two and four).
+template <int vectors>
+__attribute__((target("avx512f"))) void scatter_rows_avx512(const uint32_t* planes, int64_t groups, int64_t k,
+                                                            __m512 vp, __m512 vn, int64_t r, const int64_t* row_at,
+                                                            const int64_t* k_at, float* dst) {
+  const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32(static_cast<int>(groups * 2)));
+  float* block[vectors];
+  for (int v = 0; v < vectors; ++v) block[v] = dst + row_at[r + 16 * v];
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i pos[vectors], neg[vectors];
+    for (int v = 0; v < vectors; ++v) {
+      const uint32_t* p = planes + (r + 16 * v) * groups * 2 + 2 * g;
+      pos[v] = _mm512_i32gather_epi32(at, p, 4);
+      neg[v] = _mm512_i32gather_epi32(at, p + 1, 4);
+    }
+    const int64_t* places = k_at + g * 32;
+    for (int64_t b = 0, count = std::min<int64_t>(32, k - g * 32); b < count; ++b) {
+      const __m512i bit = _mm512_set1_epi32(static_cast<int>(1u << b));
+      for (int v = 0; v < vectors; ++v) _mm512_storeu_ps(block[v] + places[b], ternary_lanes(pos[v], neg[v], bit, vp, vn));
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void scatter_avx512(const uint32_t* planes, int64_t groups, int64_t k, float wp,
+                                                       float wn, int64_t r0, int64_t r1, const int64_t* row_at,
+                                                       const int64_t* k_at, float* dst) {
+  const __m512 vp = _mm512_set1_ps(wp), vn = _mm512_set1_ps(-wn);
+  const auto whole = [&](int64_t r, int64_t vectors) {
+    for (int64_t v = 0; v < vectors; ++v)
+      if (r + 16 * (v + 1) > r1 || !side_by_side(row_at, r + 16 * v, 16)) return false;
+    return true;
+  };
+  int64_t r = r0;
+  for (; whole(r, 2); r += 32) scatter_rows_avx512<2>(planes, groups, k, vp, vn, r, row_at, k_at, dst);
+  for (; whole(r, 1); r += 16) scatter_rows_avx512<1>(planes, groups, k, vp, vn, r, row_at, k_at, dst);
+  scatter_portable(planes, groups, k, wp, wn, r, r1, row_at, k_at, dst);
+}
+
+// As scatter_avx512, 8 rows at a time.
+__attribute__((target("avx2,fma"))) void scatter_avx2(const uint32_t* planes, int64_t groups, int64_t k, float wp,
+                                                      float wn, int64_t r0, int64_t r1, const int64_t* row_at,
+                                                      const int64_t* k_at, float* dst) {
+  const __m256 vp = _mm256_set1_ps(wp), vn = _mm256_set1_ps(-wn);
+  const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                        _mm256_set1_epi32(static_cast<int>(groups * 2)));
+  int64_t r = r0;
+  for (; r + 8 <= r1 && side_by_side(row_at, r, 8); r += 8) {
+    float* block = dst + row_at[r];
+    for (int64_t g = 0; g < groups; ++g) {
+      const auto* p = reinterpret_cast<const int*>(planes + r * groups * 2 + 2 * g);
+      const __m256i pos = _mm256_i32gather_epi32(p, at, 4), neg = _mm256_i32gather_epi32(p + 1, at, 4);
+      for (int64_t b = 0, count = std::min<int64_t>(32, k - g * 32); b < count; ++b) {
+        const __m256i bit = _mm256_set1_epi32(static_cast<int>(1u << b));
+        const __m256 is_pos = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pos, bit), bit));
+        const __m256 is_neg = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(neg, bit), bit));
+        _mm256_storeu_ps(block + k_at[g * 32 + b], _mm256_or_ps(_mm256_and_ps(is_pos, vp), _mm256_and_ps(is_neg, vn)));
+      }
+    }
+  }
+  scatter_portable(planes, groups, k, wp, wn, r, r1, row_at, k_at, dst);
+}
+
 }  // namespace
 
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,
@@ -152,6 +245,16 @@ void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int
     case KernelPath::Portable: break;
   }
   decode_portable(planes, groups, k, wp, wn, r0, r1, dst);
+}
+
+void ternary_decode_scattered(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,
+                              int64_t r0, int64_t r1, const int64_t* row_at, const int64_t* k_at, float* dst) {
+  switch (path) {
+    case KernelPath::Avx512: return scatter_avx512(planes, groups, k, wp, wn, r0, r1, row_at, k_at, dst);
+    case KernelPath::Avx2: return scatter_avx2(planes, groups, k, wp, wn, r0, r1, row_at, k_at, dst);
+    case KernelPath::Portable: break;
+  }
+  scatter_portable(planes, groups, k, wp, wn, r0, r1, row_at, k_at, dst);
 }
 
 const char* path_name(KernelPath path) {

@@ -112,4 +112,10 @@ void depthwise_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,
                     int64_t r0, int64_t r1, float* dst);
 
+// As ternary_decode, value (r, j) stored at dst[row_at[r] + k_at[j]]: a blocked layout whose offset
+// is a sum of one term for the row and one for the place in it (oneDNN's weights, conv_onednn.cpp).
+// Where 16 (AVX-512) or 8 (AVX2) rows lie side by side, one vector store writes a value of each.
+void ternary_decode_scattered(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,
+                              int64_t r0, int64_t r1, const int64_t* row_at, const int64_t* k_at, float* dst);
+
 }  // namespace ttq::ops

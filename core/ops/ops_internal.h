@@ -46,6 +46,12 @@ using RowsInt8 = std::function<void(const Int8Inputs&, int64_t, int64_t, int64_t
 at::Tensor pooled_int8_output(const Int8Inputs& in, OutputGeometry g, int64_t rows, const float* affine,
                               c10::IntArrayRef pool, at::MemoryFormat format, const RowsInt8& rows_int8, const char* op);
 
+// The float path's convolution (groups 1) on oneDNN with the weight decoded into the layout its
+// kernel reads (conv_onednn.cpp); an undefined tensor where it cannot take the call.
+at::Tensor conv2d_onednn(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales,
+                         c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                         c10::IntArrayRef padding, c10::IntArrayRef dilation);
+
 // The convolution operators (conv.cpp), as ops.cpp registers them.
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
                   const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,

@@ -3,6 +3,8 @@ torch.nn.functional on many shapes, on every kernel path this CPU runs (TTQ_KERN
 The int8 operators are test_ops_int8's, packed models test_packed's.
 """
 import os
+import subprocess
+import sys
 import unittest
 
 import torch
@@ -39,9 +41,15 @@ class OnEveryPath(KernelPathCase):
                                            rtol=1e-4, atol=1e-4))
 
     def test_conv2d_matches_the_reference(self):
-        # (in, out, kernel, stride, padding, dilation, groups, batch, size)
+        # (in, out, kernel, stride, padding, dilation, groups, batch, size). Groups 1 run on oneDNN with
+        # the weight decoded into its blocked layout where ttq is built with it: channel counts on and
+        # off its blocks of 8, 16 and 32 (the layout padded with zeros past 24, 40, 144), rows the
+        # decoder takes 32 and 16 at a time and one by one, 1x1, stride 2, dilation.
         cases = [(3, 8, 3, 1, 1, 1, 1, 1, 9), (16, 16, 3, 2, 1, 1, 16, 2, 10), (8, 12, 1, 1, 0, 1, 1, 3, 7),
-                 (6, 9, 5, 1, 2, 2, 3, 1, 13), (4, 5, (3, 1), (2, 1), (1, 0), 1, 1, 2, 8)]
+                 (6, 9, 5, 1, 2, 2, 3, 1, 13), (4, 5, (3, 1), (2, 1), (1, 0), 1, 1, 2, 8),
+                 (64, 64, 3, 1, 1, 1, 1, 2, 8), (32, 24, 1, 1, 0, 1, 1, 1, 9), (24, 40, 3, 2, 1, 1, 1, 2, 11),
+                 (144, 144, 3, 1, 1, 1, 1, 1, 6), (128, 96, 3, 1, 2, 2, 1, 1, 9), (256, 48, 1, 2, 0, 1, 1, 3, 7),
+                 (17, 80, 5, 1, 2, 1, 1, 1, 8)]
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
             for cin, cout, k, stride, padding, dilation, groups, batch, size in cases:
@@ -58,6 +66,48 @@ class OnEveryPath(KernelPathCase):
                                                pair(dilation), groups)
                     want = F.conv2d(x, w, bias, stride, padding, dilation, groups)
                     self.assertTrue(torch.allclose(got, want, rtol=1e-4, atol=1e-4), (path, cin, cout, k, groups))
+                    for layout in (torch.contiguous_format, torch.channels_last):  # aten's layout
+                        self.assertEqual(got.is_contiguous(memory_format=layout),
+                                         want.is_contiguous(memory_format=layout), (cin, cout, layout))
+
+    def test_conv2d_on_avx2_onednn_and_without_a_weight_reorder(self):
+        # A process whose oneDNN runs its AVX2 kernels (their weights in blocks of 8 output channels,
+        # as on an AVX2-only machine) against torch.nn.functional, on both ttq kernel paths that
+        # decode into them; and oneDNN's own log of the calls: where ttq decodes the weight into
+        # the layout oneDNN's kernel reads, oneDNN reorders no weight, as it does for aten::conv2d.
+        script = (
+            "import os, sys, torch, torch.nn.functional as F\n"
+            "sys.path.insert(0, %r)\n"
+            "from ops_testing import cpu_paths, ternary\n"
+            "calls = []\n"
+            "for path in [p for p in cpu_paths() if p != 'portable']:\n"
+            "    for cin, cout, size, cl in ((64, 64, 7, False), (40, 24, 9, True), (128, 136, 5, False)):\n"
+            "        w = ternary((cout, cin, 3, 3), 0.4, 0.6, seed=cout)\n"
+            "        x = torch.randn(2, cin, size, size)\n"
+            "        calls.append((path, w, x.contiguous(memory_format=torch.channels_last) if cl else x))\n"
+            "print('ttq calls', flush=True)\n"
+            "got = []\n"
+            "for path, w, x in calls:\n"
+            "    os.environ['TTQ_KERNEL'] = path\n"
+            "    codes, scales = torch.ops.ttq.pack(w, 0.4, 0.6)\n"
+            "    got.append(torch.ops.ttq.conv2d(x, codes, scales, list(w.shape), None, [1, 1], [1, 1], [1, 1], 1))\n"
+            "print('reference calls', flush=True)\n"
+            "for (path, w, x), y in zip(calls, got):\n"
+            "    assert torch.allclose(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-4), (path, w.shape)\n"
+            "print('ok', flush=True)\n" % os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", DNNL_MAX_CPU_ISA="AVX2", ONEDNN_VERBOSE="1",
+                   DNNL_VERBOSE="1")
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        ttq_calls = run.stdout.split("ttq calls")[-1].split("reference calls")[0]
+        log = [line for line in ttq_calls.splitlines() if ",exec," in line]
+        if os.environ.get("TTQ_ONEDNN") != "1":
+            self.skipTest("ttq built without oneDNN (TTQ_ONEDNN=OFF): aten::conv2d runs the float path")
+        convolutions = [line for line in log if ",convolution," in line]
+        self.assertTrue(convolutions and all("avx2" in line for line in convolutions), convolutions[:3])
+        self.assertTrue(any("8a" in line for line in convolutions), convolutions[:3])  # blocks of 8 channels
+        self.assertFalse([line for line in log if ",reorder," in line and "x3x3" in line])  # no weight reordered
+        self.assertIn("ok", run.stdout)
 
 
 

@@ -65,6 +65,32 @@ TEST_CASE("ternary_decode of every path gives the weights bit-exactly") {
   }
 }
 
+TEST_CASE("ternary_decode_scattered of every path puts each weight where a blocked layout says, and only there") {
+  // Rows in blocks of `block` side by side (oneDNN's 8, 16, 32 and 64 output channels innermost; 1:
+  // rows apart, which the vector paths leave to the scalar one), the places of a row in a shuffled
+  // order; rows past the layer's up to the block (a padded layout) and the rows outside [r0, r1)
+  // stay untouched.
+  for (const auto path : runnable_paths()) {
+    for (const auto& [rows, k, block] : std::vector<std::array<int64_t, 3>>{
+             {64, 27, 16}, {96, 97, 32}, {24, 64, 8}, {40, 1000, 16}, {136, 9, 8}, {128, 40, 64}, {20, 33, 1}}) {
+      CAPTURE(path_name(path), rows, k, block);
+      const Layer l = ternary_layer(rows, k, static_cast<uint64_t>(rows + k));
+      const int64_t blocks = (rows + block - 1) / block;
+      const auto place = torch::randperm(k, torch::kLong) * block;  // each place of a row, block values apart
+      std::vector<int64_t> row_at(static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) row_at[static_cast<size_t>(r)] = r / block * block * k + r % block;
+      auto out = torch::full({blocks * block * k}, -7.0f);
+      const int64_t r0 = rows >= 64 ? 32 : 0;  // a range starting past the first rows, as a thread's share
+      ternary_decode_scattered(path, l.planes(), l.groups(), k, l.wp, l.wn, r0, rows, row_at.data(),
+                               place.data_ptr<int64_t>(), out.data_ptr<float>());
+      auto want = torch::full({blocks * block * k}, -7.0f);
+      const auto at = torch::tensor(row_at).narrow(0, r0, rows - r0).unsqueeze(1) + place.unsqueeze(0);
+      want.index_put_({at.flatten()}, l.weight.narrow(0, r0, rows - r0).flatten());
+      CHECK(torch::equal(out, want));
+    }
+  }
+}
+
 TEST_CASE("the kernel is the fastest this CPU runs, or TTQ_KERNEL's - one it cannot run is an error") {
   CHECK(cpu_supports(KernelPath::Portable));
   const auto paths = runnable_paths();
