@@ -116,9 +116,9 @@ dnnl::convolution_forward::primitive_desc convolution(const Layer& l, const memo
 #endif
 }
 
-std::unique_ptr<Plan> make_plan(const Layer& l) {
+std::shared_ptr<const Plan> make_plan(const Layer& l) {
   using dt = memory::data_type;
-  auto plan = std::make_unique<Plan>();
+  auto plan = std::make_shared<Plan>();
   const auto tag = l.channels_last ? memory::format_tag::nhwc : memory::format_tag::nchw;
   plan->user_src = memory::desc(l.src, dt::f32, tag);
   plan->user_dst = memory::desc(l.dst, dt::f32, tag);
@@ -148,33 +148,34 @@ std::unique_ptr<Plan> make_plan(const Layer& l) {
   return plan;
 }
 
-// The plan for this layer, made on its first call (oneDNN compiles its kernels then) and kept.
-// The thread count is part of the key: oneDNN sizes a primitive's work for the threads it is made for.
-const Plan& plan_for(const Layer& l) {
+// The plan for this layer, made on its first call (oneDNN compiles its kernels then) and kept; a
+// model fed ever new input sizes has them all made again past kMaxPlans. The thread count is part
+// of the key: oneDNN sizes a primitive's work for the threads it is made for.
+constexpr size_t kMaxPlans = 1024;
+
+std::shared_ptr<const Plan> plan_for(const Layer& l) {
   static std::mutex mutex;
-  static std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;
+  static std::map<std::vector<int64_t>, std::shared_ptr<const Plan>> plans;
   std::vector<int64_t> key{l.channels_last, l.bias, at::get_num_threads()};
   for (const auto* dims : {&l.src, &l.weights, &l.stride, &l.dilation, &l.padding})
     key.insert(key.end(), dims->begin(), dims->end());
   const std::lock_guard<std::mutex> lock(mutex);
-  auto& plan = plans[key];
-  if (!plan) {
-    try {
-      plan = make_plan(l);
-    } catch (const dnnl::error&) {
-      plan = std::make_unique<Plan>();  // not usable: aten::conv2d takes the layer
-    }
+  if (const auto found = plans.find(key); found != plans.end()) return found->second;
+  if (plans.size() >= kMaxPlans) plans.clear();  // the callers running one still hold it
+  std::shared_ptr<const Plan> plan;
+  try {
+    plan = make_plan(l);
+  } catch (const dnnl::error&) {
+    plan = std::make_shared<const Plan>();  // not usable: aten::conv2d takes the layer
   }
-  return *plan;
+  return plans[key] = plan;
 }
 
-// This thread's buffer of at least `floats` floats for a blocked tensor, one per use (`slot`: the
-// weight, the input, the output, oneDNN's scratchpad), reused by every call.
-float* buffer(int slot, size_t floats) {
-  thread_local std::vector<float> buffers[4];
-  auto& b = buffers[slot];
-  if (b.size() < floats) b.resize(floats);
-  return b.data();
+// A buffer for a blocked tensor of a call (oneDNN's input, output or scratchpad), from LibTorch's
+// allocator, as aten::conv2d's are.
+memory call_buffer(const memory::desc& desc, std::vector<at::Tensor>& held) {
+  held.push_back(at::empty({static_cast<int64_t>(desc.get_size()) + 1}, at::kByte));
+  return memory(desc, cpu(), held.back().data_ptr());
 }
 
 // The layer's geometry as oneDNN takes it, or nothing where aten::conv2d should take the call (and
@@ -201,10 +202,11 @@ c10::optional<Layer> layer_of(const at::Tensor& input, c10::IntArrayRef shape, b
                bias};
 }
 
-// The layer's weight in the plan's blocked layout, in this thread's buffer, decoded by all threads.
+// The layer's weight in the plan's blocked layout, in this thread's scratch for decoded weights
+// (ops.cpp's), decoded by all threads.
 float* blocked_weight(const Plan& plan, const at::Tensor& codes, const at::Tensor& scales, int64_t rows, int64_t k,
                       KernelPath path) {
-  float* weights = buffer(0, plan.weights.get_size() / sizeof(float));
+  float* weights = weight_scratch(static_cast<int64_t>(plan.weights.get_size() / sizeof(float))).data_ptr<float>();
   if (plan.padded) std::memset(weights, 0, plan.weights.get_size());
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const float wp = scale(scales, 0), wn = scale(scales, 1);
@@ -226,7 +228,8 @@ at::Tensor conv2d_onednn(const at::Tensor& input, const at::Tensor& codes, const
   if (path == KernelPath::Portable || (with_bias && bias->scalar_type() != at::kFloat)) return {};
   const auto layer = layer_of(input, shape, with_bias, stride, padding, dilation);
   if (!layer) return {};
-  const Plan& plan = plan_for(*layer);
+  const auto found = plan_for(*layer);
+  const Plan& plan = *found;
   if (!plan.usable) return {};
   float* weights = blocked_weight(plan, codes, scales, shape[0], shape[1] * shape[2] * shape[3], path);
 
@@ -234,18 +237,16 @@ at::Tensor conv2d_onednn(const at::Tensor& input, const at::Tensor& codes, const
   const auto x = input.contiguous(format);
   auto y = at::empty(layer->dst, at::TensorOptions(at::kFloat).memory_format(format));
   const auto b = with_bias ? bias->contiguous() : at::Tensor();
-  const auto in_buffer = [&](const memory::desc& desc, int slot) {
-    return memory(desc, cpu(), buffer(slot, desc.get_size() / sizeof(float) + 1));
-  };
+  std::vector<at::Tensor> held;
   dnnl::stream stream(cpu());
   memory user_src(plan.user_src, cpu(), x.data_ptr<float>()), user_dst(plan.user_dst, cpu(), y.data_ptr<float>());
-  memory src = plan.src == plan.user_src ? user_src : in_buffer(plan.src, 1);
-  memory dst = plan.dst == plan.user_dst ? user_dst : in_buffer(plan.dst, 2);
+  memory src = plan.src == plan.user_src ? user_src : call_buffer(plan.src, held);
+  memory dst = plan.dst == plan.user_dst ? user_dst : call_buffer(plan.dst, held);
   if (plan.src != plan.user_src) plan.to_src.execute(stream, user_src, src);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},
                                        {DNNL_ARG_WEIGHTS, memory(plan.weights, cpu(), weights)},
                                        {DNNL_ARG_DST, dst},
-                                       {DNNL_ARG_SCRATCHPAD, in_buffer(plan.scratchpad, 3)}};
+                                       {DNNL_ARG_SCRATCHPAD, call_buffer(plan.scratchpad, held)}};
   if (with_bias)
     args.emplace(DNNL_ARG_BIAS, memory({{shape[0]}, memory::data_type::f32, memory::format_tag::x}, cpu(), b.data_ptr<float>()));
   plan.conv.execute(stream, args);

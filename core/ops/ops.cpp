@@ -27,16 +27,13 @@ std::atomic<bool> calibrating{false};
 // multiplied by BLAS, whose blocking then wins.
 constexpr int64_t kKernelRows = 8;
 
-// This thread's scratch for decoded weights, at least `numel` floats: one buffer the size of the
-// largest it has held, reused by every call (fresh allocations of that size would cost page faults
-// on every call). Valid until the thread's next use.
-at::Tensor scratch(int64_t numel) {
+}  // namespace
+
+at::Tensor weight_scratch(int64_t numel) {
   thread_local at::Tensor buffer;
   if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, at::kFloat);
   return buffer.narrow(0, 0, numel);
 }
-
-}  // namespace
 
 std::vector<int64_t> to_vector(c10::IntArrayRef a) { return a.vec(); }
 
@@ -56,7 +53,7 @@ uint8_t* input_scratch(int64_t bytes) {
 }
 
 at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows) {
-  auto w = scratch(rows * k).view({rows, k});
+  auto w = weight_scratch(rows * k).view({rows, k});
   float* dst = w.data_ptr<float>();
   at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t a, int64_t b) {
     decode_rows(codes, k, scale(scales, 0), scale(scales, 1), a, b, dst + a * k);
@@ -68,7 +65,7 @@ namespace {
 
 // Rows r0 <= r < r0 + count as float32 in this thread's scratch, decoded by this thread.
 at::Tensor decoded_block(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t r0, int64_t count) {
-  auto w = scratch(count * k).view({count, k});
+  auto w = weight_scratch(count * k).view({count, k});
   decode_rows(codes, k, scale(scales, 0), scale(scales, 1), r0, r0 + count, w.data_ptr<float>());
   return w;
 }

@@ -18,6 +18,10 @@ void check_input(const at::Tensor& input, const char* op, bool bytes_too = false
 float* step_value(const at::Tensor& step, const char* name, const char* op);
 // The layer's scale i (0: wp, 1: wn).
 float scale(const at::Tensor& scales, int i);
+// This thread's scratch for decoded weights, at least `numel` floats: one buffer the size of the
+// largest it has held, reused by every call (fresh allocations of that size would cost page faults
+// on every call). Valid until the thread's next use.
+at::Tensor weight_scratch(int64_t numel);
 // The [rows, k] weight as float32 in this thread's scratch, decoded by all threads.
 at::Tensor decoded(const at::Tensor& codes, const at::Tensor& scales, int64_t k, int64_t rows);
 // This thread's scratch for an int8 operator's quantized inputs, at least `bytes` long: one buffer
