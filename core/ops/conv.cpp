@@ -252,20 +252,34 @@ std::pair<at::Tensor, at::Tensor> eight_bit_weight(const at::Tensor& weight,
   return {weight.reshape({weight.size(0), -1}).contiguous(), weight_step->contiguous()};
 }
 
-// conv2d_affine on int8 inputs: the weight in 8 bits a row (eight_bit_weight), its steps joining
-// the affine's scale (checked_affine's). Each kernel row's taps are one segment of the image (each
-// tap where dilated), read four bytes at a time: a first layer of 3 channels is 7 segments of 21
-// weights and 3 zeros, not 64-byte steps.
-at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight,
-                             const c10::optional<at::Tensor>& weight_step, const c10::optional<at::Tensor>& bias,
-                             c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                             Affine affine, const c10::optional<at::Tensor>& input_step, c10::IntArrayRef max_pool) {
-  const int64_t rows = weight.size(0), cin = weight.size(1), kh = weight.size(2), kw = weight.size(3);
-  const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, "conv2d_affine");
+// A ternary weight's bytes as the int8 kernels multiply them (int8_weights: w.pos, 0, w.neg, each
+// row on w.step), in eight_bit_weight's form: [rows, cin · kh · kw] in (c, y, x) order, and the steps.
+// The codes are tap-major, [rows, kh, kw, cin].
+std::pair<at::Tensor, at::Tensor> ternary_eight_bit(const at::Tensor& codes, const at::Tensor& scales,
+                                                    c10::IntArrayRef shape) {
+  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3], k = cin * kh * kw;
+  const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
+  auto values = at::empty({rows, kh, kw, cin}, at::kFloat);
+  ternary_decode(selected_path(), reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>()), packed_groups(k), k,
+                 static_cast<float>(w.pos), -static_cast<float>(w.neg), 0, rows, values.data_ptr<float>());
+  return {values.permute({0, 3, 1, 2}).to(at::kChar).reshape({rows, k}), at::full({rows}, w.step, at::kFloat)};
+}
+
+// An int8 convolution with 8-bit weights (`q`, [rows, cin · kh · kw] on `steps`: eight_bit_weight's
+// or ternary_eight_bit's), its steps joining the affine's scale (checked_affine's, or an identity).
+// Each kernel row's taps are one segment of the image (each tap where dilated), read four bytes at a
+// time: a first layer of 3 channels is 7 segments of 21 weights and 3 zeros, not 64-byte steps.
+// output_step and residual as int8_conv_output takes them.
+at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& q, const at::Tensor& steps,
+                             c10::IntArrayRef shape, const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                             c10::IntArrayRef padding, c10::IntArrayRef dilation, Affine affine,
+                             const c10::optional<at::Tensor>& input_step, c10::IntArrayRef max_pool, const char* op,
+                             float output_step = 0, Int8Residual residual = {}) {
+  const int64_t rows = shape[0], cin = shape[1], kh = shape[2], kw = shape[3];
+  const Int8Conv g = int8_conv(input, cin, kh, kw, stride, padding, dilation, op);
   const bool rows_whole = dilation[1] == 1;  // a kernel row's taps lie side by side in the image
   const int64_t segments = rows_whole ? kh : kh * kw, segment = rows_whole ? kw * cin : cin;
   const int64_t fours = (segment + 3) / 4;
-  const auto [q, steps] = eight_bit_weight(weight, weight_step);
   const DenseWeight w = dense_weight(q, steps, cin, segment, fours);
   const KernelPath path = selected_path();
   const DenseInt8Rows dense = dense_int8_rows(path, w.bytes.data(), rows, w.k);
@@ -275,14 +289,15 @@ at::Tensor conv2d_dense_int8(const at::Tensor& input, const at::Tensor& weight,
     for (int64_t f = 0; f < fours; ++f)
       four[s * fours + f] = (tap_h * dilation[0] * g.padded_w + tap_w * dilation[1]) * cin + 4 * f;
   }
+  if (affine.empty()) affine = identity_affine(rows);
   add_bias(affine, bias);
   for (int64_t r = 0; r < rows; ++r) affine[r] *= w.step[r];
   return int8_conv_output(
-      input, g, rows, stride, padding, input_step, nullptr, four.data(), w.k, affine.data(), 0.0f,
+      input, g, rows, stride, padding, input_step, nullptr, four.data(), w.k, affine.data(), output_step,
       [&](const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& o) {
         dense_rows_int8(path, dense, in, i0, i1, r0, r1, o);
       },
-      "conv2d_affine", max_pool);
+      op, max_pool, residual);
 }
 
 }  // namespace
@@ -295,13 +310,24 @@ Int8Output affine_output(const float* affine, int64_t rows, int64_t input_stride
   return o;
 }
 
-// The int8 convolution reads a pixel's channels for one tap at a time, 64 bytes a step: a layer
-// runs int8 when it has one group and its in-channels are a multiple of 64, or its kernel is 1x1
-// (then the step runs past a pixel's channels onto zero weights); and a depthwise layer (a group
-// per channel, one output channel each) runs its own kernel.
-bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups) {
+namespace {
+
+// Whether the ternary kernels take the layer on their 64-byte steps, each at one tap of a pixel's
+// image: in-channels a multiple of 64, or a 1x1 kernel (then the step runs past a pixel's channels
+// onto zero weights); a depthwise layer (a group per channel, one output channel each) runs its own
+// kernel on taps.
+bool on_int8_steps(const std::vector<int64_t>& shape, int64_t groups) {
   if (groups > 1) return shape[1] == 1 && shape[0] == groups;
   return shape[1] % 64 == 0 || shape[2] * shape[3] == 1;
+}
+
+}  // namespace
+
+// Every layer of one group runs int8: off the 64-byte steps (in-channels 3, 16, 32, 96...) its
+// ternary weight as bytes on the dense kernels, four bytes at a time; and depthwise layers.
+// Other grouped layers run the float path.
+bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups) {
+  return groups == 1 || on_int8_steps(shape, groups);
 }
 
 // The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
@@ -375,6 +401,16 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
                 " groups and ", cin, " in-channels a group runs in float: no uint8 input or output_step");
     return conv2d_float(input, codes, scales, shape, bias, stride, padding, dilation, groups, affine);
   }
+  // The residual in the output's layout (int8_conv_output's: the input's).
+  const auto laid_out = added ? residual->contiguous(input.suggest_memory_format()) : at::Tensor();
+  Int8Residual added_residual;
+  if (byte_residual) added_residual = {nullptr, laid_out.data_ptr<uint8_t>(), byte_step};
+  else if (added) added_residual.floats = laid_out.data_ptr<float>();
+  if (!on_int8_steps(shape.vec(), groups)) {
+    const auto [q, steps] = ternary_eight_bit(codes, scales, shape);
+    return conv2d_dense_int8(input, q, steps, shape, bias, stride, padding, dilation, affine, input_step, {},
+                             "conv2d_int8", next_step, added_residual);
+  }
   // The bias in the affine's shift (an identity affine where there is none): the kernels store the
   // final values.
   if (affine.empty() && ((bias && bias->defined()) || added)) affine = identity_affine(rows);
@@ -387,11 +423,6 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
     const int64_t tap = at / cin, channel = at % cin;
     step[s] = (tap / kw * dilation[0] * g.padded_w + tap % kw * dilation[1]) * g.cin + channel;
   }
-  // The residual in the output's layout (int8_conv_output's: the input's).
-  const auto laid_out = added ? residual->contiguous(input.suggest_memory_format()) : at::Tensor();
-  Int8Residual added_residual;
-  if (byte_residual) added_residual = {nullptr, laid_out.data_ptr<uint8_t>(), byte_step};
-  else if (added) added_residual.floats = laid_out.data_ptr<float>();
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   const KernelPath path = selected_path();
@@ -430,8 +461,11 @@ at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, cons
               "ttq::conv2d_affine: max_pool must be [kernel, stride, padding] or empty (got ", max_pool, ")");
   at::NoGradGuard no_grad;
   Affine affine = checked_affine(out_affine, clamp, rows, "conv2d_affine");
-  if (input_step && input_step->defined() && groups == 1)
-    return conv2d_dense_int8(input, weight, weight_step, bias, stride, padding, dilation, affine, input_step, max_pool);
+  if (input_step && input_step->defined() && groups == 1) {
+    const auto [q, steps] = eight_bit_weight(weight, weight_step);
+    return conv2d_dense_int8(input, q, steps, weight.sizes(), bias, stride, padding, dilation, affine, input_step,
+                             max_pool, "conv2d_affine");
+  }
   auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
   if (eight_bit) w.copy_(weight.to(at::kFloat) * weight_step->view({rows, 1, 1, 1}));
   else w.copy_(weight);

@@ -51,9 +51,10 @@ class OnEveryPath(KernelPathCase):
     def test_conv2d_int8_matches_the_reference_on_its_quantized_inputs(self):
         # Each sample rounded to int8 with the scale max|x| / 127, the weight's two scales put on one
         # int8 grid; the integer sums are exact, so the result is the float convolution on those
-        # values. The codes are tap-major ([out, kh, kw, in]). Depthwise layers run int8 too; layers
-        # with other groups, or in-channels that are not a multiple of 64 (and a kernel larger than
-        # 1x1), run the exact float path.
+        # values. The codes are tap-major ([out, kh, kw, in]). Layers of one group whose in-channels
+        # are not a multiple of 64 (3, 24, 32; a kernel larger than 1x1, strided, dilated) run int8 on
+        # the dense kernels, depthwise layers on their own; layers with other groups run the exact
+        # float path.
         # (in, out, kernel, stride, padding, dilation, groups, batch, size)
         cases = [(64, 64, 3, 1, 1, 1, 1, 2, 9), (128, 32, 3, 2, 1, 1, 1, 1, 11), (64, 16, 1, 1, 0, 1, 1, 3, 7),
                  (40, 24, 1, 2, 0, 1, 1, 1, 8), (64, 8, 3, 1, 2, 2, 1, 1, 13), (128, 20, (3, 1), (2, 1), (1, 0), 1, 1, 2, 8),
@@ -61,6 +62,7 @@ class OnEveryPath(KernelPathCase):
                  (3, 8, 3, 1, 1, 1, 1, 1, 9), (32, 16, 3, 1, 1, 1, 1, 1, 6), (64, 64, 3, 1, 1, 1, 64, 1, 6),
                  (144, 144, 3, 2, 1, 1, 144, 2, 9), (24, 24, 5, 1, 2, 2, 24, 1, 10),  # depthwise
                  (20, 20, 3, 1, 1, 1, 20, 1, 1),  # one pixel: threads split the channels
+                 (24, 40, 3, 2, 2, 2, 1, 2, 11), (16, 16, (1, 3), 1, (0, 1), 1, 1, 1, 5),  # dense kernels
                  (32, 16, 3, 1, 1, 1, 2, 1, 6)]  # grouped: float
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
@@ -78,7 +80,7 @@ class OnEveryPath(KernelPathCase):
                                                 pair(dilation), groups)
                 exact = F.conv2d(x, w, bias, stride, padding, dilation, groups)
                 depthwise = groups == cin == cout
-                if (groups > 1 and not depthwise) or (groups == 1 and cin % 64 and ks != (1, 1)):
+                if groups > 1 and not depthwise:
                     want = exact
                 else:
                     step = (x.abs().amax((1, 2, 3), keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
@@ -144,8 +146,8 @@ class OnEveryPath(KernelPathCase):
 
     def test_conv2d_int8_applies_out_affine_to_each_channel(self):
         # out_affine [2, out] and clamp [floor, ceiling]: min(max(scale · (conv + bias) + shift,
-        # floor), ceiling) per channel, as stored; the float path (3 in-channels; depthwise) applies
-        # it too, folded into its weight and bias. Files written before the clamp give [3 or 4, out],
+        # floor), ceiling) per channel, as stored; the dense kernels (3 in-channels) and the depthwise
+        # ones apply it too. Files written before the clamp give [3 or 4, out],
         # a floor (and ceiling) per channel: floors 0 and -inf mixed, or a ceiling of 0.5 and +inf
         # mixed; where every channel has the same, the clamp computes the same bits.
         inf = float("inf")
