@@ -331,9 +331,10 @@ bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups) {
 }
 
 // The weight is decoded for the call into the scratch (one layer): a convolution's cost is its
-// arithmetic, which LibTorch's own kernels do best.
-// Decoding it in a channels-last input's order instead was measured 1.00-1.07x faster on LibTorch
-// 1.13 and 0.8x on 2.6 (ResNet-18, batch 1), so the weight stays contiguous.
+// arithmetic, which oneDNN's kernels do best. One group: decoded into the layout oneDNN's kernel
+// reads, which then runs without reordering it (conv_onednn.cpp); else, or without oneDNN, a plain
+// weight for aten::conv2d (decoding it in a channels-last input's order instead was measured
+// 1.00-1.07x faster on LibTorch 1.13 and 0.8x on 2.6, ResNet-18 at batch 1).
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scales, c10::IntArrayRef shape,
                   const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
                   c10::IntArrayRef dilation, int64_t groups) {
