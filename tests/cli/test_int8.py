@@ -228,6 +228,40 @@ class Int8Models(Workdir):
             mid = torch.randn(2, 16, 10, 10)
             self.assert_blocks_store_their_twins_bytes(
                 blocks, mid.contiguous(memory_format=torch.channels_last) if last else mid)
+    def test_resnext_grouped_convolutions_run_int8_within_and_between_blocks(self):
+        # A ResNeXt (torchvision's Bottleneck, 8 groups: 4, 8, 16 and 32 channels a group in the four
+        # stages) calibrated: each grouped 3x3 convolution runs int8, takes its input as bytes from the
+        # 1x1 before it and hands the 1x1 after it its output as bytes. From block to block each stores
+        # exactly the bytes its float twin's output makes (float32 between its layers), and the
+        # model's outputs stay near the float path's.
+        from torchvision.models.resnet import Bottleneck, ResNet
+        torch.manual_seed(0)
+        net = ResNet(Bottleneck, [1, 1, 1, 1], groups=8, width_per_group=4, num_classes=10).eval()
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2), m.weight.uniform_(0.5, 1.5)
+        model = self.out("resnext.pt")
+        torch.jit.save(torch.jit.script(net), model)
+        x = torch.randn(8, 3, 32, 32)
+        _, packed, int8, report = self.calibrated(model, x)
+        for stage in range(1, 5):
+            self.assertIn(f"layer{stage}.0.conv1.weight", report["chained"])  # 1x1 -> grouped
+            self.assertIn(f"layer{stage}.0.conv2.weight", report["chained"])  # grouped -> 1x1
+        with torch.no_grad():
+            got, want = torch.jit.load(int8)(x[:2]), torch.jit.load(packed)(x[:2])
+            self.assertLess((got - want).abs().max(), 0.2 * want.abs().max())
+        model, twin = torch.jit.load(int8), self.unchained(int8)
+        blocks = []
+        for stage in range(1, 5):
+            b, f = (getattr(getattr(m, f"layer{stage}"), "0") for m in (model, twin))
+            blocks.append((b, f, b.conv1.weight_input_step, b.conv3.weight_output_step))
+        self.assertGreater(blocks[0][3].item(), 0)  # layer1 hands layer2 bytes
+        for last in (False, True):
+            mid = torch.relu(torch.randn(2, 64, 8, 8))
+            self.assert_blocks_store_their_twins_bytes(
+                blocks, mid.contiguous(memory_format=torch.channels_last) if last else mid)
+
     def fold_one(self, activation):
         # conv (64 → 32, 3x3) → BatchNorm with trained statistics → activation, every layer ternary,
         # exported packed int8: the network, the ternary model's path and the packed one's.

@@ -53,8 +53,10 @@ class OnEveryPath(KernelPathCase):
         # int8 grid; the integer sums are exact, so the result is the float convolution on those
         # values. The codes are tap-major ([out, kh, kw, in]). Layers of one group whose in-channels
         # are not a multiple of 64 (3, 24, 32; a kernel larger than 1x1, strided, dilated) run int8 on
-        # the dense kernels, depthwise layers on their own; layers with other groups run the exact
-        # float path.
+        # the dense kernels, depthwise layers on their own, grouped layers on the dense kernels a block
+        # of groups at a time (ResNeXt's groups of 4 and 8 channels, of 24 in a last block short of
+        # groups, two output channels per input channel); the one grouped layer whose last block would
+        # read past an image's bytes (5 groups of 40 in-channels and 4 out) runs the exact float path.
         # (in, out, kernel, stride, padding, dilation, groups, batch, size)
         cases = [(64, 64, 3, 1, 1, 1, 1, 2, 9), (128, 32, 3, 2, 1, 1, 1, 1, 11), (64, 16, 1, 1, 0, 1, 1, 3, 7),
                  (40, 24, 1, 2, 0, 1, 1, 1, 8), (64, 8, 3, 1, 2, 2, 1, 1, 13), (128, 20, (3, 1), (2, 1), (1, 0), 1, 1, 2, 8),
@@ -63,7 +65,11 @@ class OnEveryPath(KernelPathCase):
                  (144, 144, 3, 2, 1, 1, 144, 2, 9), (24, 24, 5, 1, 2, 2, 24, 1, 10),  # depthwise
                  (20, 20, 3, 1, 1, 1, 20, 1, 1),  # one pixel: threads split the channels
                  (24, 40, 3, 2, 2, 2, 1, 2, 11), (16, 16, (1, 3), 1, (0, 1), 1, 1, 1, 5),  # dense kernels
-                 (32, 16, 3, 1, 1, 1, 2, 1, 6)]  # grouped: float
+                 (32, 16, 3, 1, 1, 1, 2, 1, 6), (128, 128, 3, 1, 1, 1, 32, 2, 7), (64, 64, 3, 2, 1, 1, 8, 1, 9),
+                 (128, 128, 3, 1, 1, 1, 32, 1, 3), (72, 72, 3, 1, 1, 1, 3, 1, 6), (16, 32, 3, 1, 1, 1, 16, 2, 8),
+                 (48, 48, 3, 1, 2, 2, 6, 1, 9), (96, 192, 1, 1, 0, 1, 2, 2, 5),  # grouped
+                 (200, 20, 3, 1, 1, 1, 5, 1, 5)]  # grouped: float
+        float_path = {(200, 20, 5)}
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
             for n, (cin, cout, k, stride, padding, dilation, groups, batch, size) in enumerate(cases):
@@ -79,8 +85,7 @@ class OnEveryPath(KernelPathCase):
                 got = torch.ops.ttq.conv2d_int8(x, codes, scales, shape, bias, pair(stride), pair(padding),
                                                 pair(dilation), groups)
                 exact = F.conv2d(x, w, bias, stride, padding, dilation, groups)
-                depthwise = groups == cin == cout
-                if groups > 1 and not depthwise:
+                if (cin, cout, groups) in float_path:
                     want = exact
                 else:
                     step = (x.abs().amax((1, 2, 3), keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
@@ -237,6 +242,34 @@ class OnEveryPath(KernelPathCase):
                                                   r"tensor \[16\]"):
             torch.ops.ttq.conv2d_affine(x, q, bias, [2, 2], [3, 3], [1, 1], 1, affine, clamp=clamp)
 
+    def test_dense_layers_follow_their_weights_changed_in_place(self):
+        # A layer's bytes for the dense kernels are laid out on its first call and kept: a weight
+        # changed in place afterwards (a grouped ternary layer's codes and scales, a float layer's
+        # weight) gives what a fresh layer of the new weight gives, not the old one's results.
+        g = torch.Generator().manual_seed(3)
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            x = torch.randn(2, 32, 9, 9, generator=g)
+            codes, scales = torch.ops.ttq.pack(ternary([32, 3, 3, 8], seed=1), 0.3, 0.2)
+            new_codes, new_scales = torch.ops.ttq.pack(ternary([32, 3, 3, 8], wp=0.5, wn=0.1, seed=2), 0.5, 0.1)
+            conv = lambda c, s: torch.ops.ttq.conv2d_int8(  # noqa: E731
+                x, c, s, [32, 8, 3, 3], None, [1, 1], [1, 1], [1, 1], 4)
+            before = conv(codes, scales)
+            codes.copy_(new_codes)
+            self.assertTrue(torch.equal(conv(codes, scales), conv(new_codes, scales)), path)
+            scales.copy_(new_scales)
+            after = conv(codes, scales)
+            self.assertTrue(torch.equal(after, conv(new_codes.clone(), new_scales.clone())), path)
+            self.assertFalse(torch.equal(after, before))
+            w, identity = torch.randn(16, 32, 3, 3, generator=g), torch.stack([torch.ones(16), torch.zeros(16)])
+            affine = lambda weight: torch.ops.ttq.conv2d_affine(  # noqa: E731
+                x, weight, None, [1, 1], [1, 1], [1, 1], 1, identity, torch.tensor([0.05]))
+            before = affine(w)
+            w[:8].neg_()
+            self.assertTrue(torch.equal(affine(w), affine(w.clone())), path)
+            self.assertTrue(torch.equal(affine(w)[:, 8:], before[:, 8:]))
+            self.assertFalse(torch.equal(affine(w), before))
+
     def test_conv2d_affine_with_an_input_step_runs_int8_with_8_bit_weights(self):
         # A float layer of an int8 model (ResNet's first): its inputs on the int8 grid of the step
         # (calibrated, or each sample's own where it is 0), its weight rounded to 8 bits per output
@@ -343,13 +376,14 @@ class OnEveryPath(KernelPathCase):
 
     def test_conv2d_int8_adds_a_residual_before_its_floor_and_ceiling(self):
         # residual: exactly clamp(conv + residual) as the graph computed it (the add, then the ReLU
-        # or ReLU6), whatever the path, layer shape (1x1, 3x3 strided, depthwise, a grouped layer on
-        # the float path), memory format, and a residual that broadcasts (added after the layer). A
+        # or ReLU6), whatever the path, layer shape (1x1, 3x3 strided, depthwise, grouped on the dense
+        # kernels, a grouped layer on the float path), memory format, and a residual that broadcasts (added after the layer). A
         # residual of bytes (a block's output stored as the next block's input, q + 128 on its step)
         # adds exactly the floats it stands for, q · step.
         g = torch.Generator().manual_seed(9)
         for shape, groups, stride, padding, res_batch in (([48, 64, 1, 1], 1, 1, 0, 2), ([64, 64, 3, 3], 1, 2, 1, 2),
                                                          ([32, 1, 3, 3], 32, 1, 1, 2), ([16, 8, 3, 3], 2, 1, 1, 2),
+                                                         ([64, 4, 3, 3], 16, 1, 1, 2), ([20, 40, 3, 3], 5, 1, 1, 2),
                                                          ([24, 64, 1, 1], 1, 1, 0, 1)):
             rows, cin = shape[0], shape[1] * groups
             codes, scales = torch.ops.ttq.pack(ternary([shape[0], shape[2], shape[3], shape[1]], seed=rows), 0.3, 0.2)
