@@ -117,6 +117,26 @@ std::optional<ProgramConv> program_conv(const Node* conv, const Graph& graph, co
   return c;
 }
 
+// A float convolution of the program (ttq::conv2d_affine: a stem kept float) that may store bytes:
+// one group, its input step read from its module (the int8 path), as conv2d_int8's.
+std::optional<ProgramConv> program_float_conv(const Node* conv, const Graph& graph, const torch::jit::Module& module) {
+  const auto groups = torch::jit::toIValue(conv->input(kAffineGroups));
+  const Node* step = conv->input(kAffineInputStep)->node();
+  const auto path = module_path(conv->input(kAffineWeight), graph);
+  if (!groups || !groups->isInt() || groups->toInt() != 1 || step->kind() != c10::prim::GetAttr || !path)
+    return std::nullopt;
+  return ProgramConv{*path, "weight", submodule(module, *path).attr(input_step_name("weight")).toTensor().item<float>()};
+}
+
+// The int8 convolutions of a block (its nested blocks too), in order: conv2d_int8 nodes and the
+// float convolutions before them (conv2d_affine), which may store their bytes too.
+void producer_nodes(torch::jit::Block* block, std::vector<Node*>& found) {
+  for (Node* node : block->nodes()) {
+    if (node->kind() == kConvInt8 || node->kind() == kConvAffine) found.push_back(node);
+    for (auto* inner : node->blocks()) producer_nodes(inner, found);
+  }
+}
+
 // The choice: per chained convolution (its weight's path) the step it stores at, and per
 // convolution taking those bytes as its residual the step they are on; a module met with two
 // different choices takes none (nullopt).
@@ -131,13 +151,13 @@ void choose(std::map<std::string, std::optional<float>>& choices, const std::str
   if (!fresh && it->second != step) it->second = std::nullopt;
 }
 
-// The choice at each int8 convolution of one program: bytes where every use of its output is the
-// input of an int8 convolution on one calibrated step, or the residual of one.
+// The choice at each int8 convolution of one program (a float one run int8 too): bytes where every
+// use of its output is the input of an int8 convolution on one calibrated step, or the residual of one.
 void choose_in(Graph& graph, const torch::jit::Module& module, ChainChoice& choice) {
   std::vector<Node*> convs;
-  conv_nodes(graph.block(), convs);
+  producer_nodes(graph.block(), convs);
   for (Node* conv : convs) {
-    const auto c = program_conv(conv, graph, module);
+    const auto c = conv->kind() == kConvInt8 ? program_conv(conv, graph, module) : program_float_conv(conv, graph, module);
     if (!c) continue;
     const std::string key = join_path(c->path, c->weight);
     std::optional<float> step;

@@ -154,10 +154,10 @@ void pool_into_conv(Graph& graph, Node* conv) {
 }
 
 // `conv(x)` of a float convolution becomes ttq::conv2d_affine(x, conv.weight_int8, conv.bias, ...,
-// conv.weight_out_affine, conv.weight_input_step, [], conv.weight_clamp, conv.weight_step) in the
-// parent's graph (int8 inputs and the weights in 8 bits, calibrated as the packed layers are; a
-// grouped one on its float weight), with the max-pool after it (pool_into_conv): the convolution's
-// own forward stays as it is.
+// conv.weight_out_affine, conv.weight_input_step, [], conv.weight_clamp, conv.weight_step,
+// conv.weight_output_step) in the parent's graph (int8 inputs and the weights in 8 bits, calibrated
+// as the packed layers are; a grouped one on its float weight; bytes out where chain_int8_layers
+// chooses), with the max-pool after it (pool_into_conv): the convolution's own forward stays as it is.
 void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
   torch::jit::WithInsertPoint guard(conv_call);
   Value* self = conv_call->input(0);
@@ -178,17 +178,19 @@ void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module&
                           graph.insertConstant(c10::IValue(std::vector<int64_t>{})),
                           graph.insertGetAttr(self, clamp_name("weight")),
                           eight_bit ? graph.insertGetAttr(self, weight_step_name("weight"))
-                                    : graph.insertConstant(c10::IValue())});
+                                    : graph.insertConstant(c10::IValue()),
+                          graph.insertGetAttr(self, output_step_name("weight"))});
   conv_call->output()->replaceAllUsesWith(out);
   conv_call->destroy();
   pool_into_conv(graph, out->node());
 }
 
-// A float convolution's buffers for conv2d_affine: its input step (0: dynamic until calibrated) and,
-// with one group (the int8 kernels'), its weight in 8 bits a row (weight_int8, weight_step), the
-// bytes conv2d_affine would round it to on every call.
+// A float convolution's buffers for conv2d_affine: its input step (0: dynamic until calibrated), its
+// output step (0 until chained) and, with one group (the int8 kernels'), its weight in 8 bits a row
+// (weight_int8, weight_step), the bytes conv2d_affine would round it to.
 void register_float_conv(torch::jit::Module conv) {
   conv.register_buffer(input_step_name("weight"), torch::zeros({1}));
+  conv.register_buffer(output_step_name("weight"), torch::zeros({1}));  // float32 out until chained
   if (conv.type()->getConstant("groups").toInt() != 1) return;
   const auto w = conv.attr("weight").toTensor();
   const auto [bytes, step] = ops::eight_bit_rows(w);

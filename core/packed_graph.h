@@ -20,6 +20,9 @@ inline const c10::Symbol kConvInt8 = c10::Symbol::fromQualString("ttq::conv2d_in
 // and clamp (ops.cpp's schema).
 constexpr size_t kCodes = 1, kShape = 3, kGroups = 8, kInputStep = 9, kOutAffine = 10, kOutputStep = 11,
                  kResidual = 12, kResidualStep = 13, kClamp = 14;
+inline const c10::Symbol kConvAffine = c10::Symbol::fromQualString("ttq::conv2d_affine");
+// Its arguments weight, groups, input_step and output_step.
+constexpr size_t kAffineWeight = 1, kAffineGroups = 6, kAffineInputStep = 8, kAffineOutputStep = 12;
 
 // Whether `type` is a class whose qualified name ends in `suffix` (".BatchNorm2d").
 bool type_named(const c10::TypePtr& type, const std::string& suffix);

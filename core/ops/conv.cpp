@@ -133,15 +133,16 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& codes, const a
 // A float convolution (one the packing keeps float, as ResNet's first) with the BatchNorm and ReLU
 // after it folded in (fold_batch_norms, checked_affine): its weight is copied for the call and
 // scaled. With an input_step (a model with int8 activations) it runs on int8 inputs with 8-bit
-// weights where it has one group (conv2d_dense_int8): the weight rounded for the call, or stored in
-// 8 bits (int8, with its weight_step: export's). With max_pool ([kernel, stride, padding]: the
+// weights where it has one group (conv2d_dense_int8): the weight rounded on its first call, or stored
+// in 8 bits (int8, with its weight_step: export's). With max_pool ([kernel, stride, padding]: the
 // max-pool that alone takes its output, ResNet's) it returns that pooling of its output, which the
-// int8 path pools band by band as it computes it (pooled_int8_output).
+// int8 path pools band by band as it computes it (pooled_int8_output). With an output_step (int8
+// path only) it stores the next layer's input bytes, as conv2d_int8 does.
 at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                          const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
                          c10::IntArrayRef max_pool, const c10::optional<at::Tensor>& clamp,
-                         const c10::optional<at::Tensor>& weight_step) {
+                         const c10::optional<at::Tensor>& weight_step, const c10::optional<at::Tensor>& output_step) {
   check_input(input, "conv2d_affine");
   const bool eight_bit = weight.scalar_type() == at::kChar;
   TORCH_CHECK(weight.dim() == 4 && (weight.scalar_type() == at::kFloat || eight_bit) && weight.is_cpu(),
@@ -155,7 +156,12 @@ at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, cons
               "ttq::conv2d_affine: max_pool must be [kernel, stride, padding] or empty (got ", max_pool, ")");
   at::NoGradGuard no_grad;
   Affine affine = checked_affine(out_affine, clamp, rows, "conv2d_affine");
-  if (input_step && input_step->defined() && groups == 1) {
+  const bool runs_int8 = input_step && input_step->defined() && groups == 1;
+  const float next_step =
+      output_step && output_step->defined() ? *step_value(*output_step, "output_step", "conv2d_affine") : 0;
+  TORCH_CHECK(runs_int8 || next_step == 0, "ttq::conv2d_affine: an output_step needs the int8 path: an input_step "
+              "and one group (got ", groups, ")");
+  if (runs_int8) {
     // Rounded to 8 bits a row, or stored so (with its weight_step).
     const auto eight_bit_bytes = [&]() -> std::pair<at::Tensor, at::Tensor> {
       if (!eight_bit) return eight_bit_rows(weight);
@@ -164,7 +170,7 @@ at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, cons
     std::vector<at::Tensor> sources{weight};
     if (eight_bit) sources.push_back(*weight_step);
     return conv2d_dense_int8(input, sources, eight_bit_bytes, weight.sizes(), 1, bias, stride, padding, dilation,
-                             affine, input_step, max_pool, "conv2d_affine");
+                             affine, input_step, max_pool, "conv2d_affine", next_step);
   }
   auto w = at::empty(weight.sizes(), at::TensorOptions(at::kFloat).memory_format(input.suggest_memory_format()));
   if (eight_bit) w.copy_(weight.to(at::kFloat) * weight_step->view({rows, 1, 1, 1}));

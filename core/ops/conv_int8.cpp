@@ -42,11 +42,18 @@ Int8Output affine_output(const float* affine, int64_t rows, int64_t input_stride
   return o;
 }
 
-namespace {
-
 // The bytes a chained layer stores (output_step) are followed by this many more, so that a 1x1 layer
 // after it can read them where they are (kernels may read 64 bytes past the last pixel's).
 constexpr int64_t kByteSlack = 64;
+
+at::Tensor byte_output(int64_t batch, int64_t rows, int64_t height, int64_t width, bool channels_last) {
+  const int64_t count = batch * rows * height * width;
+  const auto flat = at::empty({count + kByteSlack}, at::TensorOptions(at::kByte)).narrow(0, 0, count);
+  if (!channels_last) return flat.view({batch, rows, height, width});
+  return flat.view({batch, height, width, rows}).permute({0, 3, 1, 2});
+}
+
+namespace {
 
 // Whether the kernels can read x's bytes where they lie: the layer before's output (uint8) in the
 // order and signedness the kernels take (channels-last, whole, offset bytes), no padding to add, and
@@ -119,14 +126,6 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
   return qd;
 }
 
-// A chained layer's output bytes [batch, rows, out_h, out_w], channels-last or not, kByteSlack more
-// bytes after them (bytes_in_place).
-at::Tensor byte_output(const Int8Conv& g, int64_t rows, bool channels_last) {
-  const int64_t count = g.batch * rows * g.out_h * g.out_w;
-  const auto flat = at::empty({count + kByteSlack}, at::TensorOptions(at::kByte)).narrow(0, 0, count);
-  if (!channels_last) return flat.view({g.batch, rows, g.out_h, g.out_w});
-  return flat.view({g.batch, g.out_h, g.out_w, rows}).permute({0, 3, 1, 2});
-}
 
 // The int8 convolution of `input` (g) into `rows` output channels: each sample quantized with one
 // scale (max |x| / 127, or the calibrated input_step) into a zero-padded NHWC image, then every
@@ -158,9 +157,10 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (!max_pool.empty())
-    return pooled_int8_output(in, {g.batch, g.out_h, g.out_w}, rows, affine, max_pool, format, rows_int8, op);
+    return pooled_int8_output(in, {g.batch, g.out_h, g.out_w}, rows, affine, max_pool, format, rows_int8, op,
+                              output_step);
   const bool bytes = output_step > 0;
-  auto out = bytes ? byte_output(g, rows, channels_last)
+  auto out = bytes ? byte_output(g.batch, rows, g.out_h, g.out_w, channels_last)
                    : at::empty({g.batch, rows, g.out_h, g.out_w}, at::TensorOptions(at::kFloat).memory_format(format));
   // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
   // n · rows · pixels + r · pixels + p, one sample at a time.

@@ -293,10 +293,11 @@ TORCH_LIBRARY(ttq, m) {
   // A float convolution with out_affine and clamp (as conv2d_int8's) folded in. With input_step (a
   // model with int8 activations) on int8 inputs and 8-bit weights, as conv2d_int8: the weight
   // float32, rounded per call, or int8 on weight_step [out] (as export stores it); max_pool: [kernel,
-  // stride, padding] of a max-pool of its output (the one it returns).
+  // stride, padding] of a max-pool of its output (the one it returns); output_step: on int8 inputs,
+  // the next layer's input bytes as conv2d_int8's output_step stores them.
   m.def("conv2d_affine(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
         "int groups, Tensor out_affine, Tensor? input_step=None, int[] max_pool=[], Tensor? clamp=None, "
-        "Tensor? weight_step=None) -> Tensor",
+        "Tensor? weight_step=None, Tensor? output_step=None) -> Tensor",
         &ttq::ops::conv2d_affine);
   m.def("kernel() -> str", &ttq::ops::kernel_op);
 }

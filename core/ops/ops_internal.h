@@ -46,9 +46,15 @@ struct OutputGeometry {
 using RowsInt8 = std::function<void(const Int8Inputs&, int64_t, int64_t, int64_t, int64_t, const Int8Output&)>;
 
 // The max-pool `pool` ([kernel, stride, padding], square, floor mode) of an int8 convolution's
-// output, computed a band of rows at a time (conv_pool.cpp).
+// output, computed a band of rows at a time (conv_pool.cpp); with an output_step, its bytes on that
+// step (byte_output's).
 at::Tensor pooled_int8_output(const Int8Inputs& in, OutputGeometry g, int64_t rows, const float* affine,
-                              c10::IntArrayRef pool, at::MemoryFormat format, const RowsInt8& rows_int8, const char* op);
+                              c10::IntArrayRef pool, at::MemoryFormat format, const RowsInt8& rows_int8, const char* op,
+                              float output_step);
+
+// An int8 layer's output bytes [batch, rows, height, width], channels-last or not, followed by 64
+// bytes more that a kernel of the next layer may read (conv_int8.cpp).
+at::Tensor byte_output(int64_t batch, int64_t rows, int64_t height, int64_t width, bool channels_last);
 
 // The float path's convolution (groups 1) on oneDNN with the weight decoded into the layout its
 // kernel reads (conv_onednn.cpp); an undefined tensor where it cannot take the call.
@@ -70,6 +76,6 @@ at::Tensor conv2d_affine(const at::Tensor& input, const at::Tensor& weight, cons
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                          const at::Tensor& out_affine, const c10::optional<at::Tensor>& input_step,
                          c10::IntArrayRef max_pool, const c10::optional<at::Tensor>& clamp,
-                         const c10::optional<at::Tensor>& weight_step);
+                         const c10::optional<at::Tensor>& weight_step, const c10::optional<at::Tensor>& output_step);
 
 }  // namespace ttq::ops

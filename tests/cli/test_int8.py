@@ -134,11 +134,13 @@ class Int8Models(Workdir):
         for name, step in steps.items():
             self.assertEqual(state[name + "_input_step"].item(), step)
         self.assertEqual(json.loads(load_with_metadata(int8)[1])["calibration"], {"data": "tensors:" + data, "samples": 8})
-        # Each block's first convolution hands the second its int8 input (uint8, on the second's
-        # step) rather than float32, and each block but the last hands the next its input (on the
-        # step of its first convolution and its downsample) and residual: bytes from block to block.
+        # The stem (kept float, run on 8-bit weights with its max-pool) hands the first block its input
+        # and residual as bytes; each block's first convolution hands the second its int8 input
+        # (uint8, on the second's step) rather than float32, and each block but the last hands the
+        # next its input (on the step of its first convolution and its downsample) and residual:
+        # bytes from block to block.
         convs = [f"layer{stage}.{block}.conv{c}.weight" for stage in range(1, 5) for block in range(2) for c in (1, 2)]
-        self.assertEqual(report["chained"], convs[:-1])
+        self.assertEqual(report["chained"], ["conv1.weight"] + convs[:-1])
         # Each block's add and ReLU are its second convolution's, done as it stores each value (with
         # the identity as its residual, computed before it where the block downsamples): the same
         # outputs, bit for bit, as the block's own modules computing them apart.
@@ -197,7 +199,8 @@ class Int8Models(Workdir):
         x = torch.randn(8, 3, 64, 64)
         _, packed, int8, report = self.calibrated("mobilenet_v2.pt", x)
         chained = report["chained"]
-        self.assertEqual(len(chained), 50)  # 17 blocks: two links within each but the first, one to the next
+        self.assertEqual(len(chained), 51)  # 17 blocks: two links within each but the first, one to the next
+        self.assertIn("features.0.0.weight", chained)  # the float stem (8-bit weights) -> the first block
         self.assertIn("features.1.conv.0.0.weight", chained)  # depthwise -> projection
         self.assertIn("features.2.conv.1.0.weight", chained)  # depthwise -> projection
         self.assertIn("features.2.conv.0.0.weight", chained)  # expansion -> depthwise

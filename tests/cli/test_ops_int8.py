@@ -343,6 +343,37 @@ class OnEveryPath(KernelPathCase):
         with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: max_pool must be \[kernel, stride, padding\]"):
             torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, None, [3, 2])
 
+    def test_conv2d_affine_hands_the_next_layer_its_int8_input(self):
+        # With an output_step (on the int8 path: an input step and one group), the bytes conv2d_int8's
+        # output_step stores: its float output on that step, q + 128 (values past the grid clamped),
+        # pooled or not, in both memory formats, on any count of threads. Without the int8 path an
+        # output_step is one clear error.
+        g = torch.Generator().manual_seed(6)
+        w, bias = torch.randn(20, 3, 7, 7, generator=g), torch.randn(20, generator=g)
+        affine = torch.stack([torch.rand(20, generator=g) + 0.5, torch.randn(20, generator=g), torch.zeros(20)])
+        threads = torch.get_num_threads()
+        for path in cpu_paths():
+            os.environ["TTQ_KERNEL"] = path
+            for last, pool, count, size in ((True, [3, 2, 1], 2, 30), (False, [3, 2, 1], 3, 17), (True, [], 1, 20),
+                                            (False, [], 2, 15), (False, [2, 2, 0], 1, 41), (True, [5, 3, 2], 2, 75)):
+                torch.set_num_threads(count)
+                x = torch.randn(2, 3, size, size, generator=g)
+                x = x.contiguous(memory_format=torch.channels_last) if last else x
+                conv = lambda output_step: torch.ops.ttq.conv2d_affine(  # noqa: E731
+                    x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, torch.tensor([0.04]), pool, None, None, output_step)
+                floats = conv(None)
+                step = floats.abs().max().item() / 127 * 0.7
+                got = conv(torch.tensor([step]))
+                want = (torch.round(floats / step).clamp(-127, 127) + 128).to(torch.uint8)
+                self.assertEqual(got.dtype, torch.uint8)
+                self.assertTrue(torch.equal(got, want), (path, last, pool, count))
+                self.assertEqual(got.is_contiguous(memory_format=torch.channels_last), last)
+        torch.set_num_threads(threads)
+        with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_affine: an output_step needs the int8 path: an "
+                                                  r"input_step and one group \(got 1\)"):
+            torch.ops.ttq.conv2d_affine(x, w, bias, [2, 2], [3, 3], [1, 1], 1, affine, None, [], None, None,
+                                        torch.tensor([0.1]))
+
     def test_conv2d_int8_hands_the_next_layer_its_int8_input(self):
         # With an output_step, the output is the next layer's input as its own quantization would
         # make it (uint8, q + 128 on every path), and that layer, given the bytes, computes exactly
