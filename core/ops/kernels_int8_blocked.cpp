@@ -148,8 +148,14 @@ TTQ_AVX512 void store_bytes(__m512 v, float step, __mmask16 mask, int64_t valid,
   const __m512i bytes = _mm512_add_epi32(
       _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f))),
       _mm512_set1_epi32(128));
-  // Narrowed in a register, then stored: vpmovdb straight to memory is slow on Zen 4.
-  if (stride == 1) return _mm_mask_storeu_epi8(dst, mask, _mm512_cvtepi32_epi8(bytes));
+  // Narrowed in a register, then stored: vpmovdb straight to memory, which GCC makes of the two
+  // intrinsics unless the empty asm keeps them apart, is slow on Zen 4 and Intel alike.
+  if (stride == 1) {
+    __m128i narrow = _mm512_cvtepi32_epi8(bytes);
+    asm("" : "+v"(narrow));
+    if (valid == kLanes) return _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), narrow);
+    return _mm_mask_storeu_epi8(dst, mask, narrow);
+  }
   alignas(64) int32_t lanes[kLanes];
   _mm512_store_si512(lanes, bytes);
   for (int64_t c = 0; c < valid; ++c) dst[c * stride] = static_cast<uint8_t>(lanes[c]);
