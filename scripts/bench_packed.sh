@@ -21,7 +21,9 @@
 #    weight memory: "tensors"), and against the float32 model run eagerly with bf16 autocast;
 #  - torchvision's MobileNetV2 (the rule keeps its first convolution and classifier float32): the
 #    same static int8 arms; and with its classifier ternary too (mobilenet_v2_q, --quantize-last)
-#    against the same static model, as the classifier is 37% of its weights.
+#    against the same static model, as the classifier is 37% of its weights;
+#  - torchvision's ResNeXt-50 32x4d (grouped 3x3 convolutions): float against FP32, calibrated int8
+#    against float and against PyTorch's static int8 at batch 1 and 16.
 # The float32 side is the ternary model with float32 weights: the same arithmetic as the FP32 model.
 # Usage: scripts/bench_packed.sh [RUNS [THREADS [avx2]]]   (defaults 20, one per core)
 # With avx2, an AVX2-only machine as far as one can be simulated on a newer one: ttq's AVX2 kernels
@@ -55,7 +57,7 @@ def save_static(m, name):  # PyTorch's static int8 (FX graph mode), calibrated o
 def save(m, name, example):
     m = m.eval()
     torch.jit.save(torch.jit.script(m), f"{out}/{name}.pt")
-    if name.startswith(("resnet18", "mobilenet")):  # dynamic quantization covers linear layers only
+    if name.startswith(("resnet18", "mobilenet", "resnext")):  # dynamic quantization covers linear layers only
         save_static(m, name)
         return
     # Traced in training mode: PyTorch 1.13's eval-mode TransformerEncoderLayer fails with dynamically
@@ -74,14 +76,17 @@ save(torchvision.models.resnet18(num_classes=10), "resnet18_10", None)
 # MobileNetV2 with BatchNorm statistics of the calibration images, as a trained model has: with its
 # initial ones activations vanish after a few blocks, and PyTorch's static int8 model (onednn) then
 # fails at batch 16 ("could not create a primitive descriptor for a reorder primitive").
-mobilenet = torchvision.models.mobilenet_v2().train()
-for module in mobilenet.modules():
-    if isinstance(module, nn.BatchNorm2d):
-        module.momentum = None  # a cumulative average
-with torch.no_grad():
-    for batch in calibration.split(8):
-        mobilenet(batch)
-save(mobilenet, "mobilenet_v2", None)
+def with_statistics(m):  # BatchNorm statistics of the calibration images
+    m.train()
+    for module in m.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average
+    with torch.no_grad():
+        for batch in calibration.split(8):
+            m(batch)
+    return m
+save(with_statistics(torchvision.models.mobilenet_v2()), "mobilenet_v2", None)
+save(with_statistics(torchvision.models.resnext50_32x4d()), "resnext50", None)
 PY
 prepare() {  # NAME [QUANTIZE FLAGS...]: the ternary model and its packed forms
   local name=$1; shift
@@ -205,3 +210,11 @@ prepare mobilenet_v2_q --quantize-last
 calibrated mobilenet_v2_q
 compare mobilenet_v2_q 3,224,224 1 int8s static channels-last
 compare mobilenet_v2_q 3,224,224 16 int8s static channels-last
+# ResNeXt-50 (32x4d): its 3x3 convolutions grouped, 4 to 32 channels a group, int8 on the dense
+# kernels a block of groups at a time.
+prepare resnext50
+calibrated resnext50
+compare resnext50 3,224,224 1 float ttq channels-last
+compare resnext50 3,224,224 1 int8s float channels-last
+compare resnext50 3,224,224 1 int8s static channels-last
+compare resnext50 3,224,224 16 int8s static channels-last

@@ -1,5 +1,6 @@
 // Between the operators' files: ops.cpp (the linear operators, the scratch buffers, int8 steps, the
-// registration), conv.cpp (the convolutions) and conv_pool.cpp (a convolution's max-pool in bands).
+// registration), conv.cpp (the convolution operators), conv_int8.cpp (the int8 convolutions) and
+// conv_pool.cpp (a convolution's max-pool in bands).
 #pragma once
 #include <ATen/ATen.h>
 
