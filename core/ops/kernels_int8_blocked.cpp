@@ -219,8 +219,47 @@ TTQ_AVX512 __attribute__((always_inline)) inline void store_register(__m512 d, c
 
 // Rows [r, r + here) of inputs [ib, ib + n) from dot (block_products' layout, `blocks` blocks) into
 // `out` (store_register).
+// The outputs between two int8 layers: bytes, channels-last, an affine and no residual
+// (chained_output). store_register's operations in its order, the same bits, for a caller that holds
+// what they read in locals: store_register reloads out's fields and tests them again at every
+// register (a store through a pointer may change them), which under perf outweighed the 4 to 8
+// products behind each register of MobileNetV2's narrow layers (their 1x1 layers 1.2-1.3x faster
+// so, `scripts/bench_layers.sh`; its depthwise layers, bound by their taps' sums, not).
+inline bool chained_output(const Int8Output& out) {
+  return out.bytes && out.scale && !out.residual && !out.residual_bytes && out.row_stride == 1;
+}
+TTQ_AVX512 __attribute__((always_inline)) inline void store_chained(__m512 d, const Affine& a, float step,
+                                                                    __mmask16 mask, int64_t valid, float byte_step,
+                                                                    uint8_t* dst) {
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(step), d);
+  v = _mm512_add_ps(_mm512_mul_ps(a.scale, v), a.shift);
+  v = _mm512_min_ps(_mm512_max_ps(v, a.floor), a.ceiling);
+  store_bytes(v, byte_step, mask, valid, dst, 1);
+}
+
+// store_blocked's chained_output: the rows' bytes for inputs [ib, ib + n).
+TTQ_AVX512 void store_blocked_chained(const int32_t* dot, int blocks, int n, const int32_t* offset,
+                                      const float* input_step, float weight_step, int64_t r, int64_t here, int64_t ib,
+                                      const Int8Output& out) {
+  uint8_t* const bytes = out.bytes + ib * out.input_stride;
+  const int64_t input_stride = out.input_stride;
+  const float byte_step = out.byte_step;
+  for (int b = 0; b < blocks; ++b) {
+    const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+    const __m512i off = _mm512_maskz_loadu_epi32(mask, offset + b * kLanes);
+    const Affine a = affine_of(out, r0, mask);
+    for (int i = 0; i < n; ++i) {
+      const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(dot + (b * n + i) * kLanes), off);
+      store_chained(_mm512_cvtepi32_ps(d), a, input_step[i] * weight_step, mask, valid, byte_step,
+                    bytes + i * input_stride + r0);
+    }
+  }
+}
+
 TTQ_AVX512 void store_blocked(const int32_t* dot, int blocks, int n, const int32_t* offset, const Int8Inputs& in,
                               Int8Weights w, int64_t r, int64_t here, int64_t ib, const Int8Output& out) {
+  if (chained_output(out)) return store_blocked_chained(dot, blocks, n, offset, in.scale + ib, w.step, r, here, ib, out);
   for (int b = 0; b < blocks; ++b) {
     const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
