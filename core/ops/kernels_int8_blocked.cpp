@@ -217,8 +217,6 @@ TTQ_AVX512 __attribute__((always_inline)) inline void store_register(__m512 d, c
   for (int64_t c = 0; c < valid; ++c) y[c * out.row_stride] = lanes[c];
 }
 
-// Rows [r, r + here) of inputs [ib, ib + n) from dot (block_products' layout, `blocks` blocks) into
-// `out` (store_register).
 // The outputs between two int8 layers: bytes, channels-last, an affine and no residual
 // (chained_output). store_register's operations in its order, the same bits, for a caller that holds
 // what they read in locals: store_register reloads out's fields and tests them again at every
@@ -237,39 +235,44 @@ TTQ_AVX512 __attribute__((always_inline)) inline void store_chained(__m512 d, co
   store_bytes(v, byte_step, mask, valid, dst, 1);
 }
 
-// store_blocked's chained_output: the rows' bytes for inputs [ib, ib + n).
-TTQ_AVX512 void store_blocked_chained(const int32_t* dot, int blocks, int n, const int32_t* offset,
-                                      const float* input_step, float weight_step, int64_t r, int64_t here, int64_t ib,
-                                      const Int8Output& out) {
-  uint8_t* const bytes = out.bytes + ib * out.input_stride;
-  const int64_t input_stride = out.input_stride;
-  const float byte_step = out.byte_step;
+// Each register of rows [r, r + here) for inputs [0, n) from dot (block_products' layout, `blocks`
+// blocks), as float32 with the rows' offset taken out, handed to store(value, affine, i, r0, mask,
+// valid).
+template <class Store>
+TTQ_AVX512 __attribute__((always_inline)) inline void each_register(const int32_t* dot, int blocks, int n,
+                                                                    const int32_t* offset, int64_t r, int64_t here,
+                                                                    const Int8Output& out, Store store) {
   for (int b = 0; b < blocks; ++b) {
     const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
     const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
     const __m512i off = _mm512_maskz_loadu_epi32(mask, offset + b * kLanes);
     const Affine a = affine_of(out, r0, mask);
-    for (int i = 0; i < n; ++i) {
-      const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(dot + (b * n + i) * kLanes), off);
-      store_chained(_mm512_cvtepi32_ps(d), a, input_step[i] * weight_step, mask, valid, byte_step,
-                    bytes + i * input_stride + r0);
-    }
+    for (int i = 0; i < n; ++i)
+      store(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(dot + (b * n + i) * kLanes), off)), a, i, r0,
+            mask, valid);
   }
 }
 
+// Rows [r, r + here) of inputs [ib, ib + n) from dot into `out` (store_register; store_chained,
+// its fields copied into the closure, where chained_output).
 TTQ_AVX512 void store_blocked(const int32_t* dot, int blocks, int n, const int32_t* offset, const Int8Inputs& in,
                               Int8Weights w, int64_t r, int64_t here, int64_t ib, const Int8Output& out) {
-  if (chained_output(out)) return store_blocked_chained(dot, blocks, n, offset, in.scale + ib, w.step, r, here, ib, out);
-  for (int b = 0; b < blocks; ++b) {
-    const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
-    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-    const __m512i off = _mm512_maskz_loadu_epi32(mask, offset + b * kLanes);
-    const Affine a = affine_of(out, r0, mask);
-    for (int i = 0; i < n; ++i) {
-      const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(dot + (b * n + i) * kLanes), off);
-      store_register(_mm512_cvtepi32_ps(d), a, in.scale[ib + i] * w.step, mask, valid, ib + i, r0, out);
-    }
+  const float* const input_step = in.scale + ib;
+  const float weight_step = w.step;
+  if (chained_output(out)) {
+    uint8_t* const bytes = out.bytes + ib * out.input_stride;
+    const int64_t input_stride = out.input_stride;
+    const float byte_step = out.byte_step;
+    return each_register(dot, blocks, n, offset, r, here, out,
+                         [=](__m512 d, const Affine& a, int i, int64_t r0, __mmask16 mask, int64_t valid) TTQ_AVX512 {
+                           store_chained(d, a, input_step[i] * weight_step, mask, valid, byte_step,
+                                         bytes + i * input_stride + r0);
+                         });
   }
+  each_register(dot, blocks, n, offset, r, here, out,
+                [&](__m512 d, const Affine& a, int i, int64_t r0, __mmask16 mask, int64_t valid) TTQ_AVX512 {
+                  store_register(d, a, input_step[i] * weight_step, mask, valid, ib + i, r0, out);
+                });
 }
 
 // The AVX-512 kernels for rows_blocked.
