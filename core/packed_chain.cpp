@@ -125,7 +125,8 @@ std::optional<ProgramConv> program_float_conv(const Node* conv, const Graph& gra
   const auto path = module_path(conv->input(kAffineWeight), graph);
   if (!groups || !groups->isInt() || groups->toInt() != 1 || step->kind() != c10::prim::GetAttr || !path)
     return std::nullopt;
-  return ProgramConv{*path, "weight", submodule(module, *path).attr(input_step_name("weight")).toTensor().item<float>()};
+  const auto input_step = submodule(module, *path).attr(input_step_name("weight")).toTensor();
+  return ProgramConv{*path, "weight", input_step.item<float>()};
 }
 
 // The int8 convolutions of a block (its nested blocks too), in order: conv2d_int8 nodes and the
@@ -157,7 +158,8 @@ void choose_in(Graph& graph, const torch::jit::Module& module, ChainChoice& choi
   std::vector<Node*> convs;
   producer_nodes(graph.block(), convs);
   for (Node* conv : convs) {
-    const auto c = conv->kind() == kConvInt8 ? program_conv(conv, graph, module) : program_float_conv(conv, graph, module);
+    const auto c = conv->kind() == kConvInt8 ? program_conv(conv, graph, module)
+                                             : program_float_conv(conv, graph, module);
     if (!c) continue;
     const std::string key = join_path(c->path, c->weight);
     std::optional<float> step;

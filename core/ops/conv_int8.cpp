@@ -311,9 +311,9 @@ std::shared_ptr<const DenseLayer> dense_layer(const std::vector<at::Tensor>& sou
 // channel, each tap a segment of the block's channels.
 at::Tensor conv2d_dense_int8(const at::Tensor& input, const std::vector<at::Tensor>& sources,
                              const EightBitWeight& eight_bit, c10::IntArrayRef shape, int64_t groups,
-                             const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                             Affine affine, const c10::optional<at::Tensor>& input_step, c10::IntArrayRef max_pool,
-                             const char* op, float output_step, Int8Residual residual) {
+                             const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                             c10::IntArrayRef dilation, Affine affine, const c10::optional<at::Tensor>& input_step,
+                             c10::IntArrayRef max_pool, const char* op, float output_step, Int8Residual residual) {
   const int64_t rows = shape[0], kh = shape[2], kw = shape[3];
   const GroupBlocks block = group_blocks(shape.vec(), groups);
   const Int8Conv g = int8_conv(input, shape[1] * groups, kh, kw, stride, padding, dilation, op);

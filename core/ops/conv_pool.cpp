@@ -102,8 +102,8 @@ at::Tensor pooled_int8_output(const Int8Inputs& in, OutputGeometry g, int64_t ro
       }
       held_n = n, held0 = h0, held1 = h1;
       if (!bytes) {
-        pool_band(scratch.data(), h0, h1, g.out_w, rows, pool.data(), out.data_ptr<float>() + n * out.stride(0) + p0 * out.stride(2),
-                  out.strides().data(), p0, p1, pool_w);
+        float* const rows_out = out.data_ptr<float>() + n * out.stride(0) + p0 * out.stride(2);
+        pool_band(scratch.data(), h0, h1, g.out_w, rows, pool.data(), rows_out, out.strides().data(), p0, p1, pool_w);
         continue;
       }
       // Pooled as floats in the output's order (rows p0 to p1 of a sample), then quantized as the
