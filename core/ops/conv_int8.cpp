@@ -191,7 +191,7 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
 }
 
 // A ternary weight's bytes as the int8 kernels multiply them (int8_weights: w.pos, 0, w.neg, each
-// row on w.step), in eight_bit_weight's form: [rows, cin · kh · kw] in (c, y, x) order, and the steps.
+// row on w.step), as EightBitWeight gives them: [rows, cin · kh · kw] in (c, y, x) order, and the steps.
 // The codes are tap-major, [rows, kh, kw, cin].
 std::pair<at::Tensor, at::Tensor> ternary_eight_bit(const at::Tensor& codes, const at::Tensor& scales,
                                                     c10::IntArrayRef shape) {
@@ -250,7 +250,7 @@ struct DenseLayer {
   std::vector<int64_t> versions;
 };
 
-// Weight (r, c, y, x) of q ([rows, span · kh · kw], on `steps`: eight_bit_weight's, ternary_eight_bit's
+// Weight (r, c, y, x) of q ([rows, span · kh · kw], on `steps`: a float layer's 8-bit rows, ternary_eight_bit's
 // or block_diagonal's) is byte (y · kw + x) · span + c of row r's taps, which lie in segments of
 // `segment` bytes (a kernel row, or a tap), each padded to whole fours.
 DenseLayer make_dense_layer(const at::Tensor& q, const at::Tensor& steps, int64_t span, int64_t segment,
@@ -291,8 +291,10 @@ std::shared_ptr<const DenseLayer> dense_layer(const std::vector<at::Tensor>& sou
     versions.push_back(s._version());
   }
   const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto found = layers.find(key); found != layers.end() && found->second->versions == versions)
-    return found->second;
+  if (const auto found = layers.find(key); found != layers.end()) {
+    if (found->second->versions == versions) return found->second;
+    held_bytes -= found->second->rows.blocked.size();  // made again below, of the changed sources
+  }
   const auto [q, steps] = eight_bit();
   auto made = std::make_shared<DenseLayer>(
       make_dense_layer(groups > 1 ? block_diagonal(q, block, groups) : q, steps, block.span, segment, path));

@@ -50,7 +50,8 @@ void check_packed_bits(const torch::Tensor& codes, const std::vector<int64_t>& s
 std::pair<torch::Tensor, torch::Tensor> eight_bit_rows(const torch::Tensor& weight, int64_t align = 1);
 
 // Whether ttq::conv2d_int8 runs a layer of this weight shape [out, in/groups, kh, kw] on the int8
-// kernels (one group, or depthwise), else its float path.
+// kernels (every layer but a grouped one whose last block of groups would read past its input:
+// conv_int8.cpp), else its float path.
 bool conv_runs_int8(const std::vector<int64_t>& shape, int64_t groups);
 
 // Calibration of static int8 steps (ttq export --calibrate): while on, every ttq::linear_int8 and
