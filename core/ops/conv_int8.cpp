@@ -145,15 +145,21 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   const float* sample_step = step_of.data_ptr<float>();
   const uint8_t* qd = quantized_images(input, padding, sample_step, selected_path(), g.image);
   const int64_t pixels = g.out_h * g.out_w, inputs = g.batch * pixels;
-  std::vector<int64_t> row(inputs);
-  std::vector<float> row_step(inputs);
-  for (int64_t n = 0, i = 0; n < g.batch; ++n)
-    for (int64_t oh = 0; oh < g.out_h; ++oh)
-      for (int64_t ow = 0; ow < g.out_w; ++ow, ++i) {
+  // Where each output pixel's input starts, and its step: made on the threads, left uninitialized
+  // until then (at batch 16, 200,000 pixels of a 112x112 layer, a serial loop the other thread waited
+  // on).
+  const std::unique_ptr<int64_t[]> row(new int64_t[inputs]);
+  const std::unique_ptr<float[]> row_step(new float[inputs]);
+  at::parallel_for(0, g.batch * g.out_h, 64, [&](int64_t a, int64_t b) {
+    for (int64_t nh = a; nh < b; ++nh) {
+      const int64_t n = nh / g.out_h, oh = nh % g.out_h;
+      for (int64_t ow = 0, i = nh * g.out_w; ow < g.out_w; ++ow, ++i) {
         row[i] = n * g.image + (oh * stride[0] * g.padded_w + ow * stride[1]) * g.cin;
         row_step[i] = sample_step[n];
       }
-  const Int8Inputs in{qd, row.data(), step, row_step.data(), k, four};
+    }
+  });
+  const Int8Inputs in{qd, row.get(), step, row_step.get(), k, four};
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (!max_pool.empty())

@@ -141,13 +141,20 @@ void products_of(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, 
   }
 }
 
+// q / step clamped to ±127 and rounded to the nearest integer, halves to even: rounded in the
+// conversion, after the clamp, which gives the same integers as rounding first (the bounds are
+// integers) for one instruction less than vrndscaleps before it (a NaN is −127 either way: vmaxps
+// returns its second operand).
+TTQ_AVX512 __attribute__((always_inline)) inline __m512i rounded_int8(__m512 q, float step) {
+  const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(q, _mm512_set1_ps(step)), _mm512_set1_ps(-127.0f)),
+                                       _mm512_set1_ps(127.0f));
+  return _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 // v quantized as quantize_int8_avx512 does (offset: the bytes between two layers) into the valid
 // lanes' places, `stride` apart.
 TTQ_AVX512 void store_bytes(__m512 v, float step, __mmask16 mask, int64_t valid, uint8_t* dst, int64_t stride) {
-  const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(v, _mm512_set1_ps(step)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512i bytes = _mm512_add_epi32(
-      _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f))),
-      _mm512_set1_epi32(128));
+  const __m512i bytes = _mm512_add_epi32(rounded_int8(v, step), _mm512_set1_epi32(128));
   // Narrowed in a register, then stored: vpmovdb straight to memory, which GCC makes of the two
   // intrinsics unless the empty asm keeps them apart, is slow on Zen 4 and Intel alike.
   if (stride == 1) {
@@ -355,15 +362,12 @@ TTQ_AVX512 void depthwise_register(const float* weights, int64_t rows, const int
 }  // namespace
 
 // 16 values a step: divided (as the other paths, not multiplied by a reciprocal: the same bytes),
-// rounded to nearest even, clamped, offset and narrowed.
+// clamped, rounded to nearest even (rounded_int8), offset and narrowed.
 TTQ_AVX512 void quantize_int8_avx512(const float* x, int64_t count, float scale, bool offset, uint8_t* dst) {
-  const __m512 divisor = _mm512_set1_ps(scale), low = _mm512_set1_ps(-127.0f), high = _mm512_set1_ps(127.0f);
   const __m512i add = _mm512_set1_epi32(offset ? 128 : 0);
   for (int64_t j = 0; j < count; j += kLanes) {
     const __mmask16 mask = count - j >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (count - j)) - 1);
-    const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mask, x + j), divisor),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, low), high)), add);
+    const __m512i v = _mm512_add_epi32(rounded_int8(_mm512_maskz_loadu_ps(mask, x + j), scale), add);
     _mm512_mask_cvtepi32_storeu_epi8(dst + j, mask, v);
   }
 }

@@ -81,6 +81,11 @@ TEST_CASE("quantize_int8 of every path rounds halves to even, clamps to ±127, a
     CHECK(std::vector<int>(q.begin(), q.end()) == std::vector<int>{0, 2, uint8_t(-2), uint8_t(-127), 10});
     quantize_int8(path, x.data(), 5, 2, 1.0f, true, off.data());
     CHECK(std::vector<int>(off.begin(), off.end()) == std::vector<int>{128, 130, 126, 1, 138});
+    // The same halves and bounds contiguous (AVX-512's own loop, which clamps before it rounds).
+    std::vector<uint8_t> all_of_x(x.size());
+    quantize_int8(path, x.data(), static_cast<int64_t>(x.size()), 1, 1.0f, false, all_of_x.data());
+    CHECK(std::vector<int>(all_of_x.begin(), all_of_x.end()) ==
+          std::vector<int>{0, 2, 2, 0, uint8_t(-2), 127, uint8_t(-127), 0, 10});
     // Contiguous values (AVX-512's own loop), 16 at a time and a remainder, against one at a time;
     // the byte past them untouched.
     const auto values = (torch::randn({37}, at::detail::createCPUGenerator(3)) * 40).contiguous();
