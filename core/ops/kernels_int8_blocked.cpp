@@ -141,12 +141,12 @@ void products_of(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, 
   }
 }
 
-// q / step clamped to ±127 and rounded to the nearest integer, halves to even: rounded in the
+// v / step clamped to ±127 and rounded to the nearest integer, halves to even: rounded in the
 // conversion, after the clamp, which gives the same integers as rounding first (the bounds are
 // integers) for one instruction less than vrndscaleps before it (a NaN is −127 either way: vmaxps
 // returns its second operand).
-TTQ_AVX512 __attribute__((always_inline)) inline __m512i rounded_int8(__m512 q, float step) {
-  const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(q, _mm512_set1_ps(step)), _mm512_set1_ps(-127.0f)),
+TTQ_AVX512 __attribute__((always_inline)) inline __m512i rounded_int8(__m512 v, float step) {
+  const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, _mm512_set1_ps(step)), _mm512_set1_ps(-127.0f)),
                                        _mm512_set1_ps(127.0f));
   return _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
