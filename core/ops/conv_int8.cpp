@@ -394,6 +394,11 @@ at::Tensor ternary_conv2d_int8(const at::Tensor& input, const at::Tensor& codes,
   const auto* planes = reinterpret_cast<const uint32_t*>(codes.data_ptr<uint8_t>());
   const Int8Weights w = int8_weights(scale(scales, 0), scale(scales, 1));
   const KernelPath path = selected_path();
+  if (groups > 1 && depthwise_reads_bytes(input, g, rows, path)) {
+    const std::vector<float> weights = depthwise_weights(planes, groups32, w, kh * kw, 0, rows);
+    return depthwise_from_bytes(input, g, {weights.data(), w, step.data(), kh, kw}, stride, padding, dilation,
+                                input_step, affine.empty() ? nullptr : affine.data(), output_step, residual);
+  }
   return int8_conv_output(
       input, g, rows, stride, padding, input_step, step.data(), nullptr, cin * kh * kw,
       affine.empty() ? nullptr : affine.data(), output_step,

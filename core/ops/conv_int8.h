@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/ops/conv_affine.h"
+#include "core/ops/kernels.h"
 
 namespace ttq::ops {
 
@@ -51,5 +52,26 @@ at::Tensor ternary_conv2d_int8(const at::Tensor& input, const at::Tensor& codes,
                                c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                const c10::optional<at::Tensor>& input_step, Affine affine, float output_step,
                                Int8Residual residual);
+
+// A depthwise layer as depthwise_from_bytes runs it: its weights tap-major for all its channels
+// (depthwise_weights), its kernel, and where each tap lies from a pixel's first in a zero-padded
+// image (int8_conv's).
+struct DepthwiseLayer {
+  const float* weights;
+  Int8Weights w;
+  const int64_t* padded_tap;
+  int64_t kh, kw;
+};
+
+// Whether a depthwise layer's input x can be read where it lies (conv_depthwise.cpp): the layer
+// before's bytes (uint8, channels-last, whole, the offset bytes the kernels take), and more pixels
+// than channels.
+bool depthwise_reads_bytes(const at::Tensor& x, const Int8Conv& g, int64_t rows, KernelPath path);
+// That layer's output, as int8_conv_output stores it (channels-last), its inside pixels read from
+// the input and its edge pixels from a padded image of only what they reach.
+at::Tensor depthwise_from_bytes(const at::Tensor& input, const Int8Conv& g, const DepthwiseLayer& layer,
+                                c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                const c10::optional<at::Tensor>& input_step, const float* affine, float output_step,
+                                Int8Residual residual);
 
 }  // namespace ttq::ops

@@ -107,6 +107,14 @@ void eight_bit_rows_int8(KernelPath path, const int8_t* w, int64_t stride, const
 void depthwise_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const int64_t* tap,
                          int64_t taps, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1,
                          const Int8Output& out);
+// Rows [r0, r1) of the packed [rows, taps] codes as the depthwise kernels take them: the weights
+// (w.pos, 0, w.neg) tap-major, [taps, r1 − r0].
+std::vector<float> depthwise_weights(const uint32_t* planes, int64_t groups, Int8Weights w, int64_t taps, int64_t r0,
+                                     int64_t r1);
+// depthwise_rows_int8 with those weights made already (for rows [r0, r1)): for a caller that runs
+// the kernel on many ranges of inputs.
+void depthwise_rows_int8(KernelPath path, const float* weights, Int8Weights w, const int64_t* tap, int64_t taps,
+                         const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out);
 
 // Rows r0 <= r < r1 of the packed [rows, k] matrix as float32 (+wp, 0, -wn) into dst, k floats a row.
 void ternary_decode(KernelPath path, const uint32_t* planes, int64_t groups, int64_t k, float wp, float wn,

@@ -13,20 +13,6 @@
 namespace ttq::ops {
 namespace {
 
-// Rows [r0, r1) of the packed [rows, taps] codes as weights (w.pos, 0, w.neg), tap-major:
-// weights[t · (r1 − r0) + r − r0].
-std::vector<float> tap_major_weights(const uint32_t* planes, int64_t groups, Int8Weights w, int64_t taps, int64_t r0,
-                                     int64_t r1) {
-  std::vector<float> weights(static_cast<size_t>(taps * (r1 - r0)));
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t t = 0; t < taps; ++t) {
-      const uint32_t* g = planes + (r * groups + t / 32) * 2;
-      const uint32_t bit = 1u << (t % 32);
-      weights[t * (r1 - r0) + r - r0] = (g[0] & bit) ? w.pos : (g[1] & bit) ? w.neg : 0;
-    }
-  return weights;
-}
-
 // acc[c] = Σ_t q(x + tap[t])[c] · w[t · rows + c] for the `rows` channels of one pixel, q the byte
 // as signed (`offset`: less 128).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void pixel_sums(const uint8_t* x, const int64_t* tap,
@@ -45,18 +31,36 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void pixel_sums(con
 
 }  // namespace
 
-void depthwise_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const int64_t* tap,
-                         int64_t taps, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1,
-                         const Int8Output& out) {
-  const std::vector<float> weights = tap_major_weights(planes, groups, w, taps, r0, r1);
-  if (path == KernelPath::Avx512) return depthwise_avx512(weights.data(), tap, taps, in, w, i0, i1, r0, r1, out);
-  if (path == KernelPath::Avx2) return depthwise_avx2(weights.data(), tap, taps, in, w, i0, i1, r0, r1, out);
+// weights[t · (r1 − r0) + r − r0] from row r's bit t of the planes.
+std::vector<float> depthwise_weights(const uint32_t* planes, int64_t groups, Int8Weights w, int64_t taps, int64_t r0,
+                                     int64_t r1) {
+  std::vector<float> weights(static_cast<size_t>(taps * (r1 - r0)));
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < taps; ++t) {
+      const uint32_t* g = planes + (r * groups + t / 32) * 2;
+      const uint32_t bit = 1u << (t % 32);
+      weights[t * (r1 - r0) + r - r0] = (g[0] & bit) ? w.pos : (g[1] & bit) ? w.neg : 0;
+    }
+  return weights;
+}
+
+void depthwise_rows_int8(KernelPath path, const float* weights, Int8Weights w, const int64_t* tap, int64_t taps,
+                         const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1, const Int8Output& out) {
+  if (path == KernelPath::Avx512) return depthwise_avx512(weights, tap, taps, in, w, i0, i1, r0, r1, out);
+  if (path == KernelPath::Avx2) return depthwise_avx2(weights, tap, taps, in, w, i0, i1, r0, r1, out);
   const int64_t rows = r1 - r0;
   std::vector<float> acc(static_cast<size_t>(rows));
   for (int64_t i = i0; i < i1; ++i) {
-    pixel_sums(in.data + in.row[i] + r0, tap, taps, weights.data(), rows, int8_offset(path), acc.data());
+    pixel_sums(in.data + in.row[i] + r0, tap, taps, weights, rows, int8_offset(path), acc.data());
     for (int64_t r = 0; r < rows; ++r) store_value(static_cast<int32_t>(acc[r]), in, w, i, r0 + r, out);
   }
+}
+
+void depthwise_rows_int8(KernelPath path, const uint32_t* planes, int64_t groups, Int8Weights w, const int64_t* tap,
+                         int64_t taps, const Int8Inputs& in, int64_t i0, int64_t i1, int64_t r0, int64_t r1,
+                         const Int8Output& out) {
+  const std::vector<float> weights = depthwise_weights(planes, groups, w, taps, r0, r1);
+  depthwise_rows_int8(path, weights.data(), w, tap, taps, in, i0, i1, r0, r1, out);
 }
 
 }  // namespace ttq::ops

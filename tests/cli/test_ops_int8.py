@@ -405,6 +405,35 @@ class OnEveryPath(KernelPathCase):
                                                   r"before\) needs the layer's calibrated input_step"):
             torch.ops.ttq.conv2d_int8(q, codes2, scales2, [24, 64, 1, 1], None, [1, 1], [0, 0], [1, 1], 1)
 
+    def test_depthwise_layers_read_the_bytes_before_them_where_they_lie(self):
+        # A depthwise layer given the layer before's bytes channels-last reads its inside pixels from
+        # them and only its edge pixels from a padded copy: exactly what it computes from the same
+        # bytes in NCHW (copied whole into a padded image), for paddings 0 to 2, strides 1 and 2,
+        # dilation 2, channels off a register's 16, a kernel wider than the image's inside, any count
+        # of threads, floats or bytes out.
+        g = torch.Generator().manual_seed(12)
+        threads = torch.get_num_threads()
+        # (channels, size, kernel, stride, padding, dilation, batch)
+        for c, size, k, stride, padding, dilation, batch in ((32, 12, 3, 1, 1, 1, 2), (48, 13, 3, 2, 1, 1, 2),
+                                                             (20, 9, 5, 1, 2, 2, 1), (16, 7, 3, 2, 2, 1, 3),
+                                                             (64, 6, 3, 1, 0, 1, 2), (4, 5, 5, 1, 1, 1, 2)):
+            codes, scales = torch.ops.ttq.pack(ternary([c, k, k, 1], seed=c + k), 0.3, 0.2)
+            bytes_ = torch.randint(0, 256, (batch, c, size, size), dtype=torch.uint8, generator=g)
+            affine = torch.stack([torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g), torch.zeros(c),
+                                  torch.full((c,), 6.0)])
+            for path in cpu_paths():
+                os.environ["TTQ_KERNEL"] = path
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    for out_affine, output_step in ((None, None), (affine, torch.tensor([0.04]))):
+                        conv = lambda x: torch.ops.ttq.conv2d_int8(  # noqa: E731
+                            x, codes, scales, [c, 1, k, k], None, [stride] * 2, [padding] * 2, [dilation] * 2, c,
+                            torch.tensor([0.05]), out_affine, output_step)
+                        got = conv(bytes_.contiguous(memory_format=torch.channels_last))
+                        self.assertTrue(torch.equal(got, conv(bytes_)), (c, size, k, stride, padding, path, count))
+                        self.assertTrue(got.is_contiguous(memory_format=torch.channels_last))
+        torch.set_num_threads(threads)
+
     def test_conv2d_int8_adds_a_residual_before_its_floor_and_ceiling(self):
         # residual: exactly clamp(conv + residual) as the graph computed it (the add, then the ReLU
         # or ReLU6), whatever the path, layer shape (1x1, 3x3 strided, depthwise, grouped on the dense
