@@ -101,33 +101,24 @@ at::Tensor depthwise_from_bytes(const at::Tensor& input, const Int8Conv& g, cons
   const uint8_t* scratch = padded_edges(input, g, padding, reach);
   const uint8_t* x = input.data_ptr<uint8_t>();
   const auto step_of = input_steps(input, {1, 2, 3}, g.batch, input_step, "conv2d_int8");
-  const float* sample_step = step_of.data_ptr<float>();
   const int64_t pixels = g.out_h * g.out_w, inputs = g.batch * pixels;
-  // Each pixel's first tap in the padded scratch and, for the pixels inside, in the input.
-  const std::unique_ptr<int64_t[]> padded_row(new int64_t[inputs]), input_row(new int64_t[inputs]);
-  const std::unique_ptr<float[]> row_step(new float[inputs]);
+  // Each pixel's first tap in the padded scratch (pixel_rows) and, for the pixels inside, in the
+  // input.
+  const PixelRows pixel = pixel_rows(g, stride, step_of.data_ptr<float>());
+  const std::unique_ptr<int64_t[]> input_row(new int64_t[inputs]);
   at::parallel_for(0, g.batch * g.out_h, 64, [&](int64_t a, int64_t b) {
     for (int64_t nh = a; nh < b; ++nh) {
       const int64_t n = nh / g.out_h, oh = nh % g.out_h;
-      for (int64_t ow = 0, i = nh * g.out_w; ow < g.out_w; ++ow, ++i) {
-        padded_row[i] = n * g.image + (oh * stride[0] * g.padded_w + ow * stride[1]) * rows;
+      for (int64_t ow = 0, i = nh * g.out_w; ow < g.out_w; ++ow, ++i)
         input_row[i] = ((n * height + oh * stride[0] - padding[0]) * width + ow * stride[1] - padding[1]) * rows;
-        row_step[i] = sample_step[n];
-      }
     }
   });
   std::vector<int64_t> input_tap(static_cast<size_t>(kh * kw));
   for (int64_t t = 0; t < kh * kw; ++t) input_tap[t] = (t / kw * dilation[0] * width + t % kw * dilation[1]) * rows;
-  const Int8Inputs padded{scratch, padded_row.get(), nullptr, row_step.get(), kh * kw};
-  const Int8Inputs direct{x, input_row.get(), nullptr, row_step.get(), kh * kw};
-  const bool bytes = output_step > 0;
-  auto out = bytes ? byte_output(g.batch, rows, g.out_h, g.out_w, true)
-                   : at::empty({g.batch, rows, g.out_h, g.out_w},
-                               at::TensorOptions(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-  Int8Output o = affine_output(affine, rows, rows, 1);
-  o.residual = residual.floats, o.residual_bytes = residual.bytes, o.residual_step = residual.step;
-  if (bytes) o.bytes = out.data_ptr<uint8_t>(), o.byte_step = output_step;
-  else o.y = out.data_ptr<float>();
+  const Int8Inputs padded{scratch, pixel.row.get(), nullptr, pixel.step.get(), kh * kw};
+  const Int8Inputs direct{x, input_row.get(), nullptr, pixel.step.get(), kh * kw};
+  const auto out = int8_output(g, rows, output_step, true);
+  const Int8Output o = stored_at(out, affine, rows, output_step, residual, 0, rows, 1);
   const KernelPath path = selected_path();
   auto run = [&](bool inside_image, int64_t i0, int64_t i1) {
     if (i0 < i1)

@@ -127,6 +127,43 @@ const uint8_t* quantized_images(const at::Tensor& x, c10::IntArrayRef padding, c
 }
 
 
+}  // namespace
+
+// Made on the threads, left uninitialized until then (at batch 16, 200,000 pixels of a 112x112
+// layer: a serial loop the other thread waited on).
+PixelRows pixel_rows(const Int8Conv& g, c10::IntArrayRef stride, const float* sample_step) {
+  const int64_t inputs = g.batch * g.out_h * g.out_w;
+  PixelRows p{std::unique_ptr<int64_t[]>(new int64_t[inputs]), std::unique_ptr<float[]>(new float[inputs])};
+  at::parallel_for(0, g.batch * g.out_h, 64, [&](int64_t a, int64_t b) {
+    for (int64_t nh = a; nh < b; ++nh) {
+      const int64_t n = nh / g.out_h, oh = nh % g.out_h;
+      for (int64_t ow = 0, i = nh * g.out_w; ow < g.out_w; ++ow, ++i) {
+        p.row[i] = n * g.image + (oh * stride[0] * g.padded_w + ow * stride[1]) * g.cin;
+        p.step[i] = sample_step[n];
+      }
+    }
+  });
+  return p;
+}
+
+at::Tensor int8_output(const Int8Conv& g, int64_t rows, float output_step, bool channels_last) {
+  if (output_step > 0) return byte_output(g.batch, rows, g.out_h, g.out_w, channels_last);
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return at::empty({g.batch, rows, g.out_h, g.out_w}, at::TensorOptions(at::kFloat).memory_format(format));
+}
+
+Int8Output stored_at(const at::Tensor& out, const float* affine, int64_t rows, float output_step,
+                     const Int8Residual& residual, int64_t at, int64_t input_stride, int64_t row_stride) {
+  Int8Output o = affine_output(affine, rows, input_stride, row_stride);
+  if (residual.floats) o.residual = residual.floats + at;
+  if (residual.bytes) o.residual_bytes = residual.bytes + at, o.residual_step = residual.step;
+  if (output_step > 0) o.bytes = out.data_ptr<uint8_t>() + at, o.byte_step = output_step;
+  else o.y = out.data_ptr<float>() + at;
+  return o;
+}
+
+namespace {
+
 // The int8 convolution of `input` (g) into `rows` output channels: each sample quantized with one
 // scale (max |x| / 127, or the calibrated input_step) into a zero-padded NHWC image, then every
 // output pixel is a row of the int8 kernels, `rows_int8(in, i0, i1, r0, r1, out)` (ternary_rows_int8
@@ -145,39 +182,19 @@ at::Tensor int8_conv_output(const at::Tensor& input, const Int8Conv& g, int64_t 
   const float* sample_step = step_of.data_ptr<float>();
   const uint8_t* qd = quantized_images(input, padding, sample_step, selected_path(), g.image);
   const int64_t pixels = g.out_h * g.out_w, inputs = g.batch * pixels;
-  // Where each output pixel's input starts, and its step: made on the threads, left uninitialized
-  // until then (at batch 16, 200,000 pixels of a 112x112 layer, a serial loop the other thread waited
-  // on).
-  const std::unique_ptr<int64_t[]> row(new int64_t[inputs]);
-  const std::unique_ptr<float[]> row_step(new float[inputs]);
-  at::parallel_for(0, g.batch * g.out_h, 64, [&](int64_t a, int64_t b) {
-    for (int64_t nh = a; nh < b; ++nh) {
-      const int64_t n = nh / g.out_h, oh = nh % g.out_h;
-      for (int64_t ow = 0, i = nh * g.out_w; ow < g.out_w; ++ow, ++i) {
-        row[i] = n * g.image + (oh * stride[0] * g.padded_w + ow * stride[1]) * g.cin;
-        row_step[i] = sample_step[n];
-      }
-    }
-  });
-  const Int8Inputs in{qd, row.get(), step, row_step.get(), k, four};
+  const PixelRows pixel = pixel_rows(g, stride, sample_step);
+  const Int8Inputs in{qd, pixel.row.get(), step, pixel.step.get(), k, four};
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (!max_pool.empty())
     return pooled_int8_output(in, {g.batch, g.out_h, g.out_w}, rows, affine, max_pool, format, rows_int8, op,
                               output_step);
-  const bool bytes = output_step > 0;
-  auto out = bytes ? byte_output(g.batch, rows, g.out_h, g.out_w, channels_last)
-                   : at::empty({g.batch, rows, g.out_h, g.out_w}, at::TensorOptions(at::kFloat).memory_format(format));
+  const auto out = int8_output(g, rows, output_step, channels_last);
   // Input i = n · pixels + p; row r lands at i · rows + r (channels-last), or at out[n][r][p]:
   // n · rows · pixels + r · pixels + p, one sample at a time.
   auto run = [&](int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
     auto output = [&](int64_t at, int64_t input_stride, int64_t row_stride) {
-      Int8Output o = affine_output(affine, rows, input_stride, row_stride);
-      if (residual.floats) o.residual = residual.floats + at;
-      if (residual.bytes) o.residual_bytes = residual.bytes + at, o.residual_step = residual.step;
-      if (bytes) o.bytes = out.data_ptr<uint8_t>() + at, o.byte_step = output_step;
-      else o.y = out.data_ptr<float>() + at;
-      return o;
+      return stored_at(out, affine, rows, output_step, residual, at, input_stride, row_stride);
     };
     if (channels_last) return rows_int8(in, i0, i1, r0, r1, output(0, rows, 1));
     for (int64_t n = i0 / pixels; n * pixels < i1; ++n)

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,18 @@ struct Int8Conv {
 Int8Conv int8_conv(const at::Tensor& input, int64_t cin, int64_t kh, int64_t kw, c10::IntArrayRef stride,
                    c10::IntArrayRef padding, c10::IntArrayRef dilation, const char* op);
 
+// Each output pixel's first tap in g's zero-padded images (its row of the int8 kernels) and its
+// sample's int8 step.
+struct PixelRows {
+  std::unique_ptr<int64_t[]> row;
+  std::unique_ptr<float[]> step;
+};
+PixelRows pixel_rows(const Int8Conv& g, c10::IntArrayRef stride, const float* sample_step);
+
+// An int8 convolution's output [batch, rows, out_h, out_w]: bytes with an output_step (byte_output),
+// else float32.
+at::Tensor int8_output(const Int8Conv& g, int64_t rows, float output_step, bool channels_last);
+
 // A residual the stores add (Int8Output's), in the output's sizes and layout: floats, or bytes with
 // their step.
 struct Int8Residual {
@@ -28,6 +41,11 @@ struct Int8Residual {
   const uint8_t* bytes = nullptr;
   float step = 0;
 };
+
+// Where `out` (int8_output's) stores, from `at`: input i's row r at i · input_stride + r ·
+// row_stride, with the affine (rows [scale; shift; floor; ceiling], or none) and the residual.
+Int8Output stored_at(const at::Tensor& out, const float* affine, int64_t rows, float output_step,
+                     const Int8Residual& residual, int64_t at, int64_t input_stride, int64_t row_stride);
 
 // A layer's weight in 8 bits a row, [rows, cin/groups · kh · kw] in (c, y, x) order, and each row's
 // step [rows].
