@@ -158,7 +158,7 @@ void pool_into_conv(Graph& graph, Node* conv) {
 // conv.weight_output_step) in the parent's graph (int8 inputs and the weights in 8 bits, calibrated
 // as the packed layers are; a grouped one on its float weight; bytes out where chain_int8_layers
 // chooses), with the max-pool after it (pool_into_conv): the convolution's own forward stays as it is.
-void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
+Value* insert_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
   torch::jit::WithInsertPoint guard(conv_call);
   Value* self = conv_call->input(0);
   const auto type = conv.type();
@@ -180,6 +180,14 @@ void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module&
                           eight_bit ? graph.insertGetAttr(self, weight_step_name("weight"))
                                     : graph.insertConstant(c10::IValue()),
                           graph.insertGetAttr(self, output_step_name("weight"))});
+  return out;
+}
+
+// The call replaced, once no insert point refers to it: a guard made after the call is destroyed
+// (pool_into_conv's) would otherwise restore a freed node on leaving (an assertion in LibTorch 2.x,
+// reading freed memory in either).
+void call_conv2d_affine(Graph& graph, Node* conv_call, const torch::jit::Module& conv) {
+  Value* out = insert_conv2d_affine(graph, conv_call, conv);
   conv_call->output()->replaceAllUsesWith(out);
   conv_call->destroy();
   pool_into_conv(graph, out->node());
