@@ -141,20 +141,36 @@ void products_of(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, 
   }
 }
 
-// v / step clamped to ±127 and rounded to the nearest integer, halves to even: rounded in the
-// conversion, after the clamp, which gives the same integers as rounding first (the bounds are
-// integers) for one instruction less than vrndscaleps before it (a NaN is −127 either way: vmaxps
-// returns its second operand).
-TTQ_AVX512 __attribute__((always_inline)) inline __m512i rounded_int8(__m512 v, float step) {
-  const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, _mm512_set1_ps(step)), _mm512_set1_ps(-127.0f)),
-                                       _mm512_set1_ps(127.0f));
+// v / step clamped to [low, high] (±127, or tighter: Quotients) and rounded to the nearest integer,
+// halves to even: rounded in the conversion, after the clamp, which gives the same integers as
+// rounding first (the bounds are integers or nearer the quotients) for one instruction less than
+// vrndscaleps before it (a NaN is `low` either way: vmaxps returns its second operand).
+TTQ_AVX512 __attribute__((always_inline)) inline __m512i rounded_int8(__m512 v, float step, __m512 low, __m512 high) {
+  const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, _mm512_set1_ps(step)), low), high);
   return _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
+TTQ_AVX512 __attribute__((always_inline)) inline __m512i rounded_int8(__m512 v, float step) {
+  return rounded_int8(v, step, _mm512_set1_ps(-127.0f), _mm512_set1_ps(127.0f));
+}
 
-// v quantized as quantize_int8_avx512 does (offset: the bytes between two layers) into the valid
-// lanes' places, `stride` apart.
-TTQ_AVX512 void store_bytes(__m512 v, float step, __mmask16 mask, int64_t valid, uint8_t* dst, int64_t stride) {
-  const __m512i bytes = _mm512_add_epi32(rounded_int8(v, step), _mm512_set1_epi32(128));
+// A register's bounds on v / step for bytes out: the affine's floor and ceiling divided by step and
+// held within ±127. Division by a positive step and rounding keep order, so clamping v / step to
+// them gives the integers that clamping v to floor and ceiling first does, bit for bit: two
+// instructions less per register of bytes stored.
+struct Quotients {
+  __m512 low, high;
+};
+TTQ_AVX512 Quotients quotients_of(__m512 floor, __m512 ceiling, float step) {
+  const __m512 s = _mm512_set1_ps(step);
+  return {_mm512_max_ps(_mm512_div_ps(floor, s), _mm512_set1_ps(-127.0f)),
+          _mm512_min_ps(_mm512_div_ps(ceiling, s), _mm512_set1_ps(127.0f))};
+}
+
+// v quantized as quantize_int8_avx512 does (offset: the bytes between two layers), within `bounds`,
+// into the valid lanes' places, `stride` apart.
+TTQ_AVX512 void store_bytes(__m512 v, float step, const Quotients& bounds, __mmask16 mask, int64_t valid,
+                            uint8_t* dst, int64_t stride) {
+  const __m512i bytes = _mm512_add_epi32(rounded_int8(v, step, bounds.low, bounds.high), _mm512_set1_epi32(128));
   // Narrowed in a register, then stored: vpmovdb straight to memory, which GCC makes of the two
   // intrinsics unless the empty asm keeps them apart, is slow on Zen 4 and Intel alike.
   if (stride == 1) {
@@ -168,15 +184,19 @@ TTQ_AVX512 void store_bytes(__m512 v, float step, __mmask16 mask, int64_t valid,
   for (int64_t c = 0; c < valid; ++c) dst[c * stride] = static_cast<uint8_t>(lanes[c]);
 }
 
-// A register's rows' out_affine (kernels.h's Int8Output), `mask` its valid lanes.
+// A register's rows' out_affine (kernels.h's Int8Output), `mask` its valid lanes, and the bounds
+// its bytes are stored within (±127 without an affine).
 struct Affine {
   __m512 scale, shift, floor, ceiling;
+  Quotients bounds;
 };
 TTQ_AVX512 Affine affine_of(const Int8Output& out, int64_t r0, __mmask16 mask) {
   const __m512 none = _mm512_setzero_ps();
-  if (!out.scale) return {none, none, none, none};
-  return {_mm512_maskz_loadu_ps(mask, out.scale + r0), _mm512_maskz_loadu_ps(mask, out.shift + r0),
-          _mm512_maskz_loadu_ps(mask, out.floor + r0), _mm512_maskz_loadu_ps(mask, out.ceiling + r0)};
+  const Quotients bytes{_mm512_set1_ps(-127.0f), _mm512_set1_ps(127.0f)};
+  if (!out.scale) return {none, none, none, none, bytes};
+  const __m512 floor = _mm512_maskz_loadu_ps(mask, out.floor + r0), ceiling = _mm512_maskz_loadu_ps(mask, out.ceiling + r0);
+  return {_mm512_maskz_loadu_ps(mask, out.scale + r0), _mm512_maskz_loadu_ps(mask, out.shift + r0), floor, ceiling,
+          out.bytes ? quotients_of(floor, ceiling, out.byte_step) : bytes};
 }
 
 // The valid lanes' residuals, `stride` apart from r.
@@ -214,9 +234,9 @@ TTQ_AVX512 __attribute__((always_inline)) inline void store_register(__m512 d, c
     if (out.residual) v = _mm512_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
     if (out.residual_bytes)
       v = _mm512_add_ps(v, byte_residual_register(out.residual_bytes + at, out.row_stride, out.residual_step, mask, valid));
-    v = _mm512_min_ps(_mm512_max_ps(v, a.floor), a.ceiling);
   }
-  if (out.bytes) return store_bytes(v, out.byte_step, mask, valid, out.bytes + at, out.row_stride);
+  if (out.bytes) return store_bytes(v, out.byte_step, a.bounds, mask, valid, out.bytes + at, out.row_stride);
+  if (out.scale) v = _mm512_min_ps(_mm512_max_ps(v, a.floor), a.ceiling);
   float* y = out.y + at;
   if (out.row_stride == 1) return _mm512_mask_storeu_ps(y, mask, v);
   alignas(64) float lanes[kLanes];
@@ -238,8 +258,7 @@ TTQ_AVX512 __attribute__((always_inline)) inline void store_chained(__m512 d, co
                                                                     uint8_t* dst) {
   __m512 v = _mm512_mul_ps(_mm512_set1_ps(step), d);
   v = _mm512_add_ps(_mm512_mul_ps(a.scale, v), a.shift);
-  v = _mm512_min_ps(_mm512_max_ps(v, a.floor), a.ceiling);
-  store_bytes(v, byte_step, mask, valid, dst, 1);
+  store_bytes(v, byte_step, a.bounds, mask, valid, dst, 1);
 }
 
 // Each register of rows [r, r + here) for inputs [0, n) from dot (block_products' layout, `blocks`

@@ -101,13 +101,23 @@ void products_of(int n, const int8_t* rows, int64_t block_bytes, int64_t fours, 
   }
 }
 
-// v quantized as quantize_int8 does (offset: the bytes between two layers) into the valid lanes'
-// places, `stride` apart.
-TTQ_AVX2 void store_bytes(__m256 v, float step, int64_t valid, uint8_t* dst, int64_t stride) {
-  const __m256 q = _mm256_round_ps(_mm256_div_ps(v, _mm256_set1_ps(step)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256i bytes = _mm256_add_epi32(
-      _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f))),
-      _mm256_set1_epi32(128));
+// As the AVX-512 Quotients (kernels_int8_blocked.cpp): the bounds on v / step for bytes out.
+struct Quotients {
+  __m256 low, high;
+};
+TTQ_AVX2 Quotients quotients_of(__m256 floor, __m256 ceiling, float step) {
+  const __m256 s = _mm256_set1_ps(step);
+  return {_mm256_max_ps(_mm256_div_ps(floor, s), _mm256_set1_ps(-127.0f)),
+          _mm256_min_ps(_mm256_div_ps(ceiling, s), _mm256_set1_ps(127.0f))};
+}
+
+// v quantized as quantize_int8 does (offset: the bytes between two layers), within `bounds`, into
+// the valid lanes' places, `stride` apart: clamped, then rounded (the same integers as rounding
+// first: the AVX-512 rounded_int8).
+TTQ_AVX2 void store_bytes(__m256 v, float step, const Quotients& bounds, int64_t valid, uint8_t* dst, int64_t stride) {
+  const __m256 q = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, _mm256_set1_ps(step)), bounds.low), bounds.high);
+  const __m256 rounded = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256i bytes = _mm256_add_epi32(_mm256_cvtps_epi32(rounded), _mm256_set1_epi32(128));
   // Narrowed to 8 bytes (each in 1..255: no saturation).
   const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1));
   alignas(16) uint8_t lanes[16];
@@ -141,15 +151,19 @@ TTQ_AVX2 __m256 byte_residual_register(const uint8_t* r, int64_t stride, float s
   return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(step));
 }
 
-// A register's rows' out_affine (kernels.h's Int8Output), `mask` its valid lanes.
+// A register's rows' out_affine (kernels.h's Int8Output), `mask` its valid lanes, and the bounds
+// its bytes are stored within (±127 without an affine).
 struct Affine {
   __m256 scale, shift, floor, ceiling;
+  Quotients bounds;
 };
 TTQ_AVX2 Affine affine_of(const Int8Output& out, int64_t r0, __m256i mask) {
   const __m256 none = _mm256_setzero_ps();
-  if (!out.scale) return {none, none, none, none};
-  return {_mm256_maskload_ps(out.scale + r0, mask), _mm256_maskload_ps(out.shift + r0, mask),
-          _mm256_maskload_ps(out.floor + r0, mask), _mm256_maskload_ps(out.ceiling + r0, mask)};
+  const Quotients bytes{_mm256_set1_ps(-127.0f), _mm256_set1_ps(127.0f)};
+  if (!out.scale) return {none, none, none, none, bytes};
+  const __m256 floor = _mm256_maskload_ps(out.floor + r0, mask), ceiling = _mm256_maskload_ps(out.ceiling + r0, mask);
+  return {_mm256_maskload_ps(out.scale + r0, mask), _mm256_maskload_ps(out.shift + r0, mask), floor, ceiling,
+          out.bytes ? quotients_of(floor, ceiling, out.byte_step) : bytes};
 }
 
 // The lanes below `valid` set.
@@ -169,9 +183,9 @@ TTQ_AVX2 __attribute__((always_inline)) inline void store_register(__m256 d, con
     if (out.residual) v = _mm256_add_ps(v, residual_register(out.residual + at, out.row_stride, mask, valid));
     if (out.residual_bytes)
       v = _mm256_add_ps(v, byte_residual_register(out.residual_bytes + at, out.row_stride, out.residual_step, valid));
-    v = _mm256_min_ps(_mm256_max_ps(v, a.floor), a.ceiling);
   }
-  if (out.bytes) return store_bytes(v, out.byte_step, valid, out.bytes + at, out.row_stride);
+  if (out.bytes) return store_bytes(v, out.byte_step, a.bounds, valid, out.bytes + at, out.row_stride);
+  if (out.scale) v = _mm256_min_ps(_mm256_max_ps(v, a.floor), a.ceiling);
   float* y = out.y + at;
   if (out.row_stride == 1) return _mm256_maskstore_ps(y, mask, v);
   alignas(32) float lanes[kLanes];

@@ -3,6 +3,7 @@ BatchNorm's affine, a fused residual and ReLU, bytes handed to the next layer, 8
 PyTorch itself, against a float reference of the same arithmetic on many shapes, on every kernel path
 this CPU runs.
 """
+import itertools
 import os
 import unittest
 
@@ -377,11 +378,12 @@ class OnEveryPath(KernelPathCase):
     def test_conv2d_int8_hands_the_next_layer_its_int8_input(self):
         # With an output_step, the output is the next layer's input as its own quantization would
         # make it (uint8, q + 128 on every path), and that layer, given the bytes, computes exactly
-        # what it computes from the float output.
+        # what it computes from the float output. With a clamp whose floor and ceiling fall between two
+        # steps (-18.5 and 41.5 of them), clamping the float output first gives the same bytes.
         first = {}
         for path in cpu_paths():
             os.environ["TTQ_KERNEL"] = path
-            for last in (False, True):
+            for last, clamp in itertools.product((False, True), (None, torch.tensor([-0.37, 0.83]))):
                 g = torch.Generator().manual_seed(5)
                 w1, w2 = ternary((64, 3, 3, 64), seed=1), ternary((24, 1, 1, 64), seed=2)
                 codes1, scales1 = torch.ops.ttq.pack(w1, 0.3, 0.2)
@@ -391,16 +393,19 @@ class OnEveryPath(KernelPathCase):
                 affine = torch.stack([torch.rand(64, generator=g) + 0.5, torch.randn(64, generator=g), torch.zeros(64)])
                 bias, step, next_step = torch.randn(64, generator=g), torch.tensor([0.05]), torch.tensor([0.02])
                 first_layer = lambda out: torch.ops.ttq.conv2d_int8(  # noqa: E731
-                    x, codes1, scales1, [64, 64, 3, 3], bias, [1, 1], [1, 1], [1, 1], 1, step, affine, out)
+                    x, codes1, scales1, [64, 64, 3, 3], bias, [1, 1], [1, 1], [1, 1], 1, step,
+                    affine if clamp is None else affine[:2], out, clamp=clamp)
                 y, q = first_layer(None), first_layer(next_step)
                 self.assertEqual(q.dtype, torch.uint8)
                 want = (torch.round(y / next_step).clamp(-127, 127) + 128).to(torch.uint8)
-                self.assertTrue(torch.equal(q, want), (path, last))
+                self.assertTrue(torch.equal(q, want), (path, last, clamp))
+                if clamp is not None:  # both bounds reached, and a byte for each
+                    self.assertEqual([(q == b).any().item() for b in (110, 170)], [True, True])
                 self.assertEqual(q.is_contiguous(memory_format=torch.channels_last), last)
                 second = lambda t: torch.ops.ttq.conv2d_int8(  # noqa: E731
                     t, codes2, scales2, [24, 64, 1, 1], None, [1, 1], [0, 0], [1, 1], 1, next_step)
                 self.assertTrue(torch.equal(second(q), second(y)), (path, last))
-                self.assertTrue(torch.equal(q, first.setdefault(last, q)), (path, last))
+                self.assertTrue(torch.equal(q, first.setdefault((last, clamp is None), q)), (path, last))
         with self.assertRaisesRegex(RuntimeError, r"ttq::conv2d_int8: a uint8 input \(the int8 output of the layer "
                                                   r"before\) needs the layer's calibrated input_step"):
             torch.ops.ttq.conv2d_int8(q, codes2, scales2, [24, 64, 1, 1], None, [1, 1], [0, 0], [1, 1], 1)
