@@ -103,9 +103,10 @@ constexpr Int8Weights kDenseStep{0, 0, 1.0f};
 //   decode(planes, groups, w, count, blocked, offset): `count` packed rows into blocks of kLanes
 //     rows, four bytes of each row a four (kLanes · 4 bytes), and each row's share of the inputs'
 //     offset;
-//   products(blocks, n, rows, block_bytes, fours, x, four, dot): `blocks` blocks of rows against n
-//     inputs, dot[(b · n + i) · kLanes + c], four bytes of input i at x[i] + four[q] for four q;
-//   store(dot, blocks, n, offset, in, w, r, here, ib, out): rows [r, r + here) of inputs from ib.
+//   products(blocks, n, rows, block_bytes, fours, x, four, offset, dot): `blocks` blocks of rows
+//     against n inputs, dot[(b · n + i) · kLanes + c], four bytes of input i at x[i] + four[q] for
+//     four q, less the rows' offsets where the kernel offsets its inputs;
+//   store(dot, blocks, n, in, w, r, here, ib, out): rows [r, r + here) of inputs from ib.
 // Rows [rb, re) of blocked weights (`block_bytes` a block of kLanes rows, from row rb) against
 // inputs [i0, i1), in blocks of equal size, at most kBlockInputs: a block of few inputs loads the
 // rows' weights for little arithmetic (49 pixels by 12: 10, 10, 10, 10, 9 rather than 12, 12, 12,
@@ -125,8 +126,9 @@ void multiply_blocked(const int8_t* blocked, const int32_t* offset, int64_t bloc
     for (int64_t r = rb; r < re; r += kRows) {
       const int64_t here = std::min(kRows, re - r);
       const int registers = static_cast<int>((here + kLanes - 1) / kLanes);
-      Isa::products(registers, n, blocked + (r - rb) / kLanes * block_bytes, block_bytes, fours, x, four, dot);
-      Isa::store(dot, registers, n, offset + (r - rb), in, w, r, here, ib, out);
+      Isa::products(registers, n, blocked + (r - rb) / kLanes * block_bytes, block_bytes, fours, x, four,
+                    offset + (r - rb), dot);
+      Isa::store(dot, registers, n, in, w, r, here, ib, out);
     }
   }
 }

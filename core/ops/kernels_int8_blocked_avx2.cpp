@@ -195,7 +195,7 @@ TTQ_AVX2 __attribute__((always_inline)) inline void store_register(__m256 d, con
 
 // Rows [r, r + here) of inputs [ib, ib + n) from dot (block_products' layout, `blocks` blocks) into
 // `out` (store_register).
-TTQ_AVX2 void store(const int32_t* dot, int blocks, int n, const int32_t*, const Int8Inputs& in, Int8Weights w,
+TTQ_AVX2 void store(const int32_t* dot, int blocks, int n, const Int8Inputs& in, Int8Weights w,
                     int64_t r, int64_t here, int64_t ib, const Int8Output& out) {
   for (int b = 0; b < blocks; ++b) {
     const int64_t r0 = r + b * kLanes, valid = std::min<int64_t>(kLanes, r + here - r0);
@@ -260,7 +260,7 @@ struct Avx2 {
   static constexpr int kLanes = ::ttq::ops::kLanes, kBlockRows = kRows, kBlockInputs = kInputs;
   static constexpr auto decode = ::ttq::ops::decode;
   static void products(int registers, int n, const int8_t* rows, int64_t block_bytes, int64_t fours,
-                       const uint8_t* const* x, const int64_t* four, int32_t* dot) {
+                       const uint8_t* const* x, const int64_t* four, const int32_t*, int32_t* dot) {  // no offset
     if (registers == 2) return products_of<2>(n, rows, block_bytes, fours, x, four, dot);
     products_of<1>(n, rows, block_bytes, fours, x, four, dot);
   }
