@@ -198,7 +198,8 @@ TTQ_AVX512 Affine affine_of(const Int8Output& out, int64_t r0, __mmask16 mask) {
   const __m512 none = _mm512_setzero_ps();
   const Quotients bytes{_mm512_set1_ps(-127.0f), _mm512_set1_ps(127.0f)};
   if (!out.scale) return {none, none, none, none, bytes};
-  const __m512 floor = _mm512_maskz_loadu_ps(mask, out.floor + r0), ceiling = _mm512_maskz_loadu_ps(mask, out.ceiling + r0);
+  const __m512 floor = _mm512_maskz_loadu_ps(mask, out.floor + r0);
+  const __m512 ceiling = _mm512_maskz_loadu_ps(mask, out.ceiling + r0);
   return {_mm512_maskz_loadu_ps(mask, out.scale + r0), _mm512_maskz_loadu_ps(mask, out.shift + r0), floor, ceiling,
           out.bytes ? quotients_of(floor, ceiling, out.byte_step) : bytes};
 }
@@ -266,7 +267,7 @@ TTQ_AVX512 __attribute__((always_inline)) inline void store_chained(__m512 d, co
 }
 
 // Each register of rows [r, r + here) for inputs [0, n) from dot (block_products' layout, `blocks`
-// blocks), as float32 (block_products took the rows' offsets out), handed to store(value, affine, i, r0, mask,
+// blocks, the rows' offsets already out), as float32, handed to store(value, affine, i, r0, mask,
 // valid).
 template <class Store>
 TTQ_AVX512 __attribute__((always_inline)) inline void each_register(const int32_t* dot, int blocks, int n,
