@@ -10,7 +10,7 @@ packages=(
   g++ make cmake ninja-build ccache pkg-config
   libtorch-dev libdnnl-dev libopenblas0-openmp libgloo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev libxxhash-dev nlohmann-json3-dev catch2
   zlib1g-dev libstb-dev libjpeg62-turbo-dev time  # time: peak memory in the benchmarks
-  valgrind                                    # memcheck of export's graph rewriting (tests/cli/test_int8.py)
+  valgrind                                    # memcheck of export's graph rewriting (tests/cli/test_memcheck.py)
   python3 python3-torch python3-torchvision python3-pil librsvg2-bin  # fixtures; PyTorch reading our outputs
   dataset-fashion-mnist                       # the embedded default data
 )
